@@ -1,0 +1,18 @@
+//! Types shared by the svclb eBPF programs and the agent.
+//!
+//! Every struct that crosses the kernel/user boundary is `#[repr(C)]`, has explicit padding
+//! fields, holds no `bool`/`Option`/`enum`, names network-order fields `*_be`, and carries a
+//! compile-time size assertion. Addresses are 16 bytes so IPv6 needs no new layout: an IPv4
+//! address sits in the first four bytes with the rest zero and `family` set to [`FAMILY_V4`].
+#![no_std]
+
+pub mod addr;
+pub mod backend;
+pub mod conntrack;
+pub mod limits;
+pub mod service;
+
+pub use addr::{FAMILY_V4, FAMILY_V6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, L3Addr};
+pub use backend::{Backend, SlotKey};
+pub use conntrack::{CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey};
+pub use service::{ServiceKey, ServiceValue};

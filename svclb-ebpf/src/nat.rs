@@ -1,0 +1,70 @@
+//! Address and port rewrites with incremental checksum updates.
+//!
+//! The kernel's csum helpers are used rather than hand-written arithmetic: they handle every
+//! skb checksum state (CHECKSUM_PARTIAL from veth offload updates only the pseudo-header part)
+//! and, with `BPF_F_MARK_MANGLED_0`, keep a zero UDP checksum zero.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use svclb_common::{L3Addr, addr::v4_octets};
+
+use crate::parse::{IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, Packet};
+
+/// Which end of the packet to rewrite.
+#[derive(Clone, Copy)]
+pub enum End {
+    Source,
+    Destination,
+}
+
+/// Rewrites the source or destination address and port of an IPv4 TCP/UDP packet.
+#[inline(always)]
+pub fn rewrite_v4(
+    ctx: &TcContext,
+    pkt: &Packet,
+    end: End,
+    new_addr: &L3Addr,
+    new_port_be: u16,
+) -> Result<(), i64> {
+    let (addr_off, port_off, old_addr, old_port_be) = match end {
+        End::Source => (IPV4_SADDR_OFF, 0, &pkt.saddr, pkt.sport_be),
+        End::Destination => (IPV4_DADDR_OFF, 2, &pkt.daddr, pkt.dport_be),
+    };
+    let old = u32::from_ne_bytes(v4_octets(old_addr));
+    let new_octets = v4_octets(new_addr);
+    let new = u32::from_ne_bytes(new_octets);
+    let l4_flags = if pkt.is_udp() {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let csum_off = pkt.l4_csum_off();
+
+    if old != new {
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(old),
+            u64::from(new),
+            l4_flags | u64::from(BPF_F_PSEUDO_HDR) | 4,
+        )?;
+        ctx.l3_csum_replace(
+            pkt.l3_off + IPV4_CSUM_OFF,
+            u64::from(old),
+            u64::from(new),
+            4,
+        )?;
+        ctx.store(pkt.l3_off + addr_off, &new_octets, 0)?;
+    }
+    if old_port_be != new_port_be {
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(old_port_be),
+            u64::from(new_port_be),
+            l4_flags | 2,
+        )?;
+        ctx.store(pkt.l4_off + port_off, &new_port_be, 0)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! svclb: a Kubernetes Service load balancer in the Linux kernel.
+//!
+//! The agent turns Services and EndpointSlices into BPF map entries:
+//! sources ([`manifest`]) -> [`model`] -> [`plan`] -> [`mapstate`] -> [`reconcile`] -> maps.
+//! Everything before the maps is pure and unit-tested without root.
+
+pub mod agent;
+pub mod devices;
+pub mod diag;
+pub mod ebpf;
+pub mod kernel_maps;
+pub mod list;
+pub mod loader;
+pub mod manifest;
+pub mod mapstate;
+pub mod model;
+pub mod plan;
+pub mod reconcile;

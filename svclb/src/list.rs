@@ -1,0 +1,150 @@
+//! `svclb list`: the frontends and backends the pinned maps hold.
+
+use std::{net::IpAddr, path::Path};
+
+use anyhow::Result;
+use serde::Serialize;
+use svclb_common::{
+    backend::{BE_F_LOCAL, BE_F_TERMINATING},
+    service::SVC_F_REJECT,
+};
+
+use crate::{
+    kernel_maps::Maps,
+    mapstate::{MapState, ip_of},
+    plan::Protocol,
+};
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ListedBackend {
+    pub id: u32,
+    pub address: IpAddr,
+    pub port: u16,
+    pub local: bool,
+    pub terminating: bool,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ListedFrontend {
+    pub id: u32,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    /// `reject` when the frontend has no backend and refuses new connections.
+    pub when_empty: Option<String>,
+    pub backends: Vec<ListedBackend>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub frontends: Vec<ListedFrontend>,
+    pub conntrack_entries: usize,
+}
+
+pub fn frontends(state: &MapState) -> Vec<ListedFrontend> {
+    let mut out: Vec<ListedFrontend> = state
+        .services
+        .iter()
+        .map(|(key, record)| ListedFrontend {
+            id: record.value.id,
+            address: ip_of(&key.addr, key.family),
+            port: u16::from_be(key.port_be),
+            protocol: Protocol::from_number(key.proto)
+                .map_or_else(|| key.proto.to_string(), |p| p.to_string()),
+            when_empty: (record.value.flags & SVC_F_REJECT != 0).then(|| "reject".to_owned()),
+            backends: record
+                .slots
+                .iter()
+                .filter_map(|id| {
+                    let be = state.backends.get(id)?;
+                    Some(ListedBackend {
+                        id: *id,
+                        address: ip_of(&be.addr, be.family),
+                        port: u16::from_be(be.port_be),
+                        local: be.flags & BE_F_LOCAL != 0,
+                        terminating: be.flags & BE_F_TERMINATING != 0,
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    out.sort_by_key(|f| (f.address, f.port, f.protocol.clone()));
+    out
+}
+
+pub fn read(dir: &Path) -> Result<Listing> {
+    let maps = Maps::open_pinned(dir)?;
+    let state = maps.read()?.state;
+    Ok(Listing {
+        frontends: frontends(&state),
+        conntrack_entries: maps.conntrack_len(),
+    })
+}
+
+/// `addr:port`, with IPv6 addresses in brackets.
+pub fn endpoint(address: IpAddr, port: u16) -> String {
+    match address {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+fn backend_cell(b: &ListedBackend) -> String {
+    let tags: Vec<&str> = [(b.local, "local"), (b.terminating, "terminating")]
+        .into_iter()
+        .filter_map(|(set, tag)| set.then_some(tag))
+        .collect();
+    if tags.is_empty() {
+        endpoint(b.address, b.port)
+    } else {
+        format!("{} ({})", endpoint(b.address, b.port), tags.join(","))
+    }
+}
+
+pub fn render_table(listing: &Listing) -> String {
+    let rows: Vec<[String; 3]> = listing
+        .frontends
+        .iter()
+        .map(|f| {
+            let backends = if f.backends.is_empty() {
+                match &f.when_empty {
+                    Some(w) => format!("(none: {w})"),
+                    None => "(none)".to_owned(),
+                }
+            } else {
+                f.backends
+                    .iter()
+                    .map(backend_cell)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            [
+                format!("{}/{}", endpoint(f.address, f.port), f.protocol),
+                f.id.to_string(),
+                backends,
+            ]
+        })
+        .collect();
+    let w0 = rows
+        .iter()
+        .map(|r| r[0].len())
+        .chain(["FRONTEND".len()])
+        .max()
+        .unwrap_or(0);
+    let w1 = rows
+        .iter()
+        .map(|r| r[1].len())
+        .chain(["ID".len()])
+        .max()
+        .unwrap_or(0);
+    let mut out = format!("{:<w0$}  {:>w1$}  BACKENDS\n", "FRONTEND", "ID");
+    for [frontend, id, backends] in rows {
+        out.push_str(&format!("{frontend:<w0$}  {id:>w1$}  {backends}\n"));
+    }
+    out.push_str(&format!(
+        "{} frontends, {} conntrack entries\n",
+        listing.frontends.len(),
+        listing.conntrack_entries
+    ));
+    out
+}

@@ -1,0 +1,97 @@
+//! Preflight checks and loading of the datapath object with its maps pinned.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{Ebpf, EbpfLoader};
+use nix::{mount::MsFlags, sys::statfs::statfs, unistd::geteuid};
+use svclb_common::limits::{MAP_BACKENDS, MAP_CT, MAP_SERVICES, MAP_SLOTS};
+
+use crate::ebpf::OBJECT;
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// Map capacities (`max_entries`), settable from the command line.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    pub services: u32,
+    pub backends: u32,
+    pub slots: u32,
+    pub conntrack: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        use svclb_common::limits::{BACKENDS_MAX, CT_MAX, SERVICES_MAX, SLOTS_MAX};
+        Self {
+            services: SERVICES_MAX as u32,
+            backends: BACKENDS_MAX as u32,
+            slots: SLOTS_MAX as u32,
+            conntrack: CT_MAX as u32,
+        }
+    }
+}
+
+pub fn require_root(what: &str) -> Result<()> {
+    let uid = geteuid();
+    if !uid.is_root() {
+        bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN); running as uid {uid}");
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure `dir` exists on a bpf filesystem, mounting one on /sys/fs/bpf when it is missing
+/// there (as a container without the host's bpffs would have it).
+pub fn prepare_bpffs(dir: &Path) -> Result<()> {
+    let root = Path::new(BPFFS_ROOT);
+    if dir.starts_with(root) && !is_bpffs(root) {
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting a bpf filesystem on {BPFFS_ROOT}"))?;
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    if !is_bpffs(dir) {
+        bail!(
+            "pin directory {} is not on a bpf filesystem (mount one with `mount -t bpf bpf {BPFFS_ROOT}`)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Loads the datapath object. Maps already pinned in `pin_dir` by an earlier run are reused,
+/// so their entries (and established flows) survive a restart; missing ones are created and
+/// pinned.
+pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
+    if OBJECT.is_empty() {
+        bail!("this svclb binary was built with AYA_BUILD_SKIP=1 and holds no eBPF programs");
+    }
+    let pin_dir: PathBuf = pin_dir.to_path_buf();
+    EbpfLoader::new()
+        .default_map_pin_directory(&pin_dir)
+        .map_max_entries(MAP_SERVICES, sizes.services)
+        .map_max_entries(MAP_BACKENDS, sizes.backends)
+        .map_max_entries(MAP_SLOTS, sizes.slots)
+        .map_max_entries(MAP_CT, sizes.conntrack)
+        .load(OBJECT)
+        .with_context(|| {
+            format!(
+                "loading the datapath with maps pinned in {} (maps pinned by an incompatible \
+                 build or with other sizes cannot be reused: remove that directory to start afresh)",
+                pin_dir.display()
+            )
+        })
+}

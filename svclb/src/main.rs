@@ -1,0 +1,144 @@
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use glob::Pattern;
+use svclb::{
+    agent::{self, AgentConfig},
+    devices::DeviceSelector,
+    list,
+    loader::MapSizes,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "svclb",
+    version,
+    about = "Kubernetes Service load balancer in the Linux kernel"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Program the datapath from Services and EndpointSlices and keep it in sync.
+    Agent(AgentArgs),
+    /// Print the frontends and backends the pinned maps hold.
+    List {
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+        bpffs_dir: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/svclb";
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Name of this node (EndpointSlice `nodeName` equal to it marks local endpoints).
+    #[arg(long, env = "SVCLB_NODE_NAME")]
+    node_name: String,
+    /// Directory of Service and EndpointSlice YAML manifests, watched for changes.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Uplink devices, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    devices: Vec<String>,
+    /// Glob of pod-facing devices, e.g. 'veth*'; devices created later are attached too.
+    #[arg(long)]
+    pod_devices: Option<String>,
+    /// Where maps are pinned. Pins survive the agent so a restart adopts their entries.
+    #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+    bpffs_dir: PathBuf,
+    /// Capacity of the services map (frontends).
+    #[arg(long, default_value_t = MapSizes::default().services)]
+    services_map_size: u32,
+    /// Capacity of the backends map.
+    #[arg(long, default_value_t = MapSizes::default().backends)]
+    backends_map_size: u32,
+    /// Capacity of the slots map (sum of backends over frontends).
+    #[arg(long, default_value_t = MapSizes::default().slots)]
+    slots_map_size: u32,
+    /// Capacity of the conntrack map (two entries per flow).
+    #[arg(long, default_value_t = MapSizes::default().conntrack)]
+    conntrack_map_size: u32,
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
+    let pod_devices = args
+        .pod_devices
+        .as_deref()
+        .map(Pattern::new)
+        .transpose()
+        .context("--pod-devices is not a valid glob")?;
+    Ok(AgentConfig {
+        node_name: args.node_name,
+        manifests: args.manifests,
+        devices: DeviceSelector {
+            uplinks: args.devices,
+            pod_devices,
+        },
+        bpffs_dir: args.bpffs_dir,
+        map_sizes: MapSizes {
+            services: args.services_map_size,
+            backends: args.backends_map_size,
+            slots: args.slots_map_size,
+            conntrack: args.conntrack_map_size,
+        },
+    })
+}
+
+/// Errors end the process with one line naming the object and the cause (no backtrace, even
+/// with RUST_BACKTRACE set: these are operator errors, not bugs).
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("svclb: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Agent(args) => {
+            let config = agent_config(args)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(agent::run(config))
+        }
+        Command::List { bpffs_dir, output } => {
+            let listing = list::read(&bpffs_dir)?;
+            match output {
+                Output::Table => print!("{}", list::render_table(&listing)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&listing)?),
+            }
+            Ok(())
+        }
+    }
+}

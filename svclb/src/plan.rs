@@ -1,0 +1,123 @@
+//! The plan: every frontend this node serves, each with its backend set. A plan is computed
+//! from Kubernetes objects by [`crate::model`] and turned into map entries by
+//! [`crate::mapstate`]; it never touches the kernel.
+
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses a Kubernetes protocol field; absent means TCP.
+    pub fn from_k8s(value: Option<&str>) -> Result<Self, String> {
+        match value {
+            None | Some("TCP") => Ok(Self::Tcp),
+            Some("UDP") => Ok(Self::Udp),
+            Some("SCTP") => Ok(Self::Sctp),
+            Some(other) => Err(format!("unknown protocol {other:?}")),
+        }
+    }
+
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => svclb_common::IPPROTO_TCP,
+            Self::Udp => svclb_common::IPPROTO_UDP,
+            Self::Sctp => svclb_common::IPPROTO_SCTP,
+        }
+    }
+
+    pub const fn from_number(number: u8) -> Option<Self> {
+        match number {
+            svclb_common::IPPROTO_TCP => Some(Self::Tcp),
+            svclb_common::IPPROTO_UDP => Some(Self::Udp),
+            svclb_common::IPPROTO_SCTP => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        })
+    }
+}
+
+/// Where a frontend is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum FrontendKind {
+    ClusterIP,
+}
+
+/// What happens to a new connection when the frontend has no backend to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenEmpty {
+    /// No usable endpoint anywhere: refuse at once.
+    Reject,
+    /// A local traffic policy leaves this node without an endpoint: drop.
+    Drop,
+}
+
+/// Identity of a frontend in the datapath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct FrontendKey {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address {
+            IpAddr::V4(addr) => write!(f, "{addr}:{}/{}", self.port, self.protocol),
+            IpAddr::V6(addr) => write!(f, "[{addr}]:{}/{}", self.port, self.protocol),
+        }
+    }
+}
+
+/// One endpoint a frontend can send to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PlanBackend {
+    pub address: IpAddr,
+    pub port: u16,
+    /// The node the endpoint runs on, when the EndpointSlice says.
+    pub node: Option<String>,
+    /// Runs on this node.
+    pub local: bool,
+    pub terminating: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frontend {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// Name of the service port ("" when unnamed).
+    pub port_name: String,
+    pub kind: FrontendKind,
+    /// Backends sorted by address and port, each once.
+    pub backends: Vec<PlanBackend>,
+    pub when_empty: WhenEmpty,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
+}
+
+impl Plan {
+    pub fn backend_count(&self) -> usize {
+        self.frontends.values().map(|f| f.backends.len()).sum()
+    }
+}
