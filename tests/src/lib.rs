@@ -1,1 +1,38 @@
+//! The svclb lab: a small cluster built from network namespaces on one machine.
+//!
+//! ```text
+//!            fabric namespace: bridge br0 (172.31.0.0/24)
+//!        /                     |                      \
+//!   node n1 (eth0 .11)     node n2 (eth0 .12)     external client (.100)
+//!   pods 10.244.1.0/24     pods 10.244.2.0/24
+//!   vethN <-> pod eth0     vethN <-> pod eth0
+//! ```
+//!
+//! Every lab has unique namespace names, runs one agent per node inside that node's namespace
+//! with its own pin directory, and is torn down on drop, even when a test panics. Backends are
+//! real servers answering with their pod name over TCP (a line protocol, or HTTP for curl) and
+//! UDP. All traffic stays on lab addresses and every client call has a timeout.
 
+pub mod client;
+mod lab;
+pub mod manifests;
+pub mod netns;
+pub mod server;
+
+pub use lab::{LAB_PREFIX, Lab, LabSpec, Node, Pod, remove_leftovers, svclb_bin};
+
+/// Whether this process can build labs (root).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// For privileged tests: prints a visible notice and returns `true` when not root.
+pub fn skip_unless_root(test: &str) -> bool {
+    if is_root() {
+        return false;
+    }
+    eprintln!(
+        "SKIPPED {test}: needs root (network namespaces and BPF); run `cargo xtask test` as root"
+    );
+    true
+}

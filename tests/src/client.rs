@@ -1,0 +1,96 @@
+//! Clients: ask a service who answers, over TCP and UDP, always with a timeout.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::netns::in_netns;
+
+/// One TCP connection: connect, ask once, read the name, close.
+pub fn tcp_ask(addr: SocketAddr, timeout: Duration) -> Result<String> {
+    let mut session = TcpSession::connect(addr, timeout)?;
+    session.ask()
+}
+
+/// One UDP exchange.
+pub fn udp_ask(addr: SocketAddr, timeout: Duration) -> Result<String> {
+    let socket = UdpSocket::bind(("0.0.0.0", 0)).context("binding a UDP socket")?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket
+        .send_to(b"who\n", addr)
+        .with_context(|| format!("sending to {addr}"))?;
+    let mut buf = [0u8; 512];
+    let (n, from) = socket
+        .recv_from(&mut buf)
+        .with_context(|| format!("no UDP answer from {addr} within {timeout:?}"))?;
+    if from != addr {
+        bail!("UDP answer came from {from}, not from {addr} (reverse NAT missing)");
+    }
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+}
+
+/// A long-lived TCP connection that can ask many times.
+pub struct TcpSession {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl TcpSession {
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Self { stream, reader })
+    }
+
+    /// Connects from inside namespace `ns`.
+    pub fn connect_in(ns: &str, addr: SocketAddr, timeout: Duration) -> Result<Self> {
+        in_netns(ns, move || Self::connect(addr, timeout))
+    }
+
+    pub fn ask(&mut self) -> Result<String> {
+        self.stream
+            .write_all(b"who\n")
+            .context("sending a request")?;
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .context("reading the answer")?;
+        if n == 0 {
+            bail!("connection closed before an answer");
+        }
+        Ok(line.trim().to_owned())
+    }
+}
+
+/// `count` TCP connections from namespace `ns`, one after the other; the name each reached, or
+/// the error it met.
+pub fn tcp_ask_many(
+    ns: &str,
+    addr: SocketAddr,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Result<String>>> {
+    in_netns(ns, move || {
+        Ok((0..count).map(|_| tcp_ask(addr, timeout)).collect())
+    })
+}
+
+/// `count` UDP exchanges from namespace `ns`.
+pub fn udp_ask_many(
+    ns: &str,
+    addr: SocketAddr,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Result<String>>> {
+    in_netns(ns, move || {
+        Ok((0..count).map(|_| udp_ask(addr, timeout)).collect())
+    })
+}

@@ -1,0 +1,535 @@
+//! Building, running and tearing down a lab.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::{
+    netns::{self, ip_in, sysctl_in},
+    server::Backend,
+};
+
+/// MAC of every host-side pod device, as Calico does: pods reach their gateway through a
+/// static neighbour entry, no proxy ARP needed.
+const HOST_VETH_MAC: &str = "ee:ee:ee:ee:ee:ee";
+const GATEWAY: &str = "169.254.1.1";
+/// Prefix of every lab's names, so leftovers of a killed run can be found.
+pub const LAB_PREFIX: &str = "svl";
+
+#[derive(Clone, Debug)]
+pub struct LabSpec {
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    /// Port the pods' backends listen on (TCP and UDP).
+    pub backend_port: u16,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        Self {
+            nodes: 2,
+            pods_per_node: 3,
+            backend_port: 8080,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// Pod name, also what its backend answers.
+    pub name: String,
+    pub ns: String,
+    /// Name of the node it runs on.
+    pub node: String,
+    pub addr: Ipv4Addr,
+    /// Its device in the node namespace.
+    pub host_dev: String,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub ns: String,
+    pub addr: Ipv4Addr,
+    pub index: u8,
+    pub pods: Vec<Pod>,
+    pub pin_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+struct Agent {
+    child: Child,
+}
+
+pub struct Lab {
+    pub id: String,
+    pub spec: LabSpec,
+    pub nodes: Vec<Node>,
+    /// Namespace of the external client on the fabric.
+    pub client_ns: String,
+    pub client_addr: Ipv4Addr,
+    pub manifests: PathBuf,
+    work_dir: PathBuf,
+    fabric_ns: String,
+    namespaces: Vec<String>,
+    backends: Vec<Backend>,
+    agents: Vec<Option<Agent>>,
+    bpffs_root: PathBuf,
+}
+
+fn unique_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    let mixed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ nanos
+        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(40_503);
+    format!("{LAB_PREFIX}{:05x}", mixed & 0xf_ffff)
+}
+
+/// The svclb binary the lab runs: `$SVCLB_BIN`, or `svclb` next to the test's target directory.
+pub fn svclb_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SVCLB_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("svclb");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("svclb binary not found: build it (`cargo build -p svclb`) or set SVCLB_BIN")
+}
+
+/// Removes namespaces and pin directories that labs of killed runs left behind.
+pub fn remove_leftovers() -> usize {
+    let mut removed = 0;
+    for ns in netns::list() {
+        if ns.starts_with(LAB_PREFIX) && netns::delete(&ns).is_ok() {
+            removed += 1;
+        }
+    }
+    if let Ok(dir) = fs::read_dir("/sys/fs/bpf") {
+        for entry in dir.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(LAB_PREFIX) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    removed
+}
+
+impl Lab {
+    /// Builds a lab: fabric, nodes, pods with running backends. Agents start with
+    /// [`Lab::start_agents`].
+    pub fn new(spec: LabSpec) -> Result<Self> {
+        let id = unique_id();
+        let work_dir = std::env::temp_dir().join(&id);
+        let manifests = work_dir.join("manifests");
+        fs::create_dir_all(&manifests)?;
+        let mut lab = Self {
+            fabric_ns: format!("{id}-fab"),
+            client_ns: format!("{id}-ext"),
+            client_addr: Ipv4Addr::new(172, 31, 0, 100),
+            bpffs_root: PathBuf::from("/sys/fs/bpf").join(&id),
+            id,
+            spec,
+            nodes: Vec::new(),
+            manifests,
+            work_dir,
+            namespaces: Vec::new(),
+            backends: Vec::new(),
+            agents: Vec::new(),
+        };
+        lab.build()
+            .with_context(|| format!("building lab {}", lab.id))?;
+        Ok(lab)
+    }
+
+    fn add_ns(&mut self, ns: &str) -> Result<()> {
+        netns::add(ns)?;
+        self.namespaces.push(ns.to_owned());
+        Ok(())
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let fab = self.fabric_ns.clone();
+        self.add_ns(&fab)?;
+        ip_in(&fab, &["link", "add", "br0", "type", "bridge"])?;
+        ip_in(&fab, &["link", "set", "br0", "up"])?;
+
+        let client = self.client_ns.clone();
+        self.add_ns(&client)?;
+        self.plug_into_fabric(&client, "ext", self.client_addr)?;
+
+        for i in 1..=self.spec.nodes {
+            let index = u8::try_from(i).context("too many nodes")?;
+            let name = format!("n{i}");
+            let ns = format!("{}-{name}", self.id);
+            self.add_ns(&ns)?;
+            for key in [
+                "net.ipv4.conf.all.rp_filter",
+                "net.ipv4.conf.default.rp_filter",
+            ] {
+                sysctl_in(&ns, key, "0")?;
+            }
+            sysctl_in(&ns, "net.ipv4.ip_forward", "1")?;
+            let addr = Ipv4Addr::new(172, 31, 0, 10 + index);
+            self.plug_into_fabric(&ns, &name, addr)?;
+            self.nodes.push(Node {
+                pin_dir: self.bpffs_root.join(&name),
+                log: self.work_dir.join(format!("agent-{name}.log")),
+                name,
+                ns,
+                addr,
+                index,
+                pods: Vec::new(),
+            });
+        }
+        // Routes to every other node's pod CIDR over the fabric.
+        for node in &self.nodes {
+            for other in &self.nodes {
+                if other.index != node.index {
+                    let cidr = format!("10.244.{}.0/24", other.index);
+                    ip_in(
+                        &node.ns,
+                        &["route", "add", &cidr, "via", &other.addr.to_string()],
+                    )?;
+                }
+            }
+        }
+        for node in 0..self.nodes.len() {
+            for _ in 0..self.spec.pods_per_node {
+                self.add_pod(node)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A veth from `ns` (as eth0, with `addr`/24) to the fabric bridge (as `port`).
+    fn plug_into_fabric(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
+        let fab = &self.fabric_ns;
+        ip_in(
+            fab,
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        )?;
+        ip_in(fab, &["link", "set", port, "master", "br0", "up"])?;
+        ip_in(ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip_in(ns, &["link", "set", "eth0", "up"])
+    }
+
+    /// Adds a pod with a running backend to node `node` (an index into `nodes`); works while
+    /// agents run, which must then attach to the new device.
+    pub fn add_pod(&mut self, node: usize) -> Result<Pod> {
+        let (node_ns, node_name, node_index, ordinal) = {
+            let n = &self.nodes[node];
+            (n.ns.clone(), n.name.clone(), n.index, n.pods.len() + 1)
+        };
+        let ordinal_u8 = u8::try_from(ordinal).context("too many pods")?;
+        let pod = Pod {
+            name: format!("{node_name}-pod{ordinal}"),
+            ns: format!("{}-{node_name}p{ordinal}", self.id),
+            node: node_name,
+            addr: Ipv4Addr::new(10, 244, node_index, 10 + ordinal_u8),
+            host_dev: format!("vethpod{ordinal}"),
+        };
+        self.add_ns(&pod.ns)?;
+        let pod_mac = format!("02:00:00:00:{node_index:02x}:{ordinal_u8:02x}");
+        let addr = pod.addr.to_string();
+        ip_in(
+            &node_ns,
+            &[
+                "link",
+                "add",
+                &pod.host_dev,
+                "address",
+                HOST_VETH_MAC,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "address",
+                &pod_mac,
+                "netns",
+                &pod.ns,
+            ],
+        )?;
+        ip_in(
+            &pod.ns,
+            &["addr", "add", &format!("{addr}/32"), "dev", "eth0"],
+        )?;
+        ip_in(&pod.ns, &["link", "set", "eth0", "up"])?;
+        ip_in(
+            &pod.ns,
+            &["route", "add", GATEWAY, "dev", "eth0", "scope", "link"],
+        )?;
+        ip_in(
+            &pod.ns,
+            &["route", "add", "default", "via", GATEWAY, "dev", "eth0"],
+        )?;
+        ip_in(
+            &pod.ns,
+            &[
+                "neigh",
+                "add",
+                GATEWAY,
+                "lladdr",
+                HOST_VETH_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )?;
+        ip_in(&node_ns, &["link", "set", &pod.host_dev, "up"])?;
+        ip_in(
+            &node_ns,
+            &["route", "add", &format!("{addr}/32"), "dev", &pod.host_dev],
+        )?;
+        ip_in(
+            &node_ns,
+            &[
+                "neigh",
+                "add",
+                &addr,
+                "lladdr",
+                &pod_mac,
+                "dev",
+                &pod.host_dev,
+                "nud",
+                "permanent",
+            ],
+        )?;
+        self.backends
+            .push(Backend::start(&pod.ns, &pod.name, self.spec.backend_port)?);
+        self.nodes[node].pods.push(pod.clone());
+        Ok(pod)
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.nodes
+            .iter()
+            .flat_map(|n| &n.pods)
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("lab {} has no pod {name}", self.id))
+    }
+
+    /// Writes (or replaces) manifest `file` atomically, as a rename, so an agent never reads
+    /// half a file.
+    pub fn write_manifest(&self, file: &str, yaml: &str) -> Result<()> {
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        fs::write(&tmp, yaml)?;
+        fs::rename(&tmp, self.manifests.join(file))?;
+        Ok(())
+    }
+
+    pub fn remove_manifest(&self, file: &str) -> Result<()> {
+        fs::remove_file(self.manifests.join(file))
+            .with_context(|| format!("removing manifest {file}"))
+    }
+
+    /// Starts one agent per node, each in its node's namespace, and waits until all serve.
+    pub fn start_agents(&mut self) -> Result<()> {
+        for node in 0..self.nodes.len() {
+            self.start_agent(node)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent of node `node` and waits until it serves.
+    pub fn start_agent(&mut self, node: usize) -> Result<()> {
+        let bin = svclb_bin()?;
+        while self.agents.len() <= node {
+            self.agents.push(None);
+        }
+        if self.agents[node].is_some() {
+            bail!("the agent of {} is already running", self.nodes[node].name);
+        }
+        let n = &self.nodes[node];
+        let before = count_serving(&n.log);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)?;
+        let netns_file = fs::File::open(format!("/run/netns/{}", n.ns))?;
+        let mut command = Command::new(&bin);
+        command
+            .args([
+                "agent",
+                "--node-name",
+                &n.name,
+                "--devices",
+                "eth0",
+                "--pod-devices",
+                "vethpod*",
+            ])
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--bpffs-dir")
+            .arg(&n.pin_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("SVCLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let fd = netns_file.as_raw_fd();
+        // SAFETY: setns is async-signal-safe; the descriptor outlives the spawn.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        self.agents[node] = Some(Agent { child });
+        self.wait_serving(node, before)
+    }
+
+    fn wait_serving(&mut self, node: usize, before: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if count_serving(&self.nodes[node].log) > before {
+                return Ok(());
+            }
+            if let Some(agent) = self.agents[node].as_mut()
+                && let Some(status) = agent.child.try_wait()?
+            {
+                self.agents[node] = None;
+                bail!(
+                    "agent of {} exited ({status}) before serving:\n{}",
+                    self.nodes[node].name,
+                    self.agent_log(node)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "agent of {} not serving after 30 s:\n{}",
+                    self.nodes[node].name,
+                    self.agent_log(node)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the agent of `node` with `signal` (SIGTERM for a clean stop, SIGKILL for a crash)
+    /// and waits for it to exit.
+    pub fn stop_agent(&mut self, node: usize, signal: Signal) -> Result<()> {
+        let Some(mut agent) = self.agents.get_mut(node).and_then(Option::take) else {
+            bail!("the agent of {} is not running", self.nodes[node].name);
+        };
+        stop_child(&mut agent.child, signal);
+        Ok(())
+    }
+
+    pub fn agent_log(&self, node: usize) -> String {
+        fs::read_to_string(&self.nodes[node].log).unwrap_or_default()
+    }
+
+    /// Runs `svclb list -o json` on node `node`'s pins.
+    pub fn list(&self, node: usize) -> Result<serde_json::Value> {
+        let bin = svclb_bin()?;
+        let dir = self.nodes[node].pin_dir.to_string_lossy().into_owned();
+        let output = netns::run(
+            &bin.to_string_lossy(),
+            &["list", "--bpffs-dir", &dir, "-o", "json"],
+        )?;
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// Polls `check` every 20 ms until it holds or `timeout` passes; returns how long it took.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut() -> bool,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if check() {
+                return Ok(start.elapsed());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        bail!("timed out after {timeout:?} waiting for {what}")
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+}
+
+fn count_serving(log: &Path) -> usize {
+    fs::read_to_string(log)
+        .map(|s| s.matches(" serving ").count())
+        .unwrap_or(0)
+}
+
+fn stop_child(child: &mut Child, signal: Signal) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // The child may have exited already; waiting below reaps it either way.
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for agent in self.agents.iter_mut().filter_map(Option::take) {
+            let mut child = agent.child;
+            stop_child(&mut child, Signal::SIGTERM);
+        }
+        if thread::panicking() {
+            for (i, node) in self.nodes.iter().enumerate() {
+                eprintln!(
+                    "--- agent log of {} ({}) ---\n{}",
+                    node.name,
+                    self.id,
+                    self.agent_log(i)
+                );
+            }
+        }
+        self.backends.clear();
+        // Pods first, then nodes and the fabric: deleting a namespace removes its devices.
+        for ns in self.namespaces.iter().rev() {
+            if let Err(err) = netns::delete(ns) {
+                eprintln!("lab {}: {err:#}", self.id);
+            }
+        }
+        let _ = fs::remove_dir_all(&self.bpffs_root);
+        let _ = fs::remove_dir_all(&self.work_dir);
+    }
+}

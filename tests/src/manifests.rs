@@ -1,0 +1,78 @@
+//! Service and EndpointSlice manifests for lab tests and the demo.
+
+use std::fmt::Write as _;
+
+use crate::Pod;
+
+/// One port of a service: name, service port, protocol; the backends listen on `target`.
+#[derive(Clone, Debug)]
+pub struct PortSpec {
+    pub name: &'static str,
+    pub port: u16,
+    pub target: u16,
+    pub protocol: &'static str,
+}
+
+impl PortSpec {
+    pub const fn tcp(name: &'static str, port: u16, target: u16) -> Self {
+        Self {
+            name,
+            port,
+            target,
+            protocol: "TCP",
+        }
+    }
+
+    pub const fn udp(name: &'static str, port: u16, target: u16) -> Self {
+        Self {
+            name,
+            port,
+            target,
+            protocol: "UDP",
+        }
+    }
+}
+
+/// A ClusterIP Service named `name` on `cluster_ip` and one EndpointSlice holding `pods`
+/// (all ready).
+pub fn cluster_ip_service(
+    name: &str,
+    cluster_ip: &str,
+    ports: &[PortSpec],
+    pods: &[&Pod],
+) -> String {
+    let mut out = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: ClusterIP\n  clusterIP: {cluster_ip}\n  clusterIPs: [{cluster_ip}]\n  ports:\n"
+    );
+    for p in ports {
+        let _ = writeln!(
+            out,
+            "  - name: {}\n    port: {}\n    targetPort: {}\n    protocol: {}",
+            p.name, p.port, p.target, p.protocol
+        );
+    }
+    let _ = write!(
+        out,
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-slice\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n"
+    );
+    for p in ports {
+        let _ = writeln!(
+            out,
+            "- name: {}\n  port: {}\n  protocol: {}",
+            p.name, p.target, p.protocol
+        );
+    }
+    if pods.is_empty() {
+        out.push_str("endpoints: []\n");
+    } else {
+        out.push_str("endpoints:\n");
+        for pod in pods {
+            let _ = writeln!(
+                out,
+                "- addresses: [\"{}\"]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: {}\n  targetRef: {{kind: Pod, name: {}, namespace: default}}",
+                pod.addr, pod.node, pod.name
+            );
+        }
+    }
+    out
+}

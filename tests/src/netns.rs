@@ -1,0 +1,87 @@
+//! Named network namespaces (`ip netns`), commands inside them, and running Rust code in them.
+
+use std::{
+    fs::File,
+    process::{Command, Output},
+    thread,
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::sched::{CloneFlags, setns};
+
+/// Runs `ip ARGS...` and fails with its stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
+    run("ip", args).map(drop)
+}
+
+/// Runs a command and fails with its stderr when it fails.
+pub fn run(program: &str, args: &[&str]) -> Result<Output> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} (is it installed?)"))?;
+    if !output.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
+/// Runs `ip -n NS ARGS...`.
+pub fn ip_in(ns: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    ip(&all)
+}
+
+/// Sets a sysctl inside a namespace.
+pub fn sysctl_in(ns: &str, key: &str, value: &str) -> Result<()> {
+    let setting = format!("{key}={value}");
+    run("ip", &["netns", "exec", ns, "sysctl", "-qw", &setting]).map(drop)
+}
+
+pub fn add(ns: &str) -> Result<()> {
+    ip(&["netns", "add", ns])?;
+    ip_in(ns, &["link", "set", "lo", "up"])
+}
+
+pub fn delete(ns: &str) -> Result<()> {
+    ip(&["netns", "del", ns])
+}
+
+/// Names of all named namespaces.
+pub fn list() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Enters namespace `ns` in the calling thread.
+pub fn enter(ns: &str) -> Result<()> {
+    let file = File::open(format!("/run/netns/{ns}"))
+        .with_context(|| format!("opening network namespace {ns}"))?;
+    setns(file, CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering network namespace {ns}"))
+}
+
+/// Runs `f` on a new thread that has entered `ns`. Sockets created there stay in `ns` wherever
+/// they are used afterwards.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns = ns.to_owned();
+    thread::spawn(move || {
+        enter(&ns)?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+}

@@ -1,0 +1,147 @@
+//! Backends: answer every request with the pod's name.
+//!
+//! TCP: a line protocol (each line gets `NAME\n`, so one connection can ask many times) or, when
+//! the first line is an HTTP request, one HTTP response whose body is `NAME\n` (for curl).
+//! UDP: every datagram gets `NAME\n`.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::netns::in_netns;
+
+/// How often the serving threads look at the stop flag.
+const POLL: Duration = Duration::from_millis(50);
+/// A connection idle this long is closed.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// Servers of one pod; they stop when this is dropped.
+pub struct Backend {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Starts TCP and UDP servers on `port` of every address in pod namespace `ns`.
+    pub fn start(ns: &str, name: &str, port: u16) -> Result<Self> {
+        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+        let (tcp, udp) = in_netns(ns, move || {
+            let tcp = TcpListener::bind(addr).context("binding TCP")?;
+            let udp = UdpSocket::bind(addr).context("binding UDP")?;
+            Ok((tcp, udp))
+        })
+        .with_context(|| format!("starting the backend of pod {name}"))?;
+        tcp.set_nonblocking(true)?;
+        udp.set_read_timeout(Some(POLL))?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let reply = Arc::new(format!("{name}\n"));
+        let threads = vec![
+            {
+                let (stop, reply) = (stop.clone(), reply.clone());
+                thread::spawn(move || serve_tcp(&tcp, &stop, &reply))
+            },
+            {
+                let (stop, reply) = (stop.clone(), reply.clone());
+                thread::spawn(move || serve_udp(&udp, &stop, &reply))
+            },
+        ];
+        Ok(Self { stop, threads })
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            // A panicked server thread has nothing left to clean up.
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_tcp(listener: &TcpListener, stop: &Arc<AtomicBool>, reply: &Arc<String>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (stop, reply) = (stop.clone(), reply.clone());
+                thread::spawn(move || {
+                    // A client that goes away mid-answer is not the server's problem.
+                    let _ = serve_connection(stream, &stop, &reply);
+                });
+            }
+            Err(_) => thread::sleep(POLL / 5),
+        }
+    }
+}
+
+fn serve_connection(stream: TcpStream, stop: &AtomicBool, reply: &str) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(POLL))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    let mut idle = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) && idle < IDLE {
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) if line.ends_with('\n') => {
+                idle = Duration::ZERO;
+                if line.starts_with("GET ") || line.starts_with("HEAD ") {
+                    return answer_http(&mut reader, &mut writer, reply);
+                }
+                writer.write_all(reply.as_bytes())?;
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                idle += POLL;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn answer_http(
+    reader: &mut BufReader<TcpStream>,
+    writer: &mut TcpStream,
+    body: &str,
+) -> std::io::Result<()> {
+    let mut header = String::new();
+    loop {
+        header.clear();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    writer.write_all(response.as_bytes())
+}
+
+fn serve_udp(socket: &UdpSocket, stop: &AtomicBool, reply: &str) {
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+            // A lost answer is the client's timeout to handle, as with any UDP service.
+            let _ = socket.send_to(reply.as_bytes(), peer);
+        }
+    }
+}
