@@ -85,3 +85,17 @@ pub fn in_netns<T: Send + 'static>(
     .join()
     .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
 }
+
+/// Names of the programs attached to the tcx ingress hook of device `dev` in namespace `ns`.
+pub fn tcx_ingress_programs(ns: &str, dev: &str) -> Result<Vec<String>> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let dev = std::ffi::CString::new(dev)?;
+    in_netns(ns, move || {
+        let (_, programs) = SchedClassifier::query_tcx(dev.as_c_str(), TcAttachType::Ingress)
+            .with_context(|| format!("querying tcx ingress of {dev:?}"))?;
+        Ok(programs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+            .collect())
+    })
+}

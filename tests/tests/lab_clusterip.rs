@@ -78,3 +78,178 @@ fn pod_reaches_local_and_remote_backends_over_tcp_and_udp() -> Result<()> {
     assert_eq!(peer, vip("10.96.0.10", 80));
     Ok(())
 }
+
+#[test]
+fn connections_spread_over_every_backend() -> Result<()> {
+    if skip_unless_root("connections_spread_over_every_backend") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec::default())?;
+    let backends = [
+        lab.pod("n1-pod2").clone(),
+        lab.pod("n2-pod1").clone(),
+        lab.pod("n2-pod2").clone(),
+    ];
+    let refs: Vec<_> = backends.iter().collect();
+    lab.write_manifest(
+        "web.yaml",
+        &cluster_ip_service("web", "10.96.0.20", &[WEB, DNS], &refs),
+    )?;
+    lab.start_agents()?;
+    let client = lab.pod("n1-pod1").ns.clone();
+
+    const CONNECTIONS: usize = 630;
+    let fair = CONNECTIONS / backends.len();
+    for (what, results) in [
+        (
+            "TCP",
+            tcp_ask_many(&client, vip("10.96.0.20", 80), CONNECTIONS, TIMEOUT)?,
+        ),
+        // Each UDP exchange uses a new socket, hence a new flow.
+        (
+            "UDP",
+            udp_ask_many(&client, vip("10.96.0.20", 53), CONNECTIONS, TIMEOUT)?,
+        ),
+    ] {
+        let spread = counts(&results);
+        println!("{what} spread over {CONNECTIONS}: {spread:?}");
+        assert_eq!(spread.values().sum::<usize>(), CONNECTIONS);
+        for pod in &backends {
+            let got = spread.get(&pod.name).copied().unwrap_or(0);
+            assert!(
+                got > fair / 2,
+                "{what}: {} got {got} of {CONNECTIONS} ({spread:?})",
+                pod.name
+            );
+        }
+        assert_eq!(
+            spread.len(),
+            backends.len(),
+            "{what}: only backends answer: {spread:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn removed_backend_gets_no_new_connections_and_others_keep_theirs() -> Result<()> {
+    if skip_unless_root("removed_backend_gets_no_new_connections_and_others_keep_theirs") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec::default())?;
+    let (a, b, c) = (
+        lab.pod("n1-pod2").clone(),
+        lab.pod("n2-pod1").clone(),
+        lab.pod("n2-pod2").clone(),
+    );
+    lab.write_manifest(
+        "web.yaml",
+        &cluster_ip_service("web", "10.96.0.30", &[WEB], &[&a, &b, &c]),
+    )?;
+    lab.start_agents()?;
+    let client = lab.pod("n1-pod1").ns.clone();
+    let web = vip("10.96.0.30", 80);
+
+    // Established connections, until each backend holds at least one (bounded attempts).
+    let mut sessions = Vec::new();
+    for _ in 0..60 {
+        let mut s = TcpSession::connect_in(&client, web, TIMEOUT)?;
+        let who = s.ask()?;
+        sessions.push((who, s));
+        let names: std::collections::BTreeSet<_> =
+            sessions.iter().map(|(w, _)| w.clone()).collect();
+        if names.len() == 3 && sessions.len() >= 6 {
+            break;
+        }
+    }
+    let seen: std::collections::BTreeSet<_> = sessions.iter().map(|(w, _)| w.clone()).collect();
+    assert_eq!(seen.len(), 3, "every backend holds a connection: {seen:?}");
+
+    // Remove backend c while traffic flows on the established connections.
+    lab.write_manifest(
+        "web.yaml",
+        &cluster_ip_service("web", "10.96.0.30", &[WEB], &[&a, &b]),
+    )?;
+    let took = lab.wait_for(
+        Duration::from_secs(2),
+        "the backend to leave the maps",
+        || {
+            lab.list(0).is_ok_and(|l| {
+                l["frontends"][0]["backends"]
+                    .as_array()
+                    .is_some_and(|b| b.len() == 2)
+            })
+        },
+    )?;
+    println!("backend removed from the node's maps {took:?} after the manifest changed");
+    let new = tcp_ask_many(&client, web, 100, TIMEOUT)?;
+    let spread = counts(&new);
+    assert!(
+        !spread.contains_key(&c.name),
+        "removed backend got new connections: {spread:?}"
+    );
+    assert_eq!(spread.values().sum::<usize>(), 100);
+    assert!(
+        spread.keys().all(|k| *k == a.name || *k == b.name),
+        "{spread:?}"
+    );
+
+    for (who, session) in sessions.iter_mut().filter(|(w, _)| *w != c.name) {
+        for _ in 0..3 {
+            assert_eq!(&session.ask()?, who, "an established connection moved");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn deleted_service_stops_being_translated() -> Result<()> {
+    if skip_unless_root("deleted_service_stops_being_translated") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec::default())?;
+    let backend = lab.pod("n2-pod3").clone();
+    lab.write_manifest(
+        "gone.yaml",
+        &cluster_ip_service("gone", "10.96.0.40", &[WEB, DNS], &[&backend]),
+    )?;
+    lab.write_manifest(
+        "kept.yaml",
+        &cluster_ip_service("kept", "10.96.0.41", &[WEB], &[&backend]),
+    )?;
+    lab.start_agents()?;
+    let client = lab.pod("n1-pod1").ns.clone();
+    assert_eq!(
+        counts(&tcp_ask_many(&client, vip("10.96.0.40", 80), 3, TIMEOUT)?),
+        BTreeMap::from([(backend.name.clone(), 3)])
+    );
+
+    lab.remove_manifest("gone.yaml")?;
+    lab.wait_for(
+        Duration::from_secs(2),
+        "the frontends to leave the maps",
+        || {
+            lab.list(0)
+                .is_ok_and(|l| l["frontends"].as_array().is_some_and(|f| f.len() == 1))
+        },
+    )?;
+    let short = Duration::from_millis(300);
+    for result in tcp_ask_many(&client, vip("10.96.0.40", 80), 3, short)? {
+        assert!(
+            result.is_err(),
+            "deleted TCP service still answers: {result:?}"
+        );
+    }
+    for result in udp_ask_many(&client, vip("10.96.0.40", 53), 3, short)? {
+        assert!(
+            result.is_err(),
+            "deleted UDP service still answers: {result:?}"
+        );
+    }
+    // The other service is untouched.
+    assert_eq!(
+        counts(&tcp_ask_many(&client, vip("10.96.0.41", 80), 3, TIMEOUT)?),
+        BTreeMap::from([(backend.name.clone(), 3)])
+    );
+    Ok(())
+}

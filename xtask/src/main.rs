@@ -1,1 +1,129 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | test | run`.
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, rust-src, bpf-linker).
+    Setup,
+    /// Unit, datapath-fixture and lab tests (needs root).
+    Test {
+        /// Only tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Without arguments: a demo lab with an agent per node. With `-- ARGS`: `svclb agent ARGS`
+    /// on this machine.
+    Run {
+        /// Exit after the demo instead of waiting for Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Arguments for `svclb agent` on the real machine.
+        #[arg(last = true)]
+        agent_args: Vec<String>,
+    },
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing when it fails.
+pub fn run(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Builds the agent and returns the path of its binary.
+pub fn build_svclb() -> Result<PathBuf> {
+    run(Command::new("cargo").args(["build", "--package", "svclb"]))?;
+    Ok(workspace_root().join("target/debug/svclb"))
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    if !svclb_tests::is_root() {
+        bail!(
+            "`cargo xtask test` runs privileged datapath and lab tests and needs root \
+             (unit tests alone: `cargo test`)"
+        );
+    }
+    let started = Instant::now();
+    let leftovers = svclb_tests::remove_leftovers();
+    if leftovers > 0 {
+        println!("removed {leftovers} namespaces left by an earlier killed run");
+    }
+    let svclb = build_svclb()?;
+    let filter: Vec<String> = filter.into_iter().collect();
+
+    println!("== unit tests");
+    run(Command::new("cargo")
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "svclb-ebpf",
+            "--exclude",
+            "svclb-tests",
+            "--",
+        ])
+        .args(&filter))?;
+    let unit = started.elapsed();
+
+    println!("== datapath fixtures and lab tests (one at a time: they share the kernel)");
+    run(Command::new("cargo")
+        .args(["test", "--package", "svclb-tests", "--", "--test-threads=1"])
+        .args(&filter)
+        .env("SVCLB_BIN", &svclb))?;
+    println!(
+        "== all tests passed in {:.0?} (build and unit tests {:.0?})",
+        started.elapsed(),
+        unit
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Setup => setup::setup(),
+        Task::Test { filter } => {
+            setup::setup()?;
+            test(filter)
+        }
+        Task::Run { once, agent_args } => {
+            setup::setup()?;
+            if agent_args.is_empty() {
+                demo::run(once)
+            } else {
+                let svclb = build_svclb()?;
+                run(Command::new(svclb).arg("agent").args(agent_args))
+            }
+        }
+    }
+}

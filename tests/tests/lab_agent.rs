@@ -1,0 +1,232 @@
+//! End-to-end: the agent's life cycle. Takeover after a crash, devices that appear after start,
+//! bad input next to good input.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use anyhow::Result;
+use nix::sys::signal::Signal;
+use svclb_tests::{
+    Lab, LabSpec,
+    client::{tcp_ask_many, udp_ask_many},
+    manifests::{PortSpec, cluster_ip_service},
+    netns, skip_unless_root,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+const WEB: PortSpec = PortSpec::tcp("http", 80, 8080);
+const DNS: PortSpec = PortSpec::udp("dns", 53, 8080);
+
+fn vip(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+fn answers(results: Vec<Result<String>>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in results {
+        *out.entry(r.unwrap_or_else(|e| format!("error: {e:#}")))
+            .or_default() += 1;
+    }
+    out
+}
+
+/// Programs attached to a device's tcx ingress hook in namespace `ns`.
+fn tcx_ingress_programs(ns: &str, dev: &str) -> Result<usize> {
+    Ok(netns::tcx_ingress_programs(ns, dev)?.len())
+}
+
+#[test]
+fn restart_after_kill_takes_over_without_duplicates_or_stale_entries() -> Result<()> {
+    if skip_unless_root("restart_after_kill_takes_over_without_duplicates_or_stale_entries") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec::default())?;
+    let (a, b) = (lab.pod("n1-pod2").clone(), lab.pod("n2-pod1").clone());
+    lab.write_manifest(
+        "keep.yaml",
+        &cluster_ip_service("keep", "10.96.1.1", &[WEB], &[&a, &b]),
+    )?;
+    lab.write_manifest(
+        "drop.yaml",
+        &cluster_ip_service("drop", "10.96.1.2", &[WEB, DNS], &[&b]),
+    )?;
+    lab.start_agents()?;
+    let node_ns = lab.nodes[0].ns.clone();
+    assert_eq!(tcx_ingress_programs(&node_ns, "eth0")?, 1);
+    assert_eq!(lab.list(0)?["frontends"].as_array().map(Vec::len), Some(3));
+
+    // Crash, change the world while nothing runs, start again.
+    lab.stop_agent(0, Signal::SIGKILL)?;
+    lab.remove_manifest("drop.yaml")?;
+    lab.write_manifest(
+        "keep.yaml",
+        &cluster_ip_service("keep", "10.96.1.1", &[WEB], &[&a]),
+    )?;
+    lab.start_agent(0)?;
+
+    for dev in ["eth0", "vethpod1", "vethpod2", "vethpod3"] {
+        assert_eq!(
+            tcx_ingress_programs(&node_ns, dev)?,
+            1,
+            "programs on {dev} after restart"
+        );
+    }
+    let listing = lab.list(0)?;
+    let frontends = listing["frontends"].as_array().expect("frontends");
+    assert_eq!(frontends.len(), 1, "stale frontends left: {listing}");
+    let backends = frontends[0]["backends"].as_array().expect("backends");
+    assert_eq!(backends.len(), 1, "stale backends left: {listing}");
+    assert_eq!(backends[0]["address"], a.addr.to_string());
+
+    let client = lab.pod("n1-pod1").ns.clone();
+    assert_eq!(
+        answers(tcp_ask_many(&client, vip("10.96.1.1", 80), 10, TIMEOUT)?),
+        BTreeMap::from([(a.name.clone(), 10)])
+    );
+    for r in udp_ask_many(&client, vip("10.96.1.2", 53), 2, Duration::from_millis(300))? {
+        assert!(r.is_err(), "removed service answers after restart: {r:?}");
+    }
+
+    // A clean stop detaches everything and leaves the maps pinned for `svclb list`.
+    lab.stop_agent(0, Signal::SIGTERM)?;
+    assert_eq!(tcx_ingress_programs(&node_ns, "eth0")?, 0);
+    assert!(lab.agent_log(0).contains("stopped; maps stay pinned"));
+    assert_eq!(lab.list(0)?["frontends"].as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+#[test]
+fn pod_devices_created_after_start_are_attached() -> Result<()> {
+    if skip_unless_root("pod_devices_created_after_start_are_attached") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec {
+        pods_per_node: 1,
+        ..LabSpec::default()
+    })?;
+    let backend = lab.pod("n2-pod1").clone();
+    lab.write_manifest(
+        "web.yaml",
+        &cluster_ip_service("web", "10.96.2.1", &[WEB, DNS], &[&backend]),
+    )?;
+    lab.start_agents()?;
+
+    let late = lab.add_pod(0)?;
+    let node_ns = lab.nodes[0].ns.clone();
+    lab.wait_for(
+        Duration::from_secs(2),
+        "the new device to be attached",
+        || tcx_ingress_programs(&node_ns, &late.host_dev).is_ok_and(|n| n == 1),
+    )?;
+    assert_eq!(
+        answers(tcp_ask_many(&late.ns, vip("10.96.2.1", 80), 5, TIMEOUT)?),
+        BTreeMap::from([(backend.name.clone(), 5)])
+    );
+    assert_eq!(
+        answers(udp_ask_many(&late.ns, vip("10.96.2.1", 53), 5, TIMEOUT)?),
+        BTreeMap::from([(backend.name.clone(), 5)])
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
+    if skip_unless_root("bad_manifests_are_reported_and_everything_valid_is_served") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec::default())?;
+    let backend = lab.pod("n1-pod3").clone();
+    lab.write_manifest(
+        "good.yaml",
+        &cluster_ip_service("good", "10.96.3.1", &[WEB], &[&backend]),
+    )?;
+    lab.write_manifest(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: [unclosed\n",
+    )?;
+    lab.write_manifest(
+        "badip.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: badip, namespace: default}\nspec:\n  clusterIP: 10.96.3.300\n  ports: [{port: 80}]\n",
+    )?;
+    lab.write_manifest(
+        "badport.yaml",
+        &cluster_ip_service(
+            "badport",
+            "10.96.3.2",
+            &[PortSpec::tcp("http", 80, 8080)],
+            &[&backend],
+        )
+        .replace("port: 80\n", "port: 70000\n"),
+    )?;
+    lab.start_agents()?;
+    let client = lab.pod("n1-pod1").ns.clone();
+    assert_eq!(
+        answers(tcp_ask_many(&client, vip("10.96.3.1", 80), 3, TIMEOUT)?),
+        BTreeMap::from([(backend.name.clone(), 3)])
+    );
+
+    let log = lab.agent_log(0);
+    for expected in [
+        "file broken.yaml (document 1): not valid YAML",
+        "Service default/badip: clusterIP \"10.96.3.300\" is not an IP address",
+        "Service default/badport: port \"http\": 70000 is not a port number",
+    ] {
+        assert!(log.contains(expected), "log lacks {expected:?}:\n{log}");
+    }
+    assert_eq!(lab.list(0)?["frontends"].as_array().map(Vec::len), Some(1));
+
+    // A good file that turns bad keeps serving its last good contents; logged once.
+    lab.write_manifest("good.yaml", "kind: [\n")?;
+    lab.wait_for(
+        Duration::from_secs(2),
+        "the broken file to be reported",
+        || {
+            lab.agent_log(0)
+                .contains("file good.yaml (document 1): not valid YAML")
+        },
+    )?;
+    assert_eq!(
+        answers(tcp_ask_many(&client, vip("10.96.3.1", 80), 3, TIMEOUT)?),
+        BTreeMap::from([(backend.name.clone(), 3)])
+    );
+    assert_eq!(
+        lab.agent_log(0)
+            .matches("file broken.yaml (document 1)")
+            .count(),
+        1,
+        "reported once"
+    );
+    Ok(())
+}
+
+#[test]
+fn agent_refuses_a_missing_uplink_with_a_clear_error() -> Result<()> {
+    if skip_unless_root("agent_refuses_a_missing_uplink_with_a_clear_error") {
+        return Ok(());
+    }
+    let lab = Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 0,
+        ..LabSpec::default()
+    })?;
+    let bin = svclb_tests::svclb_bin()?;
+    let out = std::process::Command::new(&bin)
+        .args(["agent", "--node-name", "n1", "--devices", "nosuchdev0"])
+        .arg("--manifests")
+        .arg(&lab.manifests)
+        .arg("--bpffs-dir")
+        .arg("/sys/fs/bpf/svl-missing-uplink")
+        .output()?;
+    std::fs::remove_dir_all("/sys/fs/bpf/svl-missing-uplink")?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("svclb: error: uplink device nosuchdev0 does not exist"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("error").count(),
+        1,
+        "one-line error, no backtrace: {stderr}"
+    );
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! `cargo xtask run`: a demo lab with an agent per node serving `examples/`.
+
+use std::{
+    collections::BTreeMap, fs, net::SocketAddr, process::Command, sync::mpsc, time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use svclb_tests::{
+    Lab, LabSpec,
+    client::{tcp_ask_many, udp_ask_many},
+};
+
+const WEB: &str = "10.96.0.10:80";
+const DNS: &str = "10.96.0.53:53";
+const CLIENT_POD: &str = "n1-pod1";
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn show(kind: &str, target: &str, answers: &[Result<String>]) {
+    println!(
+        "{} {kind} requests from pod {CLIENT_POD} to {target}:",
+        answers.len()
+    );
+    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, answer) in answers.iter().enumerate() {
+        let who = match answer {
+            Ok(name) => name.clone(),
+            Err(err) => format!("FAILED: {err:#}"),
+        };
+        println!("  {:>2}  answered by {who}", i + 1);
+        *spread.entry(who).or_default() += 1;
+    }
+    let summary: Vec<String> = spread
+        .iter()
+        .map(|(who, n)| format!("{who} x{n}"))
+        .collect();
+    println!("  spread: {}\n", summary.join(", "));
+}
+
+pub fn run(once: bool) -> Result<()> {
+    let svclb = crate::build_svclb()?;
+    // SAFETY: set before any thread of ours starts; the lab reads it when starting agents.
+    unsafe { std::env::set_var("SVCLB_BIN", &svclb) };
+
+    let mut lab = Lab::new(LabSpec::default())?;
+    let examples = crate::workspace_root().join("examples");
+    for entry in fs::read_dir(&examples).context("reading examples/")? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            fs::copy(&path, lab.manifests.join(path.file_name().expect("a file")))?;
+        }
+    }
+    lab.start_agents()?;
+    let client = lab.pod(CLIENT_POD).ns.clone();
+    println!(
+        "\nsvclb demo lab {}: {} nodes with an agent each, {} pods serving their name on :8080",
+        lab.id,
+        lab.nodes.len(),
+        lab.nodes.iter().map(|n| n.pods.len()).sum::<usize>()
+    );
+    println!(
+        "manifests: {} (copied from examples/)\n",
+        lab.manifests.display()
+    );
+
+    let web: SocketAddr = WEB.parse()?;
+    let dns: SocketAddr = DNS.parse()?;
+    show(
+        "TCP",
+        &format!("service web ({WEB})"),
+        &tcp_ask_many(&client, web, 8, TIMEOUT)?,
+    );
+    show(
+        "UDP",
+        &format!("service dns ({DNS})"),
+        &udp_ask_many(&client, dns, 4, TIMEOUT)?,
+    );
+
+    let pins = lab.nodes[0].pin_dir.display().to_string();
+    println!("$ svclb list --bpffs-dir {pins}");
+    crate::run(Command::new(&svclb).args(["list", "--bpffs-dir", &pins]))?;
+
+    println!("\nTry it by hand (as root, while this runs):");
+    println!("  ip netns exec {client} curl -s http://10.96.0.10/");
+    println!("  echo hi | ip netns exec {client} socat -t1 - UDP:10.96.0.53:53");
+    println!("  {} list --bpffs-dir {pins}", svclb.display());
+    println!("  bpftool map dump pinned {pins}/SVCLB_SERVICES");
+    println!(
+        "  edit {}/demo.yaml: the agents apply changes within a second (logs: {})",
+        lab.manifests.display(),
+        lab.work_dir().display()
+    );
+    if once {
+        println!("\n--once: tearing the lab down");
+        return Ok(());
+    }
+    println!("\nCtrl-C tears the lab down.");
+    let (tx, rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        // Only the first signal matters; later sends find the receiver gone.
+        let _ = tx.send(());
+    })
+    .context("installing a Ctrl-C handler")?;
+    rx.recv().context("waiting for Ctrl-C")?;
+    println!("tearing the lab down");
+    Ok(())
+}
