@@ -17,6 +17,7 @@ pub mod client;
 mod lab;
 pub mod manifests;
 pub mod netns;
+pub mod packet;
 pub mod server;
 
 pub use lab::{LAB_PREFIX, Lab, LabSpec, Node, Pod, remove_leftovers, svclb_bin};
