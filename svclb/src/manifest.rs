@@ -186,3 +186,95 @@ impl ManifestSource {
         snapshot
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::{ManifestSource, Object, parse_documents};
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n";
+
+    #[test]
+    fn documents_of_every_kind() {
+        let text = format!(
+            "{SVC}---\n# a comment-only document\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s, namespace: x}}\naddressType: IPv4\nendpoints: []\n"
+        );
+        let (objects, diags) = parse_documents(&text, "f.yaml").unwrap();
+        assert!(diags.is_empty(), "{diags:?}");
+        assert!(matches!(
+            objects[..],
+            [Object::Service(_), Object::EndpointSlice(_)]
+        ));
+    }
+
+    #[test]
+    fn schema_errors_skip_one_document_and_name_it() {
+        let text = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: bad}}\nspec: {{ports: [{{port: eighty}}]}}\n---\n{SVC}---\nkind: Service\n---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: x}}\n"
+        );
+        let (objects, diags) = parse_documents(&text, "f.yaml").unwrap();
+        assert_eq!(objects.len(), 1);
+        let shown: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert!(
+            shown[0].starts_with("file f.yaml (document 1): invalid Service:"),
+            "{shown:?}"
+        );
+        assert_eq!(
+            shown[1],
+            "file f.yaml (document 3): has no apiVersion or kind; skipped"
+        );
+        assert_eq!(
+            shown[2],
+            "file f.yaml (document 4): Service has no metadata.name; skipped"
+        );
+    }
+
+    #[test]
+    fn invalid_yaml_fails_the_file() {
+        let err = parse_documents("a: [\n", "f.yaml").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("file f.yaml (document 1): not valid YAML"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_breaks_keeps_its_last_good_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.yaml"), SVC).unwrap();
+        fs::write(dir.path().join(".swap.yaml"), "ignored: [").unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(
+            dir.path().join("sub/b.yml"),
+            SVC.replace("name: a", "name: b"),
+        )
+        .unwrap();
+        fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+        let mut source = ManifestSource::new(dir.path());
+        let first = source.read();
+        assert_eq!(first.services.len(), 2);
+        assert!(first.diagnostics.is_empty(), "{:?}", first.diagnostics);
+
+        fs::write(dir.path().join("a.yaml"), "kind: [").unwrap();
+        let broken = source.read();
+        assert_eq!(
+            broken.services.len(),
+            2,
+            "the broken file still serves its last good objects"
+        );
+        assert!(
+            broken.diagnostics[0]
+                .reason
+                .ends_with("serving the file's last good contents")
+        );
+
+        fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        assert_eq!(
+            source.read().services.len(),
+            1,
+            "a removed file's objects go away"
+        );
+    }
+}

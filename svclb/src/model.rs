@@ -269,8 +269,19 @@ fn endpoints_for_port(
                 ready,
                 serving,
             };
+            // Of several copies of one ip:port, the non-terminating one wins, then the ready,
+            // then the serving one; the node name breaks ties so the order of slices never
+            // matters.
+            let rank = |c: &Candidate| {
+                (
+                    !c.backend.terminating,
+                    c.ready,
+                    c.serving,
+                    c.backend.node.clone(),
+                )
+            };
             match by_addr.get(&(addr, number)) {
-                Some(existing) if !existing.backend.terminating || terminating => {}
+                Some(existing) if rank(existing) >= rank(&candidate) => {}
                 _ => {
                     by_addr.insert((addr, number), candidate);
                 }
@@ -292,3 +303,7 @@ fn endpoints_for_port(
         .map(|c| c.backend)
         .collect()
 }
+
+#[cfg(test)]
+#[path = "tests/model_tests.rs"]
+mod tests;

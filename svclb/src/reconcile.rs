@@ -7,7 +7,10 @@ use std::collections::HashSet;
 
 use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey};
 
-use crate::mapstate::{MapState, ServiceRecord, ip_of};
+use crate::{
+    mapstate::{MapState, ServiceRecord, ip_of},
+    plan::{FrontendKey, Protocol},
+};
 
 /// The writes the reconciler needs from the maps.
 pub trait MapWriter {
@@ -31,7 +34,16 @@ pub struct SyncReport {
 
 fn frontend_name(key: &ServiceKey) -> String {
     let port = u16::from_be(key.port_be);
-    format!("{}:{port}/{}", ip_of(&key.addr, key.family), key.proto)
+    let addr = ip_of(&key.addr, key.family);
+    match Protocol::from_number(key.proto) {
+        Some(protocol) => FrontendKey {
+            address: addr,
+            port,
+            protocol,
+        }
+        .to_string(),
+        None => format!("{addr}:{port}/{}", key.proto),
+    }
 }
 
 /// Brings the maps from `current` to `desired`, updating `current` as writes succeed.
@@ -178,3 +190,7 @@ fn delete_slots<W: MapWriter>(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "tests/reconcile_tests.rs"]
+mod tests;

@@ -1,0 +1,335 @@
+//! The reconciler against an in-memory kernel that checks, at every single write, that the
+//! datapath could never see a frontend pointing at a slot or backend that is not there.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr},
+};
+
+use proptest::prelude::*;
+use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey};
+
+use super::{MapWriter, sync};
+use crate::{
+    mapstate::{Capacity, MapState, desired},
+    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, WhenEmpty},
+};
+
+#[derive(Default)]
+struct FakeKernel {
+    services: BTreeMap<ServiceKey, ServiceValue>,
+    slots: BTreeMap<SlotKey, u32>,
+    backends: BTreeMap<u32, Backend>,
+    writes: usize,
+    /// Backend ids whose put fails (a full map).
+    fail_backends: BTreeSet<u32>,
+}
+
+impl FakeKernel {
+    /// What the datapath can reach must always be complete.
+    fn check_reachable(&self) {
+        for (key, value) in &self.services {
+            for slot in 0..value.count {
+                let backend = self.slots.get(&SlotKey {
+                    svc_id: value.id,
+                    slot,
+                });
+                let backend = backend.unwrap_or_else(|| panic!("{key:?} slot {slot} missing"));
+                assert!(
+                    self.backends.contains_key(backend),
+                    "{key:?} slot {slot} -> missing backend {backend}"
+                );
+            }
+        }
+    }
+
+    fn state(&self) -> MapState {
+        let mut state = MapState::default();
+        state.backends = self.backends.clone();
+        for (key, value) in &self.services {
+            let slots = (0..value.count)
+                .map(|slot| {
+                    self.slots[&SlotKey {
+                        svc_id: value.id,
+                        slot,
+                    }]
+                })
+                .collect();
+            state.services.insert(
+                *key,
+                crate::mapstate::ServiceRecord {
+                    value: *value,
+                    slots,
+                },
+            );
+        }
+        state
+    }
+}
+
+impl MapWriter for FakeKernel {
+    type Error = String;
+
+    fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<(), String> {
+        if self.fail_backends.contains(&id) {
+            return Err("map full".into());
+        }
+        self.writes += 1;
+        self.backends.insert(id, *backend);
+        self.check_reachable();
+        Ok(())
+    }
+
+    fn del_backend(&mut self, id: u32) -> Result<(), String> {
+        self.writes += 1;
+        self.backends.remove(&id).ok_or("no such backend")?;
+        self.check_reachable();
+        Ok(())
+    }
+
+    fn put_slot(&mut self, key: SlotKey, backend_id: u32) -> Result<(), String> {
+        self.writes += 1;
+        self.slots.insert(key, backend_id);
+        self.check_reachable();
+        Ok(())
+    }
+
+    fn del_slot(&mut self, key: SlotKey) -> Result<(), String> {
+        self.writes += 1;
+        self.slots.remove(&key).ok_or("no such slot")?;
+        self.check_reachable();
+        Ok(())
+    }
+
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), String> {
+        self.writes += 1;
+        self.services.insert(*key, *value);
+        self.check_reachable();
+        Ok(())
+    }
+
+    fn del_service(&mut self, key: &ServiceKey) -> Result<(), String> {
+        self.writes += 1;
+        self.services.remove(key).ok_or("no such service")?;
+        self.check_reachable();
+        Ok(())
+    }
+}
+
+const CAPACITY: Capacity = Capacity {
+    services: 1000,
+    backends: 1000,
+};
+
+/// A plan from (vip last octet, backend last octets) pairs; all TCP port 80 -> 8080.
+fn plan(frontends: &[(u8, &[u8])]) -> Plan {
+    let mut plan = Plan::default();
+    for (vip, backends) in frontends {
+        plan.frontends.insert(
+            FrontendKey {
+                address: IpAddr::V4(Ipv4Addr::new(10, 96, 0, *vip)),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            Frontend {
+                service: format!("default/svc{vip}"),
+                port_name: String::new(),
+                kind: FrontendKind::ClusterIP,
+                backends: backends
+                    .iter()
+                    .map(|b| PlanBackend {
+                        address: IpAddr::V4(Ipv4Addr::new(10, 244, 0, *b)),
+                        port: 8080,
+                        node: None,
+                        local: false,
+                        terminating: false,
+                    })
+                    .collect(),
+                when_empty: WhenEmpty::Reject,
+            },
+        );
+    }
+    plan
+}
+
+/// Plans and syncs; returns the writes of this sync.
+fn apply(kernel: &mut FakeKernel, programmed: &mut MapState, p: &Plan) -> usize {
+    let before = kernel.writes;
+    let (want, diags) = desired(p, programmed, CAPACITY);
+    assert!(diags.is_empty(), "{diags:?}");
+    let report = sync(programmed, &want, kernel);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.writes, kernel.writes - before);
+    assert_eq!(
+        &kernel.state(),
+        programmed,
+        "programmed state mirrors the kernel"
+    );
+    assert_eq!(programmed, &want);
+    kernel.writes - before
+}
+
+#[test]
+fn cold_sync_then_nothing_to_do() {
+    let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+    let p = plan(&[(1, &[1, 2, 3]), (2, &[3, 4])]);
+    // 4 backends, 5 slots, 2 services.
+    assert_eq!(apply(&mut kernel, &mut programmed, &p), 11);
+    assert_eq!(apply(&mut kernel, &mut programmed, &p), 0);
+    assert_eq!(
+        kernel.backends.len(),
+        4,
+        "a backend shared by two frontends is stored once"
+    );
+}
+
+#[test]
+fn one_endpoint_change_costs_a_few_writes() {
+    let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+    let mut frontends: Vec<(u8, Vec<u8>)> = (1..=100u8).map(|v| (v, vec![v, v + 100])).collect();
+    let as_plan = |f: &[(u8, Vec<u8>)]| {
+        plan(
+            &f.iter()
+                .map(|(v, b)| (*v, b.as_slice()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    apply(&mut kernel, &mut programmed, &as_plan(&frontends));
+    let ids: BTreeMap<_, _> = programmed
+        .services
+        .iter()
+        .map(|(k, r)| (*k, r.value.id))
+        .collect();
+
+    frontends[49].1[1] = 250;
+    // New backend, one slot, then the old backend's removal.
+    assert_eq!(apply(&mut kernel, &mut programmed, &as_plan(&frontends)), 3);
+    let after: BTreeMap<_, _> = programmed
+        .services
+        .iter()
+        .map(|(k, r)| (*k, r.value.id))
+        .collect();
+    assert_eq!(ids, after, "frontend ids are stable");
+}
+
+#[test]
+fn shrinking_and_removing_frontends() {
+    let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+    apply(
+        &mut kernel,
+        &mut programmed,
+        &plan(&[(1, &[1, 2, 3]), (2, &[4])]),
+    );
+    apply(&mut kernel, &mut programmed, &plan(&[(1, &[1])]));
+    assert_eq!(kernel.slots.len(), 1);
+    assert_eq!(kernel.backends.len(), 1);
+    apply(&mut kernel, &mut programmed, &plan(&[(1, &[])]));
+    let value = kernel.services.values().next().unwrap();
+    assert_eq!(
+        (value.count, value.flags),
+        (0, svclb_common::service::SVC_F_REJECT)
+    );
+    apply(&mut kernel, &mut programmed, &plan(&[]));
+    assert!(kernel.services.is_empty() && kernel.slots.is_empty() && kernel.backends.is_empty());
+}
+
+#[test]
+fn ids_freed_in_a_sync_are_not_reused_in_it() {
+    let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+    apply(&mut kernel, &mut programmed, &plan(&[(1, &[1])]));
+    let old = programmed.clone();
+    apply(&mut kernel, &mut programmed, &plan(&[(2, &[2])]));
+    let old_svc: BTreeSet<u32> = old.services.values().map(|r| r.value.id).collect();
+    let new_svc: BTreeSet<u32> = programmed.services.values().map(|r| r.value.id).collect();
+    assert!(old_svc.is_disjoint(&new_svc));
+    assert!(
+        old.backends
+            .keys()
+            .all(|id| !programmed.backends.contains_key(id))
+    );
+}
+
+#[test]
+fn a_failed_backend_write_keeps_the_old_frontend_and_serves_the_rest() {
+    let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+    apply(&mut kernel, &mut programmed, &plan(&[(1, &[1]), (2, &[2])]));
+    // The next new backend id is 3: make its write fail.
+    kernel.fail_backends.insert(3);
+    let (want, _) = desired(
+        &plan(&[(1, &[1, 9]), (2, &[2]), (3, &[4])]),
+        &programmed,
+        CAPACITY,
+    );
+    let report = sync(&mut programmed, &want, &mut kernel);
+    assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
+    assert!(
+        report.errors[0].starts_with("backend 3: map full"),
+        "{:?}",
+        report.errors
+    );
+    assert!(
+        report.errors[1].contains("frontend 10.96.0.1:80/TCP: not updated"),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(
+        kernel.state(),
+        programmed,
+        "what failed is not recorded as programmed"
+    );
+    assert_eq!(kernel.services.len(), 3, "the other frontends are served");
+    let first = programmed.services.values().next().unwrap();
+    assert_eq!(
+        first.slots.len(),
+        1,
+        "the frontend keeps its last good backends"
+    );
+
+    // Once the map has room again, the next sync completes the change.
+    kernel.fail_backends.clear();
+    let report = sync(&mut programmed, &want, &mut kernel);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(programmed, want);
+}
+
+#[test]
+fn full_maps_are_reported_by_service() {
+    let tiny = Capacity {
+        services: 2,
+        backends: 2,
+    };
+    let p = plan(&[(1, &[1]), (2, &[2, 3]), (3, &[1])]);
+    let (want, diags) = desired(&p, &MapState::default(), tiny);
+    let shown: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "Service default/svc2: frontend 10.96.0.2:80/TCP skipped: the backends map is full (2 entries)",
+            "Service default/svc3: frontend 10.96.0.3:80/TCP skipped: the services map is full (2 entries)",
+        ]
+    );
+    assert_eq!(want.services.len(), 1);
+}
+
+fn arb_plan() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
+    prop::collection::btree_map(1u8..20, prop::collection::btree_set(1u8..30, 0..6), 0..12)
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|(k, v)| (k, v.into_iter().collect()))
+                .collect()
+        })
+}
+
+proptest! {
+    /// Any sequence of plans: every intermediate kernel state is reachable-complete (checked
+    /// inside the fake), and after each sync the kernel holds exactly the plan.
+    #[test]
+    fn any_sequence_of_plans_converges(plans in prop::collection::vec(arb_plan(), 1..8)) {
+        let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+        for p in &plans {
+            let p = plan(&p.iter().map(|(v, b)| (*v, b.as_slice())).collect::<Vec<_>>());
+            apply(&mut kernel, &mut programmed, &p);
+            prop_assert_eq!(apply(&mut kernel, &mut programmed, &p), 0);
+        }
+    }
+}
