@@ -1,6 +1,10 @@
 //! svclb datapath: entry points only. The work lives in the modules named for what they hold.
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "the entry points aya's #[classifier] generates take the kernel's skb pointer"
+)]
 
 mod conntrack;
 mod lb;

@@ -114,10 +114,10 @@ impl Devices {
                     // The kernel released the attachment with the device; dropping our link
                     // handle only closes its descriptor.
                     info!(device = %gone.name, "device removed");
-                    if let Ok(program) = self.program() {
-                        if let Err(err) = program.detach(gone.link) {
-                            debug!(device = %gone.name, %err, "detach after removal");
-                        }
+                    if let Ok(program) = self.program()
+                        && let Err(err) = program.detach(gone.link)
+                    {
+                        debug!(device = %gone.name, %err, "detach after removal");
                     }
                 }
             }

@@ -7,12 +7,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader};
-use nix::{mount::MsFlags, sys::statfs::statfs, unistd::geteuid};
+use nix::{
+    mount::MsFlags,
+    sys::statfs::{BPF_FS_MAGIC, statfs},
+    unistd::geteuid,
+};
 use svclb_common::limits::{MAP_BACKENDS, MAP_CT, MAP_SERVICES, MAP_SLOTS};
 
 use crate::ebpf::OBJECT;
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 /// Map capacities (`max_entries`), settable from the command line.
@@ -45,7 +48,7 @@ pub fn require_root(what: &str) -> Result<()> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    statfs(path).is_ok_and(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC)
 }
 
 /// Makes sure `dir` exists on a bpf filesystem, mounting one on /sys/fs/bpf when it is missing

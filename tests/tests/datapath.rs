@@ -36,6 +36,9 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const BACKEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 11), 8080);
 
+/// A frontend to program: address, port, protocol and its backends' addresses and ports.
+type FrontendSpec<'a> = (Ipv4Addr, u16, Protocol, &'a [(Ipv4Addr, u16)]);
+
 /// A loaded datapath with its maps pinned in a private directory, removed on drop.
 struct Datapath {
     ebpf: Ebpf,
@@ -67,7 +70,7 @@ impl Datapath {
     }
 
     /// Programs `frontends` (address, port, protocol, backends) through the agent's pipeline.
-    fn program_services(&mut self, frontends: &[(Ipv4Addr, u16, Protocol, &[(Ipv4Addr, u16)])]) {
+    fn program_services(&mut self, frontends: &[FrontendSpec<'_>]) {
         let mut plan = Plan::default();
         for (addr, port, protocol, backends) in frontends {
             plan.frontends.insert(

@@ -44,8 +44,10 @@ impl FakeKernel {
     }
 
     fn state(&self) -> MapState {
-        let mut state = MapState::default();
-        state.backends = self.backends.clone();
+        let mut state = MapState {
+            backends: self.backends.clone(),
+            ..MapState::default()
+        };
         for (key, value) in &self.services {
             let slots = (0..value.count)
                 .map(|slot| {
