@@ -28,6 +28,8 @@ enum Task {
         /// Only tests whose name contains this.
         filter: Option<String>,
     },
+    /// rustfmt check and clippy over user space and the eBPF crate (its own target).
+    Lint,
     /// Without arguments: a demo lab with an agent per node. With `-- ARGS`: `svclb agent ARGS`
     /// on this machine.
     Run {
@@ -108,10 +110,42 @@ fn test(filter: Option<String>) -> Result<()> {
     Ok(())
 }
 
+fn lint() -> Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "svclb-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("cargo")
+        .args([
+            "clippy",
+            "--package",
+            "svclb-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("RUSTC_BOOTSTRAP", "1"))
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Task::Setup => setup::setup(),
+        Task::Lint => {
+            setup::setup()?;
+            lint()
+        }
         Task::Test { filter } => {
             setup::setup()?;
             test(filter)
