@@ -20,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "curl",
     "socat",
+    "procps",
 ];
 
 fn output(program: &str, args: &[&str]) -> Option<String> {
