@@ -1,6 +1,7 @@
 //! Clients: ask a service who answers, over TCP and UDP, always with a timeout.
 
 use std::{
+    collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
     time::Duration,
@@ -70,27 +71,50 @@ impl TcpSession {
     }
 }
 
-/// `count` TCP connections from namespace `ns`, one after the other; the name each reached, or
-/// the error it met.
+/// Runs `ask` `count` times, one after the other, in namespace `ns`: the name each answer
+/// carried, or the error met.
+fn ask_many(
+    ns: &str,
+    count: usize,
+    ask: impl Fn() -> Result<String> + Send + 'static,
+) -> Result<Vec<Result<String>>> {
+    in_netns(ns, move || Ok((0..count).map(|_| ask()).collect()))
+}
+
+/// `count` TCP connections from namespace `ns`.
 pub fn tcp_ask_many(
     ns: &str,
     addr: SocketAddr,
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<Result<String>>> {
-    in_netns(ns, move || {
-        Ok((0..count).map(|_| tcp_ask(addr, timeout)).collect())
-    })
+    ask_many(ns, count, move || tcp_ask(addr, timeout))
 }
 
-/// `count` UDP exchanges from namespace `ns`.
+/// `count` UDP exchanges from namespace `ns`, each from a new socket (a new flow).
 pub fn udp_ask_many(
     ns: &str,
     addr: SocketAddr,
     count: usize,
     timeout: Duration,
 ) -> Result<Vec<Result<String>>> {
-    in_netns(ns, move || {
-        Ok((0..count).map(|_| udp_ask(addr, timeout)).collect())
-    })
+    ask_many(ns, count, move || udp_ask(addr, timeout))
+}
+
+/// How many answers named each backend; failures are counted under `error: ...`.
+pub fn tally(results: &[Result<String>]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for result in results {
+        let key = match result {
+            Ok(name) => name.clone(),
+            Err(err) => format!("error: {err:#}"),
+        };
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
+/// `ip:port` as a socket address; panics on a malformed literal (tests only pass constants).
+pub fn at(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("an IP address literal"), port)
 }

@@ -1,13 +1,13 @@
 //! End-to-end: the agent's life cycle. Takeover after a crash, devices that appear after start,
 //! bad input next to good input.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
 use svclb_tests::{
     Lab, LabSpec,
-    client::{tcp_ask_many, udp_ask_many},
+    client::{at, tally, tcp_ask_many, udp_ask_many},
     manifests::{PortSpec, cluster_ip_service},
     netns, skip_unless_root,
 };
@@ -15,19 +15,6 @@ use svclb_tests::{
 const TIMEOUT: Duration = Duration::from_secs(2);
 const WEB: PortSpec = PortSpec::tcp("http", 80, 8080);
 const DNS: PortSpec = PortSpec::udp("dns", 53, 8080);
-
-fn vip(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap(), port)
-}
-
-fn answers(results: Vec<Result<String>>) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for r in results {
-        *out.entry(r.unwrap_or_else(|e| format!("error: {e:#}")))
-            .or_default() += 1;
-    }
-    out
-}
 
 /// Programs attached to a device's tcx ingress hook in namespace `ns`.
 fn tcx_ingress_programs(ns: &str, dev: &str) -> Result<usize> {
@@ -79,10 +66,10 @@ fn restart_after_kill_takes_over_without_duplicates_or_stale_entries() -> Result
 
     let client = lab.pod("n1-pod1").ns.clone();
     assert_eq!(
-        answers(tcp_ask_many(&client, vip("10.96.1.1", 80), 10, TIMEOUT)?),
+        tally(&tcp_ask_many(&client, at("10.96.1.1", 80), 10, TIMEOUT)?),
         BTreeMap::from([(a.name.clone(), 10)])
     );
-    for r in udp_ask_many(&client, vip("10.96.1.2", 53), 2, Duration::from_millis(300))? {
+    for r in udp_ask_many(&client, at("10.96.1.2", 53), 2, Duration::from_millis(300))? {
         assert!(r.is_err(), "removed service answers after restart: {r:?}");
     }
 
@@ -118,11 +105,11 @@ fn pod_devices_created_after_start_are_attached() -> Result<()> {
         || tcx_ingress_programs(&node_ns, &late.host_dev).is_ok_and(|n| n == 1),
     )?;
     assert_eq!(
-        answers(tcp_ask_many(&late.ns, vip("10.96.2.1", 80), 5, TIMEOUT)?),
+        tally(&tcp_ask_many(&late.ns, at("10.96.2.1", 80), 5, TIMEOUT)?),
         BTreeMap::from([(backend.name.clone(), 5)])
     );
     assert_eq!(
-        answers(udp_ask_many(&late.ns, vip("10.96.2.1", 53), 5, TIMEOUT)?),
+        tally(&udp_ask_many(&late.ns, at("10.96.2.1", 53), 5, TIMEOUT)?),
         BTreeMap::from([(backend.name.clone(), 5)])
     );
     Ok(())
@@ -160,7 +147,7 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
     lab.start_agents()?;
     let client = lab.pod("n1-pod1").ns.clone();
     assert_eq!(
-        answers(tcp_ask_many(&client, vip("10.96.3.1", 80), 3, TIMEOUT)?),
+        tally(&tcp_ask_many(&client, at("10.96.3.1", 80), 3, TIMEOUT)?),
         BTreeMap::from([(backend.name.clone(), 3)])
     );
 
@@ -185,7 +172,7 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
         },
     )?;
     assert_eq!(
-        answers(tcp_ask_many(&client, vip("10.96.3.1", 80), 3, TIMEOUT)?),
+        tally(&tcp_ask_many(&client, at("10.96.3.1", 80), 3, TIMEOUT)?),
         BTreeMap::from([(backend.name.clone(), 3)])
     );
     assert_eq!(

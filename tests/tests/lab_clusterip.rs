@@ -1,12 +1,12 @@
 //! End-to-end: pods reach ClusterIP services over TCP and UDP, through real agents and real
 //! kernel programs in a lab of network namespaces.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Result;
 use svclb_tests::{
     Lab, LabSpec,
-    client::{TcpSession, tcp_ask_many, udp_ask_many},
+    client::{TcpSession, at, tally, tcp_ask_many, udp_ask_many},
     manifests::{PortSpec, cluster_ip_service},
     netns::in_netns,
     skip_unless_root,
@@ -15,22 +15,6 @@ use svclb_tests::{
 const TIMEOUT: Duration = Duration::from_secs(2);
 const WEB: PortSpec = PortSpec::tcp("http", 80, 8080);
 const DNS: PortSpec = PortSpec::udp("dns", 53, 8080);
-
-fn vip(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap(), port)
-}
-
-fn counts(results: &[Result<String>]) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for r in results {
-        let key = match r {
-            Ok(name) => name.clone(),
-            Err(err) => format!("error: {err:#}"),
-        };
-        *out.entry(key).or_default() += 1;
-    }
-    out
-}
 
 #[test]
 fn pod_reaches_local_and_remote_backends_over_tcp_and_udp() -> Result<()> {
@@ -52,30 +36,30 @@ fn pod_reaches_local_and_remote_backends_over_tcp_and_udp() -> Result<()> {
     let client = lab.pod("n1-pod1").ns.clone();
 
     for (ip, want) in [("10.96.0.10", &local.name), ("10.96.0.11", &remote.name)] {
-        let tcp = tcp_ask_many(&client, vip(ip, 80), 5, TIMEOUT)?;
+        let tcp = tcp_ask_many(&client, at(ip, 80), 5, TIMEOUT)?;
         assert_eq!(
-            counts(&tcp),
+            tally(&tcp),
             BTreeMap::from([(want.clone(), 5)]),
             "TCP to {ip}"
         );
-        let udp = udp_ask_many(&client, vip(ip, 53), 5, TIMEOUT)?;
+        let udp = udp_ask_many(&client, at(ip, 53), 5, TIMEOUT)?;
         assert_eq!(
-            counts(&udp),
+            tally(&udp),
             BTreeMap::from([(want.clone(), 5)]),
             "UDP to {ip}"
         );
     }
     // A long-lived connection keeps its backend and its replies keep the VIP as source.
-    let mut session = TcpSession::connect_in(&client, vip("10.96.0.11", 80), TIMEOUT)?;
+    let mut session = TcpSession::connect_in(&client, at("10.96.0.11", 80), TIMEOUT)?;
     for _ in 0..5 {
         assert_eq!(session.ask()?, remote.name);
     }
     // The translation is invisible to the client: its socket's peer is the VIP.
     let peer = in_netns(&client, || {
-        let s = std::net::TcpStream::connect_timeout(&vip("10.96.0.10", 80), TIMEOUT)?;
+        let s = std::net::TcpStream::connect_timeout(&at("10.96.0.10", 80), TIMEOUT)?;
         Ok(s.peer_addr()?)
     })?;
-    assert_eq!(peer, vip("10.96.0.10", 80));
+    assert_eq!(peer, at("10.96.0.10", 80));
     Ok(())
 }
 
@@ -103,15 +87,15 @@ fn connections_spread_over_every_backend() -> Result<()> {
     for (what, results) in [
         (
             "TCP",
-            tcp_ask_many(&client, vip("10.96.0.20", 80), CONNECTIONS, TIMEOUT)?,
+            tcp_ask_many(&client, at("10.96.0.20", 80), CONNECTIONS, TIMEOUT)?,
         ),
         // Each UDP exchange uses a new socket, hence a new flow.
         (
             "UDP",
-            udp_ask_many(&client, vip("10.96.0.20", 53), CONNECTIONS, TIMEOUT)?,
+            udp_ask_many(&client, at("10.96.0.20", 53), CONNECTIONS, TIMEOUT)?,
         ),
     ] {
-        let spread = counts(&results);
+        let spread = tally(&results);
         println!("{what} spread over {CONNECTIONS}: {spread:?}");
         assert_eq!(spread.values().sum::<usize>(), CONNECTIONS);
         for pod in &backends {
@@ -148,7 +132,7 @@ fn removed_backend_gets_no_new_connections_and_others_keep_theirs() -> Result<()
     )?;
     lab.start_agents()?;
     let client = lab.pod("n1-pod1").ns.clone();
-    let web = vip("10.96.0.30", 80);
+    let web = at("10.96.0.30", 80);
 
     // Established connections, until each backend holds at least one (bounded attempts).
     let mut sessions = Vec::new();
@@ -183,7 +167,7 @@ fn removed_backend_gets_no_new_connections_and_others_keep_theirs() -> Result<()
     )?;
     println!("backend removed from the node's maps {took:?} after the manifest changed");
     let new = tcp_ask_many(&client, web, 100, TIMEOUT)?;
-    let spread = counts(&new);
+    let spread = tally(&new);
     assert!(
         !spread.contains_key(&c.name),
         "removed backend got new connections: {spread:?}"
@@ -220,7 +204,7 @@ fn deleted_service_stops_being_translated() -> Result<()> {
     lab.start_agents()?;
     let client = lab.pod("n1-pod1").ns.clone();
     assert_eq!(
-        counts(&tcp_ask_many(&client, vip("10.96.0.40", 80), 3, TIMEOUT)?),
+        tally(&tcp_ask_many(&client, at("10.96.0.40", 80), 3, TIMEOUT)?),
         BTreeMap::from([(backend.name.clone(), 3)])
     );
 
@@ -234,13 +218,13 @@ fn deleted_service_stops_being_translated() -> Result<()> {
         },
     )?;
     let short = Duration::from_millis(300);
-    for result in tcp_ask_many(&client, vip("10.96.0.40", 80), 3, short)? {
+    for result in tcp_ask_many(&client, at("10.96.0.40", 80), 3, short)? {
         assert!(
             result.is_err(),
             "deleted TCP service still answers: {result:?}"
         );
     }
-    for result in udp_ask_many(&client, vip("10.96.0.40", 53), 3, short)? {
+    for result in udp_ask_many(&client, at("10.96.0.40", 53), 3, short)? {
         assert!(
             result.is_err(),
             "deleted UDP service still answers: {result:?}"
@@ -248,7 +232,7 @@ fn deleted_service_stops_being_translated() -> Result<()> {
     }
     // The other service is untouched.
     assert_eq!(
-        counts(&tcp_ask_many(&client, vip("10.96.0.41", 80), 3, TIMEOUT)?),
+        tally(&tcp_ask_many(&client, at("10.96.0.41", 80), 3, TIMEOUT)?),
         BTreeMap::from([(backend.name.clone(), 3)])
     );
     Ok(())
