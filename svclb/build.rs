@@ -4,8 +4,22 @@ use std::{env, fs, path::PathBuf};
 
 use aya_build::{Package, Toolchain};
 
-/// The toolchain the eBPF crate is built with; `rust-toolchain.toml` pins the same.
-const EBPF_TOOLCHAIN: &str = "1.98.0";
+/// The toolchain `rust-toolchain.toml` pins, which builds the eBPF crate too.
+fn pinned_toolchain() -> anyhow::Result<String> {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={file}");
+    let text = fs::read_to_string(file)?;
+    text.lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        })
+        .ok_or_else(|| anyhow::anyhow!("{file} has no channel"))
+}
 
 fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -22,12 +36,13 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded; nothing reads the environment concurrently.
     unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
     let root_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../svclb-ebpf");
+    let toolchain = pinned_toolchain()?;
     aya_build::build_ebpf(
         [Package {
             name: "svclb-ebpf",
             root_dir,
             ..Default::default()
         }],
-        Toolchain::Custom(EBPF_TOOLCHAIN),
+        Toolchain::Custom(&toolchain),
     )
 }

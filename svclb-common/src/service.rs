@@ -7,7 +7,9 @@ pub const SCOPE_INTERNAL: u8 = 0;
 /// Traffic that reaches the frontend from outside (NodePort, LoadBalancer, externalIPs).
 pub const SCOPE_EXTERNAL: u8 = 1;
 
-/// The frontend has no usable backend; new connections are refused rather than left to time out.
+/// The frontend has no usable endpoint anywhere: new connections are to be refused (TCP RST,
+/// ICMP unreachable) rather than left to time out. Until the datapath sends those, they are
+/// dropped, like every new connection to a frontend without backends.
 pub const SVC_F_REJECT: u32 = 1 << 0;
 
 /// Key of the `SVCLB_SERVICES` map.

@@ -47,7 +47,8 @@ pub fn touch(entry: *mut CtEntry, now: u64) {
     }
 }
 
-/// Records a new flow of `pkt` (client -> frontend) translated to `backend`.
+/// Records a new flow of `pkt` (client -> frontend) translated to `backend`. The reply entry
+/// goes in first: a flow is either tracked in both directions or not at all.
 #[inline(always)]
 pub fn create(
     pkt: &Packet,
@@ -66,8 +67,6 @@ pub fn create(
         created_ns: now,
         last_seen_ns: now,
     };
-    SVCLB_CT.insert(&key_of(pkt, CT_DIR_FORWARD), &forward, u64::from(BPF_ANY))?;
-
     let reply_key = CtKey {
         saddr: backend.addr,
         daddr: pkt.saddr,
@@ -84,5 +83,10 @@ pub fn create(
         ..forward
     };
     SVCLB_CT.insert(&reply_key, &reply, u64::from(BPF_ANY))?;
+    if let Err(err) = SVCLB_CT.insert(&key_of(pkt, CT_DIR_FORWARD), &forward, u64::from(BPF_ANY)) {
+        // Best effort: a stale reply entry alone would only rewrite a direct flow's replies.
+        let _ = SVCLB_CT.remove(&reply_key);
+        return Err(err.into());
+    }
     Ok(())
 }

@@ -27,9 +27,14 @@ use crate::{
     reconcile,
 };
 
-/// Changes to the manifests are applied after the directory has been quiet this long, so an
+/// Changes to the manifests are applied once the directory has been quiet this long, so an
 /// editor's several writes make one sync.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A sync that could not write everything is retried after this, doubling up to `RETRY_MAX`.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Devices are listed again this often, in case a link notification was lost.
+const RESCAN: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -52,11 +57,14 @@ struct Syncer {
 }
 
 impl Syncer {
-    fn sync(&mut self) {
+    /// Reads the sources and brings the maps in line. Returns whether something could not be
+    /// written (a full map, a failed write), so the sync should be retried.
+    fn sync(&mut self) -> bool {
         let started = Instant::now();
         let snapshot = self.source.read();
         let (plan, plan_diags) = model::plan(&self.node, &snapshot.services, &snapshot.slices);
         let (desired, map_diags) = mapstate::desired(&plan, &self.programmed, self.capacity);
+        let incomplete = !map_diags.is_empty();
         let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
 
         let diags: BTreeSet<Diagnostic> = snapshot
@@ -89,6 +97,7 @@ impl Syncer {
                 "synced"
             );
         }
+        incomplete || !report.errors.is_empty()
     }
 }
 
@@ -102,19 +111,15 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     }
     loader::prepare_bpffs(&config.bpffs_dir)?;
     let mut ebpf = loader::load(&config.bpffs_dir, config.map_sizes)?;
-    let mut maps = Maps::take(&mut ebpf)?;
+    let maps = Maps::take(&mut ebpf)?;
 
-    // Take over what an earlier run left: its entries are the starting point of the diff, and
-    // slots no frontend owns are removed now.
-    let readback = maps.read().context("reading the pinned maps")?;
-    for key in &readback.orphan_slots {
-        maps.delete_slot(*key)
-            .with_context(|| format!("deleting stale slot {key:?}"))?;
-    }
+    // Take over what an earlier run left: its entries are the starting point of the diff, so
+    // the first sync deletes whatever is stale and rewrites nothing that is right.
+    let programmed = maps.read().context("reading the pinned maps")?;
     info!(
-        frontends = readback.state.services.len(),
-        backends = readback.state.backends.len(),
-        stale_slots = readback.orphan_slots.len(),
+        frontends = programmed.services.len(),
+        slots = programmed.slots.len(),
+        backends = programmed.backends.len(),
         pin_dir = %config.bpffs_dir.display(),
         "adopted pinned maps"
     );
@@ -151,14 +156,16 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         },
         source: ManifestSource::new(&config.manifests),
         maps,
-        programmed: readback.state,
+        programmed,
         capacity: Capacity {
-            services: config.map_sizes.services,
-            backends: config.map_sizes.backends,
+            services: config.map_sizes.services as usize,
+            slots: config.map_sizes.slots as usize,
+            backends: config.map_sizes.backends as usize,
         },
         reported: BTreeSet::new(),
     };
-    syncer.sync();
+    let mut retry_after = RETRY_MIN;
+    let mut retry_at = syncer.sync().then(|| Instant::now() + retry_after);
     info!(
         node = %config.node_name,
         devices = ?devices.attached_names(),
@@ -168,20 +175,52 @@ pub async fn run(config: AgentConfig) -> Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN, RESCAN);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut link_events_open = true;
     loop {
-        tokio::select! {
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let resync = tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("interrupted: stopping"); break; }
-            Some((message, _)) = link_events.next() => devices.on_message(message),
+            message = link_events.next(), if link_events_open => {
+                match message {
+                    Some((message, _)) => devices.on_message(message),
+                    None => {
+                        link_events_open = false;
+                        error!("link notifications stopped; new devices are found by the rescan every {RESCAN:?}");
+                    }
+                }
+                false
+            }
+            _ = rescan.tick() => {
+                if let Err(err) = devices.rescan(&handle).await {
+                    warn!("device rescan: {err:#}");
+                }
+                false
+            }
             Some(event) = changes.recv() => {
                 if let Err(err) = event {
                     warn!("file watcher: {err}");
                 }
-                // Let a burst of writes settle, then sync once.
-                tokio::time::sleep(DEBOUNCE).await;
-                while changes.try_recv().is_ok() {}
-                syncer.sync();
+                // Wait until the directory has been quiet for DEBOUNCE.
+                while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {}
+                retry_after = RETRY_MIN;
+                true
             }
+            () = retry => {
+                info!("retrying what could not be written");
+                retry_after = (retry_after * 2).min(RETRY_MAX);
+                true
+            }
+        };
+        if resync {
+            retry_at = syncer.sync().then(|| Instant::now() + retry_after);
         }
     }
     devices.detach_all();

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType,
+        tc::{SchedClassifierLinkId, TcAttach},
+    },
 };
 use futures::TryStreamExt as _;
 use glob::Pattern;
@@ -105,23 +108,48 @@ impl Devices {
         Ok(())
     }
 
+    /// Lists the devices again: attaches to matching ones a lost notification hid, and forgets
+    /// attachments whose device is gone.
+    pub async fn rescan(&mut self, handle: &Handle) -> Result<()> {
+        let mut links = handle.link().get().execute();
+        let mut present = Vec::new();
+        while let Some(msg) = links.try_next().await.context("listing network devices")? {
+            present.push(msg.header.index);
+            self.on_link(&msg);
+        }
+        let gone: Vec<u32> = self
+            .attached
+            .keys()
+            .filter(|index| !present.contains(index))
+            .copied()
+            .collect();
+        for index in gone {
+            self.forget(index);
+        }
+        Ok(())
+    }
+
     /// Handles one rtnetlink link notification.
     pub fn on_message(&mut self, message: NetlinkMessage<RouteNetlinkMessage>) {
         match message.payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(msg)) => self.on_link(&msg),
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(msg)) => {
-                if let Some(gone) = self.attached.remove(&msg.header.index) {
-                    // The kernel released the attachment with the device; dropping our link
-                    // handle only closes its descriptor.
-                    info!(device = %gone.name, "device removed");
-                    if let Ok(program) = self.program()
-                        && let Err(err) = program.detach(gone.link)
-                    {
-                        debug!(device = %gone.name, %err, "detach after removal");
-                    }
-                }
+                self.forget(msg.header.index);
             }
             _ => {}
+        }
+    }
+
+    /// A device went away: the kernel released the attachment with it; detaching only closes
+    /// our link descriptor.
+    fn forget(&mut self, index: u32) {
+        if let Some(gone) = self.attached.remove(&index) {
+            info!(device = %gone.name, "device removed");
+            if let Ok(program) = self.program()
+                && let Err(err) = program.detach(gone.link)
+            {
+                debug!(device = %gone.name, %err, "detach after removal");
+            }
         }
     }
 
@@ -144,10 +172,17 @@ impl Devices {
     }
 
     fn attach(&mut self, index: u32, name: &str) -> Result<()> {
-        let link = self
-            .program()?
-            .attach(index, TcAttachType::Ingress)
-            .with_context(|| format!("attaching {INGRESS_PROGRAM} to {name} ingress"))?;
+        // tcx links only: they belong to this process and vanish with it, so a crashed agent
+        // never leaves an attachment behind. They need Linux 6.6.
+        let attach = TcAttach::Tcx {
+            attach_type: TcAttachType::Ingress,
+            order: LinkOrder::default(),
+        };
+        let link = self.program()?.attach(index, attach).with_context(|| {
+            format!(
+                "attaching {INGRESS_PROGRAM} to {name} ingress with tcx (needs Linux 6.6 or later)"
+            )
+        })?;
         info!(device = name, ifindex = index, "attached");
         self.attached.insert(
             index,

@@ -1,7 +1,7 @@
 //! Typed handles on the pinned maps: reading them back into a [`MapState`] and writing the
 //! reconciler's changes.
 
-use std::{collections::BTreeMap, path::Path};
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -13,10 +13,7 @@ use svclb_common::{
     limits::{MAP_BACKENDS, MAP_CT, MAP_SERVICES, MAP_SLOTS},
 };
 
-use crate::{
-    mapstate::{MapState, ServiceRecord},
-    reconcile::MapWriter,
-};
+use crate::{mapstate::MapState, reconcile::MapWriter};
 
 pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -44,13 +41,6 @@ fn open<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> Result<HashMap<MapD
     HashMap::try_from(map).with_context(|| format!("map {}", path.display()))
 }
 
-/// Result of reading the maps back.
-pub struct ReadBack {
-    pub state: MapState,
-    /// Slots that belong to no frontend, or lie past a frontend's count.
-    pub orphan_slots: Vec<SlotKey>,
-}
-
 impl Maps {
     /// Takes the maps out of a freshly loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
@@ -72,44 +62,22 @@ impl Maps {
         })
     }
 
-    /// Reads what the maps hold.
-    pub fn read(&self) -> Result<ReadBack> {
-        let mut slots: BTreeMap<SlotKey, u32> = BTreeMap::new();
+    /// Reads what the maps hold, exactly.
+    pub fn read(&self) -> Result<MapState> {
+        let mut state = MapState::default();
+        for entry in self.services.iter() {
+            let (key, value) = entry.context("reading map SVCLB_SERVICES")?;
+            state.services.insert(key, value);
+        }
         for entry in self.slots.iter() {
             let (key, value) = entry.context("reading map SVCLB_SLOTS")?;
-            slots.insert(key, value);
+            state.slots.insert(key, value);
         }
-        let mut state = MapState::default();
         for entry in self.backends.iter() {
             let (id, backend) = entry.context("reading map SVCLB_BACKENDS")?;
             state.backends.insert(id, backend);
         }
-        for entry in self.services.iter() {
-            let (key, value) = entry.context("reading map SVCLB_SERVICES")?;
-            let mut record = ServiceRecord {
-                value,
-                slots: Vec::with_capacity(value.count as usize),
-            };
-            for slot in 0..value.count {
-                match slots.remove(&SlotKey {
-                    svc_id: value.id,
-                    slot,
-                }) {
-                    Some(backend_id) => record.slots.push(backend_id),
-                    // A hole: record what is readable; the next sync rewrites this frontend.
-                    None => record.value.count = record.slots.len() as u32,
-                }
-            }
-            state.services.insert(key, record);
-        }
-        Ok(ReadBack {
-            state,
-            orphan_slots: slots.into_keys().collect(),
-        })
-    }
-
-    pub fn delete_slot(&mut self, key: SlotKey) -> Result<(), MapError> {
-        self.slots.remove(&key)
+        Ok(state)
     }
 
     /// Number of conntrack entries (both directions of every flow).

@@ -45,20 +45,20 @@ pub fn frontends(state: &MapState) -> Vec<ListedFrontend> {
     let mut out: Vec<ListedFrontend> = state
         .services
         .iter()
-        .map(|(key, record)| ListedFrontend {
-            id: record.value.id,
+        .map(|(key, value)| ListedFrontend {
+            id: value.id,
             address: ip_of(&key.addr, key.family),
             port: u16::from_be(key.port_be),
             protocol: Protocol::from_number(key.proto)
                 .map_or_else(|| key.proto.to_string(), |p| p.to_string()),
-            when_empty: (record.value.flags & SVC_F_REJECT != 0).then(|| "reject".to_owned()),
-            backends: record
-                .slots
-                .iter()
+            when_empty: (value.flags & SVC_F_REJECT != 0).then(|| "reject".to_owned()),
+            backends: state
+                .slots_of(value)
+                .into_iter()
                 .filter_map(|id| {
-                    let be = state.backends.get(id)?;
+                    let be = state.backends.get(&id)?;
                     Some(ListedBackend {
-                        id: *id,
+                        id,
                         address: ip_of(&be.addr, be.family),
                         port: u16::from_be(be.port_be),
                         local: be.flags & BE_F_LOCAL != 0,
@@ -74,7 +74,7 @@ pub fn frontends(state: &MapState) -> Vec<ListedFrontend> {
 
 pub fn read(dir: &Path) -> Result<Listing> {
     let maps = Maps::open_pinned(dir)?;
-    let state = maps.read()?.state;
+    let state = maps.read()?;
     Ok(Listing {
         frontends: frontends(&state),
         conntrack_entries: maps.conntrack_len(),

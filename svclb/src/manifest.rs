@@ -42,18 +42,21 @@ fn is_manifest(path: &Path) -> bool {
     )
 }
 
+/// The manifest files below `dir`. Symbolic links to files are followed (ConfigMap volumes
+/// are made of them); links to directories are not, so a link loop cannot recurse forever.
 fn manifest_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
         // Hidden files include editor swap files and the `..data` of ConfigMap volumes
         // (whose content is also reachable through the visible symlinks).
-        if name.starts_with('.') {
+        if name.to_string_lossy().starts_with('.') {
             continue;
         }
-        if path.is_dir() {
+        if entry.file_type()?.is_dir() {
             manifest_files(&path, out)?;
-        } else if is_manifest(&path) {
+        } else if is_manifest(&path) && path.is_file() {
             out.push(path);
         }
     }
@@ -237,6 +240,22 @@ mod tests {
             err.to_string()
                 .starts_with("file f.yaml (document 1): not valid YAML"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn symlinked_files_are_read_and_symlinked_directories_are_not_walked() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("..data")).unwrap();
+        fs::write(dir.path().join("..data/svc.yaml"), SVC).unwrap();
+        std::os::unix::fs::symlink("..data/svc.yaml", dir.path().join("svc.yaml")).unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("loop")).unwrap();
+        let snapshot = ManifestSource::new(dir.path()).read();
+        assert_eq!(snapshot.services.len(), 1);
+        assert!(
+            snapshot.diagnostics.is_empty(),
+            "{:?}",
+            snapshot.diagnostics
         );
     }
 

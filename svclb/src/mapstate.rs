@@ -7,35 +7,48 @@ use std::{
 };
 
 use svclb_common::{
-    Backend, FAMILY_V4, FAMILY_V6, L3Addr, ServiceKey, ServiceValue,
+    Backend, FAMILY_V4, FAMILY_V6, L3Addr, ServiceKey, ServiceValue, SlotKey,
     backend::{BE_F_LOCAL, BE_F_TERMINATING},
     service::{SCOPE_INTERNAL, SVC_F_REJECT},
 };
 
 use crate::{
     diag::Diagnostic,
-    plan::{FrontendKey, Plan, PlanBackend, WhenEmpty},
+    plan::{FrontendKey, Plan, PlanBackend, Protocol, WhenEmpty},
 };
 
-/// One frontend as the maps hold it: its entry and the backend id in each slot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceRecord {
-    pub value: ServiceValue,
-    pub slots: Vec<u32>,
-}
-
-/// The contents of the services, slots and backends maps.
+/// The exact contents of the services, slots and backends maps. The reconciler keeps one of
+/// these in step with the kernel, write by write, so it never believes in an entry the kernel
+/// does not hold (or the reverse).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapState {
-    pub services: BTreeMap<ServiceKey, ServiceRecord>,
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub slots: BTreeMap<SlotKey, u32>,
     pub backends: BTreeMap<u32, Backend>,
 }
 
-/// Map capacities, which bound the ids.
+impl MapState {
+    /// The backend ids in slots `0..count` of a frontend (a missing slot is skipped).
+    pub fn slots_of(&self, value: &ServiceValue) -> Vec<u32> {
+        (0..value.count)
+            .filter_map(|slot| {
+                self.slots
+                    .get(&SlotKey {
+                        svc_id: value.id,
+                        slot,
+                    })
+                    .copied()
+            })
+            .collect()
+    }
+}
+
+/// Map capacities (`max_entries`).
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {
-    pub services: u32,
-    pub backends: u32,
+    pub services: usize,
+    pub slots: usize,
+    pub backends: usize,
 }
 
 /// Address bytes and family of an IP address, as the maps store them.
@@ -67,6 +80,15 @@ pub fn service_key(key: &FrontendKey) -> ServiceKey {
     }
 }
 
+/// The frontend a services-map key stands for (`None` for a protocol svclb never writes).
+pub fn frontend_key(key: &ServiceKey) -> Option<FrontendKey> {
+    Some(FrontendKey {
+        address: ip_of(&key.addr, key.family),
+        port: u16::from_be(key.port_be),
+        protocol: Protocol::from_number(key.proto)?,
+    })
+}
+
 fn backend_entry(backend: &PlanBackend, key: &FrontendKey) -> Backend {
     let (addr, family) = l3(backend.address);
     let mut flags = 0;
@@ -95,32 +117,28 @@ fn identity(backend: &Backend) -> (L3Addr, u16, u8, u8) {
 struct IdAlloc {
     used: HashSet<u32>,
     next: u32,
-    max: u32,
 }
 
 impl IdAlloc {
-    fn new(used: impl IntoIterator<Item = u32>, max: u32) -> Self {
+    fn new(used: impl IntoIterator<Item = u32>) -> Self {
         Self {
             used: used.into_iter().collect(),
             next: 1,
-            max,
         }
     }
 
-    fn alloc(&mut self) -> Option<u32> {
+    fn alloc(&mut self) -> u32 {
         while self.used.contains(&self.next) {
             self.next += 1;
         }
-        if self.next > self.max {
-            return None;
-        }
         self.used.insert(self.next);
-        Some(self.next)
+        self.next
     }
 }
 
 /// Translates `plan` into map entries, keeping the ids `current` already uses for the same
-/// frontends and backends. Frontends that do not fit the maps are reported and left out.
+/// frontends and backends. A frontend that does not fit the maps is reported; if it is already
+/// programmed it keeps its current entries, otherwise it is left out.
 pub fn desired(plan: &Plan, current: &MapState, capacity: Capacity) -> (MapState, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut backend_ids: HashMap<_, u32> = current
@@ -129,76 +147,108 @@ pub fn desired(plan: &Plan, current: &MapState, capacity: Capacity) -> (MapState
         .map(|(id, backend)| (identity(backend), *id))
         .collect();
     let mut svc_ids = IdAlloc::new(
-        current.services.values().map(|r| r.value.id),
-        capacity.services,
+        current
+            .services
+            .values()
+            .map(|v| v.id)
+            .chain(current.slots.keys().map(|k| k.svc_id)),
     );
-    let mut be_ids = IdAlloc::new(current.backends.keys().copied(), capacity.backends);
+    let mut be_ids = IdAlloc::new(current.backends.keys().copied());
 
     let mut out = MapState::default();
     for (key, frontend) in &plan.frontends {
         let skey = service_key(key);
-        let id = match current.services.get(&skey) {
-            Some(record) => Some(record.value.id),
-            None => svc_ids.alloc(),
+        let existing = current.services.get(&skey);
+        let entries: Vec<(u32, Backend)> = frontend
+            .backends
+            .iter()
+            .map(|backend| {
+                let entry = backend_entry(backend, key);
+                let id = *backend_ids
+                    .entry(identity(&entry))
+                    .or_insert_with(|| be_ids.alloc());
+                (id, entry)
+            })
+            .collect();
+        let new_backends = entries
+            .iter()
+            .filter(|(id, _)| !out.backends.contains_key(id))
+            .count();
+        let full = if out.services.len() + 1 > capacity.services {
+            Some(("services", capacity.services))
+        } else if out.slots.len() + entries.len() > capacity.slots {
+            Some(("slots", capacity.slots))
+        } else if out.backends.len() + new_backends > capacity.backends {
+            Some(("backends", capacity.backends))
+        } else {
+            None
         };
-        let Some(id) = id else {
-            diags.push(Diagnostic::new(
-                format!("Service {}", frontend.service),
-                format!(
-                    "frontend {key} skipped: the services map is full ({} entries)",
-                    capacity.services
-                ),
-            ));
-            continue;
-        };
-        let mut slots = Vec::with_capacity(frontend.backends.len());
-        let mut new_backends = Vec::new();
-        let mut full = false;
-        for backend in &frontend.backends {
-            let entry = backend_entry(backend, key);
-            let backend_id = match backend_ids.get(&identity(&entry)) {
-                Some(id) => *id,
-                None => match be_ids.alloc() {
-                    Some(id) => {
-                        backend_ids.insert(identity(&entry), id);
-                        id
-                    }
-                    None => {
-                        full = true;
-                        break;
-                    }
-                },
+        if let Some((map, size)) = full {
+            let kept = existing.is_some_and(|value| keep_current(&mut out, current, skey, *value));
+            let outcome = if kept {
+                "not updated, keeps its programmed backends"
+            } else {
+                "skipped"
             };
-            new_backends.push((backend_id, entry));
-            slots.push(backend_id);
-        }
-        if full {
             diags.push(Diagnostic::new(
                 format!("Service {}", frontend.service),
-                format!(
-                    "frontend {key} skipped: the backends map is full ({} entries)",
-                    capacity.backends
-                ),
+                format!("frontend {key} {outcome}: the {map} map is full ({size} entries)"),
             ));
             continue;
         }
-        out.backends.extend(new_backends);
-        let flags = match (slots.is_empty(), frontend.when_empty) {
+        let id = existing.map_or_else(|| svc_ids.alloc(), |value| value.id);
+        for (slot, (backend_id, entry)) in entries.iter().enumerate() {
+            out.slots.insert(
+                SlotKey {
+                    svc_id: id,
+                    slot: slot as u32,
+                },
+                *backend_id,
+            );
+            out.backends.insert(*backend_id, *entry);
+        }
+        let flags = match (entries.is_empty(), frontend.when_empty) {
             (true, WhenEmpty::Reject) => SVC_F_REJECT,
             _ => 0,
         };
         out.services.insert(
             skey,
-            ServiceRecord {
-                value: ServiceValue {
-                    id,
-                    count: u32::try_from(slots.len()).unwrap_or(u32::MAX),
-                    flags,
-                    affinity_timeout_s: 0,
-                },
-                slots,
+            ServiceValue {
+                id,
+                count: entries.len() as u32,
+                flags,
+                affinity_timeout_s: 0,
             },
         );
     }
     (out, diags)
+}
+
+/// Copies a programmed frontend, with its slots and backends, into `out`. `false` when its
+/// slots are incomplete in the kernel (it cannot be kept as it is).
+fn keep_current(
+    out: &mut MapState,
+    current: &MapState,
+    key: ServiceKey,
+    value: ServiceValue,
+) -> bool {
+    let slots = current.slots_of(&value);
+    if slots.len() != value.count as usize
+        || slots.iter().any(|id| !current.backends.contains_key(id))
+    {
+        return false;
+    }
+    for (slot, backend_id) in slots.into_iter().enumerate() {
+        out.slots.insert(
+            SlotKey {
+                svc_id: value.id,
+                slot: slot as u32,
+            },
+            backend_id,
+        );
+        out.backends
+            .insert(backend_id, current.backends[&backend_id]);
+    }
+    out.services.insert(key, value);
+    true
 }

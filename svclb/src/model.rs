@@ -9,7 +9,10 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::{
+    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 
 use crate::{
     diag::Diagnostic,
@@ -36,21 +39,13 @@ pub fn plan(
     let slices_by_service = index_slices(slices);
 
     let mut ordered: Vec<&Service> = services.iter().collect();
-    ordered.sort_by_key(|svc| {
-        object_name(
-            svc.metadata.namespace.as_deref(),
-            svc.metadata.name.as_deref(),
-        )
-    });
+    ordered.sort_by_key(|svc| object_name(&svc.metadata));
 
     let mut plan = Plan::default();
     for svc in ordered {
-        let name = object_name(
-            svc.metadata.namespace.as_deref(),
-            svc.metadata.name.as_deref(),
-        );
+        let name = object_name(&svc.metadata);
         let key = (
-            svc.metadata.namespace.clone().unwrap_or_default(),
+            namespace_of(&svc.metadata).to_owned(),
             svc.metadata.name.clone().unwrap_or_default(),
         );
         let svc_slices = slices_by_service
@@ -78,8 +73,18 @@ pub fn plan(
     (plan, diags)
 }
 
-fn object_name(namespace: Option<&str>, name: Option<&str>) -> String {
-    format!("{}/{}", namespace.unwrap_or("default"), name.unwrap_or(""))
+/// The namespace of an object; a manifest without one means `default`, as kubectl has it.
+fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+/// `namespace/name`.
+fn object_name(meta: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        namespace_of(meta),
+        meta.name.as_deref().unwrap_or("")
+    )
 }
 
 fn index_slices(slices: &[EndpointSlice]) -> HashMap<(String, String), Vec<&EndpointSlice>> {
@@ -93,11 +98,7 @@ fn index_slices(slices: &[EndpointSlice]) -> HashMap<(String, String), Vec<&Endp
         else {
             continue;
         };
-        let namespace = slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
+        let namespace = namespace_of(&slice.metadata).to_owned();
         index
             .entry((namespace, service.clone()))
             .or_default()
@@ -220,13 +221,7 @@ fn endpoints_for_port(
         if slice.address_type != "IPv4" {
             continue;
         }
-        let object = format!(
-            "EndpointSlice {}",
-            object_name(
-                slice.metadata.namespace.as_deref(),
-                slice.metadata.name.as_deref()
-            )
-        );
+        let object = format!("EndpointSlice {}", object_name(&slice.metadata));
         let Some(slice_port) = slice.ports.iter().flatten().find(|p| {
             p.name.as_deref() == Some(port_name)
                 && Protocol::from_k8s(p.protocol.as_deref()) == Ok(protocol)

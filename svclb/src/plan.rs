@@ -115,9 +115,3 @@ pub struct Frontend {
 pub struct Plan {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
 }
-
-impl Plan {
-    pub fn backend_count(&self) -> usize {
-        self.frontends.values().map(|f| f.backends.len()).sum()
-    }
-}

@@ -3,14 +3,11 @@
 //! then its entry; removals in the reverse order. Every write that fails is reported and the
 //! programmed state keeps describing exactly what the kernel holds.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey};
 
-use crate::{
-    mapstate::{MapState, ServiceRecord, ip_of},
-    plan::{FrontendKey, Protocol},
-};
+use crate::mapstate::{MapState, frontend_key};
 
 /// The writes the reconciler needs from the maps.
 pub trait MapWriter {
@@ -33,20 +30,14 @@ pub struct SyncReport {
 }
 
 fn frontend_name(key: &ServiceKey) -> String {
-    let port = u16::from_be(key.port_be);
-    let addr = ip_of(&key.addr, key.family);
-    match Protocol::from_number(key.proto) {
-        Some(protocol) => FrontendKey {
-            address: addr,
-            port,
-            protocol,
-        }
-        .to_string(),
-        None => format!("{addr}:{port}/{}", key.proto),
+    match frontend_key(key) {
+        Some(frontend) => frontend.to_string(),
+        None => format!("{key:?}"),
     }
 }
 
-/// Brings the maps from `current` to `desired`, updating `current` as writes succeed.
+/// Brings the maps from `current` to `desired`, updating `current` write by write, so it
+/// always holds exactly what the kernel holds, even when writes fail.
 pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut W) -> SyncReport {
     let mut report = SyncReport::default();
 
@@ -68,61 +59,56 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         }
     }
 
-    // 2. New and changed frontends: slots, then the entry, then slots past the new count.
-    for (key, want) in &desired.services {
-        let have = current.services.get(key);
-        if have == Some(want) {
-            continue;
-        }
-        if let Some(bad) = want.slots.iter().find(|id| failed_backends.contains(id)) {
+    // 2. New and changed frontends: their slots, then their entry. A frontend whose writes
+    //    fail keeps its old entry; the slots already rewritten point at live backends.
+    'frontends: for (key, want) in &desired.services {
+        let slots: Vec<(SlotKey, u32)> = (0..want.count)
+            .map(|slot| SlotKey {
+                svc_id: want.id,
+                slot,
+            })
+            .map(|slot_key| (slot_key, desired.slots[&slot_key]))
+            .collect();
+        if let Some((_, bad)) = slots.iter().find(|(_, id)| failed_backends.contains(id)) {
             report.errors.push(format!(
                 "frontend {}: not updated, backend {bad} could not be written",
                 frontend_name(key)
             ));
             continue;
         }
-        // `desired` keeps a frontend's id, so the old slots are this id's slots.
-        let old_slots: &[u32] = have.map_or(&[], |r| &r.slots);
-        let mut ok = true;
-        for (slot, backend_id) in want.slots.iter().enumerate() {
-            if old_slots.get(slot) == Some(backend_id) {
+        for (slot_key, backend_id) in slots {
+            if current.slots.get(&slot_key) == Some(&backend_id) {
                 continue;
             }
-            let slot_key = SlotKey {
-                svc_id: want.value.id,
-                slot: slot as u32,
-            };
-            match maps.put_slot(slot_key, *backend_id) {
-                Ok(()) => report.writes += 1,
+            match maps.put_slot(slot_key, backend_id) {
+                Ok(()) => {
+                    report.writes += 1;
+                    current.slots.insert(slot_key, backend_id);
+                }
                 Err(err) => {
-                    ok = false;
                     report.errors.push(format!(
-                        "frontend {}: slot {slot}: {err}",
-                        frontend_name(key)
+                        "frontend {}: slot {}: {err}",
+                        frontend_name(key),
+                        slot_key.slot
                     ));
-                    break;
+                    continue 'frontends;
                 }
             }
         }
-        if !ok {
-            continue;
-        }
-        if have.map(|r| r.value) != Some(want.value) {
-            if let Err(err) = maps.put_service(key, &want.value) {
-                report
+        if current.services.get(key) != Some(want) {
+            match maps.put_service(key, want) {
+                Ok(()) => {
+                    report.writes += 1;
+                    current.services.insert(*key, *want);
+                }
+                Err(err) => report
                     .errors
-                    .push(format!("frontend {}: {err}", frontend_name(key)));
-                continue;
+                    .push(format!("frontend {}: {err}", frontend_name(key))),
             }
-            report.writes += 1;
-        }
-        if let Some(old) = current.services.insert(*key, want.clone()) {
-            let (from, to) = (want.slots.len(), old.slots.len());
-            delete_slots(maps, key, want.value.id, from, to, &mut report);
         }
     }
 
-    // 3. Frontends that are gone: the entry, then its slots.
+    // 3. Frontends that are gone.
     let gone: Vec<ServiceKey> = current
         .services
         .keys()
@@ -133,9 +119,7 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         match maps.del_service(&key) {
             Ok(()) => {
                 report.writes += 1;
-                if let Some(ServiceRecord { value, slots }) = current.services.remove(&key) {
-                    delete_slots(maps, &key, value.id, 0, slots.len(), &mut report);
-                }
+                current.services.remove(&key);
             }
             Err(err) => report
                 .errors
@@ -143,12 +127,31 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         }
     }
 
-    // 4. Backends no programmed frontend uses any more.
-    let referenced: HashSet<u32> = current
-        .services
-        .values()
-        .flat_map(|r| r.slots.iter().copied())
+    // 4. Slots no programmed frontend can reach (past a shrunk count, of a removed frontend, or
+    //    left by an earlier run).
+    let counts: HashMap<u32, u32> = current.services.values().map(|v| (v.id, v.count)).collect();
+    let unreachable: Vec<SlotKey> = current
+        .slots
+        .keys()
+        .filter(|slot| {
+            counts
+                .get(&slot.svc_id)
+                .is_none_or(|count| slot.slot >= *count)
+        })
+        .copied()
         .collect();
+    for slot in unreachable {
+        match maps.del_slot(slot) {
+            Ok(()) => {
+                report.writes += 1;
+                current.slots.remove(&slot);
+            }
+            Err(err) => report.errors.push(format!("slot {slot:?}: delete: {err}")),
+        }
+    }
+
+    // 5. Backends no slot in the kernel points at any more.
+    let referenced: HashSet<u32> = current.slots.values().copied().collect();
     let unused: Vec<u32> = current
         .backends
         .keys()
@@ -165,30 +168,6 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         }
     }
     report
-}
-
-fn delete_slots<W: MapWriter>(
-    maps: &mut W,
-    key: &ServiceKey,
-    svc_id: u32,
-    from: usize,
-    to: usize,
-    report: &mut SyncReport,
-) {
-    for slot in from..to {
-        let slot_key = SlotKey {
-            svc_id,
-            slot: slot as u32,
-        };
-        match maps.del_slot(slot_key) {
-            Ok(()) => report.writes += 1,
-            // A leftover slot past the count is never read; the next start deletes it.
-            Err(err) => report.errors.push(format!(
-                "frontend {}: delete slot {slot}: {err}",
-                frontend_name(key)
-            )),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -35,6 +35,8 @@ pub struct LabSpec {
     pub pods_per_node: usize,
     /// Port the pods' backends listen on (TCP and UDP).
     pub backend_port: u16,
+    /// Extra arguments for every agent.
+    pub agent_args: Vec<String>,
 }
 
 impl Default for LabSpec {
@@ -43,6 +45,7 @@ impl Default for LabSpec {
             nodes: 2,
             pods_per_node: 3,
             backend_port: 8080,
+            agent_args: Vec::new(),
         }
     }
 }
@@ -90,16 +93,25 @@ pub struct Lab {
     bpffs_root: PathBuf,
 }
 
+/// `svl<pid>x<n>`: unique among running labs, and names the process that owns it so leftovers
+/// of dead processes can be told from labs still in use.
 fn unique_id() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let mixed = std::process::id().wrapping_mul(2_654_435_761)
-        ^ nanos
-        ^ COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_mul(40_503);
-    format!("{LAB_PREFIX}{:05x}", mixed & 0xf_ffff)
+    format!(
+        "{LAB_PREFIX}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The pid of the process that made the lab named `name`, if it is a lab name.
+fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(LAB_PREFIX)?;
+    rest.split('x').next()?.parse().ok()
+}
+
+fn owner_is_gone(name: &str) -> bool {
+    owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// The svclb binary the lab runs: `$SVCLB_BIN`, or `svclb` next to the test's target directory.
@@ -117,17 +129,19 @@ pub fn svclb_bin() -> Result<PathBuf> {
     bail!("svclb binary not found: build it (`cargo build -p svclb`) or set SVCLB_BIN")
 }
 
-/// Removes namespaces and pin directories that labs of killed runs left behind.
+/// Removes namespaces and pin directories that labs of dead processes left behind; labs of
+/// running processes (another test run, a demo) are left alone.
 pub fn remove_leftovers() -> usize {
     let mut removed = 0;
     for ns in netns::list() {
-        if ns.starts_with(LAB_PREFIX) && netns::delete(&ns).is_ok() {
+        if owner_is_gone(&ns) && netns::delete(&ns).is_ok() {
             removed += 1;
         }
     }
     if let Ok(dir) = fs::read_dir("/sys/fs/bpf") {
         for entry in dir.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(LAB_PREFIX) {
+            if owner_is_gone(&entry.file_name().to_string_lossy()) {
+                // Best effort: a pin directory that cannot be removed is only clutter.
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
@@ -163,9 +177,10 @@ impl Lab {
     }
 
     fn add_ns(&mut self, ns: &str) -> Result<()> {
-        netns::add(ns)?;
+        netns::ip(&["netns", "add", ns])?;
+        // Recorded before anything else can fail, so drop removes it.
         self.namespaces.push(ns.to_owned());
-        Ok(())
+        netns::ip_in(ns, &["link", "set", "lo", "up"])
     }
 
     fn build(&mut self) -> Result<()> {
@@ -386,6 +401,7 @@ impl Lab {
             .arg(&self.manifests)
             .arg("--bpffs-dir")
             .arg(&n.pin_dir)
+            .args(&self.spec.agent_args)
             .env(
                 "RUST_LOG",
                 std::env::var("SVCLB_LAB_LOG").unwrap_or_else(|_| "info".into()),

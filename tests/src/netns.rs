@@ -43,11 +43,6 @@ pub fn sysctl_in(ns: &str, key: &str, value: &str) -> Result<()> {
     run("ip", &["netns", "exec", ns, "sysctl", "-qw", &setting]).map(drop)
 }
 
-pub fn add(ns: &str) -> Result<()> {
-    ip(&["netns", "add", ns])?;
-    ip_in(ns, &["link", "set", "lo", "up"])
-}
-
 pub fn delete(ns: &str) -> Result<()> {
     ip(&["netns", "del", ns])
 }

@@ -99,6 +99,7 @@ impl Datapath {
         }
         let capacity = Capacity {
             services: 1024,
+            slots: 1024,
             backends: 1024,
         };
         let (desired, diags) = mapstate::desired(&plan, &self.programmed, capacity);

@@ -186,6 +186,49 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
 }
 
 #[test]
+fn a_full_services_map_is_reported_and_the_rest_served() -> Result<()> {
+    if skip_unless_root("a_full_services_map_is_reported_and_the_rest_served") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec {
+        agent_args: vec!["--services-map-size".into(), "2".into()],
+        ..LabSpec::default()
+    })?;
+    let backend = lab.pod("n2-pod2").clone();
+    for (file, name, ip) in [
+        ("a.yaml", "a", "10.96.4.1"),
+        ("b.yaml", "b", "10.96.4.2"),
+        ("c.yaml", "c", "10.96.4.3"),
+    ] {
+        lab.write_manifest(file, &cluster_ip_service(name, ip, &[WEB], &[&backend]))?;
+    }
+    lab.start_agents()?;
+    let client = lab.pod("n1-pod1").ns.clone();
+    let log = lab.agent_log(0);
+    assert!(
+        log.contains("Service default/c: frontend 10.96.4.3:80/TCP skipped: the services map is full (2 entries)"),
+        "{log}"
+    );
+    for ip in ["10.96.4.1", "10.96.4.2"] {
+        assert_eq!(
+            tally(&tcp_ask_many(&client, at(ip, 80), 2, TIMEOUT)?),
+            BTreeMap::from([(backend.name.clone(), 2)])
+        );
+    }
+    // Room again: the waiting service is programmed.
+    lab.remove_manifest("a.yaml")?;
+    lab.wait_for(Duration::from_secs(2), "service c to be programmed", || {
+        lab.list(0)
+            .is_ok_and(|l| l["frontends"].to_string().contains("10.96.4.3"))
+    })?;
+    assert_eq!(
+        tally(&tcp_ask_many(&client, at("10.96.4.3", 80), 2, TIMEOUT)?),
+        BTreeMap::from([(backend.name.clone(), 2)])
+    );
+    Ok(())
+}
+
+#[test]
 fn agent_refuses_a_missing_uplink_with_a_clear_error() -> Result<()> {
     if skip_unless_root("agent_refuses_a_missing_uplink_with_a_clear_error") {
         return Ok(());

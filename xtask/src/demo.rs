@@ -1,13 +1,11 @@
 //! `cargo xtask run`: a demo lab with an agent per node serving `examples/`.
 
-use std::{
-    collections::BTreeMap, fs, net::SocketAddr, process::Command, sync::mpsc, time::Duration,
-};
+use std::{fs, net::SocketAddr, process::Command, sync::mpsc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec,
-    client::{tcp_ask_many, udp_ask_many},
+    client::{tally, tcp_ask_many, udp_ask_many},
 };
 
 const WEB: &str = "10.96.0.10:80";
@@ -20,16 +18,13 @@ fn show(kind: &str, target: &str, answers: &[Result<String>]) {
         "{} {kind} requests from pod {CLIENT_POD} to {target}:",
         answers.len()
     );
-    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
     for (i, answer) in answers.iter().enumerate() {
-        let who = match answer {
-            Ok(name) => name.clone(),
-            Err(err) => format!("FAILED: {err:#}"),
-        };
-        println!("  {:>2}  answered by {who}", i + 1);
-        *spread.entry(who).or_default() += 1;
+        match answer {
+            Ok(name) => println!("  {:>2}  answered by {name}", i + 1),
+            Err(err) => println!("  {:>2}  FAILED: {err:#}", i + 1),
+        }
     }
-    let summary: Vec<String> = spread
+    let summary: Vec<String> = tally(answers)
         .iter()
         .map(|(who, n)| format!("{who} x{n}"))
         .collect();
@@ -37,6 +32,14 @@ fn show(kind: &str, target: &str, answers: &[Result<String>]) {
 }
 
 pub fn run(once: bool) -> Result<()> {
+    // Installed first: Ctrl-C while the lab is being built must still tear it down.
+    let (tx, stop) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        // Only the first signal matters; later sends find the receiver gone.
+        let _ = tx.send(());
+    })
+    .context("installing a Ctrl-C handler")?;
+
     let svclb = crate::build_svclb()?;
     // SAFETY: set before any thread of ours starts; the lab reads it when starting agents.
     unsafe { std::env::set_var("SVCLB_BIN", &svclb) };
@@ -94,13 +97,7 @@ pub fn run(once: bool) -> Result<()> {
         return Ok(());
     }
     println!("\nCtrl-C tears the lab down.");
-    let (tx, rx) = mpsc::channel();
-    ctrlc::set_handler(move || {
-        // Only the first signal matters; later sends find the receiver gone.
-        let _ = tx.send(());
-    })
-    .context("installing a Ctrl-C handler")?;
-    rx.recv().context("waiting for Ctrl-C")?;
+    stop.recv().context("waiting for Ctrl-C")?;
     println!("tearing the lab down");
     Ok(())
 }

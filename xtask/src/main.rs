@@ -65,7 +65,26 @@ pub fn run(command: &mut Command) -> Result<()> {
 /// Builds the agent and returns the path of its binary.
 pub fn build_svclb() -> Result<PathBuf> {
     run(Command::new("cargo").args(["build", "--package", "svclb"]))?;
-    Ok(workspace_root().join("target/debug/svclb"))
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    Ok(target.join("debug/svclb"))
+}
+
+/// The toolchain `rust-toolchain.toml` pins: the one place its version is written.
+pub fn pinned_toolchain() -> Result<String> {
+    let file = workspace_root().join("rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_owned())
+        })
+        .with_context(|| format!("{} has no channel", file.display()))
 }
 
 fn test(filter: Option<String>) -> Result<()> {

@@ -5,9 +5,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-/// The toolchain the eBPF programs are built with (also pinned in rust-toolchain.toml).
-const TOOLCHAIN: &str = "1.98.0";
-/// bpf-linker must link with the LLVM of that rustc.
+/// bpf-linker must link with the LLVM of the pinned rustc.
 const LLVM: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13";
 
@@ -51,7 +49,7 @@ fn missing_packages() -> Vec<&'static str> {
 }
 
 fn install_packages(packages: &[&str]) -> Result<()> {
-    if !nix_is_root() {
+    if !svclb_tests::is_root() {
         bail!(
             "missing Debian packages: {} (run `sudo cargo xtask setup`)",
             packages.join(" ")
@@ -67,12 +65,8 @@ fn install_packages(packages: &[&str]) -> Result<()> {
     )
 }
 
-fn nix_is_root() -> bool {
-    svclb_tests::is_root()
-}
-
-fn has_rust_src() -> bool {
-    output("rustup", &["run", TOOLCHAIN, "rustc", "--print", "sysroot"]).is_some_and(|sysroot| {
+fn has_rust_src(toolchain: &str) -> bool {
+    output("rustup", &["run", toolchain, "rustc", "--print", "sysroot"]).is_some_and(|sysroot| {
         Path::new(sysroot.trim())
             .join("lib/rustlib/src/rust/library/core")
             .is_dir()
@@ -89,12 +83,13 @@ pub fn setup() -> Result<()> {
     if !missing.is_empty() {
         install_packages(&missing)?;
     }
-    if !has_rust_src() {
-        println!("setup: installing toolchain {TOOLCHAIN} with rust-src");
+    let toolchain = crate::pinned_toolchain()?;
+    if !has_rust_src(&toolchain) {
+        println!("setup: installing toolchain {toolchain} with rust-src");
         crate::run(Command::new("rustup").args([
             "toolchain",
             "install",
-            TOOLCHAIN,
+            &toolchain,
             "--profile",
             "minimal",
             "--component",
@@ -112,7 +107,7 @@ pub fn setup() -> Result<()> {
         crate::run(
             Command::new("cargo")
                 .args([
-                    &format!("+{TOOLCHAIN}"),
+                    &format!("+{toolchain}"),
                     "install",
                     "bpf-linker",
                     "--locked",

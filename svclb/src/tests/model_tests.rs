@@ -150,6 +150,38 @@ fn rules() {
 }
 
 #[test]
+fn objects_without_a_namespace_are_in_default() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {clusterIP: 10.96.0.50, ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.1.2]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-2, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.1.3]}]
+";
+    let (services, slices) = objects(yaml);
+    let (plan, _) = plan(&node(), &services, &slices);
+    let web = key("10.96.0.50", 80, Protocol::Tcp);
+    assert_eq!(plan.frontends[&web].service, "default/web");
+    assert_eq!(
+        backends(&plan, &web),
+        ["10.244.1.2:8080", "10.244.1.3:8080"]
+    );
+}
+
+#[test]
 fn multi_port_services_map_each_port_and_protocol() {
     let (services, slices) = objects(&format!(
         "{SERVICE}{}",

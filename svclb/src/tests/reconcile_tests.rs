@@ -17,55 +17,30 @@ use crate::{
 
 #[derive(Default)]
 struct FakeKernel {
-    services: BTreeMap<ServiceKey, ServiceValue>,
-    slots: BTreeMap<SlotKey, u32>,
-    backends: BTreeMap<u32, Backend>,
+    maps: MapState,
     writes: usize,
     /// Backend ids whose put fails (a full map).
     fail_backends: BTreeSet<u32>,
+    /// Slots whose put fails.
+    fail_slots: BTreeSet<SlotKey>,
 }
 
 impl FakeKernel {
     /// What the datapath can reach must always be complete.
     fn check_reachable(&self) {
-        for (key, value) in &self.services {
+        for (key, value) in &self.maps.services {
             for slot in 0..value.count {
-                let backend = self.slots.get(&SlotKey {
+                let backend = self.maps.slots.get(&SlotKey {
                     svc_id: value.id,
                     slot,
                 });
                 let backend = backend.unwrap_or_else(|| panic!("{key:?} slot {slot} missing"));
                 assert!(
-                    self.backends.contains_key(backend),
+                    self.maps.backends.contains_key(backend),
                     "{key:?} slot {slot} -> missing backend {backend}"
                 );
             }
         }
-    }
-
-    fn state(&self) -> MapState {
-        let mut state = MapState {
-            backends: self.backends.clone(),
-            ..MapState::default()
-        };
-        for (key, value) in &self.services {
-            let slots = (0..value.count)
-                .map(|slot| {
-                    self.slots[&SlotKey {
-                        svc_id: value.id,
-                        slot,
-                    }]
-                })
-                .collect();
-            state.services.insert(
-                *key,
-                crate::mapstate::ServiceRecord {
-                    value: *value,
-                    slots,
-                },
-            );
-        }
-        state
     }
 }
 
@@ -77,42 +52,45 @@ impl MapWriter for FakeKernel {
             return Err("map full".into());
         }
         self.writes += 1;
-        self.backends.insert(id, *backend);
+        self.maps.backends.insert(id, *backend);
         self.check_reachable();
         Ok(())
     }
 
     fn del_backend(&mut self, id: u32) -> Result<(), String> {
         self.writes += 1;
-        self.backends.remove(&id).ok_or("no such backend")?;
+        self.maps.backends.remove(&id).ok_or("no such backend")?;
         self.check_reachable();
         Ok(())
     }
 
     fn put_slot(&mut self, key: SlotKey, backend_id: u32) -> Result<(), String> {
+        if self.fail_slots.contains(&key) {
+            return Err("map full".into());
+        }
         self.writes += 1;
-        self.slots.insert(key, backend_id);
+        self.maps.slots.insert(key, backend_id);
         self.check_reachable();
         Ok(())
     }
 
     fn del_slot(&mut self, key: SlotKey) -> Result<(), String> {
         self.writes += 1;
-        self.slots.remove(&key).ok_or("no such slot")?;
+        self.maps.slots.remove(&key).ok_or("no such slot")?;
         self.check_reachable();
         Ok(())
     }
 
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), String> {
         self.writes += 1;
-        self.services.insert(*key, *value);
+        self.maps.services.insert(*key, *value);
         self.check_reachable();
         Ok(())
     }
 
     fn del_service(&mut self, key: &ServiceKey) -> Result<(), String> {
         self.writes += 1;
-        self.services.remove(key).ok_or("no such service")?;
+        self.maps.services.remove(key).ok_or("no such service")?;
         self.check_reachable();
         Ok(())
     }
@@ -120,6 +98,7 @@ impl MapWriter for FakeKernel {
 
 const CAPACITY: Capacity = Capacity {
     services: 1000,
+    slots: 1000,
     backends: 1000,
 };
 
@@ -163,8 +142,7 @@ fn apply(kernel: &mut FakeKernel, programmed: &mut MapState, p: &Plan) -> usize 
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.writes, kernel.writes - before);
     assert_eq!(
-        &kernel.state(),
-        programmed,
+        &kernel.maps, programmed,
         "programmed state mirrors the kernel"
     );
     assert_eq!(programmed, &want);
@@ -179,7 +157,7 @@ fn cold_sync_then_nothing_to_do() {
     assert_eq!(apply(&mut kernel, &mut programmed, &p), 11);
     assert_eq!(apply(&mut kernel, &mut programmed, &p), 0);
     assert_eq!(
-        kernel.backends.len(),
+        kernel.maps.backends.len(),
         4,
         "a backend shared by two frontends is stored once"
     );
@@ -200,7 +178,7 @@ fn one_endpoint_change_costs_a_few_writes() {
     let ids: BTreeMap<_, _> = programmed
         .services
         .iter()
-        .map(|(k, r)| (*k, r.value.id))
+        .map(|(k, v)| (*k, v.id))
         .collect();
 
     frontends[49].1[1] = 250;
@@ -209,7 +187,7 @@ fn one_endpoint_change_costs_a_few_writes() {
     let after: BTreeMap<_, _> = programmed
         .services
         .iter()
-        .map(|(k, r)| (*k, r.value.id))
+        .map(|(k, v)| (*k, v.id))
         .collect();
     assert_eq!(ids, after, "frontend ids are stable");
 }
@@ -223,16 +201,16 @@ fn shrinking_and_removing_frontends() {
         &plan(&[(1, &[1, 2, 3]), (2, &[4])]),
     );
     apply(&mut kernel, &mut programmed, &plan(&[(1, &[1])]));
-    assert_eq!(kernel.slots.len(), 1);
-    assert_eq!(kernel.backends.len(), 1);
+    assert_eq!(kernel.maps.slots.len(), 1);
+    assert_eq!(kernel.maps.backends.len(), 1);
     apply(&mut kernel, &mut programmed, &plan(&[(1, &[])]));
-    let value = kernel.services.values().next().unwrap();
+    let value = kernel.maps.services.values().next().unwrap();
     assert_eq!(
         (value.count, value.flags),
         (0, svclb_common::service::SVC_F_REJECT)
     );
     apply(&mut kernel, &mut programmed, &plan(&[]));
-    assert!(kernel.services.is_empty() && kernel.slots.is_empty() && kernel.backends.is_empty());
+    assert_eq!(kernel.maps, MapState::default());
 }
 
 #[test]
@@ -241,8 +219,8 @@ fn ids_freed_in_a_sync_are_not_reused_in_it() {
     apply(&mut kernel, &mut programmed, &plan(&[(1, &[1])]));
     let old = programmed.clone();
     apply(&mut kernel, &mut programmed, &plan(&[(2, &[2])]));
-    let old_svc: BTreeSet<u32> = old.services.values().map(|r| r.value.id).collect();
-    let new_svc: BTreeSet<u32> = programmed.services.values().map(|r| r.value.id).collect();
+    let old_svc: BTreeSet<u32> = old.services.values().map(|v| v.id).collect();
+    let new_svc: BTreeSet<u32> = programmed.services.values().map(|v| v.id).collect();
     assert!(old_svc.is_disjoint(&new_svc));
     assert!(
         old.backends
@@ -275,17 +253,16 @@ fn a_failed_backend_write_keeps_the_old_frontend_and_serves_the_rest() {
         report.errors
     );
     assert_eq!(
-        kernel.state(),
-        programmed,
+        kernel.maps, programmed,
         "what failed is not recorded as programmed"
     );
-    assert_eq!(kernel.services.len(), 3, "the other frontends are served");
-    let first = programmed.services.values().next().unwrap();
     assert_eq!(
-        first.slots.len(),
-        1,
-        "the frontend keeps its last good backends"
+        kernel.maps.services.len(),
+        3,
+        "the other frontends are served"
     );
+    let first = programmed.services.values().next().unwrap();
+    assert_eq!(first.count, 1, "the frontend keeps its last good backends");
 
     // Once the map has room again, the next sync completes the change.
     kernel.fail_backends.clear();
@@ -295,22 +272,121 @@ fn a_failed_backend_write_keeps_the_old_frontend_and_serves_the_rest() {
 }
 
 #[test]
+fn a_failed_slot_write_leaves_a_working_frontend_and_truthful_state() {
+    let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+    apply(&mut kernel, &mut programmed, &plan(&[(1, &[1, 2])]));
+    let id = programmed.services.values().next().unwrap().id;
+    // Backends change to [3, 4, 5]: slots 0 and 1 are rewritten in place, slot 2 fails.
+    kernel.fail_slots.insert(SlotKey {
+        svc_id: id,
+        slot: 2,
+    });
+    let (want, _) = desired(&plan(&[(1, &[3, 4, 5])]), &programmed, CAPACITY);
+    let report = sync(&mut programmed, &want, &mut kernel);
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    assert_eq!(
+        kernel.maps, programmed,
+        "the mirror holds the slots that were written"
+    );
+    assert_eq!(
+        programmed.services.values().next().unwrap().count,
+        2,
+        "old count kept"
+    );
+
+    // Going back to the old backends now must rewrite the slots, not trust a stale record,
+    // and must not delete backends the kernel's slots still use.
+    kernel.fail_slots.clear();
+    apply(&mut kernel, &mut programmed, &plan(&[(1, &[1, 2])]));
+    assert_eq!(kernel.maps.backends.len(), 2);
+}
+
+#[test]
+fn a_full_map_keeps_a_programmed_frontend_as_it_is() {
+    let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+    apply(
+        &mut kernel,
+        &mut programmed,
+        &plan(&[(1, &[1, 2]), (2, &[3])]),
+    );
+    let before = programmed.clone();
+    let tight = Capacity {
+        services: 10,
+        slots: 4,
+        backends: 10,
+    };
+    // Frontend 1 grows past the slots map; frontend 2 fits.
+    let (want, diags) = desired(
+        &plan(&[(1, &[1, 2, 4, 5, 6]), (2, &[3])]),
+        &programmed,
+        tight,
+    );
+    let shown: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "Service default/svc1: frontend 10.96.0.1:80/TCP not updated, keeps its programmed backends: the slots map is full (4 entries)"
+        ]
+    );
+    let report = sync(&mut programmed, &want, &mut kernel);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(programmed, before, "nothing working was removed");
+}
+
+#[test]
+fn stale_and_broken_entries_of_an_earlier_run_are_repaired() {
+    let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+    apply(
+        &mut kernel,
+        &mut programmed,
+        &plan(&[(1, &[1, 2, 3]), (2, &[4])]),
+    );
+    // What a crash could leave: a slot of a frontend that no longer exists, a hole.
+    let id = programmed.services.values().next().unwrap().id;
+    kernel.maps.slots.insert(
+        SlotKey {
+            svc_id: 999,
+            slot: 0,
+        },
+        1,
+    );
+    kernel.maps.slots.remove(&SlotKey {
+        svc_id: id,
+        slot: 1,
+    });
+    // A new agent reads the kernel as it is and syncs the same plan.
+    let mut adopted = kernel.maps.clone();
+    let (want, _) = desired(&plan(&[(1, &[1, 2, 3]), (2, &[4])]), &adopted, CAPACITY);
+    kernel.maps.services.clear(); // the fake checks reachability; start from no frontends
+    adopted.services.clear();
+    let report = sync(&mut adopted, &want, &mut kernel);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(adopted, want);
+    assert!(
+        !kernel.maps.slots.keys().any(|k| k.svc_id == 999),
+        "orphan slot deleted"
+    );
+}
+
+#[test]
 fn full_maps_are_reported_by_service() {
     let tiny = Capacity {
         services: 2,
+        slots: 10,
         backends: 2,
     };
-    let p = plan(&[(1, &[1]), (2, &[2, 3]), (3, &[1])]);
+    // Capacity counts entries: svc3 shares svc1's backend, so it fits; svc4 is one too many.
+    let p = plan(&[(1, &[1]), (2, &[2, 3]), (3, &[1]), (4, &[1])]);
     let (want, diags) = desired(&p, &MapState::default(), tiny);
     let shown: Vec<String> = diags.iter().map(ToString::to_string).collect();
     assert_eq!(
         shown,
         [
             "Service default/svc2: frontend 10.96.0.2:80/TCP skipped: the backends map is full (2 entries)",
-            "Service default/svc3: frontend 10.96.0.3:80/TCP skipped: the services map is full (2 entries)",
+            "Service default/svc4: frontend 10.96.0.4:80/TCP skipped: the services map is full (2 entries)",
         ]
     );
-    assert_eq!(want.services.len(), 1);
+    assert_eq!(want.services.len(), 2);
 }
 
 fn arb_plan() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
