@@ -2,15 +2,19 @@
 
 use crate::addr::L3Addr;
 
-/// Traffic that reaches the frontend from inside the cluster (pods, ClusterIP).
-pub const SCOPE_INTERNAL: u8 = 0;
-/// Traffic that reaches the frontend from outside (NodePort, LoadBalancer, externalIPs).
-pub const SCOPE_EXTERNAL: u8 = 1;
+/// The frontend's entry: for all its traffic, or for traffic from outside the cluster when the
+/// frontend also has an internal view.
+pub const SCOPE_ALL: u8 = 0;
+/// The internal view of an external frontend with `externalTrafficPolicy: Local`: what
+/// traffic from pods gets (kube-proxy short-circuits it to the internal endpoints).
+pub const SCOPE_INTERNAL_VIEW: u8 = 1;
 
 /// The frontend has no usable endpoint anywhere: new connections are to be refused (TCP RST,
 /// ICMP unreachable) rather than left to time out. Until the datapath sends those, they are
 /// dropped, like every new connection to a frontend without backends.
 pub const SVC_F_REJECT: u32 = 1 << 0;
+/// Traffic from pods must be looked up again with [`SCOPE_INTERNAL_VIEW`].
+pub const SVC_F_INTERNAL_VIEW: u32 = 1 << 1;
 
 /// Key of the `SVCLB_SERVICES` map.
 #[repr(C)]

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use svclb_common::{
     Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, ServiceKey, ServiceValue, SlotKey,
-    service::SCOPE_INTERNAL,
+    service::SCOPE_ALL,
 };
 
 use crate::{
@@ -24,7 +24,7 @@ fn service_of(pkt: &Packet) -> Option<ServiceValue> {
         port_be: pkt.dport_be,
         proto: pkt.proto,
         family: pkt.family,
-        scope: SCOPE_INTERNAL,
+        scope: SCOPE_ALL,
         _pad: [0; 3],
     };
     // SAFETY: the value is copied out at once.

@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use futures::StreamExt as _;
+use ipnet::IpNet;
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use rtnetlink::{MulticastGroup, new_multicast_connection};
 use tokio::{
@@ -23,7 +24,8 @@ use crate::{
     loader::{self, MapSizes},
     manifest::ManifestSource,
     mapstate::{self, Capacity, MapState},
-    model::{self, NodeInfo},
+    model,
+    plan::{FrontendKind, Plan},
     reconcile,
 };
 
@@ -39,6 +41,8 @@ const RESCAN: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub node_name: String,
+    /// `--nodeport-addresses`: NodePorts only on node addresses inside these.
+    pub nodeport_cidrs: Vec<IpNet>,
     pub manifests: PathBuf,
     pub devices: DeviceSelector,
     pub bpffs_dir: PathBuf,
@@ -47,13 +51,27 @@ pub struct AgentConfig {
 
 /// The programmed state and what is needed to move it.
 struct Syncer {
-    node: NodeInfo,
+    node_name: String,
+    nodeport_cidrs: Vec<IpNet>,
     source: ManifestSource,
     maps: Maps,
     programmed: MapState,
     capacity: Capacity,
     /// Diagnostics already logged, so each problem is logged once, not at every sync.
     reported: BTreeSet<Diagnostic>,
+    /// Frontends planned but left out of the maps at the last sync.
+    not_programmed: usize,
+}
+
+/// Keeps the frontends the datapath serves today: ClusterIP. NodePort, LoadBalancer and
+/// externalIP frontends (and their internal views) wait for the north-south datapath, which
+/// needs SNAT for remote backends; programming them now would serve them half. Returns how
+/// many were left out.
+fn datapath_subset(plan: &mut Plan) -> usize {
+    let before = plan.frontends.len();
+    plan.frontends
+        .retain(|_, f| f.kind == FrontendKind::ClusterIP);
+    before - plan.frontends.len()
 }
 
 impl Syncer {
@@ -62,7 +80,23 @@ impl Syncer {
     fn sync(&mut self) -> bool {
         let started = Instant::now();
         let snapshot = self.source.read();
-        let (plan, plan_diags) = model::plan(&self.node, &snapshot.services, &snapshot.slices);
+        let (_, mut plan, plan_diags) = model::plan_for_node(
+            &self.node_name,
+            &self.nodeport_cidrs,
+            &snapshot.nodes,
+            &snapshot.services,
+            &snapshot.slices,
+        );
+        let not_programmed = datapath_subset(&mut plan);
+        if not_programmed != self.not_programmed {
+            self.not_programmed = not_programmed;
+            if not_programmed > 0 {
+                info!(
+                    "{not_programmed} NodePort, LoadBalancer and externalIP frontends are planned \
+                     (`svclb plan`) but not programmed: the north-south datapath is not built yet"
+                );
+            }
+        }
         let (desired, map_diags) = mapstate::desired(&plan, &self.programmed, self.capacity);
         let incomplete = !map_diags.is_empty();
         let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
@@ -151,9 +185,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         .with_context(|| format!("watching {}", config.manifests.display()))?;
 
     let mut syncer = Syncer {
-        node: NodeInfo {
-            name: config.node_name.clone(),
-        },
+        node_name: config.node_name.clone(),
+        nodeport_cidrs: config.nodeport_cidrs.clone(),
+        not_programmed: 0,
         source: ManifestSource::new(&config.manifests),
         maps,
         programmed,

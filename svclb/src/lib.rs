@@ -15,4 +15,5 @@ pub mod manifest;
 pub mod mapstate;
 pub mod model;
 pub mod plan;
+pub mod plan_output;
 pub mod reconcile;

@@ -3,11 +3,14 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use glob::Pattern;
+use ipnet::IpNet;
 use svclb::{
     agent::{self, AgentConfig},
     devices::DeviceSelector,
     list,
     loader::MapSizes,
+    manifest::ManifestSource,
+    model, plan_output,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -32,6 +35,20 @@ enum Output {
 enum Command {
     /// Program the datapath from Services and EndpointSlices and keep it in sync.
     Agent(AgentArgs),
+    /// Print what the agent would program for a node, without touching the kernel.
+    Plan {
+        /// The node to plan for (its Node object, if present, gives zone and addresses).
+        #[arg(long, env = "SVCLB_NODE_NAME")]
+        node_name: String,
+        /// Directory of Service, EndpointSlice and Node manifests.
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Serve NodePorts only on node addresses inside these CIDRs.
+        #[arg(long, value_delimiter = ',')]
+        nodeport_addresses: Vec<IpNet>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Print the frontends and backends the pinned maps hold.
     List {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
@@ -57,6 +74,10 @@ struct AgentArgs {
     /// Glob of pod-facing devices, e.g. 'veth*'; devices created later are attached too.
     #[arg(long)]
     pod_devices: Option<String>,
+    /// Serve NodePorts only on node addresses inside these CIDRs (default: all the addresses
+    /// of this node's Node object).
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<IpNet>,
     /// Where maps are pinned. Pins survive the agent so a restart adopts their entries.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
@@ -72,6 +93,15 @@ struct AgentArgs {
     /// Capacity of the conntrack map (two entries per flow).
     #[arg(long, default_value_t = MapSizes::default().conntrack)]
     conntrack_map_size: u32,
+}
+
+/// Writes command output; a reader that went away (`| head`) ends the command quietly.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => Ok(result?),
+    }
 }
 
 fn init_tracing() {
@@ -93,6 +123,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
         .context("--pod-devices is not a valid glob")?;
     Ok(AgentConfig {
         node_name: args.node_name,
+        nodeport_cidrs: args.nodeport_addresses,
         manifests: args.manifests,
         devices: DeviceSelector {
             uplinks: args.devices,
@@ -132,11 +163,35 @@ fn run(cli: Cli) -> Result<()> {
                 .context("starting the async runtime")?
                 .block_on(agent::run(config))
         }
+        Command::Plan {
+            node_name,
+            manifests,
+            nodeport_addresses,
+            output,
+        } => {
+            if !manifests.is_dir() {
+                anyhow::bail!("manifests directory {} does not exist", manifests.display());
+            }
+            let snapshot = ManifestSource::new(&manifests).read();
+            let (node, plan, mut diags) = model::plan_for_node(
+                &node_name,
+                &nodeport_addresses,
+                &snapshot.nodes,
+                &snapshot.services,
+                &snapshot.slices,
+            );
+            diags.splice(0..0, snapshot.diagnostics);
+            match output {
+                Output::Table => emit(&plan_output::render_table(&node, &plan, &diags))?,
+                Output::Json => emit(&(plan_output::render_json(&node, &plan, &diags) + "\n"))?,
+            }
+            Ok(())
+        }
         Command::List { bpffs_dir, output } => {
             let listing = list::read(&bpffs_dir)?;
             match output {
-                Output::Table => print!("{}", list::render_table(&listing)),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&listing)?),
+                Output::Table => emit(&list::render_table(&listing))?,
+                Output::Json => emit(&(serde_json::to_string_pretty(&listing)? + "\n"))?,
             }
             Ok(())
         }

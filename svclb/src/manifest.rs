@@ -1,5 +1,6 @@
 //! The manifests source: a directory of YAML files (several documents each) holding `v1`
-//! Services and `discovery.k8s.io/v1` EndpointSlices.
+//! Services, `discovery.k8s.io/v1` EndpointSlices and, optionally, `v1` Nodes (for this node's
+//! zone and NodePort addresses).
 //!
 //! A file that stops parsing (an editor half-way through a save, a typo) keeps serving the
 //! objects it held when it last parsed, so one bad write never takes services down.
@@ -10,7 +11,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::Deserialize as _;
 
 use crate::diag::Diagnostic;
@@ -19,6 +23,7 @@ use crate::diag::Diagnostic;
 pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    Node(Box<Node>),
 }
 
 /// Everything the directory holds now.
@@ -26,6 +31,7 @@ pub enum Object {
 pub struct Snapshot {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
+    pub nodes: Vec<Node>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -95,6 +101,9 @@ pub fn parse_documents(
                 serde_yaml::from_value::<EndpointSlice>(value)
                     .map(|slice| Object::EndpointSlice(Box::new(slice)))
             }
+            ("v1", "Node") => {
+                serde_yaml::from_value::<Node>(value).map(|node| Object::Node(Box::new(node)))
+            }
             ("", _) | (_, "") => {
                 diags.push(Diagnostic::new(
                     &where_,
@@ -109,6 +118,7 @@ pub fn parse_documents(
                 let name = match &object {
                     Object::Service(svc) => svc.metadata.name.as_deref(),
                     Object::EndpointSlice(slice) => slice.metadata.name.as_deref(),
+                    Object::Node(node) => node.metadata.name.as_deref(),
                 };
                 if name.is_none_or(str::is_empty) {
                     diags.push(Diagnostic::new(
@@ -183,6 +193,7 @@ impl ManifestSource {
                 match object {
                     Object::Service(svc) => snapshot.services.push((**svc).clone()),
                     Object::EndpointSlice(slice) => snapshot.slices.push((**slice).clone()),
+                    Object::Node(node) => snapshot.nodes.push((**node).clone()),
                 }
             }
         }

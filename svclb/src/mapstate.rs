@@ -9,7 +9,7 @@ use std::{
 use svclb_common::{
     Backend, FAMILY_V4, FAMILY_V6, L3Addr, ServiceKey, ServiceValue, SlotKey,
     backend::{BE_F_LOCAL, BE_F_TERMINATING},
-    service::{SCOPE_INTERNAL, SVC_F_REJECT},
+    service::{SCOPE_ALL, SCOPE_INTERNAL_VIEW, SVC_F_INTERNAL_VIEW, SVC_F_REJECT},
 };
 
 use crate::{
@@ -75,7 +75,11 @@ pub fn service_key(key: &FrontendKey) -> ServiceKey {
         port_be: key.port.to_be(),
         proto: key.protocol.number(),
         family,
-        scope: SCOPE_INTERNAL,
+        scope: if key.internal_view {
+            SCOPE_INTERNAL_VIEW
+        } else {
+            SCOPE_ALL
+        },
         _pad: [0; 3],
     }
 }
@@ -86,6 +90,7 @@ pub fn frontend_key(key: &ServiceKey) -> Option<FrontendKey> {
         address: ip_of(&key.addr, key.family),
         port: u16::from_be(key.port_be),
         protocol: Protocol::from_number(key.proto)?,
+        internal_view: key.scope == SCOPE_INTERNAL_VIEW,
     })
 }
 
@@ -207,17 +212,24 @@ pub fn desired(plan: &Plan, current: &MapState, capacity: Capacity) -> (MapState
             );
             out.backends.insert(*backend_id, *entry);
         }
-        let flags = match (entries.is_empty(), frontend.when_empty) {
+        let mut flags = match (entries.is_empty(), frontend.when_empty) {
             (true, WhenEmpty::Reject) => SVC_F_REJECT,
             _ => 0,
         };
+        let view = FrontendKey {
+            internal_view: true,
+            ..*key
+        };
+        if !key.internal_view && plan.frontends.contains_key(&view) {
+            flags |= SVC_F_INTERNAL_VIEW;
+        }
         out.services.insert(
             skey,
             ServiceValue {
                 id,
                 count: entries.len() as u32,
                 flags,
-                affinity_timeout_s: 0,
+                affinity_timeout_s: frontend.affinity_timeout_seconds,
             },
         );
     }

@@ -1,32 +1,45 @@
 //! Kubernetes objects -> [`Plan`]: a pure function, the same for every source.
 //!
-//! This covers ClusterIP services served from EndpointSlices. Endpoint conditions follow
-//! kube-proxy: a nil `ready`/`serving` is true, a nil `terminating` false; ready endpoints
-//! serve, and only when none is ready do serving+terminating ones take over.
+//! It follows kube-proxy's rules (brief section 3):
+//! - Service types: ClusterIP on every cluster IP; NodePort on this node's NodePort addresses
+//!   (NodePort and LoadBalancer services with a `nodePort`); LoadBalancer on
+//!   `status.loadBalancer.ingress[].ip` (not those with `ipMode: Proxy`); `externalIPs`.
+//!   ExternalName and headless services get nothing.
+//! - Endpoints: see [`endpoints`]. Internal traffic uses the `internalTrafficPolicy` set,
+//!   external traffic the `externalTrafficPolicy` set; Cluster sets honour zone hints.
+//! - A frontend without endpoints rejects when the port has no usable endpoint anywhere and
+//!   drops when a Local policy leaves this node without one.
+//! - `sessionAffinity: ClientIP` (timeout default 10800 s, at most 86400 s),
+//!   `loadBalancerSourceRanges` on LoadBalancer frontends, `healthCheckNodePort`.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::{IpAddr, Ipv4Addr},
-};
+mod endpoints;
+mod node;
 
+use std::{collections::HashMap, net::IpAddr};
+
+use ipnet::IpNet;
 use k8s_openapi::{
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
+pub use node::{NodeInfo, ZONE_LABEL};
 
 use crate::{
     diag::Diagnostic,
-    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, WhenEmpty},
+    plan::{
+        Frontend, FrontendKey, FrontendKind, HealthCheck, Plan, PlanBackend, Protocol, Scope,
+        WhenEmpty,
+    },
 };
 
 /// The label joining an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-
-/// The node the plan is computed for.
-#[derive(Clone, Debug, Default)]
-pub struct NodeInfo {
-    pub name: String,
-}
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset, and its largest value.
+pub const AFFINITY_TIMEOUT_DEFAULT: u32 = 10_800;
+pub const AFFINITY_TIMEOUT_MAX: u32 = 86_400;
 
 /// Computes the plan for `node`. Objects that cannot be served are reported and skipped;
 /// everything else is planned. The result does not depend on the order of the inputs.
@@ -52,8 +65,8 @@ pub fn plan(
             .get(&key)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        for (frontend_key, frontend) in service_frontends(node, &name, svc, svc_slices, &mut diags)
-        {
+        let planned = plan_service(node, &name, svc, svc_slices, &mut diags);
+        for (frontend_key, frontend) in planned.frontends {
             match plan.frontends.get(&frontend_key) {
                 Some(existing) => diags.push(Diagnostic::new(
                     format!("Service {name}"),
@@ -67,10 +80,29 @@ pub fn plan(
                 }
             }
         }
+        plan.health_checks.extend(planned.health_check);
     }
+    plan.health_checks.sort();
     diags.sort();
     diags.dedup();
     (plan, diags)
+}
+
+/// Finds node `name` among `nodes` (its Node object gives zone and addresses) and plans for it.
+pub fn plan_for_node(
+    name: &str,
+    nodeport_cidrs: &[IpNet],
+    nodes: &[Node],
+    services: &[Service],
+    slices: &[EndpointSlice],
+) -> (NodeInfo, Plan, Vec<Diagnostic>) {
+    let object = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(name));
+    let (node, mut diags) = NodeInfo::from_node(name, object, nodeport_cidrs);
+    let (plan, plan_diags) = plan(&node, services, slices);
+    diags.extend(plan_diags);
+    (node, plan, diags)
 }
 
 /// The namespace of an object; a manifest without one means `default`, as kubectl has it.
@@ -85,6 +117,10 @@ fn object_name(meta: &ObjectMeta) -> String {
         namespace_of(meta),
         meta.name.as_deref().unwrap_or("")
     )
+}
+
+fn valid_port(port: i32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
 fn index_slices(slices: &[EndpointSlice]) -> HashMap<(String, String), Vec<&EndpointSlice>> {
@@ -107,46 +143,109 @@ fn index_slices(slices: &[EndpointSlice]) -> HashMap<(String, String), Vec<&Endp
     index
 }
 
-fn service_frontends(
+#[derive(Default)]
+struct PlannedService {
+    frontends: Vec<(FrontendKey, Frontend)>,
+    health_check: Option<HealthCheck>,
+}
+
+/// Parses a list of IP addresses of a service field, reporting the ones that do not parse or
+/// are IPv6 (not served yet).
+fn ipv4_addresses<'a>(
+    object: &str,
+    field: &str,
+    values: impl IntoIterator<Item = &'a str>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for value in values {
+        match value.parse::<IpAddr>() {
+            Ok(addr @ IpAddr::V4(_)) => out.push(addr),
+            Ok(IpAddr::V6(addr)) => diags.push(Diagnostic::new(
+                object,
+                format!("{field} {addr} skipped: IPv6 is not supported yet"),
+            )),
+            Err(_) => diags.push(Diagnostic::new(
+                object,
+                format!("{field} {value:?} is not an IP address"),
+            )),
+        }
+    }
+    out
+}
+
+fn plan_service(
     node: &NodeInfo,
     name: &str,
     svc: &Service,
     slices: &[&EndpointSlice],
     diags: &mut Vec<Diagnostic>,
-) -> Vec<(FrontendKey, Frontend)> {
+) -> PlannedService {
     let object = format!("Service {name}");
+    let mut out = PlannedService::default();
     let Some(spec) = &svc.spec else {
         diags.push(Diagnostic::new(object, "has no spec"));
-        return Vec::new();
+        return out;
     };
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return Vec::new();
+    let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if svc_type == "ExternalName" {
+        return out;
+    }
+    if !matches!(svc_type, "ClusterIP" | "NodePort" | "LoadBalancer") {
+        diags.push(Diagnostic::new(
+            object,
+            format!("unknown type {svc_type:?}; skipped"),
+        ));
+        return out;
     }
     let cluster_ips: Vec<&str> = match (&spec.cluster_ips, &spec.cluster_ip) {
         (Some(ips), _) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
         (_, Some(ip)) => vec![ip.as_str()],
         _ => Vec::new(),
     };
-    // Headless (or not yet allocated): nothing for the datapath.
+    // Headless (or not allocated yet): nothing for the datapath.
     if cluster_ips.is_empty() || cluster_ips.iter().any(|ip| *ip == "None" || ip.is_empty()) {
-        return Vec::new();
+        return out;
     }
-    let mut addresses = Vec::new();
-    for ip in cluster_ips {
-        match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(addr)) => addresses.push(IpAddr::V4(addr)),
-            Ok(IpAddr::V6(addr)) => diags.push(Diagnostic::new(
-                &object,
-                format!("clusterIP {addr} skipped: IPv6 is not supported yet"),
-            )),
-            Err(_) => diags.push(Diagnostic::new(
-                &object,
-                format!("clusterIP {ip:?} is not an IP address"),
-            )),
-        }
-    }
+    let cluster_ips = ipv4_addresses(&object, "clusterIP", cluster_ips, diags);
+    let external_ips = ipv4_addresses(
+        &object,
+        "externalIP",
+        spec.external_ips.iter().flatten().map(String::as_str),
+        diags,
+    );
+    let lb_ips = if svc_type == "LoadBalancer" {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        let ips = ingress
+            .into_iter()
+            .flatten()
+            // `ipMode: Proxy`: the load balancer proxies, traffic never arrives for this IP.
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_deref());
+        ipv4_addresses(&object, "loadBalancer ingress IP", ips, diags)
+    } else {
+        Vec::new()
+    };
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity = affinity_timeout(&object, svc, diags);
+    let source_ranges = source_ranges(
+        &object,
+        spec.load_balancer_source_ranges.as_deref().unwrap_or(&[]),
+        diags,
+    );
+    // Ranges given but none valid: serve no LoadBalancer frontend rather than an open one.
+    let lb_ips = if source_ranges.is_none() {
+        Vec::new()
+    } else {
+        lb_ips
+    };
+    let source_ranges = source_ranges.unwrap_or_default();
 
-    let mut frontends = Vec::new();
     for port in spec.ports.iter().flatten() {
         let port_name = port.name.clone().unwrap_or_default();
         let protocol = match Protocol::from_k8s(port.protocol.as_deref()) {
@@ -176,129 +275,161 @@ fn service_frontends(
             ));
             continue;
         };
-        let backends = endpoints_for_port(node, &port_name, protocol, slices, diags);
-        for address in &addresses {
-            frontends.push((
-                FrontendKey {
-                    address: *address,
-                    port: number,
-                    protocol,
-                },
-                Frontend {
-                    service: name.to_owned(),
-                    port_name: port_name.clone(),
-                    kind: FrontendKind::ClusterIP,
-                    backends: backends.clone(),
-                    when_empty: WhenEmpty::Reject,
-                },
-            ));
-        }
-    }
-    frontends
-}
-
-fn valid_port(port: i32) -> Option<u16> {
-    u16::try_from(port).ok().filter(|p| *p != 0)
-}
-
-/// The backends of one service port: ready endpoints, or serving+terminating ones when none is
-/// ready. The same ip:port in several slices counts once, the non-terminating copy winning.
-fn endpoints_for_port(
-    node: &NodeInfo,
-    port_name: &str,
-    protocol: Protocol,
-    slices: &[&EndpointSlice],
-    diags: &mut Vec<Diagnostic>,
-) -> Vec<PlanBackend> {
-    struct Candidate {
-        backend: PlanBackend,
-        ready: bool,
-        serving: bool,
-    }
-    let mut by_addr: BTreeMap<(Ipv4Addr, u16), Candidate> = BTreeMap::new();
-
-    for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue;
-        }
-        let object = format!("EndpointSlice {}", object_name(&slice.metadata));
-        let Some(slice_port) = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref() == Some(port_name)
-                && Protocol::from_k8s(p.protocol.as_deref()) == Ok(protocol)
-        }) else {
-            continue;
-        };
-        let Some(number) = slice_port.port else {
-            continue;
-        };
-        let Some(number) = valid_port(number) else {
-            diags.push(Diagnostic::new(
-                &object,
-                format!("port {port_name:?}: {number} is not a port number (1-65535)"),
-            ));
-            continue;
-        };
-        for endpoint in &slice.endpoints {
-            let Some(first) = endpoint.addresses.first() else {
-                continue;
-            };
-            let Ok(addr) = first.parse::<Ipv4Addr>() else {
-                diags.push(Diagnostic::new(
-                    &object,
-                    format!("endpoint address {first:?} is not an IPv4 address"),
-                ));
-                continue;
-            };
-            let conditions = endpoint.conditions.as_ref();
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let serving = conditions.and_then(|c| c.serving).unwrap_or(true);
-            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            let candidate = Candidate {
-                backend: PlanBackend {
-                    address: IpAddr::V4(addr),
-                    port: number,
-                    node: endpoint.node_name.clone(),
-                    local: endpoint.node_name.as_deref() == Some(node.name.as_str()),
-                    terminating,
-                },
-                ready,
-                serving,
-            };
-            // Of several copies of one ip:port, the non-terminating one wins, then the ready,
-            // then the serving one; the node name breaks ties so the order of slices never
-            // matters.
-            let rank = |c: &Candidate| {
-                (
-                    !c.backend.terminating,
-                    c.ready,
-                    c.serving,
-                    c.backend.node.clone(),
-                )
-            };
-            match by_addr.get(&(addr, number)) {
-                Some(existing) if rank(existing) >= rank(&candidate) => {}
-                _ => {
-                    by_addr.insert((addr, number), candidate);
+        let node_port = match port.node_port {
+            Some(p) if svc_type != "ClusterIP" => match valid_port(p) {
+                Some(p) => Some(p),
+                None => {
+                    diags.push(Diagnostic::new(
+                        &object,
+                        format!("port {port_name:?}: nodePort {p} is not a port number (1-65535)"),
+                    ));
+                    None
                 }
+            },
+            _ => None,
+        };
+        let candidates = endpoints::candidates(&port_name, protocol, slices, diags, node);
+        let sets = endpoints::categorize(&candidates, node.zone.as_deref());
+        let when_empty = if sets.any_usable {
+            WhenEmpty::Drop
+        } else {
+            WhenEmpty::Reject
+        };
+        let internal = if internal_local {
+            &sets.local
+        } else {
+            &sets.cluster
+        };
+        let external = if external_local {
+            &sets.local
+        } else {
+            &sets.cluster
+        };
+        let frontend = |kind: FrontendKind, scope: Scope, backends: &Vec<PlanBackend>| Frontend {
+            service: name.to_owned(),
+            port_name: port_name.clone(),
+            kind,
+            scope,
+            backends: backends.clone(),
+            when_empty,
+            affinity_timeout_seconds: affinity,
+            source_ranges: if kind == FrontendKind::LoadBalancer {
+                source_ranges.clone()
+            } else {
+                Vec::new()
+            },
+        };
+
+        for address in &cluster_ips {
+            let key = FrontendKey::new(*address, number, protocol);
+            out.frontends.push((
+                key,
+                frontend(FrontendKind::ClusterIP, Scope::Internal, internal),
+            ));
+        }
+        let mut external_frontends: Vec<(FrontendKind, IpAddr, u16)> = Vec::new();
+        if let Some(node_port) = node_port {
+            external_frontends.extend(
+                node.nodeport_addresses
+                    .iter()
+                    .filter(|a| a.is_ipv4())
+                    .map(|a| (FrontendKind::NodePort, *a, node_port)),
+            );
+        }
+        external_frontends.extend(
+            lb_ips
+                .iter()
+                .map(|a| (FrontendKind::LoadBalancer, *a, number)),
+        );
+        external_frontends.extend(
+            external_ips
+                .iter()
+                .map(|a| (FrontendKind::ExternalIP, *a, number)),
+        );
+        for (kind, address, port_number) in external_frontends {
+            let key = FrontendKey::new(address, port_number, protocol);
+            out.frontends
+                .push((key, frontend(kind, Scope::External, external)));
+            if external_local {
+                let view = FrontendKey {
+                    internal_view: true,
+                    ..key
+                };
+                out.frontends
+                    .push((view, frontend(kind, Scope::Internal, internal)));
             }
         }
+        if svc_type == "LoadBalancer"
+            && external_local
+            && let Some(port) = spec.health_check_node_port.and_then(valid_port)
+        {
+            let local = out.health_check.as_ref().map_or(0, |h| h.local_endpoints);
+            out.health_check = Some(HealthCheck {
+                service: name.to_owned(),
+                port,
+                local_endpoints: local.max(sets.local_ready),
+            });
+        }
     }
+    out
+}
 
-    let ready: Vec<PlanBackend> = by_addr
-        .values()
-        .filter(|c| c.ready)
-        .map(|c| c.backend.clone())
-        .collect();
-    if !ready.is_empty() {
-        return ready;
+fn affinity_timeout(object: &str, svc: &Service, diags: &mut Vec<Diagnostic>) -> u32 {
+    let spec = svc.spec.as_ref();
+    if spec.and_then(|s| s.session_affinity.as_deref()) != Some("ClientIP") {
+        return 0;
     }
-    by_addr
-        .into_values()
-        .filter(|c| c.serving && c.backend.terminating)
-        .map(|c| c.backend)
-        .collect()
+    let configured = spec
+        .and_then(|s| s.session_affinity_config.as_ref())
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds);
+    match configured {
+        None => AFFINITY_TIMEOUT_DEFAULT,
+        Some(t) if (1..=AFFINITY_TIMEOUT_MAX as i32).contains(&t) => t as u32,
+        Some(t) => {
+            diags.push(Diagnostic::new(
+                object,
+                format!("sessionAffinity timeoutSeconds {t} is outside 1-{AFFINITY_TIMEOUT_MAX}; using {AFFINITY_TIMEOUT_DEFAULT}"),
+            ));
+            AFFINITY_TIMEOUT_DEFAULT
+        }
+    }
+}
+
+/// Parses `loadBalancerSourceRanges`. An entry that does not parse is reported and left out.
+/// `None` when entries were given and none parses: the LoadBalancer frontends are then not
+/// served at all, since a typo must not open a service its owner meant to restrict.
+fn source_ranges(
+    object: &str,
+    ranges: &[String],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<IpNet>> {
+    let mut out = Vec::new();
+    for range in ranges {
+        match range.trim().parse::<IpNet>() {
+            Ok(net) => out.push(net.trunc()),
+            Err(_) => diags.push(Diagnostic::new(
+                object,
+                format!("loadBalancerSourceRanges entry {range:?} is not a CIDR; left out"),
+            )),
+        }
+    }
+    if out.is_empty() && !ranges.is_empty() {
+        diags.push(Diagnostic::new(
+            object,
+            "no loadBalancerSourceRanges entry is a CIDR: its LoadBalancer IPs are not served",
+        ));
+        return None;
+    }
+    out.sort();
+    out.dedup();
+    Some(out)
 }
 
 #[cfg(test)]
 #[path = "tests/model_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "tests/semantics_tests.rs"]
+mod semantics_tests;

@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -58,6 +59,39 @@ impl fmt::Display for Protocol {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum FrontendKind {
     ClusterIP,
+    NodePort,
+    LoadBalancer,
+    ExternalIP,
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+            Self::ExternalIP => "ExternalIP",
+        })
+    }
+}
+
+/// Who a frontend entry serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Traffic from inside the cluster (pods).
+    Internal,
+    /// Traffic from outside the cluster.
+    External,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Internal => "internal",
+            Self::External => "external",
+        })
+    }
 }
 
 /// What happens to a new connection when the frontend has no backend to use.
@@ -70,20 +104,50 @@ pub enum WhenEmpty {
     Drop,
 }
 
-/// Identity of a frontend in the datapath.
+impl fmt::Display for WhenEmpty {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Reject => "reject",
+            Self::Drop => "drop",
+        })
+    }
+}
+
+/// Identity of a frontend entry in the datapath.
+///
+/// `internal_view` marks the second entry of an external frontend (NodePort, LoadBalancer,
+/// ExternalIP) whose `externalTrafficPolicy` is Local: traffic from pods to that address gets
+/// the internal endpoints (as kube-proxy short-circuits pod traffic), traffic from outside
+/// gets the local ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct FrontendKey {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    pub internal_view: bool,
+}
+
+impl FrontendKey {
+    pub const fn new(address: IpAddr, port: u16, protocol: Protocol) -> Self {
+        Self {
+            address,
+            port,
+            protocol,
+            internal_view: false,
+        }
+    }
 }
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.address {
-            IpAddr::V4(addr) => write!(f, "{addr}:{}/{}", self.port, self.protocol),
-            IpAddr::V6(addr) => write!(f, "[{addr}]:{}/{}", self.port, self.protocol),
+            IpAddr::V4(addr) => write!(f, "{addr}:{}/{}", self.port, self.protocol)?,
+            IpAddr::V6(addr) => write!(f, "[{addr}]:{}/{}", self.port, self.protocol)?,
         }
+        if self.internal_view {
+            f.write_str(" (internal view)")?;
+        }
+        Ok(())
     }
 }
 
@@ -106,12 +170,27 @@ pub struct Frontend {
     /// Name of the service port ("" when unnamed).
     pub port_name: String,
     pub kind: FrontendKind,
+    pub scope: Scope,
     /// Backends sorted by address and port, each once.
     pub backends: Vec<PlanBackend>,
     pub when_empty: WhenEmpty,
+    /// `sessionAffinity: ClientIP` timeout; 0 without affinity.
+    pub affinity_timeout_seconds: u32,
+    /// `loadBalancerSourceRanges` (LoadBalancer frontends only); empty means any source.
+    pub source_ranges: Vec<IpNet>,
+}
+
+/// `healthCheckNodePort` of a LoadBalancer service with `externalTrafficPolicy: Local`: the
+/// agent answers on it with this node's local endpoint count.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct HealthCheck {
+    pub service: String,
+    pub port: u16,
+    pub local_endpoints: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
+    pub health_checks: Vec<HealthCheck>,
 }

@@ -20,7 +20,7 @@ use svclb::{
     kernel_maps::Maps,
     loader::{self, MapSizes},
     mapstate::{self, Capacity},
-    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, WhenEmpty},
+    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope, WhenEmpty},
     reconcile,
 };
 use svclb_tests::{
@@ -74,15 +74,14 @@ impl Datapath {
         let mut plan = Plan::default();
         for (addr, port, protocol, backends) in frontends {
             plan.frontends.insert(
-                FrontendKey {
-                    address: IpAddr::V4(*addr),
-                    port: *port,
-                    protocol: *protocol,
-                },
+                FrontendKey::new(IpAddr::V4(*addr), *port, *protocol),
                 Frontend {
                     service: format!("default/svc-{addr}"),
                     port_name: String::new(),
                     kind: FrontendKind::ClusterIP,
+                    scope: Scope::Internal,
+                    affinity_timeout_seconds: 0,
+                    source_ranges: Vec::new(),
                     backends: backends
                         .iter()
                         .map(|(a, p)| PlanBackend {

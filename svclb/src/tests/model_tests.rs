@@ -20,21 +20,18 @@ fn objects(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>) {
         match object {
             Object::Service(s) => services.push(*s),
             Object::EndpointSlice(s) => slices.push(*s),
+            Object::Node(_) => {}
         }
     }
     (services, slices)
 }
 
 fn node() -> NodeInfo {
-    NodeInfo { name: "n1".into() }
+    NodeInfo::named("n1")
 }
 
 fn key(addr: &str, port: u16, protocol: Protocol) -> FrontendKey {
-    FrontendKey {
-        address: addr.parse().unwrap(),
-        port,
-        protocol,
-    }
+    FrontendKey::new(addr.parse().unwrap(), port, protocol)
 }
 
 /// `address:port` of each backend of a frontend.

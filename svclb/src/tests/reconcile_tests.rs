@@ -12,7 +12,7 @@ use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey};
 use super::{MapWriter, sync};
 use crate::{
     mapstate::{Capacity, MapState, desired},
-    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, WhenEmpty},
+    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope, WhenEmpty},
 };
 
 #[derive(Default)]
@@ -107,15 +107,18 @@ fn plan(frontends: &[(u8, &[u8])]) -> Plan {
     let mut plan = Plan::default();
     for (vip, backends) in frontends {
         plan.frontends.insert(
-            FrontendKey {
-                address: IpAddr::V4(Ipv4Addr::new(10, 96, 0, *vip)),
-                port: 80,
-                protocol: Protocol::Tcp,
-            },
+            FrontendKey::new(
+                IpAddr::V4(Ipv4Addr::new(10, 96, 0, *vip)),
+                80,
+                Protocol::Tcp,
+            ),
             Frontend {
                 service: format!("default/svc{vip}"),
                 port_name: String::new(),
                 kind: FrontendKind::ClusterIP,
+                scope: Scope::Internal,
+                affinity_timeout_seconds: 0,
+                source_ranges: Vec::new(),
                 backends: backends
                     .iter()
                     .map(|b| PlanBackend {
