@@ -157,8 +157,17 @@ fn lint() -> Result<()> {
         .env("RUSTC_BOOTSTRAP", "1"))
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run_task(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Setup => setup::setup(),
         Task::Lint => {
