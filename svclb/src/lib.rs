@@ -9,6 +9,7 @@ pub mod devices;
 pub mod diag;
 pub mod ebpf;
 pub mod kernel_maps;
+pub mod kube_source;
 pub mod list;
 pub mod loader;
 pub mod manifest;

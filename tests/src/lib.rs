@@ -14,6 +14,7 @@
 //! UDP. All traffic stays on lab addresses and every client call has a timeout.
 
 pub mod client;
+pub mod fake_api;
 mod lab;
 pub mod manifests;
 pub mod netns;

@@ -126,7 +126,12 @@ fn kinds(plan: &Plan) -> Vec<(String, FrontendKind, Scope)> {
 const ALL: [&str; 3] = ["10.244.1.2", "10.244.2.2", "10.244.2.3"];
 
 /// A rule, the service's spec lines, its status, and the frontends expected.
-type Case = (&'static str, &'static str, &'static str, Vec<(&'static str, FrontendKind, Scope)>);
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(&'static str, FrontendKind, Scope)>,
+);
 
 #[test]
 fn service_types_give_their_frontends() {

@@ -1,0 +1,169 @@
+//! The Kubernetes source: kube-runtime watchers with reflector stores for Services,
+//! EndpointSlices and this node's Node object.
+//!
+//! The watchers relist on 410 Gone, back off on errors and take bookmarks (kube-runtime does
+//! all three). A store is replaced only when a (re)list completes, so a relist never shows a
+//! transient empty state, and while the API server is unreachable the stores keep the last
+//! state they saw, which the agent keeps serving.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, Result};
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    serde::de::DeserializeOwned,
+};
+use kube::{
+    Api, Client, Config, Resource,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{debug, warn};
+
+use crate::manifest::Snapshot;
+
+/// A client from `kubeconfig`, or the in-cluster configuration (service account) without one.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => Config::incluster().context(
+            "no --kubeconfig and not running in a cluster (KUBERNETES_SERVICE_HOST unset); \
+             give --kubeconfig PATH or --manifests DIR",
+        )?,
+    };
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
+/// Stores of the three kinds, kept current by background watchers.
+pub struct KubeSource {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    /// One message per watch event (the agent debounces them).
+    pub changes: mpsc::UnboundedReceiver<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changes: mpsc::UnboundedSender<()>,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config.any_semantic())
+        .default_backoff()
+        .modify(|object| {
+            // Managed fields are large and never read.
+            object.meta_mut().managed_fields = None;
+        })
+        .reflect(writer);
+    let task = tokio::spawn(drive(K::kind(&()).into_owned(), stream, changes));
+    (reader, task)
+}
+
+async fn drive<S, K>(kind: String, stream: S, changes: mpsc::UnboundedSender<()>)
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::InitApply(_) | watcher::Event::Init) => {}
+            Ok(_) => {
+                if changes.send(()).is_err() {
+                    return;
+                }
+            }
+            // The backoff retries; the store keeps what it has.
+            Err(err) => warn!(kind, "watch failed, retrying: {err}"),
+        }
+    }
+    debug!(kind, "watch stream ended");
+}
+
+impl KubeSource {
+    /// Starts watching. The Node watch is limited to `node_name`.
+    pub fn start(client: &Client, node_name: &str) -> Self {
+        let (tx, changes) = mpsc::unbounded_channel();
+        let (services, t1) = watch(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            tx.clone(),
+        );
+        let (slices, t2) = watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+            tx.clone(),
+        );
+        let (nodes, t3) = watch(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+            tx,
+        );
+        Self {
+            services,
+            slices,
+            nodes,
+            changes,
+            tasks: vec![t1, t2, t3],
+        }
+    }
+
+    /// Waits until every store has completed its first list, so the first sync never
+    /// programs a partial view (a restart must not drop services it simply has not seen yet).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        let ready = async {
+            self.services.wait_until_ready().await?;
+            self.slices.wait_until_ready().await?;
+            self.nodes.wait_until_ready().await
+        };
+        tokio::time::timeout(timeout, ready)
+            .await
+            .with_context(|| format!("the Kubernetes API did not list Services, EndpointSlices and Nodes within {timeout:?}"))?
+            .context("a watcher stopped before its first list")
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        fn owned<K: Clone>(items: Vec<Arc<K>>) -> Vec<K> {
+            items.into_iter().map(|item| (*item).clone()).collect()
+        }
+        Snapshot {
+            services: owned(self.services.state()),
+            slices: owned(self.slices.state()),
+            nodes: owned(self.nodes.state()),
+            diagnostics: Vec::new(),
+        }
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

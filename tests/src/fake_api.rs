@@ -1,0 +1,455 @@
+//! A fake Kubernetes API server for Services, EndpointSlices and Nodes that speaks the real
+//! list/watch protocol over HTTP/1.1, enough to drive kube-runtime's watchers unmodified:
+//!
+//! - LIST returns every object of a kind (field selector `metadata.name=` honoured) with the
+//!   collection's `resourceVersion`.
+//! - WATCH (`?watch=1&resourceVersion=N`) streams chunked JSON events newer than N, then new
+//!   ones as they happen, with BOOKMARK events when `allowWatchBookmarks` is set; a
+//!   resourceVersion older than the last compaction gets an ERROR event with a 410 Status,
+//!   as the real server does.
+//! - Tests add, change and delete objects, compact history, drop every open connection, or
+//!   make the server unreachable (503), and read counters of what clients asked.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+
+/// The kinds served, with their collection path.
+const KINDS: [(&str, &str, &str); 3] = [
+    ("Service", "v1", "/api/v1/services"),
+    (
+        "EndpointSlice",
+        "discovery.k8s.io/v1",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+    ),
+    ("Node", "v1", "/api/v1/nodes"),
+];
+
+/// How often an open watch sends a bookmark when the client allows them.
+const BOOKMARK_EVERY: Duration = Duration::from_millis(300);
+
+#[derive(Clone)]
+struct Event {
+    rv: u64,
+    kind: &'static str,
+    kind_type: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// (kind, namespace, name) -> object.
+    objects: BTreeMap<(String, String, String), Value>,
+    events: Vec<Event>,
+    /// Watches from a resourceVersion below this get 410 Gone.
+    compacted: u64,
+    unavailable: bool,
+    /// Requests seen, per "LIST kind" / "WATCH kind" / "GONE kind".
+    counts: BTreeMap<String, usize>,
+}
+
+/// A running fake API server; stops when dropped.
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    /// Bumped on every change; watches wait on it.
+    changed: watch::Sender<u64>,
+    /// Bumped to drop every open connection.
+    generation: watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+fn kind_of(object: &Value) -> Result<&'static str> {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    KINDS
+        .iter()
+        .map(|(k, _, _)| *k)
+        .find(|k| *k == kind)
+        .with_context(|| format!("the fake API serves no kind {kind:?}"))
+}
+
+fn key_of(object: &Value) -> Result<(String, String, String)> {
+    let meta = &object["metadata"];
+    Ok((
+        kind_of(object)?.to_owned(),
+        meta["namespace"].as_str().unwrap_or_default().to_owned(),
+        meta["name"]
+            .as_str()
+            .context("object without metadata.name")?
+            .to_owned(),
+    ))
+}
+
+impl FakeApi {
+    /// Serves on `listener` (bind it wherever clients can reach it).
+    pub fn serve(listener: std::net::TcpListener) -> Result<Self> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let (changed, _) = watch::channel(0);
+        let (generation, _) = watch::channel(0);
+        let task = {
+            let (state, changed, generation) = (state.clone(), changed.clone(), generation.clone());
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (state, changed, generation) =
+                        (state.clone(), changed.subscribe(), generation.subscribe());
+                    tokio::spawn(async move {
+                        // A client that hangs up mid-response is normal for watches.
+                        let _ = handle(stream, state, changed, generation).await;
+                    });
+                }
+            })
+        };
+        Ok(Self {
+            addr,
+            state,
+            changed,
+            generation,
+            task,
+        })
+    }
+
+    /// Serves on 127.0.0.1 on a free port.
+    pub fn start() -> Result<Self> {
+        Self::serve(std::net::TcpListener::bind("127.0.0.1:0")?)
+    }
+
+    /// A kubeconfig for this server.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\nusers:\n- name: fake\n  user:\n    token: fake-token\n",
+            self.addr
+        )
+    }
+
+    fn record(&self, kind_type: &'static str, mut object: Value) -> Result<u64> {
+        let mut state = self.state.lock().expect("fake API state");
+        state.rv += 1;
+        let rv = state.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = key_of(&object)?;
+        if kind_type == "DELETED" {
+            if state.objects.remove(&key).is_none() {
+                bail!("no object {key:?} to delete");
+            }
+        } else {
+            state.objects.insert(key, object.clone());
+        }
+        let kind = kind_of(&object)?;
+        state.events.push(Event {
+            rv,
+            kind,
+            kind_type,
+            object,
+        });
+        drop(state);
+        self.changed.send_replace(rv);
+        Ok(rv)
+    }
+
+    /// Creates or replaces an object (JSON with apiVersion, kind and metadata).
+    pub fn apply(&self, object: Value) -> Result<u64> {
+        let exists = self
+            .state
+            .lock()
+            .expect("fake API state")
+            .objects
+            .contains_key(&key_of(&object)?);
+        self.record(if exists { "MODIFIED" } else { "ADDED" }, object)
+    }
+
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<u64> {
+        let object = self
+            .state
+            .lock()
+            .expect("fake API state")
+            .objects
+            .get(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .with_context(|| format!("no {kind} {namespace}/{name}"))?;
+        self.record("DELETED", object)
+    }
+
+    /// Forgets history: a watch resuming from a version before the current one gets 410 Gone
+    /// and must relist; one resuming from the current version (a bookmark's) missed nothing.
+    pub fn compact(&self) {
+        let mut state = self.state.lock().expect("fake API state");
+        state.compacted = state.rv;
+        state.events.clear();
+    }
+
+    /// Cuts every open connection (watches end abruptly, as when an API server restarts).
+    pub fn drop_connections(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// While set, every request gets 503 and open connections are cut.
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.state.lock().expect("fake API state").unavailable = unavailable;
+        if unavailable {
+            self.drop_connections();
+        }
+    }
+
+    /// How many requests of a sort were made, e.g. `count("LIST Service")`,
+    /// `count("GONE EndpointSlice")`.
+    pub fn count(&self, what: &str) -> usize {
+        self.state
+            .lock()
+            .expect("fake API state")
+            .counts
+            .get(what)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.drop_connections();
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct Request {
+    kind: &'static str,
+    api_version: &'static str,
+    query: BTreeMap<String, String>,
+}
+
+fn parse_request(head: &str) -> Option<Request> {
+    let target = head.lines().next()?.split_whitespace().nth(1)?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (kind, api_version, _) = KINDS.iter().find(|(_, _, p)| *p == path)?;
+    let query = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    Some(Request {
+        kind,
+        api_version,
+        query,
+    })
+}
+
+fn matches_selector(object: &Value, query: &BTreeMap<String, String>) -> bool {
+    match query
+        .get("fieldSelector")
+        .and_then(|s| s.strip_prefix("metadata.name="))
+    {
+        Some(name) => object["metadata"]["name"].as_str() == Some(name),
+        None => true,
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+async fn respond(stream: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+    let body = body.to_string();
+    let head = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        if code == 200 { "OK" } else { "Error" },
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+async fn chunk(stream: &mut TcpStream, event: &Value) -> std::io::Result<()> {
+    let line = format!("{event}\n");
+    stream
+        .write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
+        .await
+}
+
+async fn handle(
+    mut stream: TcpStream,
+    state: Arc<Mutex<State>>,
+    mut changed: watch::Receiver<u64>,
+    mut generation: watch::Receiver<u64>,
+) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let Some(request) = parse_request(&head) else {
+        return respond(
+            &mut stream,
+            404,
+            &status(404, "NotFound", "the fake API serves no such path"),
+        )
+        .await;
+    };
+    let watching = matches!(
+        request.query.get("watch").map(String::as_str),
+        Some("1" | "true")
+    );
+    let unavailable = {
+        let mut s = state.lock().expect("fake API state");
+        let what = format!(
+            "{} {}",
+            if watching { "WATCH" } else { "LIST" },
+            request.kind
+        );
+        *s.counts.entry(what).or_default() += 1;
+        s.unavailable
+    };
+    if unavailable {
+        return respond(
+            &mut stream,
+            503,
+            &status(503, "ServiceUnavailable", "the fake API is down"),
+        )
+        .await;
+    }
+    if !watching {
+        let (items, rv) = {
+            let s = state.lock().expect("fake API state");
+            let items: Vec<Value> = s
+                .objects
+                .iter()
+                .filter(|((kind, _, _), object)| {
+                    kind == request.kind && matches_selector(object, &request.query)
+                })
+                .map(|(_, object)| object.clone())
+                .collect();
+            (items, s.rv)
+        };
+        let list = json!({"apiVersion": request.api_version, "kind": format!("{}List", request.kind),
+                          "metadata": {"resourceVersion": rv.to_string()}, "items": items});
+        return respond(&mut stream, 200, &list).await;
+    }
+
+    let from: u64 = request
+        .query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let bookmarks = request
+        .query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true" || v == "1");
+    let timeout = request
+        .query
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(290), Duration::from_secs);
+    stream
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await?;
+    let gone = {
+        let mut s = state.lock().expect("fake API state");
+        let gone = from < s.compacted;
+        if gone {
+            *s.counts
+                .entry(format!("GONE {}", request.kind))
+                .or_default() += 1;
+        }
+        gone
+    };
+    if gone {
+        let error = status(410, "Expired", &format!("too old resource version: {from}"));
+        chunk(&mut stream, &json!({"type": "ERROR", "object": error})).await?;
+        stream.write_all(b"0\r\n\r\n").await?;
+        return stream.shutdown().await;
+    }
+    let start_generation = *generation.borrow_and_update();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut sent = from;
+    loop {
+        let pending: Vec<Event> = {
+            let s = state.lock().expect("fake API state");
+            s.events
+                .iter()
+                .filter(|e| {
+                    e.rv > sent
+                        && e.kind == request.kind
+                        && matches_selector(&e.object, &request.query)
+                })
+                .cloned()
+                .collect()
+        };
+        for event in pending {
+            chunk(
+                &mut stream,
+                &json!({"type": event.kind_type, "object": event.object}),
+            )
+            .await?;
+            sent = event.rv;
+        }
+        // Everything up to the current version has been considered.
+        sent = sent.max(*changed.borrow_and_update());
+        tokio::select! {
+            _ = changed.changed() => {}
+            _ = generation.changed() => {
+                if *generation.borrow() != start_generation {
+                    // Cut without the final chunk, as a dying server would.
+                    return Ok(());
+                }
+            }
+            () = tokio::time::sleep(BOOKMARK_EVERY), if bookmarks => {
+                let bookmark = json!({"type": "BOOKMARK", "object": {"kind": request.kind, "apiVersion": request.api_version,
+                                      "metadata": {"resourceVersion": sent.to_string()}}});
+                chunk(&mut stream, &bookmark).await?;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                stream.write_all(b"0\r\n\r\n").await?;
+                return stream.shutdown().await;
+            }
+        }
+    }
+}
