@@ -1,4 +1,4 @@
-//! The agent: manifests -> model -> plan -> diff -> maps, and the device attachments.
+//! The agent: source -> model -> plan -> diff -> maps, and the device attachments.
 
 use std::{
     collections::BTreeSet,
@@ -6,15 +6,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
 use ipnet::IpNet;
-use notify::{EventKind, RecursiveMode, Watcher as _};
 use rtnetlink::{MulticastGroup, new_multicast_connection};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::mpsc,
-};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, error, info, warn};
 
 use crate::{
@@ -22,11 +18,11 @@ use crate::{
     diag::Diagnostic,
     kernel_maps::Maps,
     loader::{self, MapSizes},
-    manifest::ManifestSource,
     mapstate::{self, Capacity, MapState},
     model,
     plan::{FrontendKind, Plan},
     reconcile,
+    source::{Source, SourceConfig},
 };
 
 /// Changes to the manifests are applied once the directory has been quiet this long, so an
@@ -37,13 +33,15 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Devices are listed again this often, in case a link notification was lost.
 const RESCAN: Duration = Duration::from_secs(10);
+/// While the first lists are outstanding, say so this often.
+const READY_LOG_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub node_name: String,
     /// `--nodeport-addresses`: NodePorts only on node addresses inside these.
     pub nodeport_cidrs: Vec<IpNet>,
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
     pub devices: DeviceSelector,
     pub bpffs_dir: PathBuf,
     pub map_sizes: MapSizes,
@@ -53,7 +51,7 @@ pub struct AgentConfig {
 struct Syncer {
     node_name: String,
     nodeport_cidrs: Vec<IpNet>,
-    source: ManifestSource,
+    source: Source,
     maps: Maps,
     programmed: MapState,
     capacity: Capacity,
@@ -79,7 +77,7 @@ impl Syncer {
     /// written (a full map, a failed write), so the sync should be retried.
     fn sync(&mut self) -> bool {
         let started = Instant::now();
-        let snapshot = self.source.read();
+        let snapshot = self.source.snapshot();
         let (_, mut plan, plan_diags) = model::plan_for_node(
             &self.node_name,
             &self.nodeport_cidrs,
@@ -137,12 +135,9 @@ impl Syncer {
 
 pub async fn run(config: AgentConfig) -> Result<()> {
     loader::require_root("svclb agent")?;
-    if !config.manifests.is_dir() {
-        bail!(
-            "manifests directory {} does not exist",
-            config.manifests.display()
-        );
-    }
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let source = Source::open(&config.source, &config.node_name).await?;
     loader::prepare_bpffs(&config.bpffs_dir)?;
     let mut ebpf = loader::load(&config.bpffs_dir, config.map_sizes)?;
     let maps = Maps::take(&mut ebpf)?;
@@ -168,27 +163,24 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         return Err(err);
     }
 
-    let (tx, mut changes) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Reading the files raises access events of our own; only changes matter.
-        if let Ok(event) = &event
-            && matches!(event.kind, EventKind::Access(_))
-        {
-            return;
+    // The first sync waits for a complete view: programming a half-listed cluster would
+    // delete the services not seen yet. The maps keep serving what they hold meanwhile.
+    loop {
+        tokio::select! {
+            ready = source.wait_ready(READY_LOG_EVERY) => match ready {
+                Ok(()) => break,
+                Err(err) => warn!("{err:#}; still waiting, serving what the maps hold"),
+            },
+            _ = sigterm.recv() => { devices.detach_all(); return Ok(()); }
+            _ = sigint.recv() => { devices.detach_all(); return Ok(()); }
         }
-        // The receiver lives as long as the agent loop; a failed send means it is stopping.
-        let _ = tx.send(event.map(|_| ()));
-    })
-    .context("creating a file watcher")?;
-    watcher
-        .watch(&config.manifests, RecursiveMode::Recursive)
-        .with_context(|| format!("watching {}", config.manifests.display()))?;
+    }
 
     let mut syncer = Syncer {
         node_name: config.node_name.clone(),
         nodeport_cidrs: config.nodeport_cidrs.clone(),
         not_programmed: 0,
-        source: ManifestSource::new(&config.manifests),
+        source,
         maps,
         programmed,
         capacity: Capacity {
@@ -203,15 +195,14 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     info!(
         node = %config.node_name,
         devices = ?devices.attached_names(),
-        manifests = %syncer.source.dir().display(),
+        source = %syncer.source.describe(),
         "serving"
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN, RESCAN);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut link_events_open = true;
+    let mut source_open = true;
     loop {
         let retry = async {
             match retry_at {
@@ -238,14 +229,15 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 }
                 false
             }
-            Some(event) = changes.recv() => {
-                if let Err(err) = event {
-                    warn!("file watcher: {err}");
+            changed = syncer.source.changed(DEBOUNCE), if source_open => {
+                if changed.is_some() {
+                    retry_after = RETRY_MIN;
+                    true
+                } else {
+                    source_open = false;
+                    error!("{} reports no more changes; serving the last state", syncer.source.describe());
+                    false
                 }
-                // Wait until the directory has been quiet for DEBOUNCE.
-                while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, changes.recv()).await {}
-                retry_after = RETRY_MIN;
-                true
             }
             () = retry => {
                 info!("retrying what could not be written");

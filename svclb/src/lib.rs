@@ -18,3 +18,4 @@ pub mod model;
 pub mod plan;
 pub mod plan_output;
 pub mod reconcile;
+pub mod source;

@@ -9,8 +9,8 @@ use svclb::{
     devices::DeviceSelector,
     list,
     loader::MapSizes,
-    manifest::ManifestSource,
     model, plan_output,
+    source::{Source, SourceConfig},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -40,9 +40,8 @@ enum Command {
         /// The node to plan for (its Node object, if present, gives zone and addresses).
         #[arg(long, env = "SVCLB_NODE_NAME")]
         node_name: String,
-        /// Directory of Service, EndpointSlice and Node manifests.
-        #[arg(long)]
-        manifests: PathBuf,
+        #[command(flatten)]
+        source: SourceArgs,
         /// Serve NodePorts only on node addresses inside these CIDRs.
         #[arg(long, value_delimiter = ',')]
         nodeport_addresses: Vec<IpNet>,
@@ -60,14 +59,36 @@ enum Command {
 
 const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/svclb";
 
+/// Where objects come from: a manifests directory, a kubeconfig, or (neither given) the
+/// in-cluster service account.
+#[derive(clap::Args)]
+struct SourceArgs {
+    /// Directory of Service, EndpointSlice and Node YAML manifests, watched for changes.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Watch the Kubernetes API with this kubeconfig (default: in-cluster configuration).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    fn config(self) -> SourceConfig {
+        match self.manifests {
+            Some(dir) => SourceConfig::Manifests(dir),
+            None => SourceConfig::Kubernetes {
+                kubeconfig: self.kubeconfig,
+            },
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct AgentArgs {
     /// Name of this node (EndpointSlice `nodeName` equal to it marks local endpoints).
     #[arg(long, env = "SVCLB_NODE_NAME")]
     node_name: String,
-    /// Directory of Service and EndpointSlice YAML manifests, watched for changes.
-    #[arg(long)]
-    manifests: PathBuf,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Uplink devices, comma separated.
     #[arg(long, value_delimiter = ',', required = true)]
     devices: Vec<String>,
@@ -93,6 +114,16 @@ struct AgentArgs {
     /// Capacity of the conntrack map (two entries per flow).
     #[arg(long, default_value_t = MapSizes::default().conntrack)]
     conntrack_map_size: u32,
+}
+
+/// How long `svclb plan` waits for the API's first lists.
+const PLAN_READY: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 /// Writes command output; a reader that went away (`| head`) ends the command quietly.
@@ -124,7 +155,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
     Ok(AgentConfig {
         node_name: args.node_name,
         nodeport_cidrs: args.nodeport_addresses,
-        manifests: args.manifests,
+        source: args.source.config(),
         devices: DeviceSelector {
             uplinks: args.devices,
             pod_devices,
@@ -157,22 +188,19 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) => {
             let config = agent_config(args)?;
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
-                .block_on(agent::run(config))
+            runtime()?.block_on(agent::run(config))
         }
         Command::Plan {
             node_name,
-            manifests,
+            source,
             nodeport_addresses,
             output,
         } => {
-            if !manifests.is_dir() {
-                anyhow::bail!("manifests directory {} does not exist", manifests.display());
-            }
-            let snapshot = ManifestSource::new(&manifests).read();
+            let snapshot = runtime()?.block_on(async {
+                let mut source = Source::open(&source.config(), &node_name).await?;
+                source.wait_ready(PLAN_READY).await?;
+                anyhow::Ok(source.snapshot())
+            })?;
             let (node, plan, mut diags) = model::plan_for_node(
                 &node_name,
                 &nodeport_addresses,

@@ -91,6 +91,8 @@ pub struct Lab {
     backends: Vec<Backend>,
     agents: Vec<Option<Agent>>,
     bpffs_root: PathBuf,
+    /// Agents watch the Kubernetes API through this instead of the manifests directory.
+    kubeconfig: Option<PathBuf>,
 }
 
 /// `svl<pid>x<n>`: unique among running labs, and names the process that owns it so leftovers
@@ -170,6 +172,7 @@ impl Lab {
             namespaces: Vec::new(),
             backends: Vec::new(),
             agents: Vec::new(),
+            kubeconfig: None,
         };
         lab.build()
             .with_context(|| format!("building lab {}", lab.id))?;
@@ -362,6 +365,15 @@ impl Lab {
             .with_context(|| format!("removing manifest {file}"))
     }
 
+    /// Agents started from now on watch the API server this kubeconfig names (reachable from
+    /// the node namespaces, e.g. a server in the client namespace), not the manifests.
+    pub fn use_kubeconfig(&mut self, kubeconfig: &str) -> Result<()> {
+        let path = self.work_dir.join("kubeconfig");
+        fs::write(&path, kubeconfig)?;
+        self.kubeconfig = Some(path);
+        Ok(())
+    }
+
     /// Starts one agent per node, each in its node's namespace, and waits until all serve.
     pub fn start_agents(&mut self) -> Result<()> {
         for node in 0..self.nodes.len() {
@@ -397,8 +409,12 @@ impl Lab {
                 "--pod-devices",
                 "vethpod*",
             ])
-            .arg("--manifests")
-            .arg(&self.manifests)
+            .arg(if self.kubeconfig.is_some() {
+                "--kubeconfig"
+            } else {
+                "--manifests"
+            })
+            .arg(self.kubeconfig.as_ref().unwrap_or(&self.manifests))
             .arg("--bpffs-dir")
             .arg(&n.pin_dir)
             .args(&self.spec.agent_args)

@@ -76,3 +76,11 @@ pub fn cluster_ip_service(
     }
     out
 }
+
+/// The documents of a YAML manifest as JSON objects (to hand to the fake API server).
+pub fn to_json_objects(yaml: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    use serde::Deserialize as _;
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| Ok(serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?))
+        .collect()
+}

@@ -1,0 +1,112 @@
+//! Where Services, EndpointSlices and Nodes come from: a manifests directory or the
+//! Kubernetes API. Both give the same [`Snapshot`], so everything after them is shared.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::{
+    kube_source::{self, KubeSource},
+    manifest::{ManifestSource, Snapshot},
+};
+
+/// What the agent (or `svclb plan`) reads.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// A directory of YAML manifests, watched for changes.
+    Manifests(PathBuf),
+    /// The Kubernetes API, through `kubeconfig` or the in-cluster service account.
+    Kubernetes { kubeconfig: Option<PathBuf> },
+}
+
+pub enum Source {
+    Manifests {
+        source: ManifestSource,
+        changes: mpsc::UnboundedReceiver<notify::Result<()>>,
+        _watcher: RecommendedWatcher,
+    },
+    Kubernetes(KubeSource),
+}
+
+impl Source {
+    /// Opens the source. For the API this starts the watchers; [`Source::wait_ready`] waits
+    /// for their first lists.
+    pub async fn open(config: &SourceConfig, node_name: &str) -> Result<Self> {
+        match config {
+            SourceConfig::Manifests(dir) => {
+                if !dir.is_dir() {
+                    bail!("manifests directory {} does not exist", dir.display());
+                }
+                let (tx, changes) = mpsc::unbounded_channel();
+                let mut watcher =
+                    notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                        // Reading the files raises access events of our own; only changes matter.
+                        if let Ok(event) = &event
+                            && matches!(event.kind, EventKind::Access(_))
+                        {
+                            return;
+                        }
+                        // The receiver lives as long as the source; a failed send means it is gone.
+                        let _ = tx.send(event.map(|_| ()));
+                    })
+                    .context("creating a file watcher")?;
+                watcher
+                    .watch(dir, RecursiveMode::Recursive)
+                    .with_context(|| format!("watching {}", dir.display()))?;
+                Ok(Self::Manifests {
+                    source: ManifestSource::new(dir),
+                    changes,
+                    _watcher: watcher,
+                })
+            }
+            SourceConfig::Kubernetes { kubeconfig } => {
+                let client = kube_source::client(kubeconfig.as_deref()).await?;
+                Ok(Self::Kubernetes(KubeSource::start(&client, node_name)))
+            }
+        }
+    }
+
+    /// Waits until the source has a complete view (the API's first lists); manifests are
+    /// ready at once.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        match self {
+            Self::Manifests { .. } => Ok(()),
+            Self::Kubernetes(source) => source.wait_ready(timeout).await,
+        }
+    }
+
+    /// Waits for the next change and for the burst it belongs to to settle (`quiet` without a
+    /// further change). `None` when the source can report no more changes.
+    pub async fn changed(&mut self, quiet: Duration) -> Option<()> {
+        match self {
+            Self::Manifests { changes, .. } => {
+                if let Err(err) = changes.recv().await? {
+                    warn!("file watcher: {err}");
+                }
+                while let Ok(Some(_)) = tokio::time::timeout(quiet, changes.recv()).await {}
+            }
+            Self::Kubernetes(source) => {
+                source.changes.recv().await?;
+                while let Ok(Some(())) = tokio::time::timeout(quiet, source.changes.recv()).await {}
+            }
+        }
+        Some(())
+    }
+
+    pub fn snapshot(&mut self) -> Snapshot {
+        match self {
+            Self::Manifests { source, .. } => source.read(),
+            Self::Kubernetes(source) => source.snapshot(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Manifests { source, .. } => format!("manifests in {}", source.dir().display()),
+            Self::Kubernetes(_) => "the Kubernetes API".to_owned(),
+        }
+    }
+}
