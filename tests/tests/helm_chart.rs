@@ -1,0 +1,294 @@
+//! The Helm chart, rendered with default and with non-default values; every object parsed
+//! strictly into its k8s-openapi type (a field the type does not know fails the test), and the
+//! RBAC rules, security context and mounts checked. No root needed.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::ServiceAccount,
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use svclb_tests::helm::render_chart;
+
+#[derive(Default)]
+struct Objects {
+    daemonset: Option<DaemonSet>,
+    account: Option<ServiceAccount>,
+    role: Option<ClusterRole>,
+    binding: Option<ClusterRoleBinding>,
+    notes: String,
+}
+
+/// Deserializes `doc` into `T` and back: anything the type dropped was not a valid field.
+fn strict<T: DeserializeOwned + Serialize>(doc: &serde_json::Value, file: &str) -> Result<T> {
+    let typed: T = serde_json::from_value(doc.clone()).with_context(|| format!("{file}: {doc}"))?;
+    let back = serde_json::to_value(&typed)?;
+    if &back != doc {
+        bail!(
+            "{file}: fields lost in a round trip through the typed object:\nrendered: {doc:#}\ntyped:    {back:#}"
+        );
+    }
+    Ok(typed)
+}
+
+fn render(overrides: &str) -> Result<Objects> {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/svclb");
+    let mut objects = Objects::default();
+    for rendered in render_chart(&chart, "svclb", "kube-system", overrides)? {
+        if rendered.file == "NOTES.txt" {
+            objects.notes = rendered.text;
+            continue;
+        }
+        for doc in serde_yaml::Deserializer::from_str(&rendered.text) {
+            let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
+                .with_context(|| format!("{} is not YAML:\n{}", rendered.file, rendered.text))?;
+            if yaml.is_null() {
+                continue;
+            }
+            let json = serde_json::to_value(&yaml)?;
+            let file = rendered.file.as_str();
+            match (json["apiVersion"].as_str(), json["kind"].as_str()) {
+                (Some("apps/v1"), Some("DaemonSet")) => {
+                    objects.daemonset = Some(strict(&json, file)?)
+                }
+                (Some("v1"), Some("ServiceAccount")) => {
+                    objects.account = Some(strict(&json, file)?)
+                }
+                (Some("rbac.authorization.k8s.io/v1"), Some("ClusterRole")) => {
+                    objects.role = Some(strict(&json, file)?)
+                }
+                (Some("rbac.authorization.k8s.io/v1"), Some("ClusterRoleBinding")) => {
+                    objects.binding = Some(strict(&json, file)?)
+                }
+                other => bail!("{file}: unexpected object {other:?}"),
+            }
+        }
+    }
+    Ok(objects)
+}
+
+#[test]
+fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
+    let o = render("")?;
+    let role = o.role.context("ClusterRole")?;
+    let mut rules: Vec<(String, String, Vec<String>)> = Vec::new();
+    for rule in role.rules.unwrap_or_default() {
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                rules.push((group.clone(), resource, rule.verbs.clone()));
+            }
+        }
+    }
+    rules.sort();
+    let read = vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
+    assert_eq!(
+        rules,
+        [
+            (String::new(), "nodes".to_owned(), read.clone()),
+            (String::new(), "services".to_owned(), read.clone()),
+            (
+                "discovery.k8s.io".to_owned(),
+                "endpointslices".to_owned(),
+                read.clone()
+            ),
+        ],
+        "only get/list/watch on services, endpointslices and nodes"
+    );
+    let binding = o.binding.context("ClusterRoleBinding")?;
+    assert_eq!(binding.role_ref.name, "svclb");
+    let subject = &binding.subjects.context("subjects")?[0];
+    assert_eq!(
+        (subject.kind.as_str(), subject.name.as_str()),
+        ("ServiceAccount", "svclb")
+    );
+    assert_eq!(subject.namespace.as_deref(), Some("kube-system"));
+    assert_eq!(
+        o.account
+            .context("ServiceAccount")?
+            .metadata
+            .name
+            .as_deref(),
+        Some("svclb")
+    );
+
+    let ds = o.daemonset.context("DaemonSet")?;
+    let spec = ds.spec.context("spec")?;
+    assert_eq!(
+        spec.update_strategy.and_then(|s| s.type_).as_deref(),
+        Some("RollingUpdate")
+    );
+    let pod = spec.template.spec.context("pod spec")?;
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.service_account_name.as_deref(), Some("svclb"));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let tolerations = pod.tolerations.clone().unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists")
+                && t.key.is_none()
+                && t.effect.is_none()),
+        "tolerates every taint: {tolerations:?}"
+    );
+    let agent = &pod.containers[0];
+    assert_eq!(
+        agent.image.as_deref(),
+        Some("ghcr.io/svclb/svclb:0.1.0"),
+        "tag defaults to appVersion"
+    );
+    assert_eq!(
+        agent.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true)
+    );
+    let node_name = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "SVCLB_NODE_NAME")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.clone());
+    assert_eq!(
+        node_name.as_deref(),
+        Some("spec.nodeName"),
+        "node name from the downward API"
+    );
+    let args = agent.args.clone().unwrap_or_default();
+    assert_eq!(
+        args,
+        [
+            "agent",
+            "--devices=eth0",
+            "--pod-devices=veth*",
+            "--bpffs-dir=/sys/fs/bpf/svclb"
+        ]
+    );
+
+    let mounts = agent.volume_mounts.clone().unwrap_or_default();
+    let bpffs = mounts
+        .iter()
+        .find(|m| m.mount_path == "/sys/fs/bpf")
+        .context("bpffs mount")?;
+    assert_eq!(
+        bpffs.mount_propagation.as_deref(),
+        Some("Bidirectional"),
+        "pins reach the host"
+    );
+    assert!(
+        mounts.iter().any(|m| m.mount_path == "/sys/fs/cgroup"),
+        "cgroup mount"
+    );
+    let volumes = pod.volumes.unwrap_or_default();
+    let host_path = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.host_path.as_ref())
+            .map(|h| h.path.clone())
+    };
+    assert_eq!(host_path(&bpffs.name).as_deref(), Some("/sys/fs/bpf"));
+    assert_eq!(host_path("cgroup").as_deref(), Some("/sys/fs/cgroup"));
+    assert!(
+        o.notes
+            .contains("kubectl -n kube-system rollout status daemonset/svclb")
+    );
+    Ok(())
+}
+
+#[test]
+fn non_default_values_reach_the_daemonset() -> Result<()> {
+    let o = render(
+        "
+image: {repository: registry.example/svclb, tag: v9, pullPolicy: Always}
+devices: [ens3, ens4]
+podDevices: 'cali*'
+nodeportAddresses: [10.0.0.0/8, 192.168.0.0/16]
+mapSizes: {conntrack: 1048576}
+logLevel: debug
+extraArgs: [--services-map-size=131072]
+resources: {requests: {cpu: 200m, memory: 128Mi}, limits: {memory: 1Gi}}
+priorityClassName: my-critical
+nodeSelector: {role: edge}
+",
+    )?;
+    let ds = o.daemonset.context("DaemonSet")?;
+    let pod = ds.spec.context("spec")?.template.spec.context("pod spec")?;
+    let agent = &pod.containers[0];
+    assert_eq!(agent.image.as_deref(), Some("registry.example/svclb:v9"));
+    assert_eq!(agent.image_pull_policy.as_deref(), Some("Always"));
+    assert_eq!(
+        agent.args.clone().unwrap_or_default(),
+        [
+            "agent",
+            "--devices=ens3,ens4",
+            "--pod-devices=cali*",
+            "--bpffs-dir=/sys/fs/bpf/svclb",
+            "--nodeport-addresses=10.0.0.0/8,192.168.0.0/16",
+            "--conntrack-map-size=1048576",
+            "--services-map-size=131072",
+        ]
+    );
+    let log = agent
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "RUST_LOG")
+        .and_then(|e| e.value.clone());
+    assert_eq!(log.as_deref(), Some("debug"));
+    let resources = agent.resources.clone().context("resources")?;
+    assert_eq!(resources.limits.context("limits")?["memory"].0, "1Gi");
+    assert_eq!(resources.requests.context("requests")?["cpu"].0, "200m");
+    assert_eq!(pod.priority_class_name.as_deref(), Some("my-critical"));
+    assert_eq!(pod.node_selector.context("nodeSelector")?["role"], "edge");
+    Ok(())
+}
+
+#[test]
+fn the_agent_accepts_every_flag_the_chart_passes() -> Result<()> {
+    // The chart's arguments must be ones the agent knows: run its argument parser on them.
+    let o = render(
+        "nodeportAddresses: [10.0.0.0/8]\nmapSizes: {services: 1024, backends: 2048, slots: 4096, conntrack: 8192}\n",
+    )?;
+    let args = o
+        .daemonset
+        .context("DaemonSet")?
+        .spec
+        .context("spec")?
+        .template
+        .spec
+        .context("pod")?
+        .containers[0]
+        .args
+        .clone()
+        .unwrap_or_default();
+    let Ok(bin) = svclb_tests::svclb_bin() else {
+        bail!("the svclb binary is needed: build it (`cargo build -p svclb`) or set SVCLB_BIN");
+    };
+    let out = std::process::Command::new(bin)
+        .args(&args)
+        .arg("--help")
+        .env("SVCLB_NODE_NAME", "n1")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--devices",
+        "--pod-devices",
+        "--bpffs-dir",
+        "--nodeport-addresses",
+        "--conntrack-map-size",
+    ] {
+        assert!(help.contains(flag), "the agent knows {flag}");
+    }
+    Ok(())
+}
