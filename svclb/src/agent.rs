@@ -2,7 +2,9 @@
 
 use std::{
     collections::BTreeSet,
+    net::SocketAddr,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -10,6 +12,7 @@ use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
 use ipnet::IpNet;
 use rtnetlink::{MulticastGroup, new_multicast_connection};
+use svclb_common::limits::{MAP_BACKENDS, MAP_SERVICES, MAP_SLOTS};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, error, info, warn};
 
@@ -19,6 +22,7 @@ use crate::{
     kernel_maps::Maps,
     loader::{self, MapSizes},
     mapstate::{self, Capacity, MapState},
+    metrics::Metrics,
     model,
     plan::{FrontendKind, Plan},
     reconcile,
@@ -45,6 +49,8 @@ pub struct AgentConfig {
     pub devices: DeviceSelector,
     pub bpffs_dir: PathBuf,
     pub map_sizes: MapSizes,
+    /// Where `/metrics` and `/healthz` are served.
+    pub metrics_addr: SocketAddr,
 }
 
 /// The programmed state and what is needed to move it.
@@ -59,6 +65,7 @@ struct Syncer {
     reported: BTreeSet<Diagnostic>,
     /// Frontends planned but left out of the maps at the last sync.
     not_programmed: usize,
+    metrics: Arc<Metrics>,
 }
 
 /// Keeps the frontends the datapath serves today: ClusterIP. NodePort, LoadBalancer and
@@ -73,6 +80,29 @@ fn datapath_subset(plan: &mut Plan) -> usize {
 }
 
 impl Syncer {
+    fn record(&self, took: Duration, report: &reconcile::SyncReport) {
+        let m = &self.metrics;
+        m.sync_duration.observe(took.as_secs_f64());
+        m.syncs.inc();
+        m.entries_written.inc_by(report.writes as u64);
+        m.write_errors.inc_by(report.errors.len() as u64);
+        m.frontends.set(self.programmed.services.len() as i64);
+        m.backends.set(self.programmed.backends.len() as i64);
+        m.frontends_not_programmed.set(self.not_programmed as i64);
+        m.objects_skipped.set(self.reported.len() as i64);
+        m.set_map(
+            MAP_SERVICES,
+            self.programmed.services.len(),
+            self.capacity.services,
+        );
+        m.set_map(MAP_SLOTS, self.programmed.slots.len(), self.capacity.slots);
+        m.set_map(
+            MAP_BACKENDS,
+            self.programmed.backends.len(),
+            self.capacity.backends,
+        );
+    }
+
     /// Reads the sources and brings the maps in line. Returns whether something could not be
     /// written (a full map, a failed write), so the sync should be retried.
     fn sync(&mut self) -> bool {
@@ -112,6 +142,7 @@ impl Syncer {
         for err in &report.errors {
             error!("map write failed: {err}");
         }
+        self.record(started.elapsed(), &report);
         let took_us = started.elapsed().as_micros() as u64;
         let (frontends, backends) = (
             self.programmed.services.len(),
@@ -176,7 +207,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         }
     }
 
+    let metrics = Metrics::new();
+    let _metrics_server = crate::metrics::serve(config.metrics_addr, metrics.clone()).await?;
     let mut syncer = Syncer {
+        metrics: metrics.clone(),
         node_name: config.node_name.clone(),
         nodeport_cidrs: config.nodeport_cidrs.clone(),
         not_programmed: 0,
@@ -192,6 +226,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     };
     let mut retry_after = RETRY_MIN;
     let mut retry_at = syncer.sync().then(|| Instant::now() + retry_after);
+    metrics
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     info!(
         node = %config.node_name,
         devices = ?devices.attached_names(),

@@ -14,6 +14,7 @@ pub mod list;
 pub mod loader;
 pub mod manifest;
 pub mod mapstate;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod plan_output;

@@ -102,6 +102,9 @@ struct AgentArgs {
     /// Where maps are pinned. Pins survive the agent so a restart adopts their entries.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
+    /// Where `/metrics` (Prometheus) and `/healthz` are served.
+    #[arg(long, default_value = "0.0.0.0:9965")]
+    metrics_addr: std::net::SocketAddr,
     /// Capacity of the services map (frontends).
     #[arg(long, default_value_t = MapSizes::default().services)]
     services_map_size: u32,
@@ -161,6 +164,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
             pod_devices,
         },
         bpffs_dir: args.bpffs_dir,
+        metrics_addr: args.metrics_addr,
         map_sizes: MapSizes {
             services: args.services_map_size,
             backends: args.backends_map_size,

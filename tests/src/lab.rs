@@ -483,6 +483,31 @@ impl Lab {
         fs::read_to_string(&self.nodes[node].log).unwrap_or_default()
     }
 
+    /// GETs `path` from the agent of node `node` (its metrics endpoint, default port), from
+    /// inside the node's namespace: the status line and body.
+    pub fn agent_http(&self, node: usize, path: &str) -> Result<(String, String)> {
+        use std::io::{Read as _, Write as _};
+        let request = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+        let response = crate::netns::in_netns(&self.nodes[node].ns, move || {
+            let mut stream = std::net::TcpStream::connect_timeout(
+                &([127, 0, 0, 1], 9965).into(),
+                Duration::from_secs(2),
+            )?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("an HTTP response")?;
+        Ok((
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        ))
+    }
+
     /// Runs `svclb list -o json` on node `node`'s pins.
     pub fn list(&self, node: usize) -> Result<serde_json::Value> {
         let bin = svclb_bin()?;

@@ -166,9 +166,21 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
             "agent",
             "--devices=eth0",
             "--pod-devices=veth*",
-            "--bpffs-dir=/sys/fs/bpf/svclb"
+            "--bpffs-dir=/sys/fs/bpf/svclb",
+            "--metrics-addr=0.0.0.0:9965"
         ]
     );
+    let port = agent.ports.clone().unwrap_or_default();
+    assert_eq!(
+        (port[0].name.as_deref(), port[0].container_port),
+        (Some("metrics"), 9965)
+    );
+    let probe = agent
+        .readiness_probe
+        .clone()
+        .and_then(|p| p.http_get)
+        .context("readiness probe")?;
+    assert_eq!(probe.path.as_deref(), Some("/healthz"));
 
     let mounts = agent.volume_mounts.clone().unwrap_or_default();
     let bpffs = mounts
@@ -211,6 +223,7 @@ podDevices: 'cali*'
 nodeportAddresses: [10.0.0.0/8, 192.168.0.0/16]
 mapSizes: {conntrack: 1048576}
 logLevel: debug
+metrics: {port: 19965}
 extraArgs: [--services-map-size=131072]
 resources: {requests: {cpu: 200m, memory: 128Mi}, limits: {memory: 1Gi}}
 priorityClassName: my-critical
@@ -229,6 +242,7 @@ nodeSelector: {role: edge}
             "--devices=ens3,ens4",
             "--pod-devices=cali*",
             "--bpffs-dir=/sys/fs/bpf/svclb",
+            "--metrics-addr=0.0.0.0:19965",
             "--nodeport-addresses=10.0.0.0/8,192.168.0.0/16",
             "--conntrack-map-size=1048576",
             "--services-map-size=131072",

@@ -161,6 +161,25 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
     }
     assert_eq!(lab.list(0)?["frontends"].as_array().map(Vec::len), Some(1));
 
+    // The metrics say the same; the agent is ready.
+    let (status, _) = lab.agent_http(0, "/healthz")?;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let (_, metrics) = lab.agent_http(0, "/metrics")?;
+    for line in [
+        "svclb_frontends 1",
+        "svclb_objects_skipped 3",
+        "svclb_map_entries{map=\"SVCLB_SERVICES\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "metrics lack {line:?}:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("svclb_sync_duration_seconds_count"),
+        "{metrics}"
+    );
+
     // A good file that turns bad keeps serving its last good contents; logged once.
     lab.write_manifest("good.yaml", "kind: [\n")?;
     lab.wait_for(

@@ -1,0 +1,191 @@
+//! The agent's Prometheus metrics and health endpoint (`--metrics-addr`).
+//!
+//! `/metrics`: sync duration and outcome, entries written, map fill and capacity, frontends
+//! and backends programmed, objects skipped by validation. `/healthz`: 200 once the first full
+//! sync is done, 503 before (a DaemonSet readiness probe: a rolling update waits for it).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+};
+
+use anyhow::{Context as _, Result};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+use tracing::{debug, info};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    pub map: String,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    pub sync_duration: Histogram,
+    pub syncs: Counter,
+    pub entries_written: Counter,
+    pub write_errors: Counter,
+    pub frontends: Gauge,
+    pub backends: Gauge,
+    pub frontends_not_programmed: Gauge,
+    pub objects_skipped: Gauge,
+    pub map_entries: Family<MapLabel, Gauge>,
+    pub map_capacity: Family<MapLabel, Gauge>,
+    pub ready: AtomicBool,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("svclb");
+        let sync_duration = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
+        let syncs = Counter::default();
+        let entries_written = Counter::default();
+        let write_errors = Counter::default();
+        let frontends = Gauge::<i64, AtomicI64>::default();
+        let backends = Gauge::<i64, AtomicI64>::default();
+        let frontends_not_programmed = Gauge::<i64, AtomicI64>::default();
+        let objects_skipped = Gauge::<i64, AtomicI64>::default();
+        let map_entries = Family::<MapLabel, Gauge>::default();
+        let map_capacity = Family::<MapLabel, Gauge>::default();
+        registry.register_with_unit(
+            "sync_duration",
+            "Time from reading the source to the last map write of a sync",
+            Unit::Seconds,
+            sync_duration.clone(),
+        );
+        registry.register("syncs", "Syncs of the maps with the source", syncs.clone());
+        registry.register(
+            "map_entries_written",
+            "Map entries written or deleted by syncs",
+            entries_written.clone(),
+        );
+        registry.register(
+            "map_write_errors",
+            "Map writes that failed (a full map, a kernel error)",
+            write_errors.clone(),
+        );
+        registry.register(
+            "frontends",
+            "Frontends programmed in the maps",
+            frontends.clone(),
+        );
+        registry.register(
+            "backends",
+            "Backends programmed in the maps",
+            backends.clone(),
+        );
+        registry.register(
+            "frontends_not_programmed",
+            "Frontends planned but not programmed (kinds the datapath does not serve yet)",
+            frontends_not_programmed.clone(),
+        );
+        registry.register(
+            "objects_skipped",
+            "Objects (or parts of them) skipped by validation, with a logged reason",
+            objects_skipped.clone(),
+        );
+        registry.register(
+            "map_entries",
+            "Entries in each pinned map",
+            map_entries.clone(),
+        );
+        registry.register(
+            "map_capacity_entries",
+            "Capacity of each pinned map",
+            map_capacity.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            sync_duration,
+            syncs,
+            entries_written,
+            write_errors,
+            frontends,
+            backends,
+            frontends_not_programmed,
+            objects_skipped,
+            map_entries,
+            map_capacity,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_map(&self, map: &str, entries: usize, capacity: usize) {
+        let label = MapLabel {
+            map: map.to_owned(),
+        };
+        self.map_entries.get_or_create(&label).set(entries as i64);
+        self.map_capacity.get_or_create(&label).set(capacity as i64);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Binds `addr` and serves `/metrics` and `/healthz` until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint on {addr} (--metrics-addr)"))?;
+    info!(%addr, "metrics and health on /metrics and /healthz");
+    Ok(tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                let Ok(n) = stream.read(&mut buf).await else {
+                    return;
+                };
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let path = request.split_whitespace().nth(1).unwrap_or("/");
+                let (status, content_type, body) = match path {
+                    "/metrics" => (
+                        "200 OK",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        metrics.encode(),
+                    ),
+                    "/healthz" if metrics.ready.load(Ordering::Relaxed) => {
+                        ("200 OK", "text/plain", "ok\n".to_owned())
+                    }
+                    "/healthz" => (
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "waiting for the first full sync\n".to_owned(),
+                    ),
+                    _ => (
+                        "404 Not Found",
+                        "text/plain",
+                        "try /metrics or /healthz\n".to_owned(),
+                    ),
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                if let Err(err) = stream.write_all(response.as_bytes()).await {
+                    debug!(%peer, %err, "metrics client went away");
+                }
+            });
+        }
+    }))
+}
