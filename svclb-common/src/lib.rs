@@ -4,12 +4,14 @@
 //! fields, holds no `bool`/`Option`/`enum`, names network-order fields `*_be`, and carries a
 //! compile-time size assertion. Addresses are 16 bytes so IPv6 needs no new layout: an IPv4
 //! address sits in the first four bytes with the rest zero and `family` set to [`FAMILY_V4`].
-#![no_std]
+#![cfg_attr(not(feature = "user"), no_std)]
 
 pub mod addr;
 pub mod backend;
 pub mod conntrack;
 pub mod limits;
+#[cfg(feature = "user")]
+pub mod maglev;
 pub mod service;
 
 pub use addr::{FAMILY_V4, FAMILY_V6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, L3Addr};

@@ -12,6 +12,7 @@ pub mod kernel_maps;
 pub mod kube_source;
 pub mod list;
 pub mod loader;
+pub mod maglev_cmd;
 pub mod manifest;
 pub mod mapstate;
 pub mod metrics;

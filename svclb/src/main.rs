@@ -9,7 +9,7 @@ use svclb::{
     devices::DeviceSelector,
     list,
     loader::MapSizes,
-    model, plan_output,
+    maglev_cmd, model, plan_output,
     source::{Source, SourceConfig},
 };
 use tracing_subscriber::EnvFilter;
@@ -45,6 +45,20 @@ enum Command {
         /// Serve NodePorts only on node addresses inside these CIDRs.
         #[arg(long, value_delimiter = ',')]
         nodeport_addresses: Vec<IpNet>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Print the Maglev lookup table of a set of backends (the same table Cilium computes).
+    Maglev {
+        /// Table size: a prime from 251 to 131071.
+        #[arg(long, default_value_t = svclb_common::maglev::DEFAULT_TABLE_SIZE)]
+        table_size: u32,
+        /// Seed: base64 of 12 bytes (Cilium's default unless given).
+        #[arg(long, default_value = svclb_common::maglev::DEFAULT_SEED)]
+        seed: String,
+        /// A backend as ADDR:PORT/PROTO[=WEIGHT]; repeat for each.
+        #[arg(long = "backend", required = true)]
+        backends: Vec<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -218,6 +232,23 @@ fn run(cli: Cli) -> Result<()> {
                 Output::Json => emit(&(plan_output::render_json(&node, &plan, &diags) + "\n"))?,
             }
             Ok(())
+        }
+        Command::Maglev {
+            table_size,
+            seed,
+            backends,
+            output,
+        } => {
+            let maglev = svclb_common::maglev::Maglev::new(table_size, &seed)?;
+            let backends = backends
+                .iter()
+                .map(|b| maglev_cmd::parse_backend(b))
+                .collect::<Result<Vec<_>>>()?;
+            let table = maglev.table(&backends)?;
+            match output {
+                Output::Table => emit(&maglev_cmd::render_table(&maglev, &backends, &table)),
+                Output::Json => emit(&(maglev_cmd::render_json(&maglev, &table) + "\n")),
+            }
         }
         Command::List { bpffs_dir, output } => {
             let listing = list::read(&bpffs_dir)?;
