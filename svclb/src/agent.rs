@@ -4,7 +4,7 @@ use std::{
     collections::BTreeSet,
     net::SocketAddr,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
@@ -29,9 +29,11 @@ use crate::{
     source::{Source, SourceConfig},
 };
 
-/// Changes to the manifests are applied once the directory has been quiet this long, so an
-/// editor's several writes make one sync.
+/// Changes are applied once the source has been quiet this long, so a burst of changes (an
+/// editor's writes, a rollout's EndpointSlice updates) makes one sync...
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// ...but never later than this after the first change of the burst, however busy the source.
+const MAX_DELAY: Duration = Duration::from_secs(1);
 /// A sync that could not write everything is retried after this, doubling up to `RETRY_MAX`.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(30);
@@ -194,19 +196,6 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         return Err(err);
     }
 
-    // The first sync waits for a complete view: programming a half-listed cluster would
-    // delete the services not seen yet. The maps keep serving what they hold meanwhile.
-    loop {
-        tokio::select! {
-            ready = source.wait_ready(READY_LOG_EVERY) => match ready {
-                Ok(()) => break,
-                Err(err) => warn!("{err:#}; still waiting, serving what the maps hold"),
-            },
-            _ = sigterm.recv() => { devices.detach_all(); return Ok(()); }
-            _ = sigint.recv() => { devices.detach_all(); return Ok(()); }
-        }
-    }
-
     let metrics = Metrics::new();
     let _metrics_server = crate::metrics::serve(config.metrics_addr, metrics.clone()).await?;
     let mut syncer = Syncer {
@@ -224,66 +213,84 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         },
         reported: BTreeSet::new(),
     };
-    let mut retry_after = RETRY_MIN;
-    let mut retry_at = syncer.sync().then(|| Instant::now() + retry_after);
-    metrics
-        .ready
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    info!(
-        node = %config.node_name,
-        devices = ?devices.attached_names(),
-        source = %syncer.source.describe(),
-        "serving"
-    );
 
     let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN, RESCAN);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut link_events_open = true;
     let mut source_open = true;
+    // The first sync waits for a complete view: programming a half-listed cluster would
+    // delete the services not seen yet. Meanwhile the maps keep serving what they hold, and
+    // devices keep being attached.
+    let mut ready = false;
+    let mut readiness = syncer.source.readiness();
+    let mut waiting_log = tokio::time::interval_at(
+        tokio::time::Instant::now() + READY_LOG_EVERY,
+        READY_LOG_EVERY,
+    );
+    // When the next sync is due, and when the burst of changes it answers began.
+    let mut sync_at: Option<Instant> = None;
+    let mut burst_began: Option<Instant> = None;
+    let mut retry_after = RETRY_MIN;
     loop {
-        let retry = async {
-            match retry_at {
+        let due = async {
+            match sync_at {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
                 None => std::future::pending().await,
             }
         };
-        let resync = tokio::select! {
+        tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("interrupted: stopping"); break; }
-            message = link_events.next(), if link_events_open => {
-                match message {
-                    Some((message, _)) => devices.on_message(message),
-                    None => {
-                        link_events_open = false;
-                        error!("link notifications stopped; new devices are found by the rescan every {RESCAN:?}");
-                    }
-                }
-                false
+            result = &mut readiness, if !ready => {
+                result?;
+                ready = true;
+                sync_at = Some(Instant::now());
             }
+            _ = waiting_log.tick(), if !ready => {
+                warn!("{} has not listed everything yet; waiting, serving what the maps hold", syncer.source.describe());
+            }
+            message = link_events.next(), if link_events_open => match message {
+                Some((message, _)) => devices.on_message(message),
+                None => {
+                    link_events_open = false;
+                    error!("link notifications stopped; new devices are found by the rescan every {RESCAN:?}");
+                }
+            },
             _ = rescan.tick() => {
                 if let Err(err) = devices.rescan(&handle).await {
                     warn!("device rescan: {err:#}");
                 }
-                false
             }
-            changed = syncer.source.changed(DEBOUNCE), if source_open => {
-                if changed.is_some() {
-                    retry_after = RETRY_MIN;
-                    true
-                } else {
+            change = syncer.source.next_change(), if source_open => match change {
+                Some(()) => {
+                    let now = Instant::now();
+                    let began = *burst_began.get_or_insert(now);
+                    sync_at = Some((now + DEBOUNCE).min(began + MAX_DELAY));
+                }
+                None => {
                     source_open = false;
                     error!("{} reports no more changes; serving the last state", syncer.source.describe());
-                    false
+                }
+            },
+            () = due, if ready => {
+                if burst_began.take().is_some() || !metrics.ready.load(Ordering::Relaxed) {
+                    retry_after = RETRY_MIN;
+                } else {
+                    info!("retrying what could not be written");
+                    retry_after = (retry_after * 2).min(RETRY_MAX);
+                }
+                let first = !metrics.ready.load(Ordering::Relaxed);
+                sync_at = syncer.sync().then(|| Instant::now() + retry_after);
+                if first {
+                    metrics.ready.store(true, Ordering::Relaxed);
+                    info!(
+                        node = %config.node_name,
+                        devices = ?devices.attached_names(),
+                        source = %syncer.source.describe(),
+                        "serving"
+                    );
                 }
             }
-            () = retry => {
-                info!("retrying what could not be written");
-                retry_after = (retry_after * 2).min(RETRY_MAX);
-                true
-            }
-        };
-        if resync {
-            retry_at = syncer.sync().then(|| Instant::now() + retry_after);
         }
     }
     devices.detach_all();

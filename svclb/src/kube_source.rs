@@ -9,7 +9,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use futures::{Stream, StreamExt as _};
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use k8s_openapi::{
     api::{
         core::v1::{Node, Service},
@@ -30,6 +30,11 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, warn};
 
 use crate::manifest::Snapshot;
+
+/// Services and EndpointSlices with this label belong to another service proxy.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// EndpointSlices of headless services carry this label.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
 /// A client from `kubeconfig`, or the in-cluster configuration (service account) without one.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
@@ -106,17 +111,20 @@ where
 }
 
 impl KubeSource {
-    /// Starts watching. The Node watch is limited to `node_name`.
+    /// Starts watching. As kube-proxy does, Services and EndpointSlices that name another
+    /// service proxy (`service.kubernetes.io/service-proxy-name`) are not watched, nor the
+    /// EndpointSlices of headless services; the Node watch is limited to `node_name`.
     pub fn start(client: &Client, node_name: &str) -> Self {
         let (tx, changes) = mpsc::unbounded_channel();
         let (services, t1) = watch(
             Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
+            watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}")),
             tx.clone(),
         );
         let (slices, t2) = watch(
             Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default(),
+            watcher::Config::default()
+                .labels(&format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}")),
             tx.clone(),
         );
         let (nodes, t3) = watch(
@@ -133,18 +141,29 @@ impl KubeSource {
         }
     }
 
-    /// Waits until every store has completed its first list, so the first sync never
+    /// Completes when every store has finished its first list, so the first sync never
     /// programs a partial view (a restart must not drop services it simply has not seen yet).
+    /// The future owns what it waits on, so it can be held across other work.
+    pub fn readiness(&self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let (services, slices, nodes) = (
+            self.services.clone(),
+            self.slices.clone(),
+            self.nodes.clone(),
+        );
+        async move {
+            services.wait_until_ready().await?;
+            slices.wait_until_ready().await?;
+            nodes.wait_until_ready().await?;
+            Ok::<(), reflector::store::WriterDropped>(())
+        }
+        .map(|r| r.context("a watcher stopped before its first list"))
+    }
+
+    /// [`KubeSource::readiness`] with a deadline.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
-        let ready = async {
-            self.services.wait_until_ready().await?;
-            self.slices.wait_until_ready().await?;
-            self.nodes.wait_until_ready().await
-        };
-        tokio::time::timeout(timeout, ready)
+        tokio::time::timeout(timeout, self.readiness())
             .await
             .with_context(|| format!("the Kubernetes API did not list Services, EndpointSlices and Nodes within {timeout:?}"))?
-            .context("a watcher stopped before its first list")
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -142,7 +142,11 @@ impl Metrics {
     }
 }
 
-/// Binds `addr` and serves `/metrics` and `/healthz` until the task is dropped.
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Binds `addr` and serves `/metrics` and `/healthz`; the returned task serves until aborted
+/// (or the process ends).
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr)
         .await
@@ -152,10 +156,15 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::tas
         while let Ok((mut stream, peer)) = listener.accept().await {
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 2048];
-                let Ok(n) = stream.read(&mut buf).await else {
-                    return;
-                };
+                // One request per connection; a client that sends nothing is dropped.
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") && n < buf.len() {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut buf[n..])).await {
+                        Ok(Ok(read)) if read > 0 => n += read,
+                        _ => return,
+                    }
+                }
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let path = request.split_whitespace().nth(1).unwrap_or("/");
                 let (status, content_type, body) = match path {

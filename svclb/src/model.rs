@@ -68,6 +68,8 @@ pub fn plan(
         let planned = plan_service(node, &name, svc, svc_slices, &mut diags);
         for (frontend_key, frontend) in planned.frontends {
             match plan.frontends.get(&frontend_key) {
+                // The same service twice (an externalIP equal to its own LoadBalancer IP).
+                Some(existing) if existing.service == name => {}
                 Some(existing) => diags.push(Diagnostic::new(
                     format!("Service {name}"),
                     format!(
@@ -208,6 +210,11 @@ fn plan_service(
         return out;
     }
     let cluster_ips = ipv4_addresses(&object, "clusterIP", cluster_ips, diags);
+    // Without an IPv4 cluster IP the service is not served over IPv4 at all, its node ports
+    // and external addresses neither (as kube-proxy's IPv4 proxier skips it).
+    if cluster_ips.is_empty() {
+        return out;
+    }
     let external_ips = ipv4_addresses(
         &object,
         "externalIP",
@@ -244,7 +251,13 @@ fn plan_service(
     } else {
         lb_ips
     };
-    let source_ranges = source_ranges.unwrap_or_default();
+    // The IPv4 frontends take the IPv4 ranges; ranges of the other family only restrict that
+    // family (kube-proxy splits them the same way).
+    let source_ranges: Vec<IpNet> = source_ranges
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|net| matches!(net, IpNet::V4(_)))
+        .collect();
 
     for port in spec.ports.iter().flatten() {
         let port_name = port.name.clone().unwrap_or_default();
@@ -351,12 +364,15 @@ fn plan_service(
             out.frontends
                 .push((key, frontend(kind, Scope::External, external)));
             if external_local {
+                // Pods reaching an external address are short-circuited to the cluster-wide
+                // endpoints, as kube-proxy's pod-traffic rule for external destinations does;
+                // internalTrafficPolicy does not apply there.
                 let view = FrontendKey {
                     internal_view: true,
                     ..key
                 };
                 out.frontends
-                    .push((view, frontend(kind, Scope::Internal, internal)));
+                    .push((view, frontend(kind, Scope::Internal, &sets.cluster)));
             }
         }
         if svc_type == "LoadBalancer"

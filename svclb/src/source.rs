@@ -69,6 +69,15 @@ impl Source {
         }
     }
 
+    /// Completes when the source has a complete view (the API's first lists); manifests are
+    /// ready at once. Owns what it waits on.
+    pub fn readiness(&self) -> futures::future::BoxFuture<'static, Result<()>> {
+        match self {
+            Self::Manifests { .. } => Box::pin(async { Ok(()) }),
+            Self::Kubernetes(source) => Box::pin(source.readiness()),
+        }
+    }
+
     /// Waits until the source has a complete view (the API's first lists); manifests are
     /// ready at once.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
@@ -78,20 +87,17 @@ impl Source {
         }
     }
 
-    /// Waits for the next change and for the burst it belongs to to settle (`quiet` without a
-    /// further change). `None` when the source can report no more changes.
-    pub async fn changed(&mut self, quiet: Duration) -> Option<()> {
+    /// Waits for the next change notification. Cancel-safe: a notification is consumed only
+    /// when this returns, so it can sit in a `select!` beside other branches. `None` when the
+    /// source can report no more changes.
+    pub async fn next_change(&mut self) -> Option<()> {
         match self {
             Self::Manifests { changes, .. } => {
                 if let Err(err) = changes.recv().await? {
                     warn!("file watcher: {err}");
                 }
-                while let Ok(Some(_)) = tokio::time::timeout(quiet, changes.recv()).await {}
             }
-            Self::Kubernetes(source) => {
-                source.changes.recv().await?;
-                while let Ok(Some(())) = tokio::time::timeout(quiet, source.changes.recv()).await {}
-            }
+            Self::Kubernetes(source) => source.changes.recv().await?,
         }
         Some(())
     }

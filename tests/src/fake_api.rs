@@ -276,14 +276,30 @@ fn parse_request(head: &str) -> Option<Request> {
     })
 }
 
+/// Field selector `metadata.name=NAME`, and label selectors made of `key`, `!key`, `key=value`
+/// and `key!=value` terms (the forms kube-proxy and svclb use).
 fn matches_selector(object: &Value, query: &BTreeMap<String, String>) -> bool {
-    match query
+    if let Some(name) = query
         .get("fieldSelector")
         .and_then(|s| s.strip_prefix("metadata.name="))
+        && object["metadata"]["name"].as_str() != Some(name)
     {
-        Some(name) => object["metadata"]["name"].as_str() == Some(name),
-        None => true,
+        return false;
     }
+    let labels = &object["metadata"]["labels"];
+    query.get("labelSelector").is_none_or(|selector| {
+        selector.split(',').filter(|t| !t.is_empty()).all(|term| {
+            if let Some(key) = term.strip_prefix('!') {
+                labels.get(key).is_none()
+            } else if let Some((key, value)) = term.split_once("!=") {
+                labels.get(key).and_then(Value::as_str) != Some(value)
+            } else if let Some((key, value)) = term.split_once('=') {
+                labels.get(key).and_then(Value::as_str) == Some(value.trim_start_matches('='))
+            } else {
+                labels.get(term).is_some()
+            }
+        })
+    })
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
@@ -389,7 +405,9 @@ async fn handle(
         .and_then(|v| v.parse().ok())
         .map_or(Duration::from_secs(290), Duration::from_secs);
     stream
-        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        )
         .await?;
     let gone = {
         let mut s = state.lock().expect("fake API state");
@@ -410,10 +428,34 @@ async fn handle(
     let start_generation = *generation.borrow_and_update();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut sent = from;
-    loop {
-        let pending: Vec<Event> = {
+    if from == 0 {
+        // A watch from version 0 starts with the current state as ADDED events (the real
+        // server's "any version" start), then follows changes from there.
+        let (current, rv) = {
             let s = state.lock().expect("fake API state");
-            s.events
+            let current: Vec<Value> = s
+                .objects
+                .iter()
+                .filter(|((kind, _, _), object)| {
+                    kind == request.kind && matches_selector(object, &request.query)
+                })
+                .map(|(_, object)| object.clone())
+                .collect();
+            (current, s.rv)
+        };
+        for object in current {
+            chunk(&mut stream, &json!({"type": "ADDED", "object": object})).await?;
+        }
+        sent = rv;
+    }
+    loop {
+        // The events to send and the version they bring the watch to, read together: a change
+        // recorded while they are being written is picked up on the next pass, never skipped.
+        changed.borrow_and_update();
+        let (pending, upto) = {
+            let s = state.lock().expect("fake API state");
+            let pending: Vec<Event> = s
+                .events
                 .iter()
                 .filter(|e| {
                     e.rv > sent
@@ -421,7 +463,8 @@ async fn handle(
                         && matches_selector(&e.object, &request.query)
                 })
                 .cloned()
-                .collect()
+                .collect();
+            (pending, s.rv)
         };
         for event in pending {
             chunk(
@@ -429,10 +472,8 @@ async fn handle(
                 &json!({"type": event.kind_type, "object": event.object}),
             )
             .await?;
-            sent = event.rv;
         }
-        // Everything up to the current version has been considered.
-        sent = sent.max(*changed.borrow_and_update());
+        sent = sent.max(upto);
         tokio::select! {
             _ = changed.changed() => {}
             _ = generation.changed() => {

@@ -1,7 +1,7 @@
 //! Renders a Helm chart without helm: Go templates (gtmpl, a port of Go's text/template) with
 //! the part of Helm's context and function set a chart like ours uses: `.Values` (values.yaml
 //! deep-merged with overrides), `.Release`, `.Chart`, and `toYaml`, `nindent`, `indent`,
-//! `quote`, `default`, `join`. A template using anything else fails to render, loudly.
+//! `quote`, `default`, `join`, `int64`. A template using anything else fails to render, loudly.
 
 use std::{collections::HashMap, fs, path::Path};
 
@@ -19,13 +19,15 @@ fn to_gtmpl(yaml: &Yaml) -> Value {
     match yaml {
         Yaml::Null => Value::Nil,
         Yaml::Bool(b) => Value::Bool(*b),
+        // Helm reads values through JSON into float64: a number prints as Go prints a float64
+        // (1048576 as 1.048576e+06) unless the template converts it (`int64`). The context holds
+        // numbers in that printed form so the same template bugs show here.
         Yaml::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::from(i)
-            } else if let Some(u) = n.as_u64() {
-                Value::from(u)
+            let f = n.as_f64().unwrap_or_default();
+            if f.fract() == 0.0 && f.abs() < 1e6 {
+                Value::from(f as i64)
             } else {
-                Value::from(n.as_f64().unwrap_or_default())
+                Value::String(go_float(f))
             }
         }
         Yaml::String(s) => Value::String(s.clone()),
@@ -150,6 +152,32 @@ fn quote_fn(args: &[Value]) -> Result<Value, FuncError> {
     )))
 }
 
+/// Go's `%v` of a float64, which is how a Go template prints a Helm value: shortest digits,
+/// exponent form from 1e6 up (and below 1e-4), e.g. 1048576 -> `1.048576e+06`.
+fn go_float(f: f64) -> String {
+    if f != 0.0 && (f.abs() >= 1e6 || f.abs() < 1e-4) {
+        let rust = format!("{f:e}");
+        let (mantissa, exp) = rust.split_once('e').unwrap_or((&rust, "0"));
+        let exp: i32 = exp.parse().unwrap_or_default();
+        let sign = if exp < 0 { '-' } else { '+' };
+        return format!("{mantissa}e{sign}{:02}", exp.abs());
+    }
+    format!("{f}")
+}
+
+fn int64_fn(args: &[Value]) -> Result<Value, FuncError> {
+    match arg(args, 0, "int64")? {
+        Value::Number(n) => Ok(Value::from(
+            n.as_i64()
+                .or_else(|| n.as_u64().map(|u| u as i64))
+                .or_else(|| n.as_f64().map(|f| f as i64))
+                .unwrap_or_default(),
+        )),
+        Value::String(s) => Ok(Value::from(s.parse::<f64>().unwrap_or_default() as i64)),
+        _ => Ok(Value::from(0i64)),
+    }
+}
+
 fn default_fn(args: &[Value]) -> Result<Value, FuncError> {
     let fallback = arg(args, 0, "default")?;
     match args.get(1) {
@@ -230,6 +258,7 @@ pub fn render_chart(
             ("quote", quote_fn as gtmpl::Func),
             ("default", default_fn as gtmpl::Func),
             ("join", join_fn as gtmpl::Func),
+            ("int64", int64_fn as gtmpl::Func),
         ]);
         template
             .parse(fs::read_to_string(&path)?)

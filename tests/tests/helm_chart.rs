@@ -193,8 +193,8 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
         "pins reach the host"
     );
     assert!(
-        mounts.iter().any(|m| m.mount_path == "/sys/fs/cgroup"),
-        "cgroup mount"
+        mounts.iter().any(|m| m.mount_path == "/run/svclb/cgroupv2"),
+        "the host's cgroup hierarchy, beside the container's own"
     );
     let volumes = pod.volumes.unwrap_or_default();
     let host_path = |name: &str| {
@@ -210,6 +210,19 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
         o.notes
             .contains("kubectl -n kube-system rollout status daemonset/svclb")
     );
+    assert_eq!(
+        pod.dns_policy.as_deref(),
+        Some("Default"),
+        "cluster DNS is a Service too"
+    );
+    assert!(
+        !agent
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "KUBERNETES_SERVICE_HOST"),
+        "the in-cluster API address unless apiServer.host is set"
+    );
     Ok(())
 }
 
@@ -218,6 +231,7 @@ fn non_default_values_reach_the_daemonset() -> Result<()> {
     let o = render(
         "
 image: {repository: registry.example/svclb, tag: v9, pullPolicy: Always}
+apiServer: {host: 172.31.0.1, port: 6443}
 devices: [ens3, ens4]
 podDevices: 'cali*'
 nodeportAddresses: [10.0.0.0/8, 192.168.0.0/16]
@@ -259,6 +273,19 @@ nodeSelector: {role: edge}
     assert_eq!(resources.limits.context("limits")?["memory"].0, "1Gi");
     assert_eq!(resources.requests.context("requests")?["cpu"].0, "200m");
     assert_eq!(pod.priority_class_name.as_deref(), Some("my-critical"));
+    let env = |name: &str| {
+        agent
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        env("KUBERNETES_SERVICE_HOST").as_deref(),
+        Some("172.31.0.1")
+    );
+    assert_eq!(env("KUBERNETES_SERVICE_PORT").as_deref(), Some("6443"));
     assert_eq!(pod.node_selector.context("nodeSelector")?["role"], "edge");
     Ok(())
 }

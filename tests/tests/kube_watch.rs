@@ -100,6 +100,31 @@ async fn the_first_sync_waits_for_every_store_and_sees_only_this_node() -> Resul
 }
 
 #[tokio::test]
+async fn services_of_another_proxy_and_headless_slices_are_not_watched() -> Result<()> {
+    let api = FakeApi::start()?;
+    api.apply(service("mine", "10.96.0.10"))?;
+    let mut other = service("theirs", "10.96.0.11");
+    other["metadata"]["labels"] =
+        json!({"service.kubernetes.io/service-proxy-name": "other-proxy"});
+    api.apply(other)?;
+    let mut headless = slice("headless-1", "headless", "10.244.1.9");
+    headless["metadata"]["labels"]["service.kubernetes.io/headless"] = json!("");
+    api.apply(headless)?;
+    api.apply(slice("mine-1", "mine", "10.244.1.2"))?;
+    let source = start(&api).await?;
+    source.wait_ready(READY).await?;
+    assert_eq!(service_names(&source), ["mine"]);
+    let slices: Vec<_> = source
+        .snapshot()
+        .slices
+        .iter()
+        .filter_map(|s| s.metadata.name.clone())
+        .collect();
+    assert_eq!(slices, ["mine-1"]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_first_sync_waits_while_the_api_is_unreachable() -> Result<()> {
     let api = FakeApi::start()?;
     api.apply(service("web", "10.96.0.10"))?;

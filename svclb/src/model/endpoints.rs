@@ -1,8 +1,7 @@
 //! Endpoint selection for one service port, as kube-proxy does it.
 //!
 //! Conditions: a nil `ready`/`serving` is true, a nil `terminating` false. Only `addresses[0]`
-//! counts. The same ip:port in several slices counts once: the non-terminating copy wins, then
-//! the ready one, then the serving one; the node name breaks ties, so slice order never matters.
+//! counts. The same ip:port in several slices counts once (see [`Candidate::rank`]).
 //! Ports without a name field or a number are skipped, as are slices of another address family
 //! and FQDN slices.
 
@@ -30,9 +29,13 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    fn rank(&self) -> (bool, bool, bool, Option<String>) {
+    /// Of several copies of one ip:port the highest rank wins: not terminating, then on this
+    /// node (kube-proxy keeps the local copy), then ready, then serving; the node name breaks
+    /// ties, so the order of slices never matters.
+    fn rank(&self) -> (bool, bool, bool, bool, Option<String>) {
         (
             !self.backend.terminating,
+            self.backend.local,
             self.ready,
             self.serving,
             self.backend.node.clone(),

@@ -231,6 +231,21 @@ fn duplicate_prefers_the_non_terminating_copy() {
 }
 
 #[test]
+fn duplicate_prefers_the_local_copy() {
+    let yaml = format!(
+        "{SERVICE}{}{}",
+        slice("a", PORTS, "[{addresses: [10.244.1.2], nodeName: n2}]"),
+        slice("b", PORTS, "[{addresses: [10.244.1.2], nodeName: n1}]")
+    );
+    let (services, slices) = objects(&yaml);
+    for order in [slices.clone(), slices.iter().rev().cloned().collect()] {
+        let (plan, _) = plan(&node(), &services, &order);
+        let http = &plan.frontends[&key("10.96.0.10", 80, Protocol::Tcp)];
+        assert!(http.backends[0].local, "the copy on this node wins");
+    }
+}
+
+#[test]
 fn no_datapath_for_headless_and_external_name() {
     let yaml = "
 apiVersion: v1

@@ -251,6 +251,13 @@ fn external_traffic_policy_local_has_local_backends_and_an_internal_view() {
     // The ClusterIP is untouched by the external policy.
     assert_eq!(backend_ips(&plan, &key("10.96.0.10", 80)), ALL);
 
+    // Both policies Local: pods reaching the NodePort still get every endpoint (kube-proxy's
+    // pod-traffic short-circuit ignores internalTrafficPolicy), the ClusterIP only local ones.
+    let both = "  type: NodePort\n  externalTrafficPolicy: Local\n  internalTrafficPolicy: Local";
+    let (plan, _) = plan_on("n1", &[], &service(both, "{}"));
+    assert_eq!(backend_ips(&plan, &view("172.31.0.11", 30080)), ALL);
+    assert_eq!(backend_ips(&plan, &key("10.96.0.10", 80)), ["10.244.1.2"]);
+
     // Cluster policy: one entry per external frontend, no internal view.
     let (plan, _) = plan_on("n2", &[], &service("  type: NodePort", "{}"));
     assert!(!plan.frontends.contains_key(&view("172.31.0.12", 30080)));
@@ -443,4 +450,50 @@ fn the_zone_and_addresses_come_from_the_node_object() {
         .map(ToString::to_string)
         .collect();
     assert_eq!(addresses, ["172.31.0.11", "203.0.113.11"]);
+}
+
+#[test]
+fn an_ipv6_only_service_gets_no_ipv4_frontends() {
+    let yaml = service("  type: NodePort\n  externalIPs: [192.0.2.5]", "{}").replace(
+        "clusterIP: 10.96.0.10",
+        "clusterIP: fd00::10\n  clusterIPs: ['fd00::10']",
+    );
+    let (plan, diags) = plan_on("n1", &[], &yaml);
+    assert!(plan.frontends.is_empty(), "{:#?}", plan.frontends.keys());
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.reason.contains("IPv6 is not supported yet"))
+    );
+}
+
+#[test]
+fn source_ranges_of_the_other_family_do_not_restrict_ipv4() {
+    let status = "{loadBalancer: {ingress: [{ip: 198.51.100.7}]}}";
+    let spec = "  type: LoadBalancer\n  loadBalancerSourceRanges: ['2001:db8::/32']";
+    let (plan, diags) = plan_on("n1", &[], &service(spec, status));
+    assert!(
+        plan.frontends[&key("198.51.100.7", 80)]
+            .source_ranges
+            .is_empty()
+    );
+    assert!(diags.is_empty(), "{diags:?}");
+}
+
+#[test]
+fn an_externalip_equal_to_the_services_own_lb_ip_is_not_reported() {
+    let status = "{loadBalancer: {ingress: [{ip: 198.51.100.7}]}}";
+    let (plan, diags) = plan_on(
+        "n1",
+        &[],
+        &service(
+            "  type: LoadBalancer\n  externalIPs: [198.51.100.7]",
+            status,
+        ),
+    );
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(
+        plan.frontends[&key("198.51.100.7", 80)].kind,
+        FrontendKind::LoadBalancer
+    );
 }
