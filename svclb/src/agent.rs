@@ -31,7 +31,7 @@ use crate::{
 
 /// Changes are applied once the source has been quiet this long, so a burst of changes (an
 /// editor's writes, a rollout's EndpointSlice updates) makes one sync...
-const DEBOUNCE: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(20);
 /// ...but never later than this after the first change of the burst, however busy the source.
 const MAX_DELAY: Duration = Duration::from_secs(1);
 /// A sync that could not write everything is retried after this, doubling up to `RETRY_MAX`.
@@ -110,6 +110,7 @@ impl Syncer {
     fn sync(&mut self) -> bool {
         let started = Instant::now();
         let snapshot = self.source.snapshot();
+        let read_us = started.elapsed().as_micros() as u64;
         let (_, mut plan, plan_diags) = model::plan_for_node(
             &self.node_name,
             &self.nodeport_cidrs,
@@ -129,6 +130,7 @@ impl Syncer {
         }
         let (desired, map_diags) = mapstate::desired(&plan, &self.programmed, self.capacity);
         let incomplete = !map_diags.is_empty();
+        let plan_us = started.elapsed().as_micros() as u64 - read_us;
         let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
 
         let diags: BTreeSet<Diagnostic> = snapshot
@@ -158,6 +160,8 @@ impl Syncer {
                 backends,
                 writes = report.writes,
                 errors = report.errors.len(),
+                read_us,
+                plan_us,
                 took_us,
                 "synced"
             );

@@ -80,6 +80,20 @@ impl Maps {
         Ok(state)
     }
 
+    /// The services-map entry of one frontend.
+    pub fn service(&self, key: &ServiceKey) -> Option<ServiceValue> {
+        self.services.get(key, 0).ok()
+    }
+
+    /// The backend id in one slot.
+    pub fn slot(&self, key: &SlotKey) -> Option<u32> {
+        self.slots.get(key, 0).ok()
+    }
+
+    pub fn backend(&self, id: u32) -> Option<Backend> {
+        self.backends.get(&id, 0).ok()
+    }
+
     /// Number of conntrack entries (both directions of every flow).
     pub fn conntrack_len(&self) -> usize {
         self.conntrack.keys().filter(Result::is_ok).count()

@@ -39,6 +39,29 @@ pub struct ManifestSource {
     dir: PathBuf,
     /// Objects of each file as of its last successful parse.
     last_good: BTreeMap<PathBuf, Vec<Object>>,
+    /// What each file looked like when it was last read, so unchanged files are not parsed
+    /// again (a change to one file of ten thousand costs one parse, not ten thousand).
+    seen: BTreeMap<PathBuf, Fingerprint>,
+    /// Diagnostics of each file's last read, repeated while the file is unchanged.
+    file_diags: BTreeMap<PathBuf, Vec<Diagnostic>>,
+}
+
+/// Modification time, size and inode: a write or a rename-over changes at least one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode: meta.ino(),
+    })
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -143,6 +166,8 @@ impl ManifestSource {
         Self {
             dir: dir.into(),
             last_good: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            file_diags: BTreeMap::new(),
         }
     }
 
@@ -161,34 +186,24 @@ impl ManifestSource {
             ));
             files = self.last_good.keys().cloned().collect();
         } else {
-            self.last_good.retain(|path, _| files.contains(path));
+            let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
+            self.last_good.retain(|path, _| present.contains(path));
+            self.seen.retain(|path, _| present.contains(path));
+            self.file_diags.retain(|path, _| present.contains(path));
         }
         files.sort();
 
         for path in &files {
-            let shown = path
-                .strip_prefix(&self.dir)
-                .unwrap_or(path)
-                .display()
-                .to_string();
-            let parsed = fs::read_to_string(path)
-                .map_err(|err| {
-                    Diagnostic::new(format!("file {shown}"), format!("cannot be read: {err}"))
-                })
-                .and_then(|text| parse_documents(&text, &shown));
-            match parsed {
-                Ok((objects, diags)) => {
-                    snapshot.diagnostics.extend(diags);
-                    self.last_good.insert(path.clone(), objects);
-                }
-                Err(mut diag) => {
-                    if self.last_good.contains_key(path) {
-                        diag.reason
-                            .push_str("; serving the file's last good contents");
-                    }
-                    snapshot.diagnostics.push(diag);
+            let print = fingerprint(path);
+            if print.is_none() || self.seen.get(path) != print.as_ref() {
+                self.reparse(path);
+                if let Some(print) = print {
+                    self.seen.insert(path.clone(), print);
                 }
             }
+            snapshot
+                .diagnostics
+                .extend(self.file_diags.get(path).into_iter().flatten().cloned());
             for object in self.last_good.get(path).into_iter().flatten() {
                 match object {
                     Object::Service(svc) => snapshot.services.push((**svc).clone()),
@@ -198,6 +213,34 @@ impl ManifestSource {
             }
         }
         snapshot
+    }
+
+    /// Parses `path` again, keeping its last good objects when it no longer parses.
+    fn reparse(&mut self, path: &Path) {
+        let shown = path
+            .strip_prefix(&self.dir)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        let parsed = fs::read_to_string(path)
+            .map_err(|err| {
+                Diagnostic::new(format!("file {shown}"), format!("cannot be read: {err}"))
+            })
+            .and_then(|text| parse_documents(&text, &shown));
+        let diags = match parsed {
+            Ok((objects, diags)) => {
+                self.last_good.insert(path.to_path_buf(), objects);
+                diags
+            }
+            Err(mut diag) => {
+                if self.last_good.contains_key(path) {
+                    diag.reason
+                        .push_str("; serving the file's last good contents");
+                }
+                vec![diag]
+            }
+        };
+        self.file_diags.insert(path.to_path_buf(), diags);
     }
 }
 
@@ -299,6 +342,11 @@ mod tests {
                 .reason
                 .ends_with("serving the file's last good contents")
         );
+
+        // Unchanged files are not parsed again, and their problems are still reported.
+        let again = source.read();
+        assert_eq!(again.services.len(), 2);
+        assert_eq!(again.diagnostics, broken.diagnostics);
 
         fs::remove_file(dir.path().join("a.yaml")).unwrap();
         assert_eq!(

@@ -479,6 +479,11 @@ impl Lab {
         Ok(())
     }
 
+    /// The process id of node `node`'s running agent.
+    pub fn agent_pid(&self, node: usize) -> Option<u32> {
+        self.agents.get(node)?.as_ref().map(|a| a.child.id())
+    }
+
     pub fn agent_log(&self, node: usize) -> String {
         fs::read_to_string(&self.nodes[node].log).unwrap_or_default()
     }

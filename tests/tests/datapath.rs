@@ -6,23 +6,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
+    net::Ipv4Addr,
 };
 
+mod common;
+
 use anyhow::{Context as _, Result};
-use aya::{
-    Ebpf,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
-};
-use svclb::{
-    ebpf::INGRESS_PROGRAM,
-    kernel_maps::Maps,
-    loader::{self, MapSizes},
-    mapstate::{self, Capacity},
-    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope, WhenEmpty},
-    reconcile,
-};
+use common::datapath::Datapath;
+use svclb::plan::Protocol;
 use svclb_tests::{
     packet::{L4, PacketSpec, TCP_ACK, TCP_SYN, verify_checksums},
     skip_unless_root,
@@ -35,100 +26,6 @@ const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 11), 40_000);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const BACKEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 11), 8080);
-
-/// A frontend to program: address, port, protocol and its backends' addresses and ports.
-type FrontendSpec<'a> = (Ipv4Addr, u16, Protocol, &'a [(Ipv4Addr, u16)]);
-
-/// A loaded datapath with its maps pinned in a private directory, removed on drop.
-struct Datapath {
-    ebpf: Ebpf,
-    maps: Maps,
-    programmed: mapstate::MapState,
-    pin_dir: PathBuf,
-}
-
-impl Datapath {
-    fn load(name: &str) -> Result<Self> {
-        let pin_dir = PathBuf::from(format!(
-            "/sys/fs/bpf/svl-fixture-{}-{name}",
-            std::process::id()
-        ));
-        loader::prepare_bpffs(&pin_dir)?;
-        let mut ebpf = loader::load(&pin_dir, MapSizes::default())?;
-        let maps = Maps::take(&mut ebpf)?;
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(INGRESS_PROGRAM)
-            .context("program")?
-            .try_into()?;
-        program.load()?;
-        Ok(Self {
-            ebpf,
-            maps,
-            programmed: mapstate::MapState::default(),
-            pin_dir,
-        })
-    }
-
-    /// Programs `frontends` (address, port, protocol, backends) through the agent's pipeline.
-    fn program_services(&mut self, frontends: &[FrontendSpec<'_>]) {
-        let mut plan = Plan::default();
-        for (addr, port, protocol, backends) in frontends {
-            plan.frontends.insert(
-                FrontendKey::new(IpAddr::V4(*addr), *port, *protocol),
-                Frontend {
-                    service: format!("default/svc-{addr}"),
-                    port_name: String::new(),
-                    kind: FrontendKind::ClusterIP,
-                    scope: Scope::Internal,
-                    affinity_timeout_seconds: 0,
-                    source_ranges: Vec::new(),
-                    backends: backends
-                        .iter()
-                        .map(|(a, p)| PlanBackend {
-                            address: IpAddr::V4(*a),
-                            port: *p,
-                            node: None,
-                            local: false,
-                            terminating: false,
-                        })
-                        .collect(),
-                    when_empty: WhenEmpty::Reject,
-                },
-            );
-        }
-        let capacity = Capacity {
-            services: 1024,
-            slots: 1024,
-            backends: 1024,
-        };
-        let (desired, diags) = mapstate::desired(&plan, &self.programmed, capacity);
-        assert!(diags.is_empty(), "{diags:?}");
-        let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
-        assert!(report.errors.is_empty(), "{:?}", report.errors);
-    }
-
-    fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(INGRESS_PROGRAM)
-            .context("program")?
-            .try_into()?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = program.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
-    }
-}
-
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-    }
-}
 
 enum Expect {
     Unchanged,

@@ -30,6 +30,12 @@ enum Task {
     },
     /// rustfmt check and clippy over user space and the eBPF crate (its own target).
     Lint,
+    /// svclb and the alternatives measured side by side; results in bench/results/ (root).
+    Bench {
+        /// A smoke run: smaller sizes and fewer samples (a minute or two).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Without arguments: a demo lab with an agent per node. With `-- ARGS`: `svclb agent ARGS`
     /// on this machine.
     Run {
@@ -129,6 +135,48 @@ fn test(filter: Option<String>) -> Result<()> {
     Ok(())
 }
 
+fn bench(quick: bool) -> Result<()> {
+    if !svclb_tests::is_root() {
+        bail!(
+            "`cargo xtask bench` loads BPF programs and builds network namespaces: run it as root"
+        );
+    }
+    svclb_tests::remove_leftovers();
+    // The agent measured is the release build.
+    run(Command::new("cargo").args(["build", "--release", "--package", "svclb"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let date = String::from_utf8(
+        Command::new("date")
+            .args(["-u", "+%Y-%m-%d"])
+            .output()?
+            .stdout,
+    )?;
+    let dir = workspace_root().join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join(format!(
+        "{}{}.md",
+        date.trim(),
+        if quick { "-quick" } else { "" }
+    ));
+    let mut args = vec![
+        "bench",
+        "--package",
+        "svclb-tests",
+        "--bench",
+        "svclb",
+        "--",
+    ];
+    if quick {
+        args.push("--quick");
+    }
+    let out_arg = out.to_string_lossy().into_owned();
+    args.extend(["--out", &out_arg]);
+    run(Command::new("cargo")
+        .args(&args)
+        .env("SVCLB_BIN", target.join("release/svclb")))
+}
+
 fn lint() -> Result<()> {
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
     run(Command::new("cargo").args([
@@ -173,6 +221,10 @@ fn run_task(cli: Cli) -> Result<()> {
         Task::Lint => {
             setup::setup()?;
             lint()
+        }
+        Task::Bench { quick } => {
+            setup::setup()?;
+            bench(quick)
         }
         Task::Test { filter } => {
             setup::setup()?;

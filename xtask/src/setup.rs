@@ -19,6 +19,10 @@ const PACKAGES: &[&str] = &[
     "curl",
     "socat",
     "procps",
+    // The benchmarks: kube-proxy's rule layouts, and a font for the chart.
+    "iptables",
+    "nftables",
+    "fonts-dejavu-core",
 ];
 
 fn output(program: &str, args: &[&str]) -> Option<String> {

@@ -1,0 +1,253 @@
+//! The control plane: time from manifests to entries in the kernel (cold start, and one
+//! endpoint change among many services), the agent's peak memory, and beside them the time
+//! iptables-restore and nft take to load kube-proxy's equivalent rule sets.
+
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use svclb::{
+    kernel_maps::Maps,
+    mapstate::service_key,
+    plan::{FrontendKey, Protocol},
+};
+use svclb_common::SlotKey;
+use svclb_tests::{Lab, LabSpec, netns};
+
+use crate::{
+    Settings,
+    kubeproxy::{self, Svc},
+};
+
+pub const ENDPOINTS: usize = 10;
+
+pub struct Cold {
+    pub services: usize,
+    /// Agent start to "serving" (load, attach, read and parse, plan, program).
+    pub ready_ms: f64,
+    /// The first sync alone, as the agent logged it.
+    pub sync_ms: f64,
+    pub peak_rss_mb: f64,
+    pub iptables_restore_ms: f64,
+    pub nft_ms: f64,
+}
+
+pub struct Change {
+    pub services: usize,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub peak_rss_mb: f64,
+    /// The agent's own sync time per change (median), from its log.
+    pub sync_p50_ms: f64,
+}
+
+pub fn vip(s: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + s as u32)
+}
+
+pub fn endpoint(s: usize, e: usize) -> Ipv4Addr {
+    Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(10, 200, 0, 0)) + 1 + ((s * ENDPOINTS + e) % 1_000_000) as u32,
+    )
+}
+
+pub fn services(n: usize) -> Vec<Svc> {
+    (0..n)
+        .map(|s| Svc {
+            vip: vip(s),
+            port: 80,
+            backends: (0..ENDPOINTS).map(|e| (endpoint(s, e), 8080)).collect(),
+        })
+        .collect()
+}
+
+/// One Service and its EndpointSlice, as one manifest file.
+pub fn manifest(s: usize, svc: &Svc) -> String {
+    let mut out = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc{s}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: {}, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc{s}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc{s}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n",
+        svc.vip, svc.port
+    );
+    for (addr, _) in &svc.backends {
+        let _ = writeln!(out, "- addresses: [\"{addr}\"]\n  nodeName: n2");
+    }
+    out
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmHWM:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().to_owned())
+            })
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Loads `rules` with `program args` inside namespace `ns`; milliseconds.
+fn load_time(ns: &str, program: &str, args: &[&str], rules: &str) -> Result<f64> {
+    use std::io::Write as _;
+    let started = Instant::now();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, program])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {program}"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e3)
+}
+
+/// The sync times the agent logged, in order (ms).
+fn sync_times_ms(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("svclb::agent: synced"))
+        .filter_map(|l| l.split("took_us=").nth(1))
+        .filter_map(|v| v.split_whitespace().next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .map(|us| us / 1e3)
+        .collect()
+}
+
+fn first_sync_ms(log: &str) -> f64 {
+    sync_times_ms(log).first().copied().unwrap_or(f64::NAN)
+}
+
+/// Whether the frontend of service `s` lists `addr` among its backends in the kernel.
+fn programmed(maps: &Maps, s: usize, addr: Ipv4Addr) -> bool {
+    let key = service_key(&FrontendKey::new(vip(s).into(), 80, Protocol::Tcp));
+    let Some(value) = maps.service(&key) else {
+        return false;
+    };
+    (0..value.count).any(|slot| {
+        maps.slot(&SlotKey {
+            svc_id: value.id,
+            slot,
+        })
+        .and_then(|id| maps.backend(id))
+        .is_some_and(|b| b.addr[..4] == addr.octets())
+    })
+}
+
+pub fn cold(n: usize) -> Result<(Cold, Lab)> {
+    let svcs = services(n);
+    let mut lab = Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 1,
+        ..LabSpec::default()
+    })?;
+    for (s, svc) in svcs.iter().enumerate() {
+        std::fs::write(lab.manifests.join(format!("svc{s}.yaml")), manifest(s, svc))?;
+    }
+    let started = Instant::now();
+    lab.start_agent(0)?;
+    let ready_ms = started.elapsed().as_secs_f64() * 1e3;
+    let pid = lab.agent_pid(0).context("the agent runs")?;
+    let scratch = format!("{}-rules", lab.id);
+    netns::ip(&["netns", "add", &scratch])?;
+    let iptables = load_time(
+        &scratch,
+        "iptables-restore",
+        &[],
+        &kubeproxy::iptables(&svcs),
+    );
+    let nft = load_time(&scratch, "nft", &["-f", "-"], &kubeproxy::nftables(&svcs));
+    netns::ip(&["netns", "del", &scratch])?;
+    Ok((
+        Cold {
+            services: n,
+            ready_ms,
+            sync_ms: first_sync_ms(&lab.agent_log(0)),
+            peak_rss_mb: peak_rss_mb(pid),
+            iptables_restore_ms: iptables?,
+            nft_ms: nft?,
+        },
+        lab,
+    ))
+}
+
+pub fn changes(lab: &Lab, n: usize, samples: usize) -> Result<Change> {
+    let maps = Maps::open_pinned(&lab.nodes[0].pin_dir)?;
+    let target = n / 2;
+    let mut svc = services(n).swap_remove(target);
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let fresh = Ipv4Addr::new(10, 250, (i / 250) as u8, (i % 250) as u8 + 1);
+        svc.backends[0] = (fresh, 8080);
+        let text = manifest(target, &svc);
+        let started = Instant::now();
+        lab.write_manifest(&format!("svc{target}.yaml"), &text)?;
+        loop {
+            if programmed(&maps, target, fresh) {
+                times.push(started.elapsed());
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("endpoint change {i} not in the kernel after 10 s");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    times.sort();
+    let mut syncs: Vec<f64> = sync_times_ms(&lab.agent_log(0))
+        .into_iter()
+        .skip(1)
+        .collect();
+    syncs.sort_by(f64::total_cmp);
+    let sync_p50_ms = syncs.get(syncs.len() / 2).copied().unwrap_or(f64::NAN);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let pick = |q: f64| ms(times[((times.len() as f64 - 1.0) * q).round() as usize]);
+    Ok(Change {
+        services: n,
+        samples,
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        max_ms: ms(*times.last().expect("samples")),
+        peak_rss_mb: peak_rss_mb(lab.agent_pid(0).context("the agent runs")?),
+        sync_p50_ms,
+    })
+}
+
+pub fn run(settings: &Settings) -> Result<(Vec<Cold>, Vec<Change>)> {
+    let sizes: &[usize] = if settings.quick {
+        &[1_000]
+    } else {
+        &[1_000, 10_000]
+    };
+    let samples = if settings.quick { 10 } else { 40 };
+    let mut colds = Vec::new();
+    let mut changes_rows = Vec::new();
+    for &n in sizes {
+        let (cold, lab) = cold(n)?;
+        eprintln!(
+            "  {n} services x {ENDPOINTS} endpoints: ready in {:.0} ms (first sync {:.0} ms), iptables-restore {:.0} ms, nft {:.0} ms, RSS {:.1} MB",
+            cold.ready_ms, cold.sync_ms, cold.iptables_restore_ms, cold.nft_ms, cold.peak_rss_mb
+        );
+        colds.push(cold);
+        let change = changes(&lab, n, samples)?;
+        eprintln!(
+            "  one endpoint change among {n}: p50 {:.1} ms, p99 {:.1} ms over {} changes (agent sync p50 {:.1} ms)",
+            change.p50_ms, change.p99_ms, change.samples, change.sync_p50_ms
+        );
+        changes_rows.push(change);
+    }
+    Ok((colds, changes_rows))
+}

@@ -1,0 +1,53 @@
+//! `cargo xtask bench [--quick]`: svclb measured side by side with the alternatives, in one
+//! run on one machine, written to `bench/results/<date>.md`. Every load loop is bounded in
+//! count and time and only touches lab addresses or BPF_PROG_TEST_RUN.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod control_plane;
+mod kubeproxy;
+mod maglev_cost;
+mod packet_cost;
+mod report;
+
+use std::time::Instant;
+
+use anyhow::{Context as _, Result, bail};
+
+/// What a run measures, and how hard.
+pub struct Settings {
+    pub quick: bool,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes `--bench`; our own flags are `--quick` and `--out FILE`.
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    if !svclb_tests::is_root() {
+        bail!("the benchmarks load BPF programs and build network namespaces: run them as root");
+    }
+    let settings = Settings { quick };
+    let started = Instant::now();
+    let mut report = report::Report::new(quick)?;
+
+    eprintln!("== per-packet cost (BPF_PROG_TEST_RUN)");
+    report.packet = packet_cost::run(&settings)?;
+    eprintln!("== control plane");
+    (report.cold, report.changes) = control_plane::run(&settings)?;
+    eprintln!("== Maglev table build");
+    report.maglev = maglev_cost::run(&settings);
+
+    report.took = started.elapsed();
+    let text = report.render();
+    println!("{text}");
+    if let Some(out) = out {
+        std::fs::write(&out, &text).with_context(|| format!("writing {out}"))?;
+        eprintln!("results written to {out}");
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! A loaded datapath for BPF_PROG_TEST_RUN, with maps seeded through the agent's own
+//! plan -> maps path. Shared by the datapath fixtures and the benchmarks.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use svclb::{
+    ebpf::INGRESS_PROGRAM,
+    kernel_maps::Maps,
+    loader::{self, MapSizes},
+    mapstate::{self, Capacity},
+    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope, WhenEmpty},
+    reconcile,
+};
+
+/// A frontend to program: address, port, protocol and its backends' addresses and ports.
+pub type FrontendSpec<'a> = (Ipv4Addr, u16, Protocol, &'a [(Ipv4Addr, u16)]);
+
+/// A loaded datapath with its maps pinned in a private directory, removed on drop.
+pub struct Datapath {
+    ebpf: Ebpf,
+    maps: Maps,
+    programmed: mapstate::MapState,
+    pin_dir: PathBuf,
+    sizes: MapSizes,
+}
+
+impl Datapath {
+    pub fn load(name: &str) -> Result<Self> {
+        Self::load_with(name, MapSizes::default())
+    }
+
+    pub fn load_with(name: &str, sizes: MapSizes) -> Result<Self> {
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/svl-fixture-{}-{name}",
+            std::process::id()
+        ));
+        loader::prepare_bpffs(&pin_dir)?;
+        let mut ebpf = loader::load(&pin_dir, sizes)?;
+        let maps = Maps::take(&mut ebpf)?;
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(INGRESS_PROGRAM)
+            .context("program")?
+            .try_into()?;
+        program.load()?;
+        Ok(Self {
+            ebpf,
+            maps,
+            programmed: mapstate::MapState::default(),
+            pin_dir,
+            sizes,
+        })
+    }
+
+    /// Programs `frontends` (address, port, protocol, backends) through the agent's pipeline.
+    pub fn program_services(&mut self, frontends: &[FrontendSpec<'_>]) {
+        let mut plan = Plan::default();
+        for (addr, port, protocol, backends) in frontends {
+            plan.frontends.insert(
+                FrontendKey::new(IpAddr::V4(*addr), *port, *protocol),
+                Frontend {
+                    service: format!("default/svc-{addr}"),
+                    port_name: String::new(),
+                    kind: FrontendKind::ClusterIP,
+                    scope: Scope::Internal,
+                    affinity_timeout_seconds: 0,
+                    source_ranges: Vec::new(),
+                    backends: backends
+                        .iter()
+                        .map(|(a, p)| PlanBackend {
+                            address: IpAddr::V4(*a),
+                            port: *p,
+                            node: None,
+                            local: false,
+                            terminating: false,
+                        })
+                        .collect(),
+                    when_empty: WhenEmpty::Reject,
+                },
+            );
+        }
+        let capacity = Capacity {
+            services: self.sizes.services as usize,
+            slots: self.sizes.slots as usize,
+            backends: self.sizes.backends as usize,
+        };
+        let (desired, diags) = mapstate::desired(&plan, &self.programmed, capacity);
+        assert!(diags.is_empty(), "{diags:?}");
+        let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+    }
+
+    /// Runs the program once on `frame`: its verdict and output frame.
+    pub fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let (verdict, out, _) = self.run_repeat(frame, 1)?;
+        Ok((verdict, out))
+    }
+
+    /// Runs the program `repeat` times on one copy of `frame` (a program that rewrites the
+    /// frame sees its own output from the second run on): verdict, output, and the kernel's
+    /// average time per run.
+    pub fn run_repeat(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(INGRESS_PROGRAM)
+            .context("program")?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out, result.duration))
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
