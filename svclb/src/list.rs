@@ -89,16 +89,21 @@ pub fn endpoint(address: IpAddr, port: u16) -> String {
     }
 }
 
-fn backend_cell(b: &ListedBackend) -> String {
-    let tags: Vec<&str> = [(b.local, "local"), (b.terminating, "terminating")]
+/// `addr:port`, with `(local)`, `(terminating)` or both when they apply.
+pub fn backend_label(address: IpAddr, port: u16, local: bool, terminating: bool) -> String {
+    let tags: Vec<&str> = [(local, "local"), (terminating, "terminating")]
         .into_iter()
         .filter_map(|(set, tag)| set.then_some(tag))
         .collect();
     if tags.is_empty() {
-        endpoint(b.address, b.port)
+        endpoint(address, port)
     } else {
-        format!("{} ({})", endpoint(b.address, b.port), tags.join(","))
+        format!("{} ({})", endpoint(address, port), tags.join(","))
     }
+}
+
+fn backend_cell(b: &ListedBackend) -> String {
+    backend_label(b.address, b.port, b.local, b.terminating)
 }
 
 pub fn render_table(listing: &Listing) -> String {

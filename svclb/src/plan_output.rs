@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     diag::Diagnostic,
-    list::endpoint,
+    list::backend_label,
     model::NodeInfo,
     plan::{Frontend, FrontendKey, HealthCheck, Plan},
 };
@@ -53,17 +53,7 @@ fn backends_cell(frontend: &Frontend) -> String {
     frontend
         .backends
         .iter()
-        .map(|b| {
-            let tags: Vec<&str> = [(b.local, "local"), (b.terminating, "terminating")]
-                .into_iter()
-                .filter_map(|(set, tag)| set.then_some(tag))
-                .collect();
-            if tags.is_empty() {
-                endpoint(b.address, b.port)
-            } else {
-                format!("{} ({})", endpoint(b.address, b.port), tags.join(","))
-            }
-        })
+        .map(|b| backend_label(b.address, b.port, b.local, b.terminating))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -302,6 +302,20 @@ fn matches_selector(object: &Value, query: &BTreeMap<String, String>) -> bool {
     })
 }
 
+/// The objects of the request's kind that match its selectors, and the current version.
+fn current(state: &Mutex<State>, request: &Request) -> (Vec<Value>, u64) {
+    let s = state.lock().expect("fake API state");
+    let objects = s
+        .objects
+        .iter()
+        .filter(|((kind, _, _), object)| {
+            kind == request.kind && matches_selector(object, &request.query)
+        })
+        .map(|(_, object)| object.clone())
+        .collect();
+    (objects, s.rv)
+}
+
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
@@ -373,18 +387,7 @@ async fn handle(
         .await;
     }
     if !watching {
-        let (items, rv) = {
-            let s = state.lock().expect("fake API state");
-            let items: Vec<Value> = s
-                .objects
-                .iter()
-                .filter(|((kind, _, _), object)| {
-                    kind == request.kind && matches_selector(object, &request.query)
-                })
-                .map(|(_, object)| object.clone())
-                .collect();
-            (items, s.rv)
-        };
+        let (items, rv) = current(&state, &request);
         let list = json!({"apiVersion": request.api_version, "kind": format!("{}List", request.kind),
                           "metadata": {"resourceVersion": rv.to_string()}, "items": items});
         return respond(&mut stream, 200, &list).await;
@@ -431,18 +434,7 @@ async fn handle(
     if from == 0 {
         // A watch from version 0 starts with the current state as ADDED events (the real
         // server's "any version" start), then follows changes from there.
-        let (current, rv) = {
-            let s = state.lock().expect("fake API state");
-            let current: Vec<Value> = s
-                .objects
-                .iter()
-                .filter(|((kind, _, _), object)| {
-                    kind == request.kind && matches_selector(object, &request.query)
-                })
-                .map(|(_, object)| object.clone())
-                .collect();
-            (current, s.rv)
-        };
+        let (current, rv) = current(&state, &request);
         for object in current {
             chunk(&mut stream, &json!({"type": "ADDED", "object": object})).await?;
         }
