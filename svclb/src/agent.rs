@@ -146,8 +146,9 @@ impl Syncer {
         for err in &report.errors {
             error!("map write failed: {err}");
         }
-        self.record(started.elapsed(), &report);
-        let took_us = started.elapsed().as_micros() as u64;
+        let took = started.elapsed();
+        self.record(took, &report);
+        let took_us = took.as_micros() as u64;
         let (frontends, backends) = (
             self.programmed.services.len(),
             self.programmed.backends.len(),

@@ -11,6 +11,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::netns::in_netns;
 
+/// How long a lab client waits for an answer that should come.
+pub const TIMEOUT: Duration = Duration::from_secs(2);
+
 /// One TCP connection: connect, ask once, read the name, close.
 pub fn tcp_ask(addr: SocketAddr, timeout: Duration) -> Result<String> {
     let mut session = TcpSession::connect(addr, timeout)?;

@@ -33,6 +33,10 @@ impl PortSpec {
     }
 }
 
+/// The lab's usual service ports: HTTP 80 and DNS 53, both onto the backends' port 8080.
+pub const WEB: PortSpec = PortSpec::tcp("http", 80, 8080);
+pub const DNS: PortSpec = PortSpec::udp("dns", 53, 8080);
+
 /// A ClusterIP Service named `name` on `cluster_ip` and one EndpointSlice holding `pods`
 /// (all ready).
 pub fn cluster_ip_service(

@@ -7,14 +7,10 @@ use anyhow::Result;
 use nix::sys::signal::Signal;
 use svclb_tests::{
     Lab, LabSpec,
-    client::{at, tally, tcp_ask_many, udp_ask_many},
-    manifests::{PortSpec, cluster_ip_service},
+    client::{TIMEOUT, at, tally, tcp_ask_many, udp_ask_many},
+    manifests::{DNS, PortSpec, WEB, cluster_ip_service},
     netns, skip_unless_root,
 };
-
-const TIMEOUT: Duration = Duration::from_secs(2);
-const WEB: PortSpec = PortSpec::tcp("http", 80, 8080);
-const DNS: PortSpec = PortSpec::udp("dns", 53, 8080);
 
 /// Programs attached to a device's tcx ingress hook in namespace `ns`.
 fn tcx_ingress_programs(ns: &str, dev: &str) -> Result<usize> {

@@ -6,15 +6,11 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::Result;
 use svclb_tests::{
     Lab, LabSpec,
-    client::{TcpSession, at, tally, tcp_ask_many, udp_ask_many},
-    manifests::{PortSpec, cluster_ip_service},
+    client::{TIMEOUT, TcpSession, at, tally, tcp_ask_many, udp_ask_many},
+    manifests::{DNS, WEB, cluster_ip_service},
     netns::in_netns,
     skip_unless_root,
 };
-
-const TIMEOUT: Duration = Duration::from_secs(2);
-const WEB: PortSpec = PortSpec::tcp("http", 80, 8080);
-const DNS: PortSpec = PortSpec::udp("dns", 53, 8080);
 
 #[test]
 fn pod_reaches_local_and_remote_backends_over_tcp_and_udp() -> Result<()> {

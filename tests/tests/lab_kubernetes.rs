@@ -7,16 +7,12 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::Result;
 use svclb_tests::{
     Lab, LabSpec,
-    client::{at, tally, tcp_ask_many, udp_ask_many},
+    client::{TIMEOUT, at, tally, tcp_ask_many, udp_ask_many},
     fake_api::FakeApi,
-    manifests::{PortSpec, cluster_ip_service, to_json_objects},
+    manifests::{DNS, WEB, cluster_ip_service, to_json_objects},
     netns::in_netns,
     skip_unless_root,
 };
-
-const TIMEOUT: Duration = Duration::from_secs(2);
-const WEB: PortSpec = PortSpec::tcp("http", 80, 8080);
-const DNS: PortSpec = PortSpec::udp("dns", 53, 8080);
 
 #[test]
 fn services_created_through_the_api_reach_their_backends() -> Result<()> {
