@@ -16,5 +16,5 @@ pub mod service;
 
 pub use addr::{FAMILY_V4, FAMILY_V6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, L3Addr};
 pub use backend::{Backend, SlotKey};
-pub use conntrack::{CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey};
-pub use service::{ServiceKey, ServiceValue};
+pub use conntrack::{AffinityKey, AffinityValue, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey};
+pub use service::{ServiceKey, ServiceValue, SourceRangeKey};

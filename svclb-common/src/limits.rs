@@ -5,11 +5,33 @@ pub const MAP_SERVICES: &str = "SVCLB_SERVICES";
 pub const MAP_BACKENDS: &str = "SVCLB_BACKENDS";
 pub const MAP_SLOTS: &str = "SVCLB_SLOTS";
 pub const MAP_CT: &str = "SVCLB_CT";
+pub const MAP_MAGLEV: &str = "SVCLB_MAGLEV";
+pub const MAP_AFFINITY: &str = "SVCLB_AFFINITY";
+pub const MAP_SOURCE_RANGES: &str = "SVCLB_SOURCE_RANGES";
 
 /// Every map the agent pins, in the order `svclb list` and cleanup walk them.
-pub const PINNED_MAPS: [&str; 4] = [MAP_SERVICES, MAP_BACKENDS, MAP_SLOTS, MAP_CT];
+pub const PINNED_MAPS: [&str; 7] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_SLOTS,
+    MAP_CT,
+    MAP_MAGLEV,
+    MAP_AFFINITY,
+    MAP_SOURCE_RANGES,
+];
 
 pub const SERVICES_MAX: usize = 65_536;
 pub const BACKENDS_MAX: usize = 65_536;
 pub const SLOTS_MAX: usize = 262_144;
 pub const CT_MAX: usize = 262_144;
+/// Frontends with a Maglev table (each table is its own inner array of M entries).
+pub const MAGLEV_MAX: usize = 16_384;
+/// The inner-map template of `SVCLB_MAGLEV`; tables of every allowed size fit it because it
+/// is created with `BPF_F_INNER_MAP`.
+pub const MAGLEV_TEMPLATE_SIZE: usize = 251;
+pub const AFFINITY_MAX: usize = 65_536;
+pub const SOURCE_RANGES_MAX: usize = 16_384;
+/// Source ports this node allocates when it SNATs a flow to a remote backend: above Linux's
+/// default ephemeral range (32768-60999), so they do not collide with the node's own sockets.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;

@@ -9,12 +9,21 @@ pub const SCOPE_ALL: u8 = 0;
 /// traffic from pods gets (kube-proxy short-circuits it to the internal endpoints).
 pub const SCOPE_INTERNAL_VIEW: u8 = 1;
 
-/// The frontend has no usable endpoint anywhere: new connections are to be refused (TCP RST,
-/// ICMP unreachable) rather than left to time out. Until the datapath sends those, they are
-/// dropped, like every new connection to a frontend without backends.
+/// The frontend has no usable endpoint anywhere: new connections are refused (TCP RST, ICMP
+/// port unreachable) rather than left to time out. Without this flag, a new connection to a
+/// frontend without backends is dropped (a Local traffic policy on a node without endpoints).
 pub const SVC_F_REJECT: u32 = 1 << 0;
 /// Traffic from pods must be looked up again with [`SCOPE_INTERNAL_VIEW`].
 pub const SVC_F_INTERNAL_VIEW: u32 = 1 << 1;
+/// A NodePort, LoadBalancer or external IP frontend: remote backends are reached through SNAT
+/// to this node, and translated packets leave by FIB lookup and redirect.
+pub const SVC_F_EXTERNAL: u32 = 1 << 2;
+/// Backends are chosen by Maglev over a hash of the flow: `SVCLB_MAGLEV` holds the frontend's
+/// table of `maglev_size` backend ids under its id.
+pub const SVC_F_MAGLEV: u32 = 1 << 3;
+/// Only sources in `SVCLB_SOURCE_RANGES` under the frontend's id may connect
+/// (`loadBalancerSourceRanges`).
+pub const SVC_F_SOURCE_RANGES: u32 = 1 << 4;
 
 /// Key of the `SVCLB_SERVICES` map.
 #[repr(C)]
@@ -41,8 +50,21 @@ pub struct ServiceValue {
     pub flags: u32,
     /// ClientIP affinity timeout in seconds, 0 when the service has none.
     pub affinity_timeout_s: u32,
+    /// Size M of the Maglev table (with [`SVC_F_MAGLEV`]), else 0.
+    pub maglev_size: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ServiceValue>() == 16);
+const _: () = assert!(size_of::<ServiceValue>() == 24);
+
+/// Key of the `SVCLB_SOURCE_RANGES` LPM trie (the trie's prefix length counts the 32 bits of
+/// `svc_id` first, then the address prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRangeKey {
+    pub svc_id_be: u32,
+    pub addr: L3Addr,
+}
+const _: () = assert!(size_of::<SourceRangeKey>() == 20);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -50,4 +72,5 @@ mod pod {
     // (the size assertions above pin the layout).
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::SourceRangeKey {}
 }

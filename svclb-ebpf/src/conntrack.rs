@@ -1,22 +1,29 @@
-//! Conntrack: the forward entry pins a flow to its backend, the reply entry finds the frontend
-//! to restore on the way back. Entries age out of the LRU map.
+//! The conntrack map: lookups, refreshes and the two entries of a new flow.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
-use svclb_common::{Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
+use svclb_common::{
+    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, L3Addr,
+    conntrack::{CT_F_REDIRECT, CT_F_SNAT},
+    limits::{SNAT_PORT_MAX, SNAT_PORT_MIN},
+};
 
 use crate::{maps::SVCLB_CT, parse::Packet};
 
-/// `last_seen_ns` is refreshed at most this often, so an established flow does not dirty its
-/// entry's cache line on every packet.
+/// `last_seen_ns` is refreshed at most this often, so busy flows do not write the entry on
+/// every packet.
 const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+/// Ports tried for one SNAT before the flow is dropped (the client retries).
+const SNAT_TRIES: u32 = 8;
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
-    // SAFETY: a helper without arguments or side effects.
+    // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The key under which `pkt` itself is tracked, in direction `dir`.
 #[inline(always)]
 pub fn key_of(pkt: &Packet, dir: u8) -> CtKey {
     CtKey {
@@ -38,8 +45,7 @@ pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
 
 #[inline(always)]
 pub fn touch(entry: *mut CtEntry, now: u64) {
-    // SAFETY: `entry` comes from a lookup in this program run; a racing writer can at worst
-    // store another recent timestamp.
+    // SAFETY: `entry` points into the map; a racing write can only store another valid time.
     unsafe {
         if now.wrapping_sub((*entry).last_seen_ns) > TOUCH_INTERVAL_NS {
             (*entry).last_seen_ns = now;
@@ -47,8 +53,9 @@ pub fn touch(entry: *mut CtEntry, now: u64) {
     }
 }
 
-/// Records a new flow of `pkt` (client -> frontend) translated to `backend`. The reply entry
-/// goes in first: a flow is either tracked in both directions or not at all.
+/// Records a DNAT-only flow (the client's address is kept). The reply entry is written first:
+/// a flow whose forward entry exists always has its reply entry. Replies of an external
+/// frontend's flow leave by redirect (their new source may be this node's address).
 #[inline(always)]
 pub fn create(
     pkt: &Packet,
@@ -56,14 +63,17 @@ pub fn create(
     backend_id: u32,
     svc_id: u32,
     now: u64,
+    reply_flags: u16,
 ) -> Result<(), i64> {
     let forward = CtEntry {
         nat_addr: backend.addr,
         nat_port_be: backend.port_be,
-        _pad0: 0,
+        flags: 0,
         backend_id,
         svc_id,
-        _pad1: 0,
+        snat_port_be: 0,
+        _pad: 0,
+        snat_addr: [0; 16],
         created_ns: now,
         last_seen_ns: now,
     };
@@ -80,13 +90,79 @@ pub fn create(
     let reply = CtEntry {
         nat_addr: pkt.daddr,
         nat_port_be: pkt.dport_be,
+        flags: reply_flags,
         ..forward
     };
     SVCLB_CT.insert(&reply_key, &reply, u64::from(BPF_ANY))?;
     if let Err(err) = SVCLB_CT.insert(&key_of(pkt, CT_DIR_FORWARD), &forward, u64::from(BPF_ANY)) {
-        // Best effort: a stale reply entry alone would only rewrite a direct flow's replies.
         let _ = SVCLB_CT.remove(&reply_key);
         return Err(err.into());
     }
     Ok(())
+}
+
+/// Records a flow that is DNATed to a remote backend and SNATed to `node:port`, allocating
+/// the port: a free one is claimed by inserting the reply entry with `BPF_NOEXIST`, so two
+/// flows can never share a reply tuple, even when one backend sits behind several frontends.
+/// Returns the port (network order).
+#[inline(always)]
+pub fn create_snat(
+    pkt: &Packet,
+    backend: &Backend,
+    backend_id: u32,
+    svc_id: u32,
+    now: u64,
+    node: &L3Addr,
+) -> Result<u16, i64> {
+    const RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    let mut reply_key = CtKey {
+        saddr: backend.addr,
+        daddr: *node,
+        sport_be: backend.port_be,
+        dport_be: 0,
+        proto: pkt.proto,
+        family: pkt.family,
+        dir: CT_DIR_REPLY,
+        _pad: 0,
+    };
+    let mut entry = CtEntry {
+        nat_addr: pkt.daddr,
+        nat_port_be: pkt.dport_be,
+        flags: CT_F_SNAT | CT_F_REDIRECT,
+        backend_id,
+        svc_id,
+        snat_port_be: pkt.sport_be,
+        _pad: 0,
+        snat_addr: pkt.saddr,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    // SAFETY: a helper without arguments or side effects.
+    let start = unsafe { bpf_get_prandom_u32() } % RANGE;
+    let mut port_be = 0;
+    for attempt in 0..SNAT_TRIES {
+        // A stride coprime to RANGE walks distinct ports.
+        let port = SNAT_PORT_MIN as u32 + (start + attempt * 997) % RANGE;
+        reply_key.dport_be = (port as u16).to_be();
+        if SVCLB_CT
+            .insert(&reply_key, &entry, u64::from(BPF_NOEXIST))
+            .is_ok()
+        {
+            port_be = reply_key.dport_be;
+            break;
+        }
+    }
+    if port_be == 0 {
+        return Err(-1);
+    }
+    // The same entry, turned round: the forward direction.
+    entry.nat_addr = backend.addr;
+    entry.nat_port_be = backend.port_be;
+    entry.snat_port_be = port_be;
+    entry.snat_addr = *node;
+    if let Err(err) = SVCLB_CT.insert(&key_of(pkt, CT_DIR_FORWARD), &entry, u64::from(BPF_ANY)) {
+        let _ = SVCLB_CT.remove(&reply_key);
+        return Err(err.into());
+    }
+    Ok(port_be)
 }

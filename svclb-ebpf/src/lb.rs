@@ -1,120 +1,241 @@
-//! Service lookup, backend choice and the per-packet decision.
+//! The per-packet decision of the TC programs.
+//!
+//! The BPF stack is 512 bytes for the whole call chain. The packet, its frontend and the
+//! chosen backend live in a per-CPU scratch area instead of the stack, and the heavier steps
+//! are BPF subprograms (`inline(never)`) with frames of their own. Subprograms return a plain
+//! verdict (an error drops the packet): the verifier does not let one return a pointer to its
+//! stack, which is how a `Result` would come back.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_get_prandom_u32,
+    btf_maps::PerCpuArray,
+    macros::btf_map,
     programs::TcContext,
 };
 use svclb_common::{
-    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, ServiceKey, ServiceValue, SlotKey,
-    service::SCOPE_ALL,
+    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, L3Addr, ServiceValue,
+    backend::BE_F_LOCAL,
+    conntrack::{CT_F_REDIRECT, CT_F_SNAT},
+    service::{SCOPE_INTERNAL_VIEW, SVC_F_EXTERNAL, SVC_F_INTERNAL_VIEW, SVC_F_REJECT},
 };
 
 use crate::{
-    conntrack,
-    maps::{SVCLB_BACKENDS, SVCLB_SERVICES, SVCLB_SLOTS},
-    nat::{End, rewrite_v4},
+    conntrack, forward,
+    nat::{self, End, rewrite_v4},
     parse::{Packet, parse},
+    reject::reject,
+    select,
 };
 
-#[inline(always)]
-fn service_of(pkt: &Packet) -> Option<ServiceValue> {
-    let key = ServiceKey {
-        addr: pkt.daddr,
-        port_be: pkt.dport_be,
-        proto: pkt.proto,
-        family: pkt.family,
-        scope: SCOPE_ALL,
-        _pad: [0; 3],
-    };
-    // SAFETY: the value is copied out at once.
-    SVCLB_SERVICES.get_ptr(&key).map(|value| unsafe { *value })
+/// Where the program runs: which frontend entry a packet gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Host side of a pod's device: traffic from pods (internal).
+    Pod,
+    /// An uplink: traffic from outside the node.
+    Uplink,
 }
 
-#[inline(always)]
-fn backend(id: u32) -> Option<Backend> {
-    // SAFETY: the value is copied out at once.
-    SVCLB_BACKENDS.get_ptr(&id).map(|value| unsafe { *value })
+/// Per-packet state kept off the stack.
+pub struct Scratch {
+    pkt: Packet,
+    svc: ServiceValue,
+    picked: Picked,
 }
+
+/// The backend chosen for a new flow.
+struct Picked {
+    id: u32,
+    backend: Backend,
+    now: u64,
+}
+
+#[btf_map]
+static SVCLB_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 /// Whether the backend a tracked flow points at is still programmed. Checked for UDP packets
 /// and TCP SYNs only: established TCP keeps its backend even after the endpoint is removed
 /// (as with kube-proxy), while UDP flows and reused TCP tuples move to a live backend.
 #[inline(always)]
 fn backend_alive(entry: &CtEntry) -> bool {
-    backend(entry.backend_id)
+    select::backend(entry.backend_id)
         .is_some_and(|be| be.addr == entry.nat_addr && be.port_be == entry.nat_port_be)
 }
 
-/// Uniform random choice among the frontend's slots.
-#[inline(always)]
-fn pick(svc: &ServiceValue) -> Option<(u32, Backend)> {
-    if svc.count == 0 {
-        return None;
-    }
-    // SAFETY: a helper without arguments or side effects.
-    let slot = unsafe { bpf_get_prandom_u32() } % svc.count;
-    let key = SlotKey {
-        svc_id: svc.id,
-        slot,
+pub fn ingress(ctx: &TcContext, side: Side) -> i32 {
+    let Some(scratch) = SVCLB_SCRATCH.get_ptr_mut(0) else {
+        return TC_ACT_OK;
     };
-    // SAFETY: the value is copied out at once.
-    let id = SVCLB_SLOTS.get_ptr(&key).map(|value| unsafe { *value })?;
-    Some((id, backend(id)?))
+    // SAFETY: this CPU's scratch area; nothing else runs on it until the program returns.
+    let s = unsafe { &mut *scratch };
+    if !parse(ctx, &mut s.pkt) {
+        return TC_ACT_OK;
+    }
+    let Some(svc) = select::frontend(&s.pkt) else {
+        return from_backend(ctx, &s.pkt);
+    };
+    // Pods reaching an external frontend with a Local traffic policy get the frontend's
+    // internal view (kube-proxy's short-circuit).
+    s.svc = if side == Side::Pod && svc.flags & SVC_F_INTERNAL_VIEW != 0 {
+        select::service(&s.pkt, SCOPE_INTERNAL_VIEW).unwrap_or(svc)
+    } else {
+        svc
+    };
+    to_service(ctx, s)
 }
 
-pub fn ingress(ctx: &TcContext) -> Result<i32, i64> {
-    let Some(pkt) = parse(ctx) else {
+/// Sends a rewritten packet on: by FIB redirect when the flow asks for it (`daddr` is its new
+/// destination), else through the stack.
+#[inline(always)]
+fn send(ctx: &TcContext, pkt: &Packet, flags: u16, daddr: &L3Addr) -> Result<i32, i64> {
+    if flags & CT_F_REDIRECT == 0 {
         return Ok(TC_ACT_OK);
-    };
-    match service_of(&pkt) {
-        Some(svc) => to_service(ctx, &pkt, &svc),
-        None => from_backend(ctx, &pkt),
+    }
+    nat::decrement_ttl(ctx, pkt)?;
+    Ok(forward::redirect(ctx, pkt, daddr))
+}
+
+/// A packet addressed to a frontend: translate it as its tracked flow says, or pick a backend.
+#[inline(always)]
+fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
+    if !select::admitted(&s.svc, &s.pkt) {
+        return TC_ACT_SHOT;
+    }
+    let now = conntrack::now_ns();
+    let verdict = tracked(ctx, &s.pkt, &s.svc, now);
+    if verdict != NOT_TRACKED {
+        return verdict;
+    }
+    s.picked.now = now;
+    if !pick(s) {
+        if s.svc.flags & SVC_F_REJECT != 0 {
+            return reject(ctx, &s.pkt);
+        }
+        return TC_ACT_SHOT;
+    }
+    if s.svc.flags & SVC_F_EXTERNAL != 0 && s.picked.backend.flags & BE_F_LOCAL == 0 {
+        return to_remote(ctx, s);
+    }
+    to_local(ctx, s)
+}
+
+/// What [`tracked`] returns for a packet it leaves to the caller.
+const NOT_TRACKED: i32 = i32::MIN;
+
+/// Picks the backend of a new flow into `s.picked`; `false` when the frontend has none.
+#[inline(never)]
+fn pick(s: &mut Scratch) -> bool {
+    match select::pick(&s.svc, &s.pkt, s.picked.now) {
+        Some((id, backend)) => {
+            s.picked.id = id;
+            s.picked.backend = backend;
+            true
+        }
+        None => false,
     }
 }
 
-/// A packet addressed to a frontend: DNAT to the tracked backend, or pick one.
-#[inline(always)]
-fn to_service(ctx: &TcContext, pkt: &Packet, svc: &ServiceValue) -> Result<i32, i64> {
-    let now = conntrack::now_ns();
-    if let Some(entry) = conntrack::lookup(&conntrack::key_of(pkt, CT_DIR_FORWARD)) {
-        // SAFETY: copied out of a map value found in this run.
-        let tracked = unsafe { *entry };
-        let recheck = pkt.is_udp() || pkt.is_tcp_syn();
-        if tracked.svc_id == svc.id && (!recheck || backend_alive(&tracked)) {
-            conntrack::touch(entry, now);
-            rewrite_v4(
-                ctx,
-                pkt,
-                End::Destination,
-                &tracked.nat_addr,
-                tracked.nat_port_be,
-            )?;
-            return Ok(TC_ACT_OK);
-        }
+/// A packet of a tracked flow whose backend still serves it: translated as recorded; the
+/// verdict, or [`NOT_TRACKED`] when the flow is unknown or must pick again.
+#[inline(never)]
+fn tracked(ctx: &TcContext, pkt: &Packet, svc: &ServiceValue, now: u64) -> i32 {
+    let Some(entry) = conntrack::lookup(&conntrack::key_of(pkt, CT_DIR_FORWARD)) else {
+        return NOT_TRACKED;
+    };
+    // SAFETY: a map value found in this run stays valid until the program returns.
+    let tracked = unsafe { &*entry };
+    let recheck = pkt.is_udp() || pkt.is_tcp_syn();
+    if tracked.svc_id != svc.id || (recheck && !backend_alive(tracked)) {
+        return NOT_TRACKED;
     }
-    let Some((backend_id, backend)) = pick(svc) else {
+    if tracked.flags & CT_F_REDIRECT != 0 && pkt.ttl <= 1 {
+        return TC_ACT_SHOT;
+    }
+    conntrack::touch(entry, now);
+    if nat::apply(ctx, pkt, tracked, false).is_err() {
+        return TC_ACT_SHOT;
+    }
+    send(ctx, pkt, tracked.flags, &tracked.nat_addr).unwrap_or(TC_ACT_SHOT)
+}
+
+/// A new flow to a backend on this node, or of a cluster IP: DNAT only, the client's address
+/// is kept.
+#[inline(never)]
+fn to_local(ctx: &TcContext, s: &Scratch) -> i32 {
+    dnat_new(ctx, s).unwrap_or(TC_ACT_SHOT)
+}
+
+#[inline(always)]
+fn dnat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
+    let reply_flags = if s.svc.flags & SVC_F_EXTERNAL != 0 {
+        CT_F_REDIRECT
+    } else {
+        0
+    };
+    let backend = &s.picked.backend;
+    conntrack::create(
+        &s.pkt,
+        backend,
+        s.picked.id,
+        s.svc.id,
+        s.picked.now,
+        reply_flags,
+    )?;
+    rewrite_v4(
+        ctx,
+        &s.pkt,
+        End::Destination,
+        &backend.addr,
+        backend.port_be,
+    )?;
+    Ok(TC_ACT_OK)
+}
+
+/// A new flow of an external frontend to a backend on another node: SNAT to this node's
+/// address towards the backend, so the reply comes back here to be translated.
+#[inline(never)]
+fn to_remote(ctx: &TcContext, s: &Scratch) -> i32 {
+    snat_new(ctx, s).unwrap_or(TC_ACT_SHOT)
+}
+
+#[inline(always)]
+fn snat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
+    let (pkt, backend) = (&s.pkt, &s.picked.backend);
+    if pkt.ttl <= 1 {
+        return Ok(TC_ACT_SHOT);
+    }
+    let Some((_, node)) = forward::route(ctx, pkt, &backend.addr) else {
         return Ok(TC_ACT_SHOT);
     };
-    conntrack::create(pkt, &backend, backend_id, svc.id, now)?;
+    let port_be = conntrack::create_snat(pkt, backend, s.picked.id, s.svc.id, s.picked.now, &node)?;
     rewrite_v4(ctx, pkt, End::Destination, &backend.addr, backend.port_be)?;
-    Ok(TC_ACT_OK)
+    rewrite_v4(ctx, pkt, End::Source, &node, port_be)?;
+    send(ctx, pkt, CT_F_SNAT | CT_F_REDIRECT, &backend.addr)
 }
 
-/// Not addressed to a frontend: a reply of a translated flow gets its frontend back as source.
+/// Not addressed to a frontend: a reply of a translated flow gets its frontend back as source
+/// (and, for a SNATed flow, its client back as destination).
+#[inline(never)]
+fn from_backend(ctx: &TcContext, pkt: &Packet) -> i32 {
+    reverse(ctx, pkt).unwrap_or(TC_ACT_SHOT)
+}
+
 #[inline(always)]
-fn from_backend(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
-    if let Some(entry) = conntrack::lookup(&conntrack::key_of(pkt, CT_DIR_REPLY)) {
-        conntrack::touch(entry, conntrack::now_ns());
-        // SAFETY: copied out of a map value found in this run.
-        let tracked = unsafe { *entry };
-        rewrite_v4(
-            ctx,
-            pkt,
-            End::Source,
-            &tracked.nat_addr,
-            tracked.nat_port_be,
-        )?;
+fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
+    let Some(entry) = conntrack::lookup(&conntrack::key_of(pkt, CT_DIR_REPLY)) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: a map value found in this run stays valid until the program returns.
+    let tracked = unsafe { &*entry };
+    if tracked.flags & CT_F_REDIRECT != 0 && pkt.ttl <= 1 {
+        return Ok(TC_ACT_SHOT);
     }
-    Ok(TC_ACT_OK)
+    conntrack::touch(entry, conntrack::now_ns());
+    nat::apply(ctx, pkt, tracked, true)?;
+    let daddr = if tracked.flags & CT_F_SNAT != 0 {
+        tracked.snat_addr
+    } else {
+        pkt.daddr
+    };
+    send(ctx, pkt, tracked.flags, &daddr)
 }

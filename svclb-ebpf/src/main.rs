@@ -1,26 +1,43 @@
-//! svclb datapath: entry points only. The work lives in the modules named for what they hold.
 #![no_std]
 #![no_main]
 #![allow(
     clippy::not_unsafe_ptr_arg_deref,
-    reason = "the entry points aya's #[classifier] generates take the kernel's skb pointer"
+    reason = "the entry points aya's macros generate take the kernel's context pointer"
 )]
 
 mod conntrack;
+mod forward;
 mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod reject;
+mod select;
+mod xdp;
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::xdp_action::XDP_PASS,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
-/// TC ingress on pod-facing devices and uplinks: DNAT of new and tracked service flows, reverse
-/// NAT of replies. Everything else passes untouched.
+/// TC ingress on the host side of pod devices: east-west traffic and replies of local
+/// backends.
 #[classifier]
-pub fn svclb_ingress(ctx: TcContext) -> i32 {
-    // An error means a rewrite helper failed part-way: the packet may be half translated, so it
-    // is dropped rather than delivered with a wrong header or checksum.
-    lb::ingress(&ctx).unwrap_or(TC_ACT_SHOT)
+pub fn svclb_pod(ctx: TcContext) -> i32 {
+    lb::ingress(&ctx, lb::Side::Pod)
+}
+
+/// TC ingress on uplinks: north-south traffic and replies of remote backends.
+#[classifier]
+pub fn svclb_uplink(ctx: TcContext) -> i32 {
+    lb::ingress(&ctx, lb::Side::Uplink)
+}
+
+/// XDP on uplinks: drops what no frontend admits before the stack sees it.
+#[xdp]
+pub fn svclb_xdp(ctx: XdpContext) -> u32 {
+    xdp::early(&ctx).unwrap_or(XDP_PASS)
 }
 
 #[cfg(not(test))]

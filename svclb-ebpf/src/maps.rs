@@ -1,13 +1,18 @@
-//! The maps of the datapath. All are pinned by name under the agent's `--bpffs-dir` and carry
-//! BTF, so `bpftool map dump pinned DIR/NAME` prints named fields.
+//! The maps, pinned by name so a restarted agent (and bpftool) finds them. Capacities here are
+//! defaults; the agent sets the real ones at load time.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap},
+    bindings::BPF_F_INNER_MAP,
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap},
     macros::btf_map,
 };
 use svclb_common::{
-    Backend, CtEntry, CtKey, ServiceKey, ServiceValue, SlotKey,
-    limits::{BACKENDS_MAX, CT_MAX, SERVICES_MAX, SLOTS_MAX},
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, ServiceKey, ServiceValue, SlotKey,
+    SourceRangeKey,
+    limits::{
+        AFFINITY_MAX, BACKENDS_MAX, CT_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE, SERVICES_MAX,
+        SLOTS_MAX, SOURCE_RANGES_MAX,
+    },
 };
 
 #[btf_map(pin_by_name)]
@@ -21,3 +26,16 @@ pub static SVCLB_SLOTS: HashMap<SlotKey, u32, SLOTS_MAX> = HashMap::new();
 
 #[btf_map(pin_by_name)]
 pub static SVCLB_CT: LruHashMap<CtKey, CtEntry, CT_MAX> = LruHashMap::new();
+
+/// Frontend id -> its Maglev table (backend ids). `BPF_F_INNER_MAP` lets tables of any size
+/// stand in for the template.
+pub type MaglevTable = Array<u32, MAGLEV_TEMPLATE_SIZE, { BPF_F_INNER_MAP as usize }>;
+
+#[btf_map(pin_by_name)]
+pub static SVCLB_MAGLEV: HashOfMaps<u32, MaglevTable, MAGLEV_MAX> = HashOfMaps::new();
+
+#[btf_map(pin_by_name)]
+pub static SVCLB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, AFFINITY_MAX> = LruHashMap::new();
+
+#[btf_map(pin_by_name)]
+pub static SVCLB_SOURCE_RANGES: LpmTrie<SourceRangeKey, u32, SOURCE_RANGES_MAX> = LpmTrie::new();

@@ -8,9 +8,9 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use svclb_common::{L3Addr, addr::v4_octets};
+use svclb_common::{CtEntry, L3Addr, addr::v4_octets, conntrack::CT_F_SNAT};
 
-use crate::parse::{IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, Packet};
+use crate::parse::{IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV4_TTL_OFF, Packet};
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy)]
@@ -66,5 +66,36 @@ pub fn rewrite_v4(
         )?;
         ctx.store(pkt.l4_off + port_off, &new_port_be, 0)?;
     }
+    Ok(())
+}
+
+/// Applies a conntrack entry: forward entries rewrite the destination (and with SNAT the
+/// source), reply entries the source (and with SNAT the destination).
+#[inline(always)]
+pub fn apply(ctx: &TcContext, pkt: &Packet, entry: &CtEntry, reply: bool) -> Result<(), i64> {
+    let (main, other) = if reply {
+        (End::Source, End::Destination)
+    } else {
+        (End::Destination, End::Source)
+    };
+    rewrite_v4(ctx, pkt, main, &entry.nat_addr, entry.nat_port_be)?;
+    if entry.flags & CT_F_SNAT != 0 {
+        rewrite_v4(ctx, pkt, other, &entry.snat_addr, entry.snat_port_be)?;
+    }
+    Ok(())
+}
+
+/// Decrements the TTL of a packet this program forwards itself (the stack would have).
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, pkt: &Packet) -> Result<(), i64> {
+    let old = u16::from_ne_bytes([pkt.ttl, pkt.proto]);
+    let new = u16::from_ne_bytes([pkt.ttl - 1, pkt.proto]);
+    ctx.l3_csum_replace(
+        pkt.l3_off + IPV4_CSUM_OFF,
+        u64::from(old),
+        u64::from(new),
+        2,
+    )?;
+    ctx.store(pkt.l3_off + IPV4_TTL_OFF, &(pkt.ttl - 1), 0)?;
     Ok(())
 }

@@ -1,11 +1,13 @@
-//! Header parsing with bounds checks against the real header lengths (IPv4 IHL).
+//! Header parsing: Ethernet, IPv4 (with options), TCP and UDP. Anything else is not ours and
+//! passes untouched. The same parser serves TC (after pulling headers into the linear area)
+//! and XDP (whose frames are always linear).
 
 use aya_ebpf::programs::TcContext;
 use svclb_common::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, L3Addr, addr::v4};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
-/// More-fragments bit and fragment offset of the IPv4 `frag_off` field (host order).
+/// More-fragments flag and fragment offset: any of them set means a fragment.
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 
 const TCP_CSUM_OFF: usize = 16;
@@ -35,29 +37,28 @@ struct Ipv4Hdr {
     daddr: [u8; 4],
 }
 
-/// Offset of the IPv4 header checksum from the start of the IP header.
+pub const IPV4_TTL_OFF: usize = 8;
 pub const IPV4_CSUM_OFF: usize = 10;
-/// Offset of the IPv4 source address from the start of the IP header.
 pub const IPV4_SADDR_OFF: usize = 12;
-/// Offset of the IPv4 destination address from the start of the IP header.
 pub const IPV4_DADDR_OFF: usize = 16;
 
-/// What the datapath needs to know of a TCP or UDP packet.
+/// What the datapath needs to know about a packet. Ports are in network order.
 pub struct Packet {
     pub l3_off: usize,
     pub l4_off: usize,
+    pub ihl: u8,
     pub family: u8,
     pub proto: u8,
+    pub ttl: u8,
+    pub tot_len_be: u16,
     pub saddr: L3Addr,
     pub daddr: L3Addr,
     pub sport_be: u16,
     pub dport_be: u16,
-    /// TCP flags; 0 for UDP.
     pub tcp_flags: u8,
 }
 
 impl Packet {
-    /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
         self.l4_off
@@ -74,27 +75,32 @@ impl Packet {
     }
 
     #[inline(always)]
+    pub fn is_tcp(&self) -> bool {
+        self.proto == IPPROTO_TCP
+    }
+
+    /// A TCP SYN without ACK: the first packet of a connection.
+    #[inline(always)]
     pub fn is_tcp_syn(&self) -> bool {
         self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
     }
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
     if start + offset + size_of::<T>() > end {
         return None;
     }
     Some((start + offset) as *const T)
 }
 
-/// Parses an Ethernet/IPv4/{TCP,UDP} packet. `None` for anything else: other ethertypes, IP
-/// fragments, other protocols, or a packet too short to hold the headers it announces.
+/// Parses a TC packet into `out`, first pulling the headers into the linear area when they
+/// are not there (GRO, some drivers); only then, since a pull can copy a cloned skb. `false`
+/// for a packet that is not ours. (Written in place: a returned `Packet` would sit on the
+/// caller's stack.)
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Option<Packet> {
-    // Headers may sit outside the linear area (GRO, some drivers); pull just what is needed
-    // and only when it is missing, since a pull can copy a cloned skb.
+pub fn parse(ctx: &TcContext, out: &mut Packet) -> bool {
+    // Ethernet + the longest IPv4 header + a TCP header without options.
     const WANT: usize = ETH_HLEN + 60 + 20;
     let linear = ctx.data_end() - ctx.data();
     if linear < WANT && (ctx.len() as usize) > linear {
@@ -103,38 +109,70 @@ pub fn parse(ctx: &TcContext) -> Option<Packet> {
         } else {
             WANT as u32
         };
-        ctx.pull_data(want).ok()?;
+        if ctx.pull_data(want).is_err() {
+            return false;
+        }
     }
+    parse_into(ctx.data(), ctx.data_end(), out).is_some()
+}
 
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+/// Parses the frame between `start` and `end` (packet pointers the verifier has seen).
+#[inline(always)]
+pub fn parse_frame(start: usize, end: usize) -> Option<Packet> {
+    let mut pkt = Packet {
+        l3_off: 0,
+        l4_off: 0,
+        ihl: 0,
+        family: 0,
+        proto: 0,
+        ttl: 0,
+        tot_len_be: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport_be: 0,
+        dport_be: 0,
+        tcp_flags: 0,
+    };
+    parse_into(start, end, &mut pkt)?;
+    Some(pkt)
+}
+
+#[inline(always)]
+fn parse_into(start: usize, end: usize, out: &mut Packet) -> Option<()> {
+    let eth = ptr_at::<EthHdr>(start, end, 0)?;
+    // SAFETY: bounds checked by ptr_at.
     if u16::from_be(unsafe { (*eth).proto_be }) != ETH_P_IP {
         return None;
     }
     let l3_off = ETH_HLEN;
-    let ip = ptr_at::<Ipv4Hdr>(ctx, l3_off)?;
-    let (version_ihl, frag_off_be, proto, saddr, daddr) = unsafe {
+    let ip = ptr_at::<Ipv4Hdr>(start, end, l3_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (version_ihl, tot_len_be, frag_off_be, ttl, proto, saddr, daddr) = unsafe {
         (
             (*ip).version_ihl,
+            (*ip).tot_len_be,
             (*ip).frag_off_be,
+            (*ip).ttl,
             (*ip).proto,
             (*ip).saddr,
             (*ip).daddr,
         )
     };
-    let ihl = (version_ihl & 0x0f) as usize;
+    let ihl = version_ihl & 0x0f;
     if version_ihl >> 4 != 4 || ihl < 5 {
         return None;
     }
+    // Fragments carry no (or only part of the) ports: not translated.
     if u16::from_be(frag_off_be) & IP_MF_OFFSET_MASK != 0 {
         return None;
     }
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return None;
     }
-    let l4_off = l3_off + ihl * 4;
-    // One bounds check covers the ports and, for TCP, the flags and checksum.
+    let l4_off = l3_off + usize::from(ihl) * 4;
     let (sport_be, dport_be, tcp_flags) = if proto == IPPROTO_TCP {
-        let tcp = ptr_at::<[u8; 20]>(ctx, l4_off)?;
+        let tcp = ptr_at::<[u8; 20]>(start, end, l4_off)?;
+        // SAFETY: bounds checked by ptr_at.
         let tcp = unsafe { &*tcp };
         (
             u16::from_ne_bytes([tcp[0], tcp[1]]),
@@ -142,7 +180,8 @@ pub fn parse(ctx: &TcContext) -> Option<Packet> {
             tcp[TCP_FLAGS_OFF],
         )
     } else {
-        let udp = ptr_at::<[u8; 8]>(ctx, l4_off)?;
+        let udp = ptr_at::<[u8; 8]>(start, end, l4_off)?;
+        // SAFETY: bounds checked by ptr_at.
         let udp = unsafe { &*udp };
         (
             u16::from_ne_bytes([udp[0], udp[1]]),
@@ -150,15 +189,17 @@ pub fn parse(ctx: &TcContext) -> Option<Packet> {
             0,
         )
     };
-    Some(Packet {
-        l3_off,
-        l4_off,
-        family: FAMILY_V4,
-        proto,
-        saddr: v4(saddr),
-        daddr: v4(daddr),
-        sport_be,
-        dport_be,
-        tcp_flags,
-    })
+    out.l3_off = l3_off;
+    out.l4_off = l4_off;
+    out.ihl = ihl;
+    out.family = FAMILY_V4;
+    out.proto = proto;
+    out.ttl = ttl;
+    out.tot_len_be = tot_len_be;
+    out.saddr = v4(saddr);
+    out.daddr = v4(daddr);
+    out.sport_be = sport_be;
+    out.dport_be = dport_be;
+    out.tcp_flags = tcp_flags;
+    Some(())
 }

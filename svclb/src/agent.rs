@@ -12,20 +12,22 @@ use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
 use ipnet::IpNet;
 use rtnetlink::{MulticastGroup, new_multicast_connection};
-use svclb_common::limits::{MAP_BACKENDS, MAP_SERVICES, MAP_SLOTS};
+use svclb_common::{
+    limits::{MAP_BACKENDS, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES},
+    maglev::Maglev,
+};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, error, info, warn};
 
 use crate::{
     devices::{DeviceSelector, Devices},
     diag::Diagnostic,
+    healthcheck::HealthChecks,
     kernel_maps::Maps,
     loader::{self, MapSizes},
     mapstate::{self, Capacity, MapState},
     metrics::Metrics,
-    model,
-    plan::{FrontendKind, Plan},
-    reconcile,
+    model, reconcile,
     source::{Source, SourceConfig},
 };
 
@@ -51,6 +53,8 @@ pub struct AgentConfig {
     pub devices: DeviceSelector,
     pub bpffs_dir: PathBuf,
     pub map_sizes: MapSizes,
+    /// Table size and seed of every Maglev table.
+    pub maglev: Maglev,
     /// Where `/metrics` and `/healthz` are served.
     pub metrics_addr: SocketAddr,
 }
@@ -68,17 +72,8 @@ struct Syncer {
     /// Frontends planned but left out of the maps at the last sync.
     not_programmed: usize,
     metrics: Arc<Metrics>,
-}
-
-/// Keeps the frontends the datapath serves today: ClusterIP. NodePort, LoadBalancer and
-/// externalIP frontends (and their internal views) wait for the north-south datapath, which
-/// needs SNAT for remote backends; programming them now would serve them half. Returns how
-/// many were left out.
-fn datapath_subset(plan: &mut Plan) -> usize {
-    let before = plan.frontends.len();
-    plan.frontends
-        .retain(|_, f| f.kind == FrontendKind::ClusterIP);
-    before - plan.frontends.len()
+    /// Answers the health-check node ports of Local-policy services.
+    health: HealthChecks,
 }
 
 impl Syncer {
@@ -103,6 +98,16 @@ impl Syncer {
             self.programmed.backends.len(),
             self.capacity.backends,
         );
+        m.set_map(
+            MAP_MAGLEV,
+            self.programmed.tables.len(),
+            self.capacity.maglev_tables,
+        );
+        m.set_map(
+            MAP_SOURCE_RANGES,
+            self.programmed.source_ranges.len(),
+            self.capacity.source_ranges,
+        );
     }
 
     /// Reads the sources and brings the maps in line. Returns whether something could not be
@@ -111,24 +116,16 @@ impl Syncer {
         let started = Instant::now();
         let snapshot = self.source.snapshot();
         let read_us = started.elapsed().as_micros() as u64;
-        let (_, mut plan, plan_diags) = model::plan_for_node(
+        let (_, plan, plan_diags) = model::plan_for_node(
             &self.node_name,
             &self.nodeport_cidrs,
             &snapshot.nodes,
             &snapshot.services,
             &snapshot.slices,
         );
-        let not_programmed = datapath_subset(&mut plan);
-        if not_programmed != self.not_programmed {
-            self.not_programmed = not_programmed;
-            if not_programmed > 0 {
-                info!(
-                    "{not_programmed} NodePort, LoadBalancer and externalIP frontends are planned \
-                     (`svclb plan`) but not programmed: the north-south datapath is not built yet"
-                );
-            }
-        }
+        self.health.update(&plan.health_checks);
         let (desired, map_diags) = mapstate::desired(&plan, &self.programmed, self.capacity);
+        self.not_programmed = plan.frontends.len().saturating_sub(desired.services.len());
         let incomplete = !map_diags.is_empty();
         let plan_us = started.elapsed().as_micros() as u64 - read_us;
         let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
@@ -178,7 +175,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let source = Source::open(&config.source, &config.node_name).await?;
     loader::prepare_bpffs(&config.bpffs_dir)?;
     let mut ebpf = loader::load(&config.bpffs_dir, config.map_sizes)?;
-    let maps = Maps::take(&mut ebpf)?;
+    let maps = Maps::take(&mut ebpf, config.maglev)?;
 
     // Take over what an earlier run left: its entries are the starting point of the diff, so
     // the first sync deletes whatever is stale and rewrites nothing that is right.
@@ -215,8 +212,12 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             services: config.map_sizes.services as usize,
             slots: config.map_sizes.slots as usize,
             backends: config.map_sizes.backends as usize,
+            maglev_tables: config.map_sizes.maglev_tables as usize,
+            maglev_size: config.maglev.table_size,
+            source_ranges: config.map_sizes.source_ranges as usize,
         },
         reported: BTreeSet::new(),
+        health: HealthChecks::default(),
     };
 
     let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN, RESCAN);

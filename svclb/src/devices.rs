@@ -1,5 +1,6 @@
-//! Attaching the TC program to the uplinks and to every pod-facing device that matches a glob,
-//! including devices that appear later (followed over rtnetlink).
+//! Attaching the programs: on uplinks the XDP program (unless `--xdp-mode off`) and the uplink
+//! TC program; on every pod-facing device that matches a glob, including devices that appear
+//! later (followed over rtnetlink), the pod TC program.
 
 use std::collections::BTreeMap;
 
@@ -7,8 +8,9 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{SchedClassifierLinkId, TcAttach},
+        xdp::XdpLinkId,
     },
 };
 use futures::TryStreamExt as _;
@@ -21,25 +23,45 @@ use netlink_packet_route::{
 use rtnetlink::Handle;
 use tracing::{debug, info, warn};
 
-use crate::ebpf::INGRESS_PROGRAM;
+use crate::ebpf::{POD_PROGRAM, UPLINK_PROGRAM, XDP_PROGRAM};
 
-/// Which devices get the program.
+/// `--xdp-mode`: how the XDP program is attached to uplinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpAttach {
+    /// Native (driver) mode where the driver supports it, else generic.
+    Auto,
+    /// Driver mode only: an uplink whose driver lacks XDP is an error.
+    Native,
+    /// Generic (skb) mode: works on every device, after the skb is built.
+    Generic,
+    /// No XDP: the TC program makes every decision.
+    Off,
+}
+
+/// Which devices get which programs.
 #[derive(Clone, Debug)]
 pub struct DeviceSelector {
     pub uplinks: Vec<String>,
     pub pod_devices: Option<Pattern>,
+    pub xdp: XdpAttach,
 }
 
 impl DeviceSelector {
-    pub fn matches(&self, name: &str) -> bool {
+    fn is_uplink(&self, name: &str) -> bool {
         self.uplinks.iter().any(|u| u == name)
-            || self.pod_devices.as_ref().is_some_and(|p| p.matches(name))
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        self.is_uplink(name) || self.pod_devices.as_ref().is_some_and(|p| p.matches(name))
     }
 }
 
 struct Attachment {
     name: String,
+    /// The TC program it carries.
+    program: &'static str,
     link: SchedClassifierLinkId,
+    xdp: Option<(XdpLinkId, XdpMode)>,
 }
 
 /// Owns the loaded object (for its program) and the attachments.
@@ -58,13 +80,24 @@ fn link_name(msg: &LinkMessage) -> Option<&str> {
 
 impl Devices {
     pub fn new(mut ebpf: Ebpf, selector: DeviceSelector) -> Result<Self> {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(INGRESS_PROGRAM)
-            .with_context(|| format!("the datapath object has no program {INGRESS_PROGRAM}"))?
-            .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("loading program {INGRESS_PROGRAM} (is BPF available?)"))?;
+        for name in [POD_PROGRAM, UPLINK_PROGRAM] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("the datapath object has no program {name}"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("loading program {name} (is BPF available?)"))?;
+        }
+        if selector.xdp != XdpAttach::Off {
+            let program: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .with_context(|| format!("the datapath object has no program {XDP_PROGRAM}"))?
+                .try_into()?;
+            program
+                .load()
+                .with_context(|| format!("loading program {XDP_PROGRAM}"))?;
+        }
         Ok(Self {
             ebpf,
             selector,
@@ -72,12 +105,44 @@ impl Devices {
         })
     }
 
-    fn program(&mut self) -> Result<&mut SchedClassifier> {
+    fn program(&mut self, name: &str) -> Result<&mut SchedClassifier> {
         Ok(self
             .ebpf
-            .program_mut(INGRESS_PROGRAM)
-            .with_context(|| format!("the datapath object has no program {INGRESS_PROGRAM}"))?
+            .program_mut(name)
+            .with_context(|| format!("the datapath object has no program {name}"))?
             .try_into()?)
+    }
+
+    fn xdp_program(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .with_context(|| format!("the datapath object has no program {XDP_PROGRAM}"))?
+            .try_into()?)
+    }
+
+    /// Attaches the XDP program to uplink `index` in the configured mode.
+    fn attach_xdp(&mut self, index: u32, name: &str) -> Result<Option<(XdpLinkId, XdpMode)>> {
+        let modes: &[XdpMode] = match self.selector.xdp {
+            XdpAttach::Off => return Ok(None),
+            XdpAttach::Auto => &[XdpMode::Driver, XdpMode::Skb],
+            XdpAttach::Native => &[XdpMode::Driver],
+            XdpAttach::Generic => &[XdpMode::Skb],
+        };
+        let mut last = None;
+        for &mode in modes {
+            match self.xdp_program()?.attach(index, mode) {
+                Ok(link) => {
+                    info!(device = name, ?mode, "XDP attached");
+                    return Ok(Some((link, mode)));
+                }
+                Err(err) => last = Some((mode, err)),
+            }
+        }
+        let (mode, err) = last.expect("at least one mode is tried");
+        Err(anyhow::Error::new(err).context(format!(
+            "attaching {XDP_PROGRAM} to {name} in {mode:?} mode (try --xdp-mode generic, or off)"
+        )))
     }
 
     /// Attaches to every existing device that matches; every uplink must exist.
@@ -145,10 +210,16 @@ impl Devices {
     fn forget(&mut self, index: u32) {
         if let Some(gone) = self.attached.remove(&index) {
             info!(device = %gone.name, "device removed");
-            if let Ok(program) = self.program()
+            if let Ok(program) = self.program(gone.program)
                 && let Err(err) = program.detach(gone.link)
             {
                 debug!(device = %gone.name, %err, "detach after removal");
+            }
+            if let Some((link, _)) = gone.xdp
+                && let Ok(program) = self.xdp_program()
+                && let Err(err) = program.detach(link)
+            {
+                debug!(device = %gone.name, %err, "XDP detach after removal");
             }
         }
     }
@@ -178,17 +249,33 @@ impl Devices {
             attach_type: TcAttachType::Ingress,
             order: LinkOrder::default(),
         };
-        let link = self.program()?.attach(index, attach).with_context(|| {
-            format!(
-                "attaching {INGRESS_PROGRAM} to {name} ingress with tcx (needs Linux 6.6 or later)"
-            )
-        })?;
-        info!(device = name, ifindex = index, "attached");
+        let uplink = self.selector.is_uplink(name);
+        let program = if uplink { UPLINK_PROGRAM } else { POD_PROGRAM };
+        let link = self
+            .program(program)?
+            .attach(index, attach)
+            .with_context(|| {
+                format!("attaching {program} to {name} ingress with tcx (needs Linux 6.6 or later)")
+            })?;
+        let xdp = if uplink {
+            match self.attach_xdp(index, name) {
+                Ok(xdp) => xdp,
+                Err(err) => {
+                    let _ = self.program(program).map(|p| p.detach(link));
+                    return Err(err);
+                }
+            }
+        } else {
+            None
+        };
+        info!(device = name, ifindex = index, program, "attached");
         self.attached.insert(
             index,
             Attachment {
                 name: name.to_owned(),
+                program,
                 link,
+                xdp,
             },
         );
         Ok(())
@@ -196,7 +283,12 @@ impl Devices {
 
     fn detach(&mut self, index: u32) {
         if let Some(attachment) = self.attached.remove(&index) {
-            let result = self.program().and_then(|p| Ok(p.detach(attachment.link)?));
+            let mut result = self
+                .program(attachment.program)
+                .and_then(|p| Ok(p.detach(attachment.link)?));
+            if let Some((link, _)) = attachment.xdp {
+                result = result.and(self.xdp_program().and_then(|p| Ok(p.detach(link)?)));
+            }
             match result {
                 Ok(()) => info!(device = %attachment.name, "detached"),
                 Err(err) => warn!(device = %attachment.name, "detach failed: {err:#}"),

@@ -3,5 +3,9 @@
 /// The eBPF object built from `svclb-ebpf` by this crate's build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svclb"));
 
-/// Name of the TC ingress program in [`OBJECT`].
-pub const INGRESS_PROGRAM: &str = "svclb_ingress";
+/// TC ingress program of pod-facing devices.
+pub const POD_PROGRAM: &str = "svclb_pod";
+/// TC ingress program of uplinks.
+pub const UPLINK_PROGRAM: &str = "svclb_uplink";
+/// XDP program of uplinks.
+pub const XDP_PROGRAM: &str = "svclb_xdp";

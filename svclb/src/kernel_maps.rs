@@ -6,30 +6,41 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError},
+    maps::{Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, lpm_trie::Key},
 };
+use ipnet::IpNet;
 use svclb_common::{
-    Backend, CtEntry, CtKey, ServiceKey, ServiceValue, SlotKey,
-    limits::{MAP_BACKENDS, MAP_CT, MAP_SERVICES, MAP_SLOTS},
+    Backend, CtEntry, CtKey, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    limits::{MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES},
+    maglev::{Maglev, Weighted, identity},
 };
 
-use crate::{mapstate::MapState, reconcile::MapWriter};
+use crate::{
+    mapstate::{MaglevSpec, MapState, ip_of, l3},
+    plan::Protocol,
+    reconcile::MapWriter,
+};
+
+/// `BPF_F_INNER_MAP`: an inner map of any size may stand in for the template.
+const BPF_F_INNER_MAP: u32 = 1 << 12;
 
 pub struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
     slots: HashMap<MapData, SlotKey, u32>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
+    maglev: HashOfMaps<MapData, u32, Array<MapData, u32>>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    /// The seed every Maglev table is built with (the size comes with each table).
+    seed: Maglev,
 }
 
-fn take<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<HashMap<MapData, K, V>> {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("the datapath object has no map {name}"))?;
-    HashMap::try_from(map).with_context(|| format!("map {name}"))
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("the datapath object has no map {name}"))
 }
 
-fn open<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> Result<HashMap<MapData, K, V>> {
+fn open_map(dir: &Path, name: &str) -> Result<Map> {
     let path = dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| {
         format!(
@@ -37,32 +48,52 @@ fn open<K: aya::Pod, V: aya::Pod>(dir: &Path, name: &str) -> Result<HashMap<MapD
             path.display()
         )
     })?;
-    let map = Map::from_map_data(data).with_context(|| format!("map {}", path.display()))?;
-    HashMap::try_from(map).with_context(|| format!("map {}", path.display()))
+    Map::from_map_data(data).with_context(|| format!("map {}", path.display()))
+}
+
+fn hash<K: aya::Pod, V: aya::Pod>(map: Map, name: &str) -> Result<HashMap<MapData, K, V>> {
+    HashMap::try_from(map).with_context(|| format!("map {name}"))
+}
+
+/// The source-range key of `net` for frontend `id`: the id's 32 bits, then the prefix.
+fn range_key(id: u32, net: IpNet) -> Key<SourceRangeKey> {
+    let (addr, _) = l3(net.addr());
+    Key::new(
+        32 + u32::from(net.prefix_len()),
+        SourceRangeKey {
+            svc_id_be: id.to_be(),
+            addr,
+        },
+    )
 }
 
 impl Maps {
-    /// Takes the maps out of a freshly loaded object.
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+    fn from_maps(mut get: impl FnMut(&str) -> Result<Map>, seed: Maglev) -> Result<Self> {
         Ok(Self {
-            services: take(ebpf, MAP_SERVICES)?,
-            backends: take(ebpf, MAP_BACKENDS)?,
-            slots: take(ebpf, MAP_SLOTS)?,
-            conntrack: take(ebpf, MAP_CT)?,
+            services: hash(get(MAP_SERVICES)?, MAP_SERVICES)?,
+            backends: hash(get(MAP_BACKENDS)?, MAP_BACKENDS)?,
+            slots: hash(get(MAP_SLOTS)?, MAP_SLOTS)?,
+            conntrack: hash(get(MAP_CT)?, MAP_CT)?,
+            maglev: HashOfMaps::try_from(get(MAP_MAGLEV)?)
+                .with_context(|| format!("map {MAP_MAGLEV}"))?,
+            source_ranges: LpmTrie::try_from(get(MAP_SOURCE_RANGES)?)
+                .with_context(|| format!("map {MAP_SOURCE_RANGES}"))?,
+            seed,
         })
     }
 
-    /// Opens the maps an agent pinned in `dir`.
+    /// Takes the maps out of a freshly loaded object; Maglev tables are built with `seed`.
+    pub fn take(ebpf: &mut Ebpf, seed: Maglev) -> Result<Self> {
+        Self::from_maps(|name| take_map(ebpf, name), seed)
+    }
+
+    /// Opens the maps an agent pinned in `dir` (for reading).
     pub fn open_pinned(dir: &Path) -> Result<Self> {
-        Ok(Self {
-            services: open(dir, MAP_SERVICES)?,
-            backends: open(dir, MAP_BACKENDS)?,
-            slots: open(dir, MAP_SLOTS)?,
-            conntrack: open(dir, MAP_CT)?,
-        })
+        Self::from_maps(|name| open_map(dir, name), Maglev::default())
     }
 
-    /// Reads what the maps hold, exactly.
+    /// Reads what the maps hold, exactly (a Maglev table's recipe is not recorded in the
+    /// kernel: tables read back as [`MaglevSpec::unknown`]).
     pub fn read(&self) -> Result<MapState> {
         let mut state = MapState::default();
         for entry in self.services.iter() {
@@ -76,6 +107,26 @@ impl Maps {
         for entry in self.backends.iter() {
             let (id, backend) = entry.context("reading map SVCLB_BACKENDS")?;
             state.backends.insert(id, backend);
+        }
+        for id in self.maglev.keys() {
+            let id = id.context("reading map SVCLB_MAGLEV")?;
+            state.tables.insert(id, MaglevSpec::unknown());
+        }
+        for key in self.source_ranges.keys() {
+            let key = key.context("reading map SVCLB_SOURCE_RANGES")?;
+            let data = key.data();
+            let family = if key.prefix_len() > 32 + 32 || data.addr[4..].iter().any(|b| *b != 0) {
+                svclb_common::FAMILY_V6
+            } else {
+                svclb_common::FAMILY_V4
+            };
+            let addr = ip_of(&data.addr, family);
+            let prefix = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(u8::MAX);
+            if let Ok(net) = IpNet::new(addr, prefix) {
+                state
+                    .source_ranges
+                    .insert((u32::from_be(data.svc_id_be), net));
+            }
         }
         Ok(state)
     }
@@ -94,36 +145,87 @@ impl Maps {
         self.backends.get(&id, 0).ok()
     }
 
+    /// The Maglev table of frontend `id` (backend ids by slot).
+    pub fn maglev_table(&self, id: u32) -> Option<Vec<u32>> {
+        let array = self.maglev.get(&id, 0).ok()?;
+        array.iter().collect::<Result<Vec<_>, _>>().ok()
+    }
+
     /// Number of conntrack entries (both directions of every flow).
     pub fn conntrack_len(&self) -> usize {
         self.conntrack.keys().filter(Result::is_ok).count()
     }
 }
 
+/// The Maglev table of `spec` as backend ids.
+fn build_table(seed: Maglev, spec: &MaglevSpec, backends: &[(u32, Backend)]) -> Result<Vec<u32>> {
+    let maglev = Maglev {
+        table_size: spec.size,
+        hash_seed: seed.hash_seed,
+    };
+    let weighted: Vec<Weighted> = backends
+        .iter()
+        .map(|(_, b)| {
+            let protocol = Protocol::from_number(b.proto)
+                .map_or_else(|| b.proto.to_string(), |p| p.to_string());
+            Weighted {
+                identity: identity(ip_of(&b.addr, b.family), u16::from_be(b.port_be), &protocol),
+                weight: 1,
+            }
+        })
+        .collect();
+    let table = maglev.table(&weighted)?;
+    Ok(table.into_iter().map(|i| backends[i as usize].0).collect())
+}
+
 impl MapWriter for Maps {
-    type Error = MapError;
+    type Error = anyhow::Error;
 
-    fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapError> {
-        self.backends.insert(&id, backend, 0)
+    fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        Ok(self.backends.insert(&id, backend, 0)?)
     }
 
-    fn del_backend(&mut self, id: u32) -> Result<(), MapError> {
-        self.backends.remove(&id)
+    fn del_backend(&mut self, id: u32) -> Result<()> {
+        Ok(self.backends.remove(&id)?)
     }
 
-    fn put_slot(&mut self, key: SlotKey, backend_id: u32) -> Result<(), MapError> {
-        self.slots.insert(&key, &backend_id, 0)
+    fn put_slot(&mut self, key: SlotKey, backend_id: u32) -> Result<()> {
+        Ok(self.slots.insert(&key, &backend_id, 0)?)
     }
 
-    fn del_slot(&mut self, key: SlotKey) -> Result<(), MapError> {
-        self.slots.remove(&key)
+    fn del_slot(&mut self, key: SlotKey) -> Result<()> {
+        Ok(self.slots.remove(&key)?)
     }
 
-    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), MapError> {
-        self.services.insert(key, value, 0)
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        Ok(self.services.insert(key, value, 0)?)
     }
 
-    fn del_service(&mut self, key: &ServiceKey) -> Result<(), MapError> {
-        self.services.remove(key)
+    fn del_service(&mut self, key: &ServiceKey) -> Result<()> {
+        Ok(self.services.remove(key)?)
+    }
+
+    /// Fills a fresh inner array and swaps it in with one update of the outer map: the
+    /// datapath sees the old table or the new one, never a mix.
+    fn put_table(&mut self, id: u32, spec: &MaglevSpec, backends: &[(u32, Backend)]) -> Result<()> {
+        let table = build_table(self.seed, spec, backends)?;
+        let mut inner = Array::<MapData, u32>::create(spec.size, BPF_F_INNER_MAP)
+            .context("creating a Maglev table")?;
+        for (slot, backend) in table.iter().enumerate() {
+            inner.set(slot as u32, backend, 0)?;
+        }
+        Ok(self.maglev.insert(&id, &inner, 0)?)
+    }
+
+    fn del_table(&mut self, id: u32) -> Result<()> {
+        Ok(self.maglev.remove(&id)?)
+    }
+
+    fn put_source_range(&mut self, id: u32, net: IpNet) -> Result<()> {
+        Ok(self.source_ranges.insert(&range_key(id, net), &1, 0)?)
+    }
+
+    fn del_source_range(&mut self, id: u32, net: IpNet) -> Result<()> {
+        Ok(self.source_ranges.remove(&range_key(id, net))?)
     }
 }

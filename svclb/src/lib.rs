@@ -8,6 +8,8 @@ pub mod agent;
 pub mod devices;
 pub mod diag;
 pub mod ebpf;
+pub mod healthcheck;
+pub mod http;
 pub mod kernel_maps;
 pub mod kube_source;
 pub mod list;

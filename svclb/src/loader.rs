@@ -12,7 +12,9 @@ use nix::{
     sys::statfs::{BPF_FS_MAGIC, statfs},
     unistd::geteuid,
 };
-use svclb_common::limits::{MAP_BACKENDS, MAP_CT, MAP_SERVICES, MAP_SLOTS};
+use svclb_common::limits::{
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
+};
 
 use crate::ebpf::OBJECT;
 
@@ -25,16 +27,26 @@ pub struct MapSizes {
     pub backends: u32,
     pub slots: u32,
     pub conntrack: u32,
+    /// Frontends with a Maglev table.
+    pub maglev_tables: u32,
+    pub affinity: u32,
+    pub source_ranges: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
-        use svclb_common::limits::{BACKENDS_MAX, CT_MAX, SERVICES_MAX, SLOTS_MAX};
+        use svclb_common::limits::{
+            AFFINITY_MAX, BACKENDS_MAX, CT_MAX, MAGLEV_MAX, SERVICES_MAX, SLOTS_MAX,
+            SOURCE_RANGES_MAX,
+        };
         Self {
             services: SERVICES_MAX as u32,
             backends: BACKENDS_MAX as u32,
             slots: SLOTS_MAX as u32,
             conntrack: CT_MAX as u32,
+            maglev_tables: MAGLEV_MAX as u32,
+            affinity: AFFINITY_MAX as u32,
+            source_ranges: SOURCE_RANGES_MAX as u32,
         }
     }
 }
@@ -89,6 +101,9 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
         .map_max_entries(MAP_BACKENDS, sizes.backends)
         .map_max_entries(MAP_SLOTS, sizes.slots)
         .map_max_entries(MAP_CT, sizes.conntrack)
+        .map_max_entries(MAP_MAGLEV, sizes.maglev_tables)
+        .map_max_entries(MAP_AFFINITY, sizes.affinity)
+        .map_max_entries(MAP_SOURCE_RANGES, sizes.source_ranges)
         .load(OBJECT)
         .with_context(|| {
             format!(

@@ -6,7 +6,7 @@ use glob::Pattern;
 use ipnet::IpNet;
 use svclb::{
     agent::{self, AgentConfig},
-    devices::DeviceSelector,
+    devices::{DeviceSelector, XdpAttach},
     list,
     loader::MapSizes,
     maglev_cmd, model, plan_output,
@@ -131,6 +131,26 @@ struct AgentArgs {
     /// Capacity of the conntrack map (two entries per flow).
     #[arg(long, default_value_t = MapSizes::default().conntrack)]
     conntrack_map_size: u32,
+    /// How many NodePort, LoadBalancer and external-IP frontends get a Maglev table (each
+    /// takes 4 x M bytes of kernel memory); frontends beyond pick at random.
+    #[arg(long, default_value_t = MapSizes::default().maglev_tables)]
+    maglev_map_size: u32,
+    /// Capacity of the session-affinity map (one entry per client and service).
+    #[arg(long, default_value_t = MapSizes::default().affinity)]
+    affinity_map_size: u32,
+    /// Capacity of the source-ranges map (loadBalancerSourceRanges entries).
+    #[arg(long, default_value_t = MapSizes::default().source_ranges)]
+    source_ranges_map_size: u32,
+    /// Maglev table size M (a prime from 251 to 131071; Cilium's sizes).
+    #[arg(long, default_value_t = svclb_common::maglev::DEFAULT_TABLE_SIZE)]
+    maglev_table_size: u32,
+    /// Maglev seed: base64 of 12 bytes, the same on every node (and as Cilium's, to move a
+    /// fleet between the two without reshuffling flows).
+    #[arg(long, default_value = svclb_common::maglev::DEFAULT_SEED)]
+    maglev_seed: String,
+    /// How the XDP program is attached to uplinks.
+    #[arg(long, value_enum, default_value_t = XdpAttach::Auto)]
+    xdp_mode: XdpAttach,
 }
 
 /// How long `svclb plan` waits for the API's first lists.
@@ -176,7 +196,10 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
         devices: DeviceSelector {
             uplinks: args.devices,
             pod_devices,
+            xdp: args.xdp_mode,
         },
+        maglev: svclb_common::maglev::Maglev::new(args.maglev_table_size, &args.maglev_seed)
+            .context("--maglev-table-size/--maglev-seed")?,
         bpffs_dir: args.bpffs_dir,
         metrics_addr: args.metrics_addr,
         map_sizes: MapSizes {
@@ -184,6 +207,9 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
             backends: args.backends_map_size,
             slots: args.slots_map_size,
             conntrack: args.conntrack_map_size,
+            maglev_tables: args.maglev_map_size,
+            affinity: args.affinity_map_size,
+            source_ranges: args.source_ranges_map_size,
         },
     })
 }

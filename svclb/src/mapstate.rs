@@ -2,29 +2,55 @@
 //! translation of a [`Plan`] into them with stable ids.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
+
+use ipnet::IpNet;
 
 use svclb_common::{
     Backend, FAMILY_V4, FAMILY_V6, L3Addr, ServiceKey, ServiceValue, SlotKey,
     backend::{BE_F_LOCAL, BE_F_TERMINATING},
-    service::{SCOPE_ALL, SCOPE_INTERNAL_VIEW, SVC_F_INTERNAL_VIEW, SVC_F_REJECT},
+    service::{
+        SCOPE_ALL, SCOPE_INTERNAL_VIEW, SVC_F_EXTERNAL, SVC_F_INTERNAL_VIEW, SVC_F_MAGLEV,
+        SVC_F_REJECT, SVC_F_SOURCE_RANGES,
+    },
 };
 
 use crate::{
     diag::Diagnostic,
-    plan::{FrontendKey, Plan, PlanBackend, Protocol, WhenEmpty},
+    plan::{FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, WhenEmpty},
 };
 
-/// The exact contents of the services, slots and backends maps. The reconciler keeps one of
-/// these in step with the kernel, write by write, so it never believes in an entry the kernel
-/// does not hold (or the reverse).
+/// What a frontend's Maglev table was built from: its size and the backend ids it spreads
+/// over, in the frontend's slot order. The table itself is a pure function of these (and the
+/// seed), so the mirror keeps the recipe, not 16k entries per frontend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaglevSpec {
+    pub size: u32,
+    pub backends: Vec<u32>,
+}
+
+impl MaglevSpec {
+    /// A table found in the kernel whose recipe is not known (adopted from an earlier run):
+    /// equal to no wanted table, so it is rebuilt.
+    pub fn unknown() -> Self {
+        Self::default()
+    }
+}
+
+/// The exact contents of the maps the agent writes. The reconciler keeps one of these in step
+/// with the kernel, write by write, so it never believes in an entry the kernel does not hold
+/// (or the reverse).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapState {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub slots: BTreeMap<SlotKey, u32>,
     pub backends: BTreeMap<u32, Backend>,
+    /// Maglev tables by frontend id.
+    pub tables: BTreeMap<u32, MaglevSpec>,
+    /// `loadBalancerSourceRanges` entries: (frontend id, allowed source prefix).
+    pub source_ranges: BTreeSet<(u32, IpNet)>,
 }
 
 impl MapState {
@@ -43,12 +69,17 @@ impl MapState {
     }
 }
 
-/// Map capacities (`max_entries`).
+/// Map capacities (`max_entries`), and the size of each Maglev table.
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {
     pub services: usize,
     pub slots: usize,
     pub backends: usize,
+    /// How many frontends can have a Maglev table.
+    pub maglev_tables: usize,
+    /// Entries of each Maglev table (M).
+    pub maglev_size: u32,
+    pub source_ranges: usize,
 }
 
 /// Address bytes and family of an IP address, as the maps store them.
@@ -156,7 +187,9 @@ pub fn desired(plan: &Plan, current: &MapState, capacity: Capacity) -> (MapState
             .services
             .values()
             .map(|v| v.id)
-            .chain(current.slots.keys().map(|k| k.svc_id)),
+            .chain(current.slots.keys().map(|k| k.svc_id))
+            .chain(current.tables.keys().copied())
+            .chain(current.source_ranges.iter().map(|(id, _)| *id)),
     );
     let mut be_ids = IdAlloc::new(current.backends.keys().copied());
 
@@ -216,6 +249,52 @@ pub fn desired(plan: &Plan, current: &MapState, capacity: Capacity) -> (MapState
             (true, WhenEmpty::Reject) => SVC_F_REJECT,
             _ => 0,
         };
+        let mut maglev_size = 0;
+        if frontend.kind != FrontendKind::ClusterIP {
+            flags |= SVC_F_EXTERNAL;
+            // The internal view of a Local-policy frontend serves pods: a random pick, like a
+            // cluster IP. Every external entry spreads by Maglev so all nodes agree.
+            if !key.internal_view && !entries.is_empty() {
+                if out.tables.len() < capacity.maglev_tables {
+                    flags |= SVC_F_MAGLEV;
+                    maglev_size = capacity.maglev_size;
+                    out.tables.insert(
+                        id,
+                        MaglevSpec {
+                            size: capacity.maglev_size,
+                            backends: entries.iter().map(|(id, _)| *id).collect(),
+                        },
+                    );
+                } else {
+                    diags.push(Diagnostic::new(
+                        format!("Service {}", frontend.service),
+                        format!(
+                            "frontend {key} picks backends at random, not by Maglev: the Maglev \
+                             map is full ({} tables)",
+                            capacity.maglev_tables
+                        ),
+                    ));
+                }
+            }
+        }
+        if !frontend.source_ranges.is_empty() {
+            if out.source_ranges.len() + frontend.source_ranges.len() <= capacity.source_ranges {
+                flags |= SVC_F_SOURCE_RANGES;
+                out.source_ranges
+                    .extend(frontend.source_ranges.iter().map(|net| (id, net.trunc())));
+            } else {
+                // Refuse rather than admit everyone: the ranges are a security boundary.
+                flags |= SVC_F_SOURCE_RANGES;
+                diags.push(Diagnostic::new(
+                    format!("Service {}", frontend.service),
+                    format!(
+                        "frontend {key} refuses every source: its loadBalancerSourceRanges do not \
+                         fit the source-ranges map ({} entries)",
+                        capacity.source_ranges
+                    ),
+                ));
+            }
+        }
         let view = FrontendKey {
             internal_view: true,
             ..*key
@@ -230,6 +309,8 @@ pub fn desired(plan: &Plan, current: &MapState, capacity: Capacity) -> (MapState
                 count: entries.len() as u32,
                 flags,
                 affinity_timeout_s: frontend.affinity_timeout_seconds,
+                maglev_size,
+                _pad: 0,
             },
         );
     }
@@ -261,6 +342,16 @@ fn keep_current(
         out.backends
             .insert(backend_id, current.backends[&backend_id]);
     }
+    if let Some(table) = current.tables.get(&value.id) {
+        out.tables.insert(value.id, table.clone());
+    }
+    out.source_ranges.extend(
+        current
+            .source_ranges
+            .iter()
+            .filter(|(id, _)| *id == value.id)
+            .copied(),
+    );
     out.services.insert(key, value);
     true
 }

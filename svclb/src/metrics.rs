@@ -23,10 +23,7 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-};
+use tokio::net::TcpListener;
 use tracing::{debug, info};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,9 +139,6 @@ impl Metrics {
     }
 }
 
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Binds `addr` and serves `/metrics` and `/healthz`; the returned task serves until aborted
 /// (or the process ends).
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::task::JoinHandle<()>> {
@@ -156,18 +150,10 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::tas
         while let Ok((mut stream, peer)) = listener.accept().await {
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                // One request per connection; a client that sends nothing is dropped.
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") && n < buf.len() {
-                    match tokio::time::timeout(REQUEST_TIMEOUT, stream.read(&mut buf[n..])).await {
-                        Ok(Ok(read)) if read > 0 => n += read,
-                        _ => return,
-                    }
-                }
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request.split_whitespace().nth(1).unwrap_or("/");
-                let (status, content_type, body) = match path {
+                let Some(path) = crate::http::read_path(&mut stream).await else {
+                    return;
+                };
+                let (status, content_type, body) = match path.as_str() {
                     "/metrics" => (
                         "200 OK",
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -187,11 +173,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::tas
                         "try /metrics or /healthz\n".to_owned(),
                     ),
                 };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                if let Err(err) = stream.write_all(response.as_bytes()).await {
+                if let Err(err) =
+                    crate::http::respond(&mut stream, status, content_type, &body).await
+                {
                     debug!(%peer, %err, "metrics client went away");
                 }
             });

@@ -1,13 +1,15 @@
 //! Diff -> maps: writes only what differs between the programmed state and the desired one, in
-//! an order that never exposes a half-written frontend: backends first, then a frontend's slots,
-//! then its entry; removals in the reverse order. Every write that fails is reported and the
+//! an order that never exposes a half-written frontend: backends first, then a frontend's
+//! Maglev table (built aside and swapped in whole), source ranges and slots, then its entry;
+//! removals in the reverse order. Every write that fails is reported and the
 //! programmed state keeps describing exactly what the kernel holds.
 
 use std::collections::{HashMap, HashSet};
 
+use ipnet::IpNet;
 use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey};
 
-use crate::mapstate::{MapState, frontend_key};
+use crate::mapstate::{MaglevSpec, MapState, frontend_key};
 
 /// The writes the reconciler needs from the maps.
 pub trait MapWriter {
@@ -18,6 +20,17 @@ pub trait MapWriter {
     fn del_slot(&mut self, key: SlotKey) -> Result<(), Self::Error>;
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), Self::Error>;
     fn del_service(&mut self, key: &ServiceKey) -> Result<(), Self::Error>;
+    /// Builds frontend `id`'s Maglev table over `backends` (id and entry, in slot order) and
+    /// puts it in place of the old one in one step.
+    fn put_table(
+        &mut self,
+        id: u32,
+        spec: &MaglevSpec,
+        backends: &[(u32, Backend)],
+    ) -> Result<(), Self::Error>;
+    fn del_table(&mut self, id: u32) -> Result<(), Self::Error>;
+    fn put_source_range(&mut self, id: u32, net: IpNet) -> Result<(), Self::Error>;
+    fn del_source_range(&mut self, id: u32, net: IpNet) -> Result<(), Self::Error>;
 }
 
 /// What one sync did.
@@ -59,9 +72,61 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         }
     }
 
-    // 2. New and changed frontends: their slots, then their entry. A frontend whose writes
-    //    fail keeps its old entry; the slots already rewritten point at live backends.
+    // 2. New and changed frontends: their table, source ranges and slots, then their entry.
+    //    A frontend whose writes fail keeps its old entry; what was already rewritten points
+    //    at live backends.
     'frontends: for (key, want) in &desired.services {
+        if let Some(spec) = desired.tables.get(&want.id)
+            && current.tables.get(&want.id) != Some(spec)
+        {
+            let backends: Vec<(u32, Backend)> = spec
+                .backends
+                .iter()
+                .filter_map(|id| current.backends.get(id).map(|b| (*id, *b)))
+                .collect();
+            if backends.len() != spec.backends.len() {
+                report.errors.push(format!(
+                    "frontend {}: not updated, a backend of its Maglev table could not be written",
+                    frontend_name(key)
+                ));
+                continue;
+            }
+            match maps.put_table(want.id, spec, &backends) {
+                Ok(()) => {
+                    report.writes += 1;
+                    current.tables.insert(want.id, spec.clone());
+                }
+                Err(err) => {
+                    report.errors.push(format!(
+                        "frontend {}: Maglev table: {err}",
+                        frontend_name(key)
+                    ));
+                    continue;
+                }
+            }
+        }
+        let ranges: Vec<(u32, IpNet)> = desired
+            .source_ranges
+            .range((want.id, IpNet::V4(Default::default()))..)
+            .take_while(|(id, _)| *id == want.id)
+            .filter(|range| !current.source_ranges.contains(range))
+            .copied()
+            .collect();
+        for (id, net) in ranges {
+            match maps.put_source_range(id, net) {
+                Ok(()) => {
+                    report.writes += 1;
+                    current.source_ranges.insert((id, net));
+                }
+                Err(err) => {
+                    report.errors.push(format!(
+                        "frontend {}: source range {net}: {err}",
+                        frontend_name(key)
+                    ));
+                    continue 'frontends;
+                }
+            }
+        }
         let slots: Vec<(SlotKey, u32)> = (0..want.count)
             .map(|slot| SlotKey {
                 svc_id: want.id,
@@ -150,8 +215,50 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         }
     }
 
-    // 5. Backends no slot in the kernel points at any more.
-    let referenced: HashSet<u32> = current.slots.values().copied().collect();
+    // 5. Tables and source ranges no wanted frontend uses. (Removing one from a frontend
+    //    whose update failed only makes it fall back to random picks, or refuse a source:
+    //    never a wrong backend, never an open door.)
+    let tables: Vec<u32> = current
+        .tables
+        .keys()
+        .filter(|id| !desired.tables.contains_key(id))
+        .copied()
+        .collect();
+    for id in tables {
+        match maps.del_table(id) {
+            Ok(()) => {
+                report.writes += 1;
+                current.tables.remove(&id);
+            }
+            Err(err) => report
+                .errors
+                .push(format!("Maglev table {id}: delete: {err}")),
+        }
+    }
+    let ranges: Vec<(u32, IpNet)> = current
+        .source_ranges
+        .difference(&desired.source_ranges)
+        .copied()
+        .collect();
+    for (id, net) in ranges {
+        match maps.del_source_range(id, net) {
+            Ok(()) => {
+                report.writes += 1;
+                current.source_ranges.remove(&(id, net));
+            }
+            Err(err) => report.errors.push(format!(
+                "source range {net} of frontend id {id}: delete: {err}"
+            )),
+        }
+    }
+
+    // 6. Backends no slot or table in the kernel points at any more.
+    let referenced: HashSet<u32> = current
+        .slots
+        .values()
+        .chain(current.tables.values().flat_map(|t| &t.backends))
+        .copied()
+        .collect();
     let unused: Vec<u32> = current
         .backends
         .keys()

@@ -169,3 +169,56 @@ pub fn verify_checksums(frame: &[u8]) -> Checksums {
         udp_zero,
     }
 }
+
+/// The answer a frontend without endpoints gives a TCP SYN: RST|ACK from the frontend,
+/// acknowledging the SYN and its payload, MAC addresses swapped (built independently of the
+/// datapath, with a checksum from scratch).
+pub fn expected_reset(syn: &PacketSpec) -> Vec<u8> {
+    let input = syn.build();
+    let seq = u32::from_be_bytes([input[38], input[39], input[40], input[41]]);
+    let ack = seq + 1 + syn.payload.len() as u32;
+    let mut frame = reply_ethernet(&input);
+    let ip_start = frame.len();
+    frame.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    frame.extend_from_slice(&syn.dst.octets());
+    frame.extend_from_slice(&syn.src.octets());
+    let ip_csum = checksum(&[&frame[ip_start..]]);
+    frame[ip_start + 10..ip_start + 12].copy_from_slice(&ip_csum.to_be_bytes());
+    let tcp_start = frame.len();
+    frame.extend_from_slice(&syn.dport.to_be_bytes());
+    frame.extend_from_slice(&syn.sport.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&ack.to_be_bytes());
+    frame.extend_from_slice(&[0x50, 0x14, 0, 0, 0, 0, 0, 0]);
+    let csum = l4_checksum(syn.dst, syn.src, 6, &frame[tcp_start..]);
+    frame[tcp_start + 16..tcp_start + 18].copy_from_slice(&csum.to_be_bytes());
+    frame
+}
+
+/// The answer a frontend without endpoints gives a UDP datagram: ICMP port unreachable from
+/// the frontend quoting the datagram's IP header and first 8 bytes.
+pub fn expected_port_unreachable(datagram: &PacketSpec) -> Vec<u8> {
+    let input = datagram.build();
+    let quote = &input[14..14 + 28];
+    let mut frame = reply_ethernet(&input);
+    let ip_start = frame.len();
+    frame.extend_from_slice(&[0x45, 0, 0, 56, 0, 0, 0x40, 0, 64, 1, 0, 0]);
+    frame.extend_from_slice(&datagram.dst.octets());
+    frame.extend_from_slice(&datagram.src.octets());
+    let ip_csum = checksum(&[&frame[ip_start..]]);
+    frame[ip_start + 10..ip_start + 12].copy_from_slice(&ip_csum.to_be_bytes());
+    let icmp_start = frame.len();
+    frame.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+    frame.extend_from_slice(quote);
+    let csum = checksum(&[&frame[icmp_start..]]);
+    frame[icmp_start + 2..icmp_start + 4].copy_from_slice(&csum.to_be_bytes());
+    frame
+}
+
+fn reply_ethernet(input: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(70);
+    frame.extend_from_slice(&input[6..12]);
+    frame.extend_from_slice(&input[0..6]);
+    frame.extend_from_slice(&input[12..14]);
+    frame
+}

@@ -15,12 +15,16 @@ use anyhow::{Context as _, Result};
 use common::datapath::Datapath;
 use svclb::plan::Protocol;
 use svclb_tests::{
-    packet::{L4, PacketSpec, TCP_ACK, TCP_SYN, verify_checksums},
+    packet::{
+        L4, PacketSpec, TCP_ACK, TCP_SYN, expected_port_unreachable, expected_reset,
+        verify_checksums,
+    },
     skip_unless_root,
 };
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 11), 40_000);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -30,6 +34,8 @@ const BACKEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 11), 8080);
 enum Expect {
     Unchanged,
     Frame(PacketSpec),
+    /// A frame built by hand (answers the datapath makes up).
+    Bytes(Vec<u8>),
 }
 
 struct Case {
@@ -47,6 +53,7 @@ fn check(dp: &mut Datapath, case: &Case) -> Result<()> {
     }
     match &case.expect {
         Expect::Unchanged => assert_eq!(out, case.input, "{}: must pass untouched", case.what),
+        Expect::Bytes(frame) => assert_eq!(&out, frame, "{}: output frame", case.what),
         Expect::Frame(spec) => {
             assert_eq!(out, spec.build(), "{}: output frame", case.what);
             let sums = verify_checksums(&out);
@@ -72,6 +79,7 @@ fn loaded(name: &str) -> Result<Datapath> {
         (VIP, 80, Protocol::Tcp, &[BACKEND]),
         (VIP, 53, Protocol::Udp, &[BACKEND]),
         (EMPTY_VIP, 80, Protocol::Tcp, &[]),
+        (EMPTY_VIP, 53, Protocol::Udp, &[]),
     ]);
     Ok(dp)
 }
@@ -240,8 +248,27 @@ fn fixtures_translate_and_pass() -> Result<()> {
             expect: Expect::Unchanged,
         },
         Case {
-            what: "a new connection to a frontend without backends is dropped",
+            what: "a SYN to a frontend without endpoints gets a RST",
             input: PacketSpec::tcp(CLIENT, (EMPTY_VIP, 80), TCP_SYN).build(),
+            verdict: TC_ACT_REDIRECT,
+            expect: Expect::Bytes(expected_reset(&PacketSpec::tcp(
+                CLIENT,
+                (EMPTY_VIP, 80),
+                TCP_SYN,
+            ))),
+        },
+        Case {
+            what: "a datagram to a frontend without endpoints gets ICMP port unreachable",
+            input: PacketSpec::udp(CLIENT, (EMPTY_VIP, 53)).build(),
+            verdict: TC_ACT_REDIRECT,
+            expect: Expect::Bytes(expected_port_unreachable(&PacketSpec::udp(
+                CLIENT,
+                (EMPTY_VIP, 53),
+            ))),
+        },
+        Case {
+            what: "a non-SYN segment to a frontend without endpoints is dropped",
+            input: PacketSpec::tcp(CLIENT, (EMPTY_VIP, 80), TCP_ACK).build(),
             verdict: TC_ACT_SHOT,
             expect: Expect::Unchanged,
         },

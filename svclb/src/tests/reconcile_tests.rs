@@ -6,12 +6,13 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
+use ipnet::IpNet;
 use proptest::prelude::*;
-use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey};
+use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey, service::SVC_F_MAGLEV};
 
 use super::{MapWriter, sync};
 use crate::{
-    mapstate::{Capacity, MapState, desired},
+    mapstate::{Capacity, MaglevSpec, MapState, desired},
     plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope, WhenEmpty},
 };
 
@@ -28,7 +29,24 @@ struct FakeKernel {
 impl FakeKernel {
     /// What the datapath can reach must always be complete.
     fn check_reachable(&self) {
+        for (id, table) in &self.maps.tables {
+            for backend in &table.backends {
+                assert!(
+                    self.maps.backends.contains_key(backend),
+                    "Maglev table {id} -> missing backend {backend}"
+                );
+            }
+        }
         for (key, value) in &self.maps.services {
+            if value.flags & SVC_F_MAGLEV != 0 {
+                let table = self.maps.tables.get(&value.id);
+                assert!(
+                    table.is_some_and(|t| t.size == value.maglev_size),
+                    "{key:?} uses Maglev table {} of size {}: {table:?}",
+                    value.id,
+                    value.maglev_size
+                );
+            }
             for slot in 0..value.count {
                 let backend = self.maps.slots.get(&SlotKey {
                     svc_id: value.id,
@@ -94,12 +112,53 @@ impl MapWriter for FakeKernel {
         self.check_reachable();
         Ok(())
     }
+
+    fn put_table(
+        &mut self,
+        id: u32,
+        spec: &MaglevSpec,
+        backends: &[(u32, Backend)],
+    ) -> Result<(), String> {
+        assert_eq!(
+            backends.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            spec.backends,
+            "the writer gets the table's backends in slot order"
+        );
+        self.writes += 1;
+        self.maps.tables.insert(id, spec.clone());
+        self.check_reachable();
+        Ok(())
+    }
+
+    fn del_table(&mut self, id: u32) -> Result<(), String> {
+        self.writes += 1;
+        self.maps.tables.remove(&id).ok_or("no such table")?;
+        self.check_reachable();
+        Ok(())
+    }
+
+    fn put_source_range(&mut self, id: u32, net: IpNet) -> Result<(), String> {
+        self.writes += 1;
+        self.maps.source_ranges.insert((id, net));
+        Ok(())
+    }
+
+    fn del_source_range(&mut self, id: u32, net: IpNet) -> Result<(), String> {
+        self.writes += 1;
+        if !self.maps.source_ranges.remove(&(id, net)) {
+            return Err("no such source range".into());
+        }
+        Ok(())
+    }
 }
 
 const CAPACITY: Capacity = Capacity {
     services: 1000,
     slots: 1000,
     backends: 1000,
+    maglev_tables: 1000,
+    maglev_size: 251,
+    source_ranges: 1000,
 };
 
 /// A plan from (vip last octet, backend last octets) pairs; all TCP port 80 -> 8080.
@@ -317,6 +376,7 @@ fn a_full_map_keeps_a_programmed_frontend_as_it_is() {
         services: 10,
         slots: 4,
         backends: 10,
+        ..CAPACITY
     };
     // Frontend 1 grows past the slots map; frontend 2 fits.
     let (want, diags) = desired(
@@ -377,6 +437,7 @@ fn full_maps_are_reported_by_service() {
         services: 2,
         slots: 10,
         backends: 2,
+        ..CAPACITY
     };
     // Capacity counts entries: svc3 shares svc1's backend, so it fits; svc4 is one too many.
     let p = plan(&[(1, &[1]), (2, &[2, 3]), (3, &[1]), (4, &[1])]);

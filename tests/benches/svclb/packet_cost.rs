@@ -53,6 +53,7 @@ fn measure(services: usize, backends: usize, calls: u32) -> Result<Row> {
         backends: 65_536,
         slots: (services * backends + 1024).max(4096) as u32,
         conntrack: 262_144,
+        ..MapSizes::default()
     };
     let mut dp = Datapath::load_with(&format!("bench{services}x{backends}"), sizes)?;
     let pools: Vec<Vec<(Ipv4Addr, u16)>> = (0..services)

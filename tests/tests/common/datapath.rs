@@ -12,7 +12,7 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use svclb::{
-    ebpf::INGRESS_PROGRAM,
+    ebpf::{POD_PROGRAM, UPLINK_PROGRAM},
     kernel_maps::Maps,
     loader::{self, MapSizes},
     mapstate::{self, Capacity},
@@ -44,12 +44,12 @@ impl Datapath {
         ));
         loader::prepare_bpffs(&pin_dir)?;
         let mut ebpf = loader::load(&pin_dir, sizes)?;
-        let maps = Maps::take(&mut ebpf)?;
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(INGRESS_PROGRAM)
-            .context("program")?
-            .try_into()?;
-        program.load()?;
+        let maps = Maps::take(&mut ebpf, svclb_common::maglev::Maglev::default())?;
+        for name in [POD_PROGRAM, UPLINK_PROGRAM] {
+            let program: &mut SchedClassifier =
+                ebpf.program_mut(name).context("program")?.try_into()?;
+            program.load()?;
+        }
         Ok(Self {
             ebpf,
             maps,
@@ -90,6 +90,9 @@ impl Datapath {
             services: self.sizes.services as usize,
             slots: self.sizes.slots as usize,
             backends: self.sizes.backends as usize,
+            maglev_tables: self.sizes.maglev_tables as usize,
+            maglev_size: svclb_common::maglev::DEFAULT_TABLE_SIZE,
+            source_ranges: self.sizes.source_ranges as usize,
         };
         let (desired, diags) = mapstate::desired(&plan, &self.programmed, capacity);
         assert!(diags.is_empty(), "{diags:?}");
@@ -97,9 +100,15 @@ impl Datapath {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
     }
 
-    /// Runs the program once on `frame`: its verdict and output frame.
+    /// Runs the pod-device program once on `frame`: its verdict and output frame.
     pub fn run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         let (verdict, out, _) = self.run_repeat(frame, 1)?;
+        Ok((verdict, out))
+    }
+
+    /// Runs the uplink program once on `frame`.
+    pub fn run_uplink(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let (verdict, out, _) = self.run_program(UPLINK_PROGRAM, frame, 1)?;
         Ok((verdict, out))
     }
 
@@ -111,11 +120,17 @@ impl Datapath {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(INGRESS_PROGRAM)
-            .context("program")?
-            .try_into()?;
+        self.run_program(POD_PROGRAM, frame, repeat)
+    }
+
+    fn run_program(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        let program: &mut SchedClassifier =
+            self.ebpf.program_mut(name).context("program")?.try_into()?;
         let mut out = vec![0u8; frame.len() + 256];
         let result = program.test_run(TestRunOptions {
             data_in: Some(frame),

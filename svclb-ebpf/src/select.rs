@@ -1,0 +1,175 @@
+//! Which backend a new flow gets: session affinity first, then Maglev over a hash of the flow
+//! (external frontends) or a uniform random slot (cluster IPs). Also who may connect at all
+//! (source ranges).
+
+use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key, helpers::bpf_get_prandom_u32};
+use svclb_common::{
+    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    service::{SCOPE_ALL, SVC_F_MAGLEV, SVC_F_SOURCE_RANGES},
+};
+
+use crate::{
+    maps::{
+        SVCLB_AFFINITY, SVCLB_BACKENDS, SVCLB_MAGLEV, SVCLB_SERVICES, SVCLB_SLOTS,
+        SVCLB_SOURCE_RANGES,
+    },
+    parse::Packet,
+};
+
+#[inline(always)]
+pub fn service(pkt: &Packet, scope: u8) -> Option<ServiceValue> {
+    let key = ServiceKey {
+        addr: pkt.daddr,
+        port_be: pkt.dport_be,
+        proto: pkt.proto,
+        family: pkt.family,
+        scope,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    SVCLB_SERVICES.get_ptr(&key).map(|value| unsafe { *value })
+}
+
+#[inline(always)]
+pub fn frontend(pkt: &Packet) -> Option<ServiceValue> {
+    service(pkt, SCOPE_ALL)
+}
+
+#[inline(always)]
+pub fn backend(id: u32) -> Option<Backend> {
+    // SAFETY: the value is copied out at once.
+    SVCLB_BACKENDS.get_ptr(&id).map(|value| unsafe { *value })
+}
+
+/// `loadBalancerSourceRanges`: whether the packet's source may reach the frontend.
+#[inline(always)]
+pub fn admitted(svc: &ServiceValue, pkt: &Packet) -> bool {
+    if svc.flags & SVC_F_SOURCE_RANGES == 0 {
+        return true;
+    }
+    let key = Key {
+        prefix_len: 32
+            + if pkt.family == svclb_common::FAMILY_V4 {
+                32
+            } else {
+                128
+            },
+        data: SourceRangeKey {
+            svc_id_be: svc.id.to_be(),
+            addr: pkt.saddr,
+        },
+    };
+    SVCLB_SOURCE_RANGES.get(&key).is_some()
+}
+
+/// MurmurHash3's 32-bit block mix and finaliser: every node computes the same hash of a flow,
+/// so Maglev sends it to the same backend whichever node it reaches.
+#[inline(always)]
+fn mix(hash: u32, word: u32) -> u32 {
+    let k = word
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (hash ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finish(mut hash: u32) -> u32 {
+    hash ^= hash >> 16;
+    hash = hash.wrapping_mul(0x85eb_ca6b);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(0xc2b2_ae35);
+    hash ^ (hash >> 16)
+}
+
+/// Hash of the flow for Maglev: source address and port, destination port and protocol. The
+/// destination address is left out so a flow hashes the same on every node whether it was
+/// sent to a LoadBalancer IP or to a node's NodePort; with ClientIP affinity the source port
+/// is left out too, so all of a client's flows share a backend.
+#[inline(always)]
+pub fn flow_hash(pkt: &Packet, affinity: bool) -> u32 {
+    let a = &pkt.saddr;
+    let mut hash = 0x5356_434c; // "SVCL"
+    hash = mix(hash, u32::from_le_bytes([a[0], a[1], a[2], a[3]]));
+    hash = mix(hash, u32::from_le_bytes([a[4], a[5], a[6], a[7]]));
+    hash = mix(hash, u32::from_le_bytes([a[8], a[9], a[10], a[11]]));
+    hash = mix(hash, u32::from_le_bytes([a[12], a[13], a[14], a[15]]));
+    let sport = if affinity { 0 } else { pkt.sport_be };
+    hash = mix(
+        hash,
+        (u32::from(sport) << 16) | u32::from(u16::from_be(pkt.dport_be)),
+    );
+    hash = mix(hash, u32::from(pkt.proto));
+    finish(hash)
+}
+
+#[inline(always)]
+fn by_slot(svc: &ServiceValue, slot: u32) -> Option<u32> {
+    let key = SlotKey {
+        svc_id: svc.id,
+        slot,
+    };
+    // SAFETY: the value is copied out at once.
+    SVCLB_SLOTS.get_ptr(&key).map(|value| unsafe { *value })
+}
+
+/// The backend id the frontend's rule gives this packet, without affinity.
+#[inline(always)]
+fn by_rule(svc: &ServiceValue, pkt: &Packet) -> Option<u32> {
+    if svc.flags & SVC_F_MAGLEV != 0
+        && let Some(slot) = flow_hash(pkt, svc.affinity_timeout_s != 0).checked_rem(svc.maglev_size)
+    {
+        // SAFETY: the table is only read; a table swapped out under us stays valid until the
+        // program returns (RCU).
+        if let Some(id) = unsafe { SVCLB_MAGLEV.get_value(&svc.id, &slot) } {
+            return Some(*id);
+        }
+        // No table yet (written just after the entry): fall back to the slots.
+    }
+    // SAFETY: a helper without arguments or side effects.
+    let slot = unsafe { bpf_get_prandom_u32() }.checked_rem(svc.count)?;
+    by_slot(svc, slot)
+}
+
+/// Picks the backend of a new flow; `None` when the frontend has none.
+#[inline(always)]
+pub fn pick(svc: &ServiceValue, pkt: &Packet, now: u64) -> Option<(u32, Backend)> {
+    if svc.count == 0 {
+        return None;
+    }
+    if svc.affinity_timeout_s == 0 {
+        let id = by_rule(svc, pkt)?;
+        return Some((id, backend(id)?));
+    }
+    let key = AffinityKey {
+        svc_id: svc.id,
+        family: pkt.family,
+        _pad: [0; 3],
+        client: pkt.saddr,
+    };
+    let timeout_ns = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
+    if let Some(entry) = SVCLB_AFFINITY.get_ptr_mut(&key) {
+        // SAFETY: a map value found in this run.
+        let (id, last) = unsafe { ((*entry).backend_id, (*entry).last_ns) };
+        if now.wrapping_sub(last) <= timeout_ns
+            && let Some(be) = backend(id)
+        {
+            // SAFETY: as above; a racing writer can only store another valid time.
+            unsafe { (*entry).last_ns = now };
+            return Some((id, be));
+        }
+    }
+    let id = by_rule(svc, pkt)?;
+    let be = backend(id)?;
+    let value = AffinityValue {
+        backend_id: id,
+        _pad: 0,
+        last_ns: now,
+    };
+    // A full LRU map evicts; a failed insert only costs affinity for this client.
+    let _ = SVCLB_AFFINITY.insert(&key, &value, u64::from(BPF_ANY));
+    Some((id, be))
+}
