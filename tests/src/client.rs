@@ -22,10 +22,21 @@ pub fn tcp_ask(addr: SocketAddr, timeout: Duration) -> Result<String> {
 
 /// One UDP exchange.
 pub fn udp_ask(addr: SocketAddr, timeout: Duration) -> Result<String> {
-    let socket = UdpSocket::bind(("0.0.0.0", 0)).context("binding a UDP socket")?;
+    udp_ask_from(0, addr, b"who\n", timeout)
+}
+
+/// One UDP exchange from local port `port` (0: any), sending `request`.
+pub fn udp_ask_from(
+    port: u16,
+    addr: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<String> {
+    let socket =
+        UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding UDP port {port}"))?;
     socket.set_read_timeout(Some(timeout))?;
     socket
-        .send_to(b"who\n", addr)
+        .send_to(request, addr)
         .with_context(|| format!("sending to {addr}"))?;
     let mut buf = [0u8; 512];
     let (n, from) = socket
@@ -59,9 +70,16 @@ impl TcpSession {
     }
 
     pub fn ask(&mut self) -> Result<String> {
-        self.stream
-            .write_all(b"who\n")
-            .context("sending a request")?;
+        self.request(b"who\n")
+    }
+
+    /// Asks for the backend's name and the client address it sees: `NAME ADDRESS`.
+    pub fn ask_peer(&mut self) -> Result<String> {
+        self.request(b"peer\n")
+    }
+
+    fn request(&mut self, line: &[u8]) -> Result<String> {
+        self.stream.write_all(line).context("sending a request")?;
         let mut line = String::new();
         let n = self
             .reader

@@ -343,6 +343,36 @@ impl Lab {
         Ok(pod)
     }
 
+    /// Node objects for the nodes (their InternalIP is where NodePorts are served), as the
+    /// manifests directory or the fake API server takes them.
+    pub fn nodes_manifest(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "apiVersion: v1\nkind: Node\nmetadata:\n  name: {}\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {}\n",
+                    n.name, n.addr
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("---\n")
+    }
+
+    /// Routes `addr` (a load-balancer or external IP) from the external client through node
+    /// `node`, as an upstream router would; replaces an earlier route.
+    pub fn route_client_via(&self, addr: &str, node: usize) -> Result<()> {
+        ip_in(
+            &self.client_ns,
+            &[
+                "route",
+                "replace",
+                &format!("{addr}/32"),
+                "via",
+                &self.nodes[node].addr.to_string(),
+            ],
+        )
+    }
+
     pub fn pod(&self, name: &str) -> &Pod {
         self.nodes
             .iter()

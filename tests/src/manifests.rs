@@ -11,6 +11,8 @@ pub struct PortSpec {
     pub port: u16,
     pub target: u16,
     pub protocol: &'static str,
+    /// `nodePort` (0: none).
+    pub node_port: u16,
 }
 
 impl PortSpec {
@@ -20,6 +22,7 @@ impl PortSpec {
             port,
             target,
             protocol: "TCP",
+            node_port: 0,
         }
     }
 
@@ -29,7 +32,13 @@ impl PortSpec {
             port,
             target,
             protocol: "UDP",
+            node_port: 0,
         }
+    }
+
+    pub const fn with_node_port(mut self, node_port: u16) -> Self {
+        self.node_port = node_port;
+        self
     }
 }
 
@@ -45,8 +54,22 @@ pub fn cluster_ip_service(
     ports: &[PortSpec],
     pods: &[&Pod],
 ) -> String {
+    service(name, cluster_ip, ports, pods, "  type: ClusterIP\n", "")
+}
+
+/// A Service named `name` on `cluster_ip` and one EndpointSlice holding `pods` (all ready).
+/// `spec` is more of the Service's spec (indented YAML lines: type, policies, affinity...);
+/// `status` its status block (e.g. load-balancer ingress IPs), or "".
+pub fn service(
+    name: &str,
+    cluster_ip: &str,
+    ports: &[PortSpec],
+    pods: &[&Pod],
+    spec: &str,
+    status: &str,
+) -> String {
     let mut out = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  type: ClusterIP\n  clusterIP: {cluster_ip}\n  clusterIPs: [{cluster_ip}]\n  ports:\n"
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n{spec}  clusterIP: {cluster_ip}\n  clusterIPs: [{cluster_ip}]\n  ports:\n"
     );
     for p in ports {
         let _ = writeln!(
@@ -54,7 +77,11 @@ pub fn cluster_ip_service(
             "  - name: {}\n    port: {}\n    targetPort: {}\n    protocol: {}",
             p.name, p.port, p.target, p.protocol
         );
+        if p.node_port != 0 {
+            let _ = writeln!(out, "    nodePort: {}", p.node_port);
+        }
     }
+    out.push_str(status);
     let _ = write!(
         out,
         "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-slice\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n"

@@ -1,8 +1,9 @@
 //! Backends: answer every request with the pod's name.
 //!
-//! TCP: a line protocol (each line gets `NAME\n`, so one connection can ask many times) or, when
-//! the first line is an HTTP request, one HTTP response whose body is `NAME\n` (for curl).
-//! UDP: every datagram gets `NAME\n`.
+//! TCP: a line protocol (each line gets `NAME\n`, so one connection can ask many times; the
+//! line `peer` gets `NAME PEER-ADDRESS\n`, the client address the pod sees) or, when the first
+//! line is an HTTP request, one HTTP response whose body is `NAME\n` (for curl).
+//! UDP: every datagram gets `NAME\n` (`peer` gets `NAME PEER-ADDRESS\n`).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -72,11 +73,11 @@ impl Drop for Backend {
 fn serve_tcp(listener: &TcpListener, stop: &Arc<AtomicBool>, reply: &Arc<String>) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
                 let (stop, reply) = (stop.clone(), reply.clone());
                 thread::spawn(move || {
                     // A client that goes away mid-answer is not the server's problem.
-                    let _ = serve_connection(stream, &stop, &reply);
+                    let _ = serve_connection(stream, peer, &stop, &reply);
                 });
             }
             Err(_) => thread::sleep(POLL / 5),
@@ -84,7 +85,21 @@ fn serve_tcp(listener: &TcpListener, stop: &Arc<AtomicBool>, reply: &Arc<String>
     }
 }
 
-fn serve_connection(stream: TcpStream, stop: &AtomicBool, reply: &str) -> std::io::Result<()> {
+/// The answer to `request`: the name, or for `peer` the name and the client's address.
+fn answer(request: &[u8], reply: &str, peer: SocketAddr) -> String {
+    if request.trim_ascii() == b"peer" {
+        format!("{} {}\n", reply.trim_end(), peer.ip())
+    } else {
+        reply.to_owned()
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    stop: &AtomicBool,
+    reply: &str,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(POLL))?;
     let mut writer = stream.try_clone()?;
@@ -99,7 +114,7 @@ fn serve_connection(stream: TcpStream, stop: &AtomicBool, reply: &str) -> std::i
                 if line.starts_with("GET ") || line.starts_with("HEAD ") {
                     return answer_http(&mut reader, &mut writer, reply);
                 }
-                writer.write_all(reply.as_bytes())?;
+                writer.write_all(answer(line.as_bytes(), reply, peer).as_bytes())?;
                 line.clear();
             }
             Ok(_) => {}
@@ -139,9 +154,9 @@ fn answer_http(
 fn serve_udp(socket: &UdpSocket, stop: &AtomicBool, reply: &str) {
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
-        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+        if let Ok((n, peer)) = socket.recv_from(&mut buf) {
             // A lost answer is the client's timeout to handle, as with any UDP service.
-            let _ = socket.send_to(reply.as_bytes(), peer);
+            let _ = socket.send_to(answer(&buf[..n], reply, peer).as_bytes(), peer);
         }
     }
 }

@@ -1,0 +1,436 @@
+//! End-to-end north-south traffic: an external client reaches NodePorts, LoadBalancer IPs and
+//! their backends on both nodes, through real agents (XDP and TC on the uplinks) in a lab of
+//! network namespaces; traffic policies, health checks, Maglev agreement, rejection, source
+//! ranges and session affinity, each with real sockets.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use svclb_tests::{
+    Lab, LabSpec,
+    client::{TIMEOUT, TcpSession, at, tally, tcp_ask_many, udp_ask_from},
+    manifests::{DNS, WEB, service},
+    netns::in_netns,
+    skip_unless_root,
+};
+
+const CLIENT_ADDR: &str = "172.31.0.100";
+/// How long a connection that must not be answered is given.
+const REFUSED_WITHIN: Duration = Duration::from_millis(600);
+
+/// A lab whose agents know the Node objects (NodePorts are served on node addresses).
+fn lab_with(agent_args: &[&str]) -> Result<Lab> {
+    let lab = Lab::new(LabSpec {
+        agent_args: agent_args.iter().map(ToString::to_string).collect(),
+        ..LabSpec::default()
+    })?;
+    lab.write_manifest("nodes.yaml", &lab.nodes_manifest())?;
+    Ok(lab)
+}
+
+fn all_pods(lab: &Lab) -> Vec<svclb_tests::Pod> {
+    lab.nodes.iter().flat_map(|n| n.pods.clone()).collect()
+}
+
+/// Every pod but the first of each node: those are the clients inside the cluster (a pod
+/// reaching a service it backs, hairpin, is not supported yet).
+fn server_pods(lab: &Lab) -> Vec<svclb_tests::Pod> {
+    lab.nodes
+        .iter()
+        .flat_map(|n| n.pods.iter().skip(1).cloned())
+        .collect()
+}
+
+fn pods_of(lab: &Lab, node: usize) -> Vec<svclb_tests::Pod> {
+    lab.nodes[node].pods.clone()
+}
+
+fn load_balancer(ip: &str) -> String {
+    format!("status:\n  loadBalancer:\n    ingress:\n    - ip: {ip}\n")
+}
+
+/// Which nodes the answering pods run on ("n1", "n2").
+fn nodes_of(answers: &BTreeMap<String, usize>) -> BTreeSet<String> {
+    answers
+        .keys()
+        .map(|name| name.split('-').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn assert_no_errors(answers: &BTreeMap<String, usize>, what: &str) {
+    assert!(
+        answers.keys().all(|k| !k.starts_with("error")),
+        "{what}: {answers:?}"
+    );
+}
+
+/// Asks over a connected UDP socket, so an ICMP error comes back as an error.
+fn udp_connected(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send(b"who\n")?;
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+}
+
+fn http_get(addr: SocketAddr) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[test]
+fn nodeport_and_load_balancer_ip_reach_backends_on_both_nodes_and_nodes_agree() -> Result<()> {
+    if skip_unless_root(
+        "nodeport_and_load_balancer_ip_reach_backends_on_both_nodes_and_nodes_agree",
+    ) {
+        return Ok(());
+    }
+    let mut lab = lab_with(&[])?;
+    let pods = all_pods(&lab);
+    let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
+    lab.write_manifest(
+        "web.yaml",
+        &service(
+            "web",
+            "10.96.0.20",
+            &[WEB.with_node_port(30080), DNS.with_node_port(30053)],
+            &refs,
+            "  type: LoadBalancer\n",
+            &load_balancer("192.0.2.10"),
+        ),
+    )?;
+    lab.start_agents()?;
+    let client = lab.client_ns.clone();
+
+    for node in &lab.nodes {
+        let addr = at(&node.addr.to_string(), 30080);
+        let answers = tally(&tcp_ask_many(&client, addr, 40, TIMEOUT)?);
+        assert_no_errors(&answers, &format!("TCP to NodePort {addr}"));
+        assert_eq!(
+            nodes_of(&answers),
+            BTreeSet::from(["n1".into(), "n2".into()]),
+            "NodePort {addr} reaches backends on both nodes: {answers:?}"
+        );
+    }
+    lab.route_client_via("192.0.2.10", 0)?;
+    let answers = tally(&tcp_ask_many(&client, at("192.0.2.10", 80), 40, TIMEOUT)?);
+    assert_no_errors(&answers, "TCP to the LoadBalancer IP");
+    assert_eq!(nodes_of(&answers).len(), 2, "{answers:?}");
+
+    // Cluster policy: a remote backend sees the node's address (SNAT), a local one the
+    // client's; either way the client talks to the frontend only.
+    let node1 = lab.nodes[0].addr.to_string();
+    let mut seen = BTreeMap::new();
+    for _ in 0..40 {
+        let mut session = TcpSession::connect_in(&client, at(&node1, 30080), TIMEOUT)?;
+        let answer = session.ask_peer()?;
+        let (pod, peer) = answer.split_once(' ').context("NAME PEER")?;
+        seen.insert(
+            pod.split('-').next().unwrap_or_default().to_owned(),
+            peer.to_owned(),
+        );
+    }
+    assert_eq!(
+        seen,
+        BTreeMap::from([
+            ("n1".to_owned(), CLIENT_ADDR.to_owned()),
+            ("n2".to_owned(), node1.clone())
+        ]),
+        "who the backends see"
+    );
+
+    // Maglev: the same UDP flow sent to the LoadBalancer IP through either node lands on the
+    // same backend.
+    let ports: Vec<u16> = (41_000..41_030).collect();
+    let mut through = Vec::new();
+    for node in 0..2 {
+        lab.route_client_via("192.0.2.10", node)?;
+        let ports = ports.clone();
+        let answers: Vec<String> = in_netns(&client, move || {
+            ports
+                .iter()
+                .map(|port| udp_ask_from(*port, at("192.0.2.10", 53), b"who\n", TIMEOUT))
+                .collect()
+        })?;
+        through.push(answers);
+    }
+    assert_eq!(
+        through[0], through[1],
+        "both nodes pick the same backend per flow"
+    );
+    let distinct: BTreeSet<&String> = through[0].iter().collect();
+    assert!(distinct.len() >= 3, "flows spread: {distinct:?}");
+    Ok(())
+}
+
+#[test]
+fn local_policy_keeps_the_client_address_drops_elsewhere_and_health_checks_say_so() -> Result<()> {
+    if skip_unless_root(
+        "local_policy_keeps_the_client_address_drops_elsewhere_and_health_checks_say_so",
+    ) {
+        return Ok(());
+    }
+    let mut lab = lab_with(&[])?;
+    let pods = pods_of(&lab, 0);
+    let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
+    lab.write_manifest(
+        "local.yaml",
+        &service(
+            "local",
+            "10.96.0.21",
+            &[WEB.with_node_port(30081)],
+            &refs,
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32001\n",
+            &load_balancer("192.0.2.11"),
+        ),
+    )?;
+    lab.start_agents()?;
+    let client = lab.client_ns.clone();
+    let (node1, node2) = (lab.nodes[0].addr.to_string(), lab.nodes[1].addr.to_string());
+
+    for _ in 0..10 {
+        let mut session = TcpSession::connect_in(&client, at(&node1, 30081), TIMEOUT)?;
+        let answer = session.ask_peer()?;
+        let (pod, peer) = answer.split_once(' ').context("NAME PEER")?;
+        assert!(pod.starts_with("n1-"), "only local endpoints: {pod}");
+        assert_eq!(peer, CLIENT_ADDR, "the client's address is kept");
+    }
+    let dropped = in_netns(&client, {
+        let addr = at(&node2, 30081);
+        move || Ok(TcpStream::connect_timeout(&addr, REFUSED_WITHIN).is_err())
+    })?;
+    assert!(dropped, "the node without endpoints drops");
+
+    let (status1, body1) = in_netns(&client, {
+        let addr = at(&node1, 32001);
+        move || http_get(addr)
+    })?;
+    assert_eq!(status1, 200, "{body1}");
+    let json: serde_json::Value = serde_json::from_str(&body1)?;
+    assert_eq!(json["localEndpoints"], 3, "{body1}");
+    assert_eq!(json["service"]["name"], "local", "{body1}");
+    let (status2, body2) = in_netns(&client, {
+        let addr = at(&node2, 32001);
+        move || http_get(addr)
+    })?;
+    assert_eq!(status2, 503, "{body2}");
+    Ok(())
+}
+
+#[test]
+fn empty_services_reject_at_once() -> Result<()> {
+    if skip_unless_root("empty_services_reject_at_once") {
+        return Ok(());
+    }
+    let mut lab = lab_with(&[])?;
+    lab.write_manifest(
+        "empty.yaml",
+        &service(
+            "empty",
+            "10.96.0.22",
+            &[WEB.with_node_port(30082), DNS.with_node_port(30083)],
+            &[],
+            "  type: NodePort\n",
+            "",
+        ),
+    )?;
+    lab.start_agents()?;
+    let node1 = lab.nodes[0].addr.to_string();
+    let pod = lab.pod("n1-pod1").ns.clone();
+    for (ns, tcp, udp) in [
+        (lab.client_ns.clone(), at(&node1, 30082), at(&node1, 30083)),
+        (pod, at("10.96.0.22", 80), at("10.96.0.22", 53)),
+    ] {
+        let (tcp_err, took) = in_netns(&ns, move || {
+            let started = Instant::now();
+            let result = TcpStream::connect_timeout(&tcp, TIMEOUT);
+            Ok((result.err().map(|e| e.kind()), started.elapsed()))
+        })?;
+        assert_eq!(
+            tcp_err,
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "TCP to {tcp}"
+        );
+        assert!(
+            took < Duration::from_millis(100),
+            "TCP to {tcp} refused in {took:?}"
+        );
+        let udp_err = in_netns(&ns, move || {
+            Ok(udp_connected(udp, TIMEOUT).err().map(|e| e.kind()))
+        })?;
+        assert_eq!(
+            udp_err,
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "UDP to {udp}"
+        );
+    }
+    Ok(())
+}
+
+fn source_ranges_admit_and_refuse(xdp_mode: &str) -> Result<()> {
+    let mut lab = lab_with(&["--xdp-mode", xdp_mode])?;
+    let pods = server_pods(&lab);
+    let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
+    for (name, ip, cluster_ip, range) in [
+        ("open", "192.0.2.12", "10.96.0.23", "172.31.0.0/24"),
+        ("closed", "192.0.2.13", "10.96.0.24", "10.0.0.0/8"),
+    ] {
+        lab.write_manifest(
+            &format!("{name}.yaml"),
+            &service(
+                name,
+                cluster_ip,
+                &[WEB],
+                &refs,
+                &format!("  type: LoadBalancer\n  allocateLoadBalancerNodePorts: false\n  loadBalancerSourceRanges: [\"{range}\"]\n"),
+                &load_balancer(ip),
+            ),
+        )?;
+        lab.route_client_via(ip, 0)?;
+    }
+    lab.start_agents()?;
+    let client = lab.client_ns.clone();
+    let answers = tally(&tcp_ask_many(&client, at("192.0.2.12", 80), 10, TIMEOUT)?);
+    assert_no_errors(&answers, "a client inside the ranges");
+    let refused = tally(&tcp_ask_many(
+        &client,
+        at("192.0.2.13", 80),
+        3,
+        REFUSED_WITHIN,
+    )?);
+    assert!(
+        refused.keys().all(|k| k.starts_with("error")),
+        "a client outside the ranges gets nothing: {refused:?}"
+    );
+    // The cluster IP of the same service is not restricted (the ranges are for the LB IP).
+    let pod = lab.pod("n1-pod1").ns.clone();
+    let inside = tally(&tcp_ask_many(&pod, at("10.96.0.24", 80), 3, TIMEOUT)?);
+    assert_no_errors(&inside, "the cluster IP");
+    Ok(())
+}
+
+#[test]
+fn source_ranges_admit_and_refuse_in_xdp() -> Result<()> {
+    if skip_unless_root("source_ranges_admit_and_refuse_in_xdp") {
+        return Ok(());
+    }
+    source_ranges_admit_and_refuse("auto")
+}
+
+#[test]
+fn source_ranges_admit_and_refuse_in_tc_without_xdp() -> Result<()> {
+    if skip_unless_root("source_ranges_admit_and_refuse_in_tc_without_xdp") {
+        return Ok(());
+    }
+    source_ranges_admit_and_refuse("off")
+}
+
+#[test]
+fn session_affinity_holds_and_expires() -> Result<()> {
+    if skip_unless_root("session_affinity_holds_and_expires") {
+        return Ok(());
+    }
+    let mut lab = lab_with(&[])?;
+    let pods = server_pods(&lab);
+    let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
+    let affinity = |seconds: u32| {
+        format!(
+            "  type: NodePort\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {seconds}\n"
+        )
+    };
+    lab.write_manifest(
+        "sticky.yaml",
+        &service(
+            "sticky",
+            "10.96.0.25",
+            &[WEB.with_node_port(30085)],
+            &refs,
+            &affinity(3600),
+            "",
+        ),
+    )?;
+    lab.write_manifest(
+        "brief.yaml",
+        &service("brief", "10.96.0.26", &[WEB], &refs, &affinity(1), ""),
+    )?;
+    lab.start_agents()?;
+    let pod = lab.pod("n1-pod1").ns.clone();
+    let node1 = lab.nodes[0].addr.to_string();
+    for (ns, addr) in [
+        (pod.clone(), at("10.96.0.25", 80)),
+        (lab.client_ns.clone(), at(&node1, 30085)),
+    ] {
+        let answers = tally(&tcp_ask_many(&ns, addr, 50, TIMEOUT)?);
+        assert_eq!(
+            answers.len(),
+            1,
+            "50 connections to {addr}, one backend: {answers:?}"
+        );
+        assert_no_errors(&answers, "affinity");
+    }
+    // With a 1 s timeout, a client idle for longer is free to land elsewhere.
+    let mut seen = BTreeSet::new();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let answer = tally(&tcp_ask_many(&pod, at("10.96.0.26", 80), 1, TIMEOUT)?);
+        assert_no_errors(&answer, "after the timeout");
+        seen.extend(answer.into_keys());
+    }
+    assert!(seen.len() >= 2, "affinity expired: {seen:?}");
+    Ok(())
+}
+
+#[test]
+fn internal_local_policy_only_reaches_local_pods() -> Result<()> {
+    if skip_unless_root("internal_local_policy_only_reaches_local_pods") {
+        return Ok(());
+    }
+    let mut lab = lab_with(&[])?;
+    let pods = server_pods(&lab);
+    let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
+    lab.write_manifest(
+        "itp.yaml",
+        &service(
+            "itp",
+            "10.96.0.27",
+            &[WEB],
+            &refs,
+            "  type: ClusterIP\n  internalTrafficPolicy: Local\n",
+            "",
+        ),
+    )?;
+    lab.start_agents()?;
+    for node in 0..2 {
+        let ns = lab.nodes[node].pods[0].ns.clone();
+        let answers = tally(&tcp_ask_many(&ns, at("10.96.0.27", 80), 30, TIMEOUT)?);
+        assert_no_errors(&answers, "internal Local");
+        let prefix = format!("{}-", lab.nodes[node].name);
+        assert!(
+            answers.keys().all(|k| k.starts_with(&prefix)),
+            "from {}: {answers:?}",
+            lab.nodes[node].name
+        );
+        assert_eq!(answers.len(), 2, "every local server pod: {answers:?}");
+    }
+    Ok(())
+}
