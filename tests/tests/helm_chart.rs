@@ -167,7 +167,10 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
             "--devices=eth0",
             "--pod-devices=veth*",
             "--bpffs-dir=/sys/fs/bpf/svclb",
-            "--metrics-addr=0.0.0.0:9965"
+            "--metrics-addr=0.0.0.0:9965",
+            "--xdp-mode=auto",
+            "--maglev-table-size=16381",
+            "--maglev-seed=JLfvgnHc2kaSUFaI",
         ]
     );
     let port = agent.ports.clone().unwrap_or_default();
@@ -238,6 +241,8 @@ nodeportAddresses: [10.0.0.0/8, 192.168.0.0/16]
 mapSizes: {conntrack: 1048576}
 logLevel: debug
 metrics: {port: 19965}
+xdpMode: generic
+maglev: {tableSize: 65521, seed: AAAAAAAAAAAAAAAA}
 extraArgs: [--services-map-size=131072]
 resources: {requests: {cpu: 200m, memory: 128Mi}, limits: {memory: 1Gi}}
 priorityClassName: my-critical
@@ -257,6 +262,9 @@ nodeSelector: {role: edge}
             "--pod-devices=cali*",
             "--bpffs-dir=/sys/fs/bpf/svclb",
             "--metrics-addr=0.0.0.0:19965",
+            "--xdp-mode=generic",
+            "--maglev-table-size=65521",
+            "--maglev-seed=AAAAAAAAAAAAAAAA",
             "--nodeport-addresses=10.0.0.0/8,192.168.0.0/16",
             "--conntrack-map-size=1048576",
             "--services-map-size=131072",
