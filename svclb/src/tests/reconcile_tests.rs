@@ -475,3 +475,79 @@ proptest! {
         }
     }
 }
+
+/// `plan(frontends)` with every frontend a NodePort restricted to 172.31.0.0/24.
+fn external_plan(frontends: &[(u8, &[u8])]) -> Plan {
+    let mut p = plan(frontends);
+    for frontend in p.frontends.values_mut() {
+        frontend.kind = FrontendKind::NodePort;
+        frontend.scope = Scope::External;
+        frontend.source_ranges = vec!["172.31.0.0/24".parse().expect("a CIDR")];
+    }
+    p
+}
+
+#[test]
+fn external_frontends_get_maglev_tables_and_source_ranges_before_their_entry() {
+    use svclb_common::service::{SVC_F_EXTERNAL, SVC_F_SOURCE_RANGES};
+    let mut kernel = FakeKernel::default();
+    let mut programmed = MapState::default();
+    // The fake kernel checks at every write that a Maglev frontend's table is in place.
+    apply(
+        &mut kernel,
+        &mut programmed,
+        &external_plan(&[(1, &[1, 2])]),
+    );
+    let (_, value) = programmed.services.iter().next().expect("one frontend");
+    assert_eq!(
+        value.flags,
+        SVC_F_EXTERNAL | SVC_F_MAGLEV | SVC_F_SOURCE_RANGES
+    );
+    assert_eq!(value.maglev_size, CAPACITY.maglev_size);
+    let table = &programmed.tables[&value.id];
+    assert_eq!(table.backends.len(), 2);
+    assert_eq!(
+        programmed
+            .source_ranges
+            .iter()
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>(),
+        [value.id]
+    );
+
+    // A new backend: the table is rebuilt and swapped (one write), the ranges stay.
+    apply(
+        &mut kernel,
+        &mut programmed,
+        &external_plan(&[(1, &[1, 2, 3])]),
+    );
+    let value = *programmed.services.values().next().expect("one frontend");
+    assert_eq!(programmed.tables[&value.id].backends.len(), 3);
+
+    // Back to a cluster IP: no table, no ranges; then gone altogether.
+    apply(&mut kernel, &mut programmed, &plan(&[(1, &[1, 2, 3])]));
+    assert!(programmed.tables.is_empty() && programmed.source_ranges.is_empty());
+    apply(&mut kernel, &mut programmed, &plan(&[]));
+    assert_eq!(programmed, MapState::default());
+}
+
+#[test]
+fn a_full_maglev_map_leaves_frontends_on_random_picks() {
+    let mut programmed = MapState::default();
+    let small = Capacity {
+        maglev_tables: 1,
+        ..CAPACITY
+    };
+    let (want, diags) = desired(&external_plan(&[(1, &[1]), (2, &[2])]), &programmed, small);
+    assert_eq!(want.tables.len(), 1);
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert!(
+        diags[0].to_string().contains("Maglev map is full"),
+        "{}",
+        diags[0]
+    );
+    let mut kernel = FakeKernel::default();
+    let report = sync(&mut programmed, &want, &mut kernel);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(programmed.services.len(), 2, "both frontends are served");
+}
