@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 use svclb_common::{
     backend::{BE_F_LOCAL, BE_F_TERMINATING},
-    service::SVC_F_REJECT,
+    service::{SCOPE_INTERNAL_VIEW, SVC_F_MAGLEV, SVC_F_REJECT},
 };
 
 use crate::{
@@ -30,6 +30,13 @@ pub struct ListedFrontend {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: String,
+    /// The entry pods get for an external frontend with a Local policy.
+    pub internal_view: bool,
+    /// `maglev/M` (Maglev with table size M) or `random`.
+    pub pick: String,
+    pub affinity_timeout_seconds: u32,
+    /// `loadBalancerSourceRanges` enforced on this frontend (empty: any source).
+    pub source_ranges: Vec<String>,
     /// `reject` when the frontend has no backend and refuses new connections.
     pub when_empty: Option<String>,
     pub backends: Vec<ListedBackend>,
@@ -51,6 +58,19 @@ pub fn frontends(state: &MapState) -> Vec<ListedFrontend> {
             port: u16::from_be(key.port_be),
             protocol: Protocol::from_number(key.proto)
                 .map_or_else(|| key.proto.to_string(), |p| p.to_string()),
+            internal_view: key.scope == SCOPE_INTERNAL_VIEW,
+            pick: if value.flags & SVC_F_MAGLEV != 0 {
+                format!("maglev/{}", value.maglev_size)
+            } else {
+                "random".to_owned()
+            },
+            affinity_timeout_seconds: value.affinity_timeout_s,
+            source_ranges: state
+                .source_ranges
+                .iter()
+                .filter(|(id, _)| *id == value.id)
+                .map(|(_, net)| net.to_string())
+                .collect(),
             when_empty: (value.flags & SVC_F_REJECT != 0).then(|| "reject".to_owned()),
             backends: state
                 .slots_of(value)
@@ -107,7 +127,7 @@ fn backend_cell(b: &ListedBackend) -> String {
 }
 
 pub fn render_table(listing: &Listing) -> String {
-    let rows: Vec<[String; 3]> = listing
+    let rows: Vec<[String; 4]> = listing
         .frontends
         .iter()
         .map(|f| {
@@ -123,9 +143,22 @@ pub fn render_table(listing: &Listing) -> String {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
+            let view = if f.internal_view {
+                " (internal view)"
+            } else {
+                ""
+            };
+            let mut pick = f.pick.clone();
+            if f.affinity_timeout_seconds > 0 {
+                pick.push_str(&format!(", affinity {}s", f.affinity_timeout_seconds));
+            }
+            if !f.source_ranges.is_empty() {
+                pick.push_str(&format!(", from {}", f.source_ranges.join(" ")));
+            }
             [
-                format!("{}/{}", endpoint(f.address, f.port), f.protocol),
+                format!("{}/{}{view}", endpoint(f.address, f.port), f.protocol),
                 f.id.to_string(),
+                pick,
                 backends,
             ]
         })
@@ -142,9 +175,20 @@ pub fn render_table(listing: &Listing) -> String {
         .chain(["ID".len()])
         .max()
         .unwrap_or(0);
-    let mut out = format!("{:<w0$}  {:>w1$}  BACKENDS\n", "FRONTEND", "ID");
-    for [frontend, id, backends] in rows {
-        out.push_str(&format!("{frontend:<w0$}  {id:>w1$}  {backends}\n"));
+    let w2 = rows
+        .iter()
+        .map(|r| r[2].len())
+        .chain(["PICK".len()])
+        .max()
+        .unwrap_or(0);
+    let mut out = format!(
+        "{:<w0$}  {:>w1$}  {:<w2$}  BACKENDS\n",
+        "FRONTEND", "ID", "PICK"
+    );
+    for [frontend, id, pick, backends] in rows {
+        out.push_str(&format!(
+            "{frontend:<w0$}  {id:>w1$}  {pick:<w2$}  {backends}\n"
+        ));
     }
     out.push_str(&format!(
         "{} frontends, {} conntrack entries\n",

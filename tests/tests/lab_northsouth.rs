@@ -121,6 +121,21 @@ fn nodeport_and_load_balancer_ip_reach_backends_on_both_nodes_and_nodes_agree() 
     )?;
     lab.start_agents()?;
     let client = lab.client_ns.clone();
+    let listing = lab.list(0)?;
+    let picks: BTreeMap<String, String> = listing["frontends"]
+        .as_array()
+        .context("frontends")?
+        .iter()
+        .map(|f| {
+            (
+                format!("{}:{}", f["address"].as_str().unwrap_or(""), f["port"]),
+                f["pick"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(picks["10.96.0.20:80"], "random", "{picks:?}");
+    assert_eq!(picks["172.31.0.11:30080"], "maglev/16381", "{picks:?}");
+    assert_eq!(picks["192.0.2.10:80"], "maglev/16381", "{picks:?}");
 
     for node in &lab.nodes {
         let addr = at(&node.addr.to_string(), 30080);
