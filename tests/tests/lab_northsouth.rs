@@ -449,3 +449,63 @@ fn internal_local_policy_only_reaches_local_pods() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn rolling_replacement_keeps_every_established_connection() -> Result<()> {
+    if skip_unless_root("rolling_replacement_keeps_every_established_connection") {
+        return Ok(());
+    }
+    let mut lab = lab_with(&[])?;
+    let old: Vec<svclb_tests::Pod> = vec![lab.pod("n1-pod2").clone(), lab.pod("n2-pod2").clone()];
+    let new: Vec<svclb_tests::Pod> = vec![lab.pod("n1-pod3").clone(), lab.pod("n2-pod3").clone()];
+    let write = |lab: &Lab, pods: &[svclb_tests::Pod]| {
+        let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
+        lab.write_manifest(
+            "roll.yaml",
+            &service(
+                "roll",
+                "10.96.0.28",
+                &[WEB.with_node_port(30088)],
+                &refs,
+                "  type: NodePort\n",
+                "",
+            ),
+        )
+    };
+    write(&lab, &old)?;
+    lab.start_agents()?;
+    let node1 = lab.nodes[0].addr.to_string();
+    let client = lab.client_ns.clone();
+    // Connections to the old replicas, local (DNAT) and remote (SNAT) ones.
+    let mut sessions = Vec::new();
+    for _ in 0..12 {
+        let mut session = TcpSession::connect_in(&client, at(&node1, 30088), TIMEOUT)?;
+        let first = session.ask()?;
+        sessions.push((session, first));
+    }
+    let before: BTreeSet<&String> = sessions.iter().map(|(_, first)| first).collect();
+    assert_eq!(before.len(), 2, "both old replicas in use: {before:?}");
+
+    // Rolling replacement: a new replica joins, then the old ones leave.
+    write(&lab, &[old.clone(), new.clone()].concat())?;
+    std::thread::sleep(Duration::from_millis(500));
+    write(&lab, &new)?;
+    std::thread::sleep(Duration::from_millis(500));
+
+    for (session, first) in &mut sessions {
+        assert_eq!(
+            &session.ask()?,
+            first,
+            "an established connection keeps its backend"
+        );
+    }
+    let answers = tally(&tcp_ask_many(&client, at(&node1, 30088), 20, TIMEOUT)?);
+    assert_no_errors(&answers, "new connections");
+    let names: BTreeSet<&str> = answers.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["n1-pod3", "n2-pod3"]),
+        "new connections go to the new replicas"
+    );
+    Ok(())
+}
