@@ -42,6 +42,27 @@ pub struct SyncReport {
     pub errors: Vec<String>,
 }
 
+impl SyncReport {
+    /// Counts a write that succeeded, or records why it failed, naming the entry with
+    /// `what`; whether it succeeded.
+    fn wrote<E: std::fmt::Display>(
+        &mut self,
+        result: Result<(), E>,
+        what: impl FnOnce() -> String,
+    ) -> bool {
+        match result {
+            Ok(()) => {
+                self.writes += 1;
+                true
+            }
+            Err(err) => {
+                self.errors.push(format!("{}: {err}", what()));
+                false
+            }
+        }
+    }
+}
+
 fn frontend_name(key: &ServiceKey) -> String {
     match frontend_key(key) {
         Some(frontend) => frontend.to_string(),
@@ -60,15 +81,10 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         if current.backends.get(id) == Some(backend) {
             continue;
         }
-        match maps.put_backend(*id, backend) {
-            Ok(()) => {
-                report.writes += 1;
-                current.backends.insert(*id, *backend);
-            }
-            Err(err) => {
-                failed_backends.insert(*id);
-                report.errors.push(format!("backend {id}: {err}"));
-            }
+        if report.wrote(maps.put_backend(*id, backend), || format!("backend {id}")) {
+            current.backends.insert(*id, *backend);
+        } else {
+            failed_backends.insert(*id);
         }
     }
 
@@ -91,19 +107,12 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
                 ));
                 continue;
             }
-            match maps.put_table(want.id, spec, &backends) {
-                Ok(()) => {
-                    report.writes += 1;
-                    current.tables.insert(want.id, spec.clone());
-                }
-                Err(err) => {
-                    report.errors.push(format!(
-                        "frontend {}: Maglev table: {err}",
-                        frontend_name(key)
-                    ));
-                    continue;
-                }
+            if !report.wrote(maps.put_table(want.id, spec, &backends), || {
+                format!("frontend {}: Maglev table", frontend_name(key))
+            }) {
+                continue;
             }
+            current.tables.insert(want.id, spec.clone());
         }
         let ranges: Vec<(u32, IpNet)> = desired
             .source_ranges
@@ -113,19 +122,12 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
             .copied()
             .collect();
         for (id, net) in ranges {
-            match maps.put_source_range(id, net) {
-                Ok(()) => {
-                    report.writes += 1;
-                    current.source_ranges.insert((id, net));
-                }
-                Err(err) => {
-                    report.errors.push(format!(
-                        "frontend {}: source range {net}: {err}",
-                        frontend_name(key)
-                    ));
-                    continue 'frontends;
-                }
+            if !report.wrote(maps.put_source_range(id, net), || {
+                format!("frontend {}: source range {net}", frontend_name(key))
+            }) {
+                continue 'frontends;
             }
+            current.source_ranges.insert((id, net));
         }
         let slots: Vec<(SlotKey, u32)> = (0..want.count)
             .map(|slot| SlotKey {
@@ -145,31 +147,19 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
             if current.slots.get(&slot_key) == Some(&backend_id) {
                 continue;
             }
-            match maps.put_slot(slot_key, backend_id) {
-                Ok(()) => {
-                    report.writes += 1;
-                    current.slots.insert(slot_key, backend_id);
-                }
-                Err(err) => {
-                    report.errors.push(format!(
-                        "frontend {}: slot {}: {err}",
-                        frontend_name(key),
-                        slot_key.slot
-                    ));
-                    continue 'frontends;
-                }
+            if !report.wrote(maps.put_slot(slot_key, backend_id), || {
+                format!("frontend {}: slot {}", frontend_name(key), slot_key.slot)
+            }) {
+                continue 'frontends;
             }
+            current.slots.insert(slot_key, backend_id);
         }
-        if current.services.get(key) != Some(want) {
-            match maps.put_service(key, want) {
-                Ok(()) => {
-                    report.writes += 1;
-                    current.services.insert(*key, *want);
-                }
-                Err(err) => report
-                    .errors
-                    .push(format!("frontend {}: {err}", frontend_name(key))),
-            }
+        if current.services.get(key) != Some(want)
+            && report.wrote(maps.put_service(key, want), || {
+                format!("frontend {}", frontend_name(key))
+            })
+        {
+            current.services.insert(*key, *want);
         }
     }
 
@@ -181,14 +171,10 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         .copied()
         .collect();
     for key in gone {
-        match maps.del_service(&key) {
-            Ok(()) => {
-                report.writes += 1;
-                current.services.remove(&key);
-            }
-            Err(err) => report
-                .errors
-                .push(format!("frontend {}: delete: {err}", frontend_name(&key))),
+        if report.wrote(maps.del_service(&key), || {
+            format!("frontend {}: delete", frontend_name(&key))
+        }) {
+            current.services.remove(&key);
         }
     }
 
@@ -206,12 +192,8 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         .copied()
         .collect();
     for slot in unreachable {
-        match maps.del_slot(slot) {
-            Ok(()) => {
-                report.writes += 1;
-                current.slots.remove(&slot);
-            }
-            Err(err) => report.errors.push(format!("slot {slot:?}: delete: {err}")),
+        if report.wrote(maps.del_slot(slot), || format!("slot {slot:?}: delete")) {
+            current.slots.remove(&slot);
         }
     }
 
@@ -225,14 +207,8 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         .copied()
         .collect();
     for id in tables {
-        match maps.del_table(id) {
-            Ok(()) => {
-                report.writes += 1;
-                current.tables.remove(&id);
-            }
-            Err(err) => report
-                .errors
-                .push(format!("Maglev table {id}: delete: {err}")),
+        if report.wrote(maps.del_table(id), || format!("Maglev table {id}: delete")) {
+            current.tables.remove(&id);
         }
     }
     let ranges: Vec<(u32, IpNet)> = current
@@ -241,14 +217,10 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         .copied()
         .collect();
     for (id, net) in ranges {
-        match maps.del_source_range(id, net) {
-            Ok(()) => {
-                report.writes += 1;
-                current.source_ranges.remove(&(id, net));
-            }
-            Err(err) => report.errors.push(format!(
-                "source range {net} of frontend id {id}: delete: {err}"
-            )),
+        if report.wrote(maps.del_source_range(id, net), || {
+            format!("source range {net} of frontend id {id}: delete")
+        }) {
+            current.source_ranges.remove(&(id, net));
         }
     }
 
@@ -266,12 +238,8 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
         .copied()
         .collect();
     for id in unused {
-        match maps.del_backend(id) {
-            Ok(()) => {
-                report.writes += 1;
-                current.backends.remove(&id);
-            }
-            Err(err) => report.errors.push(format!("backend {id}: delete: {err}")),
+        if report.wrote(maps.del_backend(id), || format!("backend {id}: delete")) {
+            current.backends.remove(&id);
         }
     }
     report

@@ -1,6 +1,6 @@
 //! Service and EndpointSlice manifests for lab tests and the demo.
 
-use std::fmt::Write as _;
+use std::{borrow::Borrow, fmt::Write as _};
 
 use crate::Pod;
 
@@ -48,11 +48,11 @@ pub const DNS: PortSpec = PortSpec::udp("dns", 53, 8080);
 
 /// A ClusterIP Service named `name` on `cluster_ip` and one EndpointSlice holding `pods`
 /// (all ready).
-pub fn cluster_ip_service(
+pub fn cluster_ip_service<P: Borrow<Pod>>(
     name: &str,
     cluster_ip: &str,
     ports: &[PortSpec],
-    pods: &[&Pod],
+    pods: &[P],
 ) -> String {
     service(name, cluster_ip, ports, pods, "  type: ClusterIP\n", "")
 }
@@ -60,11 +60,11 @@ pub fn cluster_ip_service(
 /// A Service named `name` on `cluster_ip` and one EndpointSlice holding `pods` (all ready).
 /// `spec` is more of the Service's spec (indented YAML lines: type, policies, affinity...);
 /// `status` its status block (e.g. load-balancer ingress IPs), or "".
-pub fn service(
+pub fn service<P: Borrow<Pod>>(
     name: &str,
     cluster_ip: &str,
     ports: &[PortSpec],
-    pods: &[&Pod],
+    pods: &[P],
     spec: &str,
     status: &str,
 ) -> String {
@@ -97,7 +97,7 @@ pub fn service(
         out.push_str("endpoints: []\n");
     } else {
         out.push_str("endpoints:\n");
-        for pod in pods {
+        for pod in pods.iter().map(Borrow::borrow) {
             let _ = writeln!(
                 out,
                 "- addresses: [\"{}\"]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: {}\n  targetRef: {{kind: Pod, name: {}, namespace: default}}",

@@ -177,13 +177,7 @@ pub fn expected_reset(syn: &PacketSpec) -> Vec<u8> {
     let input = syn.build();
     let seq = u32::from_be_bytes([input[38], input[39], input[40], input[41]]);
     let ack = seq + 1 + syn.payload.len() as u32;
-    let mut frame = reply_ethernet(&input);
-    let ip_start = frame.len();
-    frame.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
-    frame.extend_from_slice(&syn.dst.octets());
-    frame.extend_from_slice(&syn.src.octets());
-    let ip_csum = checksum(&[&frame[ip_start..]]);
-    frame[ip_start + 10..ip_start + 12].copy_from_slice(&ip_csum.to_be_bytes());
+    let mut frame = reply_headers(&input, syn, 6, 40);
     let tcp_start = frame.len();
     frame.extend_from_slice(&syn.dport.to_be_bytes());
     frame.extend_from_slice(&syn.sport.to_be_bytes());
@@ -200,13 +194,7 @@ pub fn expected_reset(syn: &PacketSpec) -> Vec<u8> {
 pub fn expected_port_unreachable(datagram: &PacketSpec) -> Vec<u8> {
     let input = datagram.build();
     let quote = &input[14..14 + 28];
-    let mut frame = reply_ethernet(&input);
-    let ip_start = frame.len();
-    frame.extend_from_slice(&[0x45, 0, 0, 56, 0, 0, 0x40, 0, 64, 1, 0, 0]);
-    frame.extend_from_slice(&datagram.dst.octets());
-    frame.extend_from_slice(&datagram.src.octets());
-    let ip_csum = checksum(&[&frame[ip_start..]]);
-    frame[ip_start + 10..ip_start + 12].copy_from_slice(&ip_csum.to_be_bytes());
+    let mut frame = reply_headers(&input, datagram, 1, 56);
     let icmp_start = frame.len();
     frame.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
     frame.extend_from_slice(quote);
@@ -215,10 +203,20 @@ pub fn expected_port_unreachable(datagram: &PacketSpec) -> Vec<u8> {
     frame
 }
 
-fn reply_ethernet(input: &[u8]) -> Vec<u8> {
+/// Ethernet (addresses of `input` swapped) and an IPv4 header (TTL 64, don't fragment) from
+/// the frontend back to the client of `spec`: the start of every answer the datapath makes.
+fn reply_headers(input: &[u8], spec: &PacketSpec, protocol: u8, total_len: u16) -> Vec<u8> {
     let mut frame = Vec::with_capacity(70);
     frame.extend_from_slice(&input[6..12]);
     frame.extend_from_slice(&input[0..6]);
     frame.extend_from_slice(&input[12..14]);
+    let ip_start = frame.len();
+    frame.extend_from_slice(&[0x45, 0]);
+    frame.extend_from_slice(&total_len.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
+    frame.extend_from_slice(&spec.dst.octets());
+    frame.extend_from_slice(&spec.src.octets());
+    let ip_csum = checksum(&[&frame[ip_start..]]);
+    frame[ip_start + 10..ip_start + 12].copy_from_slice(&ip_csum.to_be_bytes());
     frame
 }

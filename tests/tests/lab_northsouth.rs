@@ -107,14 +107,13 @@ fn nodeport_and_load_balancer_ip_reach_backends_on_both_nodes_and_nodes_agree() 
     }
     let mut lab = lab_with(&[])?;
     let pods = all_pods(&lab);
-    let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
     lab.write_manifest(
         "web.yaml",
         &service(
             "web",
             "10.96.0.20",
             &[WEB.with_node_port(30080), DNS.with_node_port(30053)],
-            &refs,
+            &pods,
             "  type: LoadBalancer\n",
             &load_balancer("192.0.2.10"),
         ),
@@ -207,14 +206,13 @@ fn local_policy_keeps_the_client_address_drops_elsewhere_and_health_checks_say_s
     }
     let mut lab = lab_with(&[])?;
     let pods = pods_of(&lab, 0);
-    let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
     lab.write_manifest(
         "local.yaml",
         &service(
             "local",
             "10.96.0.21",
             &[WEB.with_node_port(30081)],
-            &refs,
+            &pods,
             "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32001\n",
             &load_balancer("192.0.2.11"),
         ),
@@ -264,7 +262,7 @@ fn empty_services_reject_at_once() -> Result<()> {
             "empty",
             "10.96.0.22",
             &[WEB.with_node_port(30082), DNS.with_node_port(30083)],
-            &[],
+            &[] as &[svclb_tests::Pod],
             "  type: NodePort\n",
             "",
         ),
@@ -305,7 +303,6 @@ fn empty_services_reject_at_once() -> Result<()> {
 fn source_ranges_admit_and_refuse(xdp_mode: &str) -> Result<()> {
     let mut lab = lab_with(&["--xdp-mode", xdp_mode])?;
     let pods = server_pods(&lab);
-    let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
     for (name, ip, cluster_ip, range) in [
         ("open", "192.0.2.12", "10.96.0.23", "172.31.0.0/24"),
         ("closed", "192.0.2.13", "10.96.0.24", "10.0.0.0/8"),
@@ -316,7 +313,7 @@ fn source_ranges_admit_and_refuse(xdp_mode: &str) -> Result<()> {
                 name,
                 cluster_ip,
                 &[WEB],
-                &refs,
+                &pods,
                 &format!("  type: LoadBalancer\n  allocateLoadBalancerNodePorts: false\n  loadBalancerSourceRanges: [\"{range}\"]\n"),
                 &load_balancer(ip),
             ),
@@ -367,7 +364,6 @@ fn session_affinity_holds_and_expires() -> Result<()> {
     }
     let mut lab = lab_with(&[])?;
     let pods = server_pods(&lab);
-    let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
     let affinity = |seconds: u32| {
         format!(
             "  type: NodePort\n  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {seconds}\n"
@@ -379,14 +375,14 @@ fn session_affinity_holds_and_expires() -> Result<()> {
             "sticky",
             "10.96.0.25",
             &[WEB.with_node_port(30085)],
-            &refs,
+            &pods,
             &affinity(3600),
             "",
         ),
     )?;
     lab.write_manifest(
         "brief.yaml",
-        &service("brief", "10.96.0.26", &[WEB], &refs, &affinity(1), ""),
+        &service("brief", "10.96.0.26", &[WEB], &pods, &affinity(1), ""),
     )?;
     lab.start_agents()?;
     let pod = lab.pod("n1-pod1").ns.clone();
@@ -422,14 +418,13 @@ fn internal_local_policy_only_reaches_local_pods() -> Result<()> {
     }
     let mut lab = lab_with(&[])?;
     let pods = server_pods(&lab);
-    let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
     lab.write_manifest(
         "itp.yaml",
         &service(
             "itp",
             "10.96.0.27",
             &[WEB],
-            &refs,
+            &pods,
             "  type: ClusterIP\n  internalTrafficPolicy: Local\n",
             "",
         ),
@@ -459,14 +454,13 @@ fn rolling_replacement_keeps_every_established_connection() -> Result<()> {
     let old: Vec<svclb_tests::Pod> = vec![lab.pod("n1-pod2").clone(), lab.pod("n2-pod2").clone()];
     let new: Vec<svclb_tests::Pod> = vec![lab.pod("n1-pod3").clone(), lab.pod("n2-pod3").clone()];
     let write = |lab: &Lab, pods: &[svclb_tests::Pod]| {
-        let refs: Vec<&svclb_tests::Pod> = pods.iter().collect();
         lab.write_manifest(
             "roll.yaml",
             &service(
                 "roll",
                 "10.96.0.28",
                 &[WEB.with_node_port(30088)],
-                &refs,
+                &pods,
                 "  type: NodePort\n",
                 "",
             ),
