@@ -112,20 +112,30 @@ impl Maps {
             let id = id.context("reading map SVCLB_MAGLEV")?;
             state.tables.insert(id, MaglevSpec::unknown());
         }
+        // The trie's keys hold no family: a range has its frontend's (every range of a
+        // frontend is of the frontend's family). A range whose frontend is gone is read by its
+        // length; it is deleted by its bytes, which any reading keeps.
+        let families: std::collections::HashMap<u32, u8> = state
+            .services
+            .iter()
+            .map(|(key, value)| (value.id, key.family))
+            .collect();
         for key in self.source_ranges.keys() {
             let key = key.context("reading map SVCLB_SOURCE_RANGES")?;
             let data = key.data();
-            let family = if key.prefix_len() > 32 + 32 || data.addr[4..].iter().any(|b| *b != 0) {
-                svclb_common::FAMILY_V6
-            } else {
-                svclb_common::FAMILY_V4
-            };
+            let svc_id = u32::from_be(data.svc_id_be);
+            let family = families
+                .get(&svc_id)
+                .copied()
+                .unwrap_or(if key.prefix_len() > 32 + 32 {
+                    svclb_common::FAMILY_V6
+                } else {
+                    svclb_common::FAMILY_V4
+                });
             let addr = ip_of(&data.addr, family);
             let prefix = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(u8::MAX);
             if let Ok(net) = IpNet::new(addr, prefix) {
-                state
-                    .source_ranges
-                    .insert((u32::from_be(data.svc_id_be), net));
+                state.source_ranges.insert((svc_id, net));
             }
         }
         Ok(state)

@@ -278,13 +278,13 @@ pub fn desired(plan: &Plan, current: &MapState, capacity: Capacity) -> (MapState
             }
         }
         if !frontend.source_ranges.is_empty() {
+            // Without room for its ranges the frontend refuses every source rather than admit
+            // everyone: the ranges are a security boundary.
+            flags |= SVC_F_SOURCE_RANGES;
             if out.source_ranges.len() + frontend.source_ranges.len() <= capacity.source_ranges {
-                flags |= SVC_F_SOURCE_RANGES;
                 out.source_ranges
                     .extend(frontend.source_ranges.iter().map(|net| (id, net.trunc())));
             } else {
-                // Refuse rather than admit everyone: the ranges are a security boundary.
-                flags |= SVC_F_SOURCE_RANGES;
                 diags.push(Diagnostic::new(
                     format!("Service {}", frontend.service),
                     format!(
