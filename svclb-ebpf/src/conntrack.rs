@@ -53,6 +53,22 @@ pub fn touch(entry: *mut CtEntry, now: u64) {
     }
 }
 
+/// The key of the reply a backend sends back to `daddr:dport_be` (the client, or this node's
+/// SNAT port).
+#[inline(always)]
+fn reply_key(pkt: &Packet, backend: &Backend, daddr: &L3Addr, dport_be: u16) -> CtKey {
+    CtKey {
+        saddr: backend.addr,
+        daddr: *daddr,
+        sport_be: backend.port_be,
+        dport_be,
+        proto: pkt.proto,
+        family: pkt.family,
+        dir: CT_DIR_REPLY,
+        _pad: 0,
+    }
+}
+
 /// Records a DNAT-only flow (the client's address is kept). The reply entry is written first:
 /// a flow whose forward entry exists always has its reply entry. Replies of an external
 /// frontend's flow leave by redirect (their new source may be this node's address).
@@ -77,16 +93,7 @@ pub fn create(
         created_ns: now,
         last_seen_ns: now,
     };
-    let reply_key = CtKey {
-        saddr: backend.addr,
-        daddr: pkt.saddr,
-        sport_be: backend.port_be,
-        dport_be: pkt.sport_be,
-        proto: pkt.proto,
-        family: pkt.family,
-        dir: CT_DIR_REPLY,
-        _pad: 0,
-    };
+    let reply_key = reply_key(pkt, backend, &pkt.saddr, pkt.sport_be);
     let reply = CtEntry {
         nat_addr: pkt.daddr,
         nat_port_be: pkt.dport_be,
@@ -115,16 +122,7 @@ pub fn create_snat(
     node: &L3Addr,
 ) -> Result<u16, i64> {
     const RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
-    let mut reply_key = CtKey {
-        saddr: backend.addr,
-        daddr: *node,
-        sport_be: backend.port_be,
-        dport_be: 0,
-        proto: pkt.proto,
-        family: pkt.family,
-        dir: CT_DIR_REPLY,
-        _pad: 0,
-    };
+    let mut reply_key = reply_key(pkt, backend, node, 0);
     let mut entry = CtEntry {
         nat_addr: pkt.daddr,
         nat_port_be: pkt.dport_be,

@@ -1,17 +1,17 @@
-//! Sending a translated packet on ourselves: a FIB lookup for the egress device, then a
-//! redirect that lets the neighbour subsystem fill in the MAC addresses.
+//! Sending a translated packet on ourselves: one FIB lookup for the egress device and next
+//! hop, then a redirect with the MAC addresses it found, or through the neighbour subsystem
+//! when the next hop's address is not resolved yet.
 //!
 //! Needed when the new source is an address of this node (SNAT, or a NodePort frontend
 //! restored on a reply): the stack drops such a packet arriving from outside as martian.
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::__sk_buff,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, TC_ACT_OK,
-        bpf_fib_lookup,
+        __sk_buff, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC,
+        TC_ACT_OK, bpf_fib_lookup, bpf_redir_neigh,
     },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 use svclb_common::{L3Addr, addr::v4_octets};
@@ -28,42 +28,83 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*skb).ifindex }
 }
 
-/// The route to `daddr`: the egress device and the source address the node would use.
+/// Looks up the route to `daddr` into `params`; the helper's result code.
 #[inline(always)]
-pub fn route(ctx: &TcContext, pkt: &Packet, daddr: &L3Addr) -> Option<(u32, L3Addr)> {
-    // SAFETY: plain old data, all-zero is a valid value.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+fn lookup(
+    ctx: &TcContext,
+    pkt: &Packet,
+    daddr: &L3Addr,
+    flags: u32,
+    params: &mut bpf_fib_lookup,
+) -> i64 {
     params.family = AF_INET;
     params.l4_protocol = pkt.proto;
     params.__bindgen_anon_1.tot_len = u16::from_be(pkt.tot_len_be);
     params.ifindex = ifindex(ctx);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(v4_octets(daddr));
     // SAFETY: `params` is a valid, sized lookup structure for this call.
-    let ret = unsafe {
+    unsafe {
         fib_lookup(
             ctx.as_ptr(),
-            &mut params,
+            params,
             size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_SRC,
+            flags,
         )
-    };
+    }
+}
+
+#[inline(always)]
+fn zeroed() -> bpf_fib_lookup {
+    // SAFETY: plain old data, all-zero is a valid value.
+    unsafe { core::mem::zeroed() }
+}
+
+/// The source address this node uses towards `daddr` (what SNAT rewrites to).
+#[inline(always)]
+pub fn source_towards(ctx: &TcContext, pkt: &Packet, daddr: &L3Addr) -> Option<L3Addr> {
+    let mut params = zeroed();
+    let ret = lookup(ctx, pkt, daddr, BPF_FIB_LOOKUP_SRC, &mut params);
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && ret != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         return None;
     }
     // SAFETY: union of integers; the lookup filled ipv4_src.
     let src = unsafe { params.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
-    Some((params.ifindex, svclb_common::addr::v4(src)))
+    Some(svclb_common::addr::v4(src))
 }
 
-/// Redirects the (already rewritten) packet out of the device that routes to its destination.
-/// Without a route the stack gets it and decides.
+/// Redirects the (already rewritten) packet out of the device that routes to its destination
+/// `daddr`. Without a route the stack gets it and decides.
 #[inline(always)]
 pub fn redirect(ctx: &TcContext, pkt: &Packet, daddr: &L3Addr) -> i32 {
-    match route(ctx, pkt, daddr) {
-        // SAFETY: a NULL neighbour makes the helper resolve the next hop itself.
-        Some((ifindex, _)) => unsafe {
-            bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32
-        },
-        None => TC_ACT_OK,
+    let mut params = zeroed();
+    let ret = lookup(ctx, pkt, daddr, 0, &mut params);
+    if ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        // SAFETY: union of byte arrays; a successful lookup filled the MAC addresses.
+        let macs = unsafe { &params.__bindgen_anon_6.__bindgen_anon_2 };
+        if ctx.store(0, &macs.dmac, 0).is_err() || ctx.store(6, &macs.smac, 0).is_err() {
+            return TC_ACT_OK;
+        }
+        // SAFETY: redirect to the egress of the device the route names.
+        return unsafe { bpf_redirect(params.ifindex, 0) } as i32;
     }
+    if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+        // The lookup left the next hop in ipv4_dst: let the neighbour subsystem resolve it.
+        let mut next_hop = bpf_redir_neigh {
+            nh_family: u32::from(AF_INET),
+            // SAFETY: union of integers, filled by the lookup.
+            __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+                ipv4_nh: unsafe { params.__bindgen_anon_4.ipv4_dst },
+            },
+        };
+        // SAFETY: a valid, sized next-hop structure for this call.
+        return unsafe {
+            bpf_redirect_neigh(
+                params.ifindex,
+                &mut next_hop,
+                size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        } as i32;
+    }
+    TC_ACT_OK
 }

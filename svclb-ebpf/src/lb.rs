@@ -85,11 +85,15 @@ pub fn ingress(ctx: &TcContext, side: Side) -> i32 {
 }
 
 /// Sends a rewritten packet on: by FIB redirect when the flow asks for it (`daddr` is its new
-/// destination), else through the stack.
+/// destination), with the TTL decremented as the stack would (a packet whose TTL runs out is
+/// dropped), else through the stack.
 #[inline(always)]
 fn send(ctx: &TcContext, pkt: &Packet, flags: u16, daddr: &L3Addr) -> Result<i32, i64> {
     if flags & CT_F_REDIRECT == 0 {
         return Ok(TC_ACT_OK);
+    }
+    if pkt.ttl <= 1 {
+        return Ok(TC_ACT_SHOT);
     }
     nat::decrement_ttl(ctx, pkt)?;
     Ok(forward::redirect(ctx, pkt, daddr))
@@ -148,9 +152,6 @@ fn tracked(ctx: &TcContext, pkt: &Packet, svc: &ServiceValue, now: u64) -> i32 {
     if tracked.svc_id != svc.id || (recheck && !backend_alive(tracked)) {
         return NOT_TRACKED;
     }
-    if tracked.flags & CT_F_REDIRECT != 0 && pkt.ttl <= 1 {
-        return TC_ACT_SHOT;
-    }
     conntrack::touch(entry, now);
     if nat::apply(ctx, pkt, tracked, false).is_err() {
         return TC_ACT_SHOT;
@@ -201,10 +202,11 @@ fn to_remote(ctx: &TcContext, s: &Scratch) -> i32 {
 #[inline(always)]
 fn snat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
     let (pkt, backend) = (&s.pkt, &s.picked.backend);
+    // `send` would drop it: claim no SNAT port for it.
     if pkt.ttl <= 1 {
         return Ok(TC_ACT_SHOT);
     }
-    let Some((_, node)) = forward::route(ctx, pkt, &backend.addr) else {
+    let Some(node) = forward::source_towards(ctx, pkt, &backend.addr) else {
         return Ok(TC_ACT_SHOT);
     };
     let port_be = conntrack::create_snat(pkt, backend, s.picked.id, s.svc.id, s.picked.now, &node)?;
@@ -227,9 +229,6 @@ fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let tracked = unsafe { &*entry };
-    if tracked.flags & CT_F_REDIRECT != 0 && pkt.ttl <= 1 {
-        return Ok(TC_ACT_SHOT);
-    }
     conntrack::touch(entry, conntrack::now_ns());
     nat::apply(ctx, pkt, tracked, true)?;
     let daddr = if tracked.flags & CT_F_SNAT != 0 {
