@@ -155,12 +155,6 @@ impl Maps {
         self.backends.get(&id, 0).ok()
     }
 
-    /// The Maglev table of frontend `id` (backend ids by slot).
-    pub fn maglev_table(&self, id: u32) -> Option<Vec<u32>> {
-        let array = self.maglev.get(&id, 0).ok()?;
-        array.iter().collect::<Result<Vec<_>, _>>().ok()
-    }
-
     /// Number of conntrack entries (both directions of every flow).
     pub fn conntrack_len(&self) -> usize {
         self.conntrack.keys().filter(Result::is_ok).count()
