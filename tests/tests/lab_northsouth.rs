@@ -460,7 +460,7 @@ fn rolling_replacement_keeps_every_established_connection() -> Result<()> {
                 "roll",
                 "10.96.0.28",
                 &[WEB.with_node_port(30088)],
-                &pods,
+                pods,
                 "  type: NodePort\n",
                 "",
             ),
