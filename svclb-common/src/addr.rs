@@ -5,6 +5,7 @@ pub const FAMILY_V4: u8 = 4;
 /// `family` value of an IPv6 entry.
 pub const FAMILY_V6: u8 = 6;
 
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_SCTP: u8 = 132;

@@ -14,7 +14,9 @@ pub mod limits;
 pub mod maglev;
 pub mod service;
 
-pub use addr::{FAMILY_V4, FAMILY_V6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, L3Addr};
+pub use addr::{
+    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, L3Addr,
+};
 pub use backend::{Backend, SlotKey};
 pub use conntrack::{AffinityKey, AffinityValue, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey};
 pub use service::{ServiceKey, ServiceValue, SourceRangeKey};

@@ -21,6 +21,7 @@ use svclb_common::{
 
 use crate::{
     conntrack, forward,
+    icmp::{self, Quote},
     nat::{self, End, rewrite_v4},
     parse::{Packet, parse},
     reject::reject,
@@ -41,6 +42,7 @@ pub struct Scratch {
     pkt: Packet,
     svc: ServiceValue,
     picked: Picked,
+    quote: Quote,
 }
 
 /// The backend chosen for a new flow.
@@ -70,6 +72,9 @@ pub fn ingress(ctx: &TcContext, side: Side) -> i32 {
     let s = unsafe { &mut *scratch };
     if !parse(ctx, &mut s.pkt) {
         return TC_ACT_OK;
+    }
+    if s.pkt.is_icmp() {
+        return related(ctx, s);
     }
     let Some(svc) = select::frontend(&s.pkt) else {
         return from_backend(ctx, &s.pkt);
@@ -213,6 +218,26 @@ fn snat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
     rewrite_v4(ctx, pkt, End::Destination, &backend.addr, backend.port_be)?;
     rewrite_v4(ctx, pkt, End::Source, &node, port_be)?;
     send(ctx, pkt, CT_F_SNAT | CT_F_REDIRECT, &backend.addr)
+}
+
+/// An ICMP message: an error about a translated flow is translated like the flow (see `icmp`);
+/// anything else passes.
+#[inline(never)]
+fn related(ctx: &TcContext, s: &mut Scratch) -> i32 {
+    if !icmp::parse_quote(ctx, &s.pkt, &mut s.quote) {
+        return TC_ACT_OK;
+    }
+    for dir in icmp::DIRECTIONS {
+        if let Some(entry) = conntrack::lookup(&icmp::flow_key(&s.quote, dir)) {
+            // SAFETY: a map value found in this run stays valid until the program returns.
+            let tracked = unsafe { &*entry };
+            return match icmp::translate(ctx, &s.pkt, &s.quote, tracked, dir) {
+                Ok(daddr) => send(ctx, &s.pkt, tracked.flags, &daddr).unwrap_or(TC_ACT_SHOT),
+                Err(_) => TC_ACT_SHOT,
+            };
+        }
+    }
+    TC_ACT_OK
 }
 
 /// Not addressed to a frontend: a reply of a translated flow gets its frontend back as source

@@ -7,6 +7,7 @@
 
 mod conntrack;
 mod forward;
+mod icmp;
 mod lb;
 mod maps;
 mod nat;

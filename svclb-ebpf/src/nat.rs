@@ -49,13 +49,7 @@ pub fn rewrite_v4(
             u64::from(new),
             l4_flags | u64::from(BPF_F_PSEUDO_HDR) | 4,
         )?;
-        ctx.l3_csum_replace(
-            pkt.l3_off + IPV4_CSUM_OFF,
-            u64::from(old),
-            u64::from(new),
-            4,
-        )?;
-        ctx.store(pkt.l3_off + addr_off, &new_octets, 0)?;
+        set_v4_addr(ctx, pkt.l3_off, addr_off, old_addr, new_addr)?;
     }
     if old_port_be != new_port_be {
         ctx.l4_csum_replace(
@@ -65,6 +59,26 @@ pub fn rewrite_v4(
             l4_flags | 2,
         )?;
         ctx.store(pkt.l4_off + port_off, &new_port_be, 0)?;
+    }
+    Ok(())
+}
+
+/// Writes `new_addr` over `old_addr` at `addr_off` in the IPv4 header at `l3_off`, updating
+/// that header's checksum (and nothing else: callers handle any checksum covering it).
+#[inline(always)]
+pub fn set_v4_addr(
+    ctx: &TcContext,
+    l3_off: usize,
+    addr_off: usize,
+    old_addr: &L3Addr,
+    new_addr: &L3Addr,
+) -> Result<(), i64> {
+    let old = u32::from_ne_bytes(v4_octets(old_addr));
+    let new_octets = v4_octets(new_addr);
+    let new = u32::from_ne_bytes(new_octets);
+    if old != new {
+        ctx.l3_csum_replace(l3_off + IPV4_CSUM_OFF, u64::from(old), u64::from(new), 4)?;
+        ctx.store(l3_off + addr_off, &new_octets, 0)?;
     }
     Ok(())
 }

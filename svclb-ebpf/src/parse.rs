@@ -1,9 +1,10 @@
-//! Header parsing: Ethernet, IPv4 (with options), TCP and UDP. Anything else is not ours and
+//! Header parsing: Ethernet, IPv4 (with options), TCP, UDP and ICMP (whose errors can be about
+//! a translated flow: see `icmp`). Anything else is not ours and
 //! passes untouched. The same parser serves TC (after pulling headers into the linear area)
 //! and XDP (whose frames are always linear).
 
 use aya_ebpf::programs::TcContext;
-use svclb_common::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, L3Addr, addr::v4};
+use svclb_common::{FAMILY_V4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L3Addr, addr::v4};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -72,6 +73,11 @@ impl Packet {
     #[inline(always)]
     pub fn is_udp(&self) -> bool {
         self.proto == IPPROTO_UDP
+    }
+
+    #[inline(always)]
+    pub fn is_icmp(&self) -> bool {
+        self.proto == IPPROTO_ICMP
     }
 
     #[inline(always)]
@@ -166,11 +172,11 @@ fn parse_into(start: usize, end: usize, out: &mut Packet) -> Option<()> {
     if u16::from_be(frag_off_be) & IP_MF_OFFSET_MASK != 0 {
         return None;
     }
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return None;
-    }
     let l4_off = l3_off + usize::from(ihl) * 4;
-    let (sport_be, dport_be, tcp_flags) = if proto == IPPROTO_TCP {
+    let (sport_be, dport_be, tcp_flags) = if proto == IPPROTO_ICMP {
+        // No ports; `icmp` reads what it needs.
+        (0, 0, 0)
+    } else if proto == IPPROTO_TCP {
         let tcp = ptr_at::<[u8; 20]>(start, end, l4_off)?;
         // SAFETY: bounds checked by ptr_at.
         let tcp = unsafe { &*tcp };
@@ -179,7 +185,7 @@ fn parse_into(start: usize, end: usize, out: &mut Packet) -> Option<()> {
             u16::from_ne_bytes([tcp[2], tcp[3]]),
             tcp[TCP_FLAGS_OFF],
         )
-    } else {
+    } else if proto == IPPROTO_UDP {
         let udp = ptr_at::<[u8; 8]>(start, end, l4_off)?;
         // SAFETY: bounds checked by ptr_at.
         let udp = unsafe { &*udp };
@@ -188,6 +194,8 @@ fn parse_into(start: usize, end: usize, out: &mut Packet) -> Option<()> {
             u16::from_ne_bytes([udp[2], udp[3]]),
             0,
         )
+    } else {
+        return None;
     };
     out.l3_off = l3_off;
     out.l4_off = l4_off;

@@ -15,6 +15,9 @@ use crate::{parse::parse_frame, select};
 #[inline(always)]
 pub fn early(ctx: &XdpContext) -> Option<u32> {
     let pkt = parse_frame(ctx.data(), ctx.data_end())?;
+    if pkt.is_icmp() {
+        return None;
+    }
     let svc = select::frontend(&pkt)?;
     if svc.flags & SVC_F_EXTERNAL == 0 {
         return Some(XDP_PASS);

@@ -78,6 +78,17 @@ impl TcpSession {
         self.request(b"peer\n")
     }
 
+    /// Asks for an answer of `size` bytes (more than one MTU); the name of the backend that
+    /// sent all of it.
+    pub fn ask_big(&mut self, size: usize) -> Result<String> {
+        let answer = self.request(format!("big {size}\n").as_bytes())?;
+        let (name, body) = answer.split_once(' ').context("no name in the answer")?;
+        if body.len() != size || body.bytes().any(|b| b != b'x') {
+            bail!("{name} answered {} bytes, not {size}", body.len());
+        }
+        Ok(name.to_owned())
+    }
+
     fn request(&mut self, line: &[u8]) -> Result<String> {
         self.stream.write_all(line).context("sending a request")?;
         let mut line = String::new();

@@ -358,6 +358,59 @@ impl Lab {
             .join("---\n")
     }
 
+    /// Adds a second external client, behind a router on the fabric whose link to it has an
+    /// MTU of `mtu` (the client's own side keeps 1500, so its TCP MSS asks for more): larger
+    /// packets with DF set get a fragmentation-needed from the router. Returns the client's
+    /// namespace and address.
+    pub fn add_client_behind_router(&mut self, mtu: u16) -> Result<(String, Ipv4Addr)> {
+        let router = format!("{}-rtr", self.id);
+        let far = format!("{}-far", self.id);
+        let router_addr = Ipv4Addr::new(172, 31, 0, 200);
+        let far_addr = Ipv4Addr::new(192, 168, 77, 2);
+        self.add_ns(&router)?;
+        self.add_ns(&far)?;
+        sysctl_in(&router, "net.ipv4.ip_forward", "1")?;
+        self.plug_into_fabric(&router, "rtr", router_addr)?;
+        ip_in(
+            &router,
+            &[
+                "link",
+                "add",
+                "far0",
+                "mtu",
+                &mtu.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &far,
+            ],
+        )?;
+        ip_in(&router, &["addr", "add", "192.168.77.1/24", "dev", "far0"])?;
+        ip_in(&router, &["link", "set", "far0", "up"])?;
+        ip_in(
+            &far,
+            &["addr", "add", &format!("{far_addr}/24"), "dev", "eth0"],
+        )?;
+        ip_in(&far, &["link", "set", "eth0", "up"])?;
+        ip_in(&far, &["route", "add", "default", "via", "192.168.77.1"])?;
+        for node in &self.nodes {
+            ip_in(
+                &node.ns,
+                &[
+                    "route",
+                    "add",
+                    "192.168.77.0/24",
+                    "via",
+                    &router_addr.to_string(),
+                ],
+            )?;
+        }
+        Ok((far, far_addr))
+    }
+
     /// Routes `addr` (a load-balancer or external IP) from the external client through node
     /// `node`, as an upstream router would; replaces an earlier route.
     pub fn route_client_via(&self, addr: &str, node: usize) -> Result<()> {

@@ -220,3 +220,34 @@ fn reply_headers(input: &[u8], spec: &PacketSpec, protocol: u8, total_len: u16) 
     frame[ip_start + 10..ip_start + 12].copy_from_slice(&ip_csum.to_be_bytes());
     frame
 }
+
+/// An ICMP error frame from `src` to `dst`: ICMP `header` (type, code, checksum left zero,
+/// rest of header) and `quote` (the IP header and leading bytes of the packet it is about),
+/// with checksums from scratch.
+pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, header: [u8; 8], quote: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(14 + 28 + quote.len());
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00]);
+    let ip_start = frame.len();
+    let total_len = (20 + 8 + quote.len()) as u16;
+    frame.extend_from_slice(&[0x45, 0xc0]);
+    frame.extend_from_slice(&total_len.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    frame.extend_from_slice(&src.octets());
+    frame.extend_from_slice(&dst.octets());
+    let ip_csum = checksum(&[&frame[ip_start..]]);
+    frame[ip_start + 10..ip_start + 12].copy_from_slice(&ip_csum.to_be_bytes());
+    let icmp_start = frame.len();
+    frame.extend_from_slice(&header);
+    frame[icmp_start + 2..icmp_start + 4].copy_from_slice(&[0, 0]);
+    frame.extend_from_slice(quote);
+    let csum = checksum(&[&frame[icmp_start..]]);
+    frame[icmp_start + 2..icmp_start + 4].copy_from_slice(&csum.to_be_bytes());
+    frame
+}
+
+/// What an ICMP error quotes of `spec`: its IP header and the first `l4_bytes` bytes after it.
+pub fn quote_of(spec: &PacketSpec, l4_bytes: usize) -> Vec<u8> {
+    let frame = spec.build();
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    frame[14..14 + ihl + l4_bytes].to_vec()
+}

@@ -1,7 +1,8 @@
 //! Backends: answer every request with the pod's name.
 //!
 //! TCP: a line protocol (each line gets `NAME\n`, so one connection can ask many times; the
-//! line `peer` gets `NAME PEER-ADDRESS\n`, the client address the pod sees) or, when the first
+//! line `peer` gets `NAME PEER-ADDRESS\n`, the client address the pod sees; `big N` gets
+//! `NAME ` and N bytes of `x` on one line, an answer larger than any MTU) or, when the first
 //! line is an HTTP request, one HTTP response whose body is `NAME\n` (for curl).
 //! UDP: every datagram gets `NAME\n` (`peer` gets `NAME PEER-ADDRESS\n`).
 
@@ -85,10 +86,20 @@ fn serve_tcp(listener: &TcpListener, stop: &Arc<AtomicBool>, reply: &Arc<String>
     }
 }
 
-/// The answer to `request`: the name, or for `peer` the name and the client's address.
+/// Largest `big` answer served.
+const BIG_MAX: usize = 1 << 20;
+
+/// The answer to `request`: the name, for `peer` the name and the client's address, for
+/// `big N` the name and N bytes.
 fn answer(request: &[u8], reply: &str, peer: SocketAddr) -> String {
-    if request.trim_ascii() == b"peer" {
+    let request = request.trim_ascii();
+    let big = request
+        .strip_prefix(b"big ")
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
+    if request == b"peer" {
         format!("{} {}\n", reply.trim_end(), peer.ip())
+    } else if let Some(n) = big {
+        format!("{} {}\n", reply.trim_end(), "x".repeat(n.min(BIG_MAX)))
     } else {
         reply.to_owned()
     }

@@ -16,8 +16,8 @@ use common::datapath::Datapath;
 use svclb::plan::Protocol;
 use svclb_tests::{
     packet::{
-        L4, PacketSpec, TCP_ACK, TCP_SYN, expected_port_unreachable, expected_reset,
-        verify_checksums,
+        L4, PacketSpec, TCP_ACK, TCP_SYN, expected_port_unreachable, expected_reset, icmp_error,
+        quote_of, verify_checksums,
     },
     skip_unless_root,
 };
@@ -276,7 +276,58 @@ fn fixtures_translate_and_pass() -> Result<()> {
     for case in &cases {
         check(&mut dp, case)?;
     }
+
+    // ICMP errors about the flows above. The quoted TCP/UDP checksum stays as it was.
+    const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const PORT_UNREACHABLE: [u8; 8] = [3, 3, 0, 0, 0, 0, 0, 0];
+    const FRAG_NEEDED_1000: [u8; 8] = [3, 4, 0, 0, 0, 0, 0x03, 0xe8];
+    let to_backend = quote_of(&udp.clone().with_dst(BACKEND.0, BACKEND.1), 8);
+    let reply_out = quote_of(&syn_ack.clone().with_src(VIP, 80), 20);
+    let stranger = quote_of(&PacketSpec::udp((CLIENT.0, 41_999), BACKEND), 8);
+    let icmp_cases = [
+        Case {
+            what: "a port unreachable from the backend reaches the client from the frontend, \
+                   quoting the datagram the client sent",
+            input: icmp_error(BACKEND.0, CLIENT.0, PORT_UNREACHABLE, &to_backend),
+            verdict: TC_ACT_OK,
+            expect: Expect::Bytes(icmp_error(
+                VIP,
+                CLIENT.0,
+                PORT_UNREACHABLE,
+                &with_l4_checksum_of(quote_of(&udp, 8), &to_backend),
+            )),
+        },
+        Case {
+            what: "a fragmentation-needed from a router about a reply reaches the backend, \
+                   quoting the segment the backend sent",
+            input: icmp_error(ROUTER, VIP, FRAG_NEEDED_1000, &reply_out),
+            verdict: TC_ACT_OK,
+            expect: Expect::Bytes(icmp_error(
+                ROUTER,
+                BACKEND.0,
+                FRAG_NEEDED_1000,
+                &with_l4_checksum_of(quote_of(&syn_ack, 20), &reply_out),
+            )),
+        },
+        Case {
+            what: "an ICMP error about an untracked flow passes untouched",
+            input: icmp_error(BACKEND.0, CLIENT.0, PORT_UNREACHABLE, &stranger),
+            verdict: TC_ACT_OK,
+            expect: Expect::Unchanged,
+        },
+    ];
+    for case in &icmp_cases {
+        check(&mut dp, case)?;
+    }
     Ok(())
+}
+
+/// `quote` with the TCP or UDP checksum of `original` (a quote of the same packet before
+/// translation): what a translated quote keeps.
+fn with_l4_checksum_of(mut quote: Vec<u8>, original: &[u8]) -> Vec<u8> {
+    let at = 20 + if quote[9] == 6 { 16 } else { 6 };
+    quote[at..at + 2].copy_from_slice(&original[at..at + 2]);
+    quote
 }
 
 /// `spec`'s frame cut to 40 bytes of IP with the IHL field set to `ihl` words.

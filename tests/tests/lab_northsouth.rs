@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec,
     client::{TIMEOUT, TcpSession, at, tally, tcp_ask_many, udp_ask_from},
-    manifests::{DNS, WEB, service},
+    manifests::{DNS, PortSpec, WEB, service},
     netns::in_netns,
     skip_unless_root,
 };
@@ -501,5 +501,138 @@ fn rolling_replacement_keeps_every_established_connection() -> Result<()> {
         BTreeSet::from(["n1-pod3", "n2-pod3"]),
         "new connections go to the new replicas"
     );
+    Ok(())
+}
+
+/// How many ICMP destination-unreachable messages namespace `ns` has sent.
+fn dest_unreachables_sent(ns: &str) -> Result<u64> {
+    let snmp = svclb_tests::netns::run("ip", &["netns", "exec", ns, "cat", "/proc/net/snmp"])?;
+    let text = String::from_utf8(snmp.stdout)?;
+    let mut icmp = text.lines().filter(|l| l.starts_with("Icmp: "));
+    let (names, values) = (
+        icmp.next().context("no Icmp line")?,
+        icmp.next().context("no values")?,
+    );
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "OutDestUnreachs")
+        .context("no OutDestUnreachs")?;
+    Ok(values
+        .split_whitespace()
+        .nth(at)
+        .context("short Icmp line")?
+        .parse()?)
+}
+
+#[test]
+fn path_mtu_discovery_works_through_a_node_port() -> Result<()> {
+    if skip_unless_root("path_mtu_discovery_works_through_a_node_port") {
+        return Ok(());
+    }
+    let mut lab = lab_with(&[])?;
+    let (far, far_addr) = lab.add_client_behind_router(1000)?;
+    let router = format!("{}-rtr", lab.id);
+    // One service served from node 1's own pods (DNAT), one from node 2's (SNAT), both
+    // reached through node 1.
+    for (name, ip, node_port, node) in [
+        ("near", "10.96.0.30", 30093, 0),
+        ("away", "10.96.0.31", 30094, 1),
+    ] {
+        lab.write_manifest(
+            &format!("{name}.yaml"),
+            &service(
+                name,
+                ip,
+                &[WEB.with_node_port(node_port)],
+                &pods_of(&lab, node),
+                "  type: NodePort\n",
+                "",
+            ),
+        )?;
+    }
+    lab.start_agents()?;
+    let node1 = lab.nodes[0].addr.to_string();
+    for (node_port, node) in [(30093, "n1"), (30094, "n2")] {
+        let addr = at(&node1, node_port);
+        let before = dest_unreachables_sent(&router)?;
+        // Larger than the path MTU many times over; each connection may meet a new pod, which
+        // must learn the path MTU itself.
+        let answers = in_netns(&far, move || {
+            Ok((0..4)
+                .map(|_| {
+                    let mut session = TcpSession::connect(addr, TIMEOUT)?;
+                    session.ask_big(20_000)
+                })
+                .collect::<Vec<_>>())
+        })?;
+        let answers = tally(&answers);
+        assert_no_errors(
+            &answers,
+            &format!("20 kB answers to {far_addr} through {addr}"),
+        );
+        assert_eq!(
+            nodes_of(&answers),
+            BTreeSet::from([node.to_owned()]),
+            "{answers:?}"
+        );
+        let sent = dest_unreachables_sent(&router)? - before;
+        assert!(
+            sent > 0,
+            "the router sent no fragmentation-needed: the test proves nothing"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn udp_to_a_closed_backend_port_is_refused_through_the_frontend() -> Result<()> {
+    if skip_unless_root("udp_to_a_closed_backend_port_is_refused_through_the_frontend") {
+        return Ok(());
+    }
+    let mut lab = lab_with(&[])?;
+    // Nothing listens on port 9 in the pods: they answer with ICMP port unreachable, which
+    // must reach the client as coming from the frontend it asked.
+    const CLOSED: PortSpec = PortSpec::udp("discard", 9, 9);
+    let near: Vec<_> = server_pods(&lab)
+        .into_iter()
+        .filter(|p| p.node == "n1")
+        .collect();
+    for (name, ip, node_port, pods) in [
+        ("near", "10.96.0.32", 30095, near),
+        ("away", "10.96.0.33", 30096, pods_of(&lab, 1)),
+    ] {
+        lab.write_manifest(
+            &format!("{name}.yaml"),
+            &service(
+                name,
+                ip,
+                &[CLOSED.with_node_port(node_port)],
+                &pods,
+                "  type: NodePort\n",
+                "",
+            ),
+        )?;
+    }
+    lab.start_agents()?;
+    let node1 = lab.nodes[0].addr.to_string();
+    let pod = lab.pod("n1-pod1").ns.clone();
+    for (ns, addr) in [
+        (lab.client_ns.clone(), at(&node1, 30095)),
+        (lab.client_ns.clone(), at(&node1, 30096)),
+        (pod.clone(), at("10.96.0.32", 9)),
+        (pod, at("10.96.0.33", 9)),
+    ] {
+        let errors = in_netns(&ns, move || {
+            Ok((0..3)
+                .map(|_| udp_connected(addr, TIMEOUT).err().map(|e| e.kind()))
+                .collect::<Vec<_>>())
+        })?;
+        assert!(
+            errors
+                .iter()
+                .all(|e| *e == Some(std::io::ErrorKind::ConnectionRefused)),
+            "UDP to {addr} from {ns}: {errors:?}"
+        );
+    }
     Ok(())
 }

@@ -1,0 +1,164 @@
+//! ICMP errors about translated flows (RFC 5508 section 4.2, as a NAT must do): a
+//! fragmentation-needed from a router between a frontend and its client, or a port-unreachable
+//! from a backend, quotes the packet as it was on the wire, with the addresses and ports one
+//! side of the translation used. The quote, and the error's own addresses, are translated to
+//! what the other side knows, so the error reaches the socket it is about: PMTU discovery
+//! works through a frontend, and a client of a UDP frontend hears that the port is closed.
+//!
+//! The quoted packet turned round is a packet of the flow, going the way the error goes, and
+//! it has a conntrack entry: its forward entry (an error on its way to the backend) or its
+//! reply entry (on its way to the client). That entry's translation, applied to it, gives the
+//! new quote. Only quotes without IP options (IHL 5) are translated; the quoted TCP or UDP
+//! checksum is left as it was (it covers data the quote lacks, and no receiver checks it).
+
+use aya_ebpf::programs::TcContext;
+use svclb_common::{
+    CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, L3Addr,
+    addr::v4, conntrack::CT_F_SNAT,
+};
+
+use crate::{
+    nat::{End, set_v4_addr},
+    parse::{IPV4_DADDR_OFF, IPV4_SADDR_OFF, Packet},
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
+const ICMP_HLEN: usize = 8;
+const ICMP_CSUM_OFF: usize = 2;
+const IP_HLEN: usize = 20;
+
+/// The packet an ICMP error quotes. Ports in network order.
+pub struct Quote {
+    icmp_off: usize,
+    l3_off: usize,
+    l4_off: usize,
+    proto: u8,
+    saddr: L3Addr,
+    daddr: L3Addr,
+    sport_be: u16,
+    dport_be: u16,
+}
+
+/// Reads the quote of an ICMP error into `q`; `false` for any other ICMP message and for
+/// quotes that are not of a TCP or UDP flow.
+#[inline(always)]
+pub fn parse_quote(ctx: &TcContext, pkt: &Packet, q: &mut Quote) -> bool {
+    parse_into(ctx, pkt, q).is_some()
+}
+
+#[inline(always)]
+fn parse_into(ctx: &TcContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
+    let icmp_off = pkt.l4_off;
+    let kind: u8 = ctx.load(icmp_off).ok()?;
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETERPROB {
+        return None;
+    }
+    let l3_off = icmp_off + ICMP_HLEN;
+    let ip: [u8; IP_HLEN] = ctx.load(l3_off).ok()?;
+    let proto = ip[9];
+    // IPv4 without options, the first fragment or none, TCP or UDP.
+    if ip[0] != 0x45
+        || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0
+        || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+    {
+        return None;
+    }
+    let l4_off = l3_off + IP_HLEN;
+    let ports: [u8; 4] = ctx.load(l4_off).ok()?;
+    q.icmp_off = icmp_off;
+    q.l3_off = l3_off;
+    q.l4_off = l4_off;
+    q.proto = proto;
+    q.saddr = v4([ip[12], ip[13], ip[14], ip[15]]);
+    q.daddr = v4([ip[16], ip[17], ip[18], ip[19]]);
+    q.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
+    q.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
+    Some(())
+}
+
+/// The conntrack key of the quoted packet turned round, in direction `dir`.
+#[inline(always)]
+pub fn flow_key(q: &Quote, dir: u8) -> CtKey {
+    CtKey {
+        saddr: q.daddr,
+        daddr: q.saddr,
+        sport_be: q.dport_be,
+        dport_be: q.sport_be,
+        proto: q.proto,
+        family: FAMILY_V4,
+        dir,
+        _pad: 0,
+    }
+}
+
+/// The directions to look the flow up in, in order.
+pub const DIRECTIONS: [u8; 2] = [CT_DIR_FORWARD, CT_DIR_REPLY];
+
+/// Translates the error by `entry` (found in direction `dir`); returns its new destination.
+#[inline(always)]
+pub fn translate(
+    ctx: &TcContext,
+    pkt: &Packet,
+    q: &Quote,
+    entry: &CtEntry,
+    dir: u8,
+) -> Result<L3Addr, i64> {
+    // The flow's packet going the error's way: from the quote's destination to its source.
+    let (src, sport_be, dst, dport_be) = (q.daddr, q.dport_be, q.saddr, q.sport_be);
+    let snat = entry.flags & CT_F_SNAT != 0;
+    let ((new_src, new_sport_be), (new_dst, new_dport_be)) = if dir == CT_DIR_REPLY {
+        let dst = if snat {
+            (entry.snat_addr, entry.snat_port_be)
+        } else {
+            (dst, dport_be)
+        };
+        ((entry.nat_addr, entry.nat_port_be), dst)
+    } else {
+        let src = if snat {
+            (entry.snat_addr, entry.snat_port_be)
+        } else {
+            (src, sport_be)
+        };
+        (src, (entry.nat_addr, entry.nat_port_be))
+    };
+    // Turned round again into the quote.
+    rewrite_quoted(ctx, q, End::Source, &new_dst, new_dport_be)?;
+    rewrite_quoted(ctx, q, End::Destination, &new_src, new_sport_be)?;
+    // The error's own addresses (ICMP has no pseudo-header: only the IP checksum changes).
+    set_v4_addr(ctx, pkt.l3_off, IPV4_DADDR_OFF, &pkt.daddr, &new_dst)?;
+    // An error sent by the flow's other end itself speaks for it, as the translated address;
+    // one from a router on the way keeps the router's address.
+    if pkt.saddr == src {
+        set_v4_addr(ctx, pkt.l3_off, IPV4_SADDR_OFF, &pkt.saddr, &new_src)?;
+    }
+    Ok(new_dst)
+}
+
+/// Rewrites one end of the quote. The quoted IP header's checksum follows its address, so the
+/// ICMP checksum, which covers both, is unchanged by it; a port change is added to it.
+#[inline(always)]
+fn rewrite_quoted(
+    ctx: &TcContext,
+    q: &Quote,
+    end: End,
+    new_addr: &L3Addr,
+    new_port_be: u16,
+) -> Result<(), i64> {
+    let (addr_off, port_off, old_addr, old_port_be) = match end {
+        End::Source => (IPV4_SADDR_OFF, 0, &q.saddr, q.sport_be),
+        End::Destination => (IPV4_DADDR_OFF, 2, &q.daddr, q.dport_be),
+    };
+    set_v4_addr(ctx, q.l3_off, addr_off, old_addr, new_addr)?;
+    if old_port_be != new_port_be {
+        ctx.l4_csum_replace(
+            q.icmp_off + ICMP_CSUM_OFF,
+            u64::from(old_port_be),
+            u64::from(new_port_be),
+            2,
+        )?;
+        ctx.store(q.l4_off + port_off, &new_port_be, 0)?;
+    }
+    Ok(())
+}
