@@ -23,7 +23,7 @@ use crate::{
     devices::{DeviceSelector, Devices},
     diag::Diagnostic,
     healthcheck::HealthChecks,
-    kernel_maps::Maps,
+    kernel_maps::{Maps, Purged},
     loader::{self, MapSizes},
     mapstate::{self, Capacity, MapState},
     metrics::Metrics,
@@ -128,7 +128,25 @@ impl Syncer {
         self.not_programmed = plan.frontends.len().saturating_sub(desired.services.len());
         let incomplete = !map_diags.is_empty();
         let plan_us = started.elapsed().as_micros() as u64 - read_us;
+        let departed = self.programmed.departed(&desired);
         let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
+        if !departed.is_empty() {
+            match self.maps.purge(&departed) {
+                Ok(purged) if purged != Purged::default() => {
+                    self.metrics.purged_flows.inc_by(purged.flows as u64);
+                    self.metrics
+                        .purged_affinities
+                        .inc_by(purged.affinities as u64);
+                    info!(
+                        conntrack = purged.flows,
+                        affinity = purged.affinities,
+                        "let go of removed backends"
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => error!("purging flows of removed backends: {err:#}"),
+            }
+        }
 
         let diags: BTreeSet<Diagnostic> = snapshot
             .diagnostics

@@ -1,7 +1,7 @@
 //! Typed handles on the pinned maps: reading them back into a [`MapState`] and writing the
 //! reconciler's changes.
 
-use std::path::Path;
+use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -10,8 +10,11 @@ use aya::{
 };
 use ipnet::IpNet;
 use svclb_common::{
-    Backend, CtEntry, CtKey, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
-    limits::{MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES},
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, IPPROTO_UDP, ServiceKey, ServiceValue,
+    SlotKey, SourceRangeKey,
+    limits::{
+        MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
+    },
     maglev::{Maglev, Weighted, identity},
 };
 
@@ -29,6 +32,7 @@ pub struct Maps {
     backends: HashMap<MapData, u32, Backend>,
     slots: HashMap<MapData, SlotKey, u32>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     maglev: HashOfMaps<MapData, u32, Array<MapData, u32>>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     /// The seed every Maglev table is built with (the size comes with each table).
@@ -74,6 +78,7 @@ impl Maps {
             backends: hash(get(MAP_BACKENDS)?, MAP_BACKENDS)?,
             slots: hash(get(MAP_SLOTS)?, MAP_SLOTS)?,
             conntrack: hash(get(MAP_CT)?, MAP_CT)?,
+            affinity: hash(get(MAP_AFFINITY)?, MAP_AFFINITY)?,
             maglev: HashOfMaps::try_from(get(MAP_MAGLEV)?)
                 .with_context(|| format!("map {MAP_MAGLEV}"))?,
             source_ranges: LpmTrie::try_from(get(MAP_SOURCE_RANGES)?)
@@ -155,10 +160,51 @@ impl Maps {
         self.backends.get(&id, 0).ok()
     }
 
+    /// Lets go of backends that left a frontend (pairs from [`MapState::departed`]): removes
+    /// the conntrack entries of that frontend's UDP flows to them, both directions, so the
+    /// clients' next datagrams pick a live backend (established TCP keeps its backend, as
+    /// with kube-proxy), and the session affinities that point at them. The datapath checks
+    /// that a flow's backend still exists; this covers a backend another frontend keeps.
+    pub fn purge(&mut self, departed: &BTreeSet<(u32, u32)>) -> Result<Purged> {
+        let flows: Vec<CtKey> = self
+            .conntrack
+            .iter()
+            // An entry evicted while the map is walked is simply not seen.
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| {
+                key.proto == IPPROTO_UDP && departed.contains(&(entry.svc_id, entry.backend_id))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        let affinities: Vec<AffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, value)| departed.contains(&(key.svc_id, value.backend_id)))
+            .map(|(key, _)| key)
+            .collect();
+        let mut purged = Purged::default();
+        for key in flows {
+            purged.flows += usize::from(self.conntrack.remove(&key).is_ok());
+        }
+        for key in affinities {
+            purged.affinities += usize::from(self.affinity.remove(&key).is_ok());
+        }
+        Ok(purged)
+    }
+
     /// Number of conntrack entries (both directions of every flow).
     pub fn conntrack_len(&self) -> usize {
         self.conntrack.keys().filter(Result::is_ok).count()
     }
+}
+
+/// What [`Maps::purge`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Conntrack entries (each flow has two).
+    pub flows: usize,
+    pub affinities: usize,
 }
 
 /// The Maglev table of `spec` as backend ids.

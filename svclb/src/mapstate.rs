@@ -54,6 +54,31 @@ pub struct MapState {
 }
 
 impl MapState {
+    /// The (frontend id, backend id) pairs this state programs and `desired` does not: flows
+    /// and session affinities of such a frontend must let go of such a backend, even when the
+    /// backend itself stays (another frontend still uses it). A frontend whose id changes or
+    /// that goes away departs from all its backends.
+    pub fn departed(&self, desired: &MapState) -> BTreeSet<(u32, u32)> {
+        let mut out = BTreeSet::new();
+        for (key, value) in &self.services {
+            let old = self.slots_of(value);
+            let new = match desired.services.get(key) {
+                Some(want) if want.id == value.id => desired.slots_of(want),
+                _ => Vec::new(),
+            };
+            if old == new {
+                continue;
+            }
+            let kept: HashSet<u32> = new.into_iter().collect();
+            out.extend(
+                old.into_iter()
+                    .filter(|id| !kept.contains(id))
+                    .map(|id| (value.id, id)),
+            );
+        }
+        out
+    }
+
     /// The backend ids in slots `0..count` of a frontend (a missing slot is skipped).
     pub fn slots_of(&self, value: &ServiceValue) -> Vec<u32> {
         (0..value.count)

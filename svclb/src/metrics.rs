@@ -38,6 +38,8 @@ pub struct Metrics {
     pub syncs: Counter,
     pub entries_written: Counter,
     pub write_errors: Counter,
+    pub purged_flows: Counter,
+    pub purged_affinities: Counter,
     pub frontends: Gauge,
     pub backends: Gauge,
     pub frontends_not_programmed: Gauge,
@@ -54,6 +56,8 @@ impl Metrics {
         let syncs = Counter::default();
         let entries_written = Counter::default();
         let write_errors = Counter::default();
+        let purged_flows = Counter::default();
+        let purged_affinities = Counter::default();
         let frontends = Gauge::<i64, AtomicI64>::default();
         let backends = Gauge::<i64, AtomicI64>::default();
         let frontends_not_programmed = Gauge::<i64, AtomicI64>::default();
@@ -76,6 +80,16 @@ impl Metrics {
             "map_write_errors",
             "Map writes that failed (a full map, a kernel error)",
             write_errors.clone(),
+        );
+        registry.register(
+            "conntrack_entries_purged",
+            "Conntrack entries of UDP flows removed because their backend left the service",
+            purged_flows.clone(),
+        );
+        registry.register(
+            "affinity_entries_purged",
+            "Session affinities removed because their backend left the service",
+            purged_affinities.clone(),
         );
         registry.register(
             "frontends",
@@ -113,6 +127,8 @@ impl Metrics {
             syncs,
             entries_written,
             write_errors,
+            purged_flows,
+            purged_affinities,
             frontends,
             backends,
             frontends_not_programmed,

@@ -6,14 +6,16 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 mod common;
 
 use anyhow::{Context as _, Result};
 use common::datapath::Datapath;
-use svclb::plan::Protocol;
+use svclb::plan::{
+    Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope, WhenEmpty,
+};
 use svclb_tests::{
     packet::{
         L4, PacketSpec, TCP_ACK, TCP_SYN, expected_port_unreachable, expected_reset, icmp_error,
@@ -433,4 +435,222 @@ fn removed_backend_keeps_established_tcp_and_moves_udp_and_new_syns() -> Result<
         "a new SYN on a reused tuple goes to a live backend"
     );
     Ok(())
+}
+
+/// A namespace for one fixture, removed on drop.
+struct FixtureNs(String);
+
+impl Drop for FixtureNs {
+    fn drop(&mut self) {
+        let _ = svclb_tests::netns::delete(&self.0);
+    }
+}
+
+const UP0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
+const NODE: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 11);
+const EXT_CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(172, 31, 0, 100), 40_000);
+const REMOTE_BACKEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 11), 8080);
+
+/// A node's uplink for the FIB lookups of the redirecting rewrites: `up0` (172.31.0.11/24,
+/// MAC ..:0b, forwarding on), the other node at 172.31.0.12 (MAC ..:0c) routing 10.244.2.0/24,
+/// the external client at 172.31.0.100 (MAC ..:64), both neighbours resolved.
+fn uplink_ns() -> Result<(FixtureNs, u32)> {
+    use svclb_tests::netns::{ip, ip_in, sysctl_in};
+    let ns = FixtureNs(format!("svl{}x-fib", std::process::id()));
+    ip(&["netns", "add", &ns.0])?;
+    let n = ns.0.as_str();
+    sysctl_in(n, "net.ipv4.ip_forward", "1")?;
+    ip_in(
+        n,
+        &[
+            "link",
+            "add",
+            "up0",
+            "address",
+            "02:00:00:00:00:0b",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up1",
+        ],
+    )?;
+    ip_in(n, &["addr", "add", "172.31.0.11/24", "dev", "up0"])?;
+    ip_in(n, &["link", "set", "up0", "up"])?;
+    ip_in(n, &["link", "set", "up1", "up"])?;
+    for (addr, mac) in [
+        ("172.31.0.12", "02:00:00:00:00:0c"),
+        ("172.31.0.100", "02:00:00:00:00:64"),
+    ] {
+        ip_in(
+            n,
+            &[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                "up0",
+                "nud",
+                "permanent",
+            ],
+        )?;
+    }
+    ip_in(n, &["route", "add", "10.244.2.0/24", "via", "172.31.0.12"])?;
+    let out = svclb_tests::netns::run("ip", &["-n", n, "-o", "link", "show", "up0"])?;
+    let text = String::from_utf8(out.stdout)?;
+    let index = text
+        .split(':')
+        .next()
+        .context("no ifindex")?
+        .trim()
+        .parse()?;
+    Ok((ns, index))
+}
+
+/// `frame` as the datapath forwards it: new MAC addresses, TTL decremented, IP checksum
+/// recomputed from scratch.
+fn forwarded(mut frame: Vec<u8>, dmac: [u8; 6], smac: [u8; 6]) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&dmac);
+    frame[6..12].copy_from_slice(&smac);
+    frame[14 + 8] -= 1;
+    fix_ip_checksum(&mut frame);
+    frame
+}
+
+/// The source port a SNATed frame left with, checked to be in the NAT's range.
+fn snat_port(out: &[u8]) -> u16 {
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    assert!((61_000..=65_535).contains(&port), "SNAT port {port}");
+    port
+}
+
+fn node_port_plan() -> Plan {
+    let mut plan = Plan::default();
+    for (port, protocol) in [(30080, Protocol::Tcp), (30053, Protocol::Udp)] {
+        plan.frontends.insert(
+            FrontendKey::new(IpAddr::V4(NODE), port, protocol),
+            Frontend {
+                service: "default/web".into(),
+                port_name: String::new(),
+                kind: FrontendKind::NodePort,
+                scope: Scope::External,
+                affinity_timeout_seconds: 0,
+                source_ranges: Vec::new(),
+                backends: vec![PlanBackend {
+                    address: IpAddr::V4(REMOTE_BACKEND.0),
+                    port: REMOTE_BACKEND.1,
+                    node: Some("n2".into()),
+                    local: false,
+                    terminating: false,
+                }],
+                when_empty: WhenEmpty::Reject,
+            },
+        );
+    }
+    plan
+}
+
+/// The rewrites that send packets on themselves (FIB lookup, MAC addresses, TTL): SNAT to a
+/// remote backend, its reply, and ICMP errors of the SNATed flows, on a node's uplink.
+#[test]
+fn fixtures_snat_and_redirect() -> Result<()> {
+    if skip_unless_root("fixtures_snat_and_redirect") {
+        return Ok(());
+    }
+    let (ns, ifindex) = uplink_ns()?;
+    svclb_tests::netns::in_netns(&ns.0.clone(), move || {
+        let mut dp = loaded("snat")?;
+        dp.program(&node_port_plan());
+        let mut run = |what: &str, input: Vec<u8>| -> Result<Vec<u8>> {
+            let (verdict, out) = dp.run_uplink_on(ifindex, &input).context(what.to_owned())?;
+            assert_eq!(verdict, TC_ACT_REDIRECT, "{what}: verdict");
+            Ok(out)
+        };
+        let to_remote = |src: (Ipv4Addr, u16), frame: PacketSpec| {
+            forwarded(frame.with_src(src.0, src.1).build(), NEXT_HOP_MAC, UP0_MAC)
+        };
+
+        let syn = PacketSpec::tcp(EXT_CLIENT, (NODE, 30080), TCP_SYN);
+        let out = run("a SYN to a NodePort with a remote backend", syn.build())?;
+        let port = snat_port(&out);
+        let expect = to_remote(
+            (NODE, port),
+            syn.clone().with_dst(REMOTE_BACKEND.0, REMOTE_BACKEND.1),
+        );
+        assert_eq!(out, expect, "SYN: SNAT to the node and DNAT to the backend");
+
+        let ack = PacketSpec::tcp(EXT_CLIENT, (NODE, 30080), TCP_ACK);
+        let out = run("the next segment", ack.build())?;
+        let expect = to_remote(
+            (NODE, port),
+            ack.with_dst(REMOTE_BACKEND.0, REMOTE_BACKEND.1),
+        );
+        assert_eq!(out, expect, "the flow keeps its SNAT port and backend");
+
+        let syn_ack = PacketSpec::tcp(REMOTE_BACKEND, (NODE, port), TCP_SYN | TCP_ACK);
+        let client_sees = PacketSpec::tcp((NODE, 30080), EXT_CLIENT, TCP_SYN | TCP_ACK);
+        let out = run("the backend's reply", syn_ack.build())?;
+        assert_eq!(
+            out,
+            forwarded(client_sees.build(), CLIENT_MAC, UP0_MAC),
+            "reply: from the NodePort to the client"
+        );
+
+        const ROUTER: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 200);
+        const FRAG_NEEDED: [u8; 8] = [3, 4, 0, 0, 0, 0, 0x05, 0x00];
+        let reply_out = quote_of(&client_sees, 20);
+        let out = run(
+            "a fragmentation-needed about the reply",
+            icmp_error(ROUTER, NODE, FRAG_NEEDED, &reply_out),
+        )?;
+        let expect = icmp_error(
+            ROUTER,
+            REMOTE_BACKEND.0,
+            FRAG_NEEDED,
+            &with_l4_checksum_of(quote_of(&syn_ack, 20), &reply_out),
+        );
+        assert_eq!(
+            out,
+            forwarded(expect, NEXT_HOP_MAC, UP0_MAC),
+            "fragmentation-needed: to the backend, quoting what it sent"
+        );
+
+        let udp = PacketSpec::udp((EXT_CLIENT.0, 40_001), (NODE, 30053));
+        let out = run(
+            "a datagram to a NodePort with a remote backend",
+            udp.build(),
+        )?;
+        let port = snat_port(&out);
+        let sent = udp
+            .clone()
+            .with_dst(REMOTE_BACKEND.0, REMOTE_BACKEND.1)
+            .with_src(NODE, port);
+        assert_eq!(
+            out,
+            forwarded(sent.build(), NEXT_HOP_MAC, UP0_MAC),
+            "datagram: SNAT and DNAT"
+        );
+        const PORT_UNREACHABLE: [u8; 8] = [3, 3, 0, 0, 0, 0, 0, 0];
+        let quoted = quote_of(&sent, 8);
+        let out = run(
+            "a port unreachable from the backend",
+            icmp_error(REMOTE_BACKEND.0, NODE, PORT_UNREACHABLE, &quoted),
+        )?;
+        let expect = icmp_error(
+            NODE,
+            EXT_CLIENT.0,
+            PORT_UNREACHABLE,
+            &with_l4_checksum_of(quote_of(&udp, 8), &quoted),
+        );
+        assert_eq!(
+            out,
+            forwarded(expect, CLIENT_MAC, UP0_MAC),
+            "port unreachable: from the NodePort to the client, quoting its datagram"
+        );
+        Ok(())
+    })
 }

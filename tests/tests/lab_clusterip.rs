@@ -1,13 +1,17 @@
 //! End-to-end: pods reach ClusterIP services over TCP and UDP, through real agents and real
 //! kernel programs in a lab of network namespaces.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::UdpSocket,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use svclb_tests::{
-    Lab, LabSpec,
+    Lab, LabSpec, Pod,
     client::{TIMEOUT, TcpSession, at, tally, tcp_ask_many, udp_ask_many},
-    manifests::{DNS, WEB, cluster_ip_service},
+    manifests::{DNS, WEB, cluster_ip_service, service},
     netns::in_netns,
     skip_unless_root,
 };
@@ -230,6 +234,96 @@ fn deleted_service_stops_being_translated() -> Result<()> {
     assert_eq!(
         tally(&tcp_ask_many(&client, at("10.96.0.41", 80), 3, TIMEOUT)?),
         BTreeMap::from([(backend.name.clone(), 3)])
+    );
+    Ok(())
+}
+
+/// A backend that leaves one service but still serves another stays in the backend map, so
+/// the datapath's own check (is the flow's backend still there?) cannot see it go: the agent
+/// lets go of it, and UDP flows and session affinities of that service move on at once.
+#[test]
+fn flows_and_affinity_let_go_of_a_backend_another_service_keeps() -> Result<()> {
+    if skip_unless_root("flows_and_affinity_let_go_of_a_backend_another_service_keeps") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec::default())?;
+    let servers: Vec<Pod> = ["n1-pod2", "n1-pod3", "n2-pod2", "n2-pod3"]
+        .iter()
+        .map(|name| lab.pod(name).clone())
+        .collect();
+    let sticky = |pods: &[&Pod]| {
+        service(
+            "sticky",
+            "10.96.0.51",
+            &[WEB],
+            pods,
+            "  type: ClusterIP\n  sessionAffinity: ClientIP\n",
+            "",
+        )
+    };
+    let all: Vec<&Pod> = servers.iter().collect();
+    lab.write_manifest(
+        "dns.yaml",
+        &cluster_ip_service("dns", "10.96.0.50", &[DNS], &all),
+    )?;
+    lab.write_manifest("sticky.yaml", &sticky(&all))?;
+    lab.write_manifest(
+        "keeper.yaml",
+        &cluster_ip_service("keeper", "10.96.0.52", &[WEB, DNS], &all),
+    )?;
+    lab.start_agents()?;
+    let client = lab.pod("n1-pod1").ns.clone();
+
+    // One UDP flow, kept open, and a client stuck to one backend.
+    let socket = in_netns(&client, || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(at("10.96.0.50", 53))?;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(socket)
+    })?;
+    let ask = |socket: &UdpSocket| -> Result<String> {
+        socket.send(b"who\n")?;
+        let mut buf = [0u8; 64];
+        let n = socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+    };
+    let flow_backend = ask(&socket)?;
+    let stuck = tally(&tcp_ask_many(&client, at("10.96.0.51", 80), 5, TIMEOUT)?);
+    assert_eq!(stuck.len(), 1, "affinity: {stuck:?}");
+    let stuck_backend = stuck.keys().next().cloned().unwrap_or_default();
+
+    let without = |name: &str| -> Vec<&Pod> { servers.iter().filter(|p| p.name != name).collect() };
+    let changed = Instant::now();
+    lab.write_manifest(
+        "dns.yaml",
+        &cluster_ip_service("dns", "10.96.0.50", &[DNS], &without(&flow_backend)),
+    )?;
+    lab.write_manifest("sticky.yaml", &sticky(&without(&stuck_backend)))?;
+    // The same flow (same socket, same ports) moves to another backend.
+    let moved = loop {
+        match ask(&socket) {
+            Ok(name) if name != flow_backend => break name,
+            _ if changed.elapsed() > Duration::from_secs(3) => {
+                panic!("the UDP flow still reaches {flow_backend} 3 s after it left the service")
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let took = changed.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the UDP flow moved to {moved} after {took:?}"
+    );
+    let now = tally(&tcp_ask_many(&client, at("10.96.0.51", 80), 5, TIMEOUT)?);
+    assert_eq!(now.len(), 1, "affinity holds on the new backend: {now:?}");
+    assert!(
+        !now.contains_key(&stuck_backend),
+        "affinity let go of {stuck_backend}: {now:?}"
+    );
+    assert_eq!(
+        tally(&tcp_ask_many(&client, at("10.96.0.52", 80), 20, TIMEOUT)?).len(),
+        4,
+        "the service that kept every backend still uses them all"
     );
     Ok(())
 }

@@ -12,7 +12,7 @@ use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey, service::SVC_F_MA
 
 use super::{MapWriter, sync};
 use crate::{
-    mapstate::{Capacity, MaglevSpec, MapState, desired},
+    mapstate::{Capacity, MaglevSpec, MapState, desired, service_key},
     plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope, WhenEmpty},
 };
 
@@ -252,6 +252,52 @@ fn one_endpoint_change_costs_a_few_writes() {
         .map(|(k, v)| (*k, v.id))
         .collect();
     assert_eq!(ids, after, "frontend ids are stable");
+}
+
+#[test]
+fn departed_pairs_name_each_frontend_and_the_backends_it_lost() {
+    let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+    apply(
+        &mut kernel,
+        &mut programmed,
+        &plan(&[(1, &[1, 2, 3]), (2, &[1, 4]), (3, &[5])]),
+    );
+    let id_of = |state: &MapState, vip: u8| {
+        state.services[&service_key(&FrontendKey::new(
+            IpAddr::V4(Ipv4Addr::new(10, 96, 0, vip)),
+            80,
+            Protocol::Tcp,
+        ))]
+            .id
+    };
+    let backend_id = |state: &MapState, octet: u8| {
+        *state
+            .backends
+            .iter()
+            .find(|(_, b)| b.addr[..4] == [10, 244, 0, octet])
+            .expect("backend programmed")
+            .0
+    };
+    let (f1, f3) = (id_of(&programmed, 1), id_of(&programmed, 3));
+    let (b1, b2, b5) = (
+        backend_id(&programmed, 1),
+        backend_id(&programmed, 2),
+        backend_id(&programmed, 5),
+    );
+    // Backend 1 leaves frontend 1 but stays in frontend 2; 2 goes; 3 is joined by 6;
+    // frontend 3 goes away.
+    let next = plan(&[(1, &[3, 6]), (2, &[1, 4])]);
+    let (want, _) = desired(&next, &programmed, CAPACITY);
+    assert_eq!(
+        programmed.departed(&want),
+        BTreeSet::from([(f1, b1), (f1, b2), (f3, b5)])
+    );
+    apply(&mut kernel, &mut programmed, &next);
+    let (want, _) = desired(&next, &programmed, CAPACITY);
+    assert!(
+        programmed.departed(&want).is_empty(),
+        "nothing departs twice"
+    );
 }
 
 #[test]

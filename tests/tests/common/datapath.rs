@@ -59,7 +59,8 @@ impl Datapath {
         })
     }
 
-    /// Programs `frontends` (address, port, protocol, backends) through the agent's pipeline.
+    /// Programs cluster IP `frontends` (address, port, protocol, backends) through the agent's
+    /// pipeline.
     pub fn program_services(&mut self, frontends: &[FrontendSpec<'_>]) {
         let mut plan = Plan::default();
         for (addr, port, protocol, backends) in frontends {
@@ -86,6 +87,11 @@ impl Datapath {
                 },
             );
         }
+        self.program(&plan);
+    }
+
+    /// Programs `plan` through the agent's pipeline.
+    pub fn program(&mut self, plan: &Plan) {
         let capacity = Capacity {
             services: self.sizes.services as usize,
             slots: self.sizes.slots as usize,
@@ -94,7 +100,7 @@ impl Datapath {
             maglev_size: svclb_common::maglev::DEFAULT_TABLE_SIZE,
             source_ranges: self.sizes.source_ranges as usize,
         };
-        let (desired, diags) = mapstate::desired(&plan, &self.programmed, capacity);
+        let (desired, diags) = mapstate::desired(plan, &self.programmed, capacity);
         assert!(diags.is_empty(), "{diags:?}");
         let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -108,7 +114,17 @@ impl Datapath {
 
     /// Runs the uplink program once on `frame`.
     pub fn run_uplink(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let (verdict, out, _) = self.run_program(UPLINK_PROGRAM, frame, 1)?;
+        let (verdict, out, _) = self.run_program(UPLINK_PROGRAM, frame, 1, None)?;
+        Ok((verdict, out))
+    }
+
+    /// Runs the uplink program once on `frame` as if it arrived on device `ifindex` of the
+    /// calling thread's namespace (whose routes and neighbours its FIB lookups then see).
+    pub fn run_uplink_on(&mut self, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        // `struct __sk_buff` up to `ifindex` (11th word); the kernel wants the rest zero.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let (verdict, out, _) = self.run_program(UPLINK_PROGRAM, frame, 1, Some(&ctx))?;
         Ok((verdict, out))
     }
 
@@ -120,7 +136,7 @@ impl Datapath {
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
-        self.run_program(POD_PROGRAM, frame, repeat)
+        self.run_program(POD_PROGRAM, frame, repeat, None)
     }
 
     fn run_program(
@@ -128,6 +144,7 @@ impl Datapath {
         name: &str,
         frame: &[u8],
         repeat: u32,
+        ctx_in: Option<&[u8]>,
     ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         let program: &mut SchedClassifier =
             self.ebpf.program_mut(name).context("program")?.try_into()?;
@@ -135,6 +152,7 @@ impl Datapath {
         let result = program.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in,
             repeat,
             ..TestRunOptions::default()
         })?;
