@@ -93,7 +93,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 }
 
 /// Loads `rules` with `program args` inside namespace `ns`; milliseconds.
-fn load_time(ns: &str, program: &str, args: &[&str], rules: &str) -> Result<f64> {
+pub fn load_time(ns: &str, program: &str, args: &[&str], rules: &str) -> Result<f64> {
     use std::io::Write as _;
     let started = Instant::now();
     let mut child = Command::new("ip")
@@ -147,11 +147,31 @@ fn programmed(maps: &Maps, s: usize, addr: Ipv4Addr) -> bool {
     })
 }
 
+/// Agent flags sizing the maps for `n` services of [`ENDPOINTS`] endpoints (the defaults hold
+/// 65536 backends), with room to spare.
+pub fn map_size_args(n: usize) -> Vec<String> {
+    let want = |entries: usize| {
+        (entries + entries / 4)
+            .next_power_of_two()
+            .max(65_536)
+            .to_string()
+    };
+    vec![
+        "--services-map-size".into(),
+        want(n),
+        "--backends-map-size".into(),
+        want(n * ENDPOINTS),
+        "--slots-map-size".into(),
+        want(n * ENDPOINTS),
+    ]
+}
+
 pub fn cold(n: usize) -> Result<(Cold, Lab)> {
     let svcs = services(n);
     let mut lab = Lab::new(LabSpec {
         nodes: 1,
         pods_per_node: 1,
+        agent_args: map_size_args(n),
         ..LabSpec::default()
     })?;
     for (s, svc) in svcs.iter().enumerate() {
@@ -161,6 +181,10 @@ pub fn cold(n: usize) -> Result<(Cold, Lab)> {
     lab.start_agent(0)?;
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
     let pid = lab.agent_pid(0).context("the agent runs")?;
+    let maps = Maps::open_pinned(&lab.nodes[0].pin_dir)?;
+    if !programmed(&maps, n - 1, endpoint(n - 1, ENDPOINTS - 1)) {
+        bail!("the agent serves, but the last of {n} services is not programmed: maps too small?");
+    }
     let scratch = format!("{}-rules", lab.id);
     netns::ip(&["netns", "add", &scratch])?;
     let iptables = load_time(

@@ -2,10 +2,12 @@
 //! run on one machine, written to `bench/results/<date>.md`. Every load loop is bounded in
 //! count and time and only touches lab addresses or BPF_PROG_TEST_RUN.
 
+mod chart;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod control_plane;
 mod kubeproxy;
+mod latency;
 mod maglev_cost;
 mod packet_cost;
 mod report;
@@ -21,8 +23,15 @@ pub struct Settings {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    // `cargo bench` passes `--bench`; our own flags are `--quick` and `--out FILE`.
+    // `cargo bench` passes `--bench`; our own flags are `--quick`, `--out FILE` and
+    // `--only SECTION` (packet, latency, control-plane or maglev).
     let quick = args.iter().any(|a| a == "--quick");
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let wanted = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -35,13 +44,29 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let mut report = report::Report::new(quick)?;
 
-    eprintln!("== per-packet cost (BPF_PROG_TEST_RUN)");
-    report.packet = packet_cost::run(&settings)?;
-    eprintln!("== control plane");
-    (report.cold, report.changes) = control_plane::run(&settings)?;
-    eprintln!("== Maglev table build");
-    report.maglev = maglev_cost::run(&settings);
+    if wanted("packet") {
+        eprintln!("== per-packet cost (BPF_PROG_TEST_RUN)");
+        report.packet = packet_cost::run(&settings)?;
+    }
+    if wanted("latency") {
+        eprintln!("== new-connection latency and throughput through a cluster IP");
+        report.latency = latency::run(&settings)?;
+    }
+    if wanted("control-plane") {
+        eprintln!("== control plane");
+        (report.cold, report.changes) = control_plane::run(&settings)?;
+    }
+    if wanted("maglev") {
+        eprintln!("== Maglev table build");
+        report.maglev = maglev_cost::run(&settings);
+    }
 
+    if let Some(out) = out.as_ref().filter(|_| !report.latency.is_empty()) {
+        let png = std::path::Path::new(out).with_extension("png");
+        chart::latency(&report.latency, &png)?;
+        report.chart = png.file_name().map(|f| f.to_string_lossy().into_owned());
+        eprintln!("chart written to {}", png.display());
+    }
     report.took = started.elapsed();
     let text = report.render();
     println!("{text}");
