@@ -19,15 +19,14 @@ use svclb_common::{
 
 use crate::{
     nat::{End, set_v4_addr},
-    parse::{IPV4_DADDR_OFF, IPV4_SADDR_OFF, Packet},
+    parse::{IP_HLEN, IPV4_DADDR_OFF, IPV4_SADDR_OFF, Packet},
 };
 
-const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETERPROB: u8 = 12;
-const ICMP_HLEN: usize = 8;
+pub const ICMP_HLEN: usize = 8;
 const ICMP_CSUM_OFF: usize = 2;
-const IP_HLEN: usize = 20;
 
 /// The packet an ICMP error quotes. Ports in network order.
 pub struct Quote {

@@ -7,6 +7,8 @@ use aya_ebpf::programs::TcContext;
 use svclb_common::{FAMILY_V4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L3Addr, addr::v4};
 
 pub const ETH_HLEN: usize = 14;
+/// An IPv4 header without options.
+pub const IP_HLEN: usize = 20;
 const ETH_P_IP: u16 = 0x0800;
 /// More-fragments flag and fragment offset: any of them set means a fragment.
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;

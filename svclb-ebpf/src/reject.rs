@@ -10,16 +10,15 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::TcContext,
 };
-use svclb_common::addr::v4_octets;
+use svclb_common::{IPPROTO_ICMP, addr::v4_octets};
 
-use crate::parse::{ETH_HLEN, Packet, TCP_FLAG_ACK};
+use crate::{
+    icmp::{ICMP_DEST_UNREACH, ICMP_HLEN},
+    parse::{ETH_HLEN, IP_HLEN, Packet, TCP_FLAG_ACK},
+};
 
-const IPPROTO_ICMP: u8 = 1;
-const IP_HLEN: usize = 20;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
-const ICMP_HLEN: usize = 8;
-const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 const TCP_FLAG_RST: u8 = 0x04;
 const TTL: u8 = 64;

@@ -61,15 +61,27 @@ impl MapState {
     pub fn departed(&self, desired: &MapState) -> BTreeSet<(u32, u32)> {
         let mut out = BTreeSet::new();
         for (key, value) in &self.services {
-            let old = self.slots_of(value);
-            let new = match desired.services.get(key) {
-                Some(want) if want.id == value.id => desired.slots_of(want),
-                _ => Vec::new(),
-            };
-            if old == new {
+            let want = desired.services.get(key).filter(|want| want.id == value.id);
+            // Most frontends are unchanged: compared slot by slot, without collecting them.
+            let unchanged = want.is_some_and(|want| {
+                want.count == value.count
+                    && (0..value.count).all(|slot| {
+                        let key = SlotKey {
+                            svc_id: value.id,
+                            slot,
+                        };
+                        self.slots.get(&key) == desired.slots.get(&key)
+                    })
+            });
+            if unchanged {
                 continue;
             }
-            let kept: HashSet<u32> = new.into_iter().collect();
+            let old = self.slots_of(value);
+            let kept: HashSet<u32> = want
+                .map(|want| desired.slots_of(want))
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
             out.extend(
                 old.into_iter()
                     .filter(|id| !kept.contains(id))

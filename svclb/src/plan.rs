@@ -163,6 +163,19 @@ pub struct PlanBackend {
     pub terminating: bool,
 }
 
+impl PlanBackend {
+    /// A serving endpoint on another node, or on none the slice names.
+    pub fn remote(address: IpAddr, port: u16) -> Self {
+        Self {
+            address,
+            port,
+            node: None,
+            local: false,
+            terminating: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frontend {
     /// `namespace/name` of the Service.
@@ -178,6 +191,28 @@ pub struct Frontend {
     pub affinity_timeout_seconds: u32,
     /// `loadBalancerSourceRanges` (LoadBalancer frontends only); empty means any source.
     pub source_ranges: Vec<IpNet>,
+}
+
+impl Frontend {
+    /// A frontend of `service` on an unnamed port, without affinity or source ranges, that
+    /// rejects when it has no backends.
+    pub fn new(
+        service: impl Into<String>,
+        kind: FrontendKind,
+        scope: Scope,
+        backends: Vec<PlanBackend>,
+    ) -> Self {
+        Self {
+            service: service.into(),
+            port_name: String::new(),
+            kind,
+            scope,
+            backends,
+            when_empty: WhenEmpty::Reject,
+            affinity_timeout_seconds: 0,
+            source_ranges: Vec::new(),
+        }
+    }
 }
 
 /// `healthCheckNodePort` of a LoadBalancer service with `externalTrafficPolicy: Local`: the

@@ -60,6 +60,8 @@ impl TcpSession {
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
+        // One small request, then wait for the answer: nothing to gain from Nagle's delay.
+        stream.set_nodelay(true)?;
         let reader = BufReader::new(stream.try_clone()?);
         Ok(Self { stream, reader })
     }

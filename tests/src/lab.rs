@@ -62,6 +62,15 @@ pub struct Pod {
     pub host_dev: String,
 }
 
+/// An external client behind a router (see [`Lab::add_client_behind_router`]).
+#[derive(Clone, Debug)]
+pub struct RoutedClient {
+    pub ns: String,
+    pub addr: Ipv4Addr,
+    /// The router's namespace.
+    pub router_ns: String,
+}
+
 #[derive(Debug)]
 pub struct Node {
     pub name: String,
@@ -360,9 +369,8 @@ impl Lab {
 
     /// Adds a second external client, behind a router on the fabric whose link to it has an
     /// MTU of `mtu` (the client's own side keeps 1500, so its TCP MSS asks for more): larger
-    /// packets with DF set get a fragmentation-needed from the router. Returns the client's
-    /// namespace and address.
-    pub fn add_client_behind_router(&mut self, mtu: u16) -> Result<(String, Ipv4Addr)> {
+    /// packets with DF set get a fragmentation-needed from the router.
+    pub fn add_client_behind_router(&mut self, mtu: u16) -> Result<RoutedClient> {
         let router = format!("{}-rtr", self.id);
         let far = format!("{}-far", self.id);
         let router_addr = Ipv4Addr::new(172, 31, 0, 200);
@@ -408,7 +416,11 @@ impl Lab {
                 ],
             )?;
         }
-        Ok((far, far_addr))
+        Ok(RoutedClient {
+            ns: far,
+            addr: far_addr,
+            router_ns: router,
+        })
     }
 
     /// Routes `addr` (a load-balancer or external IP) from the external client through node

@@ -13,9 +13,7 @@ mod common;
 
 use anyhow::{Context as _, Result};
 use common::datapath::Datapath;
-use svclb::plan::{
-    Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope, WhenEmpty,
-};
+use svclb::plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope};
 use svclb_tests::{
     packet::{
         L4, PacketSpec, TCP_ACK, TCP_SYN, expected_port_unreachable, expected_reset, icmp_error,
@@ -32,6 +30,8 @@ const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 11), 40_000);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const BACKEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 11), 8080);
+/// ICMP header of a port unreachable (checksum left to `icmp_error`).
+const PORT_UNREACHABLE: [u8; 8] = [3, 3, 0, 0, 0, 0, 0, 0];
 
 enum Expect {
     Unchanged,
@@ -281,7 +281,6 @@ fn fixtures_translate_and_pass() -> Result<()> {
 
     // ICMP errors about the flows above. The quoted TCP/UDP checksum stays as it was.
     const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-    const PORT_UNREACHABLE: [u8; 8] = [3, 3, 0, 0, 0, 0, 0, 0];
     const FRAG_NEEDED_1000: [u8; 8] = [3, 4, 0, 0, 0, 0, 0x03, 0xe8];
     let to_backend = quote_of(&udp.clone().with_dst(BACKEND.0, BACKEND.1), 8);
     let reply_out = quote_of(&syn_ack.clone().with_src(VIP, 80), 20);
@@ -533,22 +532,15 @@ fn node_port_plan() -> Plan {
     for (port, protocol) in [(30080, Protocol::Tcp), (30053, Protocol::Udp)] {
         plan.frontends.insert(
             FrontendKey::new(IpAddr::V4(NODE), port, protocol),
-            Frontend {
-                service: "default/web".into(),
-                port_name: String::new(),
-                kind: FrontendKind::NodePort,
-                scope: Scope::External,
-                affinity_timeout_seconds: 0,
-                source_ranges: Vec::new(),
-                backends: vec![PlanBackend {
-                    address: IpAddr::V4(REMOTE_BACKEND.0),
-                    port: REMOTE_BACKEND.1,
+            Frontend::new(
+                "default/web",
+                FrontendKind::NodePort,
+                Scope::External,
+                vec![PlanBackend {
                     node: Some("n2".into()),
-                    local: false,
-                    terminating: false,
+                    ..PlanBackend::remote(IpAddr::V4(REMOTE_BACKEND.0), REMOTE_BACKEND.1)
                 }],
-                when_empty: WhenEmpty::Reject,
-            },
+            ),
         );
     }
     plan
@@ -634,7 +626,6 @@ fn fixtures_snat_and_redirect() -> Result<()> {
             forwarded(sent.build(), NEXT_HOP_MAC, UP0_MAC),
             "datagram: SNAT and DNAT"
         );
-        const PORT_UNREACHABLE: [u8; 8] = [3, 3, 0, 0, 0, 0, 0, 0];
         let quoted = quote_of(&sent, 8);
         let out = run(
             "a port unreachable from the backend",

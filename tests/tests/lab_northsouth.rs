@@ -530,8 +530,7 @@ fn path_mtu_discovery_works_through_a_node_port() -> Result<()> {
         return Ok(());
     }
     let mut lab = lab_with(&[])?;
-    let (far, far_addr) = lab.add_client_behind_router(1000)?;
-    let router = format!("{}-rtr", lab.id);
+    let far = lab.add_client_behind_router(1000)?;
     // One service served from node 1's own pods (DNAT), one from node 2's (SNAT), both
     // reached through node 1.
     for (name, ip, node_port, node) in [
@@ -554,10 +553,10 @@ fn path_mtu_discovery_works_through_a_node_port() -> Result<()> {
     let node1 = lab.nodes[0].addr.to_string();
     for (node_port, node) in [(30093, "n1"), (30094, "n2")] {
         let addr = at(&node1, node_port);
-        let before = dest_unreachables_sent(&router)?;
+        let before = dest_unreachables_sent(&far.router_ns)?;
         // Larger than the path MTU many times over; each connection may meet a new pod, which
         // must learn the path MTU itself.
-        let answers = in_netns(&far, move || {
+        let answers = in_netns(&far.ns, move || {
             Ok((0..4)
                 .map(|_| {
                     let mut session = TcpSession::connect(addr, TIMEOUT)?;
@@ -568,14 +567,14 @@ fn path_mtu_discovery_works_through_a_node_port() -> Result<()> {
         let answers = tally(&answers);
         assert_no_errors(
             &answers,
-            &format!("20 kB answers to {far_addr} through {addr}"),
+            &format!("20 kB answers to {} through {addr}", far.addr),
         );
         assert_eq!(
             nodes_of(&answers),
             BTreeSet::from([node.to_owned()]),
             "{answers:?}"
         );
-        let sent = dest_unreachables_sent(&router)? - before;
+        let sent = dest_unreachables_sent(&far.router_ns)? - before;
         assert!(
             sent > 0,
             "the router sent no fragmentation-needed: the test proves nothing"

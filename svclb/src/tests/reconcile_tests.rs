@@ -13,7 +13,7 @@ use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey, service::SVC_F_MA
 use super::{MapWriter, sync};
 use crate::{
     mapstate::{Capacity, MaglevSpec, MapState, desired, service_key},
-    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope, WhenEmpty},
+    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
 };
 
 #[derive(Default)]
@@ -171,25 +171,15 @@ fn plan(frontends: &[(u8, &[u8])]) -> Plan {
                 80,
                 Protocol::Tcp,
             ),
-            Frontend {
-                service: format!("default/svc{vip}"),
-                port_name: String::new(),
-                kind: FrontendKind::ClusterIP,
-                scope: Scope::Internal,
-                affinity_timeout_seconds: 0,
-                source_ranges: Vec::new(),
-                backends: backends
+            Frontend::new(
+                format!("default/svc{vip}"),
+                FrontendKind::ClusterIP,
+                Scope::Internal,
+                backends
                     .iter()
-                    .map(|b| PlanBackend {
-                        address: IpAddr::V4(Ipv4Addr::new(10, 244, 0, *b)),
-                        port: 8080,
-                        node: None,
-                        local: false,
-                        terminating: false,
-                    })
+                    .map(|b| PlanBackend::remote(IpAddr::V4(Ipv4Addr::new(10, 244, 0, *b)), 8080))
                     .collect(),
-                when_empty: WhenEmpty::Reject,
-            },
+            ),
         );
     }
     plan

@@ -6,13 +6,16 @@
 //! so nothing of one leaks into another.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
-use svclb_tests::{Lab, LabSpec, netns::in_netns};
+use anyhow::{Context as _, Result};
+use svclb_tests::{
+    Lab, LabSpec,
+    client::{TIMEOUT, TcpSession, tcp_ask},
+    netns::in_netns,
+};
 
 use crate::{
     Settings,
@@ -77,34 +80,19 @@ fn services(n: usize, pod: Ipv4Addr, port: u16) -> Vec<Svc> {
 /// Connect, ask once, read the answer, close; the time it took.
 fn one_connection(addr: SocketAddr) -> Result<Duration> {
     let started = Instant::now();
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"who\n")?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    if line.is_empty() {
-        bail!("closed without an answer");
-    }
-    drop(stream);
+    tcp_ask(addr, TIMEOUT)?;
     Ok(started.elapsed())
 }
 
 /// Request/answer round trips over one connection for [`THROUGHPUT_TIME`]: per second.
 fn throughput(addr: SocketAddr) -> Result<f64> {
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
+    let mut session = TcpSession::connect(addr, TIMEOUT)?;
     let started = Instant::now();
     let mut done = 0;
     while done < REQUESTS && started.elapsed() < THROUGHPUT_TIME {
-        writer.write_all(b"who\n")?;
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            bail!("closed after {done} answers");
-        }
+        session
+            .ask()
+            .with_context(|| format!("after {done} answers"))?;
         done += 1;
     }
     Ok(done as f64 / started.elapsed().as_secs_f64())

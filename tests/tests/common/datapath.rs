@@ -16,7 +16,7 @@ use svclb::{
     kernel_maps::Maps,
     loader::{self, MapSizes},
     mapstate::{self, Capacity},
-    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope, WhenEmpty},
+    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
     reconcile,
 };
 
@@ -66,25 +66,15 @@ impl Datapath {
         for (addr, port, protocol, backends) in frontends {
             plan.frontends.insert(
                 FrontendKey::new(IpAddr::V4(*addr), *port, *protocol),
-                Frontend {
-                    service: format!("default/svc-{addr}"),
-                    port_name: String::new(),
-                    kind: FrontendKind::ClusterIP,
-                    scope: Scope::Internal,
-                    affinity_timeout_seconds: 0,
-                    source_ranges: Vec::new(),
-                    backends: backends
+                Frontend::new(
+                    format!("default/svc-{addr}"),
+                    FrontendKind::ClusterIP,
+                    Scope::Internal,
+                    backends
                         .iter()
-                        .map(|(a, p)| PlanBackend {
-                            address: IpAddr::V4(*a),
-                            port: *p,
-                            node: None,
-                            local: false,
-                            terminating: false,
-                        })
+                        .map(|(a, p)| PlanBackend::remote(IpAddr::V4(*a), *p))
                         .collect(),
-                    when_empty: WhenEmpty::Reject,
-                },
+                ),
             );
         }
         self.program(&plan);
