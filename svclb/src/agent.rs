@@ -20,6 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    delta::{self, Index},
     devices::{DeviceSelector, Devices},
     diag::Diagnostic,
     healthcheck::HealthChecks,
@@ -27,7 +28,8 @@ use crate::{
     loader::{self, MapSizes},
     mapstate::{self, Capacity, MapState},
     metrics::Metrics,
-    model, reconcile,
+    model::Planner,
+    reconcile,
     source::{Source, SourceConfig},
 };
 
@@ -61,11 +63,16 @@ pub struct AgentConfig {
 
 /// The programmed state and what is needed to move it.
 struct Syncer {
-    node_name: String,
-    nodeport_cidrs: Vec<IpNet>,
     source: Source,
+    /// The plan, kept up to date change by change.
+    planner: Planner,
     maps: Maps,
     programmed: MapState,
+    /// Lookups into `programmed` for O(change) syncs; rebuilt after every full sync.
+    index: Index,
+    /// The last sync wrote everything it planned: the next one may write only what changed.
+    /// Otherwise (the first sync, a full map, a failed write) it compares everything.
+    complete: bool,
     capacity: Capacity,
     /// Diagnostics already logged, so each problem is logged once, not at every sync.
     reported: BTreeSet<Diagnostic>,
@@ -116,20 +123,39 @@ impl Syncer {
         let started = Instant::now();
         let snapshot = self.source.snapshot();
         let read_us = started.elapsed().as_micros() as u64;
-        let (_, plan, plan_diags) = model::plan_for_node(
-            &self.node_name,
-            &self.nodeport_cidrs,
-            &snapshot.nodes,
-            &snapshot.services,
-            &snapshot.slices,
-        );
+        let changed = self.planner.update(&snapshot);
+        let plan = self.planner.plan();
         self.health.update(&plan.health_checks);
-        let (desired, map_diags) = mapstate::desired(&plan, &self.programmed, self.capacity);
-        self.not_programmed = plan.frontends.len().saturating_sub(desired.services.len());
-        let incomplete = !map_diags.is_empty();
         let plan_us = started.elapsed().as_micros() as u64 - read_us;
-        let departed = self.programmed.departed(&desired);
-        let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
+        let delta = if self.complete {
+            delta::sync(
+                plan,
+                &changed,
+                &mut self.programmed,
+                &mut self.index,
+                self.capacity,
+                &mut self.maps,
+            )
+        } else {
+            None
+        };
+        let full = delta.is_none();
+        let (report, departed, map_diags) = match delta {
+            Some(delta) => (delta.report, delta.departed, Vec::new()),
+            None => {
+                let (desired, map_diags) = mapstate::desired(plan, &self.programmed, self.capacity);
+                let departed = self.programmed.departed(&desired);
+                let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
+                self.index = Index::of(&self.programmed);
+                (report, departed, map_diags)
+            }
+        };
+        self.not_programmed = plan
+            .frontends
+            .len()
+            .saturating_sub(self.programmed.services.len());
+        let incomplete = !map_diags.is_empty() || !report.errors.is_empty();
+        self.complete = !incomplete;
         if !departed.is_empty() {
             match self.maps.purge(&departed) {
                 Ok(purged) if purged != Purged::default() => {
@@ -151,7 +177,7 @@ impl Syncer {
         let diags: BTreeSet<Diagnostic> = snapshot
             .diagnostics
             .into_iter()
-            .chain(plan_diags)
+            .chain(self.planner.diagnostics().cloned())
             .chain(map_diags)
             .collect();
         for diag in diags.difference(&self.reported) {
@@ -174,6 +200,8 @@ impl Syncer {
             info!(
                 frontends,
                 backends,
+                changed = changed.len(),
+                full,
                 writes = report.writes,
                 errors = report.errors.len(),
                 read_us,
@@ -182,7 +210,7 @@ impl Syncer {
                 "synced"
             );
         }
-        incomplete || !report.errors.is_empty()
+        incomplete
     }
 }
 
@@ -220,12 +248,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let _metrics_server = crate::metrics::serve(config.metrics_addr, metrics.clone()).await?;
     let mut syncer = Syncer {
         metrics: metrics.clone(),
-        node_name: config.node_name.clone(),
-        nodeport_cidrs: config.nodeport_cidrs.clone(),
+        planner: Planner::new(&config.node_name, &config.nodeport_cidrs),
         not_programmed: 0,
         source,
         maps,
         programmed,
+        index: Index::default(),
+        complete: false,
         capacity: Capacity {
             services: config.map_sizes.services as usize,
             slots: config.map_sizes.slots as usize,

@@ -6,7 +6,7 @@
 //! transient empty state, and while the API server is unreachable the stores keep the last
 //! state they saw, which the agent keeps serving.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use futures::{FutureExt as _, Stream, StreamExt as _};
@@ -166,14 +166,13 @@ impl KubeSource {
             .with_context(|| format!("the Kubernetes API did not list Services, EndpointSlices and Nodes within {timeout:?}"))?
     }
 
+    /// The stores' objects, shared with them: an object the watch did not touch keeps its
+    /// allocation, which is how the planner knows it is unchanged.
     pub fn snapshot(&self) -> Snapshot {
-        fn owned<K: Clone>(items: Vec<Arc<K>>) -> Vec<K> {
-            items.into_iter().map(|item| (*item).clone()).collect()
-        }
         Snapshot {
-            services: owned(self.services.state()),
-            slices: owned(self.slices.state()),
-            nodes: owned(self.nodes.state()),
+            services: self.services.state(),
+            slices: self.slices.state(),
+            nodes: self.nodes.state(),
             diagnostics: Vec::new(),
         }
     }

@@ -5,6 +5,7 @@
 //! Everything before the maps is pure and unit-tested without root.
 
 pub mod agent;
+pub mod delta;
 pub mod devices;
 pub mod diag;
 pub mod ebpf;

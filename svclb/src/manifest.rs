@@ -6,9 +6,10 @@
 //! objects it held when it last parsed, so one bad write never takes services down.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
@@ -19,19 +20,22 @@ use serde::Deserialize as _;
 
 use crate::diag::Diagnostic;
 
+/// A parsed object, shared: a snapshot holds the same allocation as the source's cache, and
+/// an object that did not change keeps its allocation from one snapshot to the next (the
+/// incremental planner tells changed objects by that).
 #[derive(Clone, Debug)]
 pub enum Object {
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Node(Box<Node>),
+    Service(Arc<Service>),
+    EndpointSlice(Arc<EndpointSlice>),
+    Node(Arc<Node>),
 }
 
-/// Everything the directory holds now.
+/// Everything the source holds now.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub services: Vec<Service>,
-    pub slices: Vec<EndpointSlice>,
-    pub nodes: Vec<Node>,
+    pub services: Vec<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
+    pub nodes: Vec<Arc<Node>>,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -44,6 +48,18 @@ pub struct ManifestSource {
     seen: BTreeMap<PathBuf, Fingerprint>,
     /// Diagnostics of each file's last read, repeated while the file is unchanged.
     file_diags: BTreeMap<PathBuf, Vec<Diagnostic>>,
+    /// What changed since the last read, as the file watcher reported it.
+    pending: Pending,
+}
+
+/// The changes waiting for the next read.
+#[derive(Debug)]
+enum Pending {
+    /// These files (paths below the directory) were written, created or removed.
+    Files(BTreeSet<PathBuf>),
+    /// Anything may have changed: walk the whole directory (the first read, a lost event, a
+    /// directory created or removed, a ConfigMap volume's `..data` swap).
+    Everything,
 }
 
 /// Modification time, size and inode: a write or a rename-over changes at least one.
@@ -118,14 +134,14 @@ pub fn parse_documents(
         let (api_version, kind) = (field("apiVersion"), field("kind"));
         let parsed = match (api_version.as_str(), kind.as_str()) {
             ("v1", "Service") => {
-                serde_yaml::from_value::<Service>(value).map(|svc| Object::Service(Box::new(svc)))
+                serde_yaml::from_value::<Service>(value).map(|svc| Object::Service(Arc::new(svc)))
             }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 serde_yaml::from_value::<EndpointSlice>(value)
-                    .map(|slice| Object::EndpointSlice(Box::new(slice)))
+                    .map(|slice| Object::EndpointSlice(Arc::new(slice)))
             }
             ("v1", "Node") => {
-                serde_yaml::from_value::<Node>(value).map(|node| Object::Node(Box::new(node)))
+                serde_yaml::from_value::<Node>(value).map(|node| Object::Node(Arc::new(node)))
             }
             ("", _) | (_, "") => {
                 diags.push(Diagnostic::new(
@@ -168,6 +184,7 @@ impl ManifestSource {
             last_good: BTreeMap::new(),
             seen: BTreeMap::new(),
             file_diags: BTreeMap::new(),
+            pending: Pending::Everything,
         }
     }
 
@@ -175,44 +192,135 @@ impl ManifestSource {
         &self.dir
     }
 
-    /// Re-reads the directory.
+    /// Takes note of a file watcher event: the next [`ManifestSource::read`] parses the files
+    /// it names again, or walks the whole directory when the event may hide more than it says.
+    pub fn note(&mut self, event: &notify::Event) {
+        let Pending::Files(files) = &mut self.pending else {
+            return;
+        };
+        if event.need_rescan() || event.paths.is_empty() {
+            self.pending = Pending::Everything;
+            return;
+        }
+        for path in &event.paths {
+            let Ok(relative) = path.strip_prefix(&self.dir) else {
+                self.pending = Pending::Everything;
+                return;
+            };
+            let names: Vec<&std::ffi::OsStr> = relative
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(name) => Some(name),
+                    _ => None,
+                })
+                .collect();
+            let hidden = |prefix: &str| {
+                names
+                    .iter()
+                    .any(|n| n.to_string_lossy().starts_with(prefix))
+            };
+            if hidden("..") {
+                // A ConfigMap volume swaps its `..data` link: the visible files are symbolic
+                // links that did not change themselves, so look at every file.
+                self.pending = Pending::Everything;
+                return;
+            }
+            if hidden(".") {
+                // An editor's swap file, the temporary file of an atomic write: never read.
+                continue;
+            }
+            if path.is_dir()
+                || (!path.exists()
+                    && !self.last_good.contains_key(path)
+                    && self.last_good.keys().any(|known| known.starts_with(path)))
+            {
+                // A directory appeared or went away with files in it.
+                self.pending = Pending::Everything;
+                return;
+            }
+            if is_manifest(path) {
+                files.insert(path.clone());
+            }
+        }
+    }
+
+    /// Marks everything as changed: the next read walks the whole directory (after the
+    /// watcher reported an error, for example).
+    pub fn note_everything(&mut self) {
+        self.pending = Pending::Everything;
+    }
+
+    /// Re-reads what changed since the last read (the whole directory the first time, and
+    /// whenever the watcher could not say what changed) and returns everything it holds.
     pub fn read(&mut self) -> Snapshot {
         let mut snapshot = Snapshot::default();
+        match std::mem::replace(&mut self.pending, Pending::Files(BTreeSet::new())) {
+            Pending::Everything => self.walk(&mut snapshot),
+            Pending::Files(files) => {
+                for path in files {
+                    if path.is_file() {
+                        self.refresh(&path);
+                    } else {
+                        self.last_good.remove(&path);
+                        self.seen.remove(&path);
+                        self.file_diags.remove(&path);
+                    }
+                }
+            }
+        }
+        for (path, objects) in &self.last_good {
+            snapshot
+                .diagnostics
+                .extend(self.file_diags.get(path).into_iter().flatten().cloned());
+            for object in objects {
+                match object {
+                    Object::Service(svc) => snapshot.services.push(svc.clone()),
+                    Object::EndpointSlice(slice) => snapshot.slices.push(slice.clone()),
+                    Object::Node(node) => snapshot.nodes.push(node.clone()),
+                }
+            }
+        }
+        // A file that never parsed has no objects, only its problem.
+        for (path, diags) in &self.file_diags {
+            if !self.last_good.contains_key(path) {
+                snapshot.diagnostics.extend(diags.iter().cloned());
+            }
+        }
+        snapshot
+    }
+
+    /// Walks the whole directory: files gone are forgotten, files whose fingerprint changed
+    /// are parsed again.
+    fn walk(&mut self, snapshot: &mut Snapshot) {
         let mut files = Vec::new();
         if let Err(err) = manifest_files(&self.dir, &mut files) {
             snapshot.diagnostics.push(Diagnostic::new(
                 format!("manifests directory {}", self.dir.display()),
                 format!("cannot be read: {err}; serving its last readable contents"),
             ));
-            files = self.last_good.keys().cloned().collect();
-        } else {
-            let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
-            self.last_good.retain(|path, _| present.contains(path));
-            self.seen.retain(|path, _| present.contains(path));
-            self.file_diags.retain(|path, _| present.contains(path));
+            // Look again at the next change.
+            self.pending = Pending::Everything;
+            return;
         }
-        files.sort();
-
+        let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
+        self.last_good.retain(|path, _| present.contains(path));
+        self.seen.retain(|path, _| present.contains(path));
+        self.file_diags.retain(|path, _| present.contains(path));
         for path in &files {
-            let print = fingerprint(path);
-            if print.is_none() || self.seen.get(path) != print.as_ref() {
-                self.reparse(path);
-                if let Some(print) = print {
-                    self.seen.insert(path.clone(), print);
-                }
-            }
-            snapshot
-                .diagnostics
-                .extend(self.file_diags.get(path).into_iter().flatten().cloned());
-            for object in self.last_good.get(path).into_iter().flatten() {
-                match object {
-                    Object::Service(svc) => snapshot.services.push((**svc).clone()),
-                    Object::EndpointSlice(slice) => snapshot.slices.push((**slice).clone()),
-                    Object::Node(node) => snapshot.nodes.push((**node).clone()),
-                }
-            }
+            self.refresh(path);
         }
-        snapshot
+    }
+
+    /// Parses `path` again unless its fingerprint says it is unchanged.
+    fn refresh(&mut self, path: &Path) {
+        let print = fingerprint(path);
+        if print.is_none() || self.seen.get(path) != print.as_ref() {
+            self.reparse(path);
+            match print {
+                Some(print) => self.seen.insert(path.to_path_buf(), print),
+                None => self.seen.remove(path),
+            };
+        }
     }
 
     /// Parses `path` again, keeping its last good objects when it no longer parses.
@@ -331,6 +439,7 @@ mod tests {
         assert!(first.diagnostics.is_empty(), "{:?}", first.diagnostics);
 
         fs::write(dir.path().join("a.yaml"), "kind: [").unwrap();
+        source.note(&changed(dir.path(), "a.yaml"));
         let broken = source.read();
         assert_eq!(
             broken.services.len(),
@@ -349,10 +458,77 @@ mod tests {
         assert_eq!(again.diagnostics, broken.diagnostics);
 
         fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        source.note(&changed(dir.path(), "a.yaml"));
         assert_eq!(
             source.read().services.len(),
             1,
             "a removed file's objects go away"
         );
+    }
+
+    /// A watcher event about `file` below `dir`.
+    fn changed(dir: &std::path::Path, file: &str) -> notify::Event {
+        notify::Event::new(notify::EventKind::Any).add_path(dir.join(file))
+    }
+
+    fn names(source: &mut ManifestSource) -> Vec<String> {
+        let mut names: Vec<String> = source
+            .read()
+            .services
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap_or_default())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn only_the_files_an_event_names_are_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = |name: &str| SVC.replace("name: a", &format!("name: {name}"));
+        fs::write(dir.path().join("a.yaml"), svc("a")).unwrap();
+        fs::write(dir.path().join("b.yaml"), svc("b")).unwrap();
+        let mut source = ManifestSource::new(dir.path());
+        assert_eq!(names(&mut source), ["a", "b"]);
+        let b_before = source.read().services[1].clone();
+
+        // An atomic write: the hidden temporary file is ignored, the rename target is read.
+        fs::write(dir.path().join(".a.yaml.tmp"), svc("a2")).unwrap();
+        source.note(&changed(dir.path(), ".a.yaml.tmp"));
+        fs::rename(dir.path().join(".a.yaml.tmp"), dir.path().join("a.yaml")).unwrap();
+        source.note(
+            &notify::Event::new(notify::EventKind::Any)
+                .add_path(dir.path().join(".a.yaml.tmp"))
+                .add_path(dir.path().join("a.yaml")),
+        );
+        assert_eq!(names(&mut source), ["a2", "b"]);
+        assert!(
+            std::sync::Arc::ptr_eq(&source.read().services[1], &b_before),
+            "an untouched file keeps its objects, allocation and all"
+        );
+
+        // A file changed without an event is not seen until the watcher says so...
+        fs::write(dir.path().join("b.yaml"), svc("b2")).unwrap();
+        assert_eq!(names(&mut source), ["a2", "b"]);
+        // ...or says it lost track: then everything is looked at.
+        source.note(
+            &notify::Event::new(notify::EventKind::Any).set_flag(notify::event::Flag::Rescan),
+        );
+        assert_eq!(names(&mut source), ["a2", "b2"]);
+
+        // A directory moved in is walked; one removed takes its files' objects along.
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/c.yaml"), svc("c")).unwrap();
+        source.note(&changed(dir.path(), "sub"));
+        assert_eq!(names(&mut source), ["a2", "b2", "c"]);
+        fs::remove_dir_all(dir.path().join("sub")).unwrap();
+        source.note(&changed(dir.path(), "sub"));
+        assert_eq!(names(&mut source), ["a2", "b2"]);
+
+        // A ConfigMap volume swaps `..data`: the visible links did not change, so every file
+        // is looked at again.
+        fs::write(dir.path().join("a.yaml"), svc("a3")).unwrap();
+        source.note(&changed(dir.path(), "..data"));
+        assert_eq!(names(&mut source), ["a3", "b2"]);
     }
 }

@@ -19,7 +19,7 @@ use svclb_common::{
 
 use crate::{
     diag::Diagnostic,
-    plan::{FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, WhenEmpty},
+    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, WhenEmpty},
 };
 
 /// What a frontend's Maglev table was built from: its size and the backend ids it spreads
@@ -162,7 +162,7 @@ pub fn frontend_key(key: &ServiceKey) -> Option<FrontendKey> {
     })
 }
 
-fn backend_entry(backend: &PlanBackend, key: &FrontendKey) -> Backend {
+pub fn backend_entry(backend: &PlanBackend, key: &FrontendKey) -> Backend {
     let (addr, family) = l3(backend.address);
     let mut flags = 0;
     if backend.local {
@@ -181,7 +181,9 @@ fn backend_entry(backend: &PlanBackend, key: &FrontendKey) -> Backend {
 }
 
 /// What identifies a backend across syncs: everything but its flags.
-fn identity(backend: &Backend) -> (L3Addr, u16, u8, u8) {
+pub type BackendIdentity = (L3Addr, u16, u8, u8);
+
+pub fn identity(backend: &Backend) -> BackendIdentity {
     (backend.addr, backend.port_be, backend.proto, backend.family)
 }
 
@@ -206,6 +208,52 @@ impl IdAlloc {
         }
         self.used.insert(self.next);
         self.next
+    }
+}
+
+/// Whether a frontend spreads by Maglev: every external entry with backends does, so all
+/// nodes agree. The internal view of a Local-policy frontend serves pods: a random pick, like
+/// a cluster IP.
+pub fn wants_table(key: &FrontendKey, frontend: &Frontend) -> bool {
+    frontend.kind != FrontendKind::ClusterIP && !key.internal_view && !frontend.backends.is_empty()
+}
+
+/// The services-map value of frontend `key` with id `id`; `maglev_size` when it has a
+/// Maglev table of that size.
+pub fn service_value(
+    plan: &Plan,
+    key: &FrontendKey,
+    frontend: &Frontend,
+    id: u32,
+    maglev_size: Option<u32>,
+) -> ServiceValue {
+    let mut flags = match (frontend.backends.is_empty(), frontend.when_empty) {
+        (true, WhenEmpty::Reject) => SVC_F_REJECT,
+        _ => 0,
+    };
+    if frontend.kind != FrontendKind::ClusterIP {
+        flags |= SVC_F_EXTERNAL;
+    }
+    if maglev_size.is_some() {
+        flags |= SVC_F_MAGLEV;
+    }
+    if !frontend.source_ranges.is_empty() {
+        flags |= SVC_F_SOURCE_RANGES;
+    }
+    let view = FrontendKey {
+        internal_view: true,
+        ..*key
+    };
+    if !key.internal_view && plan.frontends.contains_key(&view) {
+        flags |= SVC_F_INTERNAL_VIEW;
+    }
+    ServiceValue {
+        id,
+        count: frontend.backends.len() as u32,
+        flags,
+        affinity_timeout_s: frontend.affinity_timeout_seconds,
+        maglev_size: maglev_size.unwrap_or(0),
+        _pad: 0,
     }
 }
 
@@ -282,42 +330,31 @@ pub fn desired(plan: &Plan, current: &MapState, capacity: Capacity) -> (MapState
             );
             out.backends.insert(*backend_id, *entry);
         }
-        let mut flags = match (entries.is_empty(), frontend.when_empty) {
-            (true, WhenEmpty::Reject) => SVC_F_REJECT,
-            _ => 0,
-        };
-        let mut maglev_size = 0;
-        if frontend.kind != FrontendKind::ClusterIP {
-            flags |= SVC_F_EXTERNAL;
-            // The internal view of a Local-policy frontend serves pods: a random pick, like a
-            // cluster IP. Every external entry spreads by Maglev so all nodes agree.
-            if !key.internal_view && !entries.is_empty() {
-                if out.tables.len() < capacity.maglev_tables {
-                    flags |= SVC_F_MAGLEV;
-                    maglev_size = capacity.maglev_size;
-                    out.tables.insert(
-                        id,
-                        MaglevSpec {
-                            size: capacity.maglev_size,
-                            backends: entries.iter().map(|(id, _)| *id).collect(),
-                        },
-                    );
-                } else {
-                    diags.push(Diagnostic::new(
-                        format!("Service {}", frontend.service),
-                        format!(
-                            "frontend {key} picks backends at random, not by Maglev: the Maglev \
-                             map is full ({} tables)",
-                            capacity.maglev_tables
-                        ),
-                    ));
-                }
+        let mut maglev_size = None;
+        if wants_table(key, frontend) {
+            if out.tables.len() < capacity.maglev_tables {
+                maglev_size = Some(capacity.maglev_size);
+                out.tables.insert(
+                    id,
+                    MaglevSpec {
+                        size: capacity.maglev_size,
+                        backends: entries.iter().map(|(id, _)| *id).collect(),
+                    },
+                );
+            } else {
+                diags.push(Diagnostic::new(
+                    format!("Service {}", frontend.service),
+                    format!(
+                        "frontend {key} picks backends at random, not by Maglev: the Maglev \
+                         map is full ({} tables)",
+                        capacity.maglev_tables
+                    ),
+                ));
             }
         }
         if !frontend.source_ranges.is_empty() {
             // Without room for its ranges the frontend refuses every source rather than admit
             // everyone: the ranges are a security boundary.
-            flags |= SVC_F_SOURCE_RANGES;
             if out.source_ranges.len() + frontend.source_ranges.len() <= capacity.source_ranges {
                 out.source_ranges
                     .extend(frontend.source_ranges.iter().map(|net| (id, net.trunc())));
@@ -332,24 +369,8 @@ pub fn desired(plan: &Plan, current: &MapState, capacity: Capacity) -> (MapState
                 ));
             }
         }
-        let view = FrontendKey {
-            internal_view: true,
-            ..*key
-        };
-        if !key.internal_view && plan.frontends.contains_key(&view) {
-            flags |= SVC_F_INTERNAL_VIEW;
-        }
-        out.services.insert(
-            skey,
-            ServiceValue {
-                id,
-                count: entries.len() as u32,
-                flags,
-                affinity_timeout_s: frontend.affinity_timeout_seconds,
-                maglev_size,
-                _pad: 0,
-            },
-        );
+        out.services
+            .insert(skey, service_value(plan, key, frontend, id, maglev_size));
     }
     (out, diags)
 }

@@ -13,10 +13,12 @@
 //!   `loadBalancerSourceRanges` on LoadBalancer frontends, `healthCheckNodePort`.
 
 mod endpoints;
+mod incremental;
 mod node;
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{borrow::Borrow, collections::HashMap, net::IpAddr};
 
+pub use incremental::Planner;
 use ipnet::IpNet;
 use k8s_openapi::{
     api::{
@@ -45,24 +47,26 @@ pub const AFFINITY_TIMEOUT_MAX: u32 = 86_400;
 /// everything else is planned. The result does not depend on the order of the inputs.
 pub fn plan(
     node: &NodeInfo,
-    services: &[Service],
-    slices: &[EndpointSlice],
+    services: &[impl Borrow<Service>],
+    slices: &[impl Borrow<EndpointSlice>],
 ) -> (Plan, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let slices_by_service = index_slices(slices);
 
-    let mut ordered: Vec<&Service> = services.iter().collect();
+    let mut ordered: Vec<&Service> = services.iter().map(Borrow::borrow).collect();
     ordered.sort_by_key(|svc| object_name(&svc.metadata));
 
     let mut plan = Plan::default();
+    let mut previous: Option<String> = None;
     for svc in ordered {
         let name = object_name(&svc.metadata);
-        let key = (
-            namespace_of(&svc.metadata).to_owned(),
-            svc.metadata.name.clone().unwrap_or_default(),
-        );
+        if previous.as_ref() == Some(&name) {
+            diags.push(duplicate(&name));
+            continue;
+        }
+        previous = Some(name.clone());
         let svc_slices = slices_by_service
-            .get(&key)
+            .get(&name)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let planned = plan_service(node, &name, svc, svc_slices, &mut diags);
@@ -70,13 +74,7 @@ pub fn plan(
             match plan.frontends.get(&frontend_key) {
                 // The same service twice (an externalIP equal to its own LoadBalancer IP).
                 Some(existing) if existing.service == name => {}
-                Some(existing) => diags.push(Diagnostic::new(
-                    format!("Service {name}"),
-                    format!(
-                        "frontend {frontend_key} is already served by Service {}; skipped",
-                        existing.service
-                    ),
-                )),
+                Some(existing) => diags.push(conflict(&name, &frontend_key, &existing.service)),
                 None => {
                     plan.frontends.insert(frontend_key, frontend);
                 }
@@ -90,16 +88,33 @@ pub fn plan(
     (plan, diags)
 }
 
+/// A second Service of the same namespace and name (the same object in two manifest files).
+fn duplicate(name: &str) -> Diagnostic {
+    Diagnostic::new(
+        format!("Service {name}"),
+        "is defined more than once; only the first copy is served",
+    )
+}
+
+/// Two Services claim one frontend: the first by name serves it.
+fn conflict(name: &str, key: &FrontendKey, winner: &str) -> Diagnostic {
+    Diagnostic::new(
+        format!("Service {name}"),
+        format!("frontend {key} is already served by Service {winner}; skipped"),
+    )
+}
+
 /// Finds node `name` among `nodes` (its Node object gives zone and addresses) and plans for it.
 pub fn plan_for_node(
     name: &str,
     nodeport_cidrs: &[IpNet],
-    nodes: &[Node],
-    services: &[Service],
-    slices: &[EndpointSlice],
+    nodes: &[impl Borrow<Node>],
+    services: &[impl Borrow<Service>],
+    slices: &[impl Borrow<EndpointSlice>],
 ) -> (NodeInfo, Plan, Vec<Diagnostic>) {
     let object = nodes
         .iter()
+        .map(Borrow::borrow)
         .find(|n| n.metadata.name.as_deref() == Some(name));
     let (node, mut diags) = NodeInfo::from_node(name, object, nodeport_cidrs);
     let (plan, plan_diags) = plan(&node, services, slices);
@@ -125,22 +140,23 @@ fn valid_port(port: i32) -> Option<u16> {
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
-fn index_slices(slices: &[EndpointSlice]) -> HashMap<(String, String), Vec<&EndpointSlice>> {
-    let mut index: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
-    for slice in slices {
-        let Some(service) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        let namespace = namespace_of(&slice.metadata).to_owned();
-        index
-            .entry((namespace, service.clone()))
-            .or_default()
-            .push(slice);
+/// `namespace/name` of the Service an EndpointSlice belongs to (its
+/// `kubernetes.io/service-name` label, in its own namespace).
+fn service_of(slice: &EndpointSlice) -> Option<String> {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(SERVICE_NAME_LABEL))?;
+    Some(format!("{}/{service}", namespace_of(&slice.metadata)))
+}
+
+fn index_slices(slices: &[impl Borrow<EndpointSlice>]) -> HashMap<String, Vec<&EndpointSlice>> {
+    let mut index: HashMap<String, Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices.iter().map(Borrow::borrow) {
+        if let Some(service) = service_of(slice) {
+            index.entry(service).or_default().push(slice);
+        }
     }
     index
 }

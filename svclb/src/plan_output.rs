@@ -163,12 +163,22 @@ endpoints: [{addresses: [10.244.1.2], nodeName: n1}]
         let mut slices = Vec::new();
         for o in objects {
             match o {
-                crate::manifest::Object::Service(s) => services.push(*s),
-                crate::manifest::Object::EndpointSlice(s) => slices.push(*s),
+                crate::manifest::Object::Service(s) => {
+                    services.push(std::sync::Arc::unwrap_or_clone(s))
+                }
+                crate::manifest::Object::EndpointSlice(s) => {
+                    slices.push(std::sync::Arc::unwrap_or_clone(s))
+                }
                 crate::manifest::Object::Node(_) => {}
             }
         }
-        let (node, plan, diags) = plan_for_node("n1", &[], &[], &services, &slices);
+        let (node, plan, diags) = plan_for_node(
+            "n1",
+            &[],
+            &[] as &[k8s_openapi::api::core::v1::Node],
+            &services,
+            &slices,
+        );
         let json: serde_json::Value =
             serde_json::from_str(&super::render_json(&node, &plan, &diags)).unwrap();
         assert_eq!(json["node"], "n1");

@@ -45,7 +45,7 @@ pub struct SyncReport {
 impl SyncReport {
     /// Counts a write that succeeded, or records why it failed, naming the entry with
     /// `what`; whether it succeeded.
-    fn wrote<E: std::fmt::Display>(
+    pub(crate) fn wrote<E: std::fmt::Display>(
         &mut self,
         result: Result<(), E>,
         what: impl FnOnce() -> String,
@@ -63,7 +63,7 @@ impl SyncReport {
     }
 }
 
-fn frontend_name(key: &ServiceKey) -> String {
+pub(crate) fn frontend_name(key: &ServiceKey) -> String {
     match frontend_key(key) {
         Some(frontend) => frontend.to_string(),
         None => format!("{key:?}"),
@@ -247,4 +247,4 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
 
 #[cfg(test)]
 #[path = "tests/reconcile_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -25,7 +25,7 @@ pub enum SourceConfig {
 pub enum Source {
     Manifests {
         source: ManifestSource,
-        changes: mpsc::UnboundedReceiver<notify::Result<()>>,
+        changes: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
         _watcher: RecommendedWatcher,
     },
     Kubernetes(KubeSource),
@@ -50,7 +50,7 @@ impl Source {
                             return;
                         }
                         // The receiver lives as long as the source; a failed send means it is gone.
-                        let _ = tx.send(event.map(|_| ()));
+                        let _ = tx.send(event);
                     })
                     .context("creating a file watcher")?;
                 watcher
@@ -92,11 +92,15 @@ impl Source {
     /// source can report no more changes.
     pub async fn next_change(&mut self) -> Option<()> {
         match self {
-            Self::Manifests { changes, .. } => {
-                if let Err(err) = changes.recv().await? {
-                    warn!("file watcher: {err}");
+            Self::Manifests {
+                changes, source, ..
+            } => match changes.recv().await? {
+                Ok(event) => source.note(&event),
+                Err(err) => {
+                    warn!("file watcher: {err}; reading the whole directory again");
+                    source.note_everything();
                 }
-            }
+            },
             Self::Kubernetes(source) => source.changes.recv().await?,
         }
         Some(())

@@ -18,8 +18,8 @@ fn objects(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>) {
     let mut slices = Vec::new();
     for object in objects {
         match object {
-            Object::Service(s) => services.push(*s),
-            Object::EndpointSlice(s) => slices.push(*s),
+            Object::Service(s) => services.push(std::sync::Arc::unwrap_or_clone(s)),
+            Object::EndpointSlice(s) => slices.push(std::sync::Arc::unwrap_or_clone(s)),
             Object::Node(_) => {}
         }
     }

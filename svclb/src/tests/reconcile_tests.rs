@@ -17,13 +17,13 @@ use crate::{
 };
 
 #[derive(Default)]
-struct FakeKernel {
-    maps: MapState,
-    writes: usize,
+pub(crate) struct FakeKernel {
+    pub(crate) maps: MapState,
+    pub(crate) writes: usize,
     /// Backend ids whose put fails (a full map).
-    fail_backends: BTreeSet<u32>,
+    pub(crate) fail_backends: BTreeSet<u32>,
     /// Slots whose put fails.
-    fail_slots: BTreeSet<SlotKey>,
+    pub(crate) fail_slots: BTreeSet<SlotKey>,
 }
 
 impl FakeKernel {
@@ -152,7 +152,7 @@ impl MapWriter for FakeKernel {
     }
 }
 
-const CAPACITY: Capacity = Capacity {
+pub(crate) const CAPACITY: Capacity = Capacity {
     services: 1000,
     slots: 1000,
     backends: 1000,
@@ -162,7 +162,7 @@ const CAPACITY: Capacity = Capacity {
 };
 
 /// A plan from (vip last octet, backend last octets) pairs; all TCP port 80 -> 8080.
-fn plan(frontends: &[(u8, &[u8])]) -> Plan {
+pub(crate) fn plan(frontends: &[(u8, &[u8])]) -> Plan {
     let mut plan = Plan::default();
     for (vip, backends) in frontends {
         plan.frontends.insert(
@@ -186,7 +186,7 @@ fn plan(frontends: &[(u8, &[u8])]) -> Plan {
 }
 
 /// Plans and syncs; returns the writes of this sync.
-fn apply(kernel: &mut FakeKernel, programmed: &mut MapState, p: &Plan) -> usize {
+pub(crate) fn apply(kernel: &mut FakeKernel, programmed: &mut MapState, p: &Plan) -> usize {
     let before = kernel.writes;
     let (want, diags) = desired(p, programmed, CAPACITY);
     assert!(diags.is_empty(), "{diags:?}");
@@ -489,7 +489,7 @@ fn full_maps_are_reported_by_service() {
     assert_eq!(want.services.len(), 2);
 }
 
-fn arb_plan() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
+pub(crate) fn arb_plan() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
     prop::collection::btree_map(1u8..20, prop::collection::btree_set(1u8..30, 0..6), 0..12)
         .prop_map(|m| {
             m.into_iter()

@@ -32,9 +32,9 @@ fn world(yaml: &str) -> World {
     };
     for object in objects {
         match object {
-            Object::Service(s) => w.services.push(*s),
-            Object::EndpointSlice(s) => w.slices.push(*s),
-            Object::Node(n) => w.nodes.push(*n),
+            Object::Service(s) => w.services.push(std::sync::Arc::unwrap_or_clone(s)),
+            Object::EndpointSlice(s) => w.slices.push(std::sync::Arc::unwrap_or_clone(s)),
+            Object::Node(n) => w.nodes.push(std::sync::Arc::unwrap_or_clone(n)),
         }
     }
     w
@@ -442,7 +442,13 @@ fn reject_when_nothing_anywhere_drop_when_local_policy_leaves_none_here() {
 #[test]
 fn the_zone_and_addresses_come_from_the_node_object() {
     let w = world(NODES);
-    let (node, _, _) = plan_for_node("n1", &[], &w.nodes, &[], &[]);
+    let (node, _, _) = plan_for_node(
+        "n1",
+        &[],
+        &w.nodes,
+        &[] as &[Service],
+        &[] as &[EndpointSlice],
+    );
     assert_eq!(node.zone.as_deref(), Some("zone-a"));
     let addresses: Vec<String> = node
         .nodeport_addresses

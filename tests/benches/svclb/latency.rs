@@ -2,8 +2,11 @@
 //! for: a direct connection to the pod (the floor), svclb, kube-proxy's iptables layout and its
 //! nftables layout, each with N services programmed. The target service is the last one given
 //! to the rule generators (in the iptables layout its rule is matched after every other) and
-//! has one backend, the same pod the direct connection reaches. Every system gets a fresh lab,
-//! so nothing of one leaks into another.
+//! has one backend, the same pod the direct connection reaches. Every system gets a lab of
+//! its own, so nothing of one leaks into another; the four labs of a size are built first,
+//! left to settle, then measured in interleaved rounds (each round visits the systems in a
+//! new order), so a noisy second of the machine spreads over all of them instead of landing
+//! on one.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -24,13 +27,18 @@ use crate::{
 };
 
 pub const TARGET_VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-/// Connect, one request, close: how many per measurement, and the time limit.
-const CONNECTIONS: usize = 1_000;
-const CONNECTIONS_QUICK: usize = 300;
-const TIME_LIMIT: Duration = Duration::from_secs(60);
-/// Requests over one connection, for throughput: the limits.
-const REQUESTS: usize = 200_000;
-const THROUGHPUT_TIME: Duration = Duration::from_secs(2);
+/// Connect, one request, close: rounds, connections per system and round, and the time
+/// limit of one system's round.
+const ROUNDS: usize = 5;
+const ROUNDS_QUICK: usize = 3;
+const CONNECTIONS: usize = 200;
+const CONNECTIONS_QUICK: usize = 100;
+const TIME_LIMIT: Duration = Duration::from_secs(20);
+/// Requests over one connection, for throughput (each round): the limits.
+const REQUESTS: usize = 100_000;
+const THROUGHPUT_TIME: Duration = Duration::from_secs(1);
+/// How long the labs are left alone after they are built, before the first round.
+const SETTLE: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum System {
@@ -98,11 +106,11 @@ fn throughput(addr: SocketAddr) -> Result<f64> {
     Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Measures from namespace `ns` to `addr`.
+/// One round from namespace `ns` to `addr`: connection times, failures, requests/s.
 fn measure(ns: &str, addr: SocketAddr, connections: usize) -> Result<(Vec<Duration>, usize, f64)> {
     in_netns(ns, move || {
-        // Warm up (ARP, the first connection's page faults), not counted.
-        for _ in 0..20 {
+        // Warm up (ARP, caches after the other systems' rounds), not counted.
+        for _ in 0..10 {
             let _ = one_connection(addr);
         }
         let started = Instant::now();
@@ -130,8 +138,20 @@ fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
     sorted[at].as_secs_f64() * 1e6
 }
 
-/// One system at one size, in a lab of its own.
-fn one(system: System, n: usize, connections: usize) -> Result<Row> {
+/// One system at one size, set up in a lab of its own, ready to measure.
+struct Prepared {
+    system: System,
+    /// Kept for its namespaces (and agent), torn down on drop.
+    _lab: Lab,
+    client: String,
+    target: SocketAddr,
+    load_ms: Option<f64>,
+    times: Vec<Duration>,
+    failed: usize,
+    requests_per_s: Vec<f64>,
+}
+
+fn prepare(system: System, n: usize) -> Result<Prepared> {
     let mut lab = Lab::new(LabSpec {
         nodes: 1,
         pods_per_node: 2,
@@ -173,35 +193,79 @@ fn one(system: System, n: usize, connections: usize) -> Result<Row> {
         System::Direct => SocketAddr::from((server, port)),
         _ => SocketAddr::from((TARGET_VIP, 80)),
     };
-    let (mut times, failed, requests_per_s) =
-        measure(&client, target, connections).with_context(|| system.name())?;
-    times.sort();
-    Ok(Row {
-        services: n,
+    Ok(Prepared {
         system,
-        connections: times.len(),
-        failed,
-        p50_us: percentile_us(&times, 0.5),
-        p90_us: percentile_us(&times, 0.9),
-        p99_us: percentile_us(&times, 0.99),
-        requests_per_s,
+        _lab: lab,
+        client,
+        target,
         load_ms,
+        times: Vec::new(),
+        failed: 0,
+        requests_per_s: Vec::new(),
     })
 }
 
+/// The order of the systems in round `round`: each round starts with a different one.
+fn round_order(round: usize, systems: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..systems).collect();
+    order.rotate_left(round % systems);
+    if round / systems % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// Every system at one size: built, settled, measured in interleaved rounds.
+fn one_size(n: usize, rounds: usize, connections: usize) -> Result<Vec<Row>> {
+    let mut prepared = Vec::new();
+    for system in System::ALL {
+        prepared.push(prepare(system, n).with_context(|| format!("setting up {}", system.name()))?);
+    }
+    // Let the writeback of the manifests and the agent's first sync finish before timing.
+    nix::unistd::sync();
+    std::thread::sleep(SETTLE);
+    for round in 0..rounds {
+        for i in round_order(round, prepared.len()) {
+            let p = &mut prepared[i];
+            let (times, failed, rps) = measure(&p.client, p.target, connections)
+                .with_context(|| p.system.name())?;
+            p.times.extend(times);
+            p.failed += failed;
+            p.requests_per_s.push(rps);
+        }
+    }
+    Ok(prepared
+        .into_iter()
+        .map(|mut p| {
+            p.times.sort();
+            p.requests_per_s.sort_by(f64::total_cmp);
+            Row {
+                services: n,
+                system: p.system,
+                connections: p.times.len(),
+                failed: p.failed,
+                p50_us: percentile_us(&p.times, 0.5),
+                p90_us: percentile_us(&p.times, 0.9),
+                p99_us: percentile_us(&p.times, 0.99),
+                requests_per_s: p.requests_per_s[p.requests_per_s.len() / 2],
+                load_ms: p.load_ms,
+            }
+        })
+        .collect())
+}
+
 pub fn run(settings: &Settings) -> Result<Vec<Row>> {
-    let (sizes, connections): (&[usize], usize) = if settings.quick {
-        (&[100, 1_000], CONNECTIONS_QUICK)
+    let (sizes, rounds, connections): (&[usize], usize, usize) = if settings.quick {
+        (&[100, 1_000], ROUNDS_QUICK, CONNECTIONS_QUICK)
     } else {
-        (&[100, 1_000, 10_000, 30_000], CONNECTIONS)
+        (&[100, 1_000, 10_000, 30_000], ROUNDS, CONNECTIONS)
     };
     let mut rows = Vec::new();
     for &n in sizes {
-        for system in System::ALL {
-            let row = one(system, n, connections)?;
+        for row in one_size(n, rounds, connections)? {
             eprintln!(
                 "  {n} services, {}: p50 {:.0} us, p90 {:.0} us, p99 {:.0} us over {} connections ({} failed), {:.0} requests/s{}",
-                system.name(),
+                row.system.name(),
                 row.p50_us,
                 row.p90_us,
                 row.p99_us,

@@ -172,10 +172,13 @@ impl Report {
         let _ = writeln!(
             out,
             "From a pod to a service with one backend on the same node, among N services: connect, one\n\
-             request, one answer, close, {} times in a row (after 20 unmeasured); then requests\n\
-             answered per second over one connection for 2 s. Each system runs in a fresh lab. The\n\
-             floor is a direct connection to the pod. kube-proxy's layouts are loaded in the node's\n\
-             namespace with `{}` and `{}`; the target service is the last rule of KUBE-SERVICES.\n",
+             request, one answer, close, {} times per system in all; requests answered per second over\n\
+             one connection (the median of the rounds). Each system runs in a lab of its own; the four\n\
+             labs of a size are built, left to settle for a few seconds, then measured in interleaved\n\
+             rounds (each round visits the systems in another order, after 10 unmeasured connections),\n\
+             so the machine's noise spreads over all of them. The floor is a direct connection to the\n\
+             pod. kube-proxy's layouts are loaded in the node's namespace with `{}` and `{}`; the\n\
+             target service is the last rule of KUBE-SERVICES.\n",
             self.latency.first().map_or(0, |r| r.connections + r.failed),
             command("iptables-restore", &["--version"]),
             command("nft", &["--version"])
