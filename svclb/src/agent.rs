@@ -238,9 +238,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let (connection, handle, mut link_events) =
         new_multicast_connection(&[MulticastGroup::Link]).context("opening an rtnetlink socket")?;
     tokio::spawn(connection);
-    let mut devices = Devices::new(ebpf, config.devices.clone())?;
+    let mut devices = Devices::new(ebpf, config.devices.clone(), &config.bpffs_dir)?;
     if let Err(err) = devices.attach_existing(&handle).await {
-        devices.detach_all();
+        devices.abandon();
         return Err(err);
     }
 
@@ -346,9 +346,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             }
         }
     }
-    devices.detach_all();
+    drop(devices);
     info!(
-        "stopped; maps stay pinned in {}",
+        "stopped; the datapath stays attached, its links and maps pinned in {} (`svclb agent --cleanup` removes them)",
         config.bpffs_dir.display()
     );
     Ok(())

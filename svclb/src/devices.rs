@@ -1,17 +1,27 @@
 //! Attaching the programs: on uplinks the XDP program (unless `--xdp-mode off`) and the uplink
 //! TC program; on every pod-facing device that matches a glob, including devices that appear
 //! later (followed over rtnetlink), the pod TC program.
+//!
+//! Every attachment is a BPF link pinned under `<bpffs-dir>/links/` (`tc-<ifindex>`,
+//! `xdp-<ifindex>-<mode>`), so the datapath keeps running while no agent does: a restart or an
+//! upgrade finds the pinned links and swaps its freshly loaded programs in with one
+//! `bpf_link_update` each, atomically, packets never meeting an empty hook. Links of devices
+//! that are gone or no longer wanted are unpinned, which detaches them;
+//! `svclb agent --cleanup` unpins everything.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
-use aya::{
-    Ebpf,
-    programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        tc::{SchedClassifierLinkId, TcAttach},
-        xdp::XdpLinkId,
-    },
+use aya::Ebpf;
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttach},
+    xdp::XdpLink,
 };
 use futures::TryStreamExt as _;
 use glob::Pattern;
@@ -56,12 +66,42 @@ impl DeviceSelector {
     }
 }
 
+/// A link pinned in bpffs: it stays attached until its pin is removed and its last
+/// descriptor (ours) is closed.
+struct Pinned {
+    link: FdLink,
+    path: PathBuf,
+    /// Made by this run (not adopted from an earlier one).
+    fresh: bool,
+}
+
+impl Pinned {
+    /// Pins `link` at `path`.
+    fn pin(link: FdLink, path: &Path) -> Result<Self> {
+        let pinned = link
+            .pin(path)
+            .with_context(|| format!("pinning a link at {}", path.display()))?;
+        Ok(Self {
+            link: pinned.into(),
+            path: path.to_path_buf(),
+            fresh: true,
+        })
+    }
+
+    /// Unpins: the link is detached once our descriptor closes too (now).
+    fn unpin(self) -> std::io::Result<()> {
+        let result = fs::remove_file(&self.path);
+        drop(self.link);
+        result
+    }
+}
+
 struct Attachment {
     name: String,
     /// The TC program it carries.
     program: &'static str,
-    link: SchedClassifierLinkId,
-    xdp: Option<(XdpLinkId, XdpMode)>,
+    tc: Pinned,
+    xdp: Option<(Pinned, XdpMode)>,
 }
 
 /// Owns the loaded object (for its program) and the attachments.
@@ -69,7 +109,62 @@ pub struct Devices {
     ebpf: Ebpf,
     selector: DeviceSelector,
     attached: BTreeMap<u32, Attachment>,
+    /// Where links are pinned.
+    links_dir: PathBuf,
 }
+
+fn mode_name(mode: XdpMode) -> &'static str {
+    if mode == XdpMode::Driver {
+        "driver"
+    } else {
+        "skb"
+    }
+}
+
+/// The pinned links in `dir`, by file name.
+fn pins(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Removes every link pinned under `bpffs_dir` (which detaches them), then the pinned maps
+/// and the directory itself: what `svclb agent --cleanup` does. Returns how many pins it
+/// removed.
+pub fn cleanup(bpffs_dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let links = bpffs_dir.join(LINKS_DIR);
+    for pin in pins(&links) {
+        fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        removed += 1;
+    }
+    if links.exists() {
+        fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
+    }
+    for pin in pins(bpffs_dir) {
+        if pin.is_dir() {
+            bail!(
+                "{} holds a directory svclb did not make: {}",
+                bpffs_dir.display(),
+                pin.display()
+            );
+        }
+        fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        removed += 1;
+    }
+    if bpffs_dir.exists() {
+        fs::remove_dir(bpffs_dir).with_context(|| format!("removing {}", bpffs_dir.display()))?;
+    }
+    Ok(removed)
+}
+
+/// The subdirectory of the bpffs directory holding the links.
+pub const LINKS_DIR: &str = "links";
 
 fn link_name(msg: &LinkMessage) -> Option<&str> {
     msg.attributes.iter().find_map(|attr| match attr {
@@ -79,7 +174,10 @@ fn link_name(msg: &LinkMessage) -> Option<&str> {
 }
 
 impl Devices {
-    pub fn new(mut ebpf: Ebpf, selector: DeviceSelector) -> Result<Self> {
+    pub fn new(mut ebpf: Ebpf, selector: DeviceSelector, bpffs_dir: &Path) -> Result<Self> {
+        let links_dir = bpffs_dir.join(LINKS_DIR);
+        fs::create_dir_all(&links_dir)
+            .with_context(|| format!("creating {}", links_dir.display()))?;
         for name in [POD_PROGRAM, UPLINK_PROGRAM] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -102,6 +200,7 @@ impl Devices {
             ebpf,
             selector,
             attached: BTreeMap::new(),
+            links_dir,
         })
     }
 
@@ -121,20 +220,56 @@ impl Devices {
             .try_into()?)
     }
 
-    /// Attaches the XDP program to uplink `index` in the configured mode.
-    fn attach_xdp(&mut self, index: u32, name: &str) -> Result<Option<(XdpLinkId, XdpMode)>> {
+    /// Puts the XDP program on uplink `index` in the configured mode: on the link an earlier
+    /// run pinned in an acceptable mode, else on a new one.
+    fn attach_xdp(&mut self, index: u32, name: &str) -> Result<Option<(Pinned, XdpMode)>> {
         let modes: &[XdpMode] = match self.selector.xdp {
-            XdpAttach::Off => return Ok(None),
+            XdpAttach::Off => &[],
             XdpAttach::Auto => &[XdpMode::Driver, XdpMode::Skb],
             XdpAttach::Native => &[XdpMode::Driver],
             XdpAttach::Generic => &[XdpMode::Skb],
         };
+        let links_dir = self.links_dir.clone();
+        let path = |mode: XdpMode| links_dir.join(format!("xdp-{index}-{}", mode_name(mode)));
+        for mode in [XdpMode::Driver, XdpMode::Skb] {
+            let pin = path(mode);
+            if !pin.exists() {
+                continue;
+            }
+            if modes.contains(&mode) {
+                match self.adopt_xdp(&pin) {
+                    Ok(link) => {
+                        info!(
+                            device = name,
+                            ?mode,
+                            "XDP program replaced on its pinned link"
+                        );
+                        let pinned = Pinned {
+                            link,
+                            path: pin,
+                            fresh: false,
+                        };
+                        return Ok(Some((pinned, mode)));
+                    }
+                    Err(err) => debug!(device = name, "pinned XDP link not usable: {err:#}"),
+                }
+            }
+            // Another mode than wanted, or a link whose device went away: let it go.
+            let _ = fs::remove_file(&pin);
+        }
+        if modes.is_empty() {
+            return Ok(None);
+        }
         let mut last = None;
         for &mode in modes {
             match self.xdp_program()?.attach(index, mode) {
-                Ok(link) => {
+                Ok(id) => {
+                    let link: XdpLink = self.xdp_program()?.take_link(id)?;
+                    let link = FdLink::try_from(link)
+                        .context("the XDP attachment is not a BPF link (Linux 5.9 or later)")?;
+                    let pinned = Pinned::pin(link, &path(mode))?;
                     info!(device = name, ?mode, "XDP attached");
-                    return Ok(Some((link, mode)));
+                    return Ok(Some((pinned, mode)));
                 }
                 Err(err) => last = Some((mode, err)),
             }
@@ -143,6 +278,58 @@ impl Devices {
         Err(anyhow::Error::new(err).context(format!(
             "attaching {XDP_PROGRAM} to {name} in {mode:?} mode (try --xdp-mode generic, or off)"
         )))
+    }
+
+    /// Swaps the XDP program in on the link pinned at `pin`.
+    fn adopt_xdp(&mut self, pin: &Path) -> Result<FdLink> {
+        let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(pin)?))?;
+        let program = self.xdp_program()?;
+        let id = program.attach_to_link(link)?;
+        Ok(FdLink::try_from(program.take_link(id)?)?)
+    }
+
+    /// Swaps TC program `program` in on the link pinned at `pin`.
+    fn adopt_tc(&mut self, program: &str, pin: &Path) -> Result<FdLink> {
+        let link = SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(pin)?))?;
+        let program = self.program(program)?;
+        let id = program.attach_to_link(link)?;
+        Ok(FdLink::try_from(program.take_link(id)?)?)
+    }
+
+    /// Puts TC program `program` on the tcx ingress hook of device `index`: on the link an
+    /// earlier run pinned, else on a new one.
+    fn attach_tc(&mut self, program: &'static str, index: u32, name: &str) -> Result<Pinned> {
+        let pin = self.links_dir.join(format!("tc-{index}"));
+        if pin.exists() {
+            match self.adopt_tc(program, &pin) {
+                Ok(link) => {
+                    info!(
+                        device = name,
+                        program, "program replaced on its pinned link"
+                    );
+                    return Ok(Pinned {
+                        link,
+                        path: pin,
+                        fresh: false,
+                    });
+                }
+                // The device it was made for went away (and its index came back).
+                Err(err) => {
+                    debug!(device = name, "pinned link not usable: {err:#}");
+                    let _ = fs::remove_file(&pin);
+                }
+            }
+        }
+        let attach = TcAttach::Tcx {
+            attach_type: TcAttachType::Ingress,
+            order: LinkOrder::default(),
+        };
+        let tc = self.program(program)?;
+        let id = tc.attach(index, attach).with_context(|| {
+            format!("attaching {program} to {name} ingress with tcx (needs Linux 6.6 or later)")
+        })?;
+        let link = FdLink::try_from(tc.take_link(id)?)?;
+        Pinned::pin(link, &pin)
     }
 
     /// Attaches to every existing device that matches; every uplink must exist.
@@ -170,7 +357,29 @@ impl Devices {
                 bail!("could not attach to uplink device {uplink}");
             }
         }
+        self.prune();
         Ok(())
+    }
+
+    /// Unpins the links no attachment of this run holds (devices gone, or no longer wanted,
+    /// while no agent ran).
+    fn prune(&self) {
+        let held: Vec<&Path> = self
+            .attached
+            .values()
+            .flat_map(|a| {
+                std::iter::once(a.tc.path.as_path())
+                    .chain(a.xdp.as_ref().map(|(p, _)| p.path.as_path()))
+            })
+            .collect();
+        for pin in pins(&self.links_dir) {
+            if !held.contains(&pin.as_path()) {
+                match fs::remove_file(&pin) {
+                    Ok(()) => info!(pin = %pin.display(), "unpinned a link no device needs"),
+                    Err(err) => warn!(pin = %pin.display(), "cannot unpin: {err}"),
+                }
+            }
+        }
     }
 
     /// Lists the devices again: attaches to matching ones a lost notification hid, and forgets
@@ -191,6 +400,7 @@ impl Devices {
         for index in gone {
             self.forget(index);
         }
+        self.prune();
         Ok(())
     }
 
@@ -205,21 +415,15 @@ impl Devices {
         }
     }
 
-    /// A device went away: the kernel released the attachment with it; detaching only closes
-    /// our link descriptor.
+    /// A device went away: the kernel released the attachment with it; what is left is the
+    /// pin, removed here.
     fn forget(&mut self, index: u32) {
         if let Some(gone) = self.attached.remove(&index) {
             info!(device = %gone.name, "device removed");
-            if let Ok(program) = self.program(gone.program)
-                && let Err(err) = program.detach(gone.link)
-            {
-                debug!(device = %gone.name, %err, "detach after removal");
-            }
-            if let Some((link, _)) = gone.xdp
-                && let Ok(program) = self.xdp_program()
-                && let Err(err) = program.detach(link)
-            {
-                debug!(device = %gone.name, %err, "XDP detach after removal");
+            for pin in std::iter::once(gone.tc).chain(gone.xdp.map(|(p, _)| p)) {
+                if let Err(err) = pin.unpin() {
+                    debug!(device = %gone.name, %err, "unpinning after removal");
+                }
             }
         }
     }
@@ -243,63 +447,74 @@ impl Devices {
     }
 
     fn attach(&mut self, index: u32, name: &str) -> Result<()> {
-        // tcx links only: they belong to this process and vanish with it, so a crashed agent
-        // never leaves an attachment behind. They need Linux 6.6.
-        let attach = TcAttach::Tcx {
-            attach_type: TcAttachType::Ingress,
-            order: LinkOrder::default(),
-        };
         let uplink = self.selector.is_uplink(name);
         let program = if uplink { UPLINK_PROGRAM } else { POD_PROGRAM };
-        let link = self
-            .program(program)?
-            .attach(index, attach)
-            .with_context(|| {
-                format!("attaching {program} to {name} ingress with tcx (needs Linux 6.6 or later)")
-            })?;
+        let tc = self.attach_tc(program, index, name)?;
         let xdp = if uplink {
             match self.attach_xdp(index, name) {
                 Ok(xdp) => xdp,
                 Err(err) => {
-                    let _ = self.program(program).map(|p| p.detach(link));
+                    if tc.fresh {
+                        let _ = tc.unpin();
+                    }
                     return Err(err);
                 }
             }
         } else {
+            // A device that was an uplink when an earlier run pinned its XDP link.
+            for mode in [XdpMode::Driver, XdpMode::Skb] {
+                let _ = fs::remove_file(
+                    self.links_dir
+                        .join(format!("xdp-{index}-{}", mode_name(mode))),
+                );
+            }
             None
         };
-        info!(device = name, ifindex = index, program, "attached");
+        info!(
+            device = name,
+            ifindex = index,
+            program,
+            adopted = !tc.fresh,
+            "attached"
+        );
         self.attached.insert(
             index,
             Attachment {
                 name: name.to_owned(),
                 program,
-                link,
+                tc,
                 xdp,
             },
         );
         Ok(())
     }
 
+    /// Detaches from device `index` (it no longer matches): its links are unpinned.
     fn detach(&mut self, index: u32) {
         if let Some(attachment) = self.attached.remove(&index) {
-            let mut result = self
-                .program(attachment.program)
-                .and_then(|p| Ok(p.detach(attachment.link)?));
-            if let Some((link, _)) = attachment.xdp {
-                result = result.and(self.xdp_program().and_then(|p| Ok(p.detach(link)?)));
+            let mut result = attachment.tc.unpin();
+            if let Some((xdp, _)) = attachment.xdp {
+                result = result.and(xdp.unpin());
             }
             match result {
-                Ok(()) => info!(device = %attachment.name, "detached"),
-                Err(err) => warn!(device = %attachment.name, "detach failed: {err:#}"),
+                Ok(()) => {
+                    info!(device = %attachment.name, program = attachment.program, "detached")
+                }
+                Err(err) => warn!(device = %attachment.name, "detach failed: {err}"),
             }
         }
     }
 
-    /// Detaches from every device.
-    pub fn detach_all(&mut self) {
-        let indexes: Vec<u32> = self.attached.keys().copied().collect();
-        for index in indexes {
+    /// After a start that failed half-way: detaches what this run attached afresh, and keeps
+    /// the links it adopted (carrying this run's programs, over the same maps).
+    pub fn abandon(&mut self) {
+        let fresh: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.tc.fresh)
+            .map(|(index, _)| *index)
+            .collect();
+        for index in fresh {
             self.detach(index);
         }
     }

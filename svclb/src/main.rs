@@ -98,13 +98,17 @@ impl SourceArgs {
 
 #[derive(clap::Args)]
 struct AgentArgs {
+    /// Remove everything svclb attached and pinned in --bpffs-dir (links, so the datapath
+    /// detaches, and maps), then exit.
+    #[arg(long)]
+    cleanup: bool,
     /// Name of this node (EndpointSlice `nodeName` equal to it marks local endpoints).
-    #[arg(long, env = "SVCLB_NODE_NAME")]
-    node_name: String,
+    #[arg(long, env = "SVCLB_NODE_NAME", required_unless_present = "cleanup")]
+    node_name: Option<String>,
     #[command(flatten)]
     source: SourceArgs,
     /// Uplink devices, comma separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "cleanup")]
     devices: Vec<String>,
     /// Glob of pod-facing devices, e.g. 'veth*'; devices created later are attached too.
     #[arg(long)]
@@ -190,7 +194,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
         .transpose()
         .context("--pod-devices is not a valid glob")?;
     Ok(AgentConfig {
-        node_name: args.node_name,
+        node_name: args.node_name.context("--node-name is required")?,
         nodeport_cidrs: args.nodeport_addresses,
         source: args.source.config(),
         devices: DeviceSelector {
@@ -230,6 +234,14 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Agent(args) if args.cleanup => {
+            svclb::loader::require_root("svclb agent --cleanup")?;
+            let removed = svclb::devices::cleanup(&args.bpffs_dir)?;
+            emit(&format!(
+                "removed {removed} pins from {}: the datapath is detached\n",
+                args.bpffs_dir.display()
+            ))
+        }
         Command::Agent(args) => {
             let config = agent_config(args)?;
             runtime()?.block_on(agent::run(config))

@@ -69,11 +69,18 @@ fn restart_after_kill_takes_over_without_duplicates_or_stale_entries() -> Result
         assert!(r.is_err(), "removed service answers after restart: {r:?}");
     }
 
-    // A clean stop detaches everything and leaves the maps pinned for `svclb list`.
+    // A clean stop leaves the datapath attached, serving, and the maps pinned for `svclb list`.
     lab.stop_agent(0, Signal::SIGTERM)?;
-    assert_eq!(tcx_ingress_programs(&node_ns, "eth0")?, 0);
-    assert!(lab.agent_log(0).contains("stopped; maps stay pinned"));
+    assert_eq!(tcx_ingress_programs(&node_ns, "eth0")?, 1);
+    assert!(
+        lab.agent_log(0)
+            .contains("stopped; the datapath stays attached")
+    );
     assert_eq!(lab.list(0)?["frontends"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        tally(&tcp_ask_many(&client, at("10.96.1.1", 80), 5, TIMEOUT)?),
+        BTreeMap::from([(a.name.clone(), 5)])
+    );
     Ok(())
 }
 

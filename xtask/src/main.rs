@@ -35,6 +35,10 @@ enum Task {
         /// A smoke run: smaller sizes and fewer samples (a minute or two).
         #[arg(long)]
         quick: bool,
+        /// Only this section: packet, latency, control-plane or maglev (the results file is
+        /// named after it).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Without arguments: a demo lab with an agent per node. With `-- ARGS`: `svclb agent ARGS`
     /// on this machine.
@@ -135,7 +139,7 @@ fn test(filter: Option<String>) -> Result<()> {
     Ok(())
 }
 
-fn bench(quick: bool) -> Result<()> {
+fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     if !svclb_tests::is_root() {
         bail!(
             "`cargo xtask bench` loads BPF programs and builds network namespaces: run it as root"
@@ -155,8 +159,9 @@ fn bench(quick: bool) -> Result<()> {
     let dir = workspace_root().join("bench/results");
     std::fs::create_dir_all(&dir)?;
     let out = dir.join(format!(
-        "{}{}.md",
+        "{}{}{}.md",
         date.trim(),
+        only.map(|o| format!("-{o}")).unwrap_or_default(),
         if quick { "-quick" } else { "" }
     ));
     let mut args = vec![
@@ -169,6 +174,9 @@ fn bench(quick: bool) -> Result<()> {
     ];
     if quick {
         args.push("--quick");
+    }
+    if let Some(only) = only {
+        args.extend(["--only", only]);
     }
     let out_arg = out.to_string_lossy().into_owned();
     args.extend(["--out", &out_arg]);
@@ -222,9 +230,9 @@ fn run_task(cli: Cli) -> Result<()> {
             setup::setup()?;
             lint()
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             setup::setup()?;
-            bench(quick)
+            bench(quick, only.as_deref())
         }
         Task::Test { filter } => {
             setup::setup()?;

@@ -227,8 +227,8 @@ fn one_size(n: usize, rounds: usize, connections: usize) -> Result<Vec<Row>> {
     for round in 0..rounds {
         for i in round_order(round, prepared.len()) {
             let p = &mut prepared[i];
-            let (times, failed, rps) = measure(&p.client, p.target, connections)
-                .with_context(|| p.system.name())?;
+            let (times, failed, rps) =
+                measure(&p.client, p.target, connections).with_context(|| p.system.name())?;
             p.times.extend(times);
             p.failed += failed;
             p.requests_per_s.push(rps);
