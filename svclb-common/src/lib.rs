@@ -13,6 +13,7 @@ pub mod limits;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod service;
+pub mod stats;
 
 pub use addr::{
     FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, L3Addr,
@@ -20,3 +21,4 @@ pub use addr::{
 pub use backend::{Backend, SlotKey};
 pub use conntrack::{AffinityKey, AffinityValue, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey};
 pub use service::{ServiceKey, ServiceValue, SourceRangeKey};
+pub use stats::FrontendStats;

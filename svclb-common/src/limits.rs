@@ -8,9 +8,10 @@ pub const MAP_CT: &str = "SVCLB_CT";
 pub const MAP_MAGLEV: &str = "SVCLB_MAGLEV";
 pub const MAP_AFFINITY: &str = "SVCLB_AFFINITY";
 pub const MAP_SOURCE_RANGES: &str = "SVCLB_SOURCE_RANGES";
+pub const MAP_STATS: &str = "SVCLB_STATS";
 
 /// Every map the agent pins, in the order `svclb list` and cleanup walk them.
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 8] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_SLOTS,
@@ -18,6 +19,7 @@ pub const PINNED_MAPS: [&str; 7] = [
     MAP_MAGLEV,
     MAP_AFFINITY,
     MAP_SOURCE_RANGES,
+    MAP_STATS,
 ];
 
 pub const SERVICES_MAX: usize = 65_536;
@@ -31,6 +33,10 @@ pub const MAGLEV_MAX: usize = 16_384;
 pub const MAGLEV_TEMPLATE_SIZE: usize = 251;
 pub const AFFINITY_MAX: usize = 65_536;
 pub const SOURCE_RANGES_MAX: usize = 16_384;
+/// Frontend ids with counters: ids are handed out lowest first, and within one sync an id
+/// freed is not reused, so twice the services map's capacity leaves room. The agent sizes it
+/// from `--services-map-size`.
+pub const STATS_MAX: usize = 2 * SERVICES_MAX;
 /// Source ports this node allocates when it SNATs a flow to a remote backend: above Linux's
 /// default ephemeral range (32768-60999), so they do not collide with the node's own sockets.
 pub const SNAT_PORT_MIN: u16 = 61_000;

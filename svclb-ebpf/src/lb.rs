@@ -22,6 +22,7 @@ use svclb_common::{
 use crate::{
     conntrack, forward,
     icmp::{self, Quote},
+    maps,
     nat::{self, End, rewrite_v4},
     parse::{Packet, parse},
     reject::reject,
@@ -110,6 +111,11 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
     if !select::admitted(&s.svc, &s.pkt) {
         return TC_ACT_SHOT;
     }
+    let len = u64::from(ctx.len());
+    maps::count(s.svc.id, |c| {
+        c.packets += 1;
+        c.bytes += len;
+    });
     let now = conntrack::now_ns();
     let verdict = tracked(ctx, &s.pkt, &s.svc, now);
     if verdict != NOT_TRACKED {
@@ -117,11 +123,13 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
     }
     s.picked.now = now;
     if !pick(s) {
+        maps::count(s.svc.id, |c| c.refused += 1);
         if s.svc.flags & SVC_F_REJECT != 0 {
             return reject(ctx, &s.pkt);
         }
         return TC_ACT_SHOT;
     }
+    maps::count(s.svc.id, |c| c.new_flows += 1);
     if s.svc.flags & SVC_F_EXTERNAL != 0 && s.picked.backend.flags & BE_F_LOCAL == 0 {
         return to_remote(ctx, s);
     }

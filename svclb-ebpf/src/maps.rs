@@ -3,15 +3,15 @@
 
 use aya_ebpf::{
     bindings::BPF_F_INNER_MAP,
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use svclb_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, ServiceKey, ServiceValue, SlotKey,
-    SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FrontendStats, ServiceKey, ServiceValue,
+    SlotKey, SourceRangeKey,
     limits::{
         AFFINITY_MAX, BACKENDS_MAX, CT_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE, SERVICES_MAX,
-        SLOTS_MAX, SOURCE_RANGES_MAX,
+        SLOTS_MAX, SOURCE_RANGES_MAX, STATS_MAX,
     },
 };
 
@@ -39,3 +39,16 @@ pub static SVCLB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, AFFINITY_MAX> 
 
 #[btf_map(pin_by_name)]
 pub static SVCLB_SOURCE_RANGES: LpmTrie<SourceRangeKey, u32, SOURCE_RANGES_MAX> = LpmTrie::new();
+
+/// Frontend id -> its counters, per CPU.
+#[btf_map(pin_by_name)]
+pub static SVCLB_STATS: PerCpuArray<FrontendStats, STATS_MAX> = PerCpuArray::new();
+
+/// Counts into frontend `id`'s counters on this CPU (an id past the array is not counted).
+#[inline(always)]
+pub fn count(id: u32, f: impl FnOnce(&mut FrontendStats)) {
+    if let Some(stats) = SVCLB_STATS.get_ptr_mut(id) {
+        // SAFETY: this CPU's slot of a map value; no other program runs on this CPU meanwhile.
+        f(unsafe { &mut *stats });
+    }
+}

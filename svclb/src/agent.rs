@@ -31,7 +31,16 @@ use crate::{
     model::Planner,
     reconcile,
     source::{Source, SourceConfig},
+    status::{AgentStatus, LastSync},
+    traffic::TrafficCollector,
 };
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Changes are applied once the source has been quiet this long, so a burst of changes (an
 /// editor's writes, a rollout's EndpointSlice updates) makes one sync...
@@ -81,11 +90,26 @@ struct Syncer {
     metrics: Arc<Metrics>,
     /// Answers the health-check node ports of Local-policy services.
     health: HealthChecks,
+    /// Names the frontends whose counters `/metrics` exports.
+    traffic: Option<Arc<TrafficCollector>>,
 }
 
 impl Syncer {
-    fn record(&self, took: Duration, report: &reconcile::SyncReport) {
+    fn record(&self, took: Duration, report: &reconcile::SyncReport, full: bool) {
         let m = &self.metrics;
+        {
+            let mut status = m.status();
+            status.syncs += 1;
+            status.last_sync = Some(LastSync {
+                at_unix_ms: unix_ms(),
+                duration_ms: took.as_secs_f64() * 1e3,
+                full,
+                writes: report.writes,
+                errors: report.errors.len(),
+            });
+            status.frontends_not_programmed = self.not_programmed;
+            status.objects_skipped = self.reported.len();
+        }
         m.sync_duration.observe(took.as_secs_f64());
         m.syncs.inc();
         m.entries_written.inc_by(report.writes as u64);
@@ -150,6 +174,13 @@ impl Syncer {
                 (report, departed, map_diags)
             }
         };
+        if let Some(traffic) = &self.traffic {
+            if full {
+                traffic.rebuild(plan, &self.programmed);
+            } else {
+                traffic.update(plan, &self.programmed, &changed);
+            }
+        }
         self.not_programmed = plan
             .frontends
             .len()
@@ -188,7 +219,7 @@ impl Syncer {
             error!("map write failed: {err}");
         }
         let took = started.elapsed();
-        self.record(took, &report);
+        self.record(took, &report, full);
         let took_us = took.as_micros() as u64;
         let (frontends, backends) = (
             self.programmed.services.len(),
@@ -219,6 +250,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
     let source = Source::open(&config.source, &config.node_name).await?;
+    let source_name = source.describe();
     loader::prepare_bpffs(&config.bpffs_dir)?;
     let mut ebpf = loader::load(&config.bpffs_dir, config.map_sizes)?;
     let maps = Maps::take(&mut ebpf, config.maglev)?;
@@ -244,7 +276,23 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         return Err(err);
     }
 
-    let metrics = Metrics::new();
+    let traffic = match TrafficCollector::open(&config.bpffs_dir) {
+        Ok(traffic) => Some(Arc::new(traffic)),
+        Err(err) => {
+            warn!("per-frontend counters are not exported: {err:#}");
+            None
+        }
+    };
+    let metrics = Metrics::new(traffic.clone());
+    *metrics.status() = AgentStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        node: config.node_name.clone(),
+        source: source_name,
+        pid: std::process::id(),
+        started_unix: unix_ms() / 1000,
+        devices: devices.attached_names(),
+        ..AgentStatus::default()
+    };
     let _metrics_server = crate::metrics::serve(config.metrics_addr, metrics.clone()).await?;
     let mut syncer = Syncer {
         metrics: metrics.clone(),
@@ -255,6 +303,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         programmed,
         index: Index::default(),
         complete: false,
+        traffic,
         capacity: Capacity {
             services: config.map_sizes.services as usize,
             slots: config.map_sizes.slots as usize,
@@ -336,6 +385,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 sync_at = syncer.sync().then(|| Instant::now() + retry_after);
                 if first {
                     metrics.ready.store(true, Ordering::Relaxed);
+                    metrics.status().ready = true;
                     info!(
                         node = %config.node_name,
                         devices = ?devices.attached_names(),

@@ -6,14 +6,17 @@ use std::{collections::BTreeSet, path::Path};
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, lpm_trie::Key},
+    maps::{
+        Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key,
+    },
 };
 use ipnet::IpNet;
 use svclb_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, IPPROTO_UDP, ServiceKey, ServiceValue,
-    SlotKey, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FrontendStats, IPPROTO_UDP, ServiceKey,
+    ServiceValue, SlotKey, SourceRangeKey,
     limits::{
         MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
+        MAP_STATS,
     },
     maglev::{Maglev, Weighted, identity},
 };
@@ -35,6 +38,7 @@ pub struct Maps {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     maglev: HashOfMaps<MapData, u32, Array<MapData, u32>>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    stats: Stats,
     /// The seed every Maglev table is built with (the size comes with each table).
     seed: Maglev,
 }
@@ -83,6 +87,7 @@ impl Maps {
                 .with_context(|| format!("map {MAP_MAGLEV}"))?,
             source_ranges: LpmTrie::try_from(get(MAP_SOURCE_RANGES)?)
                 .with_context(|| format!("map {MAP_SOURCE_RANGES}"))?,
+            stats: Stats::new(get(MAP_STATS)?)?,
             seed,
         })
     }
@@ -197,6 +202,56 @@ impl Maps {
     pub fn conntrack_len(&self) -> usize {
         self.conntrack.keys().filter(Result::is_ok).count()
     }
+
+    /// Number of session-affinity entries.
+    pub fn affinity_len(&self) -> usize {
+        self.affinity.keys().filter(Result::is_ok).count()
+    }
+
+    /// Frontend `id`'s counters, summed over the CPUs.
+    pub fn stats(&self, id: u32) -> Option<FrontendStats> {
+        self.stats.get(id)
+    }
+}
+
+/// The per-frontend counters (`SVCLB_STATS`).
+pub struct Stats(PerCpuArray<MapData, FrontendStats>);
+
+impl Stats {
+    fn new(map: Map) -> Result<Self> {
+        Ok(Self(
+            PerCpuArray::try_from(map).with_context(|| format!("map {MAP_STATS}"))?,
+        ))
+    }
+
+    /// Opens the counters an agent pinned in `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        Self::new(open_map(dir, MAP_STATS)?)
+    }
+
+    /// Frontend `id`'s counters, summed over the CPUs (`None` past the array).
+    pub fn get(&self, id: u32) -> Option<FrontendStats> {
+        let values = self.0.get(&id, 0).ok()?;
+        Some(
+            values
+                .iter()
+                .fold(FrontendStats::default(), |sum, cpu| sum.plus(*cpu)),
+        )
+    }
+
+    /// Starts frontend `id`'s counters from zero (the id goes to a new frontend).
+    fn reset(&mut self, id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?
+            .get() as usize;
+        let zeros = PerCpuValues::try_from(vec![FrontendStats::default(); cpus])?;
+        match self.0.set(id, zeros, 0) {
+            Ok(()) => Ok(()),
+            // An id past the array has no counters to reset (and is never counted).
+            Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
 }
 
 /// What [`Maps::purge`] removed.
@@ -248,6 +303,10 @@ impl MapWriter for Maps {
     }
 
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        // A new frontend: its id's counters may hold a removed frontend's.
+        if self.services.get(key, 0).is_err() {
+            self.stats.reset(value.id)?;
+        }
         Ok(self.services.insert(key, value, 0)?)
     }
 

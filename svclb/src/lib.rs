@@ -24,3 +24,5 @@ pub mod plan;
 pub mod plan_output;
 pub mod reconcile;
 pub mod source;
+pub mod status;
+pub mod traffic;

@@ -14,6 +14,7 @@ use nix::{
 };
 use svclb_common::limits::{
     MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
+    MAP_STATS,
 };
 
 use crate::ebpf::OBJECT;
@@ -104,6 +105,8 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
         .map_max_entries(MAP_MAGLEV, sizes.maglev_tables)
         .map_max_entries(MAP_AFFINITY, sizes.affinity)
         .map_max_entries(MAP_SOURCE_RANGES, sizes.source_ranges)
+        // Frontend ids stay below twice the services map's capacity (see `STATS_MAX`).
+        .map_max_entries(MAP_STATS, sizes.services.saturating_mul(2))
         .load(OBJECT)
         .with_context(|| {
             format!(

@@ -62,6 +62,17 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// What to read first: the agent (version, node, last sync), the attached links and
+    /// their programs, the maps' fill, warnings.
+    Status {
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+        bpffs_dir: PathBuf,
+        /// The agent's --metrics-addr (its /status endpoint).
+        #[arg(long, default_value = "127.0.0.1:9965")]
+        agent_addr: std::net::SocketAddr,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Print the frontends and backends the pinned maps hold.
     List {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
@@ -287,6 +298,22 @@ fn run(cli: Cli) -> Result<()> {
                 Output::Table => emit(&maglev_cmd::render_table(&maglev, &backends, &table)),
                 Output::Json => emit(&(maglev_cmd::render_json(&maglev, &table) + "\n")),
             }
+        }
+        Command::Status {
+            bpffs_dir,
+            agent_addr,
+            output,
+        } => {
+            svclb::loader::require_root("svclb status")?;
+            let status = svclb::status::read(&bpffs_dir, agent_addr)?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            match output {
+                Output::Table => emit(&svclb::status::render_table(&status, now_ms))?,
+                Output::Json => emit(&(serde_json::to_string_pretty(&status)? + "\n"))?,
+            }
+            Ok(())
         }
         Command::List { bpffs_dir, output } => {
             let listing = list::read(&bpffs_dir)?;

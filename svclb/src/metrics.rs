@@ -47,11 +47,17 @@ pub struct Metrics {
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
     pub ready: AtomicBool,
+    /// What `/status` answers (`svclb status` reads it).
+    pub status: std::sync::Mutex<crate::status::AgentStatus>,
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Self> {
+    /// The agent's metrics; `traffic` adds the per-frontend counters read at each scrape.
+    pub fn new(traffic: Option<Arc<crate::traffic::TrafficCollector>>) -> Arc<Self> {
         let mut registry = Registry::with_prefix("svclb");
+        if let Some(traffic) = traffic {
+            registry.register_collector(Box::new(traffic));
+        }
         let sync_duration = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
         let syncs = Counter::default();
         let entries_written = Counter::default();
@@ -136,6 +142,7 @@ impl Metrics {
             map_entries,
             map_capacity,
             ready: AtomicBool::new(false),
+            status: std::sync::Mutex::default(),
         })
     }
 
@@ -145,6 +152,13 @@ impl Metrics {
         };
         self.map_entries.get_or_create(&label).set(entries as i64);
         self.map_capacity.get_or_create(&label).set(capacity as i64);
+    }
+
+    /// The agent's own status, for changing or answering.
+    pub fn status(&self) -> std::sync::MutexGuard<'_, crate::status::AgentStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn encode(&self) -> String {
@@ -175,6 +189,11 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::tas
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         metrics.encode(),
                     ),
+                    "/status" => (
+                        "200 OK",
+                        "application/json",
+                        serde_json::to_string(&*metrics.status()).unwrap_or_default(),
+                    ),
                     "/healthz" if metrics.ready.load(Ordering::Relaxed) => {
                         ("200 OK", "text/plain", "ok\n".to_owned())
                     }
@@ -186,7 +205,7 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::tas
                     _ => (
                         "404 Not Found",
                         "text/plain",
-                        "try /metrics or /healthz\n".to_owned(),
+                        "try /metrics, /healthz or /status\n".to_owned(),
                     ),
                 };
                 if let Err(err) =

@@ -619,6 +619,19 @@ impl Lab {
         Ok(serde_json::from_slice(&output.stdout)?)
     }
 
+    /// Runs `svclb status -o json` inside node `node`'s namespace (its agent's metrics
+    /// address, its device names).
+    pub fn status(&self, node: usize) -> Result<serde_json::Value> {
+        let bin = svclb_bin()?;
+        let dir = self.nodes[node].pin_dir.to_string_lossy().into_owned();
+        let output = netns::run_in(
+            &self.nodes[node].ns,
+            &bin.to_string_lossy(),
+            &["status", "--bpffs-dir", &dir, "-o", "json"],
+        )?;
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
     /// Polls `check` every 20 ms until it holds or `timeout` passes; returns how long it took.
     pub fn wait_for(
         &self,

@@ -30,6 +30,38 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output> {
     Ok(output)
 }
 
+/// Runs a command in namespace `ns` by `setns` alone (not `ip netns exec`, which mounts a
+/// sysfs of the namespace over /sys and so hides the host's bpffs); fails with its stderr.
+pub fn run_in(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    let netns = File::open(format!("/run/netns/{ns}"))
+        .with_context(|| format!("opening namespace {ns}"))?;
+    let fd = netns.as_raw_fd();
+    let mut command = Command::new(program);
+    command.args(args);
+    // SAFETY: setns is async-signal-safe; the descriptor outlives the spawn.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command
+        .output()
+        .with_context(|| format!("running {program} in {ns}"))?;
+    drop(netns);
+    if !output.status.success() {
+        bail!(
+            "`{program} {}` in {ns} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
 /// Runs `ip -n NS ARGS...`.
 pub fn ip_in(ns: &str, args: &[&str]) -> Result<()> {
     let mut all = vec!["-n", ns];

@@ -182,6 +182,60 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
         metrics.contains("svclb_sync_duration_seconds_count"),
         "{metrics}"
     );
+    // `svclb status` puts it together: the agent, its links, the maps, the warnings.
+    let status = lab.status(0)?;
+    assert_eq!(status["agent"]["node"], "n1", "{status:#}");
+    assert_eq!(status["agent"]["ready"], true);
+    assert!(
+        status["agent"]["last_sync"]["duration_ms"]
+            .as_f64()
+            .is_some()
+    );
+    let links = status["links"].as_array().expect("links");
+    let devices: Vec<&str> = links.iter().filter_map(|l| l["device"].as_str()).collect();
+    assert_eq!(
+        devices,
+        ["eth0", "vethpod1", "vethpod2", "vethpod3", "eth0"],
+        "tc links by index, then XDP: {status:#}"
+    );
+    assert!(links.iter().all(|l| l["program_id"].as_u64() > Some(0)));
+    let services = status["maps"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["map"] == "SVCLB_SERVICES"))
+        .expect("the services map");
+    assert_eq!(services["entries"], 1);
+    assert!(services["capacity"].as_u64() > Some(1000));
+    assert!(
+        status["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .any(|w| w
+                .as_str()
+                .is_some_and(|w| w.starts_with("3 objects (or parts) are skipped"))),
+        "{status:#}"
+    );
+
+    // The datapath's counters: three connections, each a new flow of a few packets.
+    let value = |name: &str| -> f64 {
+        let series = format!("{name}{{frontend=\"10.96.3.1:80/TCP\",service=\"default/good\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series:?} in:\n{metrics}"))
+    };
+    assert_eq!(value("svclb_frontend_new_flows_total"), 3.0);
+    assert_eq!(value("svclb_frontend_refused_flows_total"), 0.0);
+    let packets = value("svclb_frontend_received_packets_total");
+    assert!((9.0..=40.0).contains(&packets), "packets: {packets}");
+    assert!(value("svclb_frontend_received_bytes_total") >= packets * 54.0);
+    let conntrack = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("svclb_conntrack_entries "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no conntrack gauge in:\n{metrics}"));
+    assert!(conntrack >= 6.0, "two entries per flow: {conntrack}");
 
     // A good file that turns bad keeps serving its last good contents; logged once.
     lab.write_manifest("good.yaml", "kind: [\n")?;

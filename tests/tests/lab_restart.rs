@@ -120,6 +120,18 @@ fn established_flows_survive_a_restart_and_the_program_swap() -> Result<()> {
         lab.agent_log(0)
     );
     assert_kept(&mut sessions, "while the agent is stopped")?;
+    let status = lab.status(0)?;
+    assert!(status["agent"].is_null(), "{status:#}");
+    assert!(
+        status["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("no agent answers")),
+        "{status:#}"
+    );
+    assert_eq!(
+        status["links"].as_array().map(Vec::len),
+        Some(links_before.len())
+    );
     assert_eq!(udp_flows(&pod, at("10.96.0.30", 53), &ports)?, flows);
     let new = tally(&tcp_ask_many(&client, at(&node1, 30090), 8, TIMEOUT)?);
     assert_eq!(

@@ -1,0 +1,38 @@
+//! The per-frontend counters (`SVCLB_STATS`, a per-CPU array indexed by frontend id): what
+//! the TC programs saw of each frontend's traffic from clients. The agent sums the CPUs and
+//! exports them as Prometheus counters; a frontend id starts from zero when it is handed to a
+//! new frontend.
+
+/// Value of the `SVCLB_STATS` map, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendStats {
+    /// Packets from clients to the frontend that passed its source ranges.
+    pub packets: u64,
+    /// Their bytes (the whole frame, as the device got it).
+    pub bytes: u64,
+    /// New flows given a backend.
+    pub new_flows: u64,
+    /// New flows refused (TCP RST, ICMP unreachable) or dropped for want of a backend.
+    pub refused: u64,
+}
+const _: () = assert!(size_of::<FrontendStats>() == 32);
+
+impl FrontendStats {
+    /// The sum of two CPUs' counters.
+    #[must_use]
+    pub const fn plus(self, other: Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+            new_flows: self.new_flows.wrapping_add(other.new_flows),
+            refused: self.refused.wrapping_add(other.refused),
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), integers only, no implicit padding (size asserted above).
+    unsafe impl aya::Pod for super::FrontendStats {}
+}
