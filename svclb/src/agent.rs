@@ -24,11 +24,12 @@ use crate::{
     devices::{DeviceSelector, Devices},
     diag::Diagnostic,
     healthcheck::HealthChecks,
-    kernel_maps::{Maps, Purged},
+    kernel_maps::Maps,
     loader::{self, MapSizes},
     mapstate::{self, Capacity, MapState},
     metrics::Metrics,
     model::Planner,
+    purge::Purger,
     reconcile,
     source::{Source, SourceConfig},
     status::{AgentStatus, LastSync},
@@ -92,6 +93,8 @@ struct Syncer {
     health: HealthChecks,
     /// Names the frontends whose counters `/metrics` exports.
     traffic: Option<Arc<TrafficCollector>>,
+    /// Removes flows and affinities of departed backends, in the background.
+    purger: Purger,
 }
 
 impl Syncer {
@@ -187,23 +190,7 @@ impl Syncer {
             .saturating_sub(self.programmed.services.len());
         let incomplete = !map_diags.is_empty() || !report.errors.is_empty();
         self.complete = !incomplete;
-        if !departed.is_empty() {
-            match self.maps.purge(&departed) {
-                Ok(purged) if purged != Purged::default() => {
-                    self.metrics.purged_flows.inc_by(purged.flows as u64);
-                    self.metrics
-                        .purged_affinities
-                        .inc_by(purged.affinities as u64);
-                    info!(
-                        conntrack = purged.flows,
-                        affinity = purged.affinities,
-                        "let go of removed backends"
-                    );
-                }
-                Ok(_) => {}
-                Err(err) => error!("purging flows of removed backends: {err:#}"),
-            }
-        }
+        self.purger.purge(departed);
 
         let diags: BTreeSet<Diagnostic> = snapshot
             .diagnostics
@@ -304,6 +291,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         index: Index::default(),
         complete: false,
         traffic,
+        purger: Purger::start(&config.bpffs_dir, metrics.clone())?,
         capacity: Capacity {
             services: config.map_sizes.services as usize,
             slots: config.map_sizes.slots as usize,

@@ -12,8 +12,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use svclb_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FrontendStats, IPPROTO_UDP, ServiceKey,
-    ServiceValue, SlotKey, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CtEntry, CtKey, FrontendStats,
+    IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
     limits::{
         MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
         MAP_STATS,
@@ -166,10 +166,14 @@ impl Maps {
     }
 
     /// Lets go of backends that left a frontend (pairs from [`MapState::departed`]): removes
-    /// the conntrack entries of that frontend's UDP flows to them, both directions, so the
-    /// clients' next datagrams pick a live backend (established TCP keeps its backend, as
-    /// with kube-proxy), and the session affinities that point at them. The datapath checks
-    /// that a flow's backend still exists; this covers a backend another frontend keeps.
+    /// the forward conntrack entries of that frontend's UDP flows to them, so the clients'
+    /// next datagrams pick a live backend (established TCP keeps its backend, as with
+    /// kube-proxy), and the session affinities that point at them. The datapath checks that
+    /// a flow's backend still exists; this covers a backend another frontend keeps.
+    ///
+    /// Reply entries stay: a datagram may be on its way to the old backend right now (the
+    /// client sent it just before its forward entry went), and its answer must still come
+    /// back from the frontend's address. They go with the conntrack's idle timeout.
     pub fn purge(&mut self, departed: &BTreeSet<(u32, u32)>) -> Result<Purged> {
         let flows: Vec<CtKey> = self
             .conntrack
@@ -177,7 +181,9 @@ impl Maps {
             // An entry evicted while the map is walked is simply not seen.
             .filter_map(Result::ok)
             .filter(|(key, entry)| {
-                key.proto == IPPROTO_UDP && departed.contains(&(entry.svc_id, entry.backend_id))
+                key.proto == IPPROTO_UDP
+                    && key.dir == CT_DIR_FORWARD
+                    && departed.contains(&(entry.svc_id, entry.backend_id))
             })
             .map(|(key, _)| key)
             .collect();
@@ -257,7 +263,7 @@ impl Stats {
 /// What [`Maps::purge`] removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Purged {
-    /// Conntrack entries (each flow has two).
+    /// Forward conntrack entries (one per flow).
     pub flows: usize,
     pub affinities: usize,
 }

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod plan_output;
+pub mod purge;
 pub mod reconcile;
 pub mod source;
 pub mod status;
