@@ -165,7 +165,7 @@ fn tracked(ctx: &TcContext, pkt: &Packet, svc: &ServiceValue, now: u64) -> i32 {
     if tracked.svc_id != svc.id || (recheck && !backend_alive(tracked)) {
         return NOT_TRACKED;
     }
-    conntrack::touch(entry, now);
+    conntrack::touch(entry, pkt, now);
     if nat::apply(ctx, pkt, tracked, false).is_err() {
         return TC_ACT_SHOT;
     }
@@ -262,7 +262,7 @@ fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let tracked = unsafe { &*entry };
-    conntrack::touch(entry, conntrack::now_ns());
+    conntrack::touch(entry, pkt, conntrack::now_ns());
     nat::apply(ctx, pkt, tracked, true)?;
     let daddr = if tracked.flags & CT_F_SNAT != 0 {
         tracked.snat_addr

@@ -18,6 +18,8 @@ const UDP_CSUM_OFF: usize = 6;
 const TCP_FLAGS_OFF: usize = 13;
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
+pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_RST: u8 = 0x04;
 
 #[repr(C)]
 struct EthHdr {
@@ -89,6 +91,12 @@ impl Packet {
 
     /// A TCP SYN without ACK: the first packet of a connection.
     #[inline(always)]
+    /// A TCP segment that ends its direction (FIN) or the connection (RST).
+    #[inline(always)]
+    pub fn is_tcp_end(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0
+    }
+
     pub fn is_tcp_syn(&self) -> bool {
         self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
     }

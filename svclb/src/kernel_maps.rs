@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use svclb_common::{
     AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CtEntry, CtKey, FrontendStats,
     IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    conntrack::{expired, partner},
     limits::{
         MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
         MAP_STATS,
@@ -202,6 +203,25 @@ impl Maps {
             purged.affinities += usize::from(self.affinity.remove(&key).is_ok());
         }
         Ok(purged)
+    }
+
+    /// Deletes the conntrack entries idle past their timeout (see [`expired`]: 10 s after a
+    /// FIN or RST, 60 s for UDP, 24 h for TCP without either), each with the other direction
+    /// of its flow, so their SNAT ports and room are free again. `now_ns` is CLOCK_MONOTONIC,
+    /// the datapath's clock. Returns how many entries went.
+    pub fn sweep(&mut self, now_ns: u64) -> usize {
+        let ended: Vec<(CtKey, CtEntry)> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| expired(entry, key.proto, now_ns))
+            .collect();
+        let mut deleted = 0;
+        for (key, entry) in ended {
+            deleted += usize::from(self.conntrack.remove(&key).is_ok());
+            deleted += usize::from(self.conntrack.remove(&partner(&key, &entry)).is_ok());
+        }
+        deleted
     }
 
     /// Number of conntrack entries (both directions of every flow).

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub write_errors: Counter,
     pub purged_flows: Counter,
     pub purged_affinities: Counter,
+    pub expired_flows: Counter,
     pub frontends: Gauge,
     pub backends: Gauge,
     pub frontends_not_programmed: Gauge,
@@ -64,6 +65,7 @@ impl Metrics {
         let write_errors = Counter::default();
         let purged_flows = Counter::default();
         let purged_affinities = Counter::default();
+        let expired_flows = Counter::default();
         let frontends = Gauge::<i64, AtomicI64>::default();
         let backends = Gauge::<i64, AtomicI64>::default();
         let frontends_not_programmed = Gauge::<i64, AtomicI64>::default();
@@ -96,6 +98,11 @@ impl Metrics {
             "affinity_entries_purged",
             "Session affinities removed because their backend left the service",
             purged_affinities.clone(),
+        );
+        registry.register(
+            "conntrack_entries_expired",
+            "Conntrack entries removed by the sweep: flows that ended (FIN or RST, then 10 s idle), UDP idle 60 s, TCP idle 24 h",
+            expired_flows.clone(),
         );
         registry.register(
             "frontends",
@@ -135,6 +142,7 @@ impl Metrics {
             write_errors,
             purged_flows,
             purged_affinities,
+            expired_flows,
             frontends,
             backends,
             frontends_not_programmed,

@@ -3,6 +3,11 @@
 //! worker thread with its own handles on the pinned maps takes the (frontend, backend) pairs
 //! each sync reports, merges whatever queued while it walked, and walks once for all.
 //!
+//! The same worker sweeps the conntrack every [`SWEEP_EVERY`]: flows that ended (a TCP FIN or
+//! RST and 10 s of quiet), UDP flows idle for 60 s and TCP flows idle for 24 h go, both
+//! directions, so their room and SNAT ports are free again (the datapath also takes over an
+//! expired SNAT port by itself when it needs one).
+//!
 //! A pair may reach the worker after a later sync handed its ids to other frontends or
 //! backends; the worst that does is make a few UDP flows of those pick a backend again, and a
 //! client lose its affinity once. Established TCP connections are never purged.
@@ -12,10 +17,21 @@ use std::{
     path::Path,
     sync::{Arc, mpsc},
     thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use tracing::{error, info};
+use tracing::{debug, error, info};
+
+/// How often the conntrack is swept for flows that ended.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
 
 use crate::{
     kernel_maps::{Maps, Purged},
@@ -34,7 +50,23 @@ impl Purger {
         thread::Builder::new()
             .name("svclb-purge".into())
             .spawn(move || {
-                while let Ok(mut departed) = rx.recv() {
+                let mut next_sweep = Instant::now() + SWEEP_EVERY;
+                loop {
+                    let wait = next_sweep.saturating_duration_since(Instant::now());
+                    let mut departed = match rx.recv_timeout(wait) {
+                        Ok(departed) => departed,
+                        Err(mpsc::RecvTimeoutError::Timeout) => BTreeSet::new(),
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    };
+                    if Instant::now() >= next_sweep {
+                        let swept = maps.sweep(monotonic_ns());
+                        metrics.expired_flows.inc_by(swept as u64);
+                        debug!(entries = swept, "conntrack swept");
+                        next_sweep = Instant::now() + SWEEP_EVERY;
+                    }
+                    if departed.is_empty() {
+                        continue;
+                    }
                     while let Ok(more) = rx.try_recv() {
                         departed.extend(more);
                     }

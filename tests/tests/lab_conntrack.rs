@@ -1,0 +1,79 @@
+//! End-to-end: the conntrack lets go of flows that ended. A NodePort's remote backend is
+//! reached through SNAT ports of this node (61000-65535: 4536 of them per backend); closed
+//! connections must give their ports back, or the node stops serving that backend after a
+//! few thousand connections.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use svclb_tests::{
+    Lab, LabSpec,
+    client::{TIMEOUT, at, tcp_ask},
+    manifests::{WEB, service},
+    netns::in_netns,
+    skip_unless_root,
+};
+
+/// More connections than there are SNAT ports, paced so that no more than about half the
+/// ports are taken before the first closed ones may be reused (10 s after their close).
+const CONNECTIONS: usize = 5_500;
+const PACE: Duration = Duration::from_millis(4);
+
+#[test]
+fn closed_connections_give_their_snat_ports_back() -> Result<()> {
+    if skip_unless_root("closed_connections_give_their_snat_ports_back") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec {
+        pods_per_node: 1,
+        ..LabSpec::default()
+    })?;
+    lab.write_manifest("nodes.yaml", &lab.nodes_manifest())?;
+    let remote = lab.pod("n2-pod1").clone();
+    lab.write_manifest(
+        "far.yaml",
+        &service(
+            "far",
+            "10.96.7.1",
+            &[WEB.with_node_port(30097)],
+            &[&remote],
+            "  type: NodePort\n",
+            "",
+        ),
+    )?;
+    lab.start_agents()?;
+    let target = at(&lab.nodes[0].addr.to_string(), 30097);
+    let (failed, samples, took) = in_netns(&lab.client_ns, move || {
+        let started = Instant::now();
+        let mut failed = 0;
+        let mut samples = Vec::new();
+        for i in 0..CONNECTIONS {
+            let next = started + PACE * i as u32;
+            if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if let Err(err) = tcp_ask(target, TIMEOUT) {
+                failed += 1;
+                samples.push(format!("connection {i}: {err:#}"));
+                // Each failure costs a timeout: three tell enough.
+                if failed == 3 {
+                    break;
+                }
+            }
+        }
+        Ok((failed, samples, started.elapsed()))
+    })?;
+    assert_eq!(
+        failed, 0,
+        "connections through one SNATed backend failed ({took:?} in): {samples:?}"
+    );
+    // The agent's sweep (every 10 s) removed ended flows as well.
+    let (_, metrics) = lab.agent_http(0, "/metrics")?;
+    let expired: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("svclb_conntrack_entries_expired_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no expiry counter in:\n{metrics}"));
+    assert!(expired > 0.0, "the sweep removed nothing in {took:?}");
+    Ok(())
+}
