@@ -89,14 +89,14 @@ impl Packet {
         self.proto == IPPROTO_TCP
     }
 
-    /// A TCP SYN without ACK: the first packet of a connection.
-    #[inline(always)]
     /// A TCP segment that ends its direction (FIN) or the connection (RST).
     #[inline(always)]
     pub fn is_tcp_end(&self) -> bool {
         self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0
     }
 
+    /// A TCP SYN without ACK: the first packet of a connection.
+    #[inline(always)]
     pub fn is_tcp_syn(&self) -> bool {
         self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
     }
