@@ -129,7 +129,7 @@ pub fn parse(ctx: &TcContext, out: &mut Packet) -> bool {
             return false;
         }
     }
-    parse_into(ctx.data(), ctx.data_end(), out).is_some()
+    parse_into(ctx.data(), ctx.data_end(), ctx.len() as usize, out).is_some()
 }
 
 /// Parses the frame between `start` and `end` (packet pointers the verifier has seen).
@@ -149,12 +149,14 @@ pub fn parse_frame(start: usize, end: usize) -> Option<Packet> {
         dport_be: 0,
         tcp_flags: 0,
     };
-    parse_into(start, end, &mut pkt)?;
+    parse_into(start, end, end - start, &mut pkt)?;
     Some(pkt)
 }
 
+/// `len` is the whole packet's length (an skb's data may go on past `end`, outside the
+/// linear area).
 #[inline(always)]
-fn parse_into(start: usize, end: usize, out: &mut Packet) -> Option<()> {
+fn parse_into(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()> {
     let eth = ptr_at::<EthHdr>(start, end, 0)?;
     // SAFETY: bounds checked by ptr_at.
     if u16::from_be(unsafe { (*eth).proto_be }) != ETH_P_IP {
@@ -183,6 +185,14 @@ fn parse_into(start: usize, end: usize, out: &mut Packet) -> Option<()> {
         return None;
     }
     let l4_off = l3_off + usize::from(ihl) * 4;
+    // A packet shorter than its IP header says (truncated), or whose total length leaves no
+    // room for its L4 header, is not translated: the stack drops it. (A total length of 0 is
+    // a BIG TCP packet over 64 KiB, whose length is the skb's.)
+    let tot_len = usize::from(u16::from_be(tot_len_be));
+    let l4_min = if proto == IPPROTO_TCP { 20 } else { 8 };
+    if tot_len != 0 && (l3_off + tot_len > len || tot_len < usize::from(ihl) * 4 + l4_min) {
+        return None;
+    }
     let (sport_be, dport_be, tcp_flags) = if proto == IPPROTO_ICMP {
         // No ports; `icmp` reads what it needs.
         (0, 0, 0)

@@ -1,0 +1,268 @@
+//! The packet fuzzer: the real TC programs under BPF_PROG_TEST_RUN on random and malformed
+//! frames (garbage, and well-formed frames to and past a frontend with random fields,
+//! options, payloads, then truncated, bit-flipped, with a wrong IHL, total length or
+//! fragment field). Whatever comes in, the verdict is one the programs may give; traffic
+//! that is neither to a frontend nor from a backend leaves byte for byte as it came; and a
+//! frame the programs rewrite keeps its length, IHL, protocol and payload, changes only
+//! addresses, ports, TTL and checksums, and keeps every checksum that was valid valid.
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use anyhow::Result;
+use common::datapath::Datapath;
+use proptest::{prelude::*, test_runner::TestCaseError};
+use svclb::plan::Protocol;
+use svclb_tests::{
+    packet::{L4, PacketSpec, checksum, verify_checksums},
+    skip_unless_root,
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const BACKENDS: [(Ipv4Addr, u16); 2] = [
+    (Ipv4Addr::new(10, 244, 2, 11), 8080),
+    (Ipv4Addr::new(10, 244, 2, 12), 8080),
+];
+
+fn loaded() -> Result<Datapath> {
+    let mut dp = Datapath::load("fuzz")?;
+    dp.program_services(&[
+        (VIP, 80, Protocol::Tcp, &BACKENDS),
+        (VIP, 53, Protocol::Udp, &BACKENDS),
+    ]);
+    Ok(dp)
+}
+
+/// A well-formed frame with random fields: to the frontend's ports or elsewhere.
+fn spec() -> impl Strategy<Value = PacketSpec> {
+    let addr = prop_oneof![
+        Just(VIP),
+        Just(BACKENDS[0].0),
+        any::<[u8; 4]>().prop_map(Ipv4Addr::from),
+    ];
+    let port = prop_oneof![Just(80u16), Just(53), Just(8080), any::<u16>()];
+    let l4 = prop_oneof![
+        any::<u8>().prop_map(|flags| L4::Tcp { flags }),
+        any::<bool>().prop_map(|zero_checksum| L4::Udp { zero_checksum }),
+    ];
+    (
+        any::<[u8; 4]>(),
+        any::<u16>(),
+        addr,
+        port,
+        l4,
+        prop::collection::vec(any::<u8>(), 0..10).prop_map(|mut o| {
+            o.truncate(o.len() / 4 * 4);
+            o
+        }),
+        prop::collection::vec(any::<u8>(), 0..80),
+    )
+        .prop_map(
+            |(src, sport, dst, dport, l4, ip_options, payload)| PacketSpec {
+                src: Ipv4Addr::from(src),
+                sport,
+                dst,
+                dport,
+                l4,
+                ip_options,
+                payload,
+            },
+        )
+}
+
+/// What is done to a well-formed frame before it is sent.
+#[derive(Clone, Debug)]
+enum Damage {
+    None,
+    Truncate(usize),
+    Flip(usize, u8),
+    Ihl(u8),
+    TotalLength(u16),
+    Fragment(u16),
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        3 => Just(Damage::None),
+        1 => any::<usize>().prop_map(Damage::Truncate),
+        2 => (any::<usize>(), 1u8..).prop_map(|(at, bits)| Damage::Flip(at, bits)),
+        1 => (0u8..16).prop_map(Damage::Ihl),
+        1 => any::<u16>().prop_map(Damage::TotalLength),
+        1 => any::<u16>().prop_map(Damage::Fragment),
+    ]
+}
+
+fn apply(mut frame: Vec<u8>, damage: &Damage) -> Vec<u8> {
+    match *damage {
+        Damage::None => {}
+        Damage::Truncate(at) => frame.truncate(at % frame.len()),
+        Damage::Flip(at, bits) => {
+            let at = at % frame.len();
+            frame[at] ^= bits;
+        }
+        Damage::Ihl(ihl) => frame[14] = 0x40 | ihl,
+        Damage::TotalLength(len) => frame[16..18].copy_from_slice(&len.to_be_bytes()),
+        Damage::Fragment(field) => frame[20..22].copy_from_slice(&field.to_be_bytes()),
+    }
+    frame
+}
+
+/// IPv4 over Ethernet with a sane header: (IHL in bytes, protocol, total length).
+fn ipv4(frame: &[u8]) -> Option<(usize, u8, usize)> {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] || frame[14] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    (ihl >= 20 && total >= ihl && 14 + total <= frame.len()).then_some((ihl, frame[23], total))
+}
+
+/// Whether the frame's L4 segment is complete and not a fragment, so its checksum means
+/// something.
+fn whole_segment(frame: &[u8]) -> bool {
+    let Some((ihl, protocol, total)) = ipv4(frame) else {
+        return false;
+    };
+    let fragment = u16::from_be_bytes([frame[20], frame[21]]) & 0x3fff != 0;
+    let header = match protocol {
+        6 => 20,
+        17 => 8,
+        _ => return false,
+    };
+    !fragment && total >= ihl + header
+}
+
+/// Bytes a rewrite may change: MAC addresses (a redirect), TTL, the IP checksum, the
+/// addresses, the ports and the L4 checksum.
+fn may_change(frame: &[u8], at: usize) -> bool {
+    let Some((ihl, protocol, _)) = ipv4(frame) else {
+        return false;
+    };
+    let l4 = 14 + ihl;
+    let l4_csum = match protocol {
+        6 => l4 + 16,
+        17 => l4 + 6,
+        _ => usize::MAX,
+    };
+    at < 12
+        || at == 22
+        || (24..34).contains(&at)
+        || (l4..l4 + 4).contains(&at)
+        || (l4_csum..l4_csum + 2).contains(&at)
+}
+
+fn ip_checksum_ok(frame: &[u8]) -> bool {
+    ipv4(frame).is_some_and(|(ihl, _, _)| checksum(&[&frame[14..14 + ihl]]) == 0)
+}
+
+/// Whether the programs may treat the frame as service traffic at all: addressed to the
+/// frontend, from a backend (a reply), or ICMP (an error that may quote a tracked flow).
+fn may_be_service_traffic(frame: &[u8]) -> bool {
+    if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+    let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+    dst == VIP || BACKENDS.iter().any(|(b, _)| *b == src) || frame[23] == 1
+}
+
+fn check(input: &[u8], verdict: u32, output: &[u8]) -> Result<(), TestCaseError> {
+    prop_assert!(
+        [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&verdict),
+        "verdict {verdict}"
+    );
+    if !may_be_service_traffic(input) {
+        prop_assert_eq!(verdict, TC_ACT_OK, "other traffic passes");
+        prop_assert_eq!(output, input, "other traffic leaves untouched");
+        return Ok(());
+    }
+    if verdict == TC_ACT_SHOT || output == input {
+        return Ok(());
+    }
+    prop_assert_eq!(output.len(), input.len(), "a rewrite keeps the length");
+    for (at, (a, b)) in input.iter().zip(output).enumerate() {
+        prop_assert!(
+            a == b || may_change(input, at),
+            "byte {} changed: {} -> {}",
+            at,
+            a,
+            b
+        );
+    }
+    if ip_checksum_ok(input) {
+        prop_assert!(ip_checksum_ok(output), "the IP checksum stays valid");
+    }
+    if whole_segment(input) {
+        let (before, after) = (verify_checksums(input), verify_checksums(output));
+        if before.l4_ok {
+            prop_assert!(after.l4_ok, "the L4 checksum stays valid");
+        }
+        prop_assert_eq!(
+            before.udp_zero,
+            after.udp_zero,
+            "a zero UDP checksum stays zero"
+        );
+    }
+    Ok(())
+}
+
+/// Whether BPF_PROG_TEST_RUN takes the frame: it refuses one of no more than an Ethernet
+/// header, and an IPv4 one without a whole IP header (runts a NIC would not pass on).
+fn testable(frame: &[u8]) -> bool {
+    frame.len() > 14 && (frame[12..14] != [0x08, 0x00] || frame.len() >= 34)
+}
+
+fn run_both(dp: &mut Datapath, input: &[u8]) -> Result<(), TestCaseError> {
+    for uplink in [false, true] {
+        let ran = if uplink {
+            dp.run_uplink(input)
+        } else {
+            dp.run(input)
+        };
+        let (verdict, output) = ran.map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+        check(input, verdict, &output)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn random_and_malformed_frames() -> Result<()> {
+    if skip_unless_root("random_and_malformed_frames") {
+        return Ok(());
+    }
+    let dp = std::cell::RefCell::new(loaded()?);
+    let config = ProptestConfig {
+        cases: 5_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config.clone());
+    runner
+        .run(&(spec(), damage()), |(spec, damage)| {
+            let frame = apply(spec.build(), &damage);
+            if !testable(&frame) {
+                return Ok(());
+            }
+            run_both(&mut dp.borrow_mut(), &frame)
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    runner
+        .run(&prop::collection::vec(any::<u8>(), 15..200), |mut bytes| {
+            // Garbage, half of it behind an IPv4 ethertype so the parser reads further.
+            if bytes[0] & 1 == 0 {
+                bytes[12..14].copy_from_slice(&[0x08, 0x00]);
+            }
+            if !testable(&bytes) {
+                return Ok(());
+            }
+            run_both(&mut dp.borrow_mut(), &bytes)
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
