@@ -340,7 +340,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 warn!("{} has not listed everything yet; waiting, serving what the maps hold", syncer.source.describe());
             }
             message = link_events.next(), if link_events_open => match message {
-                Some((message, _)) => devices.on_message(message),
+                Some((message, _)) => {
+                    devices.on_message(message);
+                    metrics.status().devices = devices.attached_names();
+                }
                 None => {
                     link_events_open = false;
                     error!("link notifications stopped; new devices are found by the rescan every {RESCAN:?}");
@@ -350,6 +353,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 if let Err(err) = devices.rescan(&handle).await {
                     warn!("device rescan: {err:#}");
                 }
+                metrics.status().devices = devices.attached_names();
             }
             change = syncer.source.next_change(), if source_open => match change {
                 Some(()) => {

@@ -281,13 +281,14 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
             ));
             match &a.last_sync {
                 Some(s) => out.push_str(&format!(
-                    "last sync  {} took {:.1} ms ({}, {} writes, {} errors); {} syncs since the start {}\n",
+                    "last sync  {} took {:.1} ms ({}, {} writes, {} errors); {} sync{} since the start {}\n",
                     ago(now_ms, s.at_unix_ms),
                     s.duration_ms,
                     if s.full { "full" } else { "changes only" },
                     s.writes,
                     s.errors,
                     a.syncs,
+                    if a.syncs == 1 { "" } else { "s" },
                     ago(now_ms, a.started_unix * 1000),
                 )),
                 None => out.push_str("last sync  none yet\n"),

@@ -82,10 +82,24 @@ pub fn run(once: bool) -> Result<()> {
     println!("$ svclb list --bpffs-dir {pins}");
     crate::run(Command::new(&svclb).args(["list", "--bpffs-dir", &pins]))?;
 
+    // Inside the node's namespace: its agent's metrics address, its device names.
+    let node_ns = lab.nodes[0].ns.clone();
+    println!("\n$ nsenter --net=/run/netns/{node_ns} svclb status --bpffs-dir {pins}");
+    let status = svclb_tests::netns::run_in(
+        &node_ns,
+        &svclb.to_string_lossy(),
+        &["status", "--bpffs-dir", &pins],
+    )?;
+    print!("{}", String::from_utf8_lossy(&status.stdout));
+
     println!("\nTry it by hand (as root, while this runs):");
     println!("  ip netns exec {client} curl -s http://10.96.0.10/");
     println!("  echo hi | ip netns exec {client} socat -t1 - UDP:10.96.0.53:53");
     println!("  {} list --bpffs-dir {pins}", svclb.display());
+    println!(
+        "  nsenter --net=/run/netns/{node_ns} {} status --bpffs-dir {pins}",
+        svclb.display()
+    );
     println!("  bpftool map dump pinned {pins}/SVCLB_SERVICES");
     println!(
         "  edit {}/demo.yaml: the agents apply changes within a second (logs: {})",

@@ -42,7 +42,7 @@ fn main() -> Result<()> {
     }
     let settings = Settings { quick };
     let started = Instant::now();
-    let mut report = report::Report::new(quick)?;
+    let mut report = report::Report::new(quick, only.clone())?;
 
     if wanted("packet") {
         eprintln!("== per-packet cost (BPF_PROG_TEST_RUN)");

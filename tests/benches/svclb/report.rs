@@ -12,6 +12,8 @@ use crate::{
 
 pub struct Report {
     pub quick: bool,
+    /// `--only SECTION`, when given.
+    pub only: Option<String>,
     pub machine: String,
     pub kernel: String,
     pub date: String,
@@ -34,7 +36,7 @@ fn command(program: &str, args: &[&str]) -> String {
 }
 
 impl Report {
-    pub fn new(quick: bool) -> Result<Self> {
+    pub fn new(quick: bool, only: Option<String>) -> Result<Self> {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")?
             .lines()
             .find_map(|l| {
@@ -51,6 +53,7 @@ impl Report {
             .unwrap_or_default();
         Ok(Self {
             quick,
+            only,
             machine: format!("{cpu}, {cores} cores, {memory} memory"),
             kernel: command("uname", &["-r"]),
             date: command("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -69,100 +72,123 @@ impl Report {
         let _ = writeln!(out, "# svclb benchmarks, {}\n", self.date);
         let _ = writeln!(
             out,
-            "Machine: {}. Kernel {}. Run: `cargo xtask bench{}`, {:.0?} in all.\n",
+            "Machine: {}. Kernel {}. Run: `cargo xtask bench{}{}`, {:.0?} in all.\n",
             self.machine,
             self.kernel,
             if self.quick { " --quick" } else { "" },
+            self.only
+                .as_ref()
+                .map(|o| format!(" --only {o}"))
+                .unwrap_or_default(),
             self.took
         );
-        let _ = writeln!(
-            out,
-            "## Per-packet cost of the TC program (BPF_PROG_TEST_RUN, ns/packet)\n"
-        );
-        let _ = writeln!(
-            out,
-            "The kernel's own timing of the program, averaged over many runs. The DNAT cases (new flow,\n\
-             tracked flow, reply) run once per call on a fresh copy of the packet, since an in-place\n\
-             rewrite would otherwise be measured on its own output; a single timed run carries a fixed\n\
-             overhead, shown by the last column (untouched traffic timed the same way). Untouched\n\
-             traffic is also timed over 1000 runs per call, which amortizes that overhead.\n"
-        );
-        let _ = writeln!(
-            out,
-            "| services | backends each | new flow | tracked flow | reply (reverse NAT) | other traffic (1000 runs/call) | other traffic (1 run/call) |"
-        );
-        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
-        for r in &self.packet {
+        if !self.packet.is_empty() {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                r.services, r.backends, r.new_flow, r.tracked, r.reply, r.other, r.other_single
+                "## Per-packet cost of the TC program (BPF_PROG_TEST_RUN, ns/packet)\n"
             );
+            let _ = writeln!(
+                out,
+                "The kernel's own timing of the program, averaged over many runs. The DNAT cases (new flow,\n\
+                 tracked flow, reply) run once per call on a fresh copy of the packet, since an in-place\n\
+                 rewrite would otherwise be measured on its own output; a single timed run carries a fixed\n\
+                 overhead, shown by the last column (untouched traffic timed the same way). Untouched\n\
+                 traffic is also timed over 1000 runs per call, which amortizes that overhead.\n"
+            );
+            let _ = writeln!(
+                out,
+                "| services | backends each | new flow | tracked flow | reply (reverse NAT) | other traffic (1000 runs/call) | other traffic (1 run/call) |"
+            );
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
+            for r in &self.packet {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    r.services, r.backends, r.new_flow, r.tracked, r.reply, r.other, r.other_single
+                );
+            }
+            let one = self.packet.iter().find(|r| r.services == 1);
+            let most = self
+                .packet
+                .iter()
+                .filter(|r| r.backends == 10)
+                .max_by_key(|r| r.services);
+            if let (Some(one), Some(most)) = (one, most) {
+                let _ = writeln!(
+                    out,
+                    "\nRatio at {} services to 1 service: new flow {:.2}x, tracked flow {:.2}x, other traffic {:.2}x (target: at most 1.2x).\n",
+                    most.services,
+                    most.new_flow / one.new_flow,
+                    most.tracked / one.tracked,
+                    most.other / one.other
+                );
+            }
         }
-        let one = self.packet.iter().find(|r| r.services == 1);
-        let most = self
-            .packet
-            .iter()
-            .filter(|r| r.backends == 10)
-            .max_by_key(|r| r.services);
-        if let (Some(one), Some(most)) = (one, most) {
-            let _ = writeln!(
-                out,
-                "\nRatio at {} services to 1 service: new flow {:.2}x, tracked flow {:.2}x, other traffic {:.2}x (target: at most 1.2x).\n",
-                most.services,
-                most.new_flow / one.new_flow,
-                most.tracked / one.tracked,
-                most.other / one.other
-            );
+        if !self.latency.is_empty() {
+            self.render_latency(&mut out);
         }
-        self.render_latency(&mut out);
-        let _ = writeln!(out, "## Control plane\n");
-        let _ = writeln!(
-            out,
-            "Cold start: the agent started on a manifests directory of N services x {} endpoints, until it\n\
-             serves (load, attach, parse, plan, program); its first sync alone; its peak RSS. Beside\n\
-             them, loading kube-proxy's equivalent rule sets with iptables-restore and nft -f.\n",
-            control_plane::ENDPOINTS
-        );
-        let _ = writeln!(
-            out,
-            "| services | svclb ready | svclb first sync | svclb peak RSS | iptables-restore | nft -f |"
-        );
-        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
-        for c in &self.cold {
+        if !self.cold.is_empty() || !self.changes.is_empty() {
+            let _ = writeln!(out, "## Control plane\n");
             let _ = writeln!(
                 out,
-                "| {} | {:.0} ms | {:.0} ms | {:.1} MB | {:.0} ms | {:.0} ms |",
-                c.services, c.ready_ms, c.sync_ms, c.peak_rss_mb, c.iptables_restore_ms, c.nft_ms
+                "Cold start: the agent started on a manifests directory of N services x {} endpoints, until it\n\
+                 serves (load, attach, parse, plan, program); its first sync alone; its peak RSS. Beside\n\
+                 them, loading kube-proxy's equivalent rule sets with iptables-restore and nft -f.\n",
+                control_plane::ENDPOINTS
             );
+            let _ = writeln!(
+                out,
+                "| services | svclb ready | svclb first sync | svclb peak RSS | iptables-restore | nft -f |"
+            );
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
+            for c in &self.cold {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} ms | {:.0} ms | {:.1} MB | {:.0} ms | {:.0} ms |",
+                    c.services,
+                    c.ready_ms,
+                    c.sync_ms,
+                    c.peak_rss_mb,
+                    c.iptables_restore_ms,
+                    c.nft_ms
+                );
+            }
+            let _ = writeln!(
+                out,
+                "\nOne endpoint change: a manifest rewritten (atomic rename) until the new backend is in the\n\
+                 kernel's maps, polled every 0.2 ms.\n"
+            );
+            let _ = writeln!(
+                out,
+                "| services | changes | p50 | p99 | max | agent sync (p50) | agent peak RSS |"
+            );
+            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
+            for c in &self.changes {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} MB |",
+                    c.services,
+                    c.samples,
+                    c.p50_ms,
+                    c.p99_ms,
+                    c.max_ms,
+                    c.sync_p50_ms,
+                    c.peak_rss_mb
+                );
+            }
+            let _ = writeln!(out);
         }
-        let _ = writeln!(
-            out,
-            "\nOne endpoint change: a manifest rewritten (atomic rename) until the new backend is in the\n\
-             kernel's maps, polled every 0.2 ms.\n"
-        );
-        let _ = writeln!(
-            out,
-            "| services | changes | p50 | p99 | max | agent sync (p50) | agent peak RSS |"
-        );
-        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
-        for c in &self.changes {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} MB |",
-                c.services, c.samples, c.p50_ms, c.p99_ms, c.max_ms, c.sync_p50_ms, c.peak_rss_mb
-            );
-        }
-        let _ = writeln!(out);
-        let _ = writeln!(out, "## Maglev table build (ms)\n");
-        let _ = writeln!(out, "| table size M | backends | median | fastest |");
-        let _ = writeln!(out, "|---:|---:|---:|---:|");
-        for r in &self.maglev {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.3} | {:.3} |",
-                r.table_size, r.backends, r.median_ms, r.min_ms
-            );
+        if !self.maglev.is_empty() {
+            let _ = writeln!(out, "## Maglev table build (ms)\n");
+            let _ = writeln!(out, "| table size M | backends | median | fastest |");
+            let _ = writeln!(out, "|---:|---:|---:|---:|");
+            for r in &self.maglev {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.3} | {:.3} |",
+                    r.table_size, r.backends, r.median_ms, r.min_ms
+                );
+            }
         }
         out
     }
