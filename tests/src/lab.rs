@@ -3,7 +3,6 @@
 use std::{
     fs,
     net::Ipv4Addr,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -520,16 +519,7 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let fd = netns_file.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; the descriptor outlives the spawn.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        netns::enter_on_exec(&mut command, &netns_file);
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;

@@ -33,21 +33,11 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output> {
 /// Runs a command in namespace `ns` by `setns` alone (not `ip netns exec`, which mounts a
 /// sysfs of the namespace over /sys and so hides the host's bpffs); fails with its stderr.
 pub fn run_in(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
-    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
     let netns = File::open(format!("/run/netns/{ns}"))
         .with_context(|| format!("opening namespace {ns}"))?;
-    let fd = netns.as_raw_fd();
     let mut command = Command::new(program);
     command.args(args);
-    // SAFETY: setns is async-signal-safe; the descriptor outlives the spawn.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    enter_on_exec(&mut command, &netns);
     let output = command
         .output()
         .with_context(|| format!("running {program} in {ns}"))?;
@@ -60,6 +50,24 @@ pub fn run_in(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
         );
     }
     Ok(output)
+}
+
+/// Makes `command` enter the network namespace open as `netns` (a `/run/netns/NAME` file)
+/// when it starts, by `setns` between fork and exec. `netns` must stay open until the command
+/// is spawned.
+pub fn enter_on_exec(command: &mut Command, netns: &File) {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+    let fd = netns.as_raw_fd();
+    // SAFETY: setns is async-signal-safe, and the caller keeps the descriptor open until the
+    // spawn.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Runs `ip -n NS ARGS...`.

@@ -336,3 +336,83 @@ fn agent_refuses_a_missing_uplink_with_a_clear_error() -> Result<()> {
     );
     Ok(())
 }
+
+/// A Service with `n` endpoints (fake addresses in 10.250/16, 1000 to a slice, as the
+/// EndpointSlice controller cuts them), `real` among them first.
+fn big_service(name: &str, ip: &str, n: usize, real: &svclb_tests::Pod) -> String {
+    let mut yaml = cluster_ip_service(name, ip, &[WEB], &[real]);
+    let slices = n.div_ceil(1000);
+    for s in 0..slices {
+        yaml.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-big{s}\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+        ));
+        for e in (s * 1000)..((s + 1) * 1000).min(n - 1) {
+            yaml.push_str(&format!(
+                "- addresses: [\"10.250.{}.{}\"]\n",
+                e / 250,
+                e % 250 + 1
+            ));
+        }
+    }
+    yaml
+}
+
+#[test]
+fn ten_thousand_endpoints_on_one_service_are_served_or_reported() -> Result<()> {
+    if skip_unless_root("ten_thousand_endpoints_on_one_service_are_served_or_reported") {
+        return Ok(());
+    }
+    // Room for 10k backends: served. Then a backends map of 4096: the big service does not
+    // fit, is named, keeps what it had; the small one is served throughout.
+    let mut lab = Lab::new(LabSpec::default())?;
+    let real = lab.pod("n2-pod2").clone();
+    lab.write_manifest("big.yaml", &big_service("big", "10.96.8.1", 10_000, &real))?;
+    lab.write_manifest(
+        "small.yaml",
+        &cluster_ip_service("small", "10.96.8.2", &[WEB], &[&real]),
+    )?;
+    lab.start_agents()?;
+    let listing = lab.list(0)?;
+    let big = listing["frontends"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["address"] == "10.96.8.1"))
+        .expect("the big frontend");
+    assert_eq!(big["backends"].as_array().map(Vec::len), Some(10_000));
+    let client = lab.pod("n1-pod1").ns.clone();
+    assert_eq!(
+        tally(&tcp_ask_many(&client, at("10.96.8.2", 80), 3, TIMEOUT)?),
+        BTreeMap::from([(real.name.clone(), 3)])
+    );
+
+    let mut small_map = Lab::new(LabSpec {
+        agent_args: vec!["--backends-map-size".into(), "4096".into()],
+        ..LabSpec::default()
+    })?;
+    let real = small_map.pod("n2-pod2").clone();
+    small_map.write_manifest("big.yaml", &big_service("big", "10.96.8.1", 10_000, &real))?;
+    small_map.write_manifest(
+        "small.yaml",
+        &cluster_ip_service("small", "10.96.8.2", &[WEB], &[&real]),
+    )?;
+    small_map.start_agents()?;
+    let log = small_map.agent_log(0);
+    assert!(
+        log.contains(
+            "Service default/big: frontend 10.96.8.1:80/TCP skipped: the backends map is full (4096 entries)"
+        ),
+        "{log}"
+    );
+    let client = small_map.pod("n1-pod1").ns.clone();
+    assert_eq!(
+        tally(&tcp_ask_many(&client, at("10.96.8.2", 80), 3, TIMEOUT)?),
+        BTreeMap::from([(real.name.clone(), 3)])
+    );
+    let status = small_map.status(0)?;
+    assert!(
+        status["warnings"]
+            .to_string()
+            .contains("planned frontends are not programmed"),
+        "{status:#}"
+    );
+    Ok(())
+}
