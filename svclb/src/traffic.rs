@@ -39,16 +39,25 @@ pub struct FrontendLabels {
     pub service: String,
 }
 
-/// What the collector reads and names.
-struct Inner {
-    stats: Stats,
-    conntrack: Option<BpfHashMap<MapData, CtKey, CtEntry>>,
+/// The frontends the collector names; the syncer changes them, a scrape copies them.
+#[derive(Default)]
+struct Names {
     /// Programmed frontends by id.
     frontends: BTreeMap<u32, FrontendLabels>,
     ids: HashMap<FrontendKey, u32>,
 }
 
-pub struct TrafficCollector(Mutex<Inner>);
+/// What a scrape reads. Apart from the names, so a scrape walking a large conntrack never
+/// holds up a sync.
+struct Read {
+    stats: Stats,
+    conntrack: Option<BpfHashMap<MapData, CtKey, CtEntry>>,
+}
+
+pub struct TrafficCollector {
+    names: Mutex<Names>,
+    read: Mutex<Read>,
+}
 
 impl std::fmt::Debug for TrafficCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,41 +78,42 @@ impl TrafficCollector {
                 None
             }
         };
-        Ok(Self(Mutex::new(Inner {
-            stats: Stats::open_pinned(dir)?,
-            conntrack,
-            frontends: BTreeMap::new(),
-            ids: HashMap::new(),
-        })))
+        Ok(Self {
+            names: Mutex::default(),
+            read: Mutex::new(Read {
+                stats: Stats::open_pinned(dir)?,
+                conntrack,
+            }),
+        })
     }
 
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A scrape that panicked leaves nothing half-done worth refusing the next one for.
-        self.0
+    fn names(&self) -> std::sync::MutexGuard<'_, Names> {
+        // A panic while holding it leaves nothing half-done worth refusing the next use for.
+        self.names
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Names every programmed frontend of `plan` (after a full sync).
     pub fn rebuild(&self, plan: &Plan, programmed: &MapState) {
-        let mut inner = self.inner();
-        inner.frontends.clear();
-        inner.ids.clear();
+        let mut names = self.names();
+        names.frontends.clear();
+        names.ids.clear();
         for key in plan.frontends.keys() {
-            set(&mut inner, plan, programmed, key);
+            set(&mut names, plan, programmed, key);
         }
     }
 
     /// Names again the frontends in `changed` (after a sync that wrote only those).
     pub fn update(&self, plan: &Plan, programmed: &MapState, changed: &BTreeSet<FrontendKey>) {
-        let mut inner = self.inner();
+        let mut names = self.names();
         for key in changed {
-            set(&mut inner, plan, programmed, key);
+            set(&mut names, plan, programmed, key);
         }
     }
 }
 
-fn set(inner: &mut Inner, plan: &Plan, programmed: &MapState, key: &FrontendKey) {
+fn set(inner: &mut Names, plan: &Plan, programmed: &MapState, key: &FrontendKey) {
     if let Some(old) = inner.ids.remove(key) {
         inner.frontends.remove(&old);
     }
@@ -154,9 +164,17 @@ const COUNTERS: [(&str, &str, Option<Unit>, Field); 4] = [
 
 impl Collector for TrafficCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let inner = self.inner();
-        let read: Vec<(&FrontendLabels, FrontendStats)> = inner
+        let frontends: Vec<(u32, FrontendLabels)> = self
+            .names()
             .frontends
+            .iter()
+            .map(|(id, labels)| (*id, labels.clone()))
+            .collect();
+        let inner = self
+            .read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let read: Vec<(&FrontendLabels, FrontendStats)> = frontends
             .iter()
             .map(|(id, labels)| (labels, inner.stats.get(*id).unwrap_or_default()))
             .collect();
