@@ -212,9 +212,14 @@ fn check(input: &[u8], verdict: u32, output: &[u8]) -> Result<(), TestCaseError>
 }
 
 /// Whether BPF_PROG_TEST_RUN takes the frame: it refuses one of no more than an Ethernet
-/// header, and an IPv4 one without a whole IP header (runts a NIC would not pass on).
+/// header, and an IPv4 or IPv6 one without a whole IP header (runts a NIC would not pass on).
 fn testable(frame: &[u8]) -> bool {
-    frame.len() > 14 && (frame[12..14] != [0x08, 0x00] || frame.len() >= 34)
+    frame.len() > 14
+        && match frame[12..14] {
+            [0x08, 0x00] => frame.len() >= 14 + 20,
+            [0x86, 0xdd] => frame.len() >= 14 + 40,
+            _ => true,
+        }
 }
 
 fn run_both(dp: &mut Datapath, input: &[u8]) -> Result<(), TestCaseError> {
