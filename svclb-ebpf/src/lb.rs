@@ -111,8 +111,10 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
     if !select::admitted(&s.svc, &s.pkt) {
         return TC_ACT_SHOT;
     }
+    // One lookup of the frontend's counters for the packet and, if new, its flow.
+    let stats = maps::stats(s.svc.id);
     let len = u64::from(ctx.len());
-    maps::count(s.svc.id, |c| {
+    maps::count(stats, |c| {
         c.packets += 1;
         c.bytes += len;
     });
@@ -123,13 +125,13 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
     }
     s.picked.now = now;
     if !pick(s) {
-        maps::count(s.svc.id, |c| c.refused += 1);
+        maps::count(stats, |c| c.refused += 1);
         if s.svc.flags & SVC_F_REJECT != 0 {
             return reject(ctx, &s.pkt);
         }
         return TC_ACT_SHOT;
     }
-    maps::count(s.svc.id, |c| c.new_flows += 1);
+    maps::count(stats, |c| c.new_flows += 1);
     if s.svc.flags & SVC_F_EXTERNAL != 0 && s.picked.backend.flags & BE_F_LOCAL == 0 {
         return to_remote(ctx, s);
     }

@@ -44,11 +44,18 @@ pub static SVCLB_SOURCE_RANGES: LpmTrie<SourceRangeKey, u32, SOURCE_RANGES_MAX> 
 #[btf_map(pin_by_name)]
 pub static SVCLB_STATS: PerCpuArray<FrontendStats, STATS_MAX> = PerCpuArray::new();
 
-/// Counts into frontend `id`'s counters on this CPU (an id past the array is not counted).
+/// Frontend `id`'s counters on this CPU (`None` for an id past the array: not counted).
 #[inline(always)]
-pub fn count(id: u32, f: impl FnOnce(&mut FrontendStats)) {
-    if let Some(stats) = SVCLB_STATS.get_ptr_mut(id) {
-        // SAFETY: this CPU's slot of a map value; no other program runs on this CPU meanwhile.
+pub fn stats(id: u32) -> Option<*mut FrontendStats> {
+    SVCLB_STATS.get_ptr_mut(id)
+}
+
+/// Counts into counters [`stats`] found.
+#[inline(always)]
+pub fn count(stats: Option<*mut FrontendStats>, f: impl FnOnce(&mut FrontendStats)) {
+    if let Some(stats) = stats {
+        // SAFETY: this CPU's slot of a map value, valid until the program returns; no other
+        // program runs on this CPU meanwhile.
         f(unsafe { &mut *stats });
     }
 }

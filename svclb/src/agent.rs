@@ -32,16 +32,9 @@ use crate::{
     purge::Purger,
     reconcile,
     source::{Source, SourceConfig},
-    status::{AgentStatus, LastSync},
+    status::{AgentStatus, LastSync, unix_ms},
     traffic::TrafficCollector,
 };
-
-/// Milliseconds since the Unix epoch.
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Changes are applied once the source has been quiet this long, so a burst of changes (an
 /// editor's writes, a rollout's EndpointSlice updates) makes one sync...

@@ -84,15 +84,7 @@ impl Index {
                 .map(|(id, backend)| (identity(backend), *id))
                 .collect(),
             refs,
-            svc_ids: IdPool::of(
-                state
-                    .services
-                    .values()
-                    .map(|v| v.id)
-                    .chain(state.slots.keys().map(|k| k.svc_id))
-                    .chain(state.tables.keys().copied())
-                    .chain(state.source_ranges.iter().map(|(id, _)| *id)),
-            ),
+            svc_ids: IdPool::of(state.frontend_ids()),
             be_ids: IdPool::of(state.backends.keys().copied()),
         }
     }

@@ -121,8 +121,18 @@ fn mode_name(mode: XdpMode) -> &'static str {
     }
 }
 
-/// The pinned links in `dir`, by file name.
-fn pins(dir: &Path) -> Vec<PathBuf> {
+/// Where the tcx link of device `index` is pinned.
+fn tc_pin(links_dir: &Path, index: u32) -> PathBuf {
+    links_dir.join(format!("tc-{index}"))
+}
+
+/// Where the XDP link of device `index` in `mode` is pinned.
+fn xdp_pin(links_dir: &Path, index: u32, mode: XdpMode) -> PathBuf {
+    links_dir.join(format!("xdp-{index}-{}", mode_name(mode)))
+}
+
+/// The files in `dir` (the pinned links in `<bpffs-dir>/links`), sorted by name.
+pub fn pins(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -230,7 +240,7 @@ impl Devices {
             XdpAttach::Generic => &[XdpMode::Skb],
         };
         let links_dir = self.links_dir.clone();
-        let path = |mode: XdpMode| links_dir.join(format!("xdp-{index}-{}", mode_name(mode)));
+        let path = |mode: XdpMode| xdp_pin(&links_dir, index, mode);
         for mode in [XdpMode::Driver, XdpMode::Skb] {
             let pin = path(mode);
             if !pin.exists() {
@@ -299,7 +309,7 @@ impl Devices {
     /// Puts TC program `program` on the tcx ingress hook of device `index`: on the link an
     /// earlier run pinned, else on a new one.
     fn attach_tc(&mut self, program: &'static str, index: u32, name: &str) -> Result<Pinned> {
-        let pin = self.links_dir.join(format!("tc-{index}"));
+        let pin = tc_pin(&self.links_dir, index);
         if pin.exists() {
             match self.adopt_tc(program, &pin) {
                 Ok(link) => {
@@ -463,10 +473,7 @@ impl Devices {
         } else {
             // A device that was an uplink when an earlier run pinned its XDP link.
             for mode in [XdpMode::Driver, XdpMode::Skb] {
-                let _ = fs::remove_file(
-                    self.links_dir
-                        .join(format!("xdp-{index}-{}", mode_name(mode))),
-                );
+                let _ = fs::remove_file(xdp_pin(&self.links_dir, index, mode));
             }
             None
         };

@@ -241,23 +241,26 @@ impl Maps {
 }
 
 /// The per-frontend counters (`SVCLB_STATS`).
-pub struct Stats(PerCpuArray<MapData, FrontendStats>);
+struct Stats {
+    map: PerCpuArray<MapData, FrontendStats>,
+    /// Possible CPUs: one value each in a per-CPU map.
+    cpus: usize,
+}
 
 impl Stats {
     fn new(map: Map) -> Result<Self> {
-        Ok(Self(
-            PerCpuArray::try_from(map).with_context(|| format!("map {MAP_STATS}"))?,
-        ))
-    }
-
-    /// Opens the counters an agent pinned in `dir`.
-    pub fn open_pinned(dir: &Path) -> Result<Self> {
-        Self::new(open_map(dir, MAP_STATS)?)
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?
+            .get() as usize;
+        Ok(Self {
+            map: PerCpuArray::try_from(map).with_context(|| format!("map {MAP_STATS}"))?,
+            cpus,
+        })
     }
 
     /// Frontend `id`'s counters, summed over the CPUs (`None` past the array).
-    pub fn get(&self, id: u32) -> Option<FrontendStats> {
-        let values = self.0.get(&id, 0).ok()?;
+    fn get(&self, id: u32) -> Option<FrontendStats> {
+        let values = self.map.get(&id, 0).ok()?;
         Some(
             values
                 .iter()
@@ -265,13 +268,11 @@ impl Stats {
         )
     }
 
-    /// Starts frontend `id`'s counters from zero (the id goes to a new frontend).
+    /// Sets frontend `id`'s counters back to zero (its frontend is gone, and the id may go to
+    /// a new one).
     fn reset(&mut self, id: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?
-            .get() as usize;
-        let zeros = PerCpuValues::try_from(vec![FrontendStats::default(); cpus])?;
-        match self.0.set(id, zeros, 0) {
+        let zeros = PerCpuValues::try_from(vec![FrontendStats::default(); self.cpus])?;
+        match self.map.set(id, zeros, 0) {
             Ok(()) => Ok(()),
             // An id past the array has no counters to reset (and is never counted).
             Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(()),
@@ -329,15 +330,22 @@ impl MapWriter for Maps {
     }
 
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
-        // A new frontend: its id's counters may hold a removed frontend's.
-        if self.services.get(key, 0).is_err() {
-            self.stats.reset(value.id)?;
-        }
         Ok(self.services.insert(key, value, 0)?)
     }
 
+    /// Deletes the entry, then zeroes its id's counters, so the next frontend handed the id
+    /// starts from zero (a frontend's creation, the common case at a cold start, costs no
+    /// extra write).
     fn del_service(&mut self, key: &ServiceKey) -> Result<()> {
-        Ok(self.services.remove(key)?)
+        let id = self.services.get(key, 0).ok().map(|value| value.id);
+        self.services.remove(key)?;
+        // The entry is gone whatever happens here: a failure must not report it kept.
+        if let Some(id) = id
+            && let Err(err) = self.stats.reset(id)
+        {
+            tracing::warn!("counters of frontend id {id} not reset: {err:#}");
+        }
+        Ok(())
     }
 
     /// Fills a fresh inner array and swaps it in with one update of the outer map: the

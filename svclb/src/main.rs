@@ -306,11 +306,11 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             svclb::loader::require_root("svclb status")?;
             let status = svclb::status::read(&bpffs_dir, agent_addr)?;
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
             match output {
-                Output::Table => emit(&svclb::status::render_table(&status, now_ms))?,
+                Output::Table => emit(&svclb::status::render_table(
+                    &status,
+                    svclb::status::unix_ms(),
+                ))?,
                 Output::Json => emit(&(serde_json::to_string_pretty(&status)? + "\n"))?,
             }
             Ok(())

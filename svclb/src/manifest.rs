@@ -321,7 +321,7 @@ impl ManifestSource {
                 let print = fingerprint(&path);
                 (path, print)
             })
-            .filter(|(path, print)| print.is_none() || self.seen.get(path) != print.as_ref())
+            .filter(|(path, print)| self.is_stale(path, print.as_ref()))
             .collect();
         // Parsing dominates a cold start (10k files); it is spread over the cores.
         let threads = std::thread::available_parallelism().map_or(1, usize::from);
@@ -345,29 +345,31 @@ impl ManifestSource {
                 .collect()
         });
         for ((path, print), parsed) in stale.into_iter().zip(parsed) {
-            self.apply(&path, parsed);
-            match print {
-                Some(print) => self.seen.insert(path, print),
-                None => self.seen.remove(&path),
-            };
+            self.apply(&path, print, parsed);
         }
+    }
+
+    /// Whether `path` must be parsed again: its fingerprint is unknown or not the one seen.
+    fn is_stale(&self, path: &Path, print: Option<&Fingerprint>) -> bool {
+        print.is_none() || self.seen.get(path) != print
     }
 
     /// Parses `path` again unless its fingerprint says it is unchanged.
     fn refresh(&mut self, path: &Path) {
         let print = fingerprint(path);
-        if print.is_none() || self.seen.get(path) != print.as_ref() {
+        if self.is_stale(path, print.as_ref()) {
             let parsed = parse_file(&self.dir, path);
-            self.apply(path, parsed);
-            match print {
-                Some(print) => self.seen.insert(path.to_path_buf(), print),
-                None => self.seen.remove(path),
-            };
+            self.apply(path, print, parsed);
         }
     }
 
-    /// Takes a file's new parse, keeping its last good objects when it no longer parses.
-    fn apply(&mut self, path: &Path, parsed: Parsed) {
+    /// Takes a file's new parse (and the fingerprint it was read at), keeping its last good
+    /// objects when it no longer parses.
+    fn apply(&mut self, path: &Path, print: Option<Fingerprint>, parsed: Parsed) {
+        match print {
+            Some(print) => self.seen.insert(path.to_path_buf(), print),
+            None => self.seen.remove(path),
+        };
         let diags = match parsed {
             Ok((objects, diags)) => {
                 self.last_good.insert(path.to_path_buf(), objects);

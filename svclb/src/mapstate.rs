@@ -91,6 +91,17 @@ impl MapState {
         out
     }
 
+    /// Every frontend id the maps use: of an entry, or of slots, a Maglev table or source
+    /// ranges an interrupted write left without one (repeats included).
+    pub fn frontend_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.services
+            .values()
+            .map(|v| v.id)
+            .chain(self.slots.keys().map(|k| k.svc_id))
+            .chain(self.tables.keys().copied())
+            .chain(self.source_ranges.iter().map(|(id, _)| *id))
+    }
+
     /// The backend ids in slots `0..count` of a frontend (a missing slot is skipped).
     pub fn slots_of(&self, value: &ServiceValue) -> Vec<u32> {
         (0..value.count)
@@ -267,15 +278,7 @@ pub fn desired(plan: &Plan, current: &MapState, capacity: Capacity) -> (MapState
         .iter()
         .map(|(id, backend)| (identity(backend), *id))
         .collect();
-    let mut svc_ids = IdAlloc::new(
-        current
-            .services
-            .values()
-            .map(|v| v.id)
-            .chain(current.slots.keys().map(|k| k.svc_id))
-            .chain(current.tables.keys().copied())
-            .chain(current.source_ranges.iter().map(|(id, _)| *id)),
-    );
+    let mut svc_ids = IdAlloc::new(current.frontend_ids());
     let mut be_ids = IdAlloc::new(current.backends.keys().copied());
 
     let mut out = MapState::default();

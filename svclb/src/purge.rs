@@ -23,6 +23,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use tracing::{debug, error, info};
 
+use crate::{
+    kernel_maps::{Maps, Purged},
+    metrics::Metrics,
+};
+
 /// How often the conntrack is swept for flows that ended.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -32,11 +37,6 @@ fn monotonic_ns() -> u64 {
         t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
     })
 }
-
-use crate::{
-    kernel_maps::{Maps, Purged},
-    metrics::Metrics,
-};
 
 pub struct Purger {
     tx: mpsc::Sender<BTreeSet<(u32, u32)>>,

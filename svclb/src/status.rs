@@ -20,7 +20,17 @@ use svclb_common::limits::{
     MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
 };
 
-use crate::{devices::LINKS_DIR, kernel_maps::Maps};
+use crate::{
+    devices::{self, LINKS_DIR},
+    kernel_maps::Maps,
+};
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// A map this full gets a warning.
 const FULL_WARNING_PERCENT: f64 = 90.0;
@@ -114,14 +124,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
 
 fn links(dir: &Path) -> Vec<LinkStatus> {
     let mut out = Vec::new();
-    let mut pins: Vec<_> = std::fs::read_dir(dir.join(LINKS_DIR))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    pins.sort();
-    for path in pins {
+    for path in devices::pins(&dir.join(LINKS_DIR)) {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -17,18 +17,16 @@ use std::{
 };
 
 use anyhow::Result;
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Unit,
 };
-use svclb_common::{CtEntry, CtKey, FrontendStats, limits::MAP_CT};
-use tracing::warn;
+use svclb_common::FrontendStats;
 
 use crate::{
-    kernel_maps::Stats,
+    kernel_maps::Maps,
     mapstate::{MapState, service_key},
     plan::{FrontendKey, Plan},
 };
@@ -47,16 +45,11 @@ struct Names {
     ids: HashMap<FrontendKey, u32>,
 }
 
-/// What a scrape reads. Apart from the names, so a scrape walking a large conntrack never
-/// holds up a sync.
-struct Read {
-    stats: Stats,
-    conntrack: Option<BpfHashMap<MapData, CtKey, CtEntry>>,
-}
-
 pub struct TrafficCollector {
     names: Mutex<Names>,
-    read: Mutex<Read>,
+    /// What a scrape reads, apart from the names, so a scrape walking a large conntrack never
+    /// holds up a sync.
+    maps: Mutex<Maps>,
 }
 
 impl std::fmt::Debug for TrafficCollector {
@@ -68,22 +61,9 @@ impl std::fmt::Debug for TrafficCollector {
 impl TrafficCollector {
     /// Opens the counters and the conntrack map pinned in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let conntrack = MapData::from_pin(dir.join(MAP_CT))
-            .map_err(anyhow::Error::from)
-            .and_then(|data| Ok(BpfHashMap::try_from(Map::from_map_data(data)?)?));
-        let conntrack = match conntrack {
-            Ok(map) => Some(map),
-            Err(err) => {
-                warn!("conntrack entries will not be counted: {err:#}");
-                None
-            }
-        };
         Ok(Self {
             names: Mutex::default(),
-            read: Mutex::new(Read {
-                stats: Stats::open_pinned(dir)?,
-                conntrack,
-            }),
+            maps: Mutex::new(Maps::open_pinned(dir)?),
         })
     }
 
@@ -170,13 +150,13 @@ impl Collector for TrafficCollector {
             .iter()
             .map(|(id, labels)| (*id, labels.clone()))
             .collect();
-        let inner = self
-            .read
+        let maps = self
+            .maps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let read: Vec<(&FrontendLabels, FrontendStats)> = frontends
             .iter()
-            .map(|(id, labels)| (labels, inner.stats.get(*id).unwrap_or_default()))
+            .map(|(id, labels)| (labels, maps.stats(*id).unwrap_or_default()))
             .collect();
         for (name, help, unit, field) in COUNTERS {
             let mut family =
@@ -185,16 +165,13 @@ impl Collector for TrafficCollector {
                 ConstCounter::new(field(stats)).encode(family.encode_family(*labels)?)?;
             }
         }
-        if let Some(conntrack) = &inner.conntrack {
-            let entries = conntrack.keys().filter(Result::is_ok).count();
-            let gauge = ConstGauge::new(entries as i64);
-            gauge.encode(encoder.encode_descriptor(
-                "conntrack_entries",
-                "Tracked flow directions in the conntrack map (two per flow)",
-                None,
-                gauge.metric_type(),
-            )?)?;
-        }
+        let gauge = ConstGauge::new(maps.conntrack_len() as i64);
+        gauge.encode(encoder.encode_descriptor(
+            "conntrack_entries",
+            "Tracked flow directions in the conntrack map (two per flow)",
+            None,
+            gauge.metric_type(),
+        )?)?;
         Ok(())
     }
 }
