@@ -270,9 +270,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         source: source_name,
         pid: std::process::id(),
         started_unix: unix_ms() / 1000,
-        devices: devices.attached_names(),
         ..AgentStatus::default()
     };
+    metrics.set_devices(&devices);
     let _metrics_server = crate::metrics::serve(config.metrics_addr, metrics.clone()).await?;
     let mut syncer = Syncer {
         metrics: metrics.clone(),
@@ -335,7 +335,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             message = link_events.next(), if link_events_open => match message {
                 Some((message, _)) => {
                     devices.on_message(message);
-                    metrics.status().devices = devices.attached_names();
+                    metrics.set_devices(&devices);
                 }
                 None => {
                     link_events_open = false;
@@ -346,7 +346,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
                 if let Err(err) = devices.rescan(&handle).await {
                     warn!("device rescan: {err:#}");
                 }
-                metrics.status().devices = devices.attached_names();
+                metrics.set_devices(&devices);
             }
             change = syncer.source.next_change(), if source_open => match change {
                 Some(()) => {

@@ -31,7 +31,7 @@ use netlink_packet_route::{
     link::{LinkAttribute, LinkMessage},
 };
 use rtnetlink::Handle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::ebpf::{POD_PROGRAM, UPLINK_PROGRAM, XDP_PROGRAM};
 
@@ -109,6 +109,9 @@ pub struct Devices {
     ebpf: Ebpf,
     selector: DeviceSelector,
     attached: BTreeMap<u32, Attachment>,
+    /// Devices attached only in part, by index: what is missing and why (an uplink whose
+    /// driver or kernel cannot take XDP in the configured mode is served through tc alone).
+    problems: BTreeMap<u32, String>,
     /// Where links are pinned.
     links_dir: PathBuf,
 }
@@ -210,6 +213,7 @@ impl Devices {
             ebpf,
             selector,
             attached: BTreeMap::new(),
+            problems: BTreeMap::new(),
             links_dir,
         })
     }
@@ -428,6 +432,7 @@ impl Devices {
     /// A device went away: the kernel released the attachment with it; what is left is the
     /// pin, removed here.
     fn forget(&mut self, index: u32) {
+        self.problems.remove(&index);
         if let Some(gone) = self.attached.remove(&index) {
             info!(device = %gone.name, "device removed");
             for pin in std::iter::once(gone.tc).chain(gone.xdp.map(|(p, _)| p)) {
@@ -464,10 +469,13 @@ impl Devices {
             match self.attach_xdp(index, name) {
                 Ok(xdp) => xdp,
                 Err(err) => {
-                    if tc.fresh {
-                        let _ = tc.unpin();
-                    }
-                    return Err(err);
+                    // tc does everything XDP does for an uplink, only later in the stack: a
+                    // missing XDP feature costs speed, not service.
+                    let problem =
+                        format!("uplink {name}: XDP not attached, served through tc only: {err:#}");
+                    error!("{problem}");
+                    self.problems.insert(index, problem);
+                    None
                 }
             }
         } else {
@@ -498,6 +506,7 @@ impl Devices {
 
     /// Detaches from device `index` (it no longer matches): its links are unpinned.
     fn detach(&mut self, index: u32) {
+        self.problems.remove(&index);
         if let Some(attachment) = self.attached.remove(&index) {
             let mut result = attachment.tc.unpin();
             if let Some((xdp, _)) = attachment.xdp {
@@ -524,6 +533,11 @@ impl Devices {
         for index in fresh {
             self.detach(index);
         }
+    }
+
+    /// Devices attached only in part, each with what is missing and why.
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.values().cloned().collect()
     }
 
     pub fn attached_names(&self) -> Vec<String> {

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub backends: Gauge,
     pub frontends_not_programmed: Gauge,
     pub objects_skipped: Gauge,
+    pub device_problems: Gauge,
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
     pub ready: AtomicBool,
@@ -70,6 +71,7 @@ impl Metrics {
         let backends = Gauge::<i64, AtomicI64>::default();
         let frontends_not_programmed = Gauge::<i64, AtomicI64>::default();
         let objects_skipped = Gauge::<i64, AtomicI64>::default();
+        let device_problems = Gauge::<i64, AtomicI64>::default();
         let map_entries = Family::<MapLabel, Gauge>::default();
         let map_capacity = Family::<MapLabel, Gauge>::default();
         registry.register_with_unit(
@@ -125,6 +127,11 @@ impl Metrics {
             objects_skipped.clone(),
         );
         registry.register(
+            "devices_degraded",
+            "Devices attached only in part (an uplink without XDP is served through tc alone; see the log)",
+            device_problems.clone(),
+        );
+        registry.register(
             "map_entries",
             "Entries in each pinned map",
             map_entries.clone(),
@@ -147,6 +154,7 @@ impl Metrics {
             backends,
             frontends_not_programmed,
             objects_skipped,
+            device_problems,
             map_entries,
             map_capacity,
             ready: AtomicBool::new(false),
@@ -160,6 +168,15 @@ impl Metrics {
         };
         self.map_entries.get_or_create(&label).set(entries as i64);
         self.map_capacity.get_or_create(&label).set(capacity as i64);
+    }
+
+    /// The attached devices and those attached only in part.
+    pub fn set_devices(&self, devices: &crate::devices::Devices) {
+        let problems = devices.problems();
+        self.device_problems.set(problems.len() as i64);
+        let mut status = self.status();
+        status.devices = devices.attached_names();
+        status.device_problems = problems;
     }
 
     /// The agent's own status, for changing or answering.

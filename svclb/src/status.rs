@@ -47,6 +47,9 @@ pub struct AgentStatus {
     /// The first full sync is done (what `/healthz` says).
     pub ready: bool,
     pub devices: Vec<String>,
+    /// Devices attached only in part, each with what is missing and why.
+    #[serde(default)]
+    pub device_problems: Vec<String>,
     pub syncs: u64,
     pub last_sync: Option<LastSync>,
     pub frontends_not_programmed: usize,
@@ -215,6 +218,7 @@ pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
         if a.last_sync.as_ref().is_some_and(|s| s.errors > 0) {
             warnings.push("the last sync had map write errors; it is retried".to_owned());
         }
+        warnings.extend(a.device_problems.iter().cloned());
         if a.objects_skipped > 0 {
             warnings.push(format!(
                 "{} objects (or parts) are skipped by validation (see the agent log)",
@@ -352,6 +356,7 @@ mod tests {
                 started_unix: 1_000,
                 ready: true,
                 devices: vec!["eth0".into()],
+                device_problems: Vec::new(),
                 syncs: 7,
                 last_sync: Some(LastSync {
                     at_unix_ms: 1_000_000,

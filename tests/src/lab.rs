@@ -576,13 +576,20 @@ impl Lab {
     /// GETs `path` from the agent of node `node` (its metrics endpoint, default port), from
     /// inside the node's namespace: the status line and body.
     pub fn agent_http(&self, node: usize, path: &str) -> Result<(String, String)> {
+        self.agent_http_at(node, ([127, 0, 0, 1], 9965).into(), path)
+    }
+
+    /// GETs `path` from `addr`, from inside node `node`'s namespace.
+    pub fn agent_http_at(
+        &self,
+        node: usize,
+        addr: std::net::SocketAddr,
+        path: &str,
+    ) -> Result<(String, String)> {
         use std::io::{Read as _, Write as _};
         let request = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
         let response = crate::netns::in_netns(&self.nodes[node].ns, move || {
-            let mut stream = std::net::TcpStream::connect_timeout(
-                &([127, 0, 0, 1], 9965).into(),
-                Duration::from_secs(2),
-            )?;
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
             stream.set_read_timeout(Some(Duration::from_secs(2)))?;
             stream.write_all(request.as_bytes())?;
             let mut response = String::new();

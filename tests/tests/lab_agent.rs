@@ -147,6 +147,13 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
         )
         .replace("port: 80\n", "port: 70000\n"),
     )?;
+    // A second Service claiming good's frontend, with another backend: the first by name
+    // keeps it.
+    let other = lab.pod("n1-pod2").clone();
+    lab.write_manifest(
+        "duplicate.yaml",
+        &cluster_ip_service("zz-duplicate", "10.96.3.1", &[WEB], &[&other]),
+    )?;
     lab.start_agents()?;
     let client = lab.pod("n1-pod1").ns.clone();
     assert_eq!(
@@ -157,6 +164,7 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
     let log = lab.agent_log(0);
     for expected in [
         "file broken.yaml (document 1): not valid YAML",
+        "Service default/zz-duplicate: frontend 10.96.3.1:80/TCP is already served by Service default/good; skipped",
         "Service default/badip: clusterIP \"10.96.3.300\" is not an IP address",
         "Service default/badport: port \"http\": 70000 is not a port number",
     ] {
@@ -170,7 +178,7 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
     let (_, metrics) = lab.agent_http(0, "/metrics")?;
     for line in [
         "svclb_frontends 1",
-        "svclb_objects_skipped 3",
+        "svclb_objects_skipped 4",
         "svclb_map_entries{map=\"SVCLB_SERVICES\"} 1",
     ] {
         assert!(
@@ -212,7 +220,7 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
             .iter()
             .any(|w| w
                 .as_str()
-                .is_some_and(|w| w.starts_with("3 objects (or parts) are skipped"))),
+                .is_some_and(|w| w.starts_with("4 objects (or parts) are skipped"))),
         "{status:#}"
     );
 
@@ -412,6 +420,110 @@ fn ten_thousand_endpoints_on_one_service_are_served_or_reported() -> Result<()> 
         status["warnings"]
             .to_string()
             .contains("planned frontends are not programmed"),
+        "{status:#}"
+    );
+    Ok(())
+}
+
+/// A missing kernel feature on one device: an uplink whose driver cannot run XDP in native
+/// mode (a bridge; the veth uplink can) is served through tc alone, and the log, the
+/// metrics and `svclb status` say so, naming the device. The metrics and health endpoint
+/// answers on the configured address only.
+#[test]
+fn an_uplink_without_native_xdp_is_served_through_tc_and_reported() -> Result<()> {
+    if skip_unless_root("an_uplink_without_native_xdp_is_served_through_tc_and_reported") {
+        return Ok(());
+    }
+    const METRICS: &str = "127.0.0.2:9966";
+    let mut lab = Lab::new(LabSpec {
+        nodes: 1,
+        pods_per_node: 2,
+        agent_args: [
+            "--devices",
+            "br0",
+            "--xdp-mode",
+            "native",
+            "--metrics-addr",
+            METRICS,
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..LabSpec::default()
+    })?;
+    let ns = lab.nodes[0].ns.clone();
+    netns::run_in(&ns, "ip", &["link", "add", "br0", "type", "bridge"])?;
+    netns::run_in(&ns, "ip", &["link", "set", "br0", "up"])?;
+    let backend = lab.pod("n1-pod2").clone();
+    lab.write_manifest(
+        "web.yaml",
+        &cluster_ip_service("web", "10.96.5.1", &[WEB], &[&backend]),
+    )?;
+    lab.start_agents()?;
+
+    let client = lab.pod("n1-pod1").ns.clone();
+    assert_eq!(
+        tally(&tcp_ask_many(&client, at("10.96.5.1", 80), 3, TIMEOUT)?),
+        BTreeMap::from([(backend.name.clone(), 3)])
+    );
+    let log = lab.agent_log(0);
+    assert!(
+        log.contains("uplink br0: XDP not attached, served through tc only: attaching"),
+        "{log}"
+    );
+    // The veth uplink has its native XDP program, the bridge none, both their tc programs.
+    let xdp_of = |dev: &str| -> Result<String> {
+        let out = netns::run_in(&ns, "ip", &["link", "show", "dev", dev])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(text
+            .split_whitespace()
+            .find(|w| w.starts_with("xdp"))
+            .unwrap_or("")
+            .to_owned())
+    };
+    assert_eq!(xdp_of("eth0")?, "xdp", "native XDP on the veth uplink");
+    assert_eq!(xdp_of("br0")?, "", "no XDP on the bridge uplink");
+    assert_eq!(tcx_ingress_programs(&ns, "br0")?, 1);
+    assert_eq!(tcx_ingress_programs(&ns, "eth0")?, 1);
+
+    let metrics_addr: std::net::SocketAddr = METRICS.parse()?;
+    let (status, metrics) = lab.agent_http_at(0, metrics_addr, "/metrics")?;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        metrics.lines().any(|l| l == "svclb_devices_degraded 1"),
+        "{metrics}"
+    );
+    let (status, _) = lab.agent_http_at(0, metrics_addr, "/healthz")?;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    // Bound to the configured address only: not the default one, not the node's address.
+    let node_addr = std::net::SocketAddr::from((lab.nodes[0].addr, 9966));
+    for elsewhere in [([127, 0, 0, 1], 9966).into(), node_addr] {
+        let refused = netns::in_netns(&ns, move || {
+            Ok(std::net::TcpStream::connect_timeout(&elsewhere, Duration::from_secs(1)).is_err())
+        })?;
+        assert!(refused, "the metrics endpoint answers on {elsewhere}");
+    }
+
+    let bin = svclb_tests::svclb_bin()?;
+    let dir = lab.nodes[0].pin_dir.to_string_lossy().into_owned();
+    let out = netns::run_in(
+        &ns,
+        &bin.to_string_lossy(),
+        &[
+            "status",
+            "--bpffs-dir",
+            &dir,
+            "--agent-addr",
+            METRICS,
+            "-o",
+            "json",
+        ],
+    )?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let warnings = status["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.starts_with("uplink br0: XDP not attached"))),
         "{status:#}"
     );
     Ok(())

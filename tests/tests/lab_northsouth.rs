@@ -411,6 +411,50 @@ fn session_affinity_holds_and_expires() -> Result<()> {
     Ok(())
 }
 
+/// `externalTrafficPolicy: Local` with endpoints on both nodes: every connection to a node's
+/// NodePort is served by a pod of that node, with the client's address (so never forwarded
+/// to the other node, which would need SNAT), and every local pod takes its share.
+#[test]
+fn external_local_policy_never_forwards_off_the_node() -> Result<()> {
+    if skip_unless_root("external_local_policy_never_forwards_off_the_node") {
+        return Ok(());
+    }
+    let mut lab = lab_with(&[])?;
+    let pods = server_pods(&lab);
+    lab.write_manifest(
+        "etp.yaml",
+        &service(
+            "etp",
+            "10.96.0.28",
+            &[WEB.with_node_port(30088)],
+            &pods,
+            "  type: NodePort\n  externalTrafficPolicy: Local\n",
+            "",
+        ),
+    )?;
+    lab.start_agents()?;
+    let client = lab.client_ns.clone();
+    for node in 0..2 {
+        let addr = at(&lab.nodes[node].addr.to_string(), 30088);
+        let prefix = format!("{}-", lab.nodes[node].name);
+        let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..30 {
+            let mut session = TcpSession::connect_in(&client, addr, TIMEOUT)?;
+            let answer = session.ask_peer()?;
+            let (pod, peer) = answer.split_once(' ').context("NAME PEER")?;
+            assert!(pod.starts_with(&prefix), "{addr} answered by {pod}");
+            assert_eq!(peer, CLIENT_ADDR, "{addr}: the client's address is kept");
+            *answers.entry(pod.to_owned()).or_default() += 1;
+        }
+        assert_eq!(
+            answers.len(),
+            2,
+            "every local server pod of {prefix}: {answers:?}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn internal_local_policy_only_reaches_local_pods() -> Result<()> {
     if skip_unless_root("internal_local_policy_only_reaches_local_pods") {

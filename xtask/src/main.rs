@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | test | run`.
+//! Project tasks: `cargo xtask setup | test | run | lint | bench | fuzz`.
 
 mod demo;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -27,6 +28,15 @@ enum Task {
     Test {
         /// Only tests whose name contains this.
         filter: Option<String>,
+    },
+    /// The cargo-fuzz targets (manifest parser, model -> plan, Maglev), each for a bounded time
+    /// (optimized, with AddressSanitizer; `cargo xtask test` runs a quick build briefly).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (manifest, plan, maglev).
+        targets: Vec<String>,
     },
     /// rustfmt check and clippy over user space and the eBPF crate (its own target).
     Lint,
@@ -97,6 +107,9 @@ pub fn pinned_toolchain() -> Result<String> {
         .with_context(|| format!("{} has no channel", file.display()))
 }
 
+/// How long `cargo xtask test` runs each fuzz target (`cargo xtask fuzz` runs longer).
+const FUZZ_SECONDS_IN_TEST: u64 = 20;
+
 fn test(filter: Option<String>) -> Result<()> {
     if !svclb_tests::is_root() {
         bail!(
@@ -131,6 +144,11 @@ fn test(filter: Option<String>) -> Result<()> {
         .args(["test", "--package", "svclb-tests", "--", "--test-threads=1"])
         .args(&filter)
         .env("SVCLB_BIN", &svclb))?;
+    // A filtered run is someone after particular tests; a full one fuzzes briefly too.
+    if filter.is_empty() {
+        println!("== fuzz targets, {FUZZ_SECONDS_IN_TEST} s each");
+        fuzz::fuzz(&[], FUZZ_SECONDS_IN_TEST, fuzz::Build::Quick)?;
+    }
     println!(
         "== all tests passed in {:.0?} (build and unit tests {:.0?})",
         started.elapsed(),
@@ -187,6 +205,19 @@ fn bench(quick: bool, only: Option<&str>) -> Result<()> {
 
 fn lint() -> Result<()> {
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    let fuzz_manifest = workspace_root().join("fuzz/Cargo.toml");
+    let fuzz_manifest = fuzz_manifest.to_string_lossy();
+    run(Command::new("cargo").args(["fmt", "--manifest-path", &fuzz_manifest, "--", "--check"]))?;
+    run(Command::new("cargo")
+        .args([
+            "clippy",
+            "--manifest-path",
+            &fuzz_manifest,
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("AYA_BUILD_SKIP", "1"))?;
     run(Command::new("cargo").args([
         "clippy",
         "--workspace",
@@ -233,6 +264,10 @@ fn run_task(cli: Cli) -> Result<()> {
         Task::Bench { quick, only } => {
             setup::setup()?;
             bench(quick, only.as_deref())
+        }
+        Task::Fuzz { seconds, targets } => {
+            setup::setup()?;
+            fuzz::fuzz(&targets, seconds, fuzz::Build::Full)
         }
         Task::Test { filter } => {
             setup::setup()?;

@@ -8,6 +8,8 @@ use anyhow::{Context as _, Result, bail};
 /// bpf-linker must link with the LLVM of the pinned rustc.
 const LLVM: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13";
+/// Runs the fuzz targets (`cargo xtask fuzz`, and briefly in `cargo xtask test`).
+const CARGO_FUZZ_VERSION: &str = "0.13";
 
 /// Debian packages: LLVM for bpf-linker, and the tools the lab, demo and tests call.
 const PACKAGES: &[&str] = &[
@@ -82,6 +84,11 @@ fn has_bpf_linker() -> bool {
         .is_some_and(|v| v.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")))
 }
 
+fn has_cargo_fuzz() -> bool {
+    output("cargo", &["fuzz", "--version"])
+        .is_some_and(|v| v.contains(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}")))
+}
+
 pub fn setup() -> Result<()> {
     let missing = missing_packages();
     if !missing.is_empty() {
@@ -124,6 +131,18 @@ pub fn setup() -> Result<()> {
                 .env("PATH", path),
         )
         .context("installing bpf-linker")?;
+    }
+    if !has_cargo_fuzz() {
+        println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+        crate::run(Command::new("cargo").args([
+            &format!("+{toolchain}"),
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            &format!("~{CARGO_FUZZ_VERSION}"),
+        ]))
+        .context("installing cargo-fuzz")?;
     }
     Ok(())
 }
