@@ -9,6 +9,7 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// An IP address in network byte order. IPv4 uses the first four bytes; the rest stay zero.
 pub type L3Addr = [u8; 16];

@@ -16,7 +16,8 @@ pub mod service;
 pub mod stats;
 
 pub use addr::{
-    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, L3Addr,
+    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
+    L3Addr,
 };
 pub use backend::{Backend, SlotKey};
 pub use conntrack::{AffinityKey, AffinityValue, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey};

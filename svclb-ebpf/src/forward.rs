@@ -19,6 +19,7 @@ use svclb_common::{L3Addr, addr::v4_octets};
 use crate::parse::Packet;
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// The device the packet is on (for TC ingress, the one it arrived on).
 #[inline(always)]
@@ -37,11 +38,16 @@ fn lookup(
     flags: u32,
     params: &mut bpf_fib_lookup,
 ) -> i64 {
-    params.family = AF_INET;
     params.l4_protocol = pkt.proto;
     params.__bindgen_anon_1.tot_len = u16::from_be(pkt.tot_len_be);
     params.ifindex = ifindex(ctx);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(v4_octets(daddr));
+    if pkt.is_v6() {
+        params.family = AF_INET6;
+        params.__bindgen_anon_4.ipv6_dst = words(daddr);
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(v4_octets(daddr));
+    }
     // SAFETY: `params` is a valid, sized lookup structure for this call.
     unsafe {
         fib_lookup(
@@ -51,6 +57,26 @@ fn lookup(
             flags,
         )
     }
+}
+
+/// An IPv6 address as the lookup holds it: four network-order words.
+#[inline(always)]
+fn words(a: &L3Addr) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+#[inline(always)]
+fn bytes(w: &[u32; 4]) -> L3Addr {
+    let mut out = [0; 16];
+    for (i, word) in w.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    out
 }
 
 #[inline(always)]
@@ -66,6 +92,10 @@ pub fn source_towards(ctx: &TcContext, pkt: &Packet, daddr: &L3Addr) -> Option<L
     let ret = lookup(ctx, pkt, daddr, BPF_FIB_LOOKUP_SRC, &mut params);
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && ret != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         return None;
+    }
+    if pkt.is_v6() {
+        // SAFETY: union of integers; the lookup filled ipv6_src.
+        return Some(bytes(unsafe { &params.__bindgen_anon_3.ipv6_src }));
     }
     // SAFETY: union of integers; the lookup filled ipv4_src.
     let src = unsafe { params.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
@@ -88,13 +118,24 @@ pub fn redirect(ctx: &TcContext, pkt: &Packet, daddr: &L3Addr) -> i32 {
         return unsafe { bpf_redirect(params.ifindex, 0) } as i32;
     }
     if ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
-        // The lookup left the next hop in ipv4_dst: let the neighbour subsystem resolve it.
-        let mut next_hop = bpf_redir_neigh {
-            nh_family: u32::from(AF_INET),
-            // SAFETY: union of integers, filled by the lookup.
-            __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
-                ipv4_nh: unsafe { params.__bindgen_anon_4.ipv4_dst },
-            },
+        // The lookup left the next hop in the destination: let the neighbour subsystem
+        // resolve it.
+        let mut next_hop = if pkt.is_v6() {
+            bpf_redir_neigh {
+                nh_family: u32::from(AF_INET6),
+                // SAFETY: union of integers, filled by the lookup.
+                __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+                    ipv6_nh: unsafe { params.__bindgen_anon_4.ipv6_dst },
+                },
+            }
+        } else {
+            bpf_redir_neigh {
+                nh_family: u32::from(AF_INET),
+                // SAFETY: union of integers, filled by the lookup.
+                __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+                    ipv4_nh: unsafe { params.__bindgen_anon_4.ipv4_dst },
+                },
+            }
         };
         // SAFETY: a valid, sized next-hop structure for this call.
         return unsafe {

@@ -10,26 +10,39 @@
 //! reply entry (on its way to the client). That entry's translation, applied to it, gives the
 //! new quote. Only quotes without IP options (IHL 5) are translated; the quoted TCP or UDP
 //! checksum is left as it was (it covers data the quote lacks, and no receiver checks it).
+//!
+//! ICMPv6 errors (RFC 4443: destination unreachable, packet too big, time exceeded, parameter
+//! problem) are translated the same way, for quotes of a TCP or UDP packet without extension
+//! headers. IPv6 has no header checksum, so every address changed, outer or quoted, goes into
+//! the ICMPv6 checksum (the outer ones through its pseudo-header). A packet too big reaching
+//! the client this way is what keeps PMTU discovery working through a frontend.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use svclb_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, L3Addr,
-    addr::v4, conntrack::CT_F_SNAT,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
+    L3Addr, addr::v4, conntrack::CT_F_SNAT,
 };
 
 use crate::{
-    nat::{End, set_v4_addr},
-    parse::{IP_HLEN, IPV4_DADDR_OFF, IPV4_SADDR_OFF, Packet},
+    nat::{End, addr_diff, set_v4_addr},
+    parse::{
+        IP_HLEN, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_HLEN, IPV6_SADDR_OFF, Packet,
+    },
 };
 
 pub const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETERPROB: u8 = 12;
 pub const ICMP_HLEN: usize = 8;
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+const ICMPV6_TIME_EXCEED: u8 = 3;
+const ICMPV6_PARAMPROB: u8 = 4;
 const ICMP_CSUM_OFF: usize = 2;
 
 /// The packet an ICMP error quotes. Ports in network order.
 pub struct Quote {
+    family: u8,
     icmp_off: usize,
     l3_off: usize,
     l4_off: usize,
@@ -49,6 +62,9 @@ pub fn parse_quote(ctx: &TcContext, pkt: &Packet, q: &mut Quote) -> bool {
 
 #[inline(always)]
 fn parse_into(ctx: &TcContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
+    if pkt.is_v6() {
+        return parse_v6(ctx, pkt, q);
+    }
     let icmp_off = pkt.l4_off;
     let kind: u8 = ctx.load(icmp_off).ok()?;
     if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETERPROB {
@@ -66,12 +82,45 @@ fn parse_into(ctx: &TcContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
     }
     let l4_off = l3_off + IP_HLEN;
     let ports: [u8; 4] = ctx.load(l4_off).ok()?;
+    q.family = FAMILY_V4;
     q.icmp_off = icmp_off;
     q.l3_off = l3_off;
     q.l4_off = l4_off;
     q.proto = proto;
     q.saddr = v4([ip[12], ip[13], ip[14], ip[15]]);
     q.daddr = v4([ip[16], ip[17], ip[18], ip[19]]);
+    q.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
+    q.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
+    Some(())
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &TcContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
+    let icmp_off = pkt.l4_off;
+    let kind: u8 = ctx.load(icmp_off).ok()?;
+    if kind != ICMPV6_DEST_UNREACH
+        && kind != ICMPV6_PKT_TOOBIG
+        && kind != ICMPV6_TIME_EXCEED
+        && kind != ICMPV6_PARAMPROB
+    {
+        return None;
+    }
+    let l3_off = icmp_off + ICMP_HLEN;
+    let ip: [u8; IPV6_HLEN] = ctx.load(l3_off).ok()?;
+    let proto = ip[6];
+    // IPv6 without extension headers, TCP or UDP.
+    if ip[0] >> 4 != 6 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return None;
+    }
+    let l4_off = l3_off + IPV6_HLEN;
+    let ports: [u8; 4] = ctx.load(l4_off).ok()?;
+    q.family = FAMILY_V6;
+    q.icmp_off = icmp_off;
+    q.l3_off = l3_off;
+    q.l4_off = l4_off;
+    q.proto = proto;
+    q.saddr.copy_from_slice(&ip[8..24]);
+    q.daddr.copy_from_slice(&ip[24..40]);
     q.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
     q.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
     Some(())
@@ -86,7 +135,7 @@ pub fn flow_key(q: &Quote, dir: u8) -> CtKey {
         sport_be: q.dport_be,
         dport_be: q.sport_be,
         proto: q.proto,
-        family: FAMILY_V4,
+        family: q.family,
         dir,
         _pad: 0,
     }
@@ -125,6 +174,13 @@ pub fn translate(
     // Turned round again into the quote.
     rewrite_quoted(ctx, q, End::Source, &new_dst, new_dport_be)?;
     rewrite_quoted(ctx, q, End::Destination, &new_src, new_sport_be)?;
+    if q.family == FAMILY_V6 {
+        set_outer_v6(ctx, pkt, q, End::Destination, &new_dst)?;
+        if pkt.saddr == src {
+            set_outer_v6(ctx, pkt, q, End::Source, &new_src)?;
+        }
+        return Ok(new_dst);
+    }
     // The error's own addresses (ICMP has no pseudo-header: only the IP checksum changes).
     set_v4_addr(ctx, pkt.l3_off, IPV4_DADDR_OFF, &pkt.daddr, &new_dst)?;
     // An error sent by the flow's other end itself speaks for it, as the translated address;
@@ -135,8 +191,35 @@ pub fn translate(
     Ok(new_dst)
 }
 
-/// Rewrites one end of the quote. The quoted IP header's checksum follows its address, so the
-/// ICMP checksum, which covers both, is unchanged by it; a port change is added to it.
+/// Rewrites an address of the ICMPv6 error itself: its checksum's pseudo-header covers it.
+#[inline(always)]
+fn set_outer_v6(
+    ctx: &TcContext,
+    pkt: &Packet,
+    q: &Quote,
+    end: End,
+    new_addr: &L3Addr,
+) -> Result<(), i64> {
+    let (addr_off, old_addr) = match end {
+        End::Source => (IPV6_SADDR_OFF, &pkt.saddr),
+        End::Destination => (IPV6_DADDR_OFF, &pkt.daddr),
+    };
+    if old_addr != new_addr {
+        let diff = addr_diff(old_addr, new_addr)?;
+        ctx.l4_csum_replace(
+            q.icmp_off + ICMP_CSUM_OFF,
+            0,
+            u64::from(diff),
+            u64::from(BPF_F_PSEUDO_HDR),
+        )?;
+        ctx.store(pkt.l3_off + addr_off, new_addr, 0)?;
+    }
+    Ok(())
+}
+
+/// Rewrites one end of the quote. The quoted IPv4 header's checksum follows its address, so
+/// the ICMP checksum, which covers both, is unchanged by it; a quoted IPv6 address (no header
+/// checksum) and a port change are added to it.
 #[inline(always)]
 fn rewrite_quoted(
     ctx: &TcContext,
@@ -145,11 +228,20 @@ fn rewrite_quoted(
     new_addr: &L3Addr,
     new_port_be: u16,
 ) -> Result<(), i64> {
-    let (addr_off, port_off, old_addr, old_port_be) = match end {
-        End::Source => (IPV4_SADDR_OFF, 0, &q.saddr, q.sport_be),
-        End::Destination => (IPV4_DADDR_OFF, 2, &q.daddr, q.dport_be),
+    let v6 = q.family == FAMILY_V6;
+    let (addr_off, port_off, old_addr, old_port_be) = match (end, v6) {
+        (End::Source, false) => (IPV4_SADDR_OFF, 0, &q.saddr, q.sport_be),
+        (End::Destination, false) => (IPV4_DADDR_OFF, 2, &q.daddr, q.dport_be),
+        (End::Source, true) => (IPV6_SADDR_OFF, 0, &q.saddr, q.sport_be),
+        (End::Destination, true) => (IPV6_DADDR_OFF, 2, &q.daddr, q.dport_be),
     };
-    set_v4_addr(ctx, q.l3_off, addr_off, old_addr, new_addr)?;
+    if !v6 {
+        set_v4_addr(ctx, q.l3_off, addr_off, old_addr, new_addr)?;
+    } else if old_addr != new_addr {
+        let diff = addr_diff(old_addr, new_addr)?;
+        ctx.l4_csum_replace(q.icmp_off + ICMP_CSUM_OFF, 0, u64::from(diff), 0)?;
+        ctx.store(q.l3_off + addr_off, new_addr, 0)?;
+    }
     if old_port_be != new_port_be {
         ctx.l4_csum_replace(
             q.icmp_off + ICMP_CSUM_OFF,

@@ -23,7 +23,7 @@ use crate::{
     conntrack, forward,
     icmp::{self, Quote},
     maps,
-    nat::{self, End, rewrite_v4},
+    nat::{self, End, rewrite},
     parse::{Packet, parse},
     reject::reject,
     select,
@@ -197,7 +197,7 @@ fn dnat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
         s.picked.now,
         reply_flags,
     )?;
-    rewrite_v4(
+    rewrite(
         ctx,
         &s.pkt,
         End::Destination,
@@ -225,8 +225,8 @@ fn snat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
         return Ok(TC_ACT_SHOT);
     };
     let port_be = conntrack::create_snat(pkt, backend, s.picked.id, s.svc.id, s.picked.now, &node)?;
-    rewrite_v4(ctx, pkt, End::Destination, &backend.addr, backend.port_be)?;
-    rewrite_v4(ctx, pkt, End::Source, &node, port_be)?;
+    rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port_be)?;
+    rewrite(ctx, pkt, End::Source, &node, port_be)?;
     send(ctx, pkt, CT_F_SNAT | CT_F_REDIRECT, &backend.addr)
 }
 

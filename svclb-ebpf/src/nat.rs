@@ -6,11 +6,15 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
     programs::TcContext,
 };
 use svclb_common::{CtEntry, L3Addr, addr::v4_octets, conntrack::CT_F_SNAT};
 
-use crate::parse::{IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV4_TTL_OFF, Packet};
+use crate::parse::{
+    IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV4_TTL_OFF, IPV6_DADDR_OFF, IPV6_HOPLIMIT_OFF,
+    IPV6_SADDR_OFF, Packet,
+};
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy)]
@@ -19,9 +23,83 @@ pub enum End {
     Destination,
 }
 
+/// Rewrites the source or destination address and port of a TCP/UDP packet.
+#[inline(always)]
+pub fn rewrite(
+    ctx: &TcContext,
+    pkt: &Packet,
+    end: End,
+    new_addr: &L3Addr,
+    new_port_be: u16,
+) -> Result<(), i64> {
+    if pkt.is_v6() {
+        rewrite_v6(ctx, pkt, end, new_addr, new_port_be)
+    } else {
+        rewrite_v4(ctx, pkt, end, new_addr, new_port_be)
+    }
+}
+
+/// The checksum difference between two IPv6 addresses (for a checksum covering them).
+#[inline(always)]
+pub fn addr_diff(old: &L3Addr, new: &L3Addr) -> Result<u32, i64> {
+    let mut from = *old;
+    let mut to = *new;
+    // SAFETY: two 16-byte buffers on the stack, sizes given in bytes (multiples of 4).
+    let diff =
+        unsafe { bpf_csum_diff(from.as_mut_ptr().cast(), 16, to.as_mut_ptr().cast(), 16, 0) };
+    if diff < 0 {
+        return Err(diff);
+    }
+    Ok(diff as u32)
+}
+
+/// IPv6 has no header checksum: the address change goes into the L4 checksum (through its
+/// pseudo-header) as one difference.
+#[inline(always)]
+fn rewrite_v6(
+    ctx: &TcContext,
+    pkt: &Packet,
+    end: End,
+    new_addr: &L3Addr,
+    new_port_be: u16,
+) -> Result<(), i64> {
+    let (addr_off, port_off, old_addr, old_port_be) = match end {
+        End::Source => (IPV6_SADDR_OFF, 0, &pkt.saddr, pkt.sport_be),
+        End::Destination => (IPV6_DADDR_OFF, 2, &pkt.daddr, pkt.dport_be),
+    };
+    // A UDP checksum is never zero over IPv6 (the parser refuses one): the flag makes a sum
+    // that comes out zero be written as 0xffff, as RFC 8200 wants.
+    let l4_flags = if pkt.is_udp() {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    let csum_off = pkt.l4_csum_off();
+    if old_addr != new_addr {
+        let diff = addr_diff(old_addr, new_addr)?;
+        ctx.l4_csum_replace(
+            csum_off,
+            0,
+            u64::from(diff),
+            l4_flags | u64::from(BPF_F_PSEUDO_HDR),
+        )?;
+        ctx.store(pkt.l3_off + addr_off, new_addr, 0)?;
+    }
+    if old_port_be != new_port_be {
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(old_port_be),
+            u64::from(new_port_be),
+            l4_flags | 2,
+        )?;
+        ctx.store(pkt.l4_off + port_off, &new_port_be, 0)?;
+    }
+    Ok(())
+}
+
 /// Rewrites the source or destination address and port of an IPv4 TCP/UDP packet.
 #[inline(always)]
-pub fn rewrite_v4(
+fn rewrite_v4(
     ctx: &TcContext,
     pkt: &Packet,
     end: End,
@@ -92,16 +170,21 @@ pub fn apply(ctx: &TcContext, pkt: &Packet, entry: &CtEntry, reply: bool) -> Res
     } else {
         (End::Destination, End::Source)
     };
-    rewrite_v4(ctx, pkt, main, &entry.nat_addr, entry.nat_port_be)?;
+    rewrite(ctx, pkt, main, &entry.nat_addr, entry.nat_port_be)?;
     if entry.flags & CT_F_SNAT != 0 {
-        rewrite_v4(ctx, pkt, other, &entry.snat_addr, entry.snat_port_be)?;
+        rewrite(ctx, pkt, other, &entry.snat_addr, entry.snat_port_be)?;
     }
     Ok(())
 }
 
-/// Decrements the TTL of a packet this program forwards itself (the stack would have).
+/// Decrements the TTL (hop limit) of a packet this program forwards itself (the stack would
+/// have).
 #[inline(always)]
 pub fn decrement_ttl(ctx: &TcContext, pkt: &Packet) -> Result<(), i64> {
+    if pkt.is_v6() {
+        ctx.store(pkt.l3_off + IPV6_HOPLIMIT_OFF, &(pkt.ttl - 1), 0)?;
+        return Ok(());
+    }
     let old = u16::from_ne_bytes([pkt.ttl, pkt.proto]);
     let new = u16::from_ne_bytes([pkt.ttl - 1, pkt.proto]);
     ctx.l3_csum_replace(

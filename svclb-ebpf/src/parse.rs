@@ -1,15 +1,32 @@
-//! Header parsing: Ethernet, IPv4 (with options), TCP, UDP and ICMP (whose errors can be about
-//! a translated flow: see `icmp`). Anything else is not ours and
-//! passes untouched. The same parser serves TC (after pulling headers into the linear area)
+//! Header parsing: Ethernet, IPv4 (with options) and IPv6 (with the extension headers a flow
+//! can carry: hop-by-hop, routing, destination options, fragment), TCP, UDP, ICMP and ICMPv6
+//! (whose errors can be about a translated flow: see `icmp`). Anything else is not ours and
+//! passes untouched.
+//!
+//! Fragments: IPv4 fragments are not translated. An IPv6 first fragment (offset 0) is, as it
+//! holds the ports; later fragments are not (they carry no ports to find the flow by), so a
+//! fragmented IPv6 datagram through a frontend does not arrive: documented as unsupported. The same parser serves TC (after pulling headers into the linear area)
 //! and XDP (whose frames are always linear).
 
 use aya_ebpf::programs::TcContext;
-use svclb_common::{FAMILY_V4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L3Addr, addr::v4};
+use svclb_common::{
+    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3Addr, addr::v4,
+};
 
 pub const ETH_HLEN: usize = 14;
 /// An IPv4 header without options.
 pub const IP_HLEN: usize = 20;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+/// The fixed IPv6 header.
+pub const IPV6_HLEN: usize = 40;
+/// IPv6 extension headers that may come before a flow's TCP or UDP header.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// How many extension headers are walked; a packet with more is not translated.
+const IPV6_MAX_EXT: usize = 4;
 /// More-fragments flag and fragment offset: any of them set means a fragment.
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 
@@ -46,15 +63,22 @@ pub const IPV4_TTL_OFF: usize = 8;
 pub const IPV4_CSUM_OFF: usize = 10;
 pub const IPV4_SADDR_OFF: usize = 12;
 pub const IPV4_DADDR_OFF: usize = 16;
+pub const IPV6_HOPLIMIT_OFF: usize = 7;
+pub const IPV6_SADDR_OFF: usize = 8;
+pub const IPV6_DADDR_OFF: usize = 24;
 
 /// What the datapath needs to know about a packet. Ports are in network order.
 pub struct Packet {
     pub l3_off: usize,
     pub l4_off: usize,
+    /// IPv4 header length in 32-bit words; 0 for IPv6.
     pub ihl: u8,
     pub family: u8,
+    /// The L4 protocol (for IPv6, the last next-header).
     pub proto: u8,
+    /// TTL or hop limit.
     pub ttl: u8,
+    /// Length of the IP packet, headers included (0 for an IPv4 BIG TCP packet).
     pub tot_len_be: u16,
     pub saddr: L3Addr,
     pub daddr: L3Addr,
@@ -79,9 +103,20 @@ impl Packet {
         self.proto == IPPROTO_UDP
     }
 
+    /// ICMP or ICMPv6, as the family has it.
     #[inline(always)]
     pub fn is_icmp(&self) -> bool {
-        self.proto == IPPROTO_ICMP
+        self.proto
+            == if self.family == FAMILY_V6 {
+                IPPROTO_ICMPV6
+            } else {
+                IPPROTO_ICMP
+            }
+    }
+
+    #[inline(always)]
+    pub fn is_v6(&self) -> bool {
+        self.family == FAMILY_V6
     }
 
     #[inline(always)]
@@ -116,8 +151,9 @@ fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
 /// caller's stack.)
 #[inline(always)]
 pub fn parse(ctx: &TcContext, out: &mut Packet) -> bool {
-    // Ethernet + the longest IPv4 header + a TCP header without options.
-    const WANT: usize = ETH_HLEN + 60 + 20;
+    // Ethernet + the longest IPv4 header, or an IPv6 header with a few small extension
+    // headers, + a TCP header without options.
+    const WANT: usize = ETH_HLEN + 40 + 64 + 20;
     let linear = ctx.data_end() - ctx.data();
     if linear < WANT && (ctx.len() as usize) > linear {
         let want = if (ctx.len() as usize) < WANT {
@@ -159,9 +195,70 @@ pub fn parse_frame(start: usize, end: usize) -> Option<Packet> {
 fn parse_into(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()> {
     let eth = ptr_at::<EthHdr>(start, end, 0)?;
     // SAFETY: bounds checked by ptr_at.
-    if u16::from_be(unsafe { (*eth).proto_be }) != ETH_P_IP {
+    let proto = u16::from_be(unsafe { (*eth).proto_be });
+    if proto == ETH_P_IP {
+        parse_v4(start, end, len, out)?;
+    } else if proto == ETH_P_IPV6 {
+        parse_v6(start, end, len, out)?;
+    } else {
         return None;
     }
+    let (sport_be, dport_be, tcp_flags) = parse_l4(start, end, out)?;
+    out.sport_be = sport_be;
+    out.dport_be = dport_be;
+    out.tcp_flags = tcp_flags;
+    Some(())
+}
+
+/// The L4 header's ports and TCP flags; `None` for protocols that are not ours.
+#[inline(always)]
+fn parse_l4(start: usize, end: usize, pkt: &Packet) -> Option<(u16, u16, u8)> {
+    if pkt.is_icmp() {
+        // No ports; `icmp` reads what it needs.
+        return Some((0, 0, 0));
+    }
+    if pkt.proto == IPPROTO_TCP {
+        let tcp = ptr_at::<[u8; 20]>(start, end, pkt.l4_off)?;
+        // SAFETY: bounds checked by ptr_at.
+        let tcp = unsafe { &*tcp };
+        return Some((
+            u16::from_ne_bytes([tcp[0], tcp[1]]),
+            u16::from_ne_bytes([tcp[2], tcp[3]]),
+            tcp[TCP_FLAGS_OFF],
+        ));
+    }
+    if pkt.proto == IPPROTO_UDP {
+        let udp = ptr_at::<[u8; 8]>(start, end, pkt.l4_off)?;
+        // SAFETY: bounds checked by ptr_at.
+        let udp = unsafe { &*udp };
+        // A zero UDP checksum is not allowed over IPv6 (RFC 8200): the stack drops such a
+        // datagram, so it is not translated (a rewrite must never emit one either).
+        if pkt.family == FAMILY_V6 && udp[6] == 0 && udp[7] == 0 {
+            return None;
+        }
+        return Some((
+            u16::from_ne_bytes([udp[0], udp[1]]),
+            u16::from_ne_bytes([udp[2], udp[3]]),
+            0,
+        ));
+    }
+    None
+}
+
+/// Whether an IP length field of 0 can be BIG TCP's: TCP, and an IP packet of `l3_len` bytes
+/// that a 16-bit length cannot hold.
+#[inline(always)]
+fn big_tcp(proto: u8, l3_len: usize) -> bool {
+    proto == IPPROTO_TCP && l3_len > 0xffff
+}
+
+#[inline(always)]
+fn l4_min(proto: u8) -> usize {
+    if proto == IPPROTO_TCP { 20 } else { 8 }
+}
+
+#[inline(always)]
+fn parse_v4(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()> {
     let l3_off = ETH_HLEN;
     let ip = ptr_at::<Ipv4Hdr>(start, end, l3_off)?;
     // SAFETY: bounds checked by ptr_at.
@@ -186,37 +283,17 @@ fn parse_into(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<
     }
     let l4_off = l3_off + usize::from(ihl) * 4;
     // A packet shorter than its IP header says (truncated), or whose total length leaves no
-    // room for its L4 header, is not translated: the stack drops it. (A total length of 0 is
-    // a BIG TCP packet over 64 KiB, whose length is the skb's.)
+    // room for its L4 header, is not translated: the stack drops it. A total length of 0 is
+    // a BIG TCP packet, whose length (over 64 KiB) is the skb's; on anything else it is
+    // malformed.
     let tot_len = usize::from(u16::from_be(tot_len_be));
-    let l4_min = if proto == IPPROTO_TCP { 20 } else { 8 };
-    if tot_len != 0 && (l3_off + tot_len > len || tot_len < usize::from(ihl) * 4 + l4_min) {
+    if tot_len == 0 {
+        if !big_tcp(proto, len - l3_off) {
+            return None;
+        }
+    } else if l3_off + tot_len > len || tot_len < usize::from(ihl) * 4 + l4_min(proto) {
         return None;
     }
-    let (sport_be, dport_be, tcp_flags) = if proto == IPPROTO_ICMP {
-        // No ports; `icmp` reads what it needs.
-        (0, 0, 0)
-    } else if proto == IPPROTO_TCP {
-        let tcp = ptr_at::<[u8; 20]>(start, end, l4_off)?;
-        // SAFETY: bounds checked by ptr_at.
-        let tcp = unsafe { &*tcp };
-        (
-            u16::from_ne_bytes([tcp[0], tcp[1]]),
-            u16::from_ne_bytes([tcp[2], tcp[3]]),
-            tcp[TCP_FLAGS_OFF],
-        )
-    } else if proto == IPPROTO_UDP {
-        let udp = ptr_at::<[u8; 8]>(start, end, l4_off)?;
-        // SAFETY: bounds checked by ptr_at.
-        let udp = unsafe { &*udp };
-        (
-            u16::from_ne_bytes([udp[0], udp[1]]),
-            u16::from_ne_bytes([udp[2], udp[3]]),
-            0,
-        )
-    } else {
-        return None;
-    };
     out.l3_off = l3_off;
     out.l4_off = l4_off;
     out.ihl = ihl;
@@ -226,8 +303,82 @@ fn parse_into(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<
     out.tot_len_be = tot_len_be;
     out.saddr = v4(saddr);
     out.daddr = v4(daddr);
-    out.sport_be = sport_be;
-    out.dport_be = dport_be;
-    out.tcp_flags = tcp_flags;
+    Some(())
+}
+
+#[repr(C)]
+struct Ipv6Hdr {
+    version_class_flow: [u8; 4],
+    payload_len_be: u16,
+    next_header: u8,
+    hop_limit: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+#[inline(always)]
+fn parse_v6(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()> {
+    let l3_off = ETH_HLEN;
+    let ip = ptr_at::<Ipv6Hdr>(start, end, l3_off)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (version, payload_len_be, mut next, hop_limit, saddr, daddr) = unsafe {
+        (
+            (*ip).version_class_flow[0] >> 4,
+            (*ip).payload_len_be,
+            (*ip).next_header,
+            (*ip).hop_limit,
+            (*ip).saddr,
+            (*ip).daddr,
+        )
+    };
+    if version != 6 {
+        return None;
+    }
+    let mut l4_off = l3_off + IPV6_HLEN;
+    for _ in 0..IPV6_MAX_EXT {
+        if next == NEXTHDR_HOP || next == NEXTHDR_ROUTING || next == NEXTHDR_DEST {
+            let ext = ptr_at::<[u8; 2]>(start, end, l4_off)?;
+            // SAFETY: bounds checked by ptr_at.
+            let ext = unsafe { &*ext };
+            next = ext[0];
+            l4_off += (usize::from(ext[1]) + 1) * 8;
+        } else if next == NEXTHDR_FRAGMENT {
+            let frag = ptr_at::<[u8; 8]>(start, end, l4_off)?;
+            // SAFETY: bounds checked by ptr_at.
+            let frag = unsafe { &*frag };
+            // Only the first fragment holds the ports (see the module docs).
+            if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
+                return None;
+            }
+            next = frag[0];
+            l4_off += 8;
+        } else {
+            break;
+        }
+    }
+    // As for IPv4: a truncated packet, or one without room for its L4 header, is not ours. A
+    // payload length of 0 is a BIG TCP packet (a jumbogram), whose length is the skb's.
+    let payload = usize::from(u16::from_be(payload_len_be));
+    let tot_len = IPV6_HLEN + payload;
+    if payload == 0 {
+        if !big_tcp(next, len - l3_off) {
+            return None;
+        }
+    } else if l3_off + tot_len > len || l3_off + tot_len < l4_off + l4_min(next) {
+        return None;
+    }
+    out.l3_off = l3_off;
+    out.l4_off = l4_off;
+    out.ihl = 0;
+    out.family = FAMILY_V6;
+    out.proto = next;
+    out.ttl = hop_limit;
+    out.tot_len_be = if payload == 0 || tot_len > 0xffff {
+        0
+    } else {
+        (tot_len as u16).to_be()
+    };
+    out.saddr = saddr;
+    out.daddr = daddr;
     Some(())
 }

@@ -167,9 +167,8 @@ struct PlannedService {
     health_check: Option<HealthCheck>,
 }
 
-/// Parses a list of IP addresses of a service field, reporting the ones that do not parse or
-/// are IPv6 (not served yet).
-fn ipv4_addresses<'a>(
+/// Parses a list of IP addresses of a service field, reporting the ones that do not parse.
+fn ip_addresses<'a>(
     object: &str,
     field: &str,
     values: impl IntoIterator<Item = &'a str>,
@@ -178,16 +177,88 @@ fn ipv4_addresses<'a>(
     let mut out = Vec::new();
     for value in values {
         match value.parse::<IpAddr>() {
-            Ok(addr @ IpAddr::V4(_)) => out.push(addr),
-            Ok(IpAddr::V6(addr)) => diags.push(Diagnostic::new(
-                object,
-                format!("{field} {addr} skipped: IPv6 is not supported yet"),
-            )),
+            Ok(addr) => out.push(addr),
             Err(_) => diags.push(Diagnostic::new(
                 object,
                 format!("{field} {value:?} is not an IP address"),
             )),
         }
+    }
+    out
+}
+
+/// An IP family, as `ipFamilies` and EndpointSlices name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: &IpAddr) -> Self {
+        if addr.is_ipv4() { Self::V4 } else { Self::V6 }
+    }
+
+    /// `IPv4` or `IPv6`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+
+    pub fn has(self, addr: &IpAddr) -> bool {
+        Self::of(addr) == self
+    }
+
+    pub fn has_net(self, net: &IpNet) -> bool {
+        matches!(
+            (self, net),
+            (Self::V4, IpNet::V4(_)) | (Self::V6, IpNet::V6(_))
+        )
+    }
+}
+
+/// The cluster IPs served, at most one per family (the first of each, as the API server
+/// allows no more), restricted to `ipFamilies` when the Service lists them.
+fn cluster_ips_by_family(
+    object: &str,
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    cluster_ips: Vec<IpAddr>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<(Family, IpAddr)> {
+    let listed: Option<Vec<&str>> = spec
+        .ip_families
+        .as_ref()
+        .filter(|f| !f.is_empty())
+        .map(|f| f.iter().map(String::as_str).collect());
+    let mut out: Vec<(Family, IpAddr)> = Vec::new();
+    for addr in cluster_ips {
+        let family = Family::of(&addr);
+        if out.iter().any(|(f, _)| *f == family) {
+            diags.push(Diagnostic::new(
+                object,
+                format!(
+                    "clusterIPs has a second {} address {addr}; only the first is served",
+                    family.name()
+                ),
+            ));
+            continue;
+        }
+        if let Some(listed) = &listed
+            && !listed.contains(&family.name())
+        {
+            diags.push(Diagnostic::new(
+                object,
+                format!(
+                    "clusterIP {addr} is {} but ipFamilies lists only {}; not served",
+                    family.name(),
+                    listed.join(", ")
+                ),
+            ));
+            continue;
+        }
+        out.push((family, addr));
     }
     out
 }
@@ -225,13 +296,9 @@ fn plan_service(
     if cluster_ips.is_empty() || cluster_ips.iter().any(|ip| *ip == "None" || ip.is_empty()) {
         return out;
     }
-    let cluster_ips = ipv4_addresses(&object, "clusterIP", cluster_ips, diags);
-    // Without an IPv4 cluster IP the service is not served over IPv4 at all, its node ports
-    // and external addresses neither (as kube-proxy's IPv4 proxier skips it).
-    if cluster_ips.is_empty() {
-        return out;
-    }
-    let external_ips = ipv4_addresses(
+    let cluster_ips = ip_addresses(&object, "clusterIP", cluster_ips, diags);
+    let families = cluster_ips_by_family(&object, spec, cluster_ips, diags);
+    let external_ips = ip_addresses(
         &object,
         "externalIP",
         spec.external_ips.iter().flatten().map(String::as_str),
@@ -249,31 +316,115 @@ fn plan_service(
             // `ipMode: Proxy`: the load balancer proxies, traffic never arrives for this IP.
             .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|i| i.ip.as_deref());
-        ipv4_addresses(&object, "loadBalancer ingress IP", ips, diags)
+        ip_addresses(&object, "loadBalancer ingress IP", ips, diags)
     } else {
         Vec::new()
     };
-    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let affinity = affinity_timeout(&object, svc, diags);
+    // A family without a cluster IP is not served at all, its node ports and external
+    // addresses neither (as kube-proxy's proxier of that family skips the service).
+    for addr in external_ips.iter().chain(&lb_ips) {
+        let family = Family::of(addr);
+        if !families.iter().any(|(f, _)| *f == family) {
+            diags.push(Diagnostic::new(
+                &object,
+                format!(
+                    "external address {addr} skipped: the Service has no {} cluster IP",
+                    family.name()
+                ),
+            ));
+        }
+    }
     let source_ranges = source_ranges(
         &object,
         spec.load_balancer_source_ranges.as_deref().unwrap_or(&[]),
         diags,
     );
-    // Ranges given but none valid: serve no LoadBalancer frontend rather than an open one.
-    let lb_ips = if source_ranges.is_none() {
-        Vec::new()
-    } else {
-        lb_ips
-    };
-    // The IPv4 frontends take the IPv4 ranges; ranges of the other family only restrict that
-    // family (kube-proxy splits them the same way).
-    let source_ranges: Vec<IpNet> = source_ranges
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|net| matches!(net, IpNet::V4(_)))
-        .collect();
+    for (family, cluster_ip) in &families {
+        // Each family's LoadBalancer frontends take that family's ranges. Ranges given but none
+        // of this family: its LoadBalancer IPs are not served rather than open to all.
+        let (ranges, lb_ips) = match &source_ranges {
+            None => (Vec::new(), Vec::new()),
+            Some(all) => {
+                let ranges: Vec<IpNet> =
+                    all.iter().filter(|n| family.has_net(n)).copied().collect();
+                let lb_ips: Vec<IpAddr> =
+                    lb_ips.iter().filter(|a| family.has(a)).copied().collect();
+                if ranges.is_empty() && !all.is_empty() && !lb_ips.is_empty() {
+                    diags.push(Diagnostic::new(
+                        &object,
+                        format!(
+                            "no loadBalancerSourceRanges entry is {}: its {} LoadBalancer IPs are not served",
+                            family.name(),
+                            family.name()
+                        ),
+                    ));
+                    (ranges, Vec::new())
+                } else {
+                    (ranges, lb_ips)
+                }
+            }
+        };
+        let external_ips: Vec<IpAddr> = external_ips
+            .iter()
+            .filter(|a| family.has(a))
+            .copied()
+            .collect();
+        plan_family(
+            node,
+            name,
+            &object,
+            svc_type,
+            spec,
+            svc,
+            slices,
+            &FamilyAddresses {
+                family: *family,
+                cluster_ip: *cluster_ip,
+                external_ips,
+                lb_ips,
+                source_ranges: ranges,
+            },
+            &mut out,
+            diags,
+        );
+    }
+    out
+}
+
+/// What one family of a Service is served on.
+struct FamilyAddresses {
+    family: Family,
+    cluster_ip: IpAddr,
+    external_ips: Vec<IpAddr>,
+    lb_ips: Vec<IpAddr>,
+    source_ranges: Vec<IpNet>,
+}
+
+/// The frontends of one family of a Service, on its ports.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one family of plan_service's state"
+)]
+fn plan_family(
+    node: &NodeInfo,
+    name: &str,
+    object: &str,
+    svc_type: &str,
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    addrs: &FamilyAddresses,
+    out: &mut PlannedService,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let family = addrs.family;
+    let cluster_ips = [addrs.cluster_ip];
+    let (external_ips, lb_ips, source_ranges) =
+        (&addrs.external_ips, &addrs.lb_ips, &addrs.source_ranges);
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity = affinity_timeout(object, svc, diags);
+    let object = object.to_owned();
 
     for port in spec.ports.iter().flatten() {
         let port_name = port.name.clone().unwrap_or_default();
@@ -317,7 +468,7 @@ fn plan_service(
             },
             _ => None,
         };
-        let candidates = endpoints::candidates(&port_name, protocol, slices, diags, node);
+        let candidates = endpoints::candidates(&port_name, protocol, family, slices, diags, node);
         let sets = endpoints::categorize(&candidates, node.zone.as_deref());
         let when_empty = if sets.any_usable {
             WhenEmpty::Drop
@@ -361,7 +512,7 @@ fn plan_service(
             external_frontends.extend(
                 node.nodeport_addresses
                     .iter()
-                    .filter(|a| a.is_ipv4())
+                    .filter(|a| family.has(a))
                     .map(|a| (FrontendKind::NodePort, *a, node_port)),
             );
         }
@@ -403,7 +554,6 @@ fn plan_service(
             });
         }
     }
-    out
 }
 
 fn affinity_timeout(object: &str, svc: &Service, diags: &mut Vec<Diagnostic>) -> u32 {

@@ -32,8 +32,13 @@ pub fn udp_ask_from(
     request: &[u8],
     timeout: Duration,
 ) -> Result<String> {
+    let any: std::net::IpAddr = if addr.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
     let socket =
-        UdpSocket::bind(("0.0.0.0", port)).with_context(|| format!("binding UDP port {port}"))?;
+        UdpSocket::bind((any, port)).with_context(|| format!("binding UDP port {port}"))?;
     socket.set_read_timeout(Some(timeout))?;
     socket
         .send_to(request, addr)

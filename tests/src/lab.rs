@@ -2,7 +2,7 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -36,6 +36,10 @@ pub struct LabSpec {
     pub backend_port: u16,
     /// Extra arguments for every agent.
     pub agent_args: Vec<String>,
+    /// Dual stack: nodes and pods get IPv6 addresses too (`fd00:31::1N/64` on the fabric,
+    /// `fd00:244:N::1P` for pods), with IPv6 routes between nodes, and backends listen on both
+    /// families.
+    pub ipv6: bool,
 }
 
 impl Default for LabSpec {
@@ -45,6 +49,7 @@ impl Default for LabSpec {
             pods_per_node: 3,
             backend_port: 8080,
             agent_args: Vec::new(),
+            ipv6: false,
         }
     }
 }
@@ -57,6 +62,8 @@ pub struct Pod {
     /// Name of the node it runs on.
     pub node: String,
     pub addr: Ipv4Addr,
+    /// Its IPv6 address (configured in dual-stack labs only).
+    pub addr6: Ipv6Addr,
     /// Its device in the node namespace.
     pub host_dev: String,
 }
@@ -66,6 +73,8 @@ pub struct Pod {
 pub struct RoutedClient {
     pub ns: String,
     pub addr: Ipv4Addr,
+    /// Its IPv6 address (dual-stack labs only).
+    pub addr6: Ipv6Addr,
     /// The router's namespace.
     pub router_ns: String,
 }
@@ -75,6 +84,8 @@ pub struct Node {
     pub name: String,
     pub ns: String,
     pub addr: Ipv4Addr,
+    /// Its IPv6 address on the fabric (configured in dual-stack labs only).
+    pub addr6: Ipv6Addr,
     pub index: u8,
     pub pods: Vec<Pod>,
     pub pin_dir: PathBuf,
@@ -92,6 +103,8 @@ pub struct Lab {
     /// Namespace of the external client on the fabric.
     pub client_ns: String,
     pub client_addr: Ipv4Addr,
+    /// The external client's IPv6 address on the fabric (dual-stack labs only).
+    pub client_addr6: Ipv6Addr,
     pub manifests: PathBuf,
     work_dir: PathBuf,
     fabric_ns: String,
@@ -171,6 +184,7 @@ impl Lab {
             fabric_ns: format!("{id}-fab"),
             client_ns: format!("{id}-ext"),
             client_addr: Ipv4Addr::new(172, 31, 0, 100),
+            client_addr6: Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 0x100),
             bpffs_root: PathBuf::from("/sys/fs/bpf").join(&id),
             id,
             spec,
@@ -203,6 +217,13 @@ impl Lab {
         let client = self.client_ns.clone();
         self.add_ns(&client)?;
         self.plug_into_fabric(&client, "ext", self.client_addr)?;
+        if self.spec.ipv6 {
+            let addr6 = format!("{}/64", self.client_addr6);
+            ip_in(
+                &client,
+                &["-6", "addr", "add", &addr6, "dev", "eth0", "nodad"],
+            )?;
+        }
 
         for i in 1..=self.spec.nodes {
             let index = u8::try_from(i).context("too many nodes")?;
@@ -217,8 +238,25 @@ impl Lab {
             }
             sysctl_in(&ns, "net.ipv4.ip_forward", "1")?;
             let addr = Ipv4Addr::new(172, 31, 0, 10 + index);
+            let addr6 = Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 0x10 + u16::from(index));
             self.plug_into_fabric(&ns, &name, addr)?;
+            if self.spec.ipv6 {
+                sysctl_in(&ns, "net.ipv6.conf.all.forwarding", "1")?;
+                ip_in(
+                    &ns,
+                    &[
+                        "-6",
+                        "addr",
+                        "add",
+                        &format!("{addr6}/64"),
+                        "dev",
+                        "eth0",
+                        "nodad",
+                    ],
+                )?;
+            }
             self.nodes.push(Node {
+                addr6,
                 pin_dir: self.bpffs_root.join(&name),
                 log: self.work_dir.join(format!("agent-{name}.log")),
                 name,
@@ -237,6 +275,13 @@ impl Lab {
                         &node.ns,
                         &["route", "add", &cidr, "via", &other.addr.to_string()],
                     )?;
+                    if self.spec.ipv6 {
+                        let cidr = format!("fd00:244:{}::/64", other.index);
+                        ip_in(
+                            &node.ns,
+                            &["-6", "route", "add", &cidr, "via", &other.addr6.to_string()],
+                        )?;
+                    }
                 }
             }
         }
@@ -275,6 +320,16 @@ impl Lab {
             ns: format!("{}-{node_name}p{ordinal}", self.id),
             node: node_name,
             addr: Ipv4Addr::new(10, 244, node_index, 10 + ordinal_u8),
+            addr6: Ipv6Addr::new(
+                0xfd00,
+                0x244,
+                u16::from(node_index),
+                0,
+                0,
+                0,
+                0,
+                0x10 + u16::from(ordinal_u8),
+            ),
             host_dev: format!("vethpod{ordinal}"),
         };
         self.add_ns(&pod.ns)?;
@@ -345,10 +400,83 @@ impl Lab {
                 "permanent",
             ],
         )?;
-        self.backends
-            .push(Backend::start(&pod.ns, &pod.name, self.spec.backend_port)?);
+        if self.spec.ipv6 {
+            self.add_pod_ipv6(&node_ns, &pod, &pod_mac)?;
+        }
+        self.backends.push(Backend::start(
+            &pod.ns,
+            &pod.name,
+            self.spec.backend_port,
+            self.spec.ipv6,
+        )?);
         self.nodes[node].pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// The pod's IPv6 address and routes: a default route through a link-local gateway whose
+    /// neighbour entry is the host side (as the IPv4 one), a host route on the node.
+    fn add_pod_ipv6(&self, node_ns: &str, pod: &Pod, pod_mac: &str) -> Result<()> {
+        const GATEWAY6: &str = "fe80::1";
+        let addr6 = pod.addr6.to_string();
+        ip_in(
+            &pod.ns,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr6}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
+        ip_in(
+            &pod.ns,
+            &[
+                "-6",
+                "neigh",
+                "add",
+                GATEWAY6,
+                "lladdr",
+                HOST_VETH_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )?;
+        ip_in(
+            &pod.ns,
+            &[
+                "-6", "route", "add", "default", "via", GATEWAY6, "dev", "eth0",
+            ],
+        )?;
+        ip_in(
+            node_ns,
+            &[
+                "-6",
+                "route",
+                "add",
+                &format!("{addr6}/128"),
+                "dev",
+                &pod.host_dev,
+            ],
+        )?;
+        ip_in(
+            node_ns,
+            &[
+                "-6",
+                "neigh",
+                "add",
+                &addr6,
+                "lladdr",
+                pod_mac,
+                "dev",
+                &pod.host_dev,
+                "nud",
+                "permanent",
+            ],
+        )
     }
 
     /// Node objects for the nodes (their InternalIP is where NodePorts are served), as the
@@ -357,10 +485,14 @@ impl Lab {
         self.nodes
             .iter()
             .map(|n| {
-                format!(
+                let mut node = format!(
                     "apiVersion: v1\nkind: Node\nmetadata:\n  name: {}\nstatus:\n  addresses:\n  - type: InternalIP\n    address: {}\n",
                     n.name, n.addr
-                )
+                );
+                if self.spec.ipv6 {
+                    node.push_str(&format!("  - type: InternalIP\n    address: '{}'\n", n.addr6));
+                }
+                node
             })
             .collect::<Vec<_>>()
             .join("---\n")
@@ -415,8 +547,52 @@ impl Lab {
                 ],
             )?;
         }
+        let far_addr6 = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
+        if self.spec.ipv6 {
+            // IPv6 needs links of at least 1280 bytes.
+            sysctl_in(&router, "net.ipv6.conf.all.forwarding", "1")?;
+            ip_in(
+                &router,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    "fd00:31::200/64",
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+            ip_in(
+                &router,
+                &["-6", "addr", "add", "fd00:77::1/64", "dev", "far0", "nodad"],
+            )?;
+            ip_in(
+                &far,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{far_addr6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            )?;
+            ip_in(
+                &far,
+                &["-6", "route", "add", "default", "via", "fd00:77::1"],
+            )?;
+            for node in &self.nodes {
+                ip_in(
+                    &node.ns,
+                    &["-6", "route", "add", "fd00:77::/64", "via", "fd00:31::200"],
+                )?;
+            }
+        }
         Ok(RoutedClient {
             ns: far,
+            addr6: far_addr6,
             addr: far_addr,
             router_ns: router,
         })
@@ -425,6 +601,19 @@ impl Lab {
     /// Routes `addr` (a load-balancer or external IP) from the external client through node
     /// `node`, as an upstream router would; replaces an earlier route.
     pub fn route_client_via(&self, addr: &str, node: usize) -> Result<()> {
+        if addr.contains(':') {
+            return ip_in(
+                &self.client_ns,
+                &[
+                    "-6",
+                    "route",
+                    "replace",
+                    &format!("{addr}/128"),
+                    "via",
+                    &self.nodes[node].addr6.to_string(),
+                ],
+            );
+        }
         ip_in(
             &self.client_ns,
             &[

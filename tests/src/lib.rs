@@ -20,6 +20,7 @@ mod lab;
 pub mod manifests;
 pub mod netns;
 pub mod packet;
+pub mod packet6;
 pub mod server;
 
 pub use lab::{LAB_PREFIX, Lab, LabSpec, Node, Pod, remove_leftovers, svclb_bin};

@@ -33,9 +33,14 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Starts TCP and UDP servers on `port` of every address in pod namespace `ns`.
-    pub fn start(ns: &str, name: &str, port: u16) -> Result<Self> {
-        let addr = SocketAddr::from(([0, 0, 0, 0], port));
+    /// Starts TCP and UDP servers on `port` of every address in pod namespace `ns` (of both
+    /// families with `dual_stack`: one socket each, IPv4 peers seen as mapped addresses).
+    pub fn start(ns: &str, name: &str, port: u16, dual_stack: bool) -> Result<Self> {
+        let addr = if dual_stack {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], port))
+        };
         let (tcp, udp) = in_netns(ns, move || {
             let tcp = TcpListener::bind(addr).context("binding TCP")?;
             let udp = UdpSocket::bind(addr).context("binding UDP")?;
@@ -111,7 +116,8 @@ fn answer(request: &[u8], reply: &str, peer: SocketAddr) -> String {
         .strip_prefix(b"big ")
         .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
     if request == b"peer" {
-        format!("{} {}\n", reply.trim_end(), peer.ip())
+        // An IPv4 peer of a dual-stack socket shows as ::ffff:a.b.c.d; answered as a.b.c.d.
+        format!("{} {}\n", reply.trim_end(), peer.ip().to_canonical())
     } else if let Some(n) = big {
         format!("{} {}\n", reply.trim_end(), "x".repeat(n.min(BIG_MAX)))
     } else {

@@ -232,6 +232,18 @@ fn fixtures_translate_and_pass() -> Result<()> {
             expect: Expect::Unchanged,
         },
         Case {
+            what: "a datagram with an IP total length of 0 (BIG TCP's mark, malformed on UDP) \
+                   passes untouched",
+            input: {
+                let mut f = udp.clone().with_src(CLIENT.0, 40_011).build();
+                f[16..18].copy_from_slice(&[0, 0]);
+                fix_ip_checksum(&mut f);
+                f
+            },
+            verdict: TC_ACT_OK,
+            expect: Expect::Unchanged,
+        },
+        Case {
             what: "an IP fragment passes untouched",
             input: fragment,
             verdict: TC_ACT_OK,

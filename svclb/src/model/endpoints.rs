@@ -3,16 +3,13 @@
 //! Conditions: a nil `ready`/`serving` is true, a nil `terminating` false. Only `addresses[0]`
 //! counts. The same ip:port in several slices counts once (see [`Candidate::rank`]).
 //! Ports without a name field or a number are skipped, as are slices of another address family
-//! and FQDN slices.
+//! (IPv6 slices serve only IPv6 frontends, IPv4 slices only IPv4 ones) and FQDN slices.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{NodeInfo, object_name, valid_port};
+use super::{Family, NodeInfo, object_name, valid_port};
 use crate::{
     diag::Diagnostic,
     plan::{PlanBackend, Protocol},
@@ -43,17 +40,19 @@ impl Candidate {
     }
 }
 
-/// The endpoints of service port `port_name`/`protocol` across `slices`, one per ip:port.
+/// The endpoints of service port `port_name`/`protocol` across the `slices` of `family`
+/// (`addressType` IPv4 or IPv6), one per ip:port.
 pub fn candidates(
     port_name: &str,
     protocol: Protocol,
+    family: Family,
     slices: &[&EndpointSlice],
     diags: &mut Vec<Diagnostic>,
     node: &NodeInfo,
 ) -> Vec<Candidate> {
-    let mut by_addr: BTreeMap<(Ipv4Addr, u16), Candidate> = BTreeMap::new();
+    let mut by_addr: BTreeMap<(IpAddr, u16), Candidate> = BTreeMap::new();
     for slice in slices {
-        if slice.address_type != "IPv4" {
+        if slice.address_type != family.name() {
             continue;
         }
         let object = format!("EndpointSlice {}", object_name(&slice.metadata));
@@ -77,17 +76,23 @@ pub fn candidates(
             let Some(first) = endpoint.addresses.first() else {
                 continue;
             };
-            let Ok(addr) = first.parse::<Ipv4Addr>() else {
-                diags.push(Diagnostic::new(
-                    &object,
-                    format!("endpoint address {first:?} is not an IPv4 address"),
-                ));
-                continue;
+            let addr = match first.parse::<IpAddr>() {
+                Ok(addr) if family.has(&addr) => addr,
+                _ => {
+                    diags.push(Diagnostic::new(
+                        &object,
+                        format!(
+                            "endpoint address {first:?} is not an {} address",
+                            family.name()
+                        ),
+                    ));
+                    continue;
+                }
             };
             let conditions = endpoint.conditions.as_ref();
             let candidate = Candidate {
                 backend: PlanBackend {
-                    address: IpAddr::V4(addr),
+                    address: addr,
                     port: number,
                     node: endpoint.node_name.clone(),
                     local: endpoint.node_name.as_deref() == Some(node.name.as_str()),

@@ -1,7 +1,5 @@
 //! One table-driven test per rule of the model, and a property: input order never matters.
 
-use std::net::IpAddr;
-
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use proptest::prelude::*;
 
@@ -338,21 +336,49 @@ spec: {clusterIP: 10.96.0.30, ports: [{port: 80}]}
 }
 
 #[test]
-fn ipv6_cluster_ips_are_reported_until_supported() {
+fn ipv6_endpoints_serve_only_ipv6_frontends() {
     let yaml = "
 apiVersion: v1
 kind: Service
 metadata: {name: dual, namespace: a}
 spec: {clusterIP: 10.96.0.40, clusterIPs: [10.96.0.40, 'fd00::40'], ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dual-6, namespace: a, labels: {kubernetes.io/service-name: dual}}
+addressType: IPv6
+ports: [{name: '', port: 8080}]
+endpoints: [{addresses: ['fd00:244::2']}, {addresses: [10.244.0.9]}]
 ";
     let (services, slices) = objects(yaml);
     let (plan, diags) = plan(&node(), &services, &slices);
-    assert_eq!(plan.frontends.len(), 1);
+    let served: Vec<(String, Vec<String>)> = plan
+        .frontends
+        .iter()
+        .map(|(k, f)| {
+            (
+                k.to_string(),
+                f.backends
+                    .iter()
+                    .map(|b| format!("{}", b.address))
+                    .collect(),
+            )
+        })
+        .collect();
     assert_eq!(
-        plan.frontends.keys().next().unwrap().address,
-        "10.96.0.40".parse::<IpAddr>().unwrap()
+        served,
+        [
+            ("10.96.0.40:80/TCP".to_owned(), vec![]),
+            (
+                "[fd00::40]:80/TCP".to_owned(),
+                vec!["fd00:244::2".to_owned()]
+            ),
+        ]
     );
-    assert!(diags[0].reason.contains("IPv6 is not supported yet"));
+    assert_eq!(
+        diags.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["EndpointSlice a/dual-6: endpoint address \"10.244.0.9\" is not an IPv6 address"]
+    );
 }
 
 proptest! {

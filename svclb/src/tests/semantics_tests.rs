@@ -458,32 +458,105 @@ fn the_zone_and_addresses_come_from_the_node_object() {
     assert_eq!(addresses, ["172.31.0.11", "203.0.113.11"]);
 }
 
+/// n1 with an IPv6 address too, and IPv6 endpoints: fd00:244:1::2 on n1, fd00:244:2::2 on n2.
+const DUAL: &str = "
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status:
+  addresses:
+  - {type: InternalIP, address: 172.31.0.11}
+  - {type: InternalIP, address: 'fd00:31::11'}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-6, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ['fd00:244:1::2'], nodeName: n1}
+- {addresses: ['fd00:244:2::2'], nodeName: n2}
+";
+
+/// The service of `spec` over the IPv4 slice and [`DUAL`]'s node and IPv6 slice.
+fn dual_service(spec: &str, status: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: 8080, protocol: TCP, nodePort: 30080}}]
+{spec}
+status: {status}
+{SLICE}{DUAL}"
+    )
+}
+
 #[test]
-fn an_ipv6_only_service_gets_no_ipv4_frontends() {
-    let yaml = service("  type: NodePort\n  externalIPs: [192.0.2.5]", "{}").replace(
-        "clusterIP: 10.96.0.10",
-        "clusterIP: fd00::10\n  clusterIPs: ['fd00::10']",
-    );
-    let (plan, diags) = plan_on("n1", &[], &yaml);
-    assert!(plan.frontends.is_empty(), "{:#?}", plan.frontends.keys());
-    assert!(
-        diags
-            .iter()
-            .any(|d| d.reason.contains("IPv6 is not supported yet"))
+fn a_dual_stack_service_serves_each_family_from_its_own_slices() {
+    let spec = "  type: NodePort\n  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, 'fd00:96::10']\n  externalIPs: [192.0.2.5, '2001:db8::5']";
+    let (plan, diags) = plan_on("n1", &[], &dual_service(spec, "{}"));
+    assert!(diags.is_empty(), "{diags:?}");
+    let v4 = ["10.244.1.2", "10.244.2.2", "10.244.2.3"];
+    let v6 = ["fd00:244:1::2", "fd00:244:2::2"];
+    assert_eq!(backend_ips(&plan, &key("10.96.0.10", 80)), v4);
+    assert_eq!(backend_ips(&plan, &key("fd00:96::10", 80)), v6);
+    assert_eq!(backend_ips(&plan, &key("172.31.0.11", 30080)), v4);
+    assert_eq!(backend_ips(&plan, &key("fd00:31::11", 30080)), v6);
+    assert_eq!(backend_ips(&plan, &key("192.0.2.5", 80)), v4);
+    assert_eq!(backend_ips(&plan, &key("2001:db8::5", 80)), v6);
+    assert_eq!(plan.frontends.len(), 6, "{:#?}", plan.frontends.keys());
+    assert_eq!(
+        key("fd00:96::10", 80).to_string(),
+        "[fd00:96::10]:80/TCP",
+        "IPv6 frontends print in brackets"
     );
 }
 
 #[test]
-fn source_ranges_of_the_other_family_do_not_restrict_ipv4() {
-    let status = "{loadBalancer: {ingress: [{ip: 198.51.100.7}]}}";
-    let spec = "  type: LoadBalancer\n  loadBalancerSourceRanges: ['2001:db8::/32']";
-    let (plan, diags) = plan_on("n1", &[], &service(spec, status));
-    assert!(
-        plan.frontends[&key("198.51.100.7", 80)]
-            .source_ranges
-            .is_empty()
+fn an_ipv6_only_service_gets_only_ipv6_frontends() {
+    let spec = "  type: NodePort\n  ipFamilies: [IPv6]\n  clusterIP: 'fd00:96::10'\n  clusterIPs: ['fd00:96::10']\n  externalIPs: [192.0.2.5]";
+    let (plan, diags) = plan_on("n1", &[], &dual_service(spec, "{}"));
+    let keys: Vec<String> = plan.frontends.keys().map(ToString::to_string).collect();
+    assert_eq!(keys, ["[fd00:31::11]:30080/TCP", "[fd00:96::10]:80/TCP"]);
+    assert_eq!(
+        diags.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "Service shop/web: external address 192.0.2.5 skipped: the Service has no IPv4 cluster IP"
+        ]
     );
-    assert!(diags.is_empty(), "{diags:?}");
+}
+
+#[test]
+fn cluster_ips_follow_ip_families_and_one_per_family() {
+    let spec = "  ipFamilies: [IPv4]\n  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, 10.96.0.11, 'fd00:96::10']";
+    let (plan, diags) = plan_on("n1", &[], &dual_service(spec, "{}"));
+    let keys: Vec<String> = plan.frontends.keys().map(ToString::to_string).collect();
+    assert_eq!(keys, ["10.96.0.10:80/TCP"]);
+    let diags: Vec<String> = diags.iter().map(|d| d.reason.clone()).collect();
+    assert_eq!(
+        diags,
+        [
+            "clusterIP fd00:96::10 is IPv6 but ipFamilies lists only IPv4; not served",
+            "clusterIPs has a second IPv4 address 10.96.0.11; only the first is served",
+        ]
+    );
+}
+
+#[test]
+fn source_ranges_restrict_their_own_family_and_close_a_family_without_any() {
+    let status = "{loadBalancer: {ingress: [{ip: 198.51.100.7}, {ip: '2001:db8::7'}]}}";
+    let spec = "  type: LoadBalancer\n  clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, 'fd00:96::10']\n  loadBalancerSourceRanges: ['2001:db8:1::/48']";
+    let (plan, diags) = plan_on("n1", &[], &dual_service(spec, status));
+    let ranges = &plan.frontends[&key("2001:db8::7", 80)].source_ranges;
+    assert_eq!(ranges, &["2001:db8:1::/48".parse::<IpNet>().unwrap()]);
+    // Only IPv6 ranges: the IPv4 LoadBalancer IP is closed, not open to everyone.
+    assert!(!plan.frontends.contains_key(&key("198.51.100.7", 80)));
+    assert_eq!(
+        diags.iter().map(|d| d.reason.clone()).collect::<Vec<_>>(),
+        ["no loadBalancerSourceRanges entry is IPv4: its IPv4 LoadBalancer IPs are not served"]
+    );
 }
 
 #[test]

@@ -6,17 +6,25 @@
 //! repeat per call on a fresh copy and averages many calls; traffic the program leaves
 //! untouched runs many repeats per call.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{Result, ensure};
 use svclb::{loader::MapSizes, plan::Protocol};
-use svclb_tests::packet::{PacketSpec, TCP_ACK, TCP_SYN};
+use svclb_tests::{
+    packet::{PacketSpec, TCP_ACK, TCP_SYN},
+    packet6::Packet6,
+};
 
 use crate::{Settings, common::datapath::Datapath};
 
 const TC_ACT_OK: u32 = 0;
 
 pub struct Row {
+    /// IPv6 frontends, backends and clients instead of IPv4 ones.
+    pub ipv6: bool,
     pub services: usize,
     pub backends: usize,
     /// ns per packet: new flow (SYN, pick + conntrack create + DNAT), tracked flow (conntrack
@@ -30,24 +38,49 @@ pub struct Row {
     pub other_single: f64,
 }
 
-fn vip(s: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + s as u32)
+fn vip(s: usize, ipv6: bool) -> IpAddr {
+    if ipv6 {
+        Ipv6Addr::from(u128::from(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0)) + s as u128).into()
+    } else {
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + s as u32).into()
+    }
 }
 
 /// Backend addresses come from a pool shared by all services, as real pods back several.
-fn backend(s: usize, b: usize) -> (Ipv4Addr, u16) {
-    let k = ((s * 7919 + b) % 60_000) as u32;
-    (
-        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 1)) + k),
-        8080,
-    )
+fn backend(s: usize, b: usize, ipv6: bool) -> (IpAddr, u16) {
+    let k = (s * 7919 + b) % 60_000;
+    let addr: IpAddr = if ipv6 {
+        Ipv6Addr::from(u128::from(Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1)) + k as u128)
+            .into()
+    } else {
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 1)) + k as u32).into()
+    };
+    (addr, 8080)
+}
+
+/// A TCP frame between two endpoints of one family.
+fn tcp(src: (IpAddr, u16), dst: (IpAddr, u16), flags: u8) -> Vec<u8> {
+    match (src.0, dst.0) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => PacketSpec::tcp((s, src.1), (d, dst.1), flags).build(),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Packet6::tcp((s, src.1), (d, dst.1), flags).build(),
+        _ => unreachable!("one family per frame"),
+    }
+}
+
+/// The destination address of a translated frame.
+fn destination(frame: &[u8], ipv6: bool) -> IpAddr {
+    if ipv6 {
+        Ipv6Addr::from(<[u8; 16]>::try_from(&frame[38..54]).expect("16 bytes")).into()
+    } else {
+        Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]).into()
+    }
 }
 
 fn average(total: Duration, runs: u32) -> f64 {
     total.as_nanos() as f64 / f64::from(runs)
 }
 
-fn measure(services: usize, backends: usize, calls: u32) -> Result<Row> {
+fn measure(services: usize, backends: usize, ipv6: bool, calls: u32) -> Result<Row> {
     let sizes = MapSizes {
         services: 131_072,
         backends: 65_536,
@@ -55,26 +88,31 @@ fn measure(services: usize, backends: usize, calls: u32) -> Result<Row> {
         conntrack: 262_144,
         ..MapSizes::default()
     };
-    let mut dp = Datapath::load_with(&format!("bench{services}x{backends}"), sizes)?;
-    let pools: Vec<Vec<(Ipv4Addr, u16)>> = (0..services)
-        .map(|s| (0..backends).map(|b| backend(s, b)).collect())
-        .collect();
+    let mut dp = Datapath::load_with(&format!("bench{services}x{backends}v{ipv6}"), sizes)?;
     let frontends: Vec<_> = (0..services)
-        .map(|s| (vip(s), 80, Protocol::Tcp, pools[s].as_slice()))
+        .map(|s| {
+            let pool = (0..backends).map(|b| backend(s, b, ipv6)).collect();
+            (vip(s, ipv6), 80, Protocol::Tcp, pool)
+        })
         .collect();
-    dp.program_services(&frontends);
+    dp.program_cluster_ips(&frontends);
 
     // The service under test is the last one programmed (as the kube-proxy comparisons put
     // their target last in the chain); for hash lookups it makes no difference.
-    let target = vip(services - 1);
-    let client = Ipv4Addr::new(10, 244, 1, 11);
+    let target = vip(services - 1, ipv6);
+    let (client, elsewhere): (IpAddr, IpAddr) = if ipv6 {
+        (
+            Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x11).into(),
+            Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x50).into(),
+        )
+    } else {
+        (
+            Ipv4Addr::new(10, 244, 1, 11).into(),
+            Ipv4Addr::new(10, 244, 2, 50).into(),
+        )
+    };
 
-    let other = PacketSpec::tcp(
-        (client, 40_001),
-        (Ipv4Addr::new(10, 244, 2, 50), 8080),
-        TCP_ACK,
-    )
-    .build();
+    let other = tcp((client, 40_001), (elsewhere, 8080), TCP_ACK);
     // Warm caches and the CPU before timing anything.
     for _ in 0..calls / 10 {
         dp.run_repeat(&other, 1)?;
@@ -83,22 +121,17 @@ fn measure(services: usize, backends: usize, calls: u32) -> Result<Row> {
     let mut new_flow = Duration::ZERO;
     for i in 0..calls {
         let sport = 1024 + (i % 60_000) as u16;
-        let syn = PacketSpec::tcp((client, sport), (target, 80), TCP_SYN).build();
+        let syn = tcp((client, sport), (target, 80), TCP_SYN);
         let (verdict, _, took) = dp.run_repeat(&syn, 1)?;
         ensure!(verdict == TC_ACT_OK, "new flow verdict {verdict}");
         new_flow += took;
     }
 
-    let syn = PacketSpec::tcp((client, 40_000), (target, 80), TCP_SYN).build();
+    let syn = tcp((client, 40_000), (target, 80), TCP_SYN);
     let (_, translated, _) = dp.run_repeat(&syn, 1)?;
-    let backend_addr = Ipv4Addr::new(
-        translated[30],
-        translated[31],
-        translated[32],
-        translated[33],
-    );
-    let ack = PacketSpec::tcp((client, 40_000), (target, 80), TCP_ACK).build();
-    let reply = PacketSpec::tcp((backend_addr, 8080), (client, 40_000), TCP_ACK).build();
+    let backend_addr = destination(&translated, ipv6);
+    let ack = tcp((client, 40_000), (target, 80), TCP_ACK);
+    let reply = tcp((backend_addr, 8080), (client, 40_000), TCP_ACK);
     let mut tracked = Duration::ZERO;
     let mut replied = Duration::ZERO;
     for _ in 0..calls {
@@ -122,6 +155,7 @@ fn measure(services: usize, backends: usize, calls: u32) -> Result<Row> {
         untouched += took;
     }
     Ok(Row {
+        ipv6,
         services,
         backends,
         new_flow: average(new_flow, calls),
@@ -139,11 +173,16 @@ pub fn run(settings: &Settings) -> Result<Vec<Row>> {
         cases.push((100_000, 10));
     }
     cases.extend([(1_000, 1), (1_000, 100)]);
+    let mut cases: Vec<(usize, usize, bool)> =
+        cases.into_iter().map(|(s, b)| (s, b, false)).collect();
+    // IPv6 beside the IPv4 row of the same size, in the same run.
+    cases.push((1_000, 10, true));
     let mut rows = Vec::new();
-    for (services, backends) in cases {
-        let row = measure(services, backends, calls)?;
+    for (services, backends, ipv6) in cases {
+        let row = measure(services, backends, ipv6, calls)?;
+        let family = if ipv6 { "IPv6" } else { "IPv4" };
         eprintln!(
-            "  {services:>6} services x {backends:>3} backends: new {:.0} ns, tracked {:.0} ns, reply {:.0} ns, other {:.0} ns ({:.0} ns one run per call)",
+            "  {family} {services:>6} services x {backends:>3} backends: new {:.0} ns, tracked {:.0} ns, reply {:.0} ns, other {:.0} ns ({:.0} ns one run per call)",
             row.new_flow, row.tracked, row.reply, row.other, row.other_single
         );
         rows.push(row);

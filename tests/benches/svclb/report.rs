@@ -97,22 +97,46 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "| services | backends each | new flow | tracked flow | reply (reverse NAT) | other traffic (1000 runs/call) | other traffic (1 run/call) |"
+                "| family | services | backends each | new flow | tracked flow | reply (reverse NAT) | other traffic (1000 runs/call) | other traffic (1 run/call) |"
             );
-            let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
+            let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
             for r in &self.packet {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                    r.services, r.backends, r.new_flow, r.tracked, r.reply, r.other, r.other_single
+                    "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+                    if r.ipv6 { "IPv6" } else { "IPv4" },
+                    r.services,
+                    r.backends,
+                    r.new_flow,
+                    r.tracked,
+                    r.reply,
+                    r.other,
+                    r.other_single
                 );
             }
-            let one = self.packet.iter().find(|r| r.services == 1);
-            let most = self
-                .packet
-                .iter()
+            let v4 = self.packet.iter().filter(|r| !r.ipv6);
+            let one = v4.clone().find(|r| r.services == 1);
+            let most = v4
+                .clone()
                 .filter(|r| r.backends == 10)
                 .max_by_key(|r| r.services);
+            let six = self.packet.iter().find(|r| r.ipv6);
+            let four = six.and_then(|six| {
+                v4.clone()
+                    .find(|r| r.services == six.services && r.backends == six.backends)
+            });
+            if let (Some(six), Some(four)) = (six, four) {
+                let _ = writeln!(
+                    out,
+                    "\nIPv6 to IPv4 at {} services x {} backends: new flow {:.2}x, tracked flow {:.2}x, reply {:.2}x, other traffic {:.2}x.",
+                    six.services,
+                    six.backends,
+                    six.new_flow / four.new_flow,
+                    six.tracked / four.tracked,
+                    six.reply / four.reply,
+                    six.other / four.other
+                );
+            }
             if let (Some(one), Some(most)) = (one, most) {
                 let _ = writeln!(
                     out,

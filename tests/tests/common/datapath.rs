@@ -23,6 +23,9 @@ use svclb::{
 /// A frontend to program: address, port, protocol and its backends' addresses and ports.
 pub type FrontendSpec<'a> = (Ipv4Addr, u16, Protocol, &'a [(Ipv4Addr, u16)]);
 
+/// A cluster IP frontend of either family: address, port, protocol and its backends.
+pub type ClusterIp = (IpAddr, u16, Protocol, Vec<(IpAddr, u16)>);
+
 /// A loaded datapath with its maps pinned in a private directory, removed on drop.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -62,17 +65,29 @@ impl Datapath {
     /// Programs cluster IP `frontends` (address, port, protocol, backends) through the agent's
     /// pipeline.
     pub fn program_services(&mut self, frontends: &[FrontendSpec<'_>]) {
+        let frontends: Vec<ClusterIp> = frontends
+            .iter()
+            .map(|(addr, port, protocol, backends)| {
+                let backends = backends.iter().map(|(a, p)| (IpAddr::V4(*a), *p)).collect();
+                (IpAddr::V4(*addr), *port, *protocol, backends)
+            })
+            .collect();
+        self.program_cluster_ips(&frontends);
+    }
+
+    /// [`Self::program_services`] for addresses of either family.
+    pub fn program_cluster_ips(&mut self, frontends: &[ClusterIp]) {
         let mut plan = Plan::default();
         for (addr, port, protocol, backends) in frontends {
             plan.frontends.insert(
-                FrontendKey::new(IpAddr::V4(*addr), *port, *protocol),
+                FrontendKey::new(*addr, *port, *protocol),
                 Frontend::new(
                     format!("default/svc-{addr}"),
                     FrontendKind::ClusterIP,
                     Scope::Internal,
                     backends
                         .iter()
-                        .map(|(a, p)| PlanBackend::remote(IpAddr::V4(*a), *p))
+                        .map(|(a, p)| PlanBackend::remote(*a, *p))
                         .collect(),
                 ),
             );

@@ -1,0 +1,365 @@
+//! End-to-end over both families: a dual-stack lab (nodes and pods with IPv4 and IPv6
+//! addresses, IPv6 routes between nodes) where pods reach a dual-stack ClusterIP on both
+//! families, local and remote backends, over TCP and UDP; an IPv6-only and an IPv4-only
+//! service coexist.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context as _, Result};
+use svclb_tests::{
+    Lab, LabSpec, Pod,
+    client::{TIMEOUT, TcpSession, at, tally, tcp_ask_many, udp_ask_many},
+    skip_unless_root,
+};
+
+/// An EndpointSlice of `family` ("IPv4" or "IPv6") for Service `service` over `pods`.
+fn slice(service: &str, family: &str, pods: &[&Pod]) -> String {
+    let endpoints: String = pods
+        .iter()
+        .map(|p| {
+            let addr = if family == "IPv6" {
+                p.addr6.to_string()
+            } else {
+                p.addr.to_string()
+            };
+            format!("- {{addresses: ['{addr}'], nodeName: {}}}\n", p.node)
+        })
+        .collect();
+    format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-{family}, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: {family}\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 8080, protocol: UDP}}]\nendpoints:\n{endpoints}"
+    )
+}
+
+fn service(name: &str, families: &str, cluster_ips: &[&str]) -> String {
+    let ips = cluster_ips
+        .iter()
+        .map(|ip| format!("'{ip}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ipFamilyPolicy: {}\n  ipFamilies: [{families}]\n  clusterIP: '{}'\n  clusterIPs: [{ips}]\n  ports: [{{name: http, port: 80, targetPort: 8080}}, {{name: dns, port: 53, targetPort: 8080, protocol: UDP}}]\n",
+        if cluster_ips.len() > 1 {
+            "RequireDualStack"
+        } else {
+            "SingleStack"
+        },
+        cluster_ips[0]
+    )
+}
+
+#[test]
+fn dual_stack_cluster_ips_answer_on_both_families() -> Result<()> {
+    if skip_unless_root("dual_stack_cluster_ips_answer_on_both_families") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec {
+        ipv6: true,
+        ..LabSpec::default()
+    })?;
+    let servers: Vec<Pod> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| n.pods.iter().skip(1).cloned())
+        .collect();
+    let refs: Vec<&Pod> = servers.iter().collect();
+    let n2: Vec<&Pod> = refs.iter().copied().filter(|p| p.node == "n2").collect();
+    let n1: Vec<&Pod> = refs.iter().copied().filter(|p| p.node == "n1").collect();
+    let manifest = [
+        service("web", "IPv4, IPv6", &["10.96.8.1", "fd00:96::8:1"]),
+        slice("web", "IPv4", &refs),
+        slice("web", "IPv6", &refs),
+        "---\n".to_owned(),
+        service("six", "IPv6", &["fd00:96::8:2"]),
+        slice("six", "IPv6", &n2),
+        "---\n".to_owned(),
+        service("four", "IPv4", &["10.96.8.3"]),
+        slice("four", "IPv4", &n1),
+    ]
+    .concat();
+    lab.write_manifest("dual.yaml", &manifest)?;
+    lab.start_agents()?;
+
+    let client_pod = lab.pod("n1-pod1").clone();
+    let client = client_pod.ns.clone();
+    let every: BTreeSet<String> = servers.iter().map(|p| p.name.clone()).collect();
+    let names =
+        |pods: &[&Pod]| -> BTreeSet<String> { pods.iter().map(|p| p.name.clone()).collect() };
+    for vip in ["10.96.8.1", "fd00:96::8:1"] {
+        let tcp = tally(&tcp_ask_many(&client, at(vip, 80), 60, TIMEOUT)?);
+        assert_eq!(
+            tcp.keys().cloned().collect::<BTreeSet<_>>(),
+            every,
+            "TCP to {vip}: every backend, local and remote, no errors: {tcp:?}"
+        );
+        let udp = tally(&udp_ask_many(&client, at(vip, 53), 60, TIMEOUT)?);
+        assert_eq!(
+            udp.keys().cloned().collect::<BTreeSet<_>>(),
+            every,
+            "UDP to {vip}: {udp:?}"
+        );
+    }
+    // ClusterIP traffic keeps the pod's own address, of its family.
+    let mut session = TcpSession::connect_in(&client, at("fd00:96::8:1", 80), TIMEOUT)?;
+    let answer = session.ask_peer()?;
+    let (_, peer) = answer.split_once(' ').context("NAME PEER")?;
+    assert_eq!(peer, client_pod.addr6.to_string());
+
+    // The IPv6-only service has no IPv4 frontend and the IPv4-only one no IPv6 frontend.
+    let six = tally(&tcp_ask_many(&client, at("fd00:96::8:2", 80), 20, TIMEOUT)?);
+    assert_eq!(
+        six.keys().cloned().collect::<BTreeSet<_>>(),
+        names(&n2),
+        "{six:?}"
+    );
+    let four = tally(&udp_ask_many(&client, at("10.96.8.3", 53), 20, TIMEOUT)?);
+    assert_eq!(
+        four.keys().cloned().collect::<BTreeSet<_>>(),
+        names(&n1),
+        "{four:?}"
+    );
+    let frontends: BTreeSet<String> = lab.list(0)?["frontends"]
+        .as_array()
+        .context("frontends")?
+        .iter()
+        .map(|f| {
+            let address = f["address"].as_str().unwrap_or_default();
+            let address = if address.contains(':') {
+                format!("[{address}]")
+            } else {
+                address.to_owned()
+            };
+            format!(
+                "{address}:{}/{}",
+                f["port"],
+                f["protocol"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        frontends,
+        [
+            "10.96.8.1:53/UDP",
+            "10.96.8.1:80/TCP",
+            "10.96.8.3:53/UDP",
+            "10.96.8.3:80/TCP",
+            "[fd00:96::8:1]:53/UDP",
+            "[fd00:96::8:1]:80/TCP",
+            "[fd00:96::8:2]:53/UDP",
+            "[fd00:96::8:2]:80/TCP",
+        ]
+        .map(String::from)
+        .into(),
+        "svclb list shows both families"
+    );
+    Ok(())
+}
+
+/// A Service over IPv6 with `spec` lines, `status` and slices of both families over `pods`.
+fn external_service(name: &str, spec: &str, status: &str, pods: &[&Pod]) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n{spec}\nstatus: {status}\n{}{}",
+        slice(name, "IPv4", pods),
+        slice(name, "IPv6", pods)
+    )
+}
+
+/// Which nodes the answering pods run on.
+fn nodes_of(answers: &std::collections::BTreeMap<String, usize>) -> BTreeSet<String> {
+    answers
+        .keys()
+        .map(|name| name.split('-').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn node_ports_and_load_balancer_ips_over_ipv6_with_both_policies() -> Result<()> {
+    if skip_unless_root("node_ports_and_load_balancer_ips_over_ipv6_with_both_policies") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec {
+        ipv6: true,
+        ..LabSpec::default()
+    })?;
+    let servers: Vec<Pod> = lab
+        .nodes
+        .iter()
+        .flat_map(|n| n.pods.iter().skip(1).cloned())
+        .collect();
+    let refs: Vec<&Pod> = servers.iter().collect();
+    let n1: Vec<&Pod> = refs.iter().copied().filter(|p| p.node == "n1").collect();
+    let manifest = [
+        lab.nodes_manifest(),
+        external_service(
+            "web",
+            "  type: LoadBalancer\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n  clusterIP: 'fd00:96::9:1'\n  clusterIPs: ['fd00:96::9:1', 10.96.9.1]\n  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}, {name: dns, port: 53, targetPort: 8080, protocol: UDP, nodePort: 30053}]",
+            "{loadBalancer: {ingress: [{ip: '2001:db8::10'}]}}",
+            &refs,
+        ),
+        external_service(
+            "local",
+            "  type: NodePort\n  externalTrafficPolicy: Local\n  ipFamilies: [IPv6]\n  clusterIP: 'fd00:96::9:2'\n  clusterIPs: ['fd00:96::9:2']\n  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30081}]",
+            "{}",
+            &n1,
+        ),
+    ]
+    .concat();
+    lab.write_manifest("web.yaml", &manifest)?;
+    lab.start_agents()?;
+    let client = lab.client_ns.clone();
+    let both = BTreeSet::from(["n1".to_owned(), "n2".to_owned()]);
+
+    for node in &lab.nodes {
+        let addr = at(&node.addr6.to_string(), 30080);
+        let answers = tally(&tcp_ask_many(&client, addr, 40, TIMEOUT)?);
+        assert_eq!(nodes_of(&answers), both, "NodePort {addr}: {answers:?}");
+    }
+    lab.route_client_via("2001:db8::10", 0)?;
+    let answers = tally(&tcp_ask_many(&client, at("2001:db8::10", 80), 40, TIMEOUT)?);
+    assert_eq!(nodes_of(&answers), both, "LoadBalancer IP: {answers:?}");
+
+    // Cluster policy: a remote backend sees the node's IPv6 address (SNAT), a local one the
+    // client's.
+    let node1 = lab.nodes[0].addr6.to_string();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let mut session = TcpSession::connect_in(&client, at(&node1, 30080), TIMEOUT)?;
+        let answer = session.ask_peer()?;
+        let (pod, peer) = answer.split_once(' ').context("NAME PEER")?;
+        seen.insert(
+            pod.split('-').next().unwrap_or_default().to_owned(),
+            peer.to_owned(),
+        );
+    }
+    assert_eq!(
+        seen,
+        std::collections::BTreeMap::from([
+            ("n1".to_owned(), lab.client_addr6.to_string()),
+            ("n2".to_owned(), node1.clone())
+        ]),
+        "who the backends see"
+    );
+
+    // Maglev over IPv6: the same UDP flow through either node lands on the same backend.
+    let ports: Vec<u16> = (41_000..41_030).collect();
+    let mut through = Vec::new();
+    for node in 0..2 {
+        lab.route_client_via("2001:db8::10", node)?;
+        let ports = ports.clone();
+        let answers: Vec<String> = svclb_tests::netns::in_netns(&client, move || {
+            ports
+                .iter()
+                .map(|port| {
+                    svclb_tests::client::udp_ask_from(
+                        *port,
+                        at("2001:db8::10", 53),
+                        b"who\n",
+                        TIMEOUT,
+                    )
+                })
+                .collect()
+        })?;
+        through.push(answers);
+    }
+    assert_eq!(
+        through[0], through[1],
+        "both nodes pick the same backend per flow"
+    );
+    let distinct: BTreeSet<&String> = through[0].iter().collect();
+    assert!(distinct.len() >= 3, "flows spread: {distinct:?}");
+
+    // Local policy over IPv6: node 1 serves from its own pods with the client's address;
+    // node 2, without local endpoints, drops.
+    for _ in 0..10 {
+        let mut session = TcpSession::connect_in(&client, at(&node1, 30081), TIMEOUT)?;
+        let answer = session.ask_peer()?;
+        let (pod, peer) = answer.split_once(' ').context("NAME PEER")?;
+        assert!(pod.starts_with("n1-"), "only local endpoints: {pod}");
+        assert_eq!(
+            peer,
+            lab.client_addr6.to_string(),
+            "the client's address is kept"
+        );
+    }
+    let node2 = at(&lab.nodes[1].addr6.to_string(), 30081);
+    let dropped = svclb_tests::netns::in_netns(&client, move || {
+        Ok(
+            std::net::TcpStream::connect_timeout(&node2, std::time::Duration::from_millis(600))
+                .is_err(),
+        )
+    })?;
+    assert!(dropped, "the node without endpoints drops");
+    Ok(())
+}
+
+/// ICMPv6 packet-too-big messages the namespace `ns` sent.
+fn packet_too_bigs_sent(ns: &str) -> Result<u64> {
+    let snmp = svclb_tests::netns::run("ip", &["netns", "exec", ns, "cat", "/proc/net/snmp6"])?;
+    let text = String::from_utf8(snmp.stdout)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Icmp6OutPktTooBigs"))
+        .context("no Icmp6OutPktTooBigs")?
+        .trim()
+        .parse()
+        .context("Icmp6OutPktTooBigs")
+}
+
+#[test]
+fn path_mtu_discovery_works_through_an_ipv6_node_port() -> Result<()> {
+    if skip_unless_root("path_mtu_discovery_works_through_an_ipv6_node_port") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec {
+        ipv6: true,
+        ..LabSpec::default()
+    })?;
+    let far = lab.add_client_behind_router(1280)?;
+    let mut manifest = lab.nodes_manifest();
+    // One service served from node 1's own pods (DNAT), one from node 2's (SNAT), both
+    // reached through node 1.
+    for (name, node_port, node, vip) in [
+        ("near", 30093, "n1", "fd00:96::a:1"),
+        ("away", 30094, "n2", "fd00:96::a:2"),
+    ] {
+        let pods: Vec<Pod> = lab
+            .nodes
+            .iter()
+            .flat_map(|n| n.pods.iter().cloned())
+            .filter(|p| p.node == node)
+            .collect();
+        let refs: Vec<&Pod> = pods.iter().collect();
+        manifest.push_str(&external_service(
+            name,
+            &format!("  type: NodePort\n  ipFamilies: [IPv6]\n  clusterIPs: ['{vip}']\n  clusterIP: '{vip}'\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: {node_port}}}]"),
+            "{}",
+            &refs,
+        ));
+    }
+    lab.write_manifest("mtu.yaml", &manifest)?;
+    lab.start_agents()?;
+    let node1 = lab.nodes[0].addr6.to_string();
+    for (node_port, node) in [(30093, "n1"), (30094, "n2")] {
+        let addr = at(&node1, node_port);
+        let before = packet_too_bigs_sent(&far.router_ns)?;
+        let answers = svclb_tests::netns::in_netns(&far.ns, move || {
+            Ok((0..4)
+                .map(|_| {
+                    let mut session = TcpSession::connect(addr, TIMEOUT)?;
+                    session.ask_big(20_000)
+                })
+                .collect::<Vec<_>>())
+        })?;
+        let answers = tally(&answers);
+        assert_eq!(
+            nodes_of(&answers),
+            BTreeSet::from([node.to_owned()]),
+            "20 kB answers to {} through {addr}: {answers:?}",
+            far.addr6
+        );
+        let sent = packet_too_bigs_sent(&far.router_ns)? - before;
+        assert!(
+            sent > 0,
+            "the router sent no packet too big: the test proves nothing"
+        );
+    }
+    Ok(())
+}
