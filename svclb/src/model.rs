@@ -369,14 +369,17 @@ fn plan_service(
             .filter(|a| family.has(a))
             .copied()
             .collect();
-        plan_family(
+        let ctx = ServiceCtx {
             node,
             name,
-            &object,
+            object: &object,
             svc_type,
-            spec,
             svc,
+            spec,
             slices,
+        };
+        plan_family(
+            &ctx,
             &FamilyAddresses {
                 family: *family,
                 cluster_ip: *cluster_ip,
@@ -391,6 +394,20 @@ fn plan_service(
     out
 }
 
+/// A Service being planned: what its families share.
+#[derive(Clone, Copy)]
+struct ServiceCtx<'a> {
+    node: &'a NodeInfo,
+    /// `namespace/name`.
+    name: &'a str,
+    /// `Service namespace/name`, for diagnostics.
+    object: &'a str,
+    svc_type: &'a str,
+    svc: &'a Service,
+    spec: &'a k8s_openapi::api::core::v1::ServiceSpec,
+    slices: &'a [&'a EndpointSlice],
+}
+
 /// What one family of a Service is served on.
 struct FamilyAddresses {
     family: Family,
@@ -401,22 +418,21 @@ struct FamilyAddresses {
 }
 
 /// The frontends of one family of a Service, on its ports.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one family of plan_service's state"
-)]
 fn plan_family(
-    node: &NodeInfo,
-    name: &str,
-    object: &str,
-    svc_type: &str,
-    spec: &k8s_openapi::api::core::v1::ServiceSpec,
-    svc: &Service,
-    slices: &[&EndpointSlice],
+    ctx: &ServiceCtx<'_>,
     addrs: &FamilyAddresses,
     out: &mut PlannedService,
     diags: &mut Vec<Diagnostic>,
 ) {
+    let ServiceCtx {
+        node,
+        name,
+        object,
+        svc_type,
+        svc,
+        spec,
+        slices,
+    } = *ctx;
     let family = addrs.family;
     let cluster_ips = [addrs.cluster_ip];
     let (external_ips, lb_ips, source_ranges) =

@@ -4,11 +4,12 @@
 //! fragment field). Whatever comes in, the verdict is one the programs may give; traffic
 //! that is neither to a frontend nor from a backend leaves byte for byte as it came; and a
 //! frame the programs rewrite keeps its length, IHL, protocol and payload, changes only
-//! addresses, ports, TTL and checksums, and keeps every checksum that was valid valid.
+//! addresses, ports, TTL and checksums, and keeps every checksum that was valid valid. The
+//! same over IPv6, with extension headers.
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use common::datapath::Datapath;
@@ -16,6 +17,7 @@ use proptest::{prelude::*, test_runner::TestCaseError};
 use svclb::plan::Protocol;
 use svclb_tests::{
     packet::{L4, PacketSpec, checksum, verify_checksums},
+    packet6::{Ext, NEXTHDR_DEST, NEXTHDR_HOP, Packet6, l4_checksum_ok},
     skip_unless_root,
 };
 
@@ -267,6 +269,259 @@ fn random_and_malformed_frames() -> Result<()> {
                 return Ok(());
             }
             run_both(&mut dp.borrow_mut(), &bytes)
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+// IPv6: the same invariants over IPv6 frames with extension headers.
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+const BACKENDS6: [(Ipv6Addr, u16); 2] = [
+    (Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x11), 8080),
+    (Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x12), 8080),
+];
+
+fn loaded6() -> Result<Datapath> {
+    let mut dp = Datapath::load("fuzz6")?;
+    let backends: Vec<_> = BACKENDS6
+        .iter()
+        .map(|(a, p)| (IpAddr::V6(*a), *p))
+        .collect();
+    dp.program_cluster_ips(&[
+        (IpAddr::V6(VIP6), 80, Protocol::Tcp, backends.clone()),
+        (IpAddr::V6(VIP6), 53, Protocol::Udp, backends),
+    ]);
+    Ok(dp)
+}
+
+/// A well-formed IPv6 frame with random fields and extension headers.
+fn spec6() -> impl Strategy<Value = Packet6> {
+    let addr = prop_oneof![
+        Just(VIP6),
+        Just(BACKENDS6[0].0),
+        any::<u128>().prop_map(Ipv6Addr::from),
+    ];
+    let port = prop_oneof![Just(80u16), Just(53), Just(8080), any::<u16>()];
+    let l4 = prop_oneof![
+        any::<u8>().prop_map(|flags| L4::Tcp { flags }),
+        any::<bool>().prop_map(|zero_checksum| L4::Udp { zero_checksum }),
+    ];
+    let ext = prop_oneof![
+        Just(Ext::Options(NEXTHDR_HOP)),
+        Just(Ext::Options(NEXTHDR_DEST)),
+        (0u16..4, any::<bool>(), any::<u32>()).prop_map(|(offset, more, id)| Ext::Fragment {
+            offset,
+            more,
+            id
+        }),
+    ];
+    (
+        any::<u128>(),
+        any::<u16>(),
+        addr,
+        port,
+        l4,
+        prop::collection::vec(ext, 0..3),
+        1u8..,
+        prop::collection::vec(any::<u8>(), 0..80),
+    )
+        .prop_map(
+            |(src, sport, dst, dport, l4, ext, hop_limit, payload)| Packet6 {
+                src: Ipv6Addr::from(src),
+                sport,
+                dst,
+                dport,
+                l4,
+                ext,
+                hop_limit,
+                payload,
+            },
+        )
+}
+
+#[derive(Clone, Debug)]
+enum Damage6 {
+    None,
+    Truncate(usize),
+    Flip(usize, u8),
+    PayloadLength(u16),
+    NextHeader(u8),
+}
+
+fn damage6() -> impl Strategy<Value = Damage6> {
+    prop_oneof![
+        3 => Just(Damage6::None),
+        1 => any::<usize>().prop_map(Damage6::Truncate),
+        2 => (any::<usize>(), 1u8..).prop_map(|(at, bits)| Damage6::Flip(at, bits)),
+        1 => any::<u16>().prop_map(Damage6::PayloadLength),
+        1 => any::<u8>().prop_map(Damage6::NextHeader),
+    ]
+}
+
+fn apply6(mut frame: Vec<u8>, damage: &Damage6) -> Vec<u8> {
+    match *damage {
+        Damage6::None => {}
+        Damage6::Truncate(at) => frame.truncate(at % frame.len()),
+        Damage6::Flip(at, bits) => {
+            let at = at % frame.len();
+            frame[at] ^= bits;
+        }
+        Damage6::PayloadLength(len) => frame[18..20].copy_from_slice(&len.to_be_bytes()),
+        Damage6::NextHeader(next) => frame[20] = next,
+    }
+    frame
+}
+
+/// A sane IPv6 frame: (offset of the L4 header, its protocol, whether it is a fragment), with
+/// a payload length that matches the frame.
+fn ipv6(frame: &[u8]) -> Option<(usize, u8, bool)> {
+    if frame.len() < 54 || frame[12..14] != [0x86, 0xdd] || frame[14] >> 4 != 6 {
+        return None;
+    }
+    let end = 54 + usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+    if end != frame.len() {
+        return None;
+    }
+    let (mut next, mut at, mut fragment) = (frame[20], 54, false);
+    while matches!(next, 0 | 43 | 44 | 60) {
+        let header = frame.get(at..at + 8)?;
+        if next == 44 {
+            fragment = true;
+            at += 8;
+        } else {
+            at += (usize::from(header[1]) + 1) * 8;
+        }
+        next = header[0];
+    }
+    (at <= end).then_some((at, next, fragment))
+}
+
+fn may_be_service_traffic6(frame: &[u8]) -> bool {
+    if frame.len() < 54 || frame[12..14] != [0x86, 0xdd] {
+        return false;
+    }
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&frame[22..38]).expect("16 bytes"));
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&frame[38..54]).expect("16 bytes"));
+    // ICMPv6 anywhere in the chain may be an error about a tracked flow.
+    dst == VIP6
+        || BACKENDS6.iter().any(|(b, _)| *b == src)
+        || ipv6(frame).is_some_and(|(_, p, _)| p == 58)
+}
+
+/// Bytes a rewrite may change: MAC addresses, hop limit, addresses, ports and the L4
+/// checksum; in an ICMPv6 error also the quote's addresses and ports.
+fn may_change6(frame: &[u8], at: usize) -> bool {
+    let Some((l4, protocol, _)) = ipv6(frame) else {
+        return false;
+    };
+    let csum = match protocol {
+        6 => l4 + 16,
+        17 | 58 => l4 + if protocol == 17 { 6 } else { 2 },
+        _ => usize::MAX,
+    };
+    let quote =
+        protocol == 58 && ((l4 + 16..l4 + 48).contains(&at) || (l4 + 48..l4 + 52).contains(&at));
+    at < 12
+        || at == 21
+        || (22..54).contains(&at)
+        || (protocol != 58 && (l4..l4 + 4).contains(&at))
+        || (csum..csum + 2).contains(&at)
+        || quote
+}
+
+fn check6(input: &[u8], verdict: u32, output: &[u8]) -> Result<(), TestCaseError> {
+    prop_assert!(
+        [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&verdict),
+        "verdict {verdict}"
+    );
+    if !may_be_service_traffic6(input) {
+        prop_assert_eq!(verdict, TC_ACT_OK, "other traffic passes");
+        prop_assert_eq!(output, input, "other traffic leaves untouched");
+        return Ok(());
+    }
+    if verdict == TC_ACT_SHOT || output == input {
+        return Ok(());
+    }
+    // A made-up answer (RST, port unreachable) is checked by the fixtures.
+    if verdict == TC_ACT_REDIRECT {
+        return Ok(());
+    }
+    prop_assert_eq!(output.len(), input.len(), "a rewrite keeps the length");
+    for (at, (a, b)) in input.iter().zip(output).enumerate() {
+        prop_assert!(
+            a == b || may_change6(input, at),
+            "byte {} changed: {} -> {}",
+            at,
+            a,
+            b
+        );
+    }
+    if let Some((l4, protocol, false)) = ipv6(input) {
+        let header = if protocol == 6 { 20 } else { 8 };
+        let zero_udp = protocol == 17 && input.get(l4 + 6..l4 + 8) == Some(&[0, 0]);
+        prop_assert!(
+            !zero_udp,
+            "a zero UDP checksum (invalid over IPv6) is not translated"
+        );
+        if input.len() >= l4 + header && l4_checksum_ok(input) {
+            prop_assert!(l4_checksum_ok(output), "the L4 checksum stays valid");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn random_and_malformed_ipv6_frames() -> Result<()> {
+    if skip_unless_root("random_and_malformed_ipv6_frames") {
+        return Ok(());
+    }
+    let dp = std::cell::RefCell::new(loaded6()?);
+    // Frames the programs translated: the invariants must have had rewrites to bite on.
+    let rewritten = std::cell::Cell::new(0usize);
+    let run = |input: &[u8]| -> Result<(), TestCaseError> {
+        let mut dp = dp.borrow_mut();
+        for uplink in [false, true] {
+            let ran = if uplink {
+                dp.run_uplink(input)
+            } else {
+                dp.run(input)
+            };
+            let (verdict, output) = ran.map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+            check6(input, verdict, &output)?;
+            if verdict == TC_ACT_OK && output != input {
+                rewritten.set(rewritten.get() + 1);
+            }
+        }
+        Ok(())
+    };
+    let config = ProptestConfig {
+        cases: 5_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config.clone());
+    runner
+        .run(&(spec6(), damage6()), |(spec, damage)| {
+            let frame = apply6(spec.build(), &damage);
+            if !testable(&frame) {
+                return Ok(());
+            }
+            run(&frame)
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(
+        rewritten.get() >= 100,
+        "only {} frames were translated: the generator misses the frontend",
+        rewritten.get()
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    runner
+        .run(&prop::collection::vec(any::<u8>(), 54..200), |mut bytes| {
+            // Garbage behind an IPv6 header's first nibble, so the parser reads further.
+            bytes[12..14].copy_from_slice(&[0x86, 0xdd]);
+            bytes[14] = 0x60 | (bytes[14] & 0x0f);
+            run(&bytes)
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
