@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
@@ -79,20 +79,25 @@ impl HealthChecks {
             if self.servers.contains_key(&port) {
                 continue;
             }
-            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-            let listener = match std::net::TcpListener::bind(addr)
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .and_then(TcpListener::from_std)
-            {
-                Ok(listener) => listener,
-                Err(err) => {
-                    warn!(
-                        "Service {}: cannot serve its healthCheckNodePort {port}: {err}",
-                        answer.service
-                    );
-                    continue;
-                }
-            };
+            // Both families on one socket (IPv4 clients arrive as mapped addresses); IPv4
+            // alone on a host without IPv6.
+            let listener =
+                match std::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+                    .or_else(|_| {
+                        std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+                    })
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(TcpListener::from_std)
+                {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        warn!(
+                            "Service {}: cannot serve its healthCheckNodePort {port}: {err}",
+                            answer.service
+                        );
+                        continue;
+                    }
+                };
             info!(port, service = %answer.service, "health-check port open");
             let answers = self.answers.clone();
             self.servers

@@ -98,6 +98,9 @@ pub struct Status {
     pub links: Vec<LinkStatus>,
     pub frontends: usize,
     pub backends: usize,
+    /// Of those, the IPv6 ones.
+    pub frontends_ipv6: usize,
+    pub backends_ipv6: usize,
     pub maps: Vec<MapFill>,
     pub warnings: Vec<String>,
 }
@@ -252,6 +255,16 @@ pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
         links,
         frontends: state.services.len(),
         backends: state.backends.len(),
+        frontends_ipv6: state
+            .services
+            .keys()
+            .filter(|k| k.family == svclb_common::FAMILY_V6)
+            .count(),
+        backends_ipv6: state
+            .backends
+            .values()
+            .filter(|b| b.family == svclb_common::FAMILY_V6)
+            .count(),
         maps,
         warnings,
     })
@@ -303,9 +316,21 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
         }
         None => out.push_str("agent      not reachable\n"),
     }
+    // Families are told apart once there is IPv6 at all.
+    let split = |all: usize, v6: usize| {
+        if status.frontends_ipv6 + status.backends_ipv6 == 0 {
+            String::new()
+        } else {
+            format!(" ({} IPv4, {v6} IPv6)", all - v6)
+        }
+    };
     out.push_str(&format!(
-        "datapath   {} frontends, {} backends, pinned in {}\n",
-        status.frontends, status.backends, status.bpffs_dir
+        "datapath   {} frontends{}, {} backends{}, pinned in {}\n",
+        status.frontends,
+        split(status.frontends, status.frontends_ipv6),
+        status.backends,
+        split(status.backends, status.backends_ipv6),
+        status.bpffs_dir
     ));
     out.push_str("\nDEVICE      HOOK          LINK  PROGRAM\n");
     for link in &status.links {
@@ -372,6 +397,8 @@ mod tests {
             links: Vec::new(),
             frontends: 2,
             backends: 3,
+            frontends_ipv6: 0,
+            backends_ipv6: 0,
             maps: vec![MapFill {
                 map: "SVCLB_SERVICES".into(),
                 entries: 2,
@@ -398,6 +425,23 @@ mod tests {
         );
         assert!(
             table.contains("  - map X is 95% full (95 of 100)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("datapath   2 frontends, 3 backends, pinned in /sys/fs/bpf/svclb\n"),
+            "{table}"
+        );
+        // With IPv6 entries, both families are counted.
+        let status = Status {
+            frontends_ipv6: 1,
+            backends_ipv6: 2,
+            ..status
+        };
+        let table = render_table(&status, 1_002_500);
+        assert!(
+            table.contains(
+                "datapath   2 frontends (1 IPv4, 1 IPv6), 3 backends (1 IPv4, 2 IPv6), pinned in"
+            ),
             "{table}"
         );
     }

@@ -8,13 +8,15 @@ use crate::packet::{L4, checksum};
 
 pub const NEXTHDR_HOP: u8 = 0;
 pub const NEXTHDR_DEST: u8 = 60;
+pub const NEXTHDR_ROUTING: u8 = 43;
 pub const NEXTHDR_FRAGMENT: u8 = 44;
 pub const NEXTHDR_ICMPV6: u8 = 58;
 
 /// One extension header before the L4 header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ext {
-    /// Hop-by-hop or destination options (`kind`), padded to 8 bytes with a PadN option.
+    /// Hop-by-hop, routing or destination options (`kind`), 8 bytes: next header, length 0,
+    /// then six bytes the datapath only skips (a PadN option).
     Options(u8),
     /// A fragment header: offset in 8-byte units, more fragments, identification.
     Fragment { offset: u16, more: bool, id: u32 },
@@ -172,7 +174,10 @@ pub fn l4_checksum_ok(frame: &[u8]) -> bool {
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes"));
     let end = 40 + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
     let (mut next, mut at) = (ip[6], 40);
-    while matches!(next, NEXTHDR_HOP | NEXTHDR_DEST | NEXTHDR_FRAGMENT) {
+    while matches!(
+        next,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT
+    ) {
         let len = if next == NEXTHDR_FRAGMENT {
             8
         } else {

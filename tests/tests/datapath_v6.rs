@@ -14,8 +14,8 @@ use svclb::plan::Protocol;
 use svclb_tests::{
     packet::{L4, TCP_ACK, TCP_SYN},
     packet6::{
-        Ext, NEXTHDR_DEST, NEXTHDR_HOP, Packet6, expected_port_unreachable6, expected_reset6,
-        icmp6_error, l4_checksum_ok, quote_of6,
+        Ext, NEXTHDR_DEST, NEXTHDR_HOP, NEXTHDR_ROUTING, Packet6, expected_port_unreachable6,
+        expected_reset6, icmp6_error, l4_checksum_ok, quote_of6,
     },
     skip_unless_root,
 };
@@ -109,7 +109,11 @@ fn ipv6_fixtures_translate_answer_and_pass() -> Result<()> {
     let syn_ack = Packet6::tcp(BACKEND, CLIENT, TCP_SYN | TCP_ACK);
     let udp_reply = Packet6::udp(BACKEND, CLIENT);
     let with_options = Packet6 {
-        ext: vec![Ext::Options(NEXTHDR_HOP), Ext::Options(NEXTHDR_DEST)],
+        ext: vec![
+            Ext::Options(NEXTHDR_HOP),
+            Ext::Options(NEXTHDR_ROUTING),
+            Ext::Options(NEXTHDR_DEST),
+        ],
         sport: 40_002,
         ..syn.clone()
     };
@@ -187,7 +191,8 @@ fn ipv6_fixtures_translate_answer_and_pass() -> Result<()> {
             expect: Expect::Frame(udp_reply.clone().with_src(VIP, 53)),
         },
         Case {
-            what: "hop-by-hop and destination options are walked to find the ports",
+            what: "hop-by-hop, routing and destination-options headers are walked to find the \
+                   ports",
             input: with_options.build(),
             verdict: TC_ACT_OK,
             expect: Expect::Frame(with_options.clone().with_dst(BACKEND.0, BACKEND.1)),

@@ -151,6 +151,12 @@ fn dual_stack_cluster_ips_answer_on_both_families() -> Result<()> {
         .into(),
         "svclb list shows both families"
     );
+    let status = lab.status(0)?;
+    assert_eq!(status["frontends"], 8, "{status:#}");
+    assert_eq!(status["frontends_ipv6"], 4, "{status:#}");
+    // A backend entry is an address, port and protocol: four IPv6 pods over TCP and UDP
+    // (six's are among web's).
+    assert_eq!(status["backends_ipv6"], 8, "{status:#}");
     Ok(())
 }
 
@@ -360,6 +366,90 @@ fn path_mtu_discovery_works_through_an_ipv6_node_port() -> Result<()> {
             sent > 0,
             "the router sent no packet too big: the test proves nothing"
         );
+    }
+    Ok(())
+}
+
+/// GETs `/healthz` from `addr`: the status code and body.
+fn http_get(addr: std::net::SocketAddr) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+#[test]
+fn ipv6_source_ranges_affinity_and_health_checks() -> Result<()> {
+    if skip_unless_root("ipv6_source_ranges_affinity_and_health_checks") {
+        return Ok(());
+    }
+    let mut lab = Lab::new(LabSpec {
+        ipv6: true,
+        ..LabSpec::default()
+    })?;
+    let n1: Vec<Pod> = lab.nodes[0].pods.iter().skip(1).cloned().collect();
+    let refs: Vec<&Pod> = n1.iter().collect();
+    let client6 = lab.client_addr6;
+    let manifest = [
+        lab.nodes_manifest(),
+        external_service(
+            "open",
+            &format!("  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32002\n  ipFamilies: [IPv6]\n  clusterIP: 'fd00:96::b:1'\n  clusterIPs: ['fd00:96::b:1']\n  sessionAffinity: ClientIP\n  loadBalancerSourceRanges: ['{client6}/128', 10.0.0.0/8]\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30085}}]"),
+            "{loadBalancer: {ingress: [{ip: '2001:db8::20'}]}}",
+            &refs,
+        ),
+        external_service(
+            "closed",
+            "  type: LoadBalancer\n  ipFamilies: [IPv6]\n  clusterIP: 'fd00:96::b:2'\n  clusterIPs: ['fd00:96::b:2']\n  loadBalancerSourceRanges: ['fd00:99::/64']\n  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30086}]",
+            "{loadBalancer: {ingress: [{ip: '2001:db8::21'}]}}",
+            &refs,
+        ),
+    ]
+    .concat();
+    lab.write_manifest("ranges.yaml", &manifest)?;
+    lab.start_agents()?;
+    let client = lab.client_ns.clone();
+    lab.route_client_via("2001:db8::20", 0)?;
+    lab.route_client_via("2001:db8::21", 0)?;
+
+    // Admitted by its /128, and ClientIP affinity holds every connection on one backend.
+    let answers = tally(&tcp_ask_many(&client, at("2001:db8::20", 80), 20, TIMEOUT)?);
+    assert_eq!(
+        answers.len(),
+        1,
+        "affinity: one backend for the client: {answers:?}"
+    );
+    assert!(answers.keys().all(|k| k.starts_with("n1-")), "{answers:?}");
+    // Not in the IPv6 range of the other LoadBalancer IP: dropped before any DNAT.
+    let closed = at("2001:db8::21", 80);
+    let dropped = svclb_tests::netns::in_netns(&client, move || {
+        Ok(
+            std::net::TcpStream::connect_timeout(&closed, std::time::Duration::from_millis(600))
+                .is_err(),
+        )
+    })?;
+    assert!(dropped, "a source outside the IPv6 ranges is refused");
+
+    // The health-check node port answers over IPv6: 200 with the local endpoints on node 1,
+    // 503 on node 2.
+    for (node, status, local) in [(0, 200, 2), (1, 503, 0)] {
+        let addr = at(&lab.nodes[node].addr6.to_string(), 32002);
+        let (got, body) = svclb_tests::netns::in_netns(&client, move || http_get(addr))?;
+        assert_eq!(got, status, "{addr}: {body}");
+        let json: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(json["localEndpoints"], local, "{body}");
     }
     Ok(())
 }
