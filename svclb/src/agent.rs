@@ -110,6 +110,7 @@ impl Syncer {
         m.syncs.inc();
         m.entries_written.inc_by(report.writes as u64);
         m.write_errors.inc_by(report.errors.len() as u64);
+        crate::metrics::count_errors(crate::metrics::ERROR_MAP_WRITE, report.errors.len() as u64);
         m.frontends.set(self.programmed.services.len() as i64);
         m.backends.set(self.programmed.backends.len() as i64);
         m.frontends_not_programmed.set(self.not_programmed as i64);
@@ -345,6 +346,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             _ = rescan.tick() => {
                 if let Err(err) = devices.rescan(&handle).await {
                     warn!("device rescan: {err:#}");
+                    crate::metrics::count_errors(crate::metrics::ERROR_DEVICE, 1);
                 }
                 metrics.set_devices(&devices);
             }

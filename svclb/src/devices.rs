@@ -455,6 +455,7 @@ impl Devices {
             (None, true) => {
                 if let Err(err) = self.attach(index, &name) {
                     warn!(device = %name, "cannot attach: {err:#}");
+                    crate::metrics::count_errors(crate::metrics::ERROR_DEVICE, 1);
                 }
             }
             (None, false) => {}
@@ -474,6 +475,7 @@ impl Devices {
                     let problem =
                         format!("uplink {name}: XDP not attached, served through tc only: {err:#}");
                     error!("{problem}");
+                    crate::metrics::count_errors(crate::metrics::ERROR_DEVICE, 1);
                     self.problems.insert(index, problem);
                     None
                 }

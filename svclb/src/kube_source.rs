@@ -104,7 +104,10 @@ where
                 }
             }
             // The backoff retries; the store keeps what it has.
-            Err(err) => warn!(kind, "watch failed, retrying: {err}"),
+            Err(err) => {
+                warn!(kind, "watch failed, retrying: {err}");
+                crate::metrics::count_errors(crate::metrics::ERROR_WATCH, 1);
+            }
         }
     }
     debug!(kind, "watch stream ended");

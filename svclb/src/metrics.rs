@@ -7,7 +7,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::{AtomicBool, AtomicI64, Ordering},
     },
 };
@@ -25,6 +25,29 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 use tracing::{debug, info};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub kind: String,
+}
+
+/// `svclb_errors_total{kind}`, counted where the errors happen (watchers, device handling,
+/// syncs), which run before and beside the registry.
+static ERRORS: LazyLock<Family<ErrorLabel, Counter>> = LazyLock::new(Family::default);
+
+/// The kinds of [`count_errors`].
+pub const ERROR_MAP_WRITE: &str = "map_write";
+pub const ERROR_DEVICE: &str = "device";
+pub const ERROR_WATCH: &str = "watch";
+
+/// Counts `n` errors of `kind` (one of the `ERROR_*` kinds).
+pub fn count_errors(kind: &str, n: u64) {
+    ERRORS
+        .get_or_create(&ErrorLabel {
+            kind: kind.to_owned(),
+        })
+        .inc_by(n);
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabel {
@@ -105,6 +128,11 @@ impl Metrics {
             "conntrack_entries_expired",
             "Conntrack entries removed by the sweep: flows that ended (FIN or RST, then 10 s idle), UDP idle 60 s, TCP idle 24 h",
             expired_flows.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors by kind: map_write (a map write the kernel refused; retried), device (a device not attached, or attached only in part), watch (a Kubernetes watch or the manifests file watcher failed; retried)",
+            ERRORS.clone(),
         );
         registry.register(
             "frontends",

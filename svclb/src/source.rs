@@ -98,6 +98,7 @@ impl Source {
                 Ok(event) => source.note(&event),
                 Err(err) => {
                     warn!("file watcher: {err}; reading the whole directory again");
+                    crate::metrics::count_errors(crate::metrics::ERROR_WATCH, 1);
                     source.note_everything();
                 }
             },

@@ -488,10 +488,15 @@ fn an_uplink_without_native_xdp_is_served_through_tc_and_reported() -> Result<()
     let metrics_addr: std::net::SocketAddr = METRICS.parse()?;
     let (status, metrics) = lab.agent_http_at(0, metrics_addr, "/metrics")?;
     assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(
-        metrics.lines().any(|l| l == "svclb_devices_degraded 1"),
-        "{metrics}"
-    );
+    for line in [
+        "svclb_devices_degraded 1",
+        "svclb_errors_total{kind=\"device\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in {metrics}"
+        );
+    }
     let (status, _) = lab.agent_http_at(0, metrics_addr, "/healthz")?;
     assert_eq!(status, "HTTP/1.1 200 OK");
     // Bound to the configured address only: not the default one, not the node's address.

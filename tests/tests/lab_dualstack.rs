@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec, Pod,
-    client::{TIMEOUT, TcpSession, at, tally, tcp_ask_many, udp_ask_many},
+    client::{TIMEOUT, TcpSession, at, http_get, tally, tcp_ask_many, udp_ask_many},
     skip_unless_root,
 };
 
@@ -28,6 +28,21 @@ fn slice(service: &str, family: &str, pods: &[&Pod]) -> String {
     format!(
         "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-{family}, namespace: default, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: {family}\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 8080, protocol: UDP}}]\nendpoints:\n{endpoints}"
     )
+}
+
+/// A dual-stack lab (2 nodes, 3 pods each) and its server pods: every pod but the first of
+/// each node, which are the clients.
+fn dual_lab() -> Result<(Lab, Vec<Pod>)> {
+    let lab = Lab::new(LabSpec {
+        ipv6: true,
+        ..LabSpec::default()
+    })?;
+    let servers = lab
+        .nodes
+        .iter()
+        .flat_map(|n| n.pods.iter().skip(1).cloned())
+        .collect();
+    Ok((lab, servers))
 }
 
 fn service(name: &str, families: &str, cluster_ips: &[&str]) -> String {
@@ -52,15 +67,7 @@ fn dual_stack_cluster_ips_answer_on_both_families() -> Result<()> {
     if skip_unless_root("dual_stack_cluster_ips_answer_on_both_families") {
         return Ok(());
     }
-    let mut lab = Lab::new(LabSpec {
-        ipv6: true,
-        ..LabSpec::default()
-    })?;
-    let servers: Vec<Pod> = lab
-        .nodes
-        .iter()
-        .flat_map(|n| n.pods.iter().skip(1).cloned())
-        .collect();
+    let (mut lab, servers) = dual_lab()?;
     let refs: Vec<&Pod> = servers.iter().collect();
     let n2: Vec<&Pod> = refs.iter().copied().filter(|p| p.node == "n2").collect();
     let n1: Vec<&Pod> = refs.iter().copied().filter(|p| p.node == "n1").collect();
@@ -182,15 +189,7 @@ fn node_ports_and_load_balancer_ips_over_ipv6_with_both_policies() -> Result<()>
     if skip_unless_root("node_ports_and_load_balancer_ips_over_ipv6_with_both_policies") {
         return Ok(());
     }
-    let mut lab = Lab::new(LabSpec {
-        ipv6: true,
-        ..LabSpec::default()
-    })?;
-    let servers: Vec<Pod> = lab
-        .nodes
-        .iter()
-        .flat_map(|n| n.pods.iter().skip(1).cloned())
-        .collect();
+    let (mut lab, servers) = dual_lab()?;
     let refs: Vec<&Pod> = servers.iter().collect();
     let n1: Vec<&Pod> = refs.iter().copied().filter(|p| p.node == "n1").collect();
     let manifest = [
@@ -314,10 +313,7 @@ fn path_mtu_discovery_works_through_an_ipv6_node_port() -> Result<()> {
     if skip_unless_root("path_mtu_discovery_works_through_an_ipv6_node_port") {
         return Ok(());
     }
-    let mut lab = Lab::new(LabSpec {
-        ipv6: true,
-        ..LabSpec::default()
-    })?;
+    let (mut lab, _) = dual_lab()?;
     let far = lab.add_client_behind_router(1280)?;
     let mut manifest = lab.nodes_manifest();
     // One service served from node 1's own pods (DNAT), one from node 2's (SNAT), both
@@ -370,37 +366,13 @@ fn path_mtu_discovery_works_through_an_ipv6_node_port() -> Result<()> {
     Ok(())
 }
 
-/// GETs `/healthz` from `addr`: the status code and body.
-fn http_get(addr: std::net::SocketAddr) -> Result<(u16, String)> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: lab\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .context("no status line")?
-        .parse()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 #[test]
 fn ipv6_source_ranges_affinity_and_health_checks() -> Result<()> {
     if skip_unless_root("ipv6_source_ranges_affinity_and_health_checks") {
         return Ok(());
     }
-    let mut lab = Lab::new(LabSpec {
-        ipv6: true,
-        ..LabSpec::default()
-    })?;
-    let n1: Vec<Pod> = lab.nodes[0].pods.iter().skip(1).cloned().collect();
-    let refs: Vec<&Pod> = n1.iter().collect();
+    let (mut lab, servers) = dual_lab()?;
+    let refs: Vec<&Pod> = servers.iter().filter(|p| p.node == "n1").collect();
     let client6 = lab.client_addr6;
     let manifest = [
         lab.nodes_manifest(),

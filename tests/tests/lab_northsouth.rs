@@ -5,7 +5,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
@@ -13,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec,
-    client::{TIMEOUT, TcpSession, at, tally, tcp_ask_many, udp_ask_from},
+    client::{TIMEOUT, TcpSession, at, http_get, tally, tcp_ask_many, udp_ask_from},
     manifests::{DNS, PortSpec, WEB, service},
     netns::in_netns,
     skip_unless_root,
@@ -78,24 +77,6 @@ fn udp_connected(addr: SocketAddr, timeout: Duration) -> std::io::Result<String>
     let mut buf = [0u8; 256];
     let n = socket.recv(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
-}
-
-fn http_get(addr: SocketAddr) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: lab\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .context("no status line")?
-        .parse()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 #[test]
