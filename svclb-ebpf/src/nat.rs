@@ -69,11 +69,7 @@ fn rewrite_v6(
     };
     // A UDP checksum is never zero over IPv6 (the parser refuses one): the flag makes a sum
     // that comes out zero be written as 0xffff, as RFC 8200 wants.
-    let l4_flags = if pkt.is_udp() {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
+    let l4_flags = l4_flags(pkt);
     let csum_off = pkt.l4_csum_off();
     if old_addr != new_addr {
         let diff = addr_diff(old_addr, new_addr)?;
@@ -85,9 +81,33 @@ fn rewrite_v6(
         )?;
         ctx.store(pkt.l3_off + addr_off, new_addr, 0)?;
     }
+    set_port(ctx, pkt, port_off, old_port_be, new_port_be, l4_flags)
+}
+
+/// Flags of the L4 checksum updates: over UDP a zero checksum stays zero, and a sum that
+/// comes out zero is written as 0xffff (over IPv6 the parser refuses a zero one).
+#[inline(always)]
+fn l4_flags(pkt: &Packet) -> u64 {
+    if pkt.is_udp() {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    }
+}
+
+/// Writes `new_port_be` over the port at `port_off` of the L4 header, updating its checksum.
+#[inline(always)]
+fn set_port(
+    ctx: &TcContext,
+    pkt: &Packet,
+    port_off: usize,
+    old_port_be: u16,
+    new_port_be: u16,
+    l4_flags: u64,
+) -> Result<(), i64> {
     if old_port_be != new_port_be {
         ctx.l4_csum_replace(
-            csum_off,
+            pkt.l4_csum_off(),
             u64::from(old_port_be),
             u64::from(new_port_be),
             l4_flags | 2,
@@ -113,11 +133,7 @@ fn rewrite_v4(
     let old = u32::from_ne_bytes(v4_octets(old_addr));
     let new_octets = v4_octets(new_addr);
     let new = u32::from_ne_bytes(new_octets);
-    let l4_flags = if pkt.is_udp() {
-        u64::from(BPF_F_MARK_MANGLED_0)
-    } else {
-        0
-    };
+    let l4_flags = l4_flags(pkt);
     let csum_off = pkt.l4_csum_off();
 
     if old != new {
@@ -129,16 +145,7 @@ fn rewrite_v4(
         )?;
         set_v4_addr(ctx, pkt.l3_off, addr_off, old_addr, new_addr)?;
     }
-    if old_port_be != new_port_be {
-        ctx.l4_csum_replace(
-            csum_off,
-            u64::from(old_port_be),
-            u64::from(new_port_be),
-            l4_flags | 2,
-        )?;
-        ctx.store(pkt.l4_off + port_off, &new_port_be, 0)?;
-    }
-    Ok(())
+    set_port(ctx, pkt, port_off, old_port_be, new_port_be, l4_flags)
 }
 
 /// Writes `new_addr` over `old_addr` at `addr_off` in the IPv4 header at `l3_off`, updating

@@ -177,3 +177,21 @@ pub fn http_get(addr: SocketAddr) -> Result<(u16, String)> {
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// From namespace `ns`, `n` connections to `addr`, each asking for a `size`-byte answer: who
+/// answered, or why not.
+pub fn ask_big_many(
+    ns: &str,
+    addr: SocketAddr,
+    n: usize,
+    size: usize,
+) -> Result<Vec<Result<String>>> {
+    in_netns(ns, move || {
+        Ok((0..n)
+            .map(|_| {
+                let mut session = TcpSession::connect(addr, TIMEOUT)?;
+                session.ask_big(size)
+            })
+            .collect())
+    })
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec, Pod,
-    client::{TIMEOUT, TcpSession, at, http_get, tally, tcp_ask_many, udp_ask_many},
+    client::{TIMEOUT, TcpSession, ask_big_many, at, http_get, tally, tcp_ask_many, udp_ask_many},
     skip_unless_root,
 };
 
@@ -342,14 +342,9 @@ fn path_mtu_discovery_works_through_an_ipv6_node_port() -> Result<()> {
     for (node_port, node) in [(30093, "n1"), (30094, "n2")] {
         let addr = at(&node1, node_port);
         let before = packet_too_bigs_sent(&far.router_ns)?;
-        let answers = svclb_tests::netns::in_netns(&far.ns, move || {
-            Ok((0..4)
-                .map(|_| {
-                    let mut session = TcpSession::connect(addr, TIMEOUT)?;
-                    session.ask_big(20_000)
-                })
-                .collect::<Vec<_>>())
-        })?;
+        // Larger than the path MTU many times over; each connection may meet a new pod,
+        // which must learn the path MTU itself.
+        let answers = ask_big_many(&far.ns, addr, 4, 20_000)?;
         let answers = tally(&answers);
         assert_eq!(
             nodes_of(&answers),

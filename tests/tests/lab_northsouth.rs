@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec,
-    client::{TIMEOUT, TcpSession, at, http_get, tally, tcp_ask_many, udp_ask_from},
+    client::{TIMEOUT, TcpSession, ask_big_many, at, http_get, tally, tcp_ask_many, udp_ask_from},
     manifests::{DNS, PortSpec, WEB, service},
     netns::in_netns,
     skip_unless_root,
@@ -579,16 +579,9 @@ fn path_mtu_discovery_works_through_a_node_port() -> Result<()> {
     for (node_port, node) in [(30093, "n1"), (30094, "n2")] {
         let addr = at(&node1, node_port);
         let before = dest_unreachables_sent(&far.router_ns)?;
-        // Larger than the path MTU many times over; each connection may meet a new pod, which
-        // must learn the path MTU itself.
-        let answers = in_netns(&far.ns, move || {
-            Ok((0..4)
-                .map(|_| {
-                    let mut session = TcpSession::connect(addr, TIMEOUT)?;
-                    session.ask_big(20_000)
-                })
-                .collect::<Vec<_>>())
-        })?;
+        // Larger than the path MTU many times over; each connection may meet a new pod,
+        // which must learn the path MTU itself.
+        let answers = ask_big_many(&far.ns, addr, 4, 20_000)?;
         let answers = tally(&answers);
         assert_no_errors(
             &answers,
