@@ -78,6 +78,66 @@ pub const fn expired(entry: &CtEntry, proto: u8, now_ns: u64) -> bool {
     }
 }
 
+/// Traffic the other direction saw up to this long after an entry went quiet still belongs to
+/// the flow's end (the last segments of a close cross each other); traffic seen later means
+/// the flow lives on that way (a one-way stream, or a tuple a new connection reuses).
+pub const CT_END_SLACK_NS: u64 = 5_000_000_000;
+
+/// Whether the flow of `entry` (protocol `proto`), idle past its timeout, is over at `now_ns`.
+/// `other` is what the flow's [`partner`] key holds: nothing, or another flow's entry (a
+/// different `created_ns`: both entries of a flow are written with the same), and the flow
+/// is over; or the flow's other direction, which keeps the flow alive if it was seen since
+/// `entry` went quiet (plus [`CT_END_SLACK_NS`]), within the last [`CT_CLOSE_TIMEOUT_NS`],
+/// and is not idle past its own timeout. So an RST seen one way ends the flow, and so does a
+/// half-closed connection quiet both ways for 10 s (as in Cilium); a UDP stream the backend
+/// keeps sending on, or a closed tuple a new connection's SYN just revived, does not. The
+/// datapath (taking over a SNAT port) and its sweep program both decide by this.
+#[inline(always)]
+pub const fn flow_ended(entry: &CtEntry, other: Option<&CtEntry>, proto: u8, now_ns: u64) -> bool {
+    if !expired(entry, proto, now_ns) {
+        return false;
+    }
+    match other {
+        Some(other) if other.created_ns == entry.created_ns => {
+            let seen_since =
+                other.last_seen_ns > entry.last_seen_ns.saturating_add(CT_END_SLACK_NS);
+            let recent = now_ns.saturating_sub(other.last_seen_ns) <= CT_CLOSE_TIMEOUT_NS;
+            !(seen_since && recent) || expired(other, proto, now_ns)
+        }
+        _ => true,
+    }
+}
+
+/// One conntrack entry the agent hands the sweep program (`svclb_sweep`), which deletes it
+/// only if it still holds the flow the agent saw (`created_ns`) and, with
+/// [`SWEEP_IF_ENDED`], that flow is still over (see [`flow_ended`]); then with its flow's
+/// other direction. A walk of the map from user space is a snapshot: between the walk and the
+/// delete the datapath may have taken the key over for a new flow, which a delete by key
+/// alone would cut off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SweepItem {
+    pub key: CtKey,
+    pub created_ns: u64,
+    pub mode: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SweepItem>() == 56);
+
+/// [`SweepItem::mode`]: delete the flow if it is over.
+pub const SWEEP_IF_ENDED: u32 = 0;
+/// [`SweepItem::mode`]: delete this entry alone, whatever its flow's state (a UDP flow whose
+/// backend left: the client's next datagram picks again, and answers still on their way
+/// keep their reply entry).
+pub const SWEEP_ENTRY: u32 = 1;
+/// The items travel as the sweep program's test frame, after an Ethernet header of this
+/// size (the kernel wants one).
+pub const SWEEP_HEADER: usize = 14;
+/// Items per run: BPF_PROG_TEST_RUN takes frames of a little less than a page (4096 bytes
+/// less the skb's head- and tailroom).
+pub const SWEEP_BATCH: usize = 56;
+const _: () = assert!(SWEEP_HEADER + SWEEP_BATCH * size_of::<SweepItem>() <= 3584);
+
 /// A flow as seen in one direction. Network-order fields end in `_be`; IPv4 addresses fill
 /// the first 4 bytes of an [`L3Addr`], the rest zero.
 #[repr(C)]
@@ -147,13 +207,16 @@ mod pod {
     unsafe impl aya::Pod for super::AffinityKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AffinityValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SweepItem {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::{
-        CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, CT_F_REDIRECT, CT_F_SNAT, CT_TCP_TIMEOUT_NS,
-        CT_UDP_TIMEOUT_NS, CtEntry, CtKey, expired, partner,
+        CT_CLOSE_TIMEOUT_NS, CT_DIR_FORWARD, CT_DIR_REPLY, CT_END_SLACK_NS, CT_F_CLOSING,
+        CT_F_REDIRECT, CT_F_SNAT, CT_TCP_TIMEOUT_NS, CT_UDP_TIMEOUT_NS, CtEntry, CtKey, expired,
+        flow_ended, partner,
     };
     use crate::addr::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, v4};
 
@@ -233,5 +296,70 @@ mod tests {
         assert!(expired(&open, IPPROTO_UDP, seen + CT_UDP_TIMEOUT_NS + 1));
         // A clock read before the entry was last seen (another CPU) is not idle time.
         assert!(!expired(&closing, IPPROTO_TCP, 0));
+    }
+
+    /// A flow is over when its idle entry's other direction is gone, belongs to another flow,
+    /// is idle too, or went quiet about when it did or 10 s ago; not while that direction
+    /// lives on.
+    #[test]
+    fn flow_ends_by_both_directions() {
+        let s = 1_000_000_000;
+        let closed_at = 100 * s;
+        let closing = CtEntry {
+            flags: CT_F_CLOSING,
+            created_ns: 7,
+            last_seen_ns: closed_at,
+            ..entry(BACKEND, 8080, [0; 4], 0, 0)
+        };
+        let now = closed_at + 11 * s;
+        let tcp = IPPROTO_TCP;
+        // Not idle long enough: never over, whatever the other side.
+        assert!(!flow_ended(&closing, None, tcp, closed_at + 9 * s));
+        // The other direction gone, or another flow's (a different creation time).
+        assert!(flow_ended(&closing, None, tcp, now));
+        let stranger = CtEntry {
+            created_ns: 8,
+            last_seen_ns: now,
+            flags: 0,
+            ..closing
+        };
+        assert!(flow_ended(&closing, Some(&stranger), tcp, now));
+        // Both directions closed.
+        assert!(flow_ended(&closing, Some(&closing), tcp, now));
+        // The other direction open (an RST seen one way only), quiet since about the close.
+        let open_then = CtEntry {
+            flags: 0,
+            last_seen_ns: closed_at + CT_END_SLACK_NS,
+            ..closing
+        };
+        assert!(flow_ended(&closing, Some(&open_then), tcp, now));
+        // ...but seen since: a tuple reused by a new connection, or a one-way stream.
+        let alive = CtEntry {
+            last_seen_ns: closed_at + CT_END_SLACK_NS + 1,
+            ..open_then
+        };
+        assert!(!flow_ended(&closing, Some(&alive), tcp, now));
+        // ...unless quiet since for 10 s too (a half-closed connection left idle).
+        let later = alive.last_seen_ns + CT_CLOSE_TIMEOUT_NS;
+        assert!(!flow_ended(&closing, Some(&alive), tcp, later));
+        assert!(flow_ended(&closing, Some(&alive), tcp, later + 1));
+        // A UDP flow the backend still streams on is kept; one quiet both ways goes.
+        let udp_quiet = CtEntry {
+            flags: 0,
+            last_seen_ns: s,
+            ..closing
+        };
+        let later = s + CT_UDP_TIMEOUT_NS + s;
+        let streaming = CtEntry {
+            last_seen_ns: later - s,
+            ..udp_quiet
+        };
+        assert!(!flow_ended(
+            &udp_quiet,
+            Some(&streaming),
+            IPPROTO_UDP,
+            later
+        ));
+        assert!(flow_ended(&udp_quiet, Some(&udp_quiet), IPPROTO_UDP, later));
     }
 }

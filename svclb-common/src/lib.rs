@@ -20,6 +20,8 @@ pub use addr::{
     L3Addr,
 };
 pub use backend::{Backend, SlotKey};
-pub use conntrack::{AffinityKey, AffinityValue, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey};
+pub use conntrack::{
+    AffinityKey, AffinityValue, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, SweepItem,
+};
 pub use service::{ServiceKey, ServiceValue, SourceRangeKey};
 pub use stats::FrontendStats;

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use svclb_common::{
     Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, L3Addr,
-    conntrack::{CT_F_CLOSING, CT_F_REDIRECT, CT_F_SNAT, expired, partner},
+    conntrack::{CT_F_CLOSING, CT_F_REDIRECT, CT_F_SNAT, flow_ended, partner},
     limits::{SNAT_PORT_MAX, SNAT_PORT_MIN},
 };
 
@@ -57,16 +57,17 @@ pub fn touch(entry: *mut CtEntry, pkt: &Packet, now: u64) {
         if pkt.is_tcp_end() && (*entry).flags & CT_F_CLOSING == 0 {
             (*entry).flags |= CT_F_CLOSING;
             (*entry).last_seen_ns = now;
-        } else if pkt.is_tcp_syn() && (*entry).flags & CT_F_CLOSING != 0 {
-            // A new connection on the tuple of one that ended.
+        } else if pkt.is_tcp_opening() && (*entry).flags & CT_F_CLOSING != 0 {
+            // A new connection on the tuple of one that ended: its SYN one way, its SYN-ACK
+            // the other.
             (*entry).flags &= !CT_F_CLOSING;
         }
     }
 }
 
 /// Claims the reply tuple `key` for a new SNATed flow: inserted if free, or taken over from a
-/// flow that ended (idle past its timeout). The expired entry is deleted first and the insert
-/// is exclusive, so two CPUs reclaiming one port at once cannot both win.
+/// flow that is over (see [`flow_ended`]). The ended flow's entries are deleted first and the
+/// insert is exclusive, so two CPUs reclaiming one port at once cannot both win.
 #[inline(always)]
 fn claim(key: &CtKey, entry: &CtEntry, now: u64) -> bool {
     if SVCLB_CT.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok() {
@@ -77,11 +78,17 @@ fn claim(key: &CtKey, entry: &CtEntry, now: u64) -> bool {
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let held = unsafe { &*held };
-    if !expired(held, key.proto, now) {
+    let other_key = partner(key, held);
+    // SAFETY: as above.
+    let other = SVCLB_CT.get_ptr(&other_key).map(|p| unsafe { &*p });
+    if !flow_ended(held, other, key.proto, now) {
         return false;
     }
-    // The ended flow's forward entry goes too: a late packet of it must not use the port.
-    let _ = SVCLB_CT.remove(&partner(key, held));
+    // The ended flow's forward entry goes too (a late packet of it must not use the port),
+    // unless a new flow holds that key already.
+    if other.is_some_and(|o| o.created_ns == held.created_ns) {
+        let _ = SVCLB_CT.remove(&other_key);
+    }
     let _ = SVCLB_CT.remove(key);
     SVCLB_CT.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok()
 }

@@ -14,6 +14,7 @@ mod nat;
 mod parse;
 mod reject;
 mod select;
+mod sweep;
 mod xdp;
 
 use aya_ebpf::{
@@ -39,6 +40,13 @@ pub fn svclb_uplink(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn svclb_xdp(ctx: XdpContext) -> u32 {
     xdp::early(&ctx).unwrap_or(XDP_PASS)
+}
+
+/// Never attached: the agent runs it (BPF_PROG_TEST_RUN) to delete the conntrack entries of
+/// flows that are over (see `sweep`).
+#[classifier]
+pub fn svclb_sweep(ctx: TcContext) -> i32 {
+    sweep::run(&ctx)
 }
 
 #[cfg(not(test))]

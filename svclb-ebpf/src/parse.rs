@@ -130,6 +130,12 @@ impl Packet {
         self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0
     }
 
+    /// A TCP SYN, with or without ACK: a connection opening on this tuple, either way.
+    #[inline(always)]
+    pub fn is_tcp_opening(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & TCP_FLAG_SYN != 0
+    }
+
     /// A TCP SYN without ACK: the first packet of a connection.
     #[inline(always)]
     pub fn is_tcp_syn(&self) -> bool {

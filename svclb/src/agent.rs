@@ -33,6 +33,7 @@ use crate::{
     reconcile,
     source::{Source, SourceConfig},
     status::{AgentStatus, LastSync, unix_ms},
+    sweeper,
     traffic::TrafficCollector,
 };
 
@@ -235,6 +236,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     loader::prepare_bpffs(&config.bpffs_dir)?;
     let mut ebpf = loader::load(&config.bpffs_dir, config.map_sizes)?;
     let maps = Maps::take(&mut ebpf, config.maglev)?;
+    sweeper::install(&mut ebpf, &config.bpffs_dir)?;
 
     // Take over what an earlier run left: its entries are the starting point of the diff, so
     // the first sync deletes whatever is stale and rewrites nothing that is right.

@@ -9,3 +9,5 @@ pub const POD_PROGRAM: &str = "svclb_pod";
 pub const UPLINK_PROGRAM: &str = "svclb_uplink";
 /// XDP program of uplinks.
 pub const XDP_PROGRAM: &str = "svclb_xdp";
+/// The conntrack sweep program, run by the agent (never attached).
+pub const SWEEP_PROGRAM: &str = "svclb_sweep";

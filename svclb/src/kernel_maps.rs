@@ -13,8 +13,8 @@ use aya::{
 use ipnet::IpNet;
 use svclb_common::{
     AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CtEntry, CtKey, FrontendStats,
-    IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
-    conntrack::{expired, partner},
+    IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SourceRangeKey, SweepItem,
+    conntrack::{SWEEP_ENTRY, SWEEP_IF_ENDED, expired},
     limits::{
         MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
         MAP_STATS,
@@ -26,6 +26,7 @@ use crate::{
     mapstate::{MaglevSpec, MapState, ip_of, l3},
     plan::Protocol,
     reconcile::MapWriter,
+    sweeper::Sweeper,
 };
 
 /// `BPF_F_INNER_MAP`: an inner map of any size may stand in for the template.
@@ -166,8 +167,8 @@ impl Maps {
         self.backends.get(&id, 0).ok()
     }
 
-    /// Lets go of backends that left a frontend (pairs from [`MapState::departed`]): removes
-    /// the forward conntrack entries of that frontend's UDP flows to them, so the clients'
+    /// Lets go of backends that left a frontend (pairs from [`MapState::departed`]): removes,
+    /// through the sweep program, the forward conntrack entries of that frontend's UDP flows to them, so the clients'
     /// next datagrams pick a live backend (established TCP keeps its backend, as with
     /// kube-proxy), and the session affinities that point at them. The datapath checks that
     /// a flow's backend still exists; this covers a backend another frontend keeps.
@@ -175,8 +176,8 @@ impl Maps {
     /// Reply entries stay: a datagram may be on its way to the old backend right now (the
     /// client sent it just before its forward entry went), and its answer must still come
     /// back from the frontend's address. They go with the conntrack's idle timeout.
-    pub fn purge(&mut self, departed: &BTreeSet<(u32, u32)>) -> Result<Purged> {
-        let flows: Vec<CtKey> = self
+    pub fn purge(&mut self, sweeper: &Sweeper, departed: &BTreeSet<(u32, u32)>) -> Result<Purged> {
+        let flows: Vec<SweepItem> = self
             .conntrack
             .iter()
             // An entry evicted while the map is walked is simply not seen.
@@ -186,7 +187,7 @@ impl Maps {
                     && key.dir == CT_DIR_FORWARD
                     && departed.contains(&(entry.svc_id, entry.backend_id))
             })
-            .map(|(key, _)| key)
+            .map(|(key, entry)| sweep_item(key, &entry, SWEEP_ENTRY))
             .collect();
         let affinities: Vec<AffinityKey> = self
             .affinity
@@ -195,33 +196,32 @@ impl Maps {
             .filter(|(key, value)| departed.contains(&(key.svc_id, value.backend_id)))
             .map(|(key, _)| key)
             .collect();
-        let mut purged = Purged::default();
-        for key in flows {
-            purged.flows += usize::from(self.conntrack.remove(&key).is_ok());
-        }
+        let mut purged = Purged {
+            // In the kernel: a flow that took one of these keys over since the walk stays.
+            flows: sweeper.run(&flows)?,
+            ..Purged::default()
+        };
         for key in affinities {
             purged.affinities += usize::from(self.affinity.remove(&key).is_ok());
         }
         Ok(purged)
     }
 
-    /// Deletes the conntrack entries idle past their timeout (see [`expired`]: 10 s after a
-    /// FIN or RST, 60 s for UDP, 24 h for TCP without either), each with the other direction
-    /// of its flow, so their SNAT ports and room are free again. `now_ns` is CLOCK_MONOTONIC,
-    /// the datapath's clock. Returns how many entries went.
-    pub fn sweep(&mut self, now_ns: u64) -> usize {
-        let ended: Vec<(CtKey, CtEntry)> = self
+    /// Deletes the conntrack entries of flows that are over (see [`flow_ended`]: idle past
+    /// their timeout, 10 s after a FIN or RST, 60 s for UDP, 24 h for TCP without either,
+    /// and quiet the other way too), each with the other direction of its flow, so their
+    /// SNAT ports and room are free again. The walk here only finds candidates; the sweep
+    /// program decides on each in the kernel, by the entry as it is then. `now_ns` is
+    /// CLOCK_MONOTONIC, the datapath's clock. Returns how many entries went.
+    pub fn sweep(&mut self, sweeper: &Sweeper, now_ns: u64) -> Result<usize> {
+        let ended: Vec<SweepItem> = self
             .conntrack
             .iter()
             .filter_map(Result::ok)
             .filter(|(key, entry)| expired(entry, key.proto, now_ns))
+            .map(|(key, entry)| sweep_item(key, &entry, SWEEP_IF_ENDED))
             .collect();
-        let mut deleted = 0;
-        for (key, entry) in ended {
-            deleted += usize::from(self.conntrack.remove(&key).is_ok());
-            deleted += usize::from(self.conntrack.remove(&partner(&key, &entry)).is_ok());
-        }
-        deleted
+        sweeper.run(&ended)
     }
 
     /// Number of conntrack entries (both directions of every flow).
@@ -278,6 +278,15 @@ impl Stats {
             Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+}
+
+fn sweep_item(key: CtKey, entry: &CtEntry, mode: u32) -> SweepItem {
+    SweepItem {
+        key,
+        created_ns: entry.created_ns,
+        mode,
+        _pad: 0,
     }
 }
 

@@ -26,4 +26,5 @@ pub mod purge;
 pub mod reconcile;
 pub mod source;
 pub mod status;
+pub mod sweeper;
 pub mod traffic;

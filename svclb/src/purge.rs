@@ -3,10 +3,11 @@
 //! worker thread with its own handles on the pinned maps takes the (frontend, backend) pairs
 //! each sync reports, merges whatever queued while it walked, and walks once for all.
 //!
-//! The same worker sweeps the conntrack every [`SWEEP_EVERY`]: flows that ended (a TCP FIN or
-//! RST and 10 s of quiet), UDP flows idle for 60 s and TCP flows idle for 24 h go, both
-//! directions, so their room and SNAT ports are free again (the datapath also takes over an
-//! expired SNAT port by itself when it needs one).
+//! The same worker sweeps the conntrack every [`SWEEP_EVERY`]: flows that are over (a TCP FIN
+//! or RST and 10 s of quiet, UDP flows idle for 60 s and TCP flows idle for 24 h, see
+//! `flow_ended`) go, both directions, so their room and SNAT ports are free again (the
+//! datapath also takes over an ended flow's SNAT port by itself when it needs one). The
+//! sweep program decides on each entry in the kernel (see `sweeper`).
 //!
 //! A pair may reach the worker after a later sync handed its ids to other frontends or
 //! backends; the worst that does is make a few UDP flows of those pick a backend again, and a
@@ -26,13 +27,14 @@ use tracing::{debug, error, info};
 use crate::{
     kernel_maps::{Maps, Purged},
     metrics::Metrics,
+    sweeper::Sweeper,
 };
 
-/// How often the conntrack is swept for flows that ended.
+/// How often the conntrack is swept for flows that are over.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
         t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
     })
@@ -46,6 +48,7 @@ impl Purger {
     /// Starts the worker on the maps pinned in `dir`.
     pub fn start(dir: &Path, metrics: Arc<Metrics>) -> Result<Self> {
         let mut maps = Maps::open_pinned(dir)?;
+        let sweeper = Sweeper::open(dir)?;
         let (tx, rx) = mpsc::channel::<BTreeSet<(u32, u32)>>();
         thread::Builder::new()
             .name("svclb-purge".into())
@@ -59,9 +62,13 @@ impl Purger {
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     };
                     if Instant::now() >= next_sweep {
-                        let swept = maps.sweep(monotonic_ns());
-                        metrics.expired_flows.inc_by(swept as u64);
-                        debug!(entries = swept, "conntrack swept");
+                        match maps.sweep(&sweeper, monotonic_ns()) {
+                            Ok(swept) => {
+                                metrics.expired_flows.inc_by(swept as u64);
+                                debug!(entries = swept, "conntrack swept");
+                            }
+                            Err(err) => error!("sweeping the conntrack: {err:#}"),
+                        }
                         next_sweep = Instant::now() + SWEEP_EVERY;
                     }
                     if departed.is_empty() {
@@ -70,7 +77,7 @@ impl Purger {
                     while let Ok(more) = rx.try_recv() {
                         departed.extend(more);
                     }
-                    match maps.purge(&departed) {
+                    match maps.purge(&sweeper, &departed) {
                         Ok(purged) if purged != Purged::default() => {
                             metrics.purged_flows.inc_by(purged.flows as u64);
                             metrics.purged_affinities.inc_by(purged.affinities as u64);

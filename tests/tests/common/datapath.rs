@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
+    maps::{HashMap, MapData},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use svclb::{
@@ -18,7 +19,9 @@ use svclb::{
     mapstate::{self, Capacity},
     plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
     reconcile,
+    sweeper::{self, Sweeper},
 };
+use svclb_common::{CtEntry, CtKey, limits::MAP_CT};
 
 /// A frontend to program: address, port, protocol and its backends' addresses and ports.
 pub type FrontendSpec<'a> = (Ipv4Addr, u16, Protocol, &'a [(Ipv4Addr, u16)]);
@@ -60,6 +63,23 @@ impl Datapath {
             pin_dir,
             sizes,
         })
+    }
+
+    /// Loads the conntrack sweep program and pins it beside the maps, as the agent does.
+    pub fn sweeper(&mut self) -> Result<Sweeper> {
+        sweeper::install(&mut self.ebpf, &self.pin_dir)?;
+        Sweeper::open(&self.pin_dir)
+    }
+
+    /// The conntrack map, opened from its pin (to seed and read entries).
+    pub fn conntrack(&self) -> Result<HashMap<MapData, CtKey, CtEntry>> {
+        let data = MapData::from_pin(self.pin_dir.join(MAP_CT))?;
+        Ok(HashMap::try_from(aya::maps::Map::from_map_data(data)?)?)
+    }
+
+    /// The agent's handles on the maps.
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
     }
 
     /// Programs cluster IP `frontends` (address, port, protocol, backends) through the agent's
