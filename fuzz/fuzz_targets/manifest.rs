@@ -1,12 +1,14 @@
 //! The manifests parser on any text, and the model on whatever it accepts: no panic, every
-//! problem named by file and document, an object only with a name, and the plan checks of
-//! `svclb_fuzz::check_plan`.
+//! problem named by file and document, an object only with a name, one copy of each object
+//! served, and the plan checks of `svclb_fuzz::check_plan`.
 
 #![no_main]
 
+use std::path::Path;
+
 use libfuzzer_sys::fuzz_target;
 use svclb::{
-    manifest::{Object, parse_documents},
+    manifest::{Object, parse_documents, snapshot_of},
     mapstate::Capacity,
 };
 
@@ -37,22 +39,30 @@ fuzz_target!(|data: &[u8]| {
             "{diag}"
         );
     }
-    let (mut services, mut slices, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
-    for object in objects {
-        let name = match &object {
-            Object::Service(o) => o.metadata.name.clone(),
-            Object::EndpointSlice(o) => o.metadata.name.clone(),
-            Object::Node(o) => o.metadata.name.clone(),
+    for object in &objects {
+        let name = match object {
+            Object::Service(o) => o.metadata.name.as_deref(),
+            Object::EndpointSlice(o) => o.metadata.name.as_deref(),
+            Object::Node(o) => o.metadata.name.as_deref(),
         };
         assert!(
             name.is_some_and(|n| !n.is_empty()),
             "an object without a name was kept"
         );
-        match object {
-            Object::Service(o) => services.push(o),
-            Object::EndpointSlice(o) => slices.push(o),
-            Object::Node(o) => nodes.push(o),
-        }
     }
-    svclb_fuzz::check_plan(&nodes, &services, &slices, CAPACITY);
+    // What the manifests source serves: one copy of each object, the others named.
+    let snapshot = snapshot_of([(Path::new("fuzz.yaml"), objects.as_slice())]);
+    for diag in &snapshot.diagnostics {
+        assert!(diag.object.ends_with(" in file fuzz.yaml"), "{diag}");
+    }
+    assert!(
+        svclb_fuzz::unique_names(&snapshot.nodes, &snapshot.services),
+        "the snapshot holds two copies of one object"
+    );
+    svclb_fuzz::check_plan(
+        &snapshot.nodes,
+        &snapshot.services,
+        &snapshot.slices,
+        CAPACITY,
+    );
 });

@@ -5,7 +5,11 @@
 
 #![no_main]
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use k8s_openapi::{
     api::{
@@ -24,7 +28,7 @@ use libfuzzer_sys::{
     fuzz_target,
 };
 use svclb::{
-    manifest::{Object, Snapshot},
+    manifest::{Object, snapshot_of},
     mapstate::Capacity,
     model::{Planner, SERVICE_NAME_LABEL},
     plan::FrontendKey,
@@ -299,6 +303,9 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
     let mut u = Unstructured::new(data);
     let mut planner = Planner::new(svclb_fuzz::NODE, &[]);
     let mut current: Vec<Option<Object>> = vec![None; SLOTS];
+    let names: Vec<PathBuf> = (0..SLOTS)
+        .map(|i| PathBuf::from(format!("slot{i}.yaml")))
+        .collect();
     let mut before = planner.plan().clone();
     for _ in 0..u.int_in_range(1..=6)? {
         for _ in 0..u.int_in_range(1..=4)? {
@@ -316,14 +323,17 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
                 _ => Some(Object::Node(Arc::new(node(&mut u)?))),
             };
         }
-        let mut snapshot = Snapshot::default();
-        for object in current.iter().flatten() {
-            match object {
-                Object::Service(s) => snapshot.services.push(s.clone()),
-                Object::EndpointSlice(s) => snapshot.slices.push(s.clone()),
-                Object::Node(n) => snapshot.nodes.push(n.clone()),
-            }
-        }
+        // Each slot a file of the manifests source, which serves one copy of each object.
+        let files: Vec<(&Path, &[Object])> = current
+            .iter()
+            .zip(&names)
+            .map(|(object, name)| (name.as_path(), object.as_slice()))
+            .collect();
+        let snapshot = snapshot_of(files);
+        assert!(
+            svclb_fuzz::unique_names(&snapshot.nodes, &snapshot.services),
+            "the snapshot holds two copies of one object"
+        );
         let changed = planner.update(&snapshot);
         let (reference, diags) = svclb_fuzz::check_plan(
             &snapshot.nodes,
@@ -331,14 +341,10 @@ fn run(data: &[u8]) -> arbitrary::Result<()> {
             &snapshot.slices,
             CAPACITY,
         );
-        // Of duplicates the planner serves the copy that came first in time, the full plan
-        // the first listed: they agree when names are unique.
-        if svclb_fuzz::unique_names(&snapshot.nodes, &snapshot.services) {
-            assert_eq!(planner.plan(), &reference, "the incremental plan differs");
-            let planner_diags: BTreeSet<String> =
-                planner.diagnostics().map(ToString::to_string).collect();
-            assert_eq!(planner_diags, diags, "the incremental diagnostics differ");
-        }
+        assert_eq!(planner.plan(), &reference, "the incremental plan differs");
+        let planner_diags: BTreeSet<String> =
+            planner.diagnostics().map(ToString::to_string).collect();
+        assert_eq!(planner_diags, diags, "the incremental diagnostics differ");
         let now = planner.plan();
         let differ: BTreeSet<FrontendKey> = before
             .frontends

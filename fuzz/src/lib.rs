@@ -17,8 +17,9 @@ fn reversed<T: Clone>(items: &[T]) -> Vec<T> {
 }
 
 /// No two Services share a namespace and name, and no two Nodes are [`NODE`]. Only then is
-/// the plan independent of input order: of two copies of one object (two manifest files
-/// defining it), the first listed is served.
+/// the plan independent of input order: of two copies of one object the model serves the
+/// first listed. The manifests source never lists two (`manifest::snapshot_of`); the Kubernetes
+/// API cannot.
 pub fn unique_names(
     nodes: &[impl std::borrow::Borrow<Node>],
     services: &[impl std::borrow::Borrow<Service>],

@@ -6,7 +6,7 @@
 //! objects it held when it last parsed, so one bad write never takes services down.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
     path::{Component, Path, PathBuf},
     sync::Arc,
@@ -189,6 +189,58 @@ pub fn parse_documents(
     Ok((objects, diags))
 }
 
+impl Object {
+    /// Kind, namespace (empty for a Node) and name: what makes two objects one.
+    fn identity(&self) -> (&'static str, &str, &str) {
+        let (kind, meta) = match self {
+            Object::Service(o) => ("Service", &o.metadata),
+            Object::EndpointSlice(o) => ("EndpointSlice", &o.metadata),
+            Object::Node(o) => ("Node", &o.metadata),
+        };
+        let namespace = match self {
+            Object::Node(_) => "",
+            _ => meta.namespace.as_deref().unwrap_or("default"),
+        };
+        (kind, namespace, meta.name.as_deref().unwrap_or(""))
+    }
+}
+
+/// The snapshot of `files` (each with its objects, in order): one copy of each object, the
+/// first in file order (then in its file's order). Later copies are reported by file and
+/// skipped. An API server never holds two objects of one name; a directory can (one object
+/// in two files), and which copy counts must not depend on which file changed last.
+pub fn snapshot_of<'a>(files: impl IntoIterator<Item = (&'a Path, &'a [Object])>) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    let mut first: HashMap<(&str, &str, &str), &Path> = HashMap::new();
+    for (path, objects) in files {
+        for object in objects {
+            let (kind, namespace, name) = object.identity();
+            if let Some(winner) = first.get(&(kind, namespace, name)) {
+                let object = if namespace.is_empty() {
+                    format!("{kind} {name}")
+                } else {
+                    format!("{kind} {namespace}/{name}")
+                };
+                snapshot.diagnostics.push(Diagnostic::new(
+                    format!("{object} in file {}", path.display()),
+                    format!(
+                        "is also defined in file {}, whose copy is served; skipped",
+                        winner.display()
+                    ),
+                ));
+                continue;
+            }
+            first.insert((kind, namespace, name), path);
+            match object {
+                Object::Service(svc) => snapshot.services.push(svc.clone()),
+                Object::EndpointSlice(slice) => snapshot.slices.push(slice.clone()),
+                Object::Node(node) => snapshot.nodes.push(node.clone()),
+            }
+        }
+    }
+    snapshot
+}
+
 impl ManifestSource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -282,15 +334,14 @@ impl ManifestSource {
         }
         // One pass over each map, no lookups per file: at 10k files a lookup per file costs
         // more than everything else a sync does.
-        for objects in self.last_good.values() {
-            for object in objects {
-                match object {
-                    Object::Service(svc) => snapshot.services.push(svc.clone()),
-                    Object::EndpointSlice(slice) => snapshot.slices.push(slice.clone()),
-                    Object::Node(node) => snapshot.nodes.push(node.clone()),
-                }
-            }
-        }
+        let dir = &self.dir;
+        let files = self.last_good.iter().map(|(path, objects)| {
+            let shown = path.strip_prefix(dir).unwrap_or(path);
+            (shown, objects.as_slice())
+        });
+        let diagnostics = std::mem::take(&mut snapshot.diagnostics);
+        snapshot = snapshot_of(files);
+        snapshot.diagnostics.splice(0..0, diagnostics);
         // A file that never parsed has no objects, only its problem.
         for diags in self.file_diags.values() {
             snapshot.diagnostics.extend(diags.iter().cloned());
@@ -508,6 +559,67 @@ mod tests {
     /// A watcher event about `file` below `dir`.
     fn changed(dir: &std::path::Path, file: &str) -> notify::Event {
         notify::Event::new(notify::EventKind::Any).add_path(dir.join(file))
+    }
+
+    /// One object in two files: the copy of the first file by path is served, whichever
+    /// file was written last, and the other is reported by file; so for a Node, and for two
+    /// copies in one file (the first counts).
+    #[test]
+    fn a_duplicate_object_is_served_once_from_the_first_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n";
+        let other_ip = SVC.replace("10.96.0.1", "10.96.0.2");
+        fs::write(dir.path().join("b.yaml"), format!("{other_ip}---\n{node}")).unwrap();
+        fs::write(
+            dir.path().join("a.yaml"),
+            format!("{SVC}---\n{node}---\n{other_ip}"),
+        )
+        .unwrap();
+        let mut source = ManifestSource::new(dir.path());
+        let check = |snapshot: super::Snapshot| {
+            assert_eq!(snapshot.services.len(), 1);
+            let ip = snapshot.services[0]
+                .spec
+                .as_ref()
+                .unwrap()
+                .cluster_ip
+                .clone();
+            assert_eq!(ip.as_deref(), Some("10.96.0.1"), "not a.yaml's first copy");
+            assert_eq!(snapshot.nodes.len(), 1);
+            let diags: Vec<String> = snapshot
+                .diagnostics
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(
+                diags,
+                [
+                    "Service x/a in file a.yaml: is also defined in file a.yaml, whose copy is \
+                     served; skipped",
+                    "Service x/a in file b.yaml: is also defined in file a.yaml, whose copy is \
+                     served; skipped",
+                    "Node n1 in file b.yaml: is also defined in file a.yaml, whose copy is \
+                     served; skipped",
+                ]
+            );
+        };
+        check(source.read());
+        // b.yaml written again (the copy that came last in time): still a.yaml's.
+        fs::write(
+            dir.path().join("b.yaml"),
+            format!("{other_ip}---\n{node}\n"),
+        )
+        .unwrap();
+        source.note(&changed(dir.path(), "b.yaml"));
+        check(source.read());
+        // a.yaml gone: b.yaml's copy, unreported.
+        fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        source.note(&changed(dir.path(), "a.yaml"));
+        let only_b = source.read();
+        assert_eq!(only_b.services.len(), 1);
+        let ip = only_b.services[0].spec.as_ref().unwrap().cluster_ip.clone();
+        assert_eq!(ip.as_deref(), Some("10.96.0.2"));
+        assert!(only_b.diagnostics.is_empty(), "{:?}", only_b.diagnostics);
     }
 
     fn names(source: &mut ManifestSource) -> Vec<String> {
