@@ -9,6 +9,7 @@
 pub mod addr;
 pub mod backend;
 pub mod conntrack;
+pub mod fragment;
 pub mod limits;
 #[cfg(feature = "user")]
 pub mod maglev;
@@ -23,5 +24,6 @@ pub use backend::{Backend, SlotKey};
 pub use conntrack::{
     AffinityKey, AffinityValue, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, SweepItem,
 };
+pub use fragment::{FragKey, FragValue};
 pub use service::{ServiceKey, ServiceValue, SourceRangeKey};
 pub use stats::FrontendStats;

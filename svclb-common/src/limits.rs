@@ -9,9 +9,10 @@ pub const MAP_MAGLEV: &str = "SVCLB_MAGLEV";
 pub const MAP_AFFINITY: &str = "SVCLB_AFFINITY";
 pub const MAP_SOURCE_RANGES: &str = "SVCLB_SOURCE_RANGES";
 pub const MAP_STATS: &str = "SVCLB_STATS";
+pub const MAP_FRAGS: &str = "SVCLB_FRAGS";
 
 /// Every map the agent pins, in the order `svclb list` and cleanup walk them.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_SLOTS,
@@ -20,6 +21,7 @@ pub const PINNED_MAPS: [&str; 8] = [
     MAP_AFFINITY,
     MAP_SOURCE_RANGES,
     MAP_STATS,
+    MAP_FRAGS,
 ];
 
 pub const SERVICES_MAX: usize = 65_536;
@@ -33,6 +35,11 @@ pub const MAGLEV_MAX: usize = 16_384;
 pub const MAGLEV_TEMPLATE_SIZE: usize = 251;
 pub const AFFINITY_MAX: usize = 65_536;
 pub const SOURCE_RANGES_MAX: usize = 16_384;
+/// Fragmented datagrams in flight whose first fragment was translated (Cilium's default).
+pub const FRAGS_MAX: usize = 8_192;
+/// A later fragment follows its first fragment's translation for this long (Linux gives up
+/// reassembling a datagram after 30 s, `ipfrag_time`).
+pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
 /// Frontend ids with counters: ids are handed out lowest first, and within one sync an id
 /// freed is not reused, so twice the services map's capacity leaves room. The agent sizes it
 /// from `--services-map-size`.

@@ -20,11 +20,11 @@ use svclb_common::{
 };
 
 use crate::{
-    conntrack, forward,
+    conntrack, forward, fragment,
     icmp::{self, Quote},
     maps,
     nat::{self, End, rewrite},
-    parse::{Packet, parse},
+    parse::{FRAG_FIRST, FRAG_LATER, Packet, parse},
     reject::reject,
     select,
 };
@@ -71,23 +71,49 @@ pub fn ingress(ctx: &TcContext, side: Side) -> i32 {
     };
     // SAFETY: this CPU's scratch area; nothing else runs on it until the program returns.
     let s = unsafe { &mut *scratch };
-    if !parse(ctx, &mut s.pkt) {
+    if !parsed(ctx, &mut s.pkt) {
         return TC_ACT_OK;
+    }
+    if s.pkt.frag == FRAG_LATER {
+        return later_fragment(ctx, &s.pkt);
     }
     if s.pkt.is_icmp() {
         return related(ctx, s);
     }
-    let Some(svc) = select::frontend(&s.pkt) else {
-        return from_backend(ctx, &s.pkt);
+    let verdict = match select::frontend(&s.pkt) {
+        None => from_backend(ctx, &s.pkt),
+        Some(svc) => {
+            // Pods reaching an external frontend with a Local traffic policy get the
+            // frontend's internal view (kube-proxy's short-circuit).
+            s.svc = if side == Side::Pod && svc.flags & SVC_F_INTERNAL_VIEW != 0 {
+                select::service(&s.pkt, SCOPE_INTERNAL_VIEW).unwrap_or(svc)
+            } else {
+                svc
+            };
+            to_service(ctx, s)
+        }
     };
-    // Pods reaching an external frontend with a Local traffic policy get the frontend's
-    // internal view (kube-proxy's short-circuit).
-    s.svc = if side == Side::Pod && svc.flags & SVC_F_INTERNAL_VIEW != 0 {
-        select::service(&s.pkt, SCOPE_INTERNAL_VIEW).unwrap_or(svc)
-    } else {
-        svc
-    };
-    to_service(ctx, s)
+    if s.pkt.frag == FRAG_FIRST {
+        fragment::record(ctx, &s.pkt, verdict, conntrack::now_ns());
+    }
+    verdict
+}
+
+/// The parser in a frame of its own: inlined, its spills would sit in `ingress`'s frame,
+/// under every step's.
+#[inline(never)]
+fn parsed(ctx: &TcContext, pkt: &mut Packet) -> bool {
+    parse(ctx, pkt)
+}
+
+/// A fragment without the L4 header: translated as its datagram's first fragment was.
+#[inline(never)]
+fn later_fragment(ctx: &TcContext, pkt: &Packet) -> i32 {
+    match fragment::follow(ctx, pkt, conntrack::now_ns()) {
+        Ok(Some((flags, daddr))) => send(ctx, pkt, flags, &daddr).unwrap_or(TC_ACT_SHOT),
+        Ok(None) => TC_ACT_OK,
+        Err(_) => TC_ACT_SHOT,
+    }
 }
 
 /// Sends a rewritten packet on: by FIB redirect when the flow asks for it (`daddr` is its new

@@ -7,6 +7,7 @@
 
 mod conntrack;
 mod forward;
+mod fragment;
 mod icmp;
 mod lb;
 mod maps;

@@ -7,11 +7,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use svclb_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FrontendStats, ServiceKey, ServiceValue,
-    SlotKey, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FragKey, FragValue, FrontendStats,
+    ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
     limits::{
-        AFFINITY_MAX, BACKENDS_MAX, CT_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE, SERVICES_MAX,
-        SLOTS_MAX, SOURCE_RANGES_MAX, STATS_MAX,
+        AFFINITY_MAX, BACKENDS_MAX, CT_MAX, FRAGS_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE,
+        SERVICES_MAX, SLOTS_MAX, SOURCE_RANGES_MAX, STATS_MAX,
     },
 };
 
@@ -36,6 +36,10 @@ pub static SVCLB_MAGLEV: HashOfMaps<u32, MaglevTable, MAGLEV_MAX> = HashOfMaps::
 
 #[btf_map(pin_by_name)]
 pub static SVCLB_AFFINITY: LruHashMap<AffinityKey, AffinityValue, AFFINITY_MAX> = LruHashMap::new();
+
+/// A fragmented datagram's identity -> the addresses its first fragment left with.
+#[btf_map(pin_by_name)]
+pub static SVCLB_FRAGS: LruHashMap<FragKey, FragValue, FRAGS_MAX> = LruHashMap::new();
 
 #[btf_map(pin_by_name)]
 pub static SVCLB_SOURCE_RANGES: LpmTrie<SourceRangeKey, u32, SOURCE_RANGES_MAX> = LpmTrie::new();

@@ -3,10 +3,11 @@
 //! (whose errors can be about a translated flow: see `icmp`). Anything else is not ours and
 //! passes untouched.
 //!
-//! Fragments: IPv4 fragments are not translated. An IPv6 first fragment (offset 0) is, as it
-//! holds the ports; later fragments are not (they carry no ports to find the flow by), so a
-//! fragmented IPv6 datagram through a frontend does not arrive: documented as unsupported. The same parser serves TC (after pulling headers into the linear area)
-//! and XDP (whose frames are always linear).
+//! Fragments: a first fragment (offset 0, more to come) holds the ports and is parsed as any
+//! packet; a later fragment has no L4 header, and is parsed only as far as its IP header and
+//! fragment identity (`fragment` translates it as its first fragment was). The same parser
+//! serves TC (after pulling headers into the linear area) and XDP (whose frames are always
+//! linear).
 
 use aya_ebpf::programs::TcContext;
 use svclb_common::{
@@ -27,8 +28,19 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_DEST: u8 = 60;
 /// How many extension headers are walked; a packet with more is not translated.
 const IPV6_MAX_EXT: usize = 4;
-/// More-fragments flag and fragment offset: any of them set means a fragment.
-const IP_MF_OFFSET_MASK: u16 = 0x3fff;
+/// The IPv4 more-fragments flag and fragment offset.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+/// The IPv6 fragment header's offset and more-fragments flag.
+const IP6_OFFSET_MASK: u16 = 0xfff8;
+const IP6_MF: u16 = 0x0001;
+
+/// [`Packet::frag`]: not a fragment.
+pub const FRAG_NONE: u8 = 0;
+/// The first fragment of a datagram (offset 0, more to come): it has the L4 header.
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment: no L4 header, no ports.
+pub const FRAG_LATER: u8 = 2;
 
 const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
@@ -85,6 +97,10 @@ pub struct Packet {
     pub sport_be: u16,
     pub dport_be: u16,
     pub tcp_flags: u8,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    pub frag: u8,
+    /// The fragment identification (IPv4's 16 bits, or IPv6's 32), as on the wire.
+    pub frag_id: u32,
 }
 
 impl Packet {
@@ -190,6 +206,8 @@ pub fn parse_frame(start: usize, end: usize) -> Option<Packet> {
         sport_be: 0,
         dport_be: 0,
         tcp_flags: 0,
+        frag: FRAG_NONE,
+        frag_id: 0,
     };
     parse_into(start, end, end - start, &mut pkt)?;
     Some(pkt)
@@ -208,6 +226,12 @@ fn parse_into(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<
         parse_v6(start, end, len, out)?;
     } else {
         return None;
+    }
+    if out.frag == FRAG_LATER {
+        out.sport_be = 0;
+        out.dport_be = 0;
+        out.tcp_flags = 0;
+        return Some(());
     }
     let (sport_be, dport_be, tcp_flags) = parse_l4(start, end, out)?;
     out.sport_be = sport_be;
@@ -268,10 +292,11 @@ fn parse_v4(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()
     let l3_off = ETH_HLEN;
     let ip = ptr_at::<Ipv4Hdr>(start, end, l3_off)?;
     // SAFETY: bounds checked by ptr_at.
-    let (version_ihl, tot_len_be, frag_off_be, ttl, proto, saddr, daddr) = unsafe {
+    let (version_ihl, tot_len_be, id_be, frag_off_be, ttl, proto, saddr, daddr) = unsafe {
         (
             (*ip).version_ihl,
             (*ip).tot_len_be,
+            (*ip).id_be,
             (*ip).frag_off_be,
             (*ip).ttl,
             (*ip).proto,
@@ -283,23 +308,30 @@ fn parse_v4(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()
     if version_ihl >> 4 != 4 || ihl < 5 {
         return None;
     }
-    // Fragments carry no (or only part of the) ports: not translated.
-    if u16::from_be(frag_off_be) & IP_MF_OFFSET_MASK != 0 {
-        return None;
-    }
+    let frag_off = u16::from_be(frag_off_be);
+    let frag = if frag_off & IP_OFFSET_MASK != 0 {
+        FRAG_LATER
+    } else if frag_off & IP_MF != 0 {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
     let l4_off = l3_off + usize::from(ihl) * 4;
     // A packet shorter than its IP header says (truncated), or whose total length leaves no
-    // room for its L4 header, is not translated: the stack drops it. A total length of 0 is
-    // a BIG TCP packet, whose length (over 64 KiB) is the skb's; on anything else it is
-    // malformed.
+    // room for its L4 header (a later fragment has none), is not translated: the stack drops
+    // it. A total length of 0 is a BIG TCP packet, whose length (over 64 KiB) is the skb's;
+    // on anything else (a fragment too) it is malformed.
     let tot_len = usize::from(u16::from_be(tot_len_be));
+    let l4_len = if frag == FRAG_LATER { 0 } else { l4_min(proto) };
     if tot_len == 0 {
-        if !big_tcp(proto, len - l3_off) {
+        if frag != FRAG_NONE || !big_tcp(proto, len - l3_off) {
             return None;
         }
-    } else if l3_off + tot_len > len || tot_len < usize::from(ihl) * 4 + l4_min(proto) {
+    } else if l3_off + tot_len > len || tot_len < usize::from(ihl) * 4 + l4_len {
         return None;
     }
+    out.frag = frag;
+    out.frag_id = u32::from(id_be);
     out.l3_off = l3_off;
     out.l4_off = l4_off;
     out.ihl = ihl;
@@ -341,6 +373,8 @@ fn parse_v6(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()
         return None;
     }
     let mut l4_off = l3_off + IPV6_HLEN;
+    let mut frag = FRAG_NONE;
+    let mut frag_id = 0;
     for _ in 0..IPV6_MAX_EXT {
         if next == NEXTHDR_HOP || next == NEXTHDR_ROUTING || next == NEXTHDR_DEST {
             let ext = ptr_at::<[u8; 2]>(start, end, l4_off)?;
@@ -349,15 +383,21 @@ fn parse_v6(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()
             next = ext[0];
             l4_off += (usize::from(ext[1]) + 1) * 8;
         } else if next == NEXTHDR_FRAGMENT {
-            let frag = ptr_at::<[u8; 8]>(start, end, l4_off)?;
+            let header = ptr_at::<[u8; 8]>(start, end, l4_off)?;
             // SAFETY: bounds checked by ptr_at.
-            let frag = unsafe { &*frag };
-            // Only the first fragment holds the ports (see the module docs).
-            if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
-                return None;
-            }
-            next = frag[0];
+            let header = unsafe { &*header };
+            let off_flags = u16::from_be_bytes([header[2], header[3]]);
+            frag_id = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+            next = header[0];
             l4_off += 8;
+            if off_flags & IP6_OFFSET_MASK != 0 {
+                // Only the first fragment holds what follows (see the module docs).
+                frag = FRAG_LATER;
+                break;
+            }
+            if off_flags & IP6_MF != 0 {
+                frag = FRAG_FIRST;
+            }
         } else {
             break;
         }
@@ -366,13 +406,16 @@ fn parse_v6(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()
     // payload length of 0 is a BIG TCP packet (a jumbogram), whose length is the skb's.
     let payload = usize::from(u16::from_be(payload_len_be));
     let tot_len = IPV6_HLEN + payload;
+    let l4_len = if frag == FRAG_LATER { 0 } else { l4_min(next) };
     if payload == 0 {
-        if !big_tcp(next, len - l3_off) {
+        if frag != FRAG_NONE || !big_tcp(next, len - l3_off) {
             return None;
         }
-    } else if l3_off + tot_len > len || l3_off + tot_len < l4_off + l4_min(next) {
+    } else if l3_off + tot_len > len || l3_off + tot_len < l4_off + l4_len {
         return None;
     }
+    out.frag = frag;
+    out.frag_id = frag_id;
     out.l3_off = l3_off;
     out.l4_off = l4_off;
     out.ihl = 0;

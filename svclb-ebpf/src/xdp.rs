@@ -10,12 +10,16 @@ use aya_ebpf::{
 };
 use svclb_common::service::{SVC_F_EXTERNAL, SVC_F_REJECT};
 
-use crate::{parse::parse_frame, select};
+use crate::{
+    parse::{FRAG_LATER, parse_frame},
+    select,
+};
 
 #[inline(always)]
 pub fn early(ctx: &XdpContext) -> Option<u32> {
     let pkt = parse_frame(ctx.data(), ctx.data_end())?;
-    if pkt.is_icmp() {
+    // A later fragment has no ports to find a frontend by: TC follows its first fragment.
+    if pkt.is_icmp() || pkt.frag == FRAG_LATER {
         return None;
     }
     let svc = select::frontend(&pkt)?;

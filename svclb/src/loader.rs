@@ -13,8 +13,8 @@ use nix::{
     unistd::geteuid,
 };
 use svclb_common::limits::{
-    MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
-    MAP_STATS,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_FRAGS, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS,
+    MAP_SOURCE_RANGES, MAP_STATS,
 };
 
 use crate::ebpf::OBJECT;
@@ -32,12 +32,14 @@ pub struct MapSizes {
     pub maglev_tables: u32,
     pub affinity: u32,
     pub source_ranges: u32,
+    /// Fragmented datagrams in flight.
+    pub fragments: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
         use svclb_common::limits::{
-            AFFINITY_MAX, BACKENDS_MAX, CT_MAX, MAGLEV_MAX, SERVICES_MAX, SLOTS_MAX,
+            AFFINITY_MAX, BACKENDS_MAX, CT_MAX, FRAGS_MAX, MAGLEV_MAX, SERVICES_MAX, SLOTS_MAX,
             SOURCE_RANGES_MAX,
         };
         Self {
@@ -48,6 +50,7 @@ impl Default for MapSizes {
             maglev_tables: MAGLEV_MAX as u32,
             affinity: AFFINITY_MAX as u32,
             source_ranges: SOURCE_RANGES_MAX as u32,
+            fragments: FRAGS_MAX as u32,
         }
     }
 }
@@ -105,6 +108,7 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
         .map_max_entries(MAP_MAGLEV, sizes.maglev_tables)
         .map_max_entries(MAP_AFFINITY, sizes.affinity)
         .map_max_entries(MAP_SOURCE_RANGES, sizes.source_ranges)
+        .map_max_entries(MAP_FRAGS, sizes.fragments)
         // Frontend ids stay below twice the services map's capacity (see `STATS_MAX`).
         .map_max_entries(MAP_STATS, sizes.services.saturating_mul(2))
         .load(OBJECT)

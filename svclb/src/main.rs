@@ -156,6 +156,10 @@ struct AgentArgs {
     /// Capacity of the source-ranges map (loadBalancerSourceRanges entries).
     #[arg(long, default_value_t = MapSizes::default().source_ranges)]
     source_ranges_map_size: u32,
+    /// Capacity of the fragments map (fragmented datagrams in flight through frontends; the
+    /// least recently used goes first).
+    #[arg(long, default_value_t = MapSizes::default().fragments)]
+    fragments_map_size: u32,
     /// Maglev table size M (a prime from 251 to 131071; Cilium's sizes).
     #[arg(long, default_value_t = svclb_common::maglev::DEFAULT_TABLE_SIZE)]
     maglev_table_size: u32,
@@ -225,6 +229,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
             maglev_tables: args.maglev_map_size,
             affinity: args.affinity_map_size,
             source_ranges: args.source_ranges_map_size,
+            fragments: args.fragments_map_size,
         },
     })
 }

@@ -39,6 +39,7 @@ static ERRORS: LazyLock<Family<ErrorLabel, Counter>> = LazyLock::new(Family::def
 pub const ERROR_MAP_WRITE: &str = "map_write";
 pub const ERROR_DEVICE: &str = "device";
 pub const ERROR_WATCH: &str = "watch";
+pub const ERROR_CONNTRACK: &str = "conntrack";
 
 /// Counts `n` errors of `kind` (one of the `ERROR_*` kinds).
 pub fn count_errors(kind: &str, n: u64) {

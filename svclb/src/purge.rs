@@ -26,7 +26,7 @@ use tracing::{debug, error, info};
 
 use crate::{
     kernel_maps::{Maps, Purged},
-    metrics::Metrics,
+    metrics::{ERROR_CONNTRACK, Metrics, count_errors},
     sweeper::Sweeper,
 };
 
@@ -67,7 +67,10 @@ impl Purger {
                                 metrics.expired_flows.inc_by(swept as u64);
                                 debug!(entries = swept, "conntrack swept");
                             }
-                            Err(err) => error!("sweeping the conntrack: {err:#}"),
+                            Err(err) => {
+                                count_errors(ERROR_CONNTRACK, 1);
+                                error!("sweeping the conntrack: {err:#}");
+                            }
                         }
                         next_sweep = Instant::now() + SWEEP_EVERY;
                     }
@@ -88,7 +91,10 @@ impl Purger {
                             );
                         }
                         Ok(_) => {}
-                        Err(err) => error!("purging flows of removed backends: {err:#}"),
+                        Err(err) => {
+                            count_errors(ERROR_CONNTRACK, 1);
+                            error!("purging flows of removed backends: {err:#}");
+                        }
                     }
                 }
             })

@@ -53,6 +53,51 @@ pub fn udp_ask_from(
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
 }
 
+/// One UDP exchange of datagrams bigger than one packet both ways (sent and answered in
+/// fragments): a request of `size` bytes of filler asking for an answer of `size` bytes; the
+/// name of the backend that answered all of it.
+pub fn udp_ask_big(addr: SocketAddr, size: usize, timeout: Duration) -> Result<String> {
+    let any: std::net::IpAddr = if addr.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let socket = UdpSocket::bind((any, 0)).context("binding a UDP port")?;
+    socket.set_read_timeout(Some(timeout))?;
+    let mut request = format!("big {size}\n").into_bytes();
+    request.resize(request.len() + size, b'y');
+    socket
+        .send_to(&request, addr)
+        .with_context(|| format!("sending {} bytes to {addr}", request.len()))?;
+    let mut buf = vec![0u8; 65_536];
+    let (n, from) = socket
+        .recv_from(&mut buf)
+        .with_context(|| format!("no UDP answer from {addr} within {timeout:?}"))?;
+    if from != addr {
+        bail!("UDP answer came from {from}, not from {addr} (reverse NAT missing)");
+    }
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    let (name, body) = answer
+        .trim()
+        .split_once(' ')
+        .context("no name in the answer")?;
+    if body.len() != size || body.bytes().any(|b| b != b'x') {
+        bail!("{name} answered {} bytes, not {size}", body.len());
+    }
+    Ok(name.to_owned())
+}
+
+/// `count` [`udp_ask_big`] exchanges from namespace `ns`.
+pub fn udp_ask_big_many(
+    ns: &str,
+    addr: SocketAddr,
+    size: usize,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Result<String>>> {
+    ask_many(ns, count, move || udp_ask_big(addr, size, timeout))
+}
+
 /// A long-lived TCP connection that can ask many times.
 pub struct TcpSession {
     stream: TcpStream,

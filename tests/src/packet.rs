@@ -251,3 +251,33 @@ pub fn quote_of(spec: &PacketSpec, l4_bytes: usize) -> Vec<u8> {
     let ihl = usize::from(frame[14] & 0x0f) * 4;
     frame[14..14 + ihl + l4_bytes].to_vec()
 }
+
+/// Splits an Ethernet + IPv4 frame (no options) into IP fragments of `chunk` payload bytes
+/// (a multiple of 8) as a sender would: the header copied, with the IP id `id`, don't-fragment
+/// cleared, offset and more-fragments set, total length and checksum made anew.
+pub fn fragment4(frame: &[u8], chunk: usize, id: u16) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragments carry multiples of 8 bytes");
+    let (eth, ip) = frame.split_at(14);
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let (header, payload) = ip.split_at(ihl);
+    let pieces: Vec<&[u8]> = payload.chunks(chunk).collect();
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let mut out = eth.to_vec();
+            let mut h = header.to_vec();
+            h[2..4].copy_from_slice(&((ihl + piece.len()) as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&id.to_be_bytes());
+            let more = if i + 1 < pieces.len() { 0x2000 } else { 0 };
+            let offset = (i * chunk / 8) as u16;
+            h[6..8].copy_from_slice(&(more | offset).to_be_bytes());
+            h[10..12].copy_from_slice(&[0, 0]);
+            let sum = checksum(&[&h]);
+            h[10..12].copy_from_slice(&sum.to_be_bytes());
+            out.extend_from_slice(&h);
+            out.extend_from_slice(piece);
+            out
+        })
+        .collect()
+}

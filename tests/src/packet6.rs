@@ -258,3 +258,28 @@ pub fn quote_of6(spec: &Packet6, l4_bytes: usize) -> Vec<u8> {
     let frame = spec.build();
     frame[14..14 + 40 + l4_bytes].to_vec()
 }
+
+/// Splits an Ethernet + IPv6 frame without extension headers into fragments of `chunk` bytes
+/// of its payload (a multiple of 8) as a sender would: the IPv6 header, then a fragment
+/// header (identification `id`) naming the original next header.
+pub fn fragment6(frame: &[u8], chunk: usize, id: u32) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragments carry multiples of 8 bytes");
+    let (head, payload) = frame.split_at(14 + 40);
+    let next = head[14 + 6];
+    let pieces: Vec<&[u8]> = payload.chunks(chunk).collect();
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let mut out = head.to_vec();
+            out[14 + 4..14 + 6].copy_from_slice(&((8 + piece.len()) as u16).to_be_bytes());
+            out[14 + 6] = NEXTHDR_FRAGMENT;
+            let field = ((i * chunk / 8) as u16) << 3 | u16::from(i + 1 < pieces.len());
+            out.extend_from_slice(&[next, 0]);
+            out.extend_from_slice(&field.to_be_bytes());
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(piece);
+            out
+        })
+        .collect()
+}

@@ -111,7 +111,12 @@ const BIG_MAX: usize = 1 << 20;
 /// The answer to `request`: the name, for `peer` the name and the client's address, for
 /// `big N` the name and N bytes.
 fn answer(request: &[u8], reply: &str, peer: SocketAddr) -> String {
-    let request = request.trim_ascii();
+    // The first line asks; a UDP request may carry filler after it (to be fragmented).
+    let request = request
+        .split(|b| *b == b'\n')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
     let big = request
         .strip_prefix(b"big ")
         .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok());
@@ -183,7 +188,8 @@ fn answer_http(
 }
 
 fn serve_udp(socket: &UdpSocket, stop: &AtomicBool, reply: &str) {
-    let mut buf = [0u8; 2048];
+    // Room for the largest datagram (fragmented ones included).
+    let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::Relaxed) {
         if let Ok((n, peer)) = socket.recv_from(&mut buf) {
             // A lost answer is the client's timeout to handle, as with any UDP service.

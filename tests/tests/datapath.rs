@@ -123,7 +123,7 @@ fn fixtures_translate_and_pass() -> Result<()> {
         f
     };
     let mut fragment = syn.clone().with_src(CLIENT.0, 40_010).build();
-    fragment[14 + 6] = 0x20; // more fragments
+    fragment[14 + 6..14 + 8].copy_from_slice(&[0x00, 0x10]); // offset 128, the last one
     fix_ip_checksum(&mut fragment);
     let icmp = {
         let mut f = syn.build();
@@ -244,7 +244,8 @@ fn fixtures_translate_and_pass() -> Result<()> {
             expect: Expect::Unchanged,
         },
         Case {
-            what: "an IP fragment passes untouched",
+            what: "a later fragment of a datagram whose first fragment was not seen passes \
+                   untouched",
             input: fragment,
             verdict: TC_ACT_OK,
             expect: Expect::Unchanged,

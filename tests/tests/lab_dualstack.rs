@@ -8,7 +8,10 @@ use std::collections::BTreeSet;
 use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec, Pod,
-    client::{TIMEOUT, TcpSession, ask_big_many, at, http_get, tally, tcp_ask_many, udp_ask_many},
+    client::{
+        TIMEOUT, TcpSession, ask_big_many, at, http_get, tally, tcp_ask_many, udp_ask_big_many,
+        udp_ask_many,
+    },
     skip_unless_root,
 };
 
@@ -417,6 +420,51 @@ fn ipv6_source_ranges_affinity_and_health_checks() -> Result<()> {
         assert_eq!(got, status, "{addr}: {body}");
         let json: serde_json::Value = serde_json::from_str(&body)?;
         assert_eq!(json["localEndpoints"], local, "{body}");
+    }
+    Ok(())
+}
+
+/// UDP datagrams of 4 kB each way, so both the request and the answer cross in fragments:
+/// from a pod to a dual-stack ClusterIP and from the external client to a NodePort, on both
+/// families, served by local backends (DNAT) and remote ones (through the node's SNAT, the
+/// first fragment's redirect followed by the later ones). Every exchange must come back
+/// whole and from the address asked.
+#[test]
+fn fragmented_udp_crosses_cluster_ips_and_node_ports_on_both_families() -> Result<()> {
+    if skip_unless_root("fragmented_udp_crosses_cluster_ips_and_node_ports_on_both_families") {
+        return Ok(());
+    }
+    let (mut lab, servers) = dual_lab()?;
+    let refs: Vec<&Pod> = servers.iter().collect();
+    let manifest = [
+        lab.nodes_manifest(),
+        external_service(
+            "big",
+            "  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: 10.96.10.1\n  clusterIPs: [10.96.10.1, 'fd00:96::10:1']\n  ports: [{name: dns, port: 53, targetPort: 8080, protocol: UDP, nodePort: 30054}]",
+            "{}",
+            &refs,
+        ),
+    ]
+    .concat();
+    lab.write_manifest("big.yaml", &manifest)?;
+    lab.start_agents()?;
+    let both = BTreeSet::from(["n1".to_owned(), "n2".to_owned()]);
+    let pod = lab.pod("n1-pod1").ns.clone();
+    let node1 = &lab.nodes[0];
+    let targets = [
+        (pod.clone(), at("10.96.10.1", 53)),
+        (pod, at("fd00:96::10:1", 53)),
+        (lab.client_ns.clone(), at(&node1.addr.to_string(), 30054)),
+        (lab.client_ns.clone(), at(&node1.addr6.to_string(), 30054)),
+    ];
+    for (ns, addr) in targets {
+        let answers = tally(&udp_ask_big_many(&ns, addr, 4000, 30, TIMEOUT)?);
+        assert_eq!(
+            nodes_of(&answers),
+            both,
+            "4 kB datagrams to {addr} from {ns}: local and remote backends, no errors: \
+             {answers:?}"
+        );
     }
     Ok(())
 }
