@@ -24,7 +24,7 @@ use crate::{
     icmp::{self, Quote},
     maps,
     nat::{self, End, rewrite},
-    parse::{FRAG_FIRST, FRAG_LATER, Packet, parse},
+    parse::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, Packet, parse},
     reject::reject,
     select,
 };
@@ -153,6 +153,9 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
     if !pick(s) {
         maps::count(stats, |c| c.refused += 1);
         if s.svc.flags & SVC_F_REJECT != 0 {
+            // The answer takes the packet's place: no fragment of a datagram any more, so
+            // nothing for its later fragments to follow.
+            s.pkt.frag = FRAG_NONE;
             return reject(ctx, &s.pkt);
         }
         return TC_ACT_SHOT;

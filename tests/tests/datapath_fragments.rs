@@ -20,9 +20,11 @@ use svclb_tests::{
 };
 
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
 
 const CLIENT4: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 11), 40_000);
 const VIP4: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 53);
+const EMPTY_VIP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const BACKEND4: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 11), 5353);
 
 const CLIENT6: (Ipv6Addr, u16) = (Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x11), 40_000);
@@ -58,7 +60,10 @@ fn fragmented_ipv4_datagrams_are_translated_whole() -> Result<()> {
         return Ok(());
     }
     let mut dp = Datapath::load("frag4")?;
-    dp.program_services(&[(VIP4.0, VIP4.1, Protocol::Udp, &[BACKEND4])]);
+    dp.program_services(&[
+        (VIP4.0, VIP4.1, Protocol::Udp, &[BACKEND4]),
+        (EMPTY_VIP4, VIP4.1, Protocol::Udp, &[]),
+    ]);
     let request = PacketSpec {
         payload: payload(),
         ..PacketSpec::udp(CLIENT4, VIP4)
@@ -105,6 +110,21 @@ fn fragmented_ipv4_datagrams_are_translated_whole() -> Result<()> {
     {
         passes_untouched(&mut dp, &format!("fragment {i} to no frontend"), fragment);
     }
+    // A datagram to a frontend without endpoints: its first fragment is answered (ICMP port
+    // unreachable, sent back by redirect), and the later ones, with nothing to follow, pass.
+    let refused = PacketSpec {
+        payload: payload(),
+        ..PacketSpec::udp(CLIENT4, (EMPTY_VIP4, VIP4.1))
+    };
+    let fragments = fragment4(&refused.build(), 1480, id + 3);
+    let (verdict, answer) = dp.run(&fragments[0])?;
+    assert_eq!(verdict, TC_ACT_REDIRECT, "the first fragment is answered");
+    assert_eq!(answer[14 + 9], 1, "with ICMP");
+    passes_untouched(
+        &mut dp,
+        "a later fragment of the refused datagram",
+        &fragments[1],
+    );
     Ok(())
 }
 
