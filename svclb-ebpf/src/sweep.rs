@@ -1,9 +1,9 @@
 //! The sweep program: deletes the conntrack entries the agent names (in the frame it runs the
 //! program on with BPF_PROG_TEST_RUN), each only if the key still holds the flow the agent
 //! saw and, unless asked to delete the entry whatever its state, that flow is still over
-//! (then with the flow's other direction). The agent finds candidates by walking the map, which is a
-//! snapshot; checking here, next to the delete, keeps a flow that took the key over since
-//! (a reused SNAT port, a revived tuple) from being cut off.
+//! (then with the flow's other direction). The agent finds candidates by walking the map,
+//! which is a snapshot; checking here, next to the delete, keeps a flow that took the key
+//! over since (a reused SNAT port, a revived tuple) from being cut off.
 
 use aya_ebpf::programs::TcContext;
 use svclb_common::{

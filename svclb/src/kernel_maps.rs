@@ -168,10 +168,11 @@ impl Maps {
     }
 
     /// Lets go of backends that left a frontend (pairs from [`MapState::departed`]): removes,
-    /// through the sweep program, the forward conntrack entries of that frontend's UDP flows to them, so the clients'
-    /// next datagrams pick a live backend (established TCP keeps its backend, as with
-    /// kube-proxy), and the session affinities that point at them. The datapath checks that
-    /// a flow's backend still exists; this covers a backend another frontend keeps.
+    /// through the sweep program, the forward conntrack entries of that frontend's UDP flows
+    /// to them, so the clients' next datagrams pick a live backend (established TCP keeps its
+    /// backend, as with kube-proxy), and the session affinities that point at them. The
+    /// datapath checks that a flow's backend still exists; this covers a backend another
+    /// frontend keeps.
     ///
     /// Reply entries stay: a datagram may be on its way to the old backend right now (the
     /// client sent it just before its forward entry went), and its answer must still come
@@ -207,12 +208,13 @@ impl Maps {
         Ok(purged)
     }
 
-    /// Deletes the conntrack entries of flows that are over (see [`flow_ended`]: idle past
-    /// their timeout, 10 s after a FIN or RST, 60 s for UDP, 24 h for TCP without either,
-    /// and quiet the other way too), each with the other direction of its flow, so their
-    /// SNAT ports and room are free again. The walk here only finds candidates; the sweep
-    /// program decides on each in the kernel, by the entry as it is then. `now_ns` is
-    /// CLOCK_MONOTONIC, the datapath's clock. Returns how many entries went.
+    /// Deletes the conntrack entries of flows that are over (see
+    /// [`svclb_common::conntrack::flow_ended`]: idle past their timeout, 10 s after a FIN or
+    /// RST, 60 s for UDP, 24 h for TCP without either, and quiet the other way too), each
+    /// with the other direction of its flow, so their SNAT ports and room are free again.
+    /// The walk here only finds candidates; the sweep program decides on each in the
+    /// kernel, by the entry as it is then. `now_ns` is CLOCK_MONOTONIC, the datapath's clock.
+    /// Returns how many entries went.
     pub fn sweep(&mut self, sweeper: &Sweeper, now_ns: u64) -> Result<usize> {
         let ended: Vec<SweepItem> = self
             .conntrack
