@@ -43,6 +43,11 @@ pub struct ManifestSource {
     dir: PathBuf,
     /// Objects of each file as of its last successful parse.
     last_good: BTreeMap<PathBuf, Vec<Object>>,
+    /// How many copies of each object (kind, namespace, name) `last_good` holds, kept up to
+    /// date file by file, and how many objects have more than one: only then does a read
+    /// pay for [`snapshot_of`]'s check of every object.
+    copies: HashMap<String, u32>,
+    duplicated: usize,
     /// What each file looked like when it was last read, so unchanged files are not parsed
     /// again (a change to one file of ten thousand costs one parse, not ten thousand).
     seen: BTreeMap<PathBuf, Fingerprint>,
@@ -246,6 +251,8 @@ impl ManifestSource {
         Self {
             dir: dir.into(),
             last_good: BTreeMap::new(),
+            copies: HashMap::new(),
+            duplicated: 0,
             seen: BTreeMap::new(),
             file_diags: BTreeMap::new(),
             pending: Pending::Everything,
@@ -325,23 +332,36 @@ impl ManifestSource {
                     if path.is_file() {
                         self.refresh(&path);
                     } else {
-                        self.last_good.remove(&path);
+                        self.forget(&path);
                         self.seen.remove(&path);
                         self.file_diags.remove(&path);
                     }
                 }
             }
         }
-        // One pass over each map, no lookups per file: at 10k files a lookup per file costs
-        // more than everything else a sync does.
-        let dir = &self.dir;
-        let files = self.last_good.iter().map(|(path, objects)| {
-            let shown = path.strip_prefix(dir).unwrap_or(path);
-            (shown, objects.as_slice())
-        });
-        let diagnostics = std::mem::take(&mut snapshot.diagnostics);
-        snapshot = snapshot_of(files);
-        snapshot.diagnostics.splice(0..0, diagnostics);
+        // One pass over each map, no lookups per file (at 10k files a lookup per file costs
+        // more than everything else a sync does); one hash insert per object keeps one copy
+        // of each.
+        if self.duplicated == 0 {
+            for objects in self.last_good.values() {
+                for object in objects {
+                    match object {
+                        Object::Service(svc) => snapshot.services.push(svc.clone()),
+                        Object::EndpointSlice(slice) => snapshot.slices.push(slice.clone()),
+                        Object::Node(node) => snapshot.nodes.push(node.clone()),
+                    }
+                }
+            }
+        } else {
+            let dir = &self.dir;
+            let files = self.last_good.iter().map(|(path, objects)| {
+                let shown = path.strip_prefix(dir).unwrap_or(path);
+                (shown, objects.as_slice())
+            });
+            let diagnostics = std::mem::take(&mut snapshot.diagnostics);
+            snapshot = snapshot_of(files);
+            snapshot.diagnostics.splice(0..0, diagnostics);
+        }
         // A file that never parsed has no objects, only its problem.
         for diags in self.file_diags.values() {
             snapshot.diagnostics.extend(diags.iter().cloned());
@@ -363,7 +383,15 @@ impl ManifestSource {
             return;
         }
         let present: std::collections::HashSet<&PathBuf> = files.iter().collect();
-        self.last_good.retain(|path, _| present.contains(path));
+        let gone: Vec<PathBuf> = self
+            .last_good
+            .keys()
+            .filter(|path| !present.contains(path))
+            .cloned()
+            .collect();
+        for path in gone {
+            self.forget(&path);
+        }
         self.seen.retain(|path, _| present.contains(path));
         self.file_diags.retain(|path, _| present.contains(path));
         let stale: Vec<(PathBuf, Option<Fingerprint>)> = files
@@ -400,6 +428,37 @@ impl ManifestSource {
         }
     }
 
+    /// Drops a file's objects.
+    fn forget(&mut self, path: &Path) {
+        if let Some(objects) = self.last_good.remove(path) {
+            self.count(&objects, false);
+        }
+    }
+
+    /// Counts `objects` in (or out of) [`Self::copies`].
+    fn count(&mut self, objects: &[Object], add: bool) {
+        for object in objects {
+            let (kind, namespace, name) = object.identity();
+            let key = format!("{kind}\0{namespace}\0{name}");
+            if add {
+                let copies = self.copies.entry(key).or_insert(0);
+                *copies += 1;
+                if *copies == 2 {
+                    self.duplicated += 1;
+                }
+            } else if let Some(copies) = self.copies.get_mut(&key) {
+                *copies -= 1;
+                match *copies {
+                    0 => {
+                        self.copies.remove(&key);
+                    }
+                    1 => self.duplicated -= 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Whether `path` must be parsed again: its fingerprint is unknown or not the one seen.
     fn is_stale(&self, path: &Path, print: Option<&Fingerprint>) -> bool {
         print.is_none() || self.seen.get(path) != print
@@ -423,7 +482,12 @@ impl ManifestSource {
         };
         let diags = match parsed {
             Ok((objects, diags)) => {
-                self.last_good.insert(path.to_path_buf(), objects);
+                // New copies counted before old ones go: an unchanged object never looks
+                // duplicated afterwards. One map operation per file (a path lookup is dear).
+                self.count(&objects, true);
+                if let Some(old) = self.last_good.insert(path.to_path_buf(), objects) {
+                    self.count(&old, false);
+                }
                 diags
             }
             Err(mut diag) => {
@@ -620,6 +684,9 @@ mod tests {
         let ip = only_b.services[0].spec.as_ref().unwrap().cluster_ip.clone();
         assert_eq!(ip.as_deref(), Some("10.96.0.2"));
         assert!(only_b.diagnostics.is_empty(), "{:?}", only_b.diagnostics);
+        // Back on the fast path: no object held twice.
+        assert_eq!(source.duplicated, 0);
+        assert_eq!(source.copies.len(), 2, "{:?}", source.copies);
     }
 
     fn names(source: &mut ManifestSource) -> Vec<String> {
