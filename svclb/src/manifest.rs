@@ -171,12 +171,8 @@ pub fn parse_documents(
         };
         match parsed {
             Ok(object) => {
-                let name = match &object {
-                    Object::Service(svc) => svc.metadata.name.as_deref(),
-                    Object::EndpointSlice(slice) => slice.metadata.name.as_deref(),
-                    Object::Node(node) => node.metadata.name.as_deref(),
-                };
-                if name.is_none_or(str::is_empty) {
+                let (_, _, name) = object.identity();
+                if name.is_empty() {
                     diags.push(Diagnostic::new(
                         &where_,
                         format!("{kind} has no metadata.name; skipped"),
@@ -194,8 +190,20 @@ pub fn parse_documents(
     Ok((objects, diags))
 }
 
+impl Snapshot {
+    /// Adds `object` (sharing its allocation).
+    fn push(&mut self, object: &Object) {
+        match object {
+            Object::Service(svc) => self.services.push(svc.clone()),
+            Object::EndpointSlice(slice) => self.slices.push(slice.clone()),
+            Object::Node(node) => self.nodes.push(node.clone()),
+        }
+    }
+}
+
 impl Object {
-    /// Kind, namespace (empty for a Node) and name: what makes two objects one.
+    /// Kind, namespace (empty for a Node) and name (empty when it has none): what makes two
+    /// objects one.
     fn identity(&self) -> (&'static str, &str, &str) {
         let (kind, meta) = match self {
             Object::Service(o) => ("Service", &o.metadata),
@@ -236,11 +244,7 @@ pub fn snapshot_of<'a>(files: impl IntoIterator<Item = (&'a Path, &'a [Object])>
                 continue;
             }
             first.insert((kind, namespace, name), path);
-            match object {
-                Object::Service(svc) => snapshot.services.push(svc.clone()),
-                Object::EndpointSlice(slice) => snapshot.slices.push(slice.clone()),
-                Object::Node(node) => snapshot.nodes.push(node.clone()),
-            }
+            snapshot.push(object);
         }
     }
     snapshot
@@ -343,14 +347,8 @@ impl ManifestSource {
         // more than everything else a sync does); one hash insert per object keeps one copy
         // of each.
         if self.duplicated == 0 {
-            for objects in self.last_good.values() {
-                for object in objects {
-                    match object {
-                        Object::Service(svc) => snapshot.services.push(svc.clone()),
-                        Object::EndpointSlice(slice) => snapshot.slices.push(slice.clone()),
-                        Object::Node(node) => snapshot.nodes.push(node.clone()),
-                    }
-                }
+            for object in self.last_good.values().flatten() {
+                snapshot.push(object);
             }
         } else {
             let dir = &self.dir;

@@ -43,7 +43,8 @@ pub fn udp_ask_from(
     socket
         .send_to(request, addr)
         .with_context(|| format!("sending to {addr}"))?;
-    let mut buf = [0u8; 512];
+    // Room for the largest datagram (a fragmented answer too).
+    let mut buf = vec![0u8; 65_536];
     let (n, from) = socket
         .recv_from(&mut buf)
         .with_context(|| format!("no UDP answer from {addr} within {timeout:?}"))?;
@@ -57,30 +58,14 @@ pub fn udp_ask_from(
 /// fragments): a request of `size` bytes of filler asking for an answer of `size` bytes; the
 /// name of the backend that answered all of it.
 pub fn udp_ask_big(addr: SocketAddr, size: usize, timeout: Duration) -> Result<String> {
-    let any: std::net::IpAddr = if addr.is_ipv6() {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    };
-    let socket = UdpSocket::bind((any, 0)).context("binding a UDP port")?;
-    socket.set_read_timeout(Some(timeout))?;
     let mut request = format!("big {size}\n").into_bytes();
     request.resize(request.len() + size, b'y');
-    socket
-        .send_to(&request, addr)
-        .with_context(|| format!("sending {} bytes to {addr}", request.len()))?;
-    let mut buf = vec![0u8; 65_536];
-    let (n, from) = socket
-        .recv_from(&mut buf)
-        .with_context(|| format!("no UDP answer from {addr} within {timeout:?}"))?;
-    if from != addr {
-        bail!("UDP answer came from {from}, not from {addr} (reverse NAT missing)");
-    }
-    let answer = String::from_utf8_lossy(&buf[..n]);
-    let (name, body) = answer
-        .trim()
-        .split_once(' ')
-        .context("no name in the answer")?;
+    big_answer(&udp_ask_from(0, addr, &request, timeout)?, size)
+}
+
+/// The name in an answer to `big SIZE`, if the rest of it is SIZE bytes of `x`.
+fn big_answer(answer: &str, size: usize) -> Result<String> {
+    let (name, body) = answer.split_once(' ').context("no name in the answer")?;
     if body.len() != size || body.bytes().any(|b| b != b'x') {
         bail!("{name} answered {} bytes, not {size}", body.len());
     }
@@ -133,12 +118,7 @@ impl TcpSession {
     /// Asks for an answer of `size` bytes (more than one MTU); the name of the backend that
     /// sent all of it.
     pub fn ask_big(&mut self, size: usize) -> Result<String> {
-        let answer = self.request(format!("big {size}\n").as_bytes())?;
-        let (name, body) = answer.split_once(' ').context("no name in the answer")?;
-        if body.len() != size || body.bytes().any(|b| b != b'x') {
-            bail!("{name} answered {} bytes, not {size}", body.len());
-        }
-        Ok(name.to_owned())
+        big_answer(&self.request(format!("big {size}\n").as_bytes())?, size)
     }
 
     fn request(&mut self, line: &[u8]) -> Result<String> {
