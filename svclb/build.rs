@@ -9,15 +9,8 @@ fn pinned_toolchain() -> anyhow::Result<String> {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../rust-toolchain.toml");
     println!("cargo:rerun-if-changed={file}");
     let text = fs::read_to_string(file)?;
-    text.lines()
-        .find_map(|line| {
-            let value = line
-                .trim()
-                .strip_prefix("channel")?
-                .trim()
-                .strip_prefix('=')?;
-            Some(value.trim().trim_matches('"').to_owned())
-        })
+    svclb_common::toolchain::channel(&text)
+        .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("{file} has no channel"))
 }
 

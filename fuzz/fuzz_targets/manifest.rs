@@ -8,8 +8,8 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use svclb::{
-    manifest::{Object, parse_documents, snapshot_of},
-    mapstate::Capacity,
+    source::manifests::{Object, parse_documents, snapshot_of},
+    entries::Capacity,
 };
 
 const CAPACITY: Capacity = Capacity {
@@ -19,6 +19,7 @@ const CAPACITY: Capacity = Capacity {
     maglev_tables: 8,
     maglev_size: 251,
     source_ranges: 16,
+    ..Capacity::DEFAULT
 };
 
 fuzz_target!(|data: &[u8]| {

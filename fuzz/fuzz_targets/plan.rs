@@ -28,10 +28,9 @@ use libfuzzer_sys::{
     fuzz_target,
 };
 use svclb::{
-    manifest::{Object, snapshot_of},
-    mapstate::Capacity,
-    model::{Planner, SERVICE_NAME_LABEL},
-    plan::FrontendKey,
+    source::manifests::{Object, snapshot_of},
+    entries::Capacity,
+    plan::{FrontendKey, Planner, SERVICE_NAME_LABEL},
 };
 
 const NAMES: &[&str] = &["a", "b", "c"];
@@ -119,6 +118,7 @@ const CAPACITY: Capacity = Capacity {
     maglev_tables: 2,
     maglev_size: 251,
     source_ranges: 4,
+    ..Capacity::DEFAULT
 };
 
 fn pick<T: Copy>(u: &mut Unstructured, pool: &[T]) -> arbitrary::Result<T> {
@@ -277,7 +277,7 @@ fn node(u: &mut Unstructured) -> arbitrary::Result<Node> {
     Ok(Node {
         metadata: ObjectMeta {
             name: Some(pick(u, &["n1", "n1", "n2"])?.to_owned()),
-            labels: zone.map(|z| [(svclb::model::ZONE_LABEL.to_owned(), z.to_owned())].into()),
+            labels: zone.map(|z| [(svclb::plan::ZONE_LABEL.to_owned(), z.to_owned())].into()),
             ..Default::default()
         },
         status: Some(NodeStatus {

@@ -7,9 +7,8 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use svclb::{
-    mapstate::{self, Capacity, MapState},
-    model::plan_for_node,
-    plan::{FrontendKind, Plan, Scope},
+    entries::{self, Capacity, MapState},
+    plan::{FrontendKind, Plan, Scope, plan_for_node},
 };
 
 fn reversed<T: Clone>(items: &[T]) -> Vec<T> {
@@ -141,7 +140,7 @@ pub fn check_plan(
         }
     }
 
-    let (state, _) = mapstate::desired(&plan, &MapState::default(), capacity);
+    let (state, _) = entries::desired(&plan, &MapState::default(), capacity);
     assert!(state.services.len() <= capacity.services);
     assert!(state.slots.len() <= capacity.slots);
     assert!(state.backends.len() <= capacity.backends);
@@ -164,7 +163,7 @@ pub fn check_plan(
             );
         }
     }
-    let (stable, _) = mapstate::desired(&plan, &state, capacity);
+    let (stable, _) = entries::desired(&plan, &state, capacity);
     assert_eq!(
         stable, state,
         "translating the same plan again changed map entries"

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod maglev;
 pub mod service;
 pub mod stats;
+pub mod toolchain;
 
 pub use addr::{
     FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,

@@ -1,30 +1,26 @@
 //! svclb: a Kubernetes Service load balancer in the Linux kernel.
 //!
-//! The agent turns Services and EndpointSlices into BPF map entries:
-//! sources ([`manifest`]) -> [`model`] -> [`plan`] -> [`mapstate`] -> [`reconcile`] -> maps.
-//! Everything before the maps is pure and unit-tested without root.
+//! The agent's folders are the stages its data flows through, lowest first:
+//!
+//! - [`plan`]: Kubernetes objects ([`plan::Snapshot`]) -> [`plan::Plan`]; pure.
+//! - [`source`]: where objects come from (a manifests directory, the Kubernetes API); each
+//!   fills a snapshot.
+//! - [`entries`]: plan -> exact map entries with stable ids, within the maps' capacity; pure.
+//! - [`reconcile`]: map entries -> writes, in one order shared by the full and the incremental
+//!   sync; pure (behind a writer trait).
+//! - [`kernel`]: the datapath object, its pinned maps and links, attaching to devices.
+//! - [`telemetry`]: metrics, traffic counters, the HTTP endpoint, the status report.
+//! - [`agent`]: start-up and the serve loop that runs all of the above.
+//! - [`cli`]: what the other commands print.
+//!
+//! A folder imports only folders above it in this list (`tests/layers.rs` checks it), so
+//! everything before [`kernel`] runs and is tested without root.
 
 pub mod agent;
-pub mod delta;
-pub mod devices;
-pub mod diag;
-pub mod ebpf;
-pub mod healthcheck;
-pub mod http;
-pub mod kernel_maps;
-pub mod kube_source;
-pub mod list;
-pub mod loader;
-pub mod maglev_cmd;
-pub mod manifest;
-pub mod mapstate;
-pub mod metrics;
-pub mod model;
+pub mod cli;
+pub mod entries;
+pub mod kernel;
 pub mod plan;
-pub mod plan_output;
-pub mod purge;
 pub mod reconcile;
 pub mod source;
-pub mod status;
-pub mod sweeper;
-pub mod traffic;
+pub mod telemetry;

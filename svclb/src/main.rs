@@ -4,12 +4,16 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use glob::Pattern;
 use ipnet::IpNet;
+use prometheus_client::metrics::counter::Counter;
 use svclb::{
     agent::{self, AgentConfig},
-    devices::{DeviceSelector, XdpAttach},
-    list,
-    loader::MapSizes,
-    maglev_cmd, model, plan_output,
+    cli::{list, maglev as maglev_cmd, plan as plan_output, status},
+    entries::Capacity,
+    kernel::{
+        attach::{DeviceSelector, XdpAttach},
+        loader, pins,
+    },
+    plan,
     source::{Source, SourceConfig},
 };
 use tracing_subscriber::EnvFilter;
@@ -135,31 +139,31 @@ struct AgentArgs {
     #[arg(long, default_value = "0.0.0.0:9965")]
     metrics_addr: std::net::SocketAddr,
     /// Capacity of the services map (frontends).
-    #[arg(long, default_value_t = MapSizes::default().services)]
-    services_map_size: u32,
+    #[arg(long, default_value_t = Capacity::DEFAULT.services)]
+    services_map_size: usize,
     /// Capacity of the backends map.
-    #[arg(long, default_value_t = MapSizes::default().backends)]
-    backends_map_size: u32,
+    #[arg(long, default_value_t = Capacity::DEFAULT.backends)]
+    backends_map_size: usize,
     /// Capacity of the slots map (sum of backends over frontends).
-    #[arg(long, default_value_t = MapSizes::default().slots)]
-    slots_map_size: u32,
+    #[arg(long, default_value_t = Capacity::DEFAULT.slots)]
+    slots_map_size: usize,
     /// Capacity of the conntrack map (two entries per flow).
-    #[arg(long, default_value_t = MapSizes::default().conntrack)]
-    conntrack_map_size: u32,
+    #[arg(long, default_value_t = Capacity::DEFAULT.conntrack)]
+    conntrack_map_size: usize,
     /// How many NodePort, LoadBalancer and external-IP frontends get a Maglev table (each
     /// takes 4 x M bytes of kernel memory); frontends beyond pick at random.
-    #[arg(long, default_value_t = MapSizes::default().maglev_tables)]
-    maglev_map_size: u32,
+    #[arg(long, default_value_t = Capacity::DEFAULT.maglev_tables)]
+    maglev_map_size: usize,
     /// Capacity of the session-affinity map (one entry per client and service).
-    #[arg(long, default_value_t = MapSizes::default().affinity)]
-    affinity_map_size: u32,
+    #[arg(long, default_value_t = Capacity::DEFAULT.affinity)]
+    affinity_map_size: usize,
     /// Capacity of the source-ranges map (loadBalancerSourceRanges entries).
-    #[arg(long, default_value_t = MapSizes::default().source_ranges)]
-    source_ranges_map_size: u32,
+    #[arg(long, default_value_t = Capacity::DEFAULT.source_ranges)]
+    source_ranges_map_size: usize,
     /// Capacity of the fragments map (fragmented datagrams in flight through frontends; the
     /// least recently used goes first).
-    #[arg(long, default_value_t = MapSizes::default().fragments)]
-    fragments_map_size: u32,
+    #[arg(long, default_value_t = Capacity::DEFAULT.fragments)]
+    fragments_map_size: usize,
     /// Maglev table size M (a prime from 251 to 131071; Cilium's sizes).
     #[arg(long, default_value_t = svclb_common::maglev::DEFAULT_TABLE_SIZE)]
     maglev_table_size: u32,
@@ -221,7 +225,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
             .context("--maglev-table-size/--maglev-seed")?,
         bpffs_dir: args.bpffs_dir,
         metrics_addr: args.metrics_addr,
-        map_sizes: MapSizes {
+        capacity: Capacity {
             services: args.services_map_size,
             backends: args.backends_map_size,
             slots: args.slots_map_size,
@@ -230,6 +234,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
             affinity: args.affinity_map_size,
             source_ranges: args.source_ranges_map_size,
             fragments: args.fragments_map_size,
+            maglev_size: args.maglev_table_size,
         },
     })
 }
@@ -251,8 +256,8 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Agent(args) if args.cleanup => {
-            svclb::loader::require_root("svclb agent --cleanup")?;
-            let removed = svclb::devices::cleanup(&args.bpffs_dir)?;
+            loader::require_root("svclb agent --cleanup")?;
+            let removed = pins::cleanup(&args.bpffs_dir)?;
             emit(&format!(
                 "removed {removed} pins from {}: the datapath is detached\n",
                 args.bpffs_dir.display()
@@ -269,11 +274,13 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => {
             let snapshot = runtime()?.block_on(async {
-                let mut source = Source::open(&source.config(), &node_name).await?;
+                // `svclb plan` reads once: nothing counts its watch errors.
+                let mut source =
+                    Source::open(&source.config(), &node_name, Counter::default()).await?;
                 source.wait_ready(PLAN_READY).await?;
                 anyhow::Ok(source.snapshot())
             })?;
-            let (node, plan, mut diags) = model::plan_for_node(
+            let (node, plan, mut diags) = plan::plan_for_node(
                 &node_name,
                 &nodeport_addresses,
                 &snapshot.nodes,
@@ -309,12 +316,12 @@ fn run(cli: Cli) -> Result<()> {
             agent_addr,
             output,
         } => {
-            svclb::loader::require_root("svclb status")?;
-            let status = svclb::status::read(&bpffs_dir, agent_addr)?;
+            loader::require_root("svclb status")?;
+            let status = status::read(&bpffs_dir, agent_addr)?;
             match output {
-                Output::Table => emit(&svclb::status::render_table(
+                Output::Table => emit(&status::render_table(
                     &status,
-                    svclb::status::unix_ms(),
+                    svclb::telemetry::report::unix_ms(),
                 ))?,
                 Output::Json => emit(&(serde_json::to_string_pretty(&status)? + "\n"))?,
             }

@@ -206,8 +206,9 @@ impl FakeApi {
         }
     }
 
-    /// How many requests of a sort were made, e.g. `count("LIST Service")`,
-    /// `count("GONE EndpointSlice")`.
+    /// How many requests or events of a sort there were, e.g. `count("LIST Service")`,
+    /// `count("GONE EndpointSlice")`, `count("REFUSED Service")` (a request answered 503
+    /// while unavailable), `count("BOOKMARK Service")` (a bookmark sent on a watch).
     pub fn count(&self, what: &str) -> usize {
         self.state
             .lock()
@@ -376,6 +377,11 @@ async fn handle(
             request.kind
         );
         *s.counts.entry(what).or_default() += 1;
+        if s.unavailable {
+            *s.counts
+                .entry(format!("REFUSED {}", request.kind))
+                .or_default() += 1;
+        }
         s.unavailable
     };
     if unavailable {
@@ -478,6 +484,12 @@ async fn handle(
                 let bookmark = json!({"type": "BOOKMARK", "object": {"kind": request.kind, "apiVersion": request.api_version,
                                       "metadata": {"resourceVersion": sent.to_string()}}});
                 chunk(&mut stream, &bookmark).await?;
+                *state
+                    .lock()
+                    .expect("fake API state")
+                    .counts
+                    .entry(format!("BOOKMARK {}", request.kind))
+                    .or_default() += 1;
             }
             () = tokio::time::sleep_until(deadline) => {
                 stream.write_all(b"0\r\n\r\n").await?;

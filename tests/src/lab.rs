@@ -1,6 +1,7 @@
 //! Building, running and tearing down a lab.
 
 use std::{
+    collections::BTreeSet,
     fs,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
@@ -803,6 +804,19 @@ impl Lab {
             &["list", "--bpffs-dir", &dir, "-o", "json"],
         )?;
         Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// The backend addresses `svclb list` shows on node `node` for frontend `address:port`
+    /// (empty when there is no such frontend).
+    pub fn backends_of(&self, node: usize, address: &str, port: u16) -> Result<BTreeSet<String>> {
+        let listing = self.list(node)?;
+        let frontends = listing["frontends"].as_array().cloned().unwrap_or_default();
+        Ok(frontends
+            .iter()
+            .filter(|f| f["address"] == address && f["port"] == port)
+            .flat_map(|f| f["backends"].as_array().cloned().unwrap_or_default())
+            .filter_map(|b| b["address"].as_str().map(str::to_owned))
+            .collect())
     }
 
     /// Runs `svclb status -o json` inside node `node`'s namespace (its agent's metrics

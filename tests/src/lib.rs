@@ -30,13 +30,12 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// For privileged tests: prints a visible notice and returns `true` when not root.
-pub fn skip_unless_root(test: &str) -> bool {
+/// Fails with a clear message unless running as root. Tests that need root are also marked
+/// `#[ignore = "needs root"]`, so a plain `cargo test` reports them as ignored; `cargo xtask
+/// test` runs them (as root) with `--include-ignored`.
+pub fn require_root() -> anyhow::Result<()> {
     if is_root() {
-        return false;
+        return Ok(());
     }
-    eprintln!(
-        "SKIPPED {test}: needs root (network namespaces and BPF); run `cargo xtask test` as root"
-    );
-    true
+    anyhow::bail!("needs root (network namespaces and BPF): run `cargo xtask test` as root")
 }

@@ -19,7 +19,7 @@ use svclb_tests::{
         L4, PacketSpec, TCP_ACK, TCP_SYN, expected_port_unreachable, expected_reset, icmp_error,
         quote_of, verify_checksums,
     },
-    skip_unless_root,
+    require_root,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -87,10 +87,9 @@ fn loaded(name: &str) -> Result<Datapath> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn fixtures_translate_and_pass() -> Result<()> {
-    if skip_unless_root("fixtures_translate_and_pass") {
-        return Ok(());
-    }
+    require_root()?;
     let mut dp = loaded("main")?;
     let syn = PacketSpec::tcp(CLIENT, (VIP, 80), TCP_SYN);
     let udp = PacketSpec::udp(CLIENT, (VIP, 53));
@@ -367,10 +366,9 @@ fn backend_of(out: &[u8]) -> (Ipv4Addr, u16) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn flows_keep_their_backend_and_new_flows_use_all() -> Result<()> {
-    if skip_unless_root("flows_keep_their_backend_and_new_flows_use_all") {
-        return Ok(());
-    }
+    require_root()?;
     let backends = [
         (Ipv4Addr::new(10, 244, 1, 21), 8080),
         (Ipv4Addr::new(10, 244, 2, 22), 8081),
@@ -404,10 +402,9 @@ fn flows_keep_their_backend_and_new_flows_use_all() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn removed_backend_keeps_established_tcp_and_moves_udp_and_new_syns() -> Result<()> {
-    if skip_unless_root("removed_backend_keeps_established_tcp_and_moves_udp_and_new_syns") {
-        return Ok(());
-    }
+    require_root()?;
     let (old, new) = (
         (Ipv4Addr::new(10, 244, 1, 31), 8080),
         (Ipv4Addr::new(10, 244, 2, 32), 8080),
@@ -562,10 +559,9 @@ fn node_port_plan() -> Plan {
 /// The rewrites that send packets on themselves (FIB lookup, MAC addresses, TTL): SNAT to a
 /// remote backend, its reply, and ICMP errors of the SNATed flows, on a node's uplink.
 #[test]
+#[ignore = "needs root"]
 fn fixtures_snat_and_redirect() -> Result<()> {
-    if skip_unless_root("fixtures_snat_and_redirect") {
-        return Ok(());
-    }
+    require_root()?;
     let (ns, ifindex) = uplink_ns()?;
     svclb_tests::netns::in_netns(&ns.0.clone(), move || {
         let mut dp = loaded("snat")?;

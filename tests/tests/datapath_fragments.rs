@@ -16,7 +16,7 @@ use svclb::plan::Protocol;
 use svclb_tests::{
     packet::{PacketSpec, fragment4},
     packet6::{Packet6, fragment6},
-    skip_unless_root,
+    require_root,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -55,10 +55,9 @@ fn passes_untouched(dp: &mut Datapath, what: &str, frame: &[u8]) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn fragmented_ipv4_datagrams_are_translated_whole() -> Result<()> {
-    if skip_unless_root("fragmented_ipv4_datagrams_are_translated_whole") {
-        return Ok(());
-    }
+    require_root()?;
     let mut dp = Datapath::load("frag4")?;
     dp.program_services(&[
         (VIP4.0, VIP4.1, Protocol::Udp, &[BACKEND4]),
@@ -129,10 +128,9 @@ fn fragmented_ipv4_datagrams_are_translated_whole() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn fragmented_ipv6_datagrams_are_translated_whole() -> Result<()> {
-    if skip_unless_root("fragmented_ipv6_datagrams_are_translated_whole") {
-        return Ok(());
-    }
+    require_root()?;
     let mut dp = Datapath::load("frag6")?;
     dp.program_cluster_ips(&[(
         IpAddr::V6(VIP6.0),

@@ -18,7 +18,7 @@ use svclb::plan::Protocol;
 use svclb_tests::{
     packet::{L4, PacketSpec, checksum, verify_checksums},
     packet6::{Ext, NEXTHDR_DEST, NEXTHDR_HOP, Packet6, l4_checksum_ok},
-    skip_unless_root,
+    require_root,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -238,10 +238,9 @@ fn run_both(dp: &mut Datapath, input: &[u8]) -> Result<(), TestCaseError> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn random_and_malformed_frames() -> Result<()> {
-    if skip_unless_root("random_and_malformed_frames") {
-        return Ok(());
-    }
+    require_root()?;
     let dp = std::cell::RefCell::new(loaded()?);
     let config = ProptestConfig {
         cases: 5_000,
@@ -474,10 +473,9 @@ fn check6(input: &[u8], verdict: u32, output: &[u8]) -> Result<(), TestCaseError
 }
 
 #[test]
+#[ignore = "needs root"]
 fn random_and_malformed_ipv6_frames() -> Result<()> {
-    if skip_unless_root("random_and_malformed_ipv6_frames") {
-        return Ok(());
-    }
+    require_root()?;
     let dp = std::cell::RefCell::new(loaded6()?);
     // Frames the programs translated: the invariants must have had rewrites to bite on.
     let rewritten = std::cell::Cell::new(0usize);

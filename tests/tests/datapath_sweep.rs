@@ -10,7 +10,7 @@ mod common;
 use anyhow::Result;
 use aya::maps::{HashMap, MapData};
 use common::datapath::Datapath;
-use svclb::{plan::Protocol, purge::monotonic_ns};
+use svclb::{kernel::sweep::monotonic_ns, plan::Protocol};
 use svclb_common::{
     CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, SweepItem,
     addr::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, v4},
@@ -20,7 +20,7 @@ use svclb_common::{
 };
 use svclb_tests::{
     packet::{PacketSpec, TCP_ACK, TCP_SYN},
-    skip_unless_root,
+    require_root,
 };
 
 const S: u64 = 1_000_000_000;
@@ -102,10 +102,9 @@ fn has(ct: &Ct, key: &CtKey) -> bool {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn sweep_deletes_ended_flows_and_spares_the_keys_new_flows_took() -> Result<()> {
-    if skip_unless_root("sweep_deletes_ended_flows_and_spares_the_keys_new_flows_took") {
-        return Ok(());
-    }
+    require_root()?;
     let mut dp = Datapath::load("sweep")?;
     let sweeper = dp.sweeper()?;
     let mut ct = dp.conntrack()?;
@@ -207,10 +206,9 @@ fn sweep_deletes_ended_flows_and_spares_the_keys_new_flows_took() -> Result<()> 
 /// The agent's own walk, over more flows than one run of the program takes: every closed
 /// flow goes, both entries, and every open one stays.
 #[test]
+#[ignore = "needs root"]
 fn the_agents_sweep_goes_through_every_batch() -> Result<()> {
-    if skip_unless_root("the_agents_sweep_goes_through_every_batch") {
-        return Ok(());
-    }
+    require_root()?;
     let mut dp = Datapath::load("sweep-walk")?;
     let sweeper = dp.sweeper()?;
     let mut ct = dp.conntrack()?;
@@ -246,10 +244,9 @@ fn the_agents_sweep_goes_through_every_batch() -> Result<()> {
 /// The TC program revives a closed tuple both ways, a new connection's SYN on the forward
 /// entry and its SYN-ACK on the reply entry, so the sweep keeps it.
 #[test]
+#[ignore = "needs root"]
 fn a_new_connection_on_a_closed_tuple_revives_it_both_ways() -> Result<()> {
-    if skip_unless_root("a_new_connection_on_a_closed_tuple_revives_it_both_ways") {
-        return Ok(());
-    }
+    require_root()?;
     let client = (Ipv4Addr::from(CLIENT), 40_000);
     let vip = (Ipv4Addr::from(FRONTEND), 80);
     let backend = (Ipv4Addr::from(BACKEND), 8080);

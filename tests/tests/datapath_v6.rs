@@ -17,7 +17,7 @@ use svclb_tests::{
         Ext, NEXTHDR_DEST, NEXTHDR_HOP, NEXTHDR_ROUTING, Packet6, expected_port_unreachable6,
         expected_reset6, icmp6_error, l4_checksum_ok, quote_of6,
     },
-    skip_unless_root,
+    require_root,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -94,10 +94,9 @@ fn with_l4_checksum_of(mut quote: Vec<u8>, original: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ipv6_fixtures_translate_answer_and_pass() -> Result<()> {
-    if skip_unless_root("ipv6_fixtures_translate_answer_and_pass") {
-        return Ok(());
-    }
+    require_root()?;
     let mut dp = Datapath::load("v6")?;
     let backends = vec![(IpAddr::V6(BACKEND.0), BACKEND.1)];
     dp.program_cluster_ips(&[
@@ -444,11 +443,10 @@ fn snat_port(out: &[u8]) -> u16 {
 /// The rewrites that send IPv6 packets on themselves (FIB lookup, MAC addresses, hop limit):
 /// SNAT to a remote backend, its reply, and ICMPv6 errors of the SNATed flows.
 #[test]
+#[ignore = "needs root"]
 fn ipv6_fixtures_snat_and_redirect() -> Result<()> {
     use svclb::plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Scope};
-    if skip_unless_root("ipv6_fixtures_snat_and_redirect") {
-        return Ok(());
-    }
+    require_root()?;
     let (ns, ifindex) = uplink_ns()?;
     svclb_tests::netns::in_netns(&ns.0.clone(), move || {
         let mut dp = Datapath::load("snat6")?;

@@ -6,7 +6,7 @@ use std::{future::Future, time::Duration};
 
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
-use svclb::kube_source::{KubeSource, client};
+use svclb::source::kubernetes::{KubeSource, client};
 use svclb_tests::fake_api::FakeApi;
 
 const READY: Duration = Duration::from_secs(20);
@@ -34,7 +34,11 @@ async fn start(api: &FakeApi) -> Result<KubeSource> {
     let path = dir.join("kubeconfig");
     std::fs::write(&path, api.kubeconfig())?;
     let client = client(Some(&path)).await?;
-    Ok(KubeSource::start(&client, "n1"))
+    Ok(KubeSource::start(
+        &client,
+        "n1",
+        prometheus_client::metrics::counter::Counter::default(),
+    ))
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
@@ -196,8 +200,13 @@ async fn bookmarks_keep_a_quiet_watch_current() -> Result<()> {
     for i in 0..5 {
         api.apply(slice(&format!("s{i}"), "a", "10.244.1.2"))?;
     }
-    // Bookmarks come every 300 ms; give the watches time to take one.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // Bookmarks come every 300 ms. The second one sent after the changes carries the
+    // version they brought (the first may have been on its way already).
+    let sent = api.count("BOOKMARK Service");
+    eventually("two more bookmarks on the Service watch", READY, || {
+        api.count("BOOKMARK Service") >= sent + 2
+    })
+    .await?;
     api.compact();
     api.drop_connections();
     api.apply(service("b", "10.96.0.2"))?;
@@ -222,9 +231,13 @@ async fn gone_410_relists_and_an_outage_keeps_the_last_state() -> Result<()> {
     let source = start(&api).await?;
     source.wait_ready(READY).await?;
 
-    // The API server goes away: the stores keep what they had.
+    // The API server goes away: the stores keep what they had, also once the watchers have
+    // met the outage (their requests refused).
     api.set_unavailable(true);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("the Service watcher refused by the API", READY, || {
+        api.count("REFUSED Service") >= 1
+    })
+    .await?;
     assert_eq!(service_names(&source), ["a", "b"], "the last state is kept");
 
     // Meanwhile the world changes and history is compacted.

@@ -9,7 +9,7 @@ use svclb_tests::{
     Lab, LabSpec,
     client::{TIMEOUT, at, tally, tcp_ask_many, udp_ask_many},
     manifests::{DNS, PortSpec, WEB, cluster_ip_service},
-    netns, skip_unless_root,
+    netns, require_root,
 };
 
 /// Programs attached to a device's tcx ingress hook in namespace `ns`.
@@ -18,10 +18,9 @@ fn tcx_ingress_programs(ns: &str, dev: &str) -> Result<usize> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn restart_after_kill_takes_over_without_duplicates_or_stale_entries() -> Result<()> {
-    if skip_unless_root("restart_after_kill_takes_over_without_duplicates_or_stale_entries") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = Lab::new(LabSpec::default())?;
     let (a, b) = (lab.pod("n1-pod2").clone(), lab.pod("n2-pod1").clone());
     lab.write_manifest(
@@ -85,10 +84,9 @@ fn restart_after_kill_takes_over_without_duplicates_or_stale_entries() -> Result
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pod_devices_created_after_start_are_attached() -> Result<()> {
-    if skip_unless_root("pod_devices_created_after_start_are_attached") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = Lab::new(LabSpec {
         pods_per_node: 1,
         ..LabSpec::default()
@@ -119,10 +117,9 @@ fn pod_devices_created_after_start_are_attached() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
-    if skip_unless_root("bad_manifests_are_reported_and_everything_valid_is_served") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = Lab::new(LabSpec::default())?;
     let backend = lab.pod("n1-pod3").clone();
     lab.write_manifest(
@@ -270,10 +267,9 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_full_services_map_is_reported_and_the_rest_served() -> Result<()> {
-    if skip_unless_root("a_full_services_map_is_reported_and_the_rest_served") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = Lab::new(LabSpec {
         agent_args: vec!["--services-map-size".into(), "2".into()],
         ..LabSpec::default()
@@ -313,10 +309,9 @@ fn a_full_services_map_is_reported_and_the_rest_served() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn agent_refuses_a_missing_uplink_with_a_clear_error() -> Result<()> {
-    if skip_unless_root("agent_refuses_a_missing_uplink_with_a_clear_error") {
-        return Ok(());
-    }
+    require_root()?;
     let lab = Lab::new(LabSpec {
         nodes: 1,
         pods_per_node: 0,
@@ -366,10 +361,9 @@ fn big_service(name: &str, ip: &str, n: usize, real: &svclb_tests::Pod) -> Strin
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ten_thousand_endpoints_on_one_service_are_served_or_reported() -> Result<()> {
-    if skip_unless_root("ten_thousand_endpoints_on_one_service_are_served_or_reported") {
-        return Ok(());
-    }
+    require_root()?;
     // Room for 10k backends: served. Then a backends map of 4096: the big service does not
     // fit, is named, keeps what it had; the small one is served throughout.
     let mut lab = Lab::new(LabSpec::default())?;
@@ -430,10 +424,9 @@ fn ten_thousand_endpoints_on_one_service_are_served_or_reported() -> Result<()> 
 /// metrics and `svclb status` say so, naming the device. The metrics and health endpoint
 /// answers on the configured address only.
 #[test]
+#[ignore = "needs root"]
 fn an_uplink_without_native_xdp_is_served_through_tc_and_reported() -> Result<()> {
-    if skip_unless_root("an_uplink_without_native_xdp_is_served_through_tc_and_reported") {
-        return Ok(());
-    }
+    require_root()?;
     const METRICS: &str = "127.0.0.2:9966";
     let mut lab = Lab::new(LabSpec {
         nodes: 1,

@@ -13,14 +13,13 @@ use svclb_tests::{
     client::{TIMEOUT, TcpSession, at, tally, tcp_ask_many, udp_ask_many},
     manifests::{DNS, WEB, cluster_ip_service, service},
     netns::in_netns,
-    skip_unless_root,
+    require_root,
 };
 
 #[test]
+#[ignore = "needs root"]
 fn pod_reaches_local_and_remote_backends_over_tcp_and_udp() -> Result<()> {
-    if skip_unless_root("pod_reaches_local_and_remote_backends_over_tcp_and_udp") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = Lab::new(LabSpec::default())?;
     let local = lab.pod("n1-pod2").clone();
     let remote = lab.pod("n2-pod1").clone();
@@ -64,10 +63,9 @@ fn pod_reaches_local_and_remote_backends_over_tcp_and_udp() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn connections_spread_over_every_backend() -> Result<()> {
-    if skip_unless_root("connections_spread_over_every_backend") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = Lab::new(LabSpec::default())?;
     let backends = [
         lab.pod("n1-pod2").clone(),
@@ -116,10 +114,9 @@ fn connections_spread_over_every_backend() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn removed_backend_gets_no_new_connections_and_others_keep_theirs() -> Result<()> {
-    if skip_unless_root("removed_backend_gets_no_new_connections_and_others_keep_theirs") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = Lab::new(LabSpec::default())?;
     let (a, b, c) = (
         lab.pod("n1-pod2").clone(),
@@ -187,10 +184,9 @@ fn removed_backend_gets_no_new_connections_and_others_keep_theirs() -> Result<()
 }
 
 #[test]
+#[ignore = "needs root"]
 fn deleted_service_stops_being_translated() -> Result<()> {
-    if skip_unless_root("deleted_service_stops_being_translated") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = Lab::new(LabSpec::default())?;
     let backend = lab.pod("n2-pod3").clone();
     lab.write_manifest(
@@ -242,10 +238,9 @@ fn deleted_service_stops_being_translated() -> Result<()> {
 /// the datapath's own check (is the flow's backend still there?) cannot see it go: the agent
 /// lets go of it, and UDP flows and session affinities of that service move on at once.
 #[test]
+#[ignore = "needs root"]
 fn flows_and_affinity_let_go_of_a_backend_another_service_keeps() -> Result<()> {
-    if skip_unless_root("flows_and_affinity_let_go_of_a_backend_another_service_keeps") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = Lab::new(LabSpec::default())?;
     let servers: Vec<Pod> = ["n1-pod2", "n1-pod3", "n2-pod2", "n2-pod3"]
         .iter()

@@ -12,7 +12,7 @@ use svclb_tests::{
         TIMEOUT, TcpSession, ask_big_many, at, http_get, tally, tcp_ask_many, udp_ask_big_many,
         udp_ask_many,
     },
-    skip_unless_root,
+    require_root,
 };
 
 /// An EndpointSlice of `family` ("IPv4" or "IPv6") for Service `service` over `pods`.
@@ -66,10 +66,9 @@ fn service(name: &str, families: &str, cluster_ips: &[&str]) -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn dual_stack_cluster_ips_answer_on_both_families() -> Result<()> {
-    if skip_unless_root("dual_stack_cluster_ips_answer_on_both_families") {
-        return Ok(());
-    }
+    require_root()?;
     let (mut lab, servers) = dual_lab()?;
     let refs: Vec<&Pod> = servers.iter().collect();
     let n2: Vec<&Pod> = refs.iter().copied().filter(|p| p.node == "n2").collect();
@@ -188,10 +187,9 @@ fn nodes_of(answers: &std::collections::BTreeMap<String, usize>) -> BTreeSet<Str
 }
 
 #[test]
+#[ignore = "needs root"]
 fn node_ports_and_load_balancer_ips_over_ipv6_with_both_policies() -> Result<()> {
-    if skip_unless_root("node_ports_and_load_balancer_ips_over_ipv6_with_both_policies") {
-        return Ok(());
-    }
+    require_root()?;
     let (mut lab, servers) = dual_lab()?;
     let refs: Vec<&Pod> = servers.iter().collect();
     let n1: Vec<&Pod> = refs.iter().copied().filter(|p| p.node == "n1").collect();
@@ -312,10 +310,9 @@ fn packet_too_bigs_sent(ns: &str) -> Result<u64> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn path_mtu_discovery_works_through_an_ipv6_node_port() -> Result<()> {
-    if skip_unless_root("path_mtu_discovery_works_through_an_ipv6_node_port") {
-        return Ok(());
-    }
+    require_root()?;
     let (mut lab, _) = dual_lab()?;
     let far = lab.add_client_behind_router(1280)?;
     let mut manifest = lab.nodes_manifest();
@@ -365,10 +362,9 @@ fn path_mtu_discovery_works_through_an_ipv6_node_port() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ipv6_source_ranges_affinity_and_health_checks() -> Result<()> {
-    if skip_unless_root("ipv6_source_ranges_affinity_and_health_checks") {
-        return Ok(());
-    }
+    require_root()?;
     let (mut lab, servers) = dual_lab()?;
     let refs: Vec<&Pod> = servers.iter().filter(|p| p.node == "n1").collect();
     let client6 = lab.client_addr6;
@@ -430,10 +426,9 @@ fn ipv6_source_ranges_affinity_and_health_checks() -> Result<()> {
 /// first fragment's redirect followed by the later ones). Every exchange must come back
 /// whole and from the address asked.
 #[test]
+#[ignore = "needs root"]
 fn fragmented_udp_crosses_cluster_ips_and_node_ports_on_both_families() -> Result<()> {
-    if skip_unless_root("fragmented_udp_crosses_cluster_ips_and_node_ports_on_both_families") {
-        return Ok(());
-    }
+    require_root()?;
     let (mut lab, servers) = dual_lab()?;
     let refs: Vec<&Pod> = servers.iter().collect();
     let manifest = [

@@ -15,7 +15,7 @@ use svclb_tests::{
     client::{TIMEOUT, TcpSession, ask_big_many, at, http_get, tally, tcp_ask_many, udp_ask_from},
     manifests::{DNS, PortSpec, WEB, service},
     netns::in_netns,
-    skip_unless_root,
+    require_root,
 };
 
 const CLIENT_ADDR: &str = "172.31.0.100";
@@ -80,12 +80,9 @@ fn udp_connected(addr: SocketAddr, timeout: Duration) -> std::io::Result<String>
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nodeport_and_load_balancer_ip_reach_backends_on_both_nodes_and_nodes_agree() -> Result<()> {
-    if skip_unless_root(
-        "nodeport_and_load_balancer_ip_reach_backends_on_both_nodes_and_nodes_agree",
-    ) {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = lab_with(&[])?;
     let pods = all_pods(&lab);
     lab.write_manifest(
@@ -179,12 +176,9 @@ fn nodeport_and_load_balancer_ip_reach_backends_on_both_nodes_and_nodes_agree() 
 }
 
 #[test]
+#[ignore = "needs root"]
 fn local_policy_keeps_the_client_address_drops_elsewhere_and_health_checks_say_so() -> Result<()> {
-    if skip_unless_root(
-        "local_policy_keeps_the_client_address_drops_elsewhere_and_health_checks_say_so",
-    ) {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = lab_with(&[])?;
     let pods = pods_of(&lab, 0);
     lab.write_manifest(
@@ -232,10 +226,9 @@ fn local_policy_keeps_the_client_address_drops_elsewhere_and_health_checks_say_s
 }
 
 #[test]
+#[ignore = "needs root"]
 fn empty_services_reject_at_once() -> Result<()> {
-    if skip_unless_root("empty_services_reject_at_once") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = lab_with(&[])?;
     lab.write_manifest(
         "empty.yaml",
@@ -323,26 +316,23 @@ fn source_ranges_admit_and_refuse(xdp_mode: &str) -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn source_ranges_admit_and_refuse_in_xdp() -> Result<()> {
-    if skip_unless_root("source_ranges_admit_and_refuse_in_xdp") {
-        return Ok(());
-    }
+    require_root()?;
     source_ranges_admit_and_refuse("auto")
 }
 
 #[test]
+#[ignore = "needs root"]
 fn source_ranges_admit_and_refuse_in_tc_without_xdp() -> Result<()> {
-    if skip_unless_root("source_ranges_admit_and_refuse_in_tc_without_xdp") {
-        return Ok(());
-    }
+    require_root()?;
     source_ranges_admit_and_refuse("off")
 }
 
 #[test]
+#[ignore = "needs root"]
 fn session_affinity_holds_and_expires() -> Result<()> {
-    if skip_unless_root("session_affinity_holds_and_expires") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = lab_with(&[])?;
     let pods = server_pods(&lab);
     let affinity = |seconds: u32| {
@@ -396,10 +386,9 @@ fn session_affinity_holds_and_expires() -> Result<()> {
 /// NodePort is served by a pod of that node, with the client's address (so never forwarded
 /// to the other node, which would need SNAT), and every local pod takes its share.
 #[test]
+#[ignore = "needs root"]
 fn external_local_policy_never_forwards_off_the_node() -> Result<()> {
-    if skip_unless_root("external_local_policy_never_forwards_off_the_node") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = lab_with(&[])?;
     let pods = server_pods(&lab);
     lab.write_manifest(
@@ -437,10 +426,9 @@ fn external_local_policy_never_forwards_off_the_node() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn internal_local_policy_only_reaches_local_pods() -> Result<()> {
-    if skip_unless_root("internal_local_policy_only_reaches_local_pods") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = lab_with(&[])?;
     let pods = server_pods(&lab);
     lab.write_manifest(
@@ -471,10 +459,9 @@ fn internal_local_policy_only_reaches_local_pods() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn rolling_replacement_keeps_every_established_connection() -> Result<()> {
-    if skip_unless_root("rolling_replacement_keeps_every_established_connection") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = lab_with(&[])?;
     let old: Vec<svclb_tests::Pod> = vec![lab.pod("n1-pod2").clone(), lab.pod("n2-pod2").clone()];
     let new: Vec<svclb_tests::Pod> = vec![lab.pod("n1-pod3").clone(), lab.pod("n2-pod3").clone()];
@@ -505,11 +492,27 @@ fn rolling_replacement_keeps_every_established_connection() -> Result<()> {
     let before: BTreeSet<&String> = sessions.iter().map(|(_, first)| first).collect();
     assert_eq!(before.len(), 2, "both old replicas in use: {before:?}");
 
-    // Rolling replacement: a new replica joins, then the old ones leave.
-    write(&lab, &[old.clone(), new.clone()].concat())?;
-    std::thread::sleep(Duration::from_millis(500));
+    // Rolling replacement: the new replicas join, then the old ones leave. Each step is
+    // waited for in node 1's maps, and the state between them checked.
+    let both = [old.clone(), new.clone()].concat();
+    write(&lab, &both)?;
+    wait_for_backends(&lab, &node1, &both)?;
+    for (session, first) in &mut sessions {
+        assert_eq!(
+            &session.ask()?,
+            first,
+            "kept while old and new replicas serve"
+        );
+    }
+    let answers = tally(&tcp_ask_many(&client, at(&node1, 30088), 20, TIMEOUT)?);
+    assert_no_errors(&answers, "new connections while both serve");
+    let serving: BTreeSet<&str> = both.iter().map(|p| p.name.as_str()).collect();
+    assert!(
+        answers.keys().all(|name| serving.contains(name.as_str())),
+        "new connections go to old or new replicas: {answers:?}"
+    );
     write(&lab, &new)?;
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for_backends(&lab, &node1, &new)?;
 
     for (session, first) in &mut sessions {
         assert_eq!(
@@ -527,6 +530,20 @@ fn rolling_replacement_keeps_every_established_connection() -> Result<()> {
         "new connections go to the new replicas"
     );
     Ok(())
+}
+
+/// Waits until node 1's NodePort 30088 frontend holds exactly the addresses of `pods`.
+fn wait_for_backends(lab: &Lab, node1: &str, pods: &[svclb_tests::Pod]) -> Result<()> {
+    let want: BTreeSet<String> = pods.iter().map(|p| p.addr.to_string()).collect();
+    lab.wait_for(
+        Duration::from_secs(5),
+        &format!("backends {want:?} on {node1}:30088"),
+        || {
+            lab.backends_of(0, node1, 30088)
+                .is_ok_and(|have| have == want)
+        },
+    )
+    .map(|_| ())
 }
 
 /// How many ICMP destination-unreachable messages namespace `ns` has sent.
@@ -550,10 +567,9 @@ fn dest_unreachables_sent(ns: &str) -> Result<u64> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn path_mtu_discovery_works_through_a_node_port() -> Result<()> {
-    if skip_unless_root("path_mtu_discovery_works_through_a_node_port") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = lab_with(&[])?;
     let far = lab.add_client_behind_router(1000)?;
     // One service served from node 1's own pods (DNAT), one from node 2's (SNAT), both
@@ -602,10 +618,9 @@ fn path_mtu_discovery_works_through_a_node_port() -> Result<()> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn udp_to_a_closed_backend_port_is_refused_through_the_frontend() -> Result<()> {
-    if skip_unless_root("udp_to_a_closed_backend_port_is_refused_through_the_frontend") {
-        return Ok(());
-    }
+    require_root()?;
     let mut lab = lab_with(&[])?;
     // Nothing listens on port 9 in the pods: they answer with ICMP port unreachable, which
     // must reach the client as coming from the frontend it asked.

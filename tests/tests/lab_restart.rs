@@ -13,7 +13,7 @@ use svclb_tests::{
     client::{TIMEOUT, TcpSession, at, tally, tcp_ask_many, udp_ask_from},
     manifests::{DNS, WEB, service},
     netns::{self, in_netns},
-    skip_unless_root,
+    require_root,
 };
 
 /// Link id and program id of every link pinned in `pin_dir`, by pin name.
@@ -57,10 +57,9 @@ fn assert_kept(sessions: &mut [(TcpSession, String)], when: &str) -> Result<()> 
 }
 
 #[test]
+#[ignore = "needs root"]
 fn established_flows_survive_a_restart_and_the_program_swap() -> Result<()> {
-    if skip_unless_root("established_flows_survive_a_restart_and_the_program_swap") {
-        return Ok(());
-    }
+    require_root()?;
     let lab = Lab::new(LabSpec::default())?;
     lab.write_manifest("nodes.yaml", &lab.nodes_manifest())?;
     let backends = vec![

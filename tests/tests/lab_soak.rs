@@ -21,7 +21,7 @@ use svclb_tests::{
     client::{TIMEOUT, at, tcp_ask, udp_ask},
     manifests::{DNS, WEB, service},
     netns::in_netns,
-    skip_unless_root,
+    require_root,
 };
 
 /// Time between two steps of the churn.
@@ -99,10 +99,9 @@ fn cycle(pods: &[Pod]) -> Vec<(Vec<Pod>, Vec<Pod>)> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn churn_keeps_every_connection_to_a_serving_backend() -> Result<()> {
-    if skip_unless_root("churn_keeps_every_connection_to_a_serving_backend") {
-        return Ok(());
-    }
+    require_root()?;
     let budget = Duration::from_secs(
         std::env::var("SVCLB_SOAK_SECS")
             .ok()

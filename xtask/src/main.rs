@@ -95,15 +95,8 @@ pub fn pinned_toolchain() -> Result<String> {
     let file = workspace_root().join("rust-toolchain.toml");
     let text =
         std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    text.lines()
-        .find_map(|line| {
-            let value = line
-                .trim()
-                .strip_prefix("channel")?
-                .trim()
-                .strip_prefix('=')?;
-            Some(value.trim().trim_matches('"').to_owned())
-        })
+    svclb_common::toolchain::channel(&text)
+        .map(str::to_owned)
         .with_context(|| format!("{} has no channel", file.display()))
 }
 
@@ -141,7 +134,16 @@ fn test(filter: Option<String>) -> Result<()> {
 
     println!("== datapath fixtures and lab tests (one at a time: they share the kernel)");
     run(Command::new("cargo")
-        .args(["test", "--package", "svclb-tests", "--", "--test-threads=1"])
+        // Tests that need root are `#[ignore = "needs root"]`: a plain `cargo test` lists
+        // them as ignored, this run (as root) includes them.
+        .args([
+            "test",
+            "--package",
+            "svclb-tests",
+            "--",
+            "--include-ignored",
+            "--test-threads=1",
+        ])
         .args(&filter)
         .env("SVCLB_BIN", &svclb))?;
     // A filtered run is someone after particular tests; a full one fuzzes briefly too.

@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use svclb::{
-    kernel_maps::Maps,
-    mapstate::service_key,
+    entries::service_key,
+    kernel::maps::Maps,
     plan::{FrontendKey, Protocol},
 };
 use svclb_common::SlotKey;
@@ -119,7 +119,7 @@ pub fn load_time(ns: &str, program: &str, args: &[&str], rules: &str) -> Result<
 /// The sync times the agent logged, in order (ms).
 fn sync_times_ms(log: &str) -> Vec<f64> {
     log.lines()
-        .filter(|l| l.contains("svclb::agent: synced"))
+        .filter(|l| l.contains("svclb::agent::syncer: synced"))
         .filter_map(|l| l.split("took_us=").nth(1))
         .filter_map(|v| v.split_whitespace().next())
         .filter_map(|v| v.parse::<f64>().ok())

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Result, ensure};
-use svclb::{loader::MapSizes, plan::Protocol};
+use svclb::{entries::Capacity, plan::Protocol};
 use svclb_tests::{
     packet::{PacketSpec, TCP_ACK, TCP_SYN},
     packet6::Packet6,
@@ -81,12 +81,12 @@ fn average(total: Duration, runs: u32) -> f64 {
 }
 
 fn measure(services: usize, backends: usize, ipv6: bool, calls: u32) -> Result<Row> {
-    let sizes = MapSizes {
+    let sizes = Capacity {
         services: 131_072,
         backends: 65_536,
-        slots: (services * backends + 1024).max(4096) as u32,
+        slots: (services * backends + 1024).max(4096),
         conntrack: 262_144,
-        ..MapSizes::default()
+        ..Capacity::DEFAULT
     };
     let mut dp = Datapath::load_with(&format!("bench{services}x{backends}v{ipv6}"), sizes)?;
     let frontends: Vec<_> = (0..services)

@@ -13,13 +13,15 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use svclb::{
-    ebpf::{POD_PROGRAM, UPLINK_PROGRAM},
-    kernel_maps::Maps,
-    loader::{self, MapSizes},
-    mapstate::{self, Capacity},
+    entries::{self, Capacity, MapState},
+    kernel::{
+        loader,
+        maps::Maps,
+        object::{POD_PROGRAM, UPLINK_PROGRAM},
+        sweep::{self, Sweeper},
+    },
     plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
     reconcile,
-    sweeper::{self, Sweeper},
 };
 use svclb_common::{CtEntry, CtKey, limits::MAP_CT};
 
@@ -33,23 +35,23 @@ pub type ClusterIp = (IpAddr, u16, Protocol, Vec<(IpAddr, u16)>);
 pub struct Datapath {
     ebpf: Ebpf,
     maps: Maps,
-    programmed: mapstate::MapState,
+    programmed: MapState,
     pin_dir: PathBuf,
-    sizes: MapSizes,
+    sizes: Capacity,
 }
 
 impl Datapath {
     pub fn load(name: &str) -> Result<Self> {
-        Self::load_with(name, MapSizes::default())
+        Self::load_with(name, Capacity::DEFAULT)
     }
 
-    pub fn load_with(name: &str, sizes: MapSizes) -> Result<Self> {
+    pub fn load_with(name: &str, sizes: Capacity) -> Result<Self> {
         let pin_dir = PathBuf::from(format!(
             "/sys/fs/bpf/svl-fixture-{}-{name}",
             std::process::id()
         ));
         loader::prepare_bpffs(&pin_dir)?;
-        let mut ebpf = loader::load(&pin_dir, sizes)?;
+        let mut ebpf = loader::load(&pin_dir, &sizes)?;
         let maps = Maps::take(&mut ebpf, svclb_common::maglev::Maglev::default())?;
         for name in [POD_PROGRAM, UPLINK_PROGRAM] {
             let program: &mut SchedClassifier =
@@ -59,7 +61,7 @@ impl Datapath {
         Ok(Self {
             ebpf,
             maps,
-            programmed: mapstate::MapState::default(),
+            programmed: MapState::default(),
             pin_dir,
             sizes,
         })
@@ -67,7 +69,7 @@ impl Datapath {
 
     /// Loads the conntrack sweep program and pins it beside the maps, as the agent does.
     pub fn sweeper(&mut self) -> Result<Sweeper> {
-        sweeper::install(&mut self.ebpf, &self.pin_dir)?;
+        sweep::install(&mut self.ebpf, &self.pin_dir)?;
         Sweeper::open(&self.pin_dir)
     }
 
@@ -118,16 +120,12 @@ impl Datapath {
     /// Programs `plan` through the agent's pipeline.
     pub fn program(&mut self, plan: &Plan) {
         let capacity = Capacity {
-            services: self.sizes.services as usize,
-            slots: self.sizes.slots as usize,
-            backends: self.sizes.backends as usize,
-            maglev_tables: self.sizes.maglev_tables as usize,
             maglev_size: svclb_common::maglev::DEFAULT_TABLE_SIZE,
-            source_ranges: self.sizes.source_ranges as usize,
+            ..self.sizes
         };
-        let (desired, diags) = mapstate::desired(plan, &self.programmed, capacity);
+        let (desired, diags) = entries::desired(plan, &self.programmed, capacity);
         assert!(diags.is_empty(), "{diags:?}");
-        let report = reconcile::sync(&mut self.programmed, &desired, &mut self.maps);
+        let report = reconcile::full::sync(&mut self.programmed, &desired, &mut self.maps);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
     }
 

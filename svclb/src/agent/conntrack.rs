@@ -1,0 +1,134 @@
+//! Letting go of backends that left a frontend, off the sync's path: walking a conntrack map of
+//! 200k entries takes some 200 ms of syscalls, which must not hold up the next change. A
+//! worker thread with its own handles on the pinned maps takes the (frontend, backend) pairs
+//! each sync reports, merges whatever queued while it walked, and walks once for all.
+//!
+//! The same worker sweeps the conntrack every [`SWEEP_EVERY`]: flows that are over (a TCP FIN
+//! or RST and 10 s of quiet, UDP flows idle for 60 s and TCP flows idle for 24 h, see
+//! `flow_ended`) go, both directions, so their room and SNAT ports are free again (the
+//! datapath also takes over an ended flow's SNAT port by itself when it needs one). The
+//! sweep program decides on each entry in the kernel (see [`crate::kernel::sweep`]).
+//!
+//! A pair may reach the worker after a later sync handed its ids to other frontends or
+//! backends; the worst that does is make a few UDP flows of those pick a backend again, and a
+//! client lose its affinity once. Established TCP connections are never purged.
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{Arc, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tracing::{debug, error, info};
+
+use crate::{
+    kernel::{
+        maps::{Maps, Purged},
+        sweep::{Sweeper, monotonic_ns},
+    },
+    telemetry::metrics::{ERROR_CONNTRACK, Metrics},
+};
+
+/// How often the conntrack is swept for flows that are over.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+pub struct Purger {
+    tx: mpsc::Sender<BTreeSet<(u32, u32)>>,
+}
+
+/// The worker thread's state: its own handles on the pinned maps and the sweep program.
+struct Worker {
+    maps: Maps,
+    sweeper: Sweeper,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<BTreeSet<(u32, u32)>>,
+}
+
+impl Worker {
+    /// Sweeps every [`SWEEP_EVERY`] and purges what syncs report, until the agent goes.
+    fn run(mut self) {
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
+        loop {
+            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let mut departed = match self.rx.recv_timeout(wait) {
+                Ok(departed) => departed,
+                Err(mpsc::RecvTimeoutError::Timeout) => BTreeSet::new(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            if Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = Instant::now() + SWEEP_EVERY;
+            }
+            if departed.is_empty() {
+                continue;
+            }
+            while let Ok(more) = self.rx.try_recv() {
+                departed.extend(more);
+            }
+            self.purge(&departed);
+        }
+    }
+
+    fn sweep(&mut self) {
+        match self.maps.sweep(&self.sweeper, monotonic_ns()) {
+            Ok(swept) => {
+                self.metrics.expired_flows.inc_by(swept as u64);
+                debug!(entries = swept, "conntrack swept");
+            }
+            Err(err) => {
+                self.metrics.count_errors(ERROR_CONNTRACK, 1);
+                error!("sweeping the conntrack: {err:#}");
+            }
+        }
+    }
+
+    fn purge(&mut self, departed: &BTreeSet<(u32, u32)>) {
+        match self.maps.purge(&self.sweeper, departed) {
+            Ok(purged) if purged != Purged::default() => {
+                self.metrics.purged_flows.inc_by(purged.flows as u64);
+                self.metrics
+                    .purged_affinities
+                    .inc_by(purged.affinities as u64);
+                info!(
+                    conntrack = purged.flows,
+                    affinity = purged.affinities,
+                    "let go of removed backends"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => {
+                self.metrics.count_errors(ERROR_CONNTRACK, 1);
+                error!("purging flows of removed backends: {err:#}");
+            }
+        }
+    }
+}
+
+impl Purger {
+    /// Starts the worker on the maps pinned in `dir`.
+    pub fn start(dir: &Path, metrics: Arc<Metrics>) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<BTreeSet<(u32, u32)>>();
+        let worker = Worker {
+            maps: Maps::open_pinned(dir)?,
+            sweeper: Sweeper::open(dir)?,
+            metrics,
+            rx,
+        };
+        thread::Builder::new()
+            .name("svclb-purge".into())
+            .spawn(move || worker.run())
+            .context("starting the purge worker")?;
+        Ok(Self { tx })
+    }
+
+    /// Hands `departed` to the worker; returns at once.
+    pub fn purge(&self, departed: BTreeSet<(u32, u32)>) {
+        if !departed.is_empty() {
+            // The worker lives as long as the process.
+            let _ = self.tx.send(departed);
+        }
+    }
+}

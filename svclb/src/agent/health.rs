@@ -1,0 +1,137 @@
+//! `healthCheckNodePort`s of services with `externalTrafficPolicy: Local`, answered as
+//! kube-proxy does: an external load balancer asks every node and sends traffic only to those
+//! that say 200 (at least one local ready endpoint); the others say 503.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{Arc, Mutex},
+};
+
+use serde_json::json;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::{debug, info, warn};
+
+use crate::plan::HealthCheck;
+
+/// What one port answers: the service and its local endpoint count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Answer {
+    service: String,
+    local_endpoints: usize,
+}
+
+/// The servers, one per health-check port.
+#[derive(Default)]
+pub struct HealthChecks {
+    answers: Arc<Mutex<BTreeMap<u16, Answer>>>,
+    servers: BTreeMap<u16, JoinHandle<()>>,
+}
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        for server in self.servers.values() {
+            server.abort();
+        }
+    }
+}
+
+/// The body kube-proxy sends.
+fn body(answer: &Answer) -> String {
+    let (namespace, name) = answer
+        .service
+        .split_once('/')
+        .unwrap_or(("", answer.service.as_str()));
+    let body = json!({
+        "service": {"namespace": namespace, "name": name},
+        "localEndpoints": answer.local_endpoints,
+        "serviceProxyHealthy": true,
+    });
+    format!("{body}\n")
+}
+
+impl HealthChecks {
+    /// Serves exactly `checks`: new ports are bound, gone ones closed, counts updated. A port
+    /// that cannot be bound is reported by service and retried at the next update.
+    pub fn update(&mut self, checks: &[HealthCheck]) {
+        let wanted: BTreeMap<u16, Answer> = checks
+            .iter()
+            .map(|c| {
+                (
+                    c.port,
+                    Answer {
+                        service: c.service.clone(),
+                        local_endpoints: c.local_endpoints,
+                    },
+                )
+            })
+            .collect();
+        *self.answers.lock().expect("health-check answers lock") = wanted.clone();
+        self.servers.retain(|port, server| {
+            let keep = wanted.contains_key(port) && !server.is_finished();
+            if !keep {
+                server.abort();
+                info!(port, "health-check port closed");
+            }
+            keep
+        });
+        for (port, answer) in wanted {
+            if self.servers.contains_key(&port) {
+                continue;
+            }
+            // Both families on one socket (IPv4 clients arrive as mapped addresses); IPv4
+            // alone on a host without IPv6.
+            let listener =
+                match std::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
+                    .or_else(|_| {
+                        std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+                    })
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(TcpListener::from_std)
+                {
+                    Ok(listener) => listener,
+                    Err(err) => {
+                        warn!(
+                            "Service {}: cannot serve its healthCheckNodePort {port}: {err}",
+                            answer.service
+                        );
+                        continue;
+                    }
+                };
+            info!(port, service = %answer.service, "health-check port open");
+            let answers = self.answers.clone();
+            self.servers
+                .insert(port, tokio::spawn(serve(listener, port, answers)));
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, port: u16, answers: Arc<Mutex<BTreeMap<u16, Answer>>>) {
+    while let Ok((mut stream, peer)) = listener.accept().await {
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            if crate::telemetry::http::read_path(&mut stream)
+                .await
+                .is_none()
+            {
+                return;
+            }
+            let answer = answers
+                .lock()
+                .expect("health-check answers lock")
+                .get(&port)
+                .cloned();
+            let (status, body) = match answer {
+                Some(a) if a.local_endpoints > 0 => ("200 OK", body(&a)),
+                Some(a) => ("503 Service Unavailable", body(&a)),
+                None => ("503 Service Unavailable", "no such service\n".to_owned()),
+            };
+            if let Err(err) =
+                crate::telemetry::http::respond(&mut stream, status, "application/json", &body)
+                    .await
+            {
+                debug!(%peer, %err, "health-check client went away");
+            }
+        });
+    }
+}

@@ -1,0 +1,281 @@
+//! The agent: starts everything ([`run`]), then serves: follows the source, syncs on the
+//! [`schedule`], attaches devices as they come and go, until SIGTERM or Ctrl-C. A stopped
+//! agent leaves the datapath attached and serving (its links and maps are pinned).
+//!
+//! - [`syncer`]: one sync, source -> plan -> entries -> maps;
+//! - [`schedule`]: when the next sync is due (debounce, retry with backoff);
+//! - [`health`]: the health-check node ports of Local-policy services;
+//! - [`conntrack`]: the worker that purges departed backends' flows and sweeps ended ones.
+
+pub mod conntrack;
+pub mod health;
+pub mod schedule;
+mod syncer;
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use futures::{StreamExt as _, stream::BoxStream};
+use ipnet::IpNet;
+use netlink_packet_core::NetlinkMessage;
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::{Handle, MulticastGroup, new_multicast_connection};
+use svclb_common::maglev::Maglev;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::{error, info, warn};
+
+use self::{conntrack::Purger, health::HealthChecks, schedule::SyncSchedule, syncer::Syncer};
+use crate::{
+    entries::Capacity,
+    kernel::{
+        attach::{DeviceSelector, Devices},
+        loader,
+        maps::Maps,
+        sweep,
+    },
+    plan::Planner,
+    reconcile::Index,
+    source::{Source, SourceConfig},
+    telemetry::{
+        http,
+        metrics::{ERROR_DEVICE, ERROR_WATCH, ErrorCounters, Metrics},
+        report::{AgentStatus, unix_ms},
+        traffic::TrafficCollector,
+    },
+};
+
+/// Devices are listed again this often, in case a link notification was lost.
+const RESCAN: Duration = Duration::from_secs(10);
+/// While the first lists are outstanding, say so this often.
+const READY_LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node_name: String,
+    /// `--nodeport-addresses`: NodePorts only on node addresses inside these.
+    pub nodeport_cidrs: Vec<IpNet>,
+    pub source: SourceConfig,
+    pub devices: DeviceSelector,
+    pub bpffs_dir: PathBuf,
+    /// Every map's size, and the size of each Maglev table.
+    pub capacity: Capacity,
+    /// Table size and seed of every Maglev table.
+    pub maglev: Maglev,
+    /// Where `/metrics` and `/healthz` are served.
+    pub metrics_addr: SocketAddr,
+}
+
+/// A started agent: what the serve loop drives.
+struct Agent {
+    config: AgentConfig,
+    syncer: Syncer,
+    devices: Devices,
+    /// rtnetlink: a handle for listing links, and the link notifications.
+    handle: Handle,
+    link_events: BoxStream<'static, NetlinkMessage<RouteNetlinkMessage>>,
+    metrics: Arc<Metrics>,
+    errors: ErrorCounters,
+    /// Serves `/metrics`, `/status` and `/healthz` while the agent runs.
+    _http: tokio::task::JoinHandle<()>,
+}
+
+pub async fn run(config: AgentConfig) -> Result<()> {
+    loader::require_root("svclb agent")?;
+    let sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let agent = start(config).await?;
+    let bpffs_dir = agent.config.bpffs_dir.clone();
+    agent.serve(sigterm, sigint).await?;
+    info!(
+        "stopped; the datapath stays attached, its links and maps pinned in {} (`svclb agent --cleanup` removes them)",
+        bpffs_dir.display()
+    );
+    Ok(())
+}
+
+/// Opens the source, loads the datapath (adopting what an earlier run pinned), attaches the
+/// devices and starts the metrics endpoint.
+async fn start(config: AgentConfig) -> Result<Agent> {
+    let errors = ErrorCounters::default();
+    let source = Source::open(
+        &config.source,
+        &config.node_name,
+        errors.counter(ERROR_WATCH),
+    )
+    .await?;
+    loader::prepare_bpffs(&config.bpffs_dir)?;
+    let mut ebpf = loader::load(&config.bpffs_dir, &config.capacity)?;
+    let maps = Maps::take(&mut ebpf, config.maglev)?;
+    sweep::install(&mut ebpf, &config.bpffs_dir)?;
+
+    // Take over what an earlier run left: its entries are the starting point of the diff, so
+    // the first sync deletes whatever is stale and rewrites nothing that is right.
+    let programmed = maps.read().context("reading the pinned maps")?;
+    info!(
+        frontends = programmed.services.len(),
+        slots = programmed.slots.len(),
+        backends = programmed.backends.len(),
+        pin_dir = %config.bpffs_dir.display(),
+        "adopted pinned maps"
+    );
+
+    // Subscribe before listing, so a device created in between is not missed.
+    let (connection, handle, link_events) =
+        new_multicast_connection(&[MulticastGroup::Link]).context("opening an rtnetlink socket")?;
+    tokio::spawn(connection);
+    let mut devices = Devices::new(
+        ebpf,
+        config.devices.clone(),
+        &config.bpffs_dir,
+        errors.counter(ERROR_DEVICE),
+    )?;
+    if let Err(err) = devices.attach_existing(&handle).await {
+        devices.abandon();
+        return Err(err);
+    }
+
+    let traffic = match TrafficCollector::open(&config.bpffs_dir) {
+        Ok(traffic) => Some(Arc::new(traffic)),
+        Err(err) => {
+            warn!("per-frontend counters are not exported: {err:#}");
+            None
+        }
+    };
+    let metrics = Metrics::new(errors.clone(), traffic.clone());
+    *metrics.status() = AgentStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        node: config.node_name.clone(),
+        source: source.describe(),
+        pid: std::process::id(),
+        started_unix: unix_ms() / 1000,
+        ..AgentStatus::default()
+    };
+    metrics.set_devices(devices.attached_names(), devices.problems());
+    let http = http::serve(config.metrics_addr, metrics.clone()).await?;
+    let syncer = Syncer {
+        metrics: metrics.clone(),
+        planner: Planner::new(&config.node_name, &config.nodeport_cidrs),
+        not_programmed: 0,
+        source,
+        maps,
+        programmed,
+        index: Index::default(),
+        complete: false,
+        traffic,
+        purger: Purger::start(&config.bpffs_dir, metrics.clone())?,
+        capacity: config.capacity,
+        reported: BTreeSet::new(),
+        health: HealthChecks::default(),
+    };
+    Ok(Agent {
+        config,
+        syncer,
+        devices,
+        handle,
+        link_events: link_events.map(|(message, _)| message).boxed(),
+        metrics,
+        errors,
+        _http: http,
+    })
+}
+
+/// Sleeps until `due`; never, when nothing is due.
+async fn until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Agent {
+    /// Serves until SIGTERM or Ctrl-C. The first sync waits for a complete view: programming
+    /// a half-listed cluster would delete the services not seen yet. Meanwhile the maps keep
+    /// serving what they hold, and devices keep being attached.
+    async fn serve(mut self, mut sigterm: Signal, mut sigint: Signal) -> Result<()> {
+        let mut rescan = tokio::time::interval_at(tokio::time::Instant::now() + RESCAN, RESCAN);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut waiting_log = tokio::time::interval_at(
+            tokio::time::Instant::now() + READY_LOG_EVERY,
+            READY_LOG_EVERY,
+        );
+        let (mut link_events_open, mut source_open, mut ready) = (true, true, false);
+        let mut readiness = self.syncer.source.readiness();
+        let mut schedule = SyncSchedule::default();
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+                _ = sigint.recv() => { info!("interrupted: stopping"); break; }
+                result = &mut readiness, if !ready => {
+                    result?;
+                    ready = true;
+                    schedule.now(Instant::now());
+                }
+                _ = waiting_log.tick(), if !ready => {
+                    warn!("{} has not listed everything yet; waiting, serving what the maps hold", self.syncer.source.describe());
+                }
+                message = self.link_events.next(), if link_events_open => match message {
+                    Some(message) => self.on_link_message(message),
+                    None => {
+                        link_events_open = false;
+                        error!("link notifications stopped; new devices are found by the rescan every {RESCAN:?}");
+                    }
+                },
+                _ = rescan.tick() => self.rescan().await,
+                change = self.syncer.source.next_change(), if source_open => match change {
+                    Some(()) => schedule.changed(Instant::now()),
+                    None => {
+                        source_open = false;
+                        error!("{} reports no more changes; serving the last state", self.syncer.source.describe());
+                    }
+                },
+                () = until(schedule.due()), if ready => self.sync(&mut schedule),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_link_message(&mut self, message: NetlinkMessage<RouteNetlinkMessage>) {
+        self.devices.on_message(message);
+        self.report_devices();
+    }
+
+    async fn rescan(&mut self) {
+        if let Err(err) = self.devices.rescan(&self.handle).await {
+            warn!("device rescan: {err:#}");
+            self.errors.counter(ERROR_DEVICE).inc();
+        }
+        self.report_devices();
+    }
+
+    fn report_devices(&self) {
+        self.metrics
+            .set_devices(self.devices.attached_names(), self.devices.problems());
+    }
+
+    /// Runs the sync that is due and schedules what follows; the first one makes the agent
+    /// ready.
+    fn sync(&mut self, schedule: &mut SyncSchedule) {
+        let first = !self.metrics.ready.load(Ordering::Relaxed);
+        if schedule.begin(first) {
+            info!("retrying what could not be written");
+        }
+        let incomplete = self.syncer.sync();
+        schedule.end(Instant::now(), incomplete);
+        if first {
+            self.metrics.ready.store(true, Ordering::Relaxed);
+            self.metrics.status().ready = true;
+            info!(
+                node = %self.config.node_name,
+                devices = ?self.devices.attached_names(),
+                source = %self.syncer.source.describe(),
+                "serving"
+            );
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! One sync: read the source, update the plan, bring the maps in line (incrementally when the
+//! last sync wrote everything, in full otherwise), then tell the health checks, the traffic
+//! counters, the purge worker, the log and the metrics what happened.
+
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, error, info, warn};
+
+use super::{conntrack::Purger, health::HealthChecks};
+use crate::{
+    entries::{self, Capacity, MapState},
+    kernel::maps::Maps,
+    plan::{Diagnostic, FrontendKey, Planner},
+    reconcile::{self, Index, SyncReport},
+    source::Source,
+    telemetry::{
+        metrics::{ERROR_MAP_WRITE, Metrics},
+        report::{LastSync, unix_ms},
+        traffic::TrafficCollector,
+    },
+};
+
+/// The programmed state and what is needed to move it.
+pub(super) struct Syncer {
+    pub(super) source: Source,
+    /// The plan, kept up to date change by change.
+    pub(super) planner: Planner,
+    pub(super) maps: Maps,
+    pub(super) programmed: MapState,
+    /// Lookups into `programmed` for O(change) syncs; rebuilt after every full sync.
+    pub(super) index: Index,
+    /// The last sync wrote everything it planned: the next one may write only what changed.
+    /// Otherwise (the first sync, a full map, a failed write) it compares everything.
+    pub(super) complete: bool,
+    pub(super) capacity: Capacity,
+    /// Diagnostics already logged, so each problem is logged once, not at every sync.
+    pub(super) reported: BTreeSet<Diagnostic>,
+    /// Frontends planned but left out of the maps at the last sync.
+    pub(super) not_programmed: usize,
+    pub(super) metrics: Arc<Metrics>,
+    /// Answers the health-check node ports of Local-policy services.
+    pub(super) health: HealthChecks,
+    /// Names the frontends whose counters `/metrics` exports.
+    pub(super) traffic: Option<Arc<TrafficCollector>>,
+    /// Removes flows and affinities of departed backends, in the background.
+    pub(super) purger: Purger,
+}
+
+/// What bringing the maps in line did.
+struct Applied {
+    report: SyncReport,
+    /// It compared everything rather than the change.
+    full: bool,
+    /// Frontends that did not fit the maps, by Service.
+    map_diags: Vec<Diagnostic>,
+}
+
+/// How long each step took, for the log.
+struct Timings {
+    read_us: u64,
+    plan_us: u64,
+    took: Duration,
+}
+
+impl Syncer {
+    /// Reads the sources and brings the maps in line. Returns whether something could not be
+    /// written (a full map, a failed write), so the sync should be retried.
+    pub(super) fn sync(&mut self) -> bool {
+        let started = Instant::now();
+        let snapshot = self.source.snapshot();
+        let read_us = started.elapsed().as_micros() as u64;
+        let changed = self.planner.update(&snapshot);
+        self.health.update(&self.planner.plan().health_checks);
+        let plan_us = started.elapsed().as_micros() as u64 - read_us;
+        let mut applied = self.apply(&changed);
+        self.update_traffic(&changed, applied.full);
+        let plan = self.planner.plan();
+        self.not_programmed = plan
+            .frontends
+            .len()
+            .saturating_sub(self.programmed.services.len());
+        let incomplete = !applied.map_diags.is_empty() || !applied.report.errors.is_empty();
+        self.complete = !incomplete;
+        self.purger.purge(applied.report.departed.clone());
+        self.report_diagnostics(snapshot.diagnostics, std::mem::take(&mut applied.map_diags));
+        for err in &applied.report.errors {
+            error!("map write failed: {err}");
+        }
+        let timings = Timings {
+            read_us,
+            plan_us,
+            took: started.elapsed(),
+        };
+        self.record(&timings, &applied.report, applied.full);
+        self.log(&timings, &applied, changed.len());
+        incomplete
+    }
+
+    /// The incremental sync when the last one wrote everything and the change fits, the full
+    /// one otherwise.
+    fn apply(&mut self, changed: &BTreeSet<FrontendKey>) -> Applied {
+        let plan = self.planner.plan();
+        if self.complete
+            && let Some(report) = reconcile::incremental::sync(
+                plan,
+                changed,
+                &mut self.programmed,
+                &mut self.index,
+                self.capacity,
+                &mut self.maps,
+            )
+        {
+            return Applied {
+                report,
+                full: false,
+                map_diags: Vec::new(),
+            };
+        }
+        let (desired, map_diags) = entries::desired(plan, &self.programmed, self.capacity);
+        let report = reconcile::full::sync(&mut self.programmed, &desired, &mut self.maps);
+        self.index = Index::of(&self.programmed);
+        Applied {
+            report,
+            full: true,
+            map_diags,
+        }
+    }
+
+    fn update_traffic(&self, changed: &BTreeSet<FrontendKey>, full: bool) {
+        let Some(traffic) = &self.traffic else {
+            return;
+        };
+        let plan = self.planner.plan();
+        if full {
+            traffic.rebuild(plan, &self.programmed);
+        } else {
+            traffic.update(plan, &self.programmed, changed);
+        }
+    }
+
+    /// Logs each new problem once; remembers them all for the next sync and the metrics.
+    fn report_diagnostics(&mut self, source: Vec<Diagnostic>, maps: Vec<Diagnostic>) {
+        let diags: BTreeSet<Diagnostic> = source
+            .into_iter()
+            .chain(self.planner.diagnostics().cloned())
+            .chain(maps)
+            .collect();
+        for diag in diags.difference(&self.reported) {
+            warn!("{diag}");
+        }
+        self.reported = diags;
+    }
+
+    fn record(&self, timings: &Timings, report: &SyncReport, full: bool) {
+        let m = &self.metrics;
+        {
+            let mut status = m.status();
+            status.syncs += 1;
+            status.last_sync = Some(LastSync {
+                at_unix_ms: unix_ms(),
+                duration_ms: timings.took.as_secs_f64() * 1e3,
+                full,
+                writes: report.writes,
+                errors: report.errors.len(),
+            });
+            status.frontends_not_programmed = self.not_programmed;
+            status.objects_skipped = self.reported.len();
+        }
+        m.sync_duration.observe(timings.took.as_secs_f64());
+        m.syncs.inc();
+        m.entries_written.inc_by(report.writes as u64);
+        m.write_errors.inc_by(report.errors.len() as u64);
+        m.count_errors(ERROR_MAP_WRITE, report.errors.len() as u64);
+        m.frontends.set(self.programmed.services.len() as i64);
+        m.backends.set(self.programmed.backends.len() as i64);
+        m.frontends_not_programmed.set(self.not_programmed as i64);
+        m.objects_skipped.set(self.reported.len() as i64);
+        for (map, entries) in self.programmed.fills() {
+            m.set_map(map, entries, self.capacity.of(map));
+        }
+    }
+
+    fn log(&self, timings: &Timings, applied: &Applied, changed: usize) {
+        let report = &applied.report;
+        let took_us = timings.took.as_micros() as u64;
+        let (frontends, backends) = (
+            self.programmed.services.len(),
+            self.programmed.backends.len(),
+        );
+        if report.writes == 0 && report.errors.is_empty() {
+            debug!(frontends, backends, took_us, "synced, nothing changed");
+            return;
+        }
+        info!(
+            frontends,
+            backends,
+            changed,
+            full = applied.full,
+            writes = report.writes,
+            errors = report.errors.len(),
+            read_us = timings.read_us,
+            plan_us = timings.plan_us,
+            took_us,
+            "synced"
+        );
+    }
+}

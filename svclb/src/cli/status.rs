@@ -1,0 +1,402 @@
+//! `svclb status`: the screen to read first. What the agent says of itself (from its
+//! `/status` endpoint: version, node, source, last sync), what the kernel holds (the pinned
+//! links with their program ids, the maps' fill), and warnings. It works without an agent,
+//! from the pins alone, and says so.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    maps::MapData,
+    programs::links::{FdLink, PinnedLink},
+};
+use serde::Serialize;
+use svclb_common::limits::{MAP_AFFINITY, MAP_CT};
+
+use crate::{
+    kernel::{
+        maps::Maps,
+        pins::{LINKS_DIR, PinName, pins},
+    },
+    telemetry::report::AgentStatus,
+};
+
+/// A map this full gets a warning.
+const FULL_WARNING_PERCENT: f64 = 90.0;
+
+/// One pinned link.
+#[derive(Debug, Serialize)]
+pub struct LinkStatus {
+    pub pin: String,
+    /// `tc` (tcx ingress) or `xdp`.
+    pub hook: String,
+    pub ifindex: u32,
+    /// The device's name in this network namespace (`None` when no device has the index here).
+    pub device: Option<String>,
+    pub link_id: u32,
+    pub program_id: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MapFill {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// This command's version (the agent's is in `agent`).
+    pub version: String,
+    pub bpffs_dir: String,
+    pub agent: Option<AgentStatus>,
+    /// Why the agent did not answer.
+    pub agent_error: Option<String>,
+    pub links: Vec<LinkStatus>,
+    pub frontends: usize,
+    pub backends: usize,
+    /// Of those, the IPv6 ones.
+    pub frontends_ipv6: usize,
+    pub backends_ipv6: usize,
+    pub maps: Vec<MapFill>,
+    pub warnings: Vec<String>,
+}
+
+/// GETs `path` from `addr` (HTTP/1.1, one request): the body of a 200 answer.
+fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let timeout = Duration::from_secs(2);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to the agent at {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .with_context(|| format!("reading the agent's answer from {addr}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("not an HTTP answer")?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        bail!("the agent at {addr} answered {status:?} for {path}");
+    }
+    Ok(body.to_owned())
+}
+
+fn links(dir: &Path) -> Vec<LinkStatus> {
+    let mut out = Vec::new();
+    for path in pins(&dir.join(LINKS_DIR)) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let PinName { hook, ifindex } = PinName::parse(&name);
+        let info = PinnedLink::from_pin(&path)
+            .ok()
+            .and_then(|pinned| FdLink::from(pinned).info().ok());
+        out.push(LinkStatus {
+            hook,
+            device: nix::net::if_::if_indextoname(ifindex)
+                .ok()
+                .map(|n| n.to_string_lossy().into_owned()),
+            ifindex,
+            link_id: info.as_ref().map_or(0, aya::programs::links::LinkInfo::id),
+            program_id: info
+                .as_ref()
+                .map_or(0, aya::programs::links::LinkInfo::program_id),
+            pin: name,
+        });
+    }
+    out
+}
+
+fn capacity(dir: &Path, map: &str) -> u32 {
+    MapData::from_pin(dir.join(map))
+        .ok()
+        .and_then(|data| data.info().ok())
+        .map_or(0, |info| info.max_entries())
+}
+
+/// Gathers the status of the agent at `agent` and of the datapath pinned in `dir`.
+pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
+    let maps = Maps::open_pinned(dir).with_context(|| {
+        format!(
+            "nothing pinned in {} (is the agent running with --bpffs-dir {}?)",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    let state = maps.read()?;
+    let flows = [
+        (MAP_CT, maps.conntrack_len()),
+        (MAP_AFFINITY, maps.affinity_len()),
+    ];
+    let maps: Vec<MapFill> = state
+        .fills()
+        .into_iter()
+        .chain(flows)
+        .map(|(map, entries)| MapFill {
+            map: map.to_owned(),
+            entries,
+            capacity: capacity(dir, map),
+        })
+        .collect();
+    let (agent_status, agent_error) = match http_get(agent, "/status")
+        .and_then(|body| serde_json::from_str::<AgentStatus>(&body).context("the agent's /status"))
+    {
+        Ok(status) => (Some(status), None),
+        Err(err) => (None, Some(format!("{err:#}"))),
+    };
+    let links = links(dir);
+    let mut warnings = Vec::new();
+    if let Some(err) = &agent_error {
+        warnings.push(format!(
+            "no agent answers at {agent} ({err}); the datapath serves what the maps hold"
+        ));
+    }
+    if let Some(a) = &agent_status {
+        if !a.ready {
+            warnings.push("the agent has not finished its first sync".to_owned());
+        }
+        if a.frontends_not_programmed > 0 {
+            warnings.push(format!(
+                "{} planned frontends are not programmed (a full map: see the agent log)",
+                a.frontends_not_programmed
+            ));
+        }
+        if a.last_sync.as_ref().is_some_and(|s| s.errors > 0) {
+            warnings.push("the last sync had map write errors; it is retried".to_owned());
+        }
+        warnings.extend(a.device_problems.iter().cloned());
+        if a.objects_skipped > 0 {
+            warnings.push(format!(
+                "{} objects (or parts) are skipped by validation (see the agent log)",
+                a.objects_skipped
+            ));
+        }
+    }
+    for fill in &maps {
+        let percent = percent(fill.entries, fill.capacity);
+        if percent >= FULL_WARNING_PERCENT {
+            warnings.push(format!(
+                "map {} is {percent:.0}% full ({} of {})",
+                fill.map, fill.entries, fill.capacity
+            ));
+        }
+    }
+    if links.is_empty() {
+        warnings.push("no pinned links: the datapath is not attached".to_owned());
+    }
+    for link in links.iter().filter(|l| l.device.is_none()) {
+        warnings.push(format!(
+            "link {} is for interface index {}, which this network namespace lacks",
+            link.pin, link.ifindex
+        ));
+    }
+    Ok(Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        bpffs_dir: dir.display().to_string(),
+        agent: agent_status,
+        agent_error,
+        links,
+        frontends: state.services.len(),
+        backends: state.backends.len(),
+        frontends_ipv6: state
+            .services
+            .keys()
+            .filter(|k| k.family == svclb_common::FAMILY_V6)
+            .count(),
+        backends_ipv6: state
+            .backends
+            .values()
+            .filter(|b| b.family == svclb_common::FAMILY_V6)
+            .count(),
+        maps,
+        warnings,
+    })
+}
+
+fn percent(entries: usize, capacity: u32) -> f64 {
+    if capacity == 0 {
+        0.0
+    } else {
+        entries as f64 * 100.0 / f64::from(capacity)
+    }
+}
+
+fn ago(now_ms: u64, then_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) as f64 / 1e3;
+    if s < 120.0 {
+        format!("{s:.1}s ago")
+    } else {
+        format!("{:.0}m ago", s / 60.0)
+    }
+}
+
+pub fn render_table(status: &Status, now_ms: u64) -> String {
+    let mut out = String::new();
+    match &status.agent {
+        Some(a) => {
+            out.push_str(&format!(
+                "agent      svclb {} on node {} (pid {}), {}, reading {}\n",
+                a.version,
+                a.node,
+                a.pid,
+                if a.ready { "ready" } else { "not ready" },
+                a.source
+            ));
+            match &a.last_sync {
+                Some(s) => out.push_str(&format!(
+                    "last sync  {} took {:.1} ms ({}, {} writes, {} errors); {} sync{} since the start {}\n",
+                    ago(now_ms, s.at_unix_ms),
+                    s.duration_ms,
+                    if s.full { "full" } else { "changes only" },
+                    s.writes,
+                    s.errors,
+                    a.syncs,
+                    if a.syncs == 1 { "" } else { "s" },
+                    ago(now_ms, a.started_unix * 1000),
+                )),
+                None => out.push_str("last sync  none yet\n"),
+            }
+        }
+        None => out.push_str("agent      not reachable\n"),
+    }
+    // Families are told apart once there is IPv6 at all.
+    let split = |all: usize, v6: usize| {
+        if status.frontends_ipv6 + status.backends_ipv6 == 0 {
+            String::new()
+        } else {
+            format!(" ({} IPv4, {v6} IPv6)", all - v6)
+        }
+    };
+    out.push_str(&format!(
+        "datapath   {} frontends{}, {} backends{}, pinned in {}\n",
+        status.frontends,
+        split(status.frontends, status.frontends_ipv6),
+        status.backends,
+        split(status.backends, status.backends_ipv6),
+        status.bpffs_dir
+    ));
+    out.push_str("\nDEVICE      HOOK          LINK  PROGRAM\n");
+    for link in &status.links {
+        let device = link
+            .device
+            .clone()
+            .unwrap_or_else(|| format!("#{}", link.ifindex));
+        out.push_str(&format!(
+            "{device:<10}  {:<12}  {:>4}  {}\n",
+            link.hook, link.link_id, link.program_id
+        ));
+    }
+    out.push_str("\nMAP                  ENTRIES  CAPACITY   FILL\n");
+    for fill in &status.maps {
+        out.push_str(&format!(
+            "{:<19}  {:>7}  {:>8}  {:>4.0}%\n",
+            fill.map,
+            fill.entries,
+            fill.capacity,
+            percent(fill.entries, fill.capacity)
+        ));
+    }
+    if status.warnings.is_empty() {
+        out.push_str("\nno warnings\n");
+    } else {
+        out.push_str("\nwarnings:\n");
+        for warning in &status.warnings {
+            out.push_str(&format!("  - {warning}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{AgentStatus, MapFill, Status, render_table};
+    use crate::telemetry::report::LastSync;
+
+    #[test]
+    fn the_table_says_what_matters_first() {
+        let status = Status {
+            version: "0.1.0".into(),
+            bpffs_dir: "/sys/fs/bpf/svclb".into(),
+            agent: Some(AgentStatus {
+                version: "0.1.0".into(),
+                node: "n1".into(),
+                source: "manifests in /m".into(),
+                pid: 42,
+                started_unix: 1_000,
+                ready: true,
+                devices: vec!["eth0".into()],
+                device_problems: Vec::new(),
+                syncs: 7,
+                last_sync: Some(LastSync {
+                    at_unix_ms: 1_000_000,
+                    duration_ms: 1.3,
+                    full: false,
+                    writes: 3,
+                    errors: 0,
+                }),
+                frontends_not_programmed: 0,
+                objects_skipped: 0,
+            }),
+            agent_error: None,
+            links: Vec::new(),
+            frontends: 2,
+            backends: 3,
+            frontends_ipv6: 0,
+            backends_ipv6: 0,
+            maps: vec![MapFill {
+                map: "SVCLB_SERVICES".into(),
+                entries: 2,
+                capacity: 4,
+            }],
+            warnings: vec!["map X is 95% full (95 of 100)".into()],
+        };
+        let table = render_table(&status, 1_002_500);
+        assert!(
+            table.starts_with(
+                "agent      svclb 0.1.0 on node n1 (pid 42), ready, reading manifests in /m\n"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "last sync  2.5s ago took 1.3 ms (changes only, 3 writes, 0 errors); 7 syncs"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("SVCLB_SERVICES             2         4    50%"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  - map X is 95% full (95 of 100)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("datapath   2 frontends, 3 backends, pinned in /sys/fs/bpf/svclb\n"),
+            "{table}"
+        );
+        // With IPv6 entries, both families are counted.
+        let status = Status {
+            frontends_ipv6: 1,
+            backends_ipv6: 2,
+            ..status
+        };
+        let table = render_table(&status, 1_002_500);
+        assert!(
+            table.contains(
+                "datapath   2 frontends (1 IPv4, 1 IPv6), 3 backends (1 IPv4, 2 IPv6), pinned in"
+            ),
+            "{table}"
+        );
+    }
+}

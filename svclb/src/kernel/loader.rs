@@ -1,0 +1,97 @@
+//! Preflight checks and loading of the datapath object with its maps pinned.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{Ebpf, EbpfLoader};
+use nix::{
+    mount::MsFlags,
+    sys::statfs::{BPF_FS_MAGIC, statfs},
+    unistd::geteuid,
+};
+use svclb_common::limits::{
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_FRAGS, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS,
+    MAP_SOURCE_RANGES, MAP_STATS,
+};
+
+use super::object::OBJECT;
+use crate::entries::Capacity;
+
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+pub fn require_root(what: &str) -> Result<()> {
+    let uid = geteuid();
+    if !uid.is_root() {
+        bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN); running as uid {uid}");
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC)
+}
+
+/// Makes sure `dir` exists on a bpf filesystem, mounting one on /sys/fs/bpf when it is missing
+/// there (as a container without the host's bpffs would have it).
+pub fn prepare_bpffs(dir: &Path) -> Result<()> {
+    let root = Path::new(BPFFS_ROOT);
+    if dir.starts_with(root) && !is_bpffs(root) {
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting a bpf filesystem on {BPFFS_ROOT}"))?;
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating pin directory {}", dir.display()))?;
+    if !is_bpffs(dir) {
+        bail!(
+            "pin directory {} is not on a bpf filesystem (mount one with `mount -t bpf bpf {BPFFS_ROOT}`)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Loads the datapath object. Maps already pinned in `pin_dir` by an earlier run are reused,
+/// so their entries (and established flows) survive a restart; missing ones are created and
+/// pinned.
+pub fn load(pin_dir: &Path, sizes: &Capacity) -> Result<Ebpf> {
+    if OBJECT.is_empty() {
+        bail!("this svclb binary was built with AYA_BUILD_SKIP=1 and holds no eBPF programs");
+    }
+    let pin_dir: PathBuf = pin_dir.to_path_buf();
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&pin_dir);
+    // Frontend ids stay below twice the services map's capacity (see `STATS_MAX`).
+    let stats = sizes.services.saturating_mul(2);
+    for (map, size) in [
+        (MAP_SERVICES, sizes.services),
+        (MAP_BACKENDS, sizes.backends),
+        (MAP_SLOTS, sizes.slots),
+        (MAP_CT, sizes.conntrack),
+        (MAP_MAGLEV, sizes.maglev_tables),
+        (MAP_AFFINITY, sizes.affinity),
+        (MAP_SOURCE_RANGES, sizes.source_ranges),
+        (MAP_FRAGS, sizes.fragments),
+        (MAP_STATS, stats),
+    ] {
+        let size = u32::try_from(size)
+            .with_context(|| format!("map {map}: a size of {size} entries is too large"))?;
+        loader.map_max_entries(map, size);
+    }
+    loader
+        .load(OBJECT)
+        .with_context(|| {
+            format!(
+                "loading the datapath with maps pinned in {} (maps pinned by an incompatible \
+                 build or with other sizes cannot be reused: remove that directory to start afresh)",
+                pin_dir.display()
+            )
+        })
+}

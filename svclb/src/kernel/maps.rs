@@ -1,0 +1,385 @@
+//! Typed handles on the pinned maps: reading them back into a [`MapState`] and writing the
+//! reconciler's changes.
+
+use std::{collections::BTreeSet, path::Path};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{
+        Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key,
+    },
+};
+use ipnet::IpNet;
+use svclb_common::{
+    AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CtEntry, CtKey, FrontendStats,
+    IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SourceRangeKey, SweepItem,
+    conntrack::{SWEEP_ENTRY, SWEEP_IF_ENDED, expired},
+    limits::{
+        MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
+        MAP_STATS,
+    },
+    maglev::{Maglev, Weighted, identity},
+};
+
+use super::sweep::Sweeper;
+use crate::{
+    entries::{MaglevSpec, MapState, ip_of, l3},
+    plan::Protocol,
+    reconcile::MapWriter,
+};
+
+/// `BPF_F_INNER_MAP`: an inner map of any size may stand in for the template.
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+pub struct Maps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, Backend>,
+    slots: HashMap<MapData, SlotKey, u32>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    maglev: HashOfMaps<MapData, u32, Array<MapData, u32>>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    stats: Stats,
+    /// The seed every Maglev table is built with (the size comes with each table).
+    seed: Maglev,
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name)
+        .with_context(|| format!("the datapath object has no map {name}"))
+}
+
+fn open_map(dir: &Path, name: &str) -> Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is an agent using this --bpffs-dir?)",
+            path.display()
+        )
+    })?;
+    Map::from_map_data(data).with_context(|| format!("map {}", path.display()))
+}
+
+fn hash<K: aya::Pod, V: aya::Pod>(map: Map, name: &str) -> Result<HashMap<MapData, K, V>> {
+    HashMap::try_from(map).with_context(|| format!("map {name}"))
+}
+
+/// The source-range key of `net` for frontend `id`: the id's 32 bits, then the prefix.
+fn range_key(id: u32, net: IpNet) -> Key<SourceRangeKey> {
+    let (addr, _) = l3(net.addr());
+    Key::new(
+        32 + u32::from(net.prefix_len()),
+        SourceRangeKey {
+            svc_id_be: id.to_be(),
+            addr,
+        },
+    )
+}
+
+impl Maps {
+    fn from_maps(mut get: impl FnMut(&str) -> Result<Map>, seed: Maglev) -> Result<Self> {
+        Ok(Self {
+            services: hash(get(MAP_SERVICES)?, MAP_SERVICES)?,
+            backends: hash(get(MAP_BACKENDS)?, MAP_BACKENDS)?,
+            slots: hash(get(MAP_SLOTS)?, MAP_SLOTS)?,
+            conntrack: hash(get(MAP_CT)?, MAP_CT)?,
+            affinity: hash(get(MAP_AFFINITY)?, MAP_AFFINITY)?,
+            maglev: HashOfMaps::try_from(get(MAP_MAGLEV)?)
+                .with_context(|| format!("map {MAP_MAGLEV}"))?,
+            source_ranges: LpmTrie::try_from(get(MAP_SOURCE_RANGES)?)
+                .with_context(|| format!("map {MAP_SOURCE_RANGES}"))?,
+            stats: Stats::new(get(MAP_STATS)?)?,
+            seed,
+        })
+    }
+
+    /// Takes the maps out of a freshly loaded object; Maglev tables are built with `seed`.
+    pub fn take(ebpf: &mut Ebpf, seed: Maglev) -> Result<Self> {
+        Self::from_maps(|name| take_map(ebpf, name), seed)
+    }
+
+    /// Opens the maps an agent pinned in `dir` (for reading).
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        Self::from_maps(|name| open_map(dir, name), Maglev::default())
+    }
+
+    /// Reads what the maps hold, exactly (a Maglev table's recipe is not recorded in the
+    /// kernel: tables read back as [`MaglevSpec::unknown`]).
+    pub fn read(&self) -> Result<MapState> {
+        let mut state = MapState::default();
+        for entry in self.services.iter() {
+            let (key, value) = entry.context("reading map SVCLB_SERVICES")?;
+            state.services.insert(key, value);
+        }
+        for entry in self.slots.iter() {
+            let (key, value) = entry.context("reading map SVCLB_SLOTS")?;
+            state.slots.insert(key, value);
+        }
+        for entry in self.backends.iter() {
+            let (id, backend) = entry.context("reading map SVCLB_BACKENDS")?;
+            state.backends.insert(id, backend);
+        }
+        for id in self.maglev.keys() {
+            let id = id.context("reading map SVCLB_MAGLEV")?;
+            state.tables.insert(id, MaglevSpec::unknown());
+        }
+        // The trie's keys hold no family: a range has its frontend's (every range of a
+        // frontend is of the frontend's family). A range whose frontend is gone is read by its
+        // length; it is deleted by its bytes, which any reading keeps.
+        let families: std::collections::HashMap<u32, u8> = state
+            .services
+            .iter()
+            .map(|(key, value)| (value.id, key.family))
+            .collect();
+        for key in self.source_ranges.keys() {
+            let key = key.context("reading map SVCLB_SOURCE_RANGES")?;
+            let data = key.data();
+            let svc_id = u32::from_be(data.svc_id_be);
+            let family = families
+                .get(&svc_id)
+                .copied()
+                .unwrap_or(if key.prefix_len() > 32 + 32 {
+                    svclb_common::FAMILY_V6
+                } else {
+                    svclb_common::FAMILY_V4
+                });
+            let addr = ip_of(&data.addr, family);
+            let prefix = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(u8::MAX);
+            if let Ok(net) = IpNet::new(addr, prefix) {
+                state.source_ranges.insert((svc_id, net));
+            }
+        }
+        Ok(state)
+    }
+
+    /// The services-map entry of one frontend.
+    pub fn service(&self, key: &ServiceKey) -> Option<ServiceValue> {
+        self.services.get(key, 0).ok()
+    }
+
+    /// The backend id in one slot.
+    pub fn slot(&self, key: &SlotKey) -> Option<u32> {
+        self.slots.get(key, 0).ok()
+    }
+
+    pub fn backend(&self, id: u32) -> Option<Backend> {
+        self.backends.get(&id, 0).ok()
+    }
+
+    /// Lets go of backends that left a frontend (pairs from [`MapState::departed`]): removes,
+    /// through the sweep program, the forward conntrack entries of that frontend's UDP flows
+    /// to them, so the clients' next datagrams pick a live backend (established TCP keeps its
+    /// backend, as with kube-proxy), and the session affinities that point at them. The
+    /// datapath checks that a flow's backend still exists; this covers a backend another
+    /// frontend keeps.
+    ///
+    /// Reply entries stay: a datagram may be on its way to the old backend right now (the
+    /// client sent it just before its forward entry went), and its answer must still come
+    /// back from the frontend's address. They go with the conntrack's idle timeout.
+    pub fn purge(&mut self, sweeper: &Sweeper, departed: &BTreeSet<(u32, u32)>) -> Result<Purged> {
+        let flows: Vec<SweepItem> = self
+            .conntrack
+            .iter()
+            // An entry evicted while the map is walked is simply not seen.
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| {
+                key.proto == IPPROTO_UDP
+                    && key.dir == CT_DIR_FORWARD
+                    && departed.contains(&(entry.svc_id, entry.backend_id))
+            })
+            .map(|(key, entry)| sweep_item(key, &entry, SWEEP_ENTRY))
+            .collect();
+        let affinities: Vec<AffinityKey> = self
+            .affinity
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, value)| departed.contains(&(key.svc_id, value.backend_id)))
+            .map(|(key, _)| key)
+            .collect();
+        let mut purged = Purged {
+            // In the kernel: a flow that took one of these keys over since the walk stays.
+            flows: sweeper.run(&flows)?,
+            ..Purged::default()
+        };
+        for key in affinities {
+            purged.affinities += usize::from(self.affinity.remove(&key).is_ok());
+        }
+        Ok(purged)
+    }
+
+    /// Deletes the conntrack entries of flows that are over (see
+    /// [`svclb_common::conntrack::flow_ended`]: idle past their timeout, 10 s after a FIN or
+    /// RST, 60 s for UDP, 24 h for TCP without either, and quiet the other way too), each
+    /// with the other direction of its flow, so their SNAT ports and room are free again.
+    /// The walk here only finds candidates; the sweep program decides on each in the
+    /// kernel, by the entry as it is then. `now_ns` is CLOCK_MONOTONIC, the datapath's clock.
+    /// Returns how many entries went.
+    pub fn sweep(&mut self, sweeper: &Sweeper, now_ns: u64) -> Result<usize> {
+        let ended: Vec<SweepItem> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| expired(entry, key.proto, now_ns))
+            .map(|(key, entry)| sweep_item(key, &entry, SWEEP_IF_ENDED))
+            .collect();
+        sweeper.run(&ended)
+    }
+
+    /// Number of conntrack entries (both directions of every flow).
+    pub fn conntrack_len(&self) -> usize {
+        self.conntrack.keys().filter(Result::is_ok).count()
+    }
+
+    /// Number of session-affinity entries.
+    pub fn affinity_len(&self) -> usize {
+        self.affinity.keys().filter(Result::is_ok).count()
+    }
+
+    /// Frontend `id`'s counters, summed over the CPUs.
+    pub fn stats(&self, id: u32) -> Option<FrontendStats> {
+        self.stats.get(id)
+    }
+}
+
+/// The per-frontend counters (`SVCLB_STATS`).
+struct Stats {
+    map: PerCpuArray<MapData, FrontendStats>,
+    /// Possible CPUs: one value each in a per-CPU map.
+    cpus: usize,
+}
+
+impl Stats {
+    fn new(map: Map) -> Result<Self> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?
+            .get() as usize;
+        Ok(Self {
+            map: PerCpuArray::try_from(map).with_context(|| format!("map {MAP_STATS}"))?,
+            cpus,
+        })
+    }
+
+    /// Frontend `id`'s counters, summed over the CPUs (`None` past the array).
+    fn get(&self, id: u32) -> Option<FrontendStats> {
+        let values = self.map.get(&id, 0).ok()?;
+        Some(
+            values
+                .iter()
+                .fold(FrontendStats::default(), |sum, cpu| sum.plus(*cpu)),
+        )
+    }
+
+    /// Sets frontend `id`'s counters back to zero (its frontend is gone, and the id may go to
+    /// a new one).
+    fn reset(&mut self, id: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![FrontendStats::default(); self.cpus])?;
+        match self.map.set(id, zeros, 0) {
+            Ok(()) => Ok(()),
+            // An id past the array has no counters to reset (and is never counted).
+            Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+fn sweep_item(key: CtKey, entry: &CtEntry, mode: u32) -> SweepItem {
+    SweepItem {
+        key,
+        created_ns: entry.created_ns,
+        mode,
+        _pad: 0,
+    }
+}
+
+/// What [`Maps::purge`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Forward conntrack entries (one per flow).
+    pub flows: usize,
+    pub affinities: usize,
+}
+
+/// The Maglev table of `spec` as backend ids.
+fn build_table(seed: Maglev, spec: &MaglevSpec, backends: &[(u32, Backend)]) -> Result<Vec<u32>> {
+    let maglev = Maglev {
+        table_size: spec.size,
+        hash_seed: seed.hash_seed,
+    };
+    let weighted: Vec<Weighted> = backends
+        .iter()
+        .map(|(_, b)| {
+            let protocol = Protocol::from_number(b.proto)
+                .map_or_else(|| b.proto.to_string(), |p| p.to_string());
+            Weighted {
+                identity: identity(ip_of(&b.addr, b.family), u16::from_be(b.port_be), &protocol),
+                weight: 1,
+            }
+        })
+        .collect();
+    let table = maglev.table(&weighted)?;
+    Ok(table.into_iter().map(|i| backends[i as usize].0).collect())
+}
+
+impl MapWriter for Maps {
+    type Error = anyhow::Error;
+
+    fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        Ok(self.backends.insert(&id, backend, 0)?)
+    }
+
+    fn del_backend(&mut self, id: u32) -> Result<()> {
+        Ok(self.backends.remove(&id)?)
+    }
+
+    fn put_slot(&mut self, key: SlotKey, backend_id: u32) -> Result<()> {
+        Ok(self.slots.insert(&key, &backend_id, 0)?)
+    }
+
+    fn del_slot(&mut self, key: SlotKey) -> Result<()> {
+        Ok(self.slots.remove(&key)?)
+    }
+
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        Ok(self.services.insert(key, value, 0)?)
+    }
+
+    /// Deletes the entry, then zeroes its id's counters, so the next frontend handed the id
+    /// starts from zero (a frontend's creation, the common case at a cold start, costs no
+    /// extra write).
+    fn del_service(&mut self, key: &ServiceKey) -> Result<()> {
+        let id = self.services.get(key, 0).ok().map(|value| value.id);
+        self.services.remove(key)?;
+        // The entry is gone whatever happens here: a failure must not report it kept.
+        if let Some(id) = id
+            && let Err(err) = self.stats.reset(id)
+        {
+            tracing::warn!("counters of frontend id {id} not reset: {err:#}");
+        }
+        Ok(())
+    }
+
+    /// Fills a fresh inner array and swaps it in with one update of the outer map: the
+    /// datapath sees the old table or the new one, never a mix.
+    fn put_table(&mut self, id: u32, spec: &MaglevSpec, backends: &[(u32, Backend)]) -> Result<()> {
+        let table = build_table(self.seed, spec, backends)?;
+        let mut inner = Array::<MapData, u32>::create(spec.size, BPF_F_INNER_MAP)
+            .context("creating a Maglev table")?;
+        for (slot, backend) in table.iter().enumerate() {
+            inner.set(slot as u32, backend, 0)?;
+        }
+        Ok(self.maglev.insert(&id, &inner, 0)?)
+    }
+
+    fn del_table(&mut self, id: u32) -> Result<()> {
+        Ok(self.maglev.remove(&id)?)
+    }
+
+    fn put_source_range(&mut self, id: u32, net: IpNet) -> Result<()> {
+        Ok(self.source_ranges.insert(&range_key(id, net), &1, 0)?)
+    }
+
+    fn del_source_range(&mut self, id: u32, net: IpNet) -> Result<()> {
+        Ok(self.source_ranges.remove(&range_key(id, net))?)
+    }
+}

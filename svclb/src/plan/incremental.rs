@@ -1,0 +1,305 @@
+//! The plan kept up to date change by change: [`Planner::update`] plans again only the
+//! Services whose own object, EndpointSlices or node changed, and says which frontends of the
+//! plan changed, so the maps can be brought in line in O(change), not O(cluster).
+//!
+//! Objects are told apart by allocation: sources hand out shared (`Arc`) objects and keep an
+//! unchanged object's allocation from one snapshot to the next (kube-runtime's stores and the
+//! manifests cache both do). The planner holds every object it has seen, so an address is
+//! never reused while it is remembered. The result equals [`super::plan_for_node`] of the
+//! same snapshot; a property test checks this over random sequences of changes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
+
+use ipnet::IpNet;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+
+use super::{
+    Diagnostic, Frontend, FrontendKey, HealthCheck, NodeInfo, Plan, Snapshot,
+    builder::{conflict, duplicate, plan_service},
+    fields::{object_name, service_of},
+};
+
+/// What planning one Service gave.
+#[derive(Default)]
+struct Planned {
+    /// Its frontends, each key once (the first wins, as in [`super::plan`]).
+    frontends: Vec<(FrontendKey, Frontend)>,
+    health_check: Option<HealthCheck>,
+    diags: Vec<Diagnostic>,
+}
+
+impl Planned {
+    fn frontend(&self, key: &FrontendKey) -> Option<&Frontend> {
+        self.frontends
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, frontend)| frontend)
+    }
+}
+
+fn address<T>(object: &Arc<T>) -> usize {
+    Arc::as_ptr(object) as usize
+}
+
+pub struct Planner {
+    node_name: String,
+    nodeport_cidrs: Vec<IpNet>,
+    /// The Node object the node was built from (by allocation), and what it gave.
+    node_object: Option<Arc<Node>>,
+    node: NodeInfo,
+    node_diags: Vec<Diagnostic>,
+    /// Every Service seen in the last snapshot, by allocation, with its `namespace/name`.
+    services: HashMap<usize, (String, Arc<Service>)>,
+    /// The Services of each name, in the order they appeared (a name held twice is served
+    /// once, by the first).
+    by_name: HashMap<String, Vec<Arc<Service>>>,
+    /// Every EndpointSlice seen, by allocation, with the Service it joins.
+    slices: HashMap<usize, (Option<String>, Arc<EndpointSlice>)>,
+    slices_of: HashMap<String, HashMap<usize, Arc<EndpointSlice>>>,
+    planned: HashMap<String, Planned>,
+    /// Which Services claim each frontend; the first by name serves it.
+    claims: HashMap<FrontendKey, BTreeSet<String>>,
+    /// Diagnostics of frontends claimed by more than one Service.
+    conflicts: HashMap<FrontendKey, Vec<Diagnostic>>,
+    health_checks: BTreeMap<String, HealthCheck>,
+    plan: Plan,
+}
+
+impl Planner {
+    pub fn new(node_name: &str, nodeport_cidrs: &[IpNet]) -> Self {
+        let (node, node_diags) = NodeInfo::from_node(node_name, None, nodeport_cidrs);
+        Self {
+            node_name: node_name.to_owned(),
+            nodeport_cidrs: nodeport_cidrs.to_vec(),
+            node_object: None,
+            node,
+            node_diags,
+            services: HashMap::new(),
+            by_name: HashMap::new(),
+            slices: HashMap::new(),
+            slices_of: HashMap::new(),
+            planned: HashMap::new(),
+            claims: HashMap::new(),
+            conflicts: HashMap::new(),
+            health_checks: BTreeMap::new(),
+            plan: Plan::default(),
+        }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    /// Every diagnostic of the current plan (the node's, each Service's, the conflicts).
+    pub fn diagnostics(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.node_diags
+            .iter()
+            .chain(self.planned.values().flat_map(|p| &p.diags))
+            .chain(self.conflicts.values().flatten())
+    }
+
+    /// Brings the plan in line with `snapshot`; returns the frontends whose entry changed,
+    /// appeared or went away.
+    pub fn update(&mut self, snapshot: &Snapshot) -> BTreeSet<FrontendKey> {
+        let mut dirty: HashSet<String> = HashSet::new();
+        self.update_node(&snapshot.nodes, &mut dirty);
+        self.update_services(&snapshot.services, &mut dirty);
+        self.update_slices(&snapshot.slices, &mut dirty);
+
+        let mut affected: BTreeSet<FrontendKey> = BTreeSet::new();
+        let mut health_changed = false;
+        for name in dirty {
+            let planned = self.plan_one(&name);
+            let old = match planned {
+                Some(planned) => self.planned.insert(name.clone(), planned),
+                None => self.planned.remove(&name),
+            };
+            let new = self.planned.get(&name);
+            health_changed |= old.as_ref().and_then(|p| p.health_check.as_ref())
+                != new.and_then(|p| p.health_check.as_ref());
+            for (key, _) in old.iter().flat_map(|p| &p.frontends) {
+                if let Some(claimants) = self.claims.get_mut(key) {
+                    claimants.remove(&name);
+                    if claimants.is_empty() {
+                        self.claims.remove(key);
+                    }
+                }
+                affected.insert(*key);
+            }
+            for (key, _) in new.iter().flat_map(|p| &p.frontends) {
+                self.claims.entry(*key).or_default().insert(name.clone());
+                affected.insert(*key);
+            }
+            match new.and_then(|p| p.health_check.clone()) {
+                Some(check) => self.health_checks.insert(name, check),
+                None => self.health_checks.remove(&name),
+            };
+        }
+        if health_changed {
+            self.plan.health_checks = self.health_checks.values().cloned().collect();
+            self.plan.health_checks.sort();
+        }
+
+        let mut changed = BTreeSet::new();
+        for key in affected {
+            let claimants = self.claims.get(&key);
+            let winner = claimants.and_then(|c| c.first());
+            let serving = winner.and_then(|name| self.planned.get(name)?.frontend(&key));
+            match claimants.filter(|c| c.len() > 1) {
+                Some(claimants) => {
+                    let winner = winner.expect("claimed");
+                    let diags = claimants
+                        .iter()
+                        .skip(1)
+                        .map(|name| conflict(name, &key, winner))
+                        .collect();
+                    self.conflicts.insert(key, diags);
+                }
+                None => {
+                    self.conflicts.remove(&key);
+                }
+            }
+            let before = self.plan.frontends.get(&key);
+            if before == serving {
+                continue;
+            }
+            match serving {
+                Some(frontend) => self.plan.frontends.insert(key, frontend.clone()),
+                None => self.plan.frontends.remove(&key),
+            };
+            changed.insert(key);
+        }
+        changed
+    }
+
+    /// Plans Service `name` from its current object and slices (`None` when it is gone).
+    fn plan_one(&self, name: &str) -> Option<Planned> {
+        let copies = self.by_name.get(name)?;
+        let svc = copies.first()?;
+        let slices: Vec<&EndpointSlice> = self
+            .slices_of
+            .get(name)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .map(AsRef::as_ref)
+            .collect();
+        let mut diags = Vec::new();
+        if copies.len() > 1 {
+            diags.push(duplicate(name));
+        }
+        let planned = plan_service(&self.node, name, svc, &slices, &mut diags);
+        let mut frontends: Vec<(FrontendKey, Frontend)> =
+            Vec::with_capacity(planned.frontends.len());
+        for (key, frontend) in planned.frontends {
+            if !frontends.iter().any(|(k, _)| *k == key) {
+                frontends.push((key, frontend));
+            }
+        }
+        diags.sort();
+        diags.dedup();
+        Some(Planned {
+            frontends,
+            health_check: planned.health_check,
+            diags,
+        })
+    }
+
+    /// A new Node object (or none any more) plans every Service again, if it changes the node.
+    fn update_node(&mut self, nodes: &[Arc<Node>], dirty: &mut HashSet<String>) {
+        let object = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
+        if object.map(address) == self.node_object.as_ref().map(address) {
+            return;
+        }
+        self.node_object = object.cloned();
+        let (node, diags) = NodeInfo::from_node(
+            &self.node_name,
+            object.map(AsRef::as_ref),
+            &self.nodeport_cidrs,
+        );
+        self.node_diags = diags;
+        if node != self.node {
+            self.node = node;
+            dirty.extend(self.by_name.keys().cloned());
+        }
+    }
+
+    fn update_services(&mut self, services: &[Arc<Service>], dirty: &mut HashSet<String>) {
+        let mut old = std::mem::take(&mut self.services);
+        let mut added = Vec::new();
+        for svc in services {
+            let at = address(svc);
+            match old.remove(&at) {
+                Some(entry) => {
+                    self.services.insert(at, entry);
+                }
+                // Listed twice in one snapshot: the first listing counts.
+                None if self.services.contains_key(&at) => {}
+                None => {
+                    let name = object_name(&svc.metadata);
+                    self.services.insert(at, (name.clone(), svc.clone()));
+                    added.push((name, svc.clone()));
+                }
+            }
+        }
+        // What is left of the old map went away (or was replaced by a new allocation).
+        for (at, (name, _)) in old {
+            if let Some(copies) = self.by_name.get_mut(&name) {
+                copies.retain(|svc| address(svc) != at);
+                if copies.is_empty() {
+                    self.by_name.remove(&name);
+                }
+            }
+            dirty.insert(name);
+        }
+        for (name, svc) in added {
+            self.by_name.entry(name.clone()).or_default().push(svc);
+            dirty.insert(name);
+        }
+    }
+
+    fn update_slices(&mut self, slices: &[Arc<EndpointSlice>], dirty: &mut HashSet<String>) {
+        let mut old = std::mem::take(&mut self.slices);
+        for slice in slices {
+            let at = address(slice);
+            if let Some(entry) = old.remove(&at) {
+                self.slices.insert(at, entry);
+            } else if !self.slices.contains_key(&at) {
+                let service = service_of(slice);
+                if let Some(service) = &service {
+                    self.slices_of
+                        .entry(service.clone())
+                        .or_default()
+                        .insert(at, slice.clone());
+                    dirty.insert(service.clone());
+                }
+                self.slices.insert(at, (service, slice.clone()));
+            }
+        }
+        for (at, (service, _)) in old {
+            let Some(service) = service else { continue };
+            if let Some(of) = self.slices_of.get_mut(&service) {
+                of.remove(&at);
+                if of.is_empty() {
+                    self.slices_of.remove(&service);
+                }
+            }
+            dirty.insert(service);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tests/incremental_tests.rs"]
+mod tests;

@@ -1,0 +1,199 @@
+//! The Kubernetes source: kube-runtime watchers with reflector stores for Services,
+//! EndpointSlices and this node's Node object.
+//!
+//! The watchers relist on 410 Gone, back off on errors and take bookmarks (kube-runtime does
+//! all three). A store is replaced only when a (re)list completes, so a relist never shows a
+//! transient empty state, and while the API server is unreachable the stores keep the last
+//! state they saw, which the agent keeps serving.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use futures::{FutureExt as _, Stream, StreamExt as _};
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    serde::de::DeserializeOwned,
+};
+use kube::{
+    Api, Client, Config, Resource,
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+use prometheus_client::metrics::counter::Counter;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{debug, warn};
+
+use crate::plan::Snapshot;
+
+/// Services and EndpointSlices with this label belong to another service proxy.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// EndpointSlices of headless services carry this label.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+/// A client from `kubeconfig`, or the in-cluster configuration (service account) without one.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => Config::incluster().context(
+            "no --kubeconfig and not running in a cluster (KUBERNETES_SERVICE_HOST unset); \
+             give --kubeconfig PATH or --manifests DIR",
+        )?,
+    };
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
+/// Stores of the three kinds, kept current by background watchers.
+pub struct KubeSource {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    /// One message per watch event (the agent debounces them).
+    pub changes: mpsc::UnboundedReceiver<()>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Where each watch reports: a message per event, and a count of failed watch requests.
+#[derive(Clone)]
+struct Reports {
+    changes: mpsc::UnboundedSender<()>,
+    errors: Counter,
+}
+
+fn watch<K>(api: Api<K>, config: watcher::Config, reports: Reports) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config.any_semantic())
+        .default_backoff()
+        .modify(|object| {
+            // Managed fields are large and never read.
+            object.meta_mut().managed_fields = None;
+        })
+        .reflect(writer);
+    let task = tokio::spawn(drive(K::kind(&()).into_owned(), stream, reports));
+    (reader, task)
+}
+
+async fn drive<S, K>(kind: String, stream: S, reports: Reports)
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::InitApply(_) | watcher::Event::Init) => {}
+            Ok(_) => {
+                if reports.changes.send(()).is_err() {
+                    return;
+                }
+            }
+            // The backoff retries; the store keeps what it has.
+            Err(err) => {
+                warn!(kind, "watch failed, retrying: {err}");
+                reports.errors.inc();
+            }
+        }
+    }
+    debug!(kind, "watch stream ended");
+}
+
+impl KubeSource {
+    /// Starts watching. As kube-proxy does, Services and EndpointSlices that name another
+    /// service proxy (`service.kubernetes.io/service-proxy-name`) are not watched, nor the
+    /// EndpointSlices of headless services; the Node watch is limited to `node_name`.
+    /// Failed watch requests are counted in `errors`.
+    pub fn start(client: &Client, node_name: &str, errors: Counter) -> Self {
+        let (tx, changes) = mpsc::unbounded_channel();
+        let reports = Reports {
+            changes: tx,
+            errors,
+        };
+        let (services, t1) = watch(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}")),
+            reports.clone(),
+        );
+        let (slices, t2) = watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default()
+                .labels(&format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}")),
+            reports.clone(),
+        );
+        let (nodes, t3) = watch(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+            reports,
+        );
+        Self {
+            services,
+            slices,
+            nodes,
+            changes,
+            tasks: vec![t1, t2, t3],
+        }
+    }
+
+    /// Completes when every store has finished its first list, so the first sync never
+    /// programs a partial view (a restart must not drop services it simply has not seen yet).
+    /// The future owns what it waits on, so it can be held across other work.
+    pub fn readiness(&self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let (services, slices, nodes) = (
+            self.services.clone(),
+            self.slices.clone(),
+            self.nodes.clone(),
+        );
+        async move {
+            services.wait_until_ready().await?;
+            slices.wait_until_ready().await?;
+            nodes.wait_until_ready().await?;
+            Ok::<(), reflector::store::WriterDropped>(())
+        }
+        .map(|r| r.context("a watcher stopped before its first list"))
+    }
+
+    /// [`KubeSource::readiness`] with a deadline.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
+        tokio::time::timeout(timeout, self.readiness())
+            .await
+            .with_context(|| format!("the Kubernetes API did not list Services, EndpointSlices and Nodes within {timeout:?}"))?
+    }
+
+    /// The stores' objects, shared with them: an object the watch did not touch keeps its
+    /// allocation, which is how the planner knows it is unchanged.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            services: self.services.state(),
+            slices: self.slices.state(),
+            nodes: self.nodes.state(),
+            diagnostics: Vec::new(),
+        }
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Per-frontend traffic counters and the conntrack fill, read from the pinned maps at each
+//! scrape of `/metrics` (a Prometheus collector): the datapath counts per CPU, the scrape sums.
+//!
+//! - `svclb_frontend_received_packets_total`, `svclb_frontend_received_bytes_total`: packets
+//!   (and their bytes) from clients to the frontend that passed its source ranges;
+//! - `svclb_frontend_new_flows_total`: new flows given a backend;
+//! - `svclb_frontend_refused_flows_total`: new flows refused or dropped for want of a backend;
+//! - `svclb_conntrack_entries`: tracked flow directions (two per flow).
+//!
+//! Each frontend series has the labels `frontend` (`10.96.0.10:80/TCP`) and `service`
+//! (`namespace/name`). A frontend id handed to a new frontend starts from zero.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::Path,
+    sync::Mutex,
+};
+
+use anyhow::Result;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Unit,
+};
+use svclb_common::FrontendStats;
+
+use crate::{
+    entries::{MapState, service_key},
+    kernel::maps::Maps,
+    plan::{FrontendKey, Plan},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FrontendLabels {
+    pub frontend: String,
+    pub service: String,
+}
+
+/// The frontends the collector names; the syncer changes them, a scrape copies them.
+#[derive(Default)]
+struct Names {
+    /// Programmed frontends by id.
+    frontends: BTreeMap<u32, FrontendLabels>,
+    ids: HashMap<FrontendKey, u32>,
+}
+
+pub struct TrafficCollector {
+    names: Mutex<Names>,
+    /// What a scrape reads, apart from the names, so a scrape walking a large conntrack never
+    /// holds up a sync.
+    maps: Mutex<Maps>,
+}
+
+impl std::fmt::Debug for TrafficCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TrafficCollector")
+    }
+}
+
+impl TrafficCollector {
+    /// Opens the counters and the conntrack map pinned in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            names: Mutex::default(),
+            maps: Mutex::new(Maps::open_pinned(dir)?),
+        })
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Names> {
+        // A panic while holding it leaves nothing half-done worth refusing the next use for.
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Names every programmed frontend of `plan` (after a full sync).
+    pub fn rebuild(&self, plan: &Plan, programmed: &MapState) {
+        let mut names = self.names();
+        names.frontends.clear();
+        names.ids.clear();
+        for key in plan.frontends.keys() {
+            set(&mut names, plan, programmed, key);
+        }
+    }
+
+    /// Names again the frontends in `changed` (after a sync that wrote only those).
+    pub fn update(&self, plan: &Plan, programmed: &MapState, changed: &BTreeSet<FrontendKey>) {
+        let mut names = self.names();
+        for key in changed {
+            set(&mut names, plan, programmed, key);
+        }
+    }
+}
+
+fn set(inner: &mut Names, plan: &Plan, programmed: &MapState, key: &FrontendKey) {
+    if let Some(old) = inner.ids.remove(key) {
+        inner.frontends.remove(&old);
+    }
+    let (Some(frontend), Some(value)) = (
+        plan.frontends.get(key),
+        programmed.services.get(&service_key(key)),
+    ) else {
+        return;
+    };
+    inner.ids.insert(*key, value.id);
+    inner.frontends.insert(
+        value.id,
+        FrontendLabels {
+            frontend: key.to_string(),
+            service: frontend.service.clone(),
+        },
+    );
+}
+
+type Field = fn(&FrontendStats) -> u64;
+
+const COUNTERS: [(&str, &str, Option<Unit>, Field); 4] = [
+    (
+        "frontend_received_packets",
+        "Packets from clients to the frontend that passed its source ranges",
+        None,
+        |s| s.packets,
+    ),
+    (
+        "frontend_received",
+        "Bytes of those packets",
+        Some(Unit::Bytes),
+        |s| s.bytes,
+    ),
+    (
+        "frontend_new_flows",
+        "New flows to the frontend given a backend",
+        None,
+        |s| s.new_flows,
+    ),
+    (
+        "frontend_refused_flows",
+        "New flows to the frontend refused or dropped for want of a backend",
+        None,
+        |s| s.refused,
+    ),
+];
+
+impl Collector for TrafficCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let frontends: Vec<(u32, FrontendLabels)> = self
+            .names()
+            .frontends
+            .iter()
+            .map(|(id, labels)| (*id, labels.clone()))
+            .collect();
+        let maps = self
+            .maps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let read: Vec<(&FrontendLabels, FrontendStats)> = frontends
+            .iter()
+            .map(|(id, labels)| (labels, maps.stats(*id).unwrap_or_default()))
+            .collect();
+        for (name, help, unit, field) in COUNTERS {
+            let mut family =
+                encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
+            for (labels, stats) in &read {
+                ConstCounter::new(field(stats)).encode(family.encode_family(*labels)?)?;
+            }
+        }
+        let gauge = ConstGauge::new(maps.conntrack_len() as i64);
+        gauge.encode(encoder.encode_descriptor(
+            "conntrack_entries",
+            "Tracked flow directions in the conntrack map (two per flow)",
+            None,
+            gauge.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
