@@ -9,13 +9,13 @@ mod conntrack;
 mod forward;
 mod fragment;
 mod icmp;
-mod lb;
 mod maps;
 mod nat;
 mod parse;
 mod reject;
 mod select;
 mod sweep;
+mod tc;
 mod xdp;
 
 use aya_ebpf::{
@@ -28,13 +28,13 @@ use aya_ebpf::{
 /// backends.
 #[classifier]
 pub fn svclb_pod(ctx: TcContext) -> i32 {
-    lb::ingress(&ctx, lb::Side::Pod)
+    tc::ingress(&ctx, tc::Side::Pod)
 }
 
 /// TC ingress on uplinks: north-south traffic and replies of remote backends.
 #[classifier]
 pub fn svclb_uplink(ctx: TcContext) -> i32 {
-    lb::ingress(&ctx, lb::Side::Uplink)
+    tc::ingress(&ctx, tc::Side::Uplink)
 }
 
 /// XDP on uplinks: drops what no frontend admits before the stack sees it.

@@ -239,6 +239,33 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
     })
 }
 
+/// `svclb plan`: reads the source once and prints what the node would serve.
+fn plan_command(
+    node_name: &str,
+    source: SourceArgs,
+    nodeport_addresses: &[IpNet],
+    output: Output,
+) -> Result<()> {
+    let snapshot = runtime()?.block_on(async {
+        // `svclb plan` reads once: nothing counts its watch errors.
+        let mut source = Source::open(&source.config(), node_name, Counter::default()).await?;
+        source.wait_ready(PLAN_READY).await?;
+        anyhow::Ok(source.snapshot())
+    })?;
+    let (node, plan, mut diags) = plan::plan_for_node(
+        node_name,
+        nodeport_addresses,
+        &snapshot.nodes,
+        &snapshot.services,
+        &snapshot.slices,
+    );
+    diags.splice(0..0, snapshot.diagnostics);
+    match output {
+        Output::Table => emit(&plan_output::render_table(&node, &plan, &diags)),
+        Output::Json => emit(&(plan_output::render_json(&node, &plan, &diags) + "\n")),
+    }
+}
+
 /// Errors end the process with one line naming the object and the cause (no backtrace, even
 /// with RUST_BACKTRACE set: these are operator errors, not bugs).
 fn main() -> std::process::ExitCode {
@@ -272,28 +299,7 @@ fn run(cli: Cli) -> Result<()> {
             source,
             nodeport_addresses,
             output,
-        } => {
-            let snapshot = runtime()?.block_on(async {
-                // `svclb plan` reads once: nothing counts its watch errors.
-                let mut source =
-                    Source::open(&source.config(), &node_name, Counter::default()).await?;
-                source.wait_ready(PLAN_READY).await?;
-                anyhow::Ok(source.snapshot())
-            })?;
-            let (node, plan, mut diags) = plan::plan_for_node(
-                &node_name,
-                &nodeport_addresses,
-                &snapshot.nodes,
-                &snapshot.services,
-                &snapshot.slices,
-            );
-            diags.splice(0..0, snapshot.diagnostics);
-            match output {
-                Output::Table => emit(&plan_output::render_table(&node, &plan, &diags))?,
-                Output::Json => emit(&(plan_output::render_json(&node, &plan, &diags) + "\n"))?,
-            }
-            Ok(())
-        }
+        } => plan_command(&node_name, source, &nodeport_addresses, output),
         Command::Maglev {
             table_size,
             seed,

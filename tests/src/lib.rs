@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod fake_api;
+pub mod family;
 pub mod helm;
 mod lab;
 pub mod manifests;

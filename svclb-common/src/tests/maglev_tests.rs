@@ -1,4 +1,5 @@
-//! Known answers from Cilium's own tests, and the properties of the brief (section 4).
+//! Known answers from Cilium's own tests, and the properties a Maglev table must have: a pure
+//! function of the backend set, even shares, minimal disruption, weights in proportion.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 

@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 
 use self::{conntrack::Purger, health::HealthChecks, schedule::SyncSchedule, syncer::Syncer};
 use crate::{
-    entries::Capacity,
+    entries::{Capacity, MapState},
     kernel::{
         attach::{DeviceSelector, Devices},
         loader,
@@ -109,21 +109,7 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         errors.counter(ERROR_WATCH),
     )
     .await?;
-    loader::prepare_bpffs(&config.bpffs_dir)?;
-    let mut ebpf = loader::load(&config.bpffs_dir, &config.capacity)?;
-    let maps = Maps::take(&mut ebpf, config.maglev)?;
-    sweep::install(&mut ebpf, &config.bpffs_dir)?;
-
-    // Take over what an earlier run left: its entries are the starting point of the diff, so
-    // the first sync deletes whatever is stale and rewrites nothing that is right.
-    let programmed = maps.read().context("reading the pinned maps")?;
-    info!(
-        frontends = programmed.services.len(),
-        slots = programmed.slots.len(),
-        backends = programmed.backends.len(),
-        pin_dir = %config.bpffs_dir.display(),
-        "adopted pinned maps"
-    );
+    let (ebpf, maps, programmed) = open_datapath(&config)?;
 
     // Subscribe before listing, so a device created in between is not missed.
     let (connection, handle, link_events) =
@@ -183,6 +169,25 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         errors,
         _http: http,
     })
+}
+
+/// Loads the datapath with its maps pinned, and takes over what an earlier run left: its
+/// entries are the starting point of the diff, so the first sync deletes whatever is stale
+/// and rewrites nothing that is right.
+fn open_datapath(config: &AgentConfig) -> Result<(aya::Ebpf, Maps, MapState)> {
+    loader::prepare_bpffs(&config.bpffs_dir)?;
+    let mut ebpf = loader::load(&config.bpffs_dir, &config.capacity)?;
+    let maps = Maps::take(&mut ebpf, config.maglev)?;
+    sweep::install(&mut ebpf, &config.bpffs_dir)?;
+    let programmed = maps.read().context("reading the pinned maps")?;
+    info!(
+        frontends = programmed.services.len(),
+        slots = programmed.slots.len(),
+        backends = programmed.backends.len(),
+        pin_dir = %config.bpffs_dir.display(),
+        "adopted pinned maps"
+    );
+    Ok((ebpf, maps, programmed))
 }
 
 /// Sleeps until `due`; never, when nothing is due.

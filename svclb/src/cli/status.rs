@@ -155,51 +155,13 @@ pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
         Err(err) => (None, Some(format!("{err:#}"))),
     };
     let links = links(dir);
-    let mut warnings = Vec::new();
-    if let Some(err) = &agent_error {
-        warnings.push(format!(
-            "no agent answers at {agent} ({err}); the datapath serves what the maps hold"
-        ));
-    }
-    if let Some(a) = &agent_status {
-        if !a.ready {
-            warnings.push("the agent has not finished its first sync".to_owned());
-        }
-        if a.frontends_not_programmed > 0 {
-            warnings.push(format!(
-                "{} planned frontends are not programmed (a full map: see the agent log)",
-                a.frontends_not_programmed
-            ));
-        }
-        if a.last_sync.as_ref().is_some_and(|s| s.errors > 0) {
-            warnings.push("the last sync had map write errors; it is retried".to_owned());
-        }
-        warnings.extend(a.device_problems.iter().cloned());
-        if a.objects_skipped > 0 {
-            warnings.push(format!(
-                "{} objects (or parts) are skipped by validation (see the agent log)",
-                a.objects_skipped
-            ));
-        }
-    }
-    for fill in &maps {
-        let percent = percent(fill.entries, fill.capacity);
-        if percent >= FULL_WARNING_PERCENT {
-            warnings.push(format!(
-                "map {} is {percent:.0}% full ({} of {})",
-                fill.map, fill.entries, fill.capacity
-            ));
-        }
-    }
-    if links.is_empty() {
-        warnings.push("no pinned links: the datapath is not attached".to_owned());
-    }
-    for link in links.iter().filter(|l| l.device.is_none()) {
-        warnings.push(format!(
-            "link {} is for interface index {}, which this network namespace lacks",
-            link.pin, link.ifindex
-        ));
-    }
+    let warnings = warnings(
+        agent,
+        agent_status.as_ref(),
+        agent_error.as_deref(),
+        &maps,
+        &links,
+    );
     Ok(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         bpffs_dir: dir.display().to_string(),
@@ -221,6 +183,64 @@ pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
         maps,
         warnings,
     })
+}
+
+/// What `svclb status` warns of: an agent that does not answer or is not ready, frontends not
+/// programmed, write errors, devices attached in part, skipped objects, maps nearly full,
+/// links missing or of devices this namespace lacks.
+fn warnings(
+    agent: SocketAddr,
+    agent_status: Option<&AgentStatus>,
+    agent_error: Option<&str>,
+    maps: &[MapFill],
+    links: &[LinkStatus],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(err) = agent_error {
+        warnings.push(format!(
+            "no agent answers at {agent} ({err}); the datapath serves what the maps hold"
+        ));
+    }
+    if let Some(a) = agent_status {
+        if !a.ready {
+            warnings.push("the agent has not finished its first sync".to_owned());
+        }
+        if a.frontends_not_programmed > 0 {
+            warnings.push(format!(
+                "{} planned frontends are not programmed (a full map: see the agent log)",
+                a.frontends_not_programmed
+            ));
+        }
+        if a.last_sync.as_ref().is_some_and(|s| s.errors > 0) {
+            warnings.push("the last sync had map write errors; it is retried".to_owned());
+        }
+        warnings.extend(a.device_problems.iter().cloned());
+        if a.objects_skipped > 0 {
+            warnings.push(format!(
+                "{} objects (or parts) are skipped by validation (see the agent log)",
+                a.objects_skipped
+            ));
+        }
+    }
+    for fill in maps {
+        let percent = percent(fill.entries, fill.capacity);
+        if percent >= FULL_WARNING_PERCENT {
+            warnings.push(format!(
+                "map {} is {percent:.0}% full ({} of {})",
+                fill.map, fill.entries, fill.capacity
+            ));
+        }
+    }
+    if links.is_empty() {
+        warnings.push("no pinned links: the datapath is not attached".to_owned());
+    }
+    for link in links.iter().filter(|l| l.device.is_none()) {
+        warnings.push(format!(
+            "link {} is for interface index {}, which this network namespace lacks",
+            link.pin, link.ifindex
+        ));
+    }
+    warnings
 }
 
 fn percent(entries: usize, capacity: u32) -> f64 {

@@ -2,10 +2,7 @@
 //! capacity, frontends and backends programmed, objects skipped by validation, errors by kind,
 //! and (through [`super::traffic`]) per-frontend counters read from the datapath.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicI64},
-};
+use std::sync::{Arc, atomic::AtomicBool};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -80,116 +77,123 @@ impl Metrics {
     /// The agent's metrics, with the error counters made before them; `traffic` adds the
     /// per-frontend counters read at each scrape.
     pub fn new(errors: ErrorCounters, traffic: Option<Arc<TrafficCollector>>) -> Arc<Self> {
-        let mut registry = Registry::with_prefix("svclb");
+        let mut metrics = Self {
+            registry: Registry::with_prefix("svclb"),
+            sync_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            syncs: Counter::default(),
+            entries_written: Counter::default(),
+            write_errors: Counter::default(),
+            purged_flows: Counter::default(),
+            purged_affinities: Counter::default(),
+            expired_flows: Counter::default(),
+            frontends: Gauge::default(),
+            backends: Gauge::default(),
+            frontends_not_programmed: Gauge::default(),
+            objects_skipped: Gauge::default(),
+            device_problems: Gauge::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            errors,
+            ready: AtomicBool::new(false),
+            status: std::sync::Mutex::default(),
+        };
+        metrics.register(traffic);
+        Arc::new(metrics)
+    }
+
+    /// Registers every metric (and the traffic collector) under the `svclb` prefix.
+    fn register(&mut self, traffic: Option<Arc<TrafficCollector>>) {
+        let registry = &mut self.registry;
         if let Some(traffic) = traffic {
             registry.register_collector(Box::new(traffic));
         }
-        let sync_duration = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
-        let syncs = Counter::default();
-        let entries_written = Counter::default();
-        let write_errors = Counter::default();
-        let purged_flows = Counter::default();
-        let purged_affinities = Counter::default();
-        let expired_flows = Counter::default();
-        let frontends = Gauge::<i64, AtomicI64>::default();
-        let backends = Gauge::<i64, AtomicI64>::default();
-        let frontends_not_programmed = Gauge::<i64, AtomicI64>::default();
-        let objects_skipped = Gauge::<i64, AtomicI64>::default();
-        let device_problems = Gauge::<i64, AtomicI64>::default();
-        let map_entries = Family::<MapLabel, Gauge>::default();
-        let map_capacity = Family::<MapLabel, Gauge>::default();
         registry.register_with_unit(
             "sync_duration",
             "Time from reading the source to the last map write of a sync",
             Unit::Seconds,
-            sync_duration.clone(),
+            self.sync_duration.clone(),
         );
-        registry.register("syncs", "Syncs of the maps with the source", syncs.clone());
-        registry.register(
-            "map_entries_written",
-            "Map entries written or deleted by syncs",
-            entries_written.clone(),
-        );
-        registry.register(
-            "map_write_errors",
-            "Map writes that failed (a full map, a kernel error)",
-            write_errors.clone(),
-        );
-        registry.register(
-            "conntrack_entries_purged",
-            "Conntrack entries of UDP flows removed because their backend left the service",
-            purged_flows.clone(),
-        );
-        registry.register(
-            "affinity_entries_purged",
-            "Session affinities removed because their backend left the service",
-            purged_affinities.clone(),
-        );
-        registry.register(
-            "conntrack_entries_expired",
-            "Conntrack entries removed by the sweep: flows that ended (FIN or RST, then 10 s idle), UDP idle 60 s, TCP idle 24 h",
-            expired_flows.clone(),
-        );
+        let counters: [(&str, &str, &Counter); 6] = [
+            ("syncs", "Syncs of the maps with the source", &self.syncs),
+            (
+                "map_entries_written",
+                "Map entries written or deleted by syncs",
+                &self.entries_written,
+            ),
+            (
+                "map_write_errors",
+                "Map writes that failed (a full map, a kernel error)",
+                &self.write_errors,
+            ),
+            (
+                "conntrack_entries_purged",
+                "Conntrack entries of UDP flows removed because their backend left the service",
+                &self.purged_flows,
+            ),
+            (
+                "affinity_entries_purged",
+                "Session affinities removed because their backend left the service",
+                &self.purged_affinities,
+            ),
+            (
+                "conntrack_entries_expired",
+                "Conntrack entries removed by the sweep: flows that ended (FIN or RST, then 10 s idle), UDP idle 60 s, TCP idle 24 h",
+                &self.expired_flows,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "errors",
             "Errors by kind: map_write (a map write the kernel refused; retried), device (a device not attached, or attached only in part), watch (a Kubernetes watch or the manifests file watcher failed; retried)",
-            errors.0.clone(),
+            self.errors.0.clone(),
         );
-        registry.register(
-            "frontends",
-            "Frontends programmed in the maps",
-            frontends.clone(),
-        );
-        registry.register(
-            "backends",
-            "Backends programmed in the maps",
-            backends.clone(),
-        );
-        registry.register(
-            "frontends_not_programmed",
-            "Frontends planned but not programmed (kinds the datapath does not serve yet)",
-            frontends_not_programmed.clone(),
-        );
-        registry.register(
-            "objects_skipped",
-            "Objects (or parts of them) skipped by validation, with a logged reason",
-            objects_skipped.clone(),
-        );
-        registry.register(
-            "devices_degraded",
-            "Devices attached only in part (an uplink without XDP is served through tc alone; see the log)",
-            device_problems.clone(),
-        );
-        registry.register(
-            "map_entries",
-            "Entries in each pinned map",
-            map_entries.clone(),
-        );
-        registry.register(
-            "map_capacity_entries",
-            "Capacity of each pinned map",
-            map_capacity.clone(),
-        );
-        Arc::new(Self {
-            registry,
-            sync_duration,
-            syncs,
-            entries_written,
-            write_errors,
-            purged_flows,
-            purged_affinities,
-            expired_flows,
-            frontends,
-            backends,
-            frontends_not_programmed,
-            objects_skipped,
-            device_problems,
-            map_entries,
-            map_capacity,
-            errors,
-            ready: AtomicBool::new(false),
-            status: std::sync::Mutex::default(),
-        })
+        let gauges: [(&str, &str, &Gauge); 5] = [
+            (
+                "frontends",
+                "Frontends programmed in the maps",
+                &self.frontends,
+            ),
+            (
+                "backends",
+                "Backends programmed in the maps",
+                &self.backends,
+            ),
+            (
+                "frontends_not_programmed",
+                "Frontends planned but not programmed (kinds the datapath does not serve yet)",
+                &self.frontends_not_programmed,
+            ),
+            (
+                "objects_skipped",
+                "Objects (or parts of them) skipped by validation, with a logged reason",
+                &self.objects_skipped,
+            ),
+            (
+                "devices_degraded",
+                "Devices attached only in part (an uplink without XDP is served through tc alone; see the log)",
+                &self.device_problems,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
+        let families: [(&str, &str, &Family<MapLabel, Gauge>); 2] = [
+            (
+                "map_entries",
+                "Entries in each pinned map",
+                &self.map_entries,
+            ),
+            (
+                "map_capacity_entries",
+                "Capacity of each pinned map",
+                &self.map_capacity,
+            ),
+        ];
+        for (name, help, family) in families {
+            registry.register(name, help, family.clone());
+        }
     }
 
     pub fn set_map(&self, map: &str, entries: usize, capacity: usize) {

@@ -3,3 +3,4 @@
 #![allow(dead_code, reason = "each test binary uses its own part")]
 
 pub mod datapath;
+pub mod fixture;

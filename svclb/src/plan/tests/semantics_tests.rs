@@ -1,4 +1,4 @@
-//! One test per Service rule kube-proxy honours (issue 3, item 2): types, traffic policies,
+//! One test per Service rule kube-proxy honours: types, traffic policies,
 //! zone hints, affinity, source ranges, health checks, NodePort addresses, reject or drop.
 
 use std::net::IpAddr;

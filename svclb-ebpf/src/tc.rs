@@ -1,4 +1,5 @@
-//! The per-packet decision of the TC programs.
+//! The TC programs (pod devices and uplinks; beside `xdp.rs`, the XDP program): the
+//! per-packet decision.
 //!
 //! The BPF stack is 512 bytes for the whole call chain. The packet, its frontend and the
 //! chosen backend live in a per-CPU scratch area instead of the stack, and the heavier steps

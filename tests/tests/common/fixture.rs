@@ -1,0 +1,474 @@
+//! Datapath fixtures as records (description, input frame, expected verdict, expected output
+//! frame), run through the real TC program by BPF_PROG_TEST_RUN, and the fixtures that have
+//! the same shape in both families, written once over [`TestPacket`]. Every case of a table
+//! is run and every failing case reported by its description, so one broken case does not
+//! hide the others.
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, Result, bail};
+use svclb::plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope};
+use svclb_tests::{
+    family::{TestPacket, UplinkAddressing},
+    packet::{TCP_ACK, TCP_SYN},
+};
+
+use super::datapath::Datapath;
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+pub enum Expect<P> {
+    Unchanged,
+    /// A translated packet: compared byte for byte, its checksums verified from scratch.
+    Frame(P),
+    /// A frame the datapath made up (an answer, a translated ICMP error), built by hand.
+    Bytes(Vec<u8>),
+    /// A frame with no L4 header to verify (a later fragment), compared byte for byte.
+    Headless(Vec<u8>),
+}
+
+pub struct Case<P> {
+    pub what: String,
+    pub input: Vec<u8>,
+    pub verdict: u32,
+    pub expect: Expect<P>,
+}
+
+impl<P> Case<P> {
+    pub fn new(what: impl Into<String>, input: Vec<u8>, verdict: u32, expect: Expect<P>) -> Self {
+        Self {
+            what: what.into(),
+            input,
+            verdict,
+            expect,
+        }
+    }
+
+    /// A frame that must pass untouched.
+    pub fn passes(what: impl Into<String>, input: Vec<u8>) -> Self {
+        Self::new(what, input, TC_ACT_OK, Expect::Unchanged)
+    }
+}
+
+/// What is wrong with the program's answer to `case`, if anything.
+fn mismatch<P: TestPacket>(case: &Case<P>, verdict: u32, out: &[u8]) -> Option<String> {
+    if verdict != case.verdict {
+        return Some(format!("verdict {verdict}, expected {}", case.verdict));
+    }
+    if verdict == TC_ACT_SHOT {
+        return None;
+    }
+    let (expected, checked) = match &case.expect {
+        Expect::Unchanged => (case.input.clone(), Ok(())),
+        Expect::Frame(spec) => (spec.build(), spec.verify(out)),
+        Expect::Bytes(frame) => (frame.clone(), P::verify_made(out)),
+        Expect::Headless(frame) => (frame.clone(), Ok(())),
+    };
+    if out != expected.as_slice() {
+        return Some(format!(
+            "output frame differs\n   got: {out:02x?}\n  want: {expected:02x?}"
+        ));
+    }
+    checked.err()
+}
+
+/// Runs every case of `cases` in order on the pod-device program (the state one leaves is the
+/// next one's); fails naming each case that did not come out as expected.
+pub fn run_cases<P: TestPacket>(dp: &mut Datapath, cases: &[Case<P>]) -> Result<()> {
+    let mut failed = Vec::new();
+    for case in cases {
+        let (verdict, out) = dp.run(&case.input).with_context(|| case.what.clone())?;
+        if let Some(why) = mismatch(case, verdict, &out) {
+            failed.push(format!("- {}: {why}", case.what));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} cases failed:\n{}",
+            failed.len(),
+            cases.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// The addresses of the east-west fixtures of one family.
+pub struct Addrs<A> {
+    pub client: (A, u16),
+    /// A frontend on TCP port 80 and UDP port 53, with `backend`.
+    pub vip: A,
+    /// A frontend on the same ports without endpoints.
+    pub empty_vip: A,
+    pub backend: (A, u16),
+    /// A router that reports a packet too big.
+    pub router: A,
+    /// An address that is no frontend.
+    pub stranger: A,
+}
+
+/// A datapath serving the frontends of `a` (the pod-device program).
+pub fn loaded<A: Copy + Into<IpAddr>>(name: &str, a: &Addrs<A>) -> Result<Datapath> {
+    let mut dp = Datapath::load(name)?;
+    let backends = vec![(a.backend.0.into(), a.backend.1)];
+    dp.program_cluster_ips(&[
+        (a.vip.into(), 80, Protocol::Tcp, backends.clone()),
+        (a.vip.into(), 53, Protocol::Udp, backends),
+        (a.empty_vip.into(), 80, Protocol::Tcp, Vec::new()),
+        (a.empty_vip.into(), 53, Protocol::Udp, Vec::new()),
+    ]);
+    Ok(dp)
+}
+
+/// A TCP and a UDP flow through the frontend, both ways.
+pub fn flow_cases<P: TestPacket>(a: &Addrs<P::Addr>) -> Vec<Case<P>> {
+    let f = P::FAMILY;
+    let (backend, client) = (a.backend, a.client);
+    let syn = P::tcp(client, (a.vip, 80), TCP_SYN);
+    let syn_ack = P::tcp(backend, client, TCP_SYN | TCP_ACK);
+    let udp = P::udp(client, (a.vip, 53));
+    let udp_reply = P::udp(backend, client);
+    vec![
+        Case::new(
+            format!("TCP SYN to an {f} frontend is DNATed to its backend"),
+            syn.build(),
+            TC_ACT_OK,
+            Expect::Frame(syn.clone().with_dst(backend.0, backend.1)),
+        ),
+        Case::new(
+            "the next packet of the flow goes to the same backend",
+            P::tcp(client, (a.vip, 80), TCP_ACK).build(),
+            TC_ACT_OK,
+            Expect::Frame(P::tcp(client, backend, TCP_ACK)),
+        ),
+        Case::new(
+            "the backend's reply gets the frontend back as its source",
+            syn_ack.build(),
+            TC_ACT_OK,
+            Expect::Frame(syn_ack.with_src(a.vip, 80)),
+        ),
+        Case::new(
+            format!("UDP over {f} is DNATed, its checksum valid"),
+            udp.build(),
+            TC_ACT_OK,
+            Expect::Frame(udp.clone().with_dst(backend.0, backend.1)),
+        ),
+        Case::new(
+            format!("a UDP reply over {f} is reverse NATed"),
+            udp_reply.build(),
+            TC_ACT_OK,
+            Expect::Frame(udp_reply.with_src(a.vip, 53)),
+        ),
+    ]
+}
+
+/// A frontend without endpoints: a RST for a SYN, a port unreachable for a datagram, a drop
+/// for any other segment.
+pub fn reject_cases<P: TestPacket>(a: &Addrs<P::Addr>) -> Vec<Case<P>> {
+    let f = P::FAMILY;
+    let syn = P::tcp(a.client, (a.empty_vip, 80), TCP_SYN);
+    let udp = P::udp(a.client, (a.empty_vip, 53));
+    vec![
+        Case::new(
+            format!("a SYN to an {f} frontend without endpoints gets a RST"),
+            syn.build(),
+            TC_ACT_REDIRECT,
+            Expect::Bytes(syn.expected_reset()),
+        ),
+        Case::new(
+            format!("a datagram to an {f} frontend without endpoints gets a port unreachable"),
+            udp.build(),
+            TC_ACT_REDIRECT,
+            Expect::Bytes(udp.expected_port_unreachable()),
+        ),
+        Case::new(
+            format!("a non-SYN segment to an {f} frontend without endpoints is dropped"),
+            P::tcp(a.client, (a.empty_vip, 80), TCP_ACK).build(),
+            TC_ACT_SHOT,
+            Expect::Unchanged,
+        ),
+    ]
+}
+
+/// ICMP errors about the flows of [`flow_cases`] (run those first): translated back to the
+/// side that sent the packet, quoting it as it left; the quoted L4 checksum stays as it was.
+pub fn icmp_cases<P: TestPacket>(a: &Addrs<P::Addr>) -> Vec<Case<P>> {
+    let (backend, client) = (a.backend, a.client);
+    let udp = P::udp(client, (a.vip, 53));
+    let syn_ack = P::tcp(backend, client, TCP_SYN | TCP_ACK);
+    let to_backend = udp.clone().with_dst(backend.0, backend.1).quote_of(8);
+    let reply_out = syn_ack.clone().with_src(a.vip, 80).quote_of(20);
+    let stranger = P::udp((client.0, 41_999), backend).quote_of(8);
+    vec![
+        Case::new(
+            "a port unreachable from the backend reaches the client from the frontend, quoting \
+             the datagram the client sent",
+            P::icmp_error(backend.0, client.0, P::PORT_UNREACHABLE, &to_backend),
+            TC_ACT_OK,
+            Expect::Bytes(P::icmp_error(
+                a.vip,
+                client.0,
+                P::PORT_UNREACHABLE,
+                &P::with_l4_checksum_of(udp.quote_of(8), &to_backend),
+            )),
+        ),
+        Case::new(
+            "a packet-too-big from a router about a reply reaches the backend, quoting the \
+             segment the backend sent",
+            P::icmp_error(a.router, a.vip, P::TOO_BIG, &reply_out),
+            TC_ACT_OK,
+            Expect::Bytes(P::icmp_error(
+                a.router,
+                backend.0,
+                P::TOO_BIG,
+                &P::with_l4_checksum_of(syn_ack.quote_of(20), &reply_out),
+            )),
+        ),
+        Case::passes(
+            "an ICMP error about an untracked flow passes untouched",
+            P::icmp_error(backend.0, client.0, P::PORT_UNREACHABLE, &stranger),
+        ),
+    ]
+}
+
+/// Traffic that is not for a frontend, in both families' shape.
+pub fn other_traffic_cases<P: TestPacket>(a: &Addrs<P::Addr>) -> Vec<Case<P>> {
+    let f = P::FAMILY;
+    let syn = P::tcp(a.client, (a.vip, 80), TCP_SYN);
+    vec![
+        Case::passes(
+            format!("traffic to another {f} address passes untouched"),
+            P::tcp(a.client, (a.stranger, 80), TCP_SYN).build(),
+        ),
+        Case::passes(
+            "another port of the frontend address passes untouched",
+            P::tcp(a.client, (a.vip, 81), TCP_SYN).build(),
+        ),
+        Case::passes(
+            "UDP to a TCP-only port passes untouched",
+            P::udp(a.client, (a.vip, 80)).build(),
+        ),
+        Case::passes(
+            "a frame cut inside the TCP header passes untouched",
+            syn.build()[..P::L4_AT + 10].to_vec(),
+        ),
+    ]
+}
+
+/// A namespace for one fixture, removed on drop.
+pub struct FixtureNs(pub String);
+
+impl Drop for FixtureNs {
+    fn drop(&mut self) {
+        let _ = svclb_tests::netns::delete(&self.0);
+    }
+}
+
+pub const UP0_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+pub const NEXT_HOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
+
+/// A node's uplink for the FIB lookups of the redirecting rewrites: `up0` (the node's address,
+/// MAC ..:0b, forwarding on), the other node (MAC ..:0c) routing the remote pods, the
+/// external client (MAC ..:64), both neighbours resolved; addressed as `P`'s family says.
+/// Returns the namespace and `up0`'s index.
+pub fn uplink_ns<P: TestPacket>(name: &str) -> Result<(FixtureNs, u32)> {
+    use svclb_tests::netns::{ip, ip_in, sysctl_in};
+    let net = P::UPLINK;
+    let ns = FixtureNs(format!("svl{}x-{name}", std::process::id()));
+    ip(&["netns", "add", &ns.0])?;
+    let n = ns.0.as_str();
+    fn family<'a>(net: &UplinkAddressing, args: &[&'a str]) -> Vec<&'a str> {
+        net.ip_family
+            .iter()
+            .copied()
+            .chain(args.iter().copied())
+            .collect()
+    }
+    sysctl_in(n, net.forwarding_sysctl, "1")?;
+    ip_in(
+        n,
+        &[
+            "link",
+            "add",
+            "up0",
+            "address",
+            "02:00:00:00:00:0b",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "up1",
+        ],
+    )?;
+    ip_in(
+        n,
+        &family(
+            &net,
+            &[&["addr", "add"], net.node_cidr, &["dev", "up0"]].concat(),
+        ),
+    )?;
+    ip_in(n, &["link", "set", "up0", "up"])?;
+    ip_in(n, &["link", "set", "up1", "up"])?;
+    for (addr, mac) in net.neighbours {
+        let neigh = [
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            "up0",
+            "nud",
+            "permanent",
+        ];
+        ip_in(n, &family(&net, &neigh))?;
+    }
+    ip_in(
+        n,
+        &family(
+            &net,
+            &["route", "add", net.remote_pods, "via", net.next_hop],
+        ),
+    )?;
+    let out = svclb_tests::netns::run("ip", &["-n", n, "-o", "link", "show", "up0"])?;
+    let text = String::from_utf8(out.stdout)?;
+    let index = text
+        .split(':')
+        .next()
+        .context("no ifindex")?
+        .trim()
+        .parse()?;
+    Ok((ns, index))
+}
+
+/// The addresses of the redirecting fixtures of one family (matching its uplink).
+pub struct UplinkAddrs<A> {
+    pub node: A,
+    pub client: (A, u16),
+    pub remote_backend: (A, u16),
+    /// A router on the fabric that reports a packet too big.
+    pub router: A,
+}
+
+/// NodePorts 30080/TCP and 30053/UDP on `node`, served by one backend on node n2.
+pub fn node_port_plan<A: Copy + Into<IpAddr>>(a: &UplinkAddrs<A>) -> Plan {
+    let mut plan = Plan::default();
+    for (port, protocol) in [(30080, Protocol::Tcp), (30053, Protocol::Udp)] {
+        plan.frontends.insert(
+            FrontendKey::new(a.node.into(), port, protocol),
+            Frontend::new(
+                "default/web",
+                FrontendKind::NodePort,
+                Scope::External,
+                vec![PlanBackend {
+                    node: Some("n2".into()),
+                    ..PlanBackend::remote(a.remote_backend.0.into(), a.remote_backend.1)
+                }],
+            ),
+        );
+    }
+    plan
+}
+
+/// The source port a SNATed frame left with, checked to be in the NAT's range.
+fn snat_port<P: TestPacket>(out: &[u8]) -> Result<u16> {
+    let port = P::source_port(out);
+    if !(61_000..=65_535).contains(&port) {
+        bail!("SNAT port {port} outside the NAT's range");
+    }
+    Ok(port)
+}
+
+/// The rewrites that send packets on themselves (FIB lookup, MAC addresses, TTL or hop
+/// limit), on a node's uplink (program index `ifindex`): SNAT to a remote backend, its reply,
+/// and ICMP errors of the SNATed flows. Run inside the namespace of [`uplink_ns`].
+pub fn snat_and_redirect<P: TestPacket>(
+    dp: &mut Datapath,
+    ifindex: u32,
+    a: &UplinkAddrs<P::Addr>,
+) -> Result<()> {
+    let mut run = |what: &str, input: Vec<u8>| -> Result<Vec<u8>> {
+        let (verdict, out) = dp.run_uplink_on(ifindex, &input).context(what.to_owned())?;
+        if verdict != TC_ACT_REDIRECT {
+            bail!("{what}: verdict {verdict}, expected a redirect");
+        }
+        P::verify_made(&out).map_err(|why| anyhow::anyhow!("{what}: {why}"))?;
+        Ok(out)
+    };
+    let (node, backend) = (a.node, a.remote_backend);
+    let to_remote = |frame: &P| P::forwarded(frame.build(), NEXT_HOP_MAC, UP0_MAC);
+    let to_client = |frame: Vec<u8>| P::forwarded(frame, CLIENT_MAC, UP0_MAC);
+
+    let syn = P::tcp(a.client, (node, 30080), TCP_SYN);
+    let out = run("a SYN to a NodePort with a remote backend", syn.build())?;
+    let port = snat_port::<P>(&out)?;
+    let sent = syn.with_dst(backend.0, backend.1).with_src(node, port);
+    assert_eq!(
+        out,
+        to_remote(&sent),
+        "SYN: SNAT to the node and DNAT to the backend"
+    );
+
+    let ack = P::tcp(a.client, (node, 30080), TCP_ACK);
+    let out = run("the next segment", ack.build())?;
+    let sent = ack.with_dst(backend.0, backend.1).with_src(node, port);
+    assert_eq!(
+        out,
+        to_remote(&sent),
+        "the flow keeps its SNAT port and backend"
+    );
+
+    let syn_ack = P::tcp(backend, (node, port), TCP_SYN | TCP_ACK);
+    let client_sees = P::tcp((node, 30080), a.client, TCP_SYN | TCP_ACK);
+    let out = run("the backend's reply", syn_ack.build())?;
+    assert_eq!(
+        out,
+        to_client(client_sees.build()),
+        "reply: from the NodePort to the client"
+    );
+
+    let reply_out = client_sees.quote_of(20);
+    let out = run(
+        "a packet-too-big about the reply",
+        P::icmp_error(a.router, node, P::TOO_BIG, &reply_out),
+    )?;
+    let quoted = P::with_l4_checksum_of(syn_ack.quote_of(20), &reply_out);
+    let expect = P::icmp_error(a.router, backend.0, P::TOO_BIG, &quoted);
+    assert_eq!(
+        out,
+        P::forwarded(expect, NEXT_HOP_MAC, UP0_MAC),
+        "packet too big: to the backend, quoting what it sent"
+    );
+
+    let udp = P::udp((a.client.0, 40_001), (node, 30053));
+    let out = run(
+        "a datagram to a NodePort with a remote backend",
+        udp.build(),
+    )?;
+    let port = snat_port::<P>(&out)?;
+    let sent = udp
+        .clone()
+        .with_dst(backend.0, backend.1)
+        .with_src(node, port);
+    assert_eq!(out, to_remote(&sent), "datagram: SNAT and DNAT");
+    let quoted = sent.quote_of(8);
+    let out = run(
+        "a port unreachable from the backend",
+        P::icmp_error(backend.0, node, P::PORT_UNREACHABLE, &quoted),
+    )?;
+    let expect = P::icmp_error(
+        node,
+        a.client.0,
+        P::PORT_UNREACHABLE,
+        &P::with_l4_checksum_of(udp.quote_of(8), &quoted),
+    );
+    assert_eq!(
+        out,
+        to_client(expect),
+        "port unreachable: from the NodePort to the client, quoting its datagram"
+    );
+    Ok(())
+}
