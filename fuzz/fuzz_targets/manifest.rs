@@ -8,8 +8,8 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use svclb::{
-    source::manifests::{Object, parse_documents, snapshot_of},
     entries::Capacity,
+    source::manifests::{Object, parse_documents, snapshot_of},
 };
 
 const CAPACITY: Capacity = Capacity {

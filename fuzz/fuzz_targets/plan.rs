@@ -28,9 +28,9 @@ use libfuzzer_sys::{
     fuzz_target,
 };
 use svclb::{
-    source::manifests::{Object, snapshot_of},
     entries::Capacity,
     plan::{FrontendKey, Planner, SERVICE_NAME_LABEL},
+    source::manifests::{Object, snapshot_of},
 };
 
 const NAMES: &[&str] = &["a", "b", "c"];
