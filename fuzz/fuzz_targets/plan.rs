@@ -18,7 +18,8 @@ use k8s_openapi::{
             Service, ServicePort, ServiceSpec, ServiceStatus, SessionAffinityConfig,
         },
         discovery::v1::{
-            Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForZone,
+            Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode,
+            ForZone,
         },
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
@@ -29,7 +30,7 @@ use libfuzzer_sys::{
 };
 use svclb::{
     entries::Capacity,
-    plan::{FrontendKey, Planner, SERVICE_NAME_LABEL},
+    plan::{FrontendKey, NodePortRule, Planner, SERVICE_NAME_LABEL},
     source::manifests::{Object, snapshot_of},
 };
 
@@ -237,6 +238,9 @@ fn slice(u: &mut Unstructured) -> arbitrary::Result<EndpointSlice> {
     let endpoints = (0..u.int_in_range(0..=4)?)
         .map(|_| {
             let zones = some_of(u, ZONES, 2)?;
+            // Node hints (`trafficDistribution: PreferSameNode`), on some endpoints only.
+            let nodes = some_of(u, NODES, 2)?;
+            let node_hinted: bool = u.arbitrary()?;
             Ok(Endpoint {
                 addresses: some_of(u, ENDPOINT_ADDRESSES, 2)?
                     .into_iter()
@@ -255,7 +259,13 @@ fn slice(u: &mut Unstructured) -> arbitrary::Result<EndpointSlice> {
                             .map(|z| ForZone { name: z.to_owned() })
                             .collect(),
                     ),
-                    ..Default::default()
+                    for_nodes: node_hinted.then(|| {
+                        nodes
+                            .into_iter()
+                            .flatten()
+                            .map(|n| ForNode { name: n.to_owned() })
+                            .collect()
+                    }),
                 }),
                 node_name: owned(pick(u, NODES)?),
                 zone: owned(pick(u, ZONES)?),
@@ -264,10 +274,12 @@ fn slice(u: &mut Unstructured) -> arbitrary::Result<EndpointSlice> {
         })
         .collect::<arbitrary::Result<Vec<_>>>()?;
     let labelled: bool = u.arbitrary()?;
+    // `endpoints` may be left out altogether (optional since the 1.34 API): the same as none.
+    let omitted: bool = u.arbitrary()?;
     Ok(EndpointSlice {
         metadata: meta(u, labelled.then_some((SERVICE_NAME_LABEL, service)))?,
         address_type: pick(u, ADDRESS_TYPES)?.to_owned(),
-        endpoints,
+        endpoints: (!endpoints.is_empty() || !omitted).then_some(endpoints),
         ports: Some(ports),
     })
 }
@@ -301,7 +313,7 @@ const SLOTS: usize = 8;
 
 fn run(data: &[u8]) -> arbitrary::Result<()> {
     let mut u = Unstructured::new(data);
-    let mut planner = Planner::new(svclb_fuzz::NODE, &[]);
+    let mut planner = Planner::new(svclb_fuzz::NODE, NodePortRule::default());
     let mut current: Vec<Option<Object>> = vec![None; SLOTS];
     let names: Vec<PathBuf> = (0..SLOTS)
         .map(|i| PathBuf::from(format!("slot{i}.yaml")))

@@ -10,6 +10,7 @@ use svclb::{
     cli::{list, maglev as maglev_cmd, plan as plan_output, status},
     entries::Capacity,
     kernel::{
+        addresses,
         attach::{DeviceSelector, XdpAttach},
         loader, pins,
     },
@@ -49,6 +50,10 @@ enum Command {
         /// Serve NodePorts only on node addresses inside these CIDRs.
         #[arg(long, value_delimiter = ',')]
         nodeport_addresses: Vec<IpNet>,
+        /// Uplink devices, comma separated: NodePorts fall back on their addresses for a
+        /// family the Node object gives none of (or without a Node object).
+        #[arg(long, value_delimiter = ',')]
+        devices: Vec<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -244,17 +249,23 @@ fn plan_command(
     node_name: &str,
     source: SourceArgs,
     nodeport_addresses: &[IpNet],
+    devices: &[String],
     output: Output,
 ) -> Result<()> {
-    let snapshot = runtime()?.block_on(async {
+    let (snapshot, uplinks) = runtime()?.block_on(async {
         // `svclb plan` reads once: nothing counts its watch errors.
         let mut source = Source::open(&source.config(), node_name, Counter::default()).await?;
         source.wait_ready(PLAN_READY).await?;
-        anyhow::Ok(source.snapshot())
+        let uplinks = addresses::of_devices_once(devices).await?;
+        anyhow::Ok((source.snapshot(), uplinks))
     })?;
+    let rule = plan::NodePortRule {
+        cidrs: nodeport_addresses.to_vec(),
+        uplinks,
+    };
     let (node, plan, mut diags) = plan::plan_for_node(
         node_name,
-        nodeport_addresses,
+        &rule,
         &snapshot.nodes,
         &snapshot.services,
         &snapshot.slices,
@@ -298,8 +309,9 @@ fn run(cli: Cli) -> Result<()> {
             node_name,
             source,
             nodeport_addresses,
+            devices,
             output,
-        } => plan_command(&node_name, source, &nodeport_addresses, output),
+        } => plan_command(&node_name, source, &nodeport_addresses, &devices, output),
         Command::Maglev {
             table_size,
             seed,

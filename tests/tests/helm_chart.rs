@@ -115,7 +115,7 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
     );
 
     let ds = o.daemonset.context("DaemonSet")?;
-    let spec = ds.spec.context("spec")?;
+    let spec = ds.spec;
     assert_eq!(
         spec.update_strategy.and_then(|s| s.type_).as_deref(),
         Some("RollingUpdate")
@@ -250,7 +250,7 @@ nodeSelector: {role: edge}
 ",
     )?;
     let ds = o.daemonset.context("DaemonSet")?;
-    let pod = ds.spec.context("spec")?.template.spec.context("pod spec")?;
+    let pod = ds.spec.template.spec.context("pod spec")?;
     let agent = &pod.containers[0];
     assert_eq!(agent.image.as_deref(), Some("registry.example/svclb:v9"));
     assert_eq!(agent.image_pull_policy.as_deref(), Some("Always"));
@@ -308,7 +308,6 @@ fn the_agent_accepts_every_flag_the_chart_passes() -> Result<()> {
         .daemonset
         .context("DaemonSet")?
         .spec
-        .context("spec")?
         .template
         .spec
         .context("pod")?

@@ -322,3 +322,77 @@ fn flows_and_affinity_let_go_of_a_backend_another_service_keeps() -> Result<()> 
     );
     Ok(())
 }
+
+/// `manifest` with every endpoint of `hinted` hinted for its own node (`hints.forNodes`, as
+/// the EndpointSlice controller writes for `trafficDistribution: PreferSameNode`).
+fn with_node_hints(manifest: &str, hinted: &[&Pod]) -> String {
+    let mut out = manifest.to_owned();
+    for pod in hinted {
+        let target = format!(
+            "  nodeName: {}\n  targetRef: {{kind: Pod, name: {},",
+            pod.node, pod.name
+        );
+        let with = format!(
+            "  nodeName: {}\n  hints: {{forNodes: [{{name: {}}}]}}\n  targetRef: {{kind: Pod, name: {},",
+            pod.node, pod.node, pod.name
+        );
+        assert!(
+            out.contains(&target),
+            "endpoint of {} in the manifest",
+            pod.name
+        );
+        out = out.replace(&target, &with);
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs root"]
+fn node_hints_keep_traffic_on_the_nodes_own_endpoint() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new(LabSpec::default())?;
+    let (own, other) = (lab.pod("n1-pod2").clone(), lab.pod("n2-pod1").clone());
+    let write = |lab: &Lab, hinted: &[&Pod]| {
+        let manifest = cluster_ip_service("near", "10.96.0.40", &[WEB], &[&own, &other]);
+        lab.write_manifest("near.yaml", &with_node_hints(&manifest, hinted))
+    };
+    write(&lab, &[&own, &other])?;
+    lab.start_agents()?;
+    let only = |pod: &Pod| std::collections::BTreeSet::from([pod.addr.to_string()]);
+    for (node, pod) in [(0, &own), (1, &other)] {
+        lab.wait_for(
+            Duration::from_secs(5),
+            &format!("node {} serving only {}", node + 1, pod.name),
+            || {
+                lab.backends_of(node, "10.96.0.40", 80)
+                    .is_ok_and(|b| b == only(pod))
+            },
+        )?;
+    }
+    let client = lab.pod("n1-pod1").ns.clone();
+    let answers = tally(&tcp_ask_many(&client, at("10.96.0.40", 80), 20, TIMEOUT)?);
+    assert_eq!(
+        answers,
+        BTreeMap::from([(own.name.clone(), 20)]),
+        "node 1 keeps to its own"
+    );
+
+    // One endpoint loses its hint: node hints no longer apply, both nodes serve both
+    // endpoints within a second.
+    write(&lab, &[&own])?;
+    let both: std::collections::BTreeSet<String> =
+        [own.addr.to_string(), other.addr.to_string()].into();
+    for node in 0..2 {
+        lab.wait_for(
+            Duration::from_secs(1),
+            &format!("node {} serving both endpoints", node + 1),
+            || {
+                lab.backends_of(node, "10.96.0.40", 80)
+                    .is_ok_and(|b| b == both)
+            },
+        )?;
+    }
+    let answers = tally(&tcp_ask_many(&client, at("10.96.0.40", 80), 40, TIMEOUT)?);
+    assert_eq!(answers.len(), 2, "both endpoints answer again: {answers:?}");
+    Ok(())
+}

@@ -463,3 +463,64 @@ fn fragmented_udp_crosses_cluster_ips_and_node_ports_on_both_families() -> Resul
     }
     Ok(())
 }
+
+/// No Node objects in the manifests: NodePorts listen on each node's uplink addresses, IPv4
+/// and IPv6 (as kube-proxy falls back on the node's interfaces), and `svclb status` says
+/// where they came from.
+#[test]
+#[ignore = "needs root"]
+fn node_ports_without_a_node_object_listen_on_the_uplink_addresses() -> Result<()> {
+    require_root()?;
+    let (mut lab, servers) = dual_lab()?;
+    let refs: Vec<&Pod> = servers.iter().collect();
+    lab.write_manifest(
+        "web.yaml",
+        &external_service(
+            "web",
+            "  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: 10.96.9.5\n  clusterIPs: [10.96.9.5, 'fd00:96::9:5']\n  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30085}]",
+            "{}",
+            &refs,
+        ),
+    )?;
+    lab.start_agents()?;
+    let client = lab.client_ns.clone();
+    let both = BTreeSet::from(["n1".to_owned(), "n2".to_owned()]);
+    for node in &lab.nodes {
+        for addr in [node.addr.to_string(), node.addr6.to_string()] {
+            let answers = tally(&tcp_ask_many(&client, at(&addr, 30085), 40, TIMEOUT)?);
+            assert_eq!(
+                nodes_of(&answers),
+                both,
+                "NodePort {addr}:30085: {answers:?}"
+            );
+        }
+    }
+    let status = lab.status(0)?;
+    let origin: Vec<&str> = status["agent"]["nodeport_origin"]
+        .as_array()
+        .context("nodeport_origin in svclb status")?
+        .iter()
+        .filter_map(|o| o.as_str())
+        .collect();
+    assert_eq!(
+        origin,
+        [
+            "IPv4: the uplinks (no Node object)",
+            "IPv6: the uplinks (no Node object)"
+        ],
+        "{status}"
+    );
+    let addresses = &status["agent"]["nodeport_addresses"];
+    for addr in [
+        lab.nodes[0].addr.to_string(),
+        lab.nodes[0].addr6.to_string(),
+    ] {
+        assert!(
+            addresses
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == addr.as_str())),
+            "{addr} in {addresses}"
+        );
+    }
+    Ok(())
+}

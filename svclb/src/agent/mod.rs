@@ -34,12 +34,13 @@ use self::{conntrack::Purger, health::HealthChecks, schedule::SyncSchedule, sync
 use crate::{
     entries::{Capacity, MapState},
     kernel::{
+        addresses,
         attach::{DeviceSelector, Devices},
         loader,
         maps::Maps,
         sweep,
     },
-    plan::Planner,
+    plan::{NodePortRule, Planner},
     reconcile::Index,
     source::{Source, SourceConfig},
     telemetry::{
@@ -144,9 +145,14 @@ async fn start(config: AgentConfig) -> Result<Agent> {
     };
     metrics.set_devices(devices.attached_names(), devices.problems());
     let http = http::serve(config.metrics_addr, metrics.clone()).await?;
+    let mut planner = Planner::new(
+        &config.node_name,
+        NodePortRule::cidrs(&config.nodeport_cidrs),
+    );
+    planner.set_uplink_addresses(addresses::of_devices(&handle, &config.devices.uplinks).await?);
     let syncer = Syncer {
         metrics: metrics.clone(),
-        planner: Planner::new(&config.node_name, &config.nodeport_cidrs),
+        planner,
         not_programmed: 0,
         source,
         maps,
@@ -158,6 +164,7 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         capacity: config.capacity,
         reported: BTreeSet::new(),
         health: HealthChecks::default(),
+        nodeports_logged: None,
     };
     Ok(Agent {
         config,
@@ -231,7 +238,12 @@ impl Agent {
                         error!("link notifications stopped; new devices are found by the rescan every {RESCAN:?}");
                     }
                 },
-                _ = rescan.tick() => self.rescan().await,
+                _ = rescan.tick() => {
+                    self.rescan().await;
+                    if self.refresh_uplink_addresses().await && ready {
+                        schedule.now(Instant::now());
+                    }
+                }
                 change = self.syncer.source.next_change(), if source_open => match change {
                     Some(()) => schedule.changed(Instant::now()),
                     None => {
@@ -256,6 +268,19 @@ impl Agent {
             self.errors.counter(ERROR_DEVICE).inc();
         }
         self.report_devices();
+    }
+
+    /// Reads the uplinks' addresses again (NodePorts fall back on them); whether they
+    /// changed, so a sync should follow.
+    async fn refresh_uplink_addresses(&mut self) -> bool {
+        match addresses::of_devices(&self.handle, &self.config.devices.uplinks).await {
+            Ok(found) => self.syncer.planner.set_uplink_addresses(found),
+            Err(err) => {
+                warn!("reading the uplinks' addresses: {err:#}");
+                self.errors.counter(ERROR_DEVICE).inc();
+                false
+            }
+        }
     }
 
     fn report_devices(&self) {

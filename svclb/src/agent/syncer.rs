@@ -48,6 +48,8 @@ pub(super) struct Syncer {
     pub(super) traffic: Option<Arc<TrafficCollector>>,
     /// Removes flows and affinities of departed backends, in the background.
     pub(super) purger: Purger,
+    /// The NodePort addresses and their origin last logged.
+    pub(super) nodeports_logged: Option<(Vec<std::net::IpAddr>, Vec<String>)>,
 }
 
 /// What bringing the maps in line did.
@@ -87,6 +89,7 @@ impl Syncer {
         self.complete = !incomplete;
         self.purger.purge(applied.report.departed.clone());
         self.report_diagnostics(snapshot.diagnostics, std::mem::take(&mut applied.map_diags));
+        self.report_nodeports();
         for err in &applied.report.errors {
             error!("map write failed: {err}");
         }
@@ -155,6 +158,34 @@ impl Syncer {
         self.reported = diags;
     }
 
+    /// Says where the NodePort addresses come from, at the first sync and when that changes;
+    /// a family without any is a warning.
+    fn report_nodeports(&mut self) {
+        let node = self.planner.node();
+        let now = (
+            node.nodeport_addresses.clone(),
+            node.nodeport_origin.clone(),
+        );
+        if self.nodeports_logged.as_ref() == Some(&now) {
+            return;
+        }
+        let summary = node.nodeport_summary();
+        info!("NodePort addresses: {summary}");
+        for origin in node
+            .nodeport_origin
+            .iter()
+            .filter(|o| o.ends_with(": none"))
+        {
+            let family = origin.trim_end_matches(": none");
+            warn!(
+                "no {family} address for NodePorts: neither the Node object nor the uplinks \
+                 (--devices) have one inside --nodeport-addresses; {family} NodePorts are not \
+                 served"
+            );
+        }
+        self.nodeports_logged = Some(now);
+    }
+
     fn record(&self, timings: &Timings, report: &SyncReport, full: bool) {
         let m = &self.metrics;
         {
@@ -169,6 +200,13 @@ impl Syncer {
             });
             status.frontends_not_programmed = self.not_programmed;
             status.objects_skipped = self.reported.len();
+            let node = self.planner.node();
+            status.nodeport_addresses = node
+                .nodeport_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            status.nodeport_origin.clone_from(&node.nodeport_origin);
         }
         m.sync_duration.observe(timings.took.as_secs_f64());
         m.syncs.inc();

@@ -8,7 +8,7 @@ use crate::{
     cli::list::backend_label,
     plan::Diagnostic,
     plan::NodeInfo,
-    plan::{Frontend, FrontendKey, HealthCheck, Plan},
+    plan::{Frontend, FrontendKey, HealthCheck, Plan, Topology},
 };
 
 /// One frontend in the JSON output: its key's fields and the frontend's, side by side.
@@ -25,6 +25,8 @@ struct Output<'a> {
     node: &'a str,
     zone: Option<&'a str>,
     nodeport_addresses: &'a [IpAddr],
+    /// Where each family's NodePort addresses came from.
+    nodeport_origin: &'a [String],
     frontends: Vec<Row<'a>>,
     health_checks: &'a [HealthCheck],
     diagnostics: Vec<String>,
@@ -35,6 +37,7 @@ pub fn render_json(node: &NodeInfo, plan: &Plan, diags: &[Diagnostic]) -> String
         node: &node.name,
         zone: node.zone.as_deref(),
         nodeport_addresses: &node.nodeport_addresses,
+        nodeport_origin: &node.nodeport_origin,
         frontends: plan
             .frontends
             .iter()
@@ -75,6 +78,10 @@ pub fn render_table(node: &NodeInfo, plan: &Plan, diags: &[Diagnostic]) -> Strin
             let ranges: Vec<String> = f.source_ranges.iter().map(ToString::to_string).collect();
             backends.push_str(&format!("; from {}", ranges.join(",")));
         }
+        let topology = f.topology.to_string();
+        if !topology.is_empty() && f.topology != Topology::Local {
+            backends.push_str(&format!("; {topology}"));
+        }
         let service = if f.port_name.is_empty() {
             f.service.clone()
         } else {
@@ -95,15 +102,7 @@ pub fn render_table(node: &NodeInfo, plan: &Plan, diags: &[Diagnostic]) -> Strin
         "node {} (zone {}, NodePort addresses: {})\n",
         node.name,
         node.zone.as_deref().unwrap_or("none"),
-        if node.nodeport_addresses.is_empty() {
-            "none".to_owned()
-        } else {
-            node.nodeport_addresses
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
+        node.nodeport_summary(),
     );
     for row in &rows {
         out.push_str(&format!(
@@ -174,7 +173,7 @@ endpoints: [{addresses: [10.244.1.2], nodeName: n1}]
         }
         let (node, plan, diags) = plan_for_node(
             "n1",
-            &[],
+            &crate::plan::NodePortRule::default(),
             &[] as &[k8s_openapi::api::core::v1::Node],
             &services,
             &slices,
@@ -200,6 +199,7 @@ endpoints: [{addresses: [10.244.1.2], nodeName: n1}]
             "when_empty",
             "affinity_timeout_seconds",
             "source_ranges",
+            "topology",
         ] {
             assert!(lb.get(field).is_some(), "missing {field} in {lb}");
         }
@@ -209,6 +209,10 @@ endpoints: [{addresses: [10.244.1.2], nodeName: n1}]
         assert_eq!(lb["when_empty"], "drop");
         assert_eq!(lb["affinity_timeout_seconds"], 10800);
         assert_eq!(lb["source_ranges"][0], "10.0.0.0/8");
+        assert_eq!(
+            lb["topology"]["level"], "local",
+            "an external Local policy: {lb}"
+        );
         let backend = &lb["backends"][0];
         for field in ["address", "port", "node", "local", "terminating"] {
             assert!(backend.get(field).is_some(), "missing backend {field}");

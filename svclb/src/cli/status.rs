@@ -286,6 +286,17 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
                 )),
                 None => out.push_str("last sync  none yet\n"),
             }
+            if !a.nodeport_origin.is_empty() {
+                let addresses = if a.nodeport_addresses.is_empty() {
+                    "none".to_owned()
+                } else {
+                    a.nodeport_addresses.join(", ")
+                };
+                out.push_str(&format!(
+                    "nodeports  {addresses} ({})\n",
+                    a.nodeport_origin.join("; ")
+                ));
+            }
         }
         None => out.push_str("agent      not reachable\n"),
     }
@@ -366,6 +377,11 @@ mod tests {
                 }),
                 frontends_not_programmed: 0,
                 objects_skipped: 0,
+                nodeport_addresses: vec!["172.31.0.11".into()],
+                nodeport_origin: vec![
+                    "IPv4: the uplinks (no Node object)".into(),
+                    "IPv6: none".into(),
+                ],
             }),
             agent_error: None,
             links: Vec::new(),
@@ -403,6 +419,12 @@ mod tests {
         );
         assert!(
             table.contains("datapath   2 frontends, 3 backends, pinned in /sys/fs/bpf/svclb\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "nodeports  172.31.0.11 (IPv4: the uplinks (no Node object); IPv6: none)\n"
+            ),
             "{table}"
         );
         // With IPv6 entries, both families are counted.

@@ -3,6 +3,7 @@
 //! ([`maps`], which implement the reconciler's writer), where links are pinned ([`pins`]),
 //! attaching the programs to devices ([`attach`]) and the conntrack sweep program ([`sweep`]).
 
+pub mod addresses;
 pub mod attach;
 pub mod loader;
 pub mod maps;

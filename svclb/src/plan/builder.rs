@@ -21,7 +21,7 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Diagnostic, Family, FrontendKey, NodeInfo, Plan,
+    Diagnostic, Family, FrontendKey, NodeInfo, NodePortRule, Plan,
     fields::{cluster_ips_by_family, ip_addresses, object_name, service_of, source_ranges},
     ports::{FamilyAddresses, PlannedService, ServiceCtx, plan_family},
 };
@@ -90,7 +90,7 @@ pub(super) fn conflict(name: &str, key: &FrontendKey, winner: &str) -> Diagnosti
 /// Finds node `name` among `nodes` (its Node object gives zone and addresses) and plans for it.
 pub fn plan_for_node(
     name: &str,
-    nodeport_cidrs: &[IpNet],
+    nodeports: &NodePortRule,
     nodes: &[impl Borrow<Node>],
     services: &[impl Borrow<Service>],
     slices: &[impl Borrow<EndpointSlice>],
@@ -99,7 +99,7 @@ pub fn plan_for_node(
         .iter()
         .map(Borrow::borrow)
         .find(|n| n.metadata.name.as_deref() == Some(name));
-    let (node, mut diags) = NodeInfo::from_node(name, object, nodeport_cidrs);
+    let (node, mut diags) = NodeInfo::from_node(name, object, nodeports);
     let (plan, plan_diags) = plan(&node, services, slices);
     diags.extend(plan_diags);
     (node, plan, diags)

@@ -10,17 +10,17 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
     sync::Arc,
 };
 
-use ipnet::IpNet;
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
 };
 
 use super::{
-    Diagnostic, Frontend, FrontendKey, HealthCheck, NodeInfo, Plan, Snapshot,
+    Diagnostic, Frontend, FrontendKey, HealthCheck, NodeInfo, NodePortRule, Plan, Snapshot,
     builder::{conflict, duplicate, plan_service},
     fields::{object_name, service_of},
 };
@@ -49,7 +49,10 @@ fn address<T>(object: &Arc<T>) -> usize {
 
 pub struct Planner {
     node_name: String,
-    nodeport_cidrs: Vec<IpNet>,
+    /// Where NodePorts listen (`--nodeport-addresses`, the uplinks' addresses).
+    nodeports: NodePortRule,
+    /// The uplink addresses changed since the node was last worked out.
+    node_stale: bool,
     /// The Node object the node was built from (by allocation), and what it gave.
     node_object: Option<Arc<Node>>,
     node: NodeInfo,
@@ -72,11 +75,12 @@ pub struct Planner {
 }
 
 impl Planner {
-    pub fn new(node_name: &str, nodeport_cidrs: &[IpNet]) -> Self {
-        let (node, node_diags) = NodeInfo::from_node(node_name, None, nodeport_cidrs);
+    pub fn new(node_name: &str, nodeports: NodePortRule) -> Self {
+        let (node, node_diags) = NodeInfo::from_node(node_name, None, &nodeports);
         Self {
             node_name: node_name.to_owned(),
-            nodeport_cidrs: nodeport_cidrs.to_vec(),
+            nodeports,
+            node_stale: false,
             node_object: None,
             node,
             node_diags,
@@ -214,20 +218,32 @@ impl Planner {
         })
     }
 
-    /// A new Node object (or none any more) plans every Service again, if it changes the node.
+    /// The uplinks' addresses (NodePorts fall back on them), taken in at the next update;
+    /// whether they changed.
+    pub fn set_uplink_addresses(&mut self, mut addresses: Vec<IpAddr>) -> bool {
+        addresses.sort();
+        addresses.dedup();
+        if addresses == self.nodeports.uplinks {
+            return false;
+        }
+        self.nodeports.uplinks = addresses;
+        self.node_stale = true;
+        true
+    }
+
+    /// A new Node object (or none any more), or new uplink addresses, plan every Service
+    /// again, if they change the node.
     fn update_node(&mut self, nodes: &[Arc<Node>], dirty: &mut HashSet<String>) {
         let object = nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
-        if object.map(address) == self.node_object.as_ref().map(address) {
+        if object.map(address) == self.node_object.as_ref().map(address) && !self.node_stale {
             return;
         }
         self.node_object = object.cloned();
-        let (node, diags) = NodeInfo::from_node(
-            &self.node_name,
-            object.map(AsRef::as_ref),
-            &self.nodeport_cidrs,
-        );
+        self.node_stale = false;
+        let (node, diags) =
+            NodeInfo::from_node(&self.node_name, object.map(AsRef::as_ref), &self.nodeports);
         self.node_diags = diags;
         if node != self.node {
             self.node = node;

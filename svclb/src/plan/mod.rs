@@ -20,9 +20,10 @@ pub mod types;
 
 pub use builder::{plan, plan_for_node};
 pub use diag::Diagnostic;
+pub use endpoints::Topology;
 pub use fields::{AFFINITY_TIMEOUT_DEFAULT, AFFINITY_TIMEOUT_MAX, Family, SERVICE_NAME_LABEL};
 pub use incremental::Planner;
-pub use node::{NodeInfo, ZONE_LABEL};
+pub use node::{NodeInfo, NodePortRule, ZONE_LABEL};
 pub use snapshot::Snapshot;
 pub use types::{
     Frontend, FrontendKey, FrontendKind, HealthCheck, Plan, PlanBackend, Protocol, Scope, WhenEmpty,
@@ -35,3 +36,7 @@ mod builder_tests;
 #[cfg(test)]
 #[path = "tests/semantics_tests.rs"]
 mod semantics_tests;
+
+#[cfg(test)]
+#[path = "tests/topology_tests.rs"]
+mod topology_tests;

@@ -5,10 +5,35 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 
-use super::Diagnostic;
+use super::{Diagnostic, Family};
 
 /// The label holding a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// Where NodePorts listen: `--nodeport-addresses`, and the uplinks' own addresses, which
+/// serve for a family the Node object gives no address of (or when there is no Node object,
+/// as on a dev box with manifests only), as kube-proxy falls back to the node's interfaces.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodePortRule {
+    /// Only addresses inside these (empty: every address).
+    pub cidrs: Vec<IpNet>,
+    /// The addresses of the uplink devices (`--devices`).
+    pub uplinks: Vec<IpAddr>,
+}
+
+impl NodePortRule {
+    /// `--nodeport-addresses` alone, no uplink addresses to fall back on.
+    pub fn cidrs(cidrs: &[IpNet]) -> Self {
+        Self {
+            cidrs: cidrs.to_vec(),
+            uplinks: Vec::new(),
+        }
+    }
+
+    fn wanted(&self, ip: &IpAddr) -> bool {
+        self.cidrs.is_empty() || self.cidrs.iter().any(|net| net.contains(ip))
+    }
+}
 
 /// The node the plan is computed for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -18,9 +43,27 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     /// Addresses NodePort frontends are served on.
     pub nodeport_addresses: Vec<IpAddr>,
+    /// Where each family's NodePort addresses came from, e.g. `IPv4: the Node object`,
+    /// `IPv6: the uplinks (no Node object)`, `IPv6: none`.
+    pub nodeport_origin: Vec<String>,
 }
 
 impl NodeInfo {
+    /// The NodePort addresses and where each family's came from: `172.31.0.11 (IPv4: the
+    /// Node object; IPv6: none)`.
+    pub fn nodeport_summary(&self) -> String {
+        let addresses = if self.nodeport_addresses.is_empty() {
+            "none".to_owned()
+        } else {
+            self.nodeport_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!("{addresses} ({})", self.nodeport_origin.join("; "))
+    }
+
     /// A node known only by name: no zone, no NodePort addresses.
     pub fn named(name: impl Into<String>) -> Self {
         Self {
@@ -30,45 +73,145 @@ impl NodeInfo {
     }
 
     /// Builds the node from its Node object (`None` when the source has none). NodePorts are
-    /// served on the node's InternalIP and ExternalIP addresses, or only on those inside
-    /// `nodeport_cidrs` when that is not empty (kube-proxy's `--nodeport-addresses`).
+    /// served on the node's InternalIP and ExternalIP addresses; for a family it has none of
+    /// (or without a Node object), on the uplinks' addresses; in both cases only on those
+    /// inside `--nodeport-addresses` when that is given.
     pub fn from_node(
         name: &str,
         node: Option<&Node>,
-        nodeport_cidrs: &[IpNet],
+        rule: &NodePortRule,
     ) -> (Self, Vec<Diagnostic>) {
-        let mut diags = Vec::new();
         let mut info = Self::named(name);
-        // Without its Node object (a dev box with manifests only) the node has no zone and
-        // serves no NodePort; `svclb plan` shows that.
-        let Some(node) = node else {
-            return (info, diags);
-        };
+        let (listed, diags) = node.map(|n| node_addresses(name, n)).unwrap_or_default();
         info.zone = node
-            .metadata
-            .labels
-            .as_ref()
+            .and_then(|n| n.metadata.labels.as_ref())
             .and_then(|labels| labels.get(ZONE_LABEL))
             .cloned();
-        let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
-        for address in addresses.into_iter().flatten() {
-            if address.type_ != "InternalIP" && address.type_ != "ExternalIP" {
-                continue;
-            }
-            let Ok(ip) = address.address.parse::<IpAddr>() else {
-                diags.push(Diagnostic::new(
-                    format!("Node {name}"),
-                    format!("address {:?} is not an IP address", address.address),
-                ));
-                continue;
+        for family in [Family::V4, Family::V6] {
+            let of_node: Vec<IpAddr> = listed.iter().filter(|a| family.has(a)).copied().collect();
+            let (addresses, origin) = if !of_node.is_empty() {
+                (of_node, "the Node object")
+            } else {
+                let uplinks = rule
+                    .uplinks
+                    .iter()
+                    .filter(|a| family.has(a))
+                    .copied()
+                    .collect();
+                let why = if node.is_some() {
+                    "the uplinks (the Node object lists none)"
+                } else {
+                    "the uplinks (no Node object)"
+                };
+                (uplinks, why)
             };
-            let wanted =
-                nodeport_cidrs.is_empty() || nodeport_cidrs.iter().any(|net| net.contains(&ip));
-            if wanted && !info.nodeport_addresses.contains(&ip) {
-                info.nodeport_addresses.push(ip);
-            }
+            let served: Vec<IpAddr> = addresses.into_iter().filter(|a| rule.wanted(a)).collect();
+            info.nodeport_origin.push(if served.is_empty() {
+                format!("{}: none", family.name())
+            } else {
+                format!("{}: {origin}", family.name())
+            });
+            info.nodeport_addresses.extend(served);
         }
         info.nodeport_addresses.sort();
+        info.nodeport_addresses.dedup();
         (info, diags)
+    }
+}
+
+/// The InternalIP and ExternalIP addresses of a Node object, each once; those that do not
+/// parse are reported.
+fn node_addresses(name: &str, node: &Node) -> (Vec<IpAddr>, Vec<Diagnostic>) {
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    let addresses = node.status.as_ref().and_then(|s| s.addresses.as_ref());
+    for address in addresses.into_iter().flatten() {
+        if address.type_ != "InternalIP" && address.type_ != "ExternalIP" {
+            continue;
+        }
+        match address.address.parse::<IpAddr>() {
+            Ok(ip) if !out.contains(&ip) => out.push(ip),
+            Ok(_) => {}
+            Err(_) => diags.push(Diagnostic::new(
+                format!("Node {name}"),
+                format!("address {:?} is not an IP address", address.address),
+            )),
+        }
+    }
+    (out, diags)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+
+    use super::*;
+
+    fn node_with(addresses: &[&str]) -> Node {
+        Node {
+            status: Some(NodeStatus {
+                addresses: Some(
+                    addresses
+                        .iter()
+                        .map(|a| NodeAddress {
+                            type_: "InternalIP".into(),
+                            address: (*a).into(),
+                        })
+                        .collect(),
+                ),
+                ..NodeStatus::default()
+            }),
+            ..Node::default()
+        }
+    }
+
+    fn rule(cidrs: &[&str], uplinks: &[&str]) -> NodePortRule {
+        NodePortRule {
+            cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            uplinks: uplinks.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn node_port_addresses_and_where_they_came_from() {
+        let uplinks = ["172.31.0.11", "fd00:31::11"];
+        let v4_node = node_with(&["10.0.0.5"]);
+        let cases: [(&str, Option<&Node>, NodePortRule, &str); 5] = [
+            (
+                "no Node object: both families from the uplinks",
+                None,
+                rule(&[], &uplinks),
+                "172.31.0.11, fd00:31::11 (IPv4: the uplinks (no Node object); IPv6: the uplinks (no Node object))",
+            ),
+            (
+                "the Node object gives IPv4 only: IPv6 from the uplinks",
+                Some(&v4_node),
+                rule(&[], &uplinks),
+                "10.0.0.5, fd00:31::11 (IPv4: the Node object; IPv6: the uplinks (the Node object lists none))",
+            ),
+            (
+                "--nodeport-addresses filters the uplinks' addresses too",
+                None,
+                rule(&["172.31.0.0/24"], &uplinks),
+                "172.31.0.11 (IPv4: the uplinks (no Node object); IPv6: none)",
+            ),
+            (
+                "nothing anywhere",
+                None,
+                rule(&[], &[]),
+                "none (IPv4: none; IPv6: none)",
+            ),
+            (
+                "a Node address outside --nodeport-addresses is not replaced by the uplinks'",
+                Some(&v4_node),
+                rule(&["172.31.0.0/24"], &["172.31.0.11"]),
+                "none (IPv4: none; IPv6: none)",
+            ),
+        ];
+        for (what, node, rule, want) in cases {
+            let (info, diags) = NodeInfo::from_node("n1", node, &rule);
+            assert!(diags.is_empty(), "{what}: {diags:?}");
+            assert_eq!(info.nodeport_summary(), want, "{what}");
+        }
     }
 }

@@ -11,9 +11,9 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Diagnostic, Family, Frontend, FrontendKey, FrontendKind, HealthCheck, NodeInfo, PlanBackend,
-    Protocol, Scope, WhenEmpty,
-    endpoints::{self, Categorized},
+    Diagnostic, Family, Frontend, FrontendKey, FrontendKind, HealthCheck, NodeInfo, Protocol,
+    Scope, WhenEmpty,
+    endpoints::{self, Categorized, Topology},
     fields::{affinity_timeout, valid_port},
 };
 
@@ -149,7 +149,7 @@ pub(super) fn plan_family(
             diags,
             ctx.node,
         );
-        let sets = endpoints::categorize(&candidates, ctx.node.zone.as_deref());
+        let sets = endpoints::categorize(&candidates, ctx.node);
         plan_port(ctx, addrs, &port, &sets, affinity, out);
     }
 }
@@ -172,40 +172,40 @@ fn plan_port(
     } else {
         WhenEmpty::Reject
     };
-    let internal = if internal_local {
-        &sets.local
-    } else {
-        &sets.cluster
-    };
-    let external = if external_local {
-        &sets.local
-    } else {
-        &sets.cluster
-    };
-    let frontend = |kind: FrontendKind, scope: Scope, backends: &Vec<PlanBackend>| Frontend {
-        service: ctx.name.to_owned(),
-        port_name: port.name.clone(),
-        kind,
-        scope,
-        backends: backends.clone(),
-        when_empty,
-        affinity_timeout_seconds: affinity,
-        source_ranges: if kind == FrontendKind::LoadBalancer {
-            addrs.source_ranges.clone()
+    // A frontend of a Local policy gets this node's endpoints; one of a Cluster policy the
+    // topology-filtered set, saying which topology level chose it.
+    let frontend = |kind: FrontendKind, scope: Scope, local: bool| {
+        let (backends, topology) = if local {
+            (&sets.local, Topology::Local)
         } else {
-            Vec::new()
-        },
+            (&sets.cluster, sets.topology.clone())
+        };
+        Frontend {
+            service: ctx.name.to_owned(),
+            port_name: port.name.clone(),
+            kind,
+            scope,
+            backends: backends.clone(),
+            topology,
+            when_empty,
+            affinity_timeout_seconds: affinity,
+            source_ranges: if kind == FrontendKind::LoadBalancer {
+                addrs.source_ranges.clone()
+            } else {
+                Vec::new()
+            },
+        }
     };
 
     let key = FrontendKey::new(addrs.cluster_ip, port.number, port.protocol);
     out.frontends.push((
         key,
-        frontend(FrontendKind::ClusterIP, Scope::Internal, internal),
+        frontend(FrontendKind::ClusterIP, Scope::Internal, internal_local),
     ));
     for (kind, address, port_number) in external_addresses(ctx.node, addrs, port) {
         let key = FrontendKey::new(address, port_number, port.protocol);
         out.frontends
-            .push((key, frontend(kind, Scope::External, external)));
+            .push((key, frontend(kind, Scope::External, external_local)));
         if external_local {
             // Pods reaching an external address are short-circuited to the cluster-wide
             // endpoints, as kube-proxy's pod-traffic rule for external destinations does;
@@ -215,7 +215,7 @@ fn plan_port(
                 ..key
             };
             out.frontends
-                .push((view, frontend(kind, Scope::Internal, &sets.cluster)));
+                .push((view, frontend(kind, Scope::Internal, false)));
         }
     }
     if ctx.svc_type == "LoadBalancer"

@@ -7,6 +7,8 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 use ipnet::IpNet;
 use serde::Serialize;
 
+use super::endpoints::Topology;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
@@ -186,6 +188,8 @@ pub struct Frontend {
     pub scope: Scope,
     /// Backends sorted by address and port, each once.
     pub backends: Vec<PlanBackend>,
+    /// Which topology level chose the backends, and why.
+    pub topology: Topology,
     pub when_empty: WhenEmpty,
     /// `sessionAffinity: ClientIP` timeout; 0 without affinity.
     pub affinity_timeout_seconds: u32,
@@ -208,6 +212,7 @@ impl Frontend {
             kind,
             scope,
             backends,
+            topology: Topology::None,
             when_empty: WhenEmpty::Reject,
             affinity_timeout_seconds: 0,
             source_ranges: Vec::new(),

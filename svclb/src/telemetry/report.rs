@@ -29,6 +29,12 @@ pub struct AgentStatus {
     pub last_sync: Option<LastSync>,
     pub frontends_not_programmed: usize,
     pub objects_skipped: usize,
+    /// The addresses NodePorts listen on, and where each family's came from (the Node
+    /// object, the uplinks, none).
+    #[serde(default)]
+    pub nodeport_addresses: Vec<String>,
+    #[serde(default)]
+    pub nodeport_origin: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -8,9 +8,9 @@ use proptest::prelude::*;
 
 use super::Planner;
 use crate::{
-    plan::FrontendKey,
     plan::Snapshot,
     plan::plan_for_node,
+    plan::{FrontendKey, NodePortRule},
     source::manifests::{Object, parse_documents},
 };
 
@@ -170,7 +170,7 @@ proptest! {
     #[test]
     fn incremental_plan_equals_the_plan_from_scratch(steps in steps(), rotate in 0usize..8) {
         let u = universe();
-        let mut planner = Planner::new("n1", &[]);
+        let mut planner = Planner::new("n1", NodePortRule::default());
         // What each object was at the last step: (variant, the allocation handed out).
         let mut current: Vec<Option<(usize, Object)>> = vec![None; u.objects.len()];
         let mut before = planner.plan().clone();
@@ -196,7 +196,7 @@ proptest! {
 
             let changed = planner.update(&snapshot);
             let (node, reference, reference_diags) = plan_for_node(
-                "n1", &[], &snapshot.nodes, &snapshot.services, &snapshot.slices,
+                "n1", &NodePortRule::default(), &snapshot.nodes, &snapshot.services, &snapshot.slices,
             );
             prop_assert_eq!(planner.node(), &node);
             prop_assert_eq!(planner.plan(), &reference);
@@ -227,7 +227,7 @@ fn an_unchanged_snapshot_changes_nothing() {
             Object::Node(n) => snapshot.nodes.push(n.clone()),
         }
     }
-    let mut planner = Planner::new("n1", &[]);
+    let mut planner = Planner::new("n1", NodePortRule::default());
     assert!(!planner.update(&snapshot).is_empty());
     assert!(planner.update(&snapshot).is_empty());
     assert!(!planner.plan().frontends.is_empty());

@@ -12,7 +12,7 @@ use k8s_openapi::api::{
 use super::plan_for_node;
 use crate::{
     plan::Diagnostic,
-    plan::{FrontendKey, FrontendKind, Plan, Protocol, Scope, WhenEmpty},
+    plan::{FrontendKey, FrontendKind, NodePortRule, Plan, Protocol, Scope, WhenEmpty},
     source::manifests::{Object, parse_documents},
 };
 
@@ -40,10 +40,16 @@ fn world(yaml: &str) -> World {
     w
 }
 
-fn plan_on(node: &str, cidrs: &[&str], yaml: &str) -> (Plan, Vec<Diagnostic>) {
+pub(super) fn plan_on(node: &str, cidrs: &[&str], yaml: &str) -> (Plan, Vec<Diagnostic>) {
     let w = world(yaml);
     let cidrs: Vec<IpNet> = cidrs.iter().map(|c| c.parse().unwrap()).collect();
-    let (_, plan, diags) = plan_for_node(node, &cidrs, &w.nodes, &w.services, &w.slices);
+    let (_, plan, diags) = plan_for_node(
+        node,
+        &NodePortRule::cidrs(&cidrs),
+        &w.nodes,
+        &w.services,
+        &w.slices,
+    );
     (plan, diags)
 }
 
@@ -65,7 +71,7 @@ status:
 ";
 
 /// Endpoints: 10.244.1.2 on n1, 10.244.2.2 and 10.244.2.3 on n2.
-const SLICE: &str = "
+pub(super) const SLICE: &str = "
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -78,7 +84,7 @@ endpoints:
 - {addresses: [10.244.2.3], nodeName: n2}
 ";
 
-fn service(spec: &str, status: &str) -> String {
+pub(super) fn service(spec: &str, status: &str) -> String {
     format!(
         "{NODES}---
 apiVersion: v1
@@ -93,18 +99,18 @@ status: {status}
     )
 }
 
-fn key(addr: &str, port: u16) -> FrontendKey {
+pub(super) fn key(addr: &str, port: u16) -> FrontendKey {
     FrontendKey::new(addr.parse::<IpAddr>().unwrap(), port, Protocol::Tcp)
 }
 
-fn view(addr: &str, port: u16) -> FrontendKey {
+pub(super) fn view(addr: &str, port: u16) -> FrontendKey {
     FrontendKey {
         internal_view: true,
         ..key(addr, port)
     }
 }
 
-fn backend_ips(plan: &Plan, key: &FrontendKey) -> Vec<String> {
+pub(super) fn backend_ips(plan: &Plan, key: &FrontendKey) -> Vec<String> {
     let frontend = plan
         .frontends
         .get(key)
@@ -123,7 +129,7 @@ fn kinds(plan: &Plan) -> Vec<(String, FrontendKind, Scope)> {
         .collect()
 }
 
-const ALL: [&str; 3] = ["10.244.1.2", "10.244.2.2", "10.244.2.3"];
+pub(super) const ALL: [&str; 3] = ["10.244.1.2", "10.244.2.2", "10.244.2.3"];
 
 /// A rule, the service's spec lines, its status, and the frontends expected.
 type Case = (
@@ -444,7 +450,7 @@ fn the_zone_and_addresses_come_from_the_node_object() {
     let w = world(NODES);
     let (node, _, _) = plan_for_node(
         "n1",
-        &[],
+        &NodePortRule::default(),
         &w.nodes,
         &[] as &[Service],
         &[] as &[EndpointSlice],
