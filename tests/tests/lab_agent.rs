@@ -526,3 +526,77 @@ fn an_uplink_without_native_xdp_is_served_through_tc_and_reported() -> Result<()
     );
     Ok(())
 }
+
+/// Kills the agent started by the test when it ends, even on a panic.
+struct Spawned(std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // It may have exited already; either way it is reaped here.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An agent started under `ip netns exec` (which remounts /sys in a mount namespace of its
+/// own) finds no bpffs and mounts one itself: its pins vanish when it exits. It says so at
+/// start, at `/status` (so `svclb status` warns, although the maps are out of its sight) and
+/// as a metric; the lab's agents, which enter only the node's network namespace, do not.
+#[test]
+#[ignore = "needs root"]
+fn an_agent_whose_pins_will_not_outlive_it_says_so() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new(LabSpec::default())?;
+    let web = lab.pod("n1-pod2").clone();
+    lab.write_manifest(
+        "web.yaml",
+        &cluster_ip_service("web", "10.96.0.61", &[WEB], &[&web]),
+    )?;
+    lab.start_agent(1)?;
+    let (n1_ns, n1_log, n1_pins) = (
+        lab.nodes[0].ns.clone(),
+        lab.nodes[0].log.clone(),
+        lab.nodes[0].pin_dir.clone(),
+    );
+    let bin = svclb_tests::svclb_bin()?;
+    let log = std::fs::File::create(&n1_log)?;
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", &n1_ns])
+        .arg(&bin)
+        .args(["agent", "--node-name", "n1", "--devices", "eth0"])
+        .args(["--pod-devices", "vethpod*", "--manifests"])
+        .arg(&lab.manifests)
+        .arg("--bpffs-dir")
+        .arg(&n1_pins)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let _agent = Spawned(child);
+    lab.wait_for(
+        Duration::from_secs(20),
+        "the ip-netns-exec agent serving",
+        || lab.agent_log(0).contains(" serving "),
+    )?;
+    assert!(
+        lab.agent_log(0).contains(svclb::agent::PRIVATE_PINS),
+        "{}",
+        lab.agent_log(0)
+    );
+    assert!(!lab.agent_log(1).contains(svclb::agent::PRIVATE_PINS));
+
+    let status = lab.status(0)?;
+    assert_eq!(status["agent"]["private_pins"], true, "{status}");
+    let warnings = status["warnings"].to_string();
+    assert!(
+        warnings.contains("its pinned maps and links vanish when it exits"),
+        "{warnings}"
+    );
+    let status = lab.status(1)?;
+    assert_eq!(status["agent"]["private_pins"], false, "{status}");
+    let metrics =
+        svclb_tests::netns::run_in(&n1_ns, "curl", &["-s", "http://127.0.0.1:9965/metrics"])?;
+    let metrics = String::from_utf8(metrics.stdout)?;
+    assert!(metrics.contains("svclb_bpffs_private 1"), "{metrics}");
+    Ok(())
+}

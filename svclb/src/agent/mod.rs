@@ -51,6 +51,10 @@ use crate::{
     },
 };
 
+/// What the agent says when its pins will vanish with it.
+pub const PRIVATE_PINS: &str =
+    "the pinned maps and links will not outlive this agent, and a restart starts from nothing";
+
 /// Devices are listed again this often, in case a link notification was lost.
 const RESCAN: Duration = Duration::from_secs(10);
 /// While the first lists are outstanding, say so this often.
@@ -110,7 +114,7 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         errors.counter(ERROR_WATCH),
     )
     .await?;
-    let (ebpf, maps, programmed) = open_datapath(&config)?;
+    let (ebpf, maps, programmed, private_pins) = open_datapath(&config)?;
 
     // Subscribe before listing, so a device created in between is not missed.
     let (connection, handle, link_events) =
@@ -141,8 +145,10 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         source: source.describe(),
         pid: std::process::id(),
         started_unix: unix_ms() / 1000,
+        private_pins,
         ..AgentStatus::default()
     };
+    metrics.bpffs_private.set(i64::from(private_pins));
     metrics.set_devices(devices.attached_names(), devices.problems());
     let http = http::serve(config.metrics_addr, metrics.clone()).await?;
     let mut planner = Planner::new(
@@ -181,8 +187,16 @@ async fn start(config: AgentConfig) -> Result<Agent> {
 /// Loads the datapath with its maps pinned, and takes over what an earlier run left: its
 /// entries are the starting point of the diff, so the first sync deletes whatever is stale
 /// and rewrites nothing that is right.
-fn open_datapath(config: &AgentConfig) -> Result<(aya::Ebpf, Maps, MapState)> {
-    loader::prepare_bpffs(&config.bpffs_dir)?;
+fn open_datapath(config: &AgentConfig) -> Result<(aya::Ebpf, Maps, MapState, bool)> {
+    let private = loader::prepare_bpffs(&config.bpffs_dir)?.private();
+    if private {
+        warn!(
+            "{PRIVATE_PINS}: {} is on a bpf filesystem of this agent's own mount namespace (as \
+             under `ip netns exec`), not the host's; run it in the host's mount namespace \
+             (`nsenter --net`) or with the host's bpffs mounted",
+            config.bpffs_dir.display()
+        );
+    }
     let mut ebpf = loader::load(&config.bpffs_dir, &config.capacity)?;
     let maps = Maps::take(&mut ebpf, config.maglev)?;
     sweep::install(&mut ebpf, &config.bpffs_dir)?;
@@ -194,7 +208,7 @@ fn open_datapath(config: &AgentConfig) -> Result<(aya::Ebpf, Maps, MapState)> {
         pin_dir = %config.bpffs_dir.display(),
         "adopted pinned maps"
     );
-    Ok((ebpf, maps, programmed))
+    Ok((ebpf, maps, programmed, private))
 }
 
 /// Sleeps until `due`; never, when nothing is due.

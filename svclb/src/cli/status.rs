@@ -19,6 +19,7 @@ use serde::Serialize;
 use svclb_common::limits::{MAP_AFFINITY, MAP_CT};
 
 use crate::{
+    entries::MapState,
     kernel::{
         maps::Maps,
         pins::{LINKS_DIR, PinName, pins},
@@ -125,7 +126,8 @@ fn capacity(dir: &Path, map: &str) -> u32 {
 }
 
 /// Gathers the status of the agent at `agent` and of the datapath pinned in `dir`.
-pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
+/// The pinned maps' entries and fill (`None`, with why, when nothing is pinned in `dir`).
+fn pinned(dir: &Path) -> Result<(MapState, Vec<MapFill>)> {
     let maps = Maps::open_pinned(dir).with_context(|| {
         format!(
             "nothing pinned in {} (is the agent running with --bpffs-dir {}?)",
@@ -138,7 +140,7 @@ pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
         (MAP_CT, maps.conntrack_len()),
         (MAP_AFFINITY, maps.affinity_len()),
     ];
-    let maps: Vec<MapFill> = state
+    let fills = state
         .fills()
         .into_iter()
         .chain(flows)
@@ -148,20 +150,35 @@ pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
             capacity: capacity(dir, map),
         })
         .collect();
+    Ok((state, fills))
+}
+
+/// Gathers the status of the agent at `agent` and of the datapath pinned in `dir`. Nothing
+/// pinned is an error unless the agent answers (its pins may be where this process cannot
+/// see them: a bpffs of its own mount namespace).
+pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
     let (agent_status, agent_error) = match http_get(agent, "/status")
         .and_then(|body| serde_json::from_str::<AgentStatus>(&body).context("the agent's /status"))
     {
         Ok(status) => (Some(status), None),
         Err(err) => (None, Some(format!("{err:#}"))),
     };
+    let (state, maps, unpinned) = match pinned(dir) {
+        Ok((state, maps)) => (state, maps, None),
+        Err(err) if agent_status.is_some() => (MapState::default(), Vec::new(), Some(err)),
+        Err(err) => return Err(err),
+    };
     let links = links(dir);
-    let warnings = warnings(
+    let mut warnings = warnings(
         agent,
         agent_status.as_ref(),
         agent_error.as_deref(),
         &maps,
         &links,
     );
+    if let Some(err) = unpinned {
+        warnings.insert(0, format!("{err:#}: the maps cannot be read from here"));
+    }
     Ok(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         bpffs_dir: dir.display().to_string(),
@@ -202,6 +219,14 @@ fn warnings(
         ));
     }
     if let Some(a) = agent_status {
+        if a.private_pins {
+            warnings.push(
+                "the agent mounted its own bpffs in a mount namespace of its own (as under `ip \
+                 netns exec`): its pinned maps and links vanish when it exits, and a restart \
+                 starts from nothing"
+                    .to_owned(),
+            );
+        }
         if !a.ready {
             warnings.push("the agent has not finished its first sync".to_owned());
         }
@@ -382,6 +407,7 @@ mod tests {
                     "IPv4: the uplinks (no Node object)".into(),
                     "IPv6: none".into(),
                 ],
+                private_pins: false,
             }),
             agent_error: None,
             links: Vec::new(),

@@ -34,11 +34,70 @@ fn is_bpffs(path: &Path) -> bool {
     statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC)
 }
 
+/// How the bpf filesystem this process pins in compares with what PID 1 (the host) sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostView {
+    /// This process is in PID 1's mount namespace: its pins are the host's.
+    SameNamespace,
+    /// Another mount namespace, but the same bpf filesystem (the host's, mounted in).
+    SameFilesystem,
+    /// Another mount namespace and another bpf filesystem, or none at all on the host there.
+    OtherFilesystem,
+    /// PID 1's namespace cannot be read (a sandbox that hides it).
+    Unknown,
+}
+
+/// Where this process pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bpffs {
+    /// This process mounted the bpf filesystem (none was there).
+    pub mounted: bool,
+    pub host_view: HostView,
+}
+
+impl Bpffs {
+    /// The pins will not outlive this process: they are in a bpf filesystem of its own mount
+    /// namespace, which goes (with every map and link pinned in it) when the namespace does,
+    /// as under `ip netns exec`, which remounts /sys in a mount namespace of its own. When
+    /// PID 1's namespace cannot be read, having had to mount the filesystem itself says so:
+    /// a process in the host's namespace finds the host's bpffs there.
+    pub fn private(self) -> bool {
+        match self.host_view {
+            HostView::SameNamespace | HostView::SameFilesystem => false,
+            HostView::OtherFilesystem => true,
+            HostView::Unknown => self.mounted,
+        }
+    }
+}
+
+/// How `dir`'s bpf filesystem, in this process's mount namespace, compares with the one PID 1
+/// sees there.
+fn host_view(dir: &Path) -> HostView {
+    use std::os::unix::fs::MetadataExt as _;
+    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let (Some(mine), Some(init)) = (namespace("self"), namespace("1")) else {
+        return HostView::Unknown;
+    };
+    if mine == init {
+        return HostView::SameNamespace;
+    }
+    let relative = dir.strip_prefix("/").unwrap_or(dir);
+    let ours = fs::metadata(dir).map(|m| m.dev());
+    let hosts = fs::metadata(Path::new("/proc/1/root").join(relative)).map(|m| m.dev());
+    match (ours, hosts) {
+        (Ok(ours), Ok(hosts)) if ours == hosts => HostView::SameFilesystem,
+        (Ok(_), _) => HostView::OtherFilesystem,
+        (Err(_), _) => HostView::Unknown,
+    }
+}
+
 /// Makes sure `dir` exists on a bpf filesystem, mounting one on /sys/fs/bpf when it is missing
-/// there (as a container without the host's bpffs would have it).
-pub fn prepare_bpffs(dir: &Path) -> Result<()> {
+/// there (as a container without the host's bpffs would have it); says whether it mounted one
+/// and in whose mount namespace.
+pub fn prepare_bpffs(dir: &Path) -> Result<Bpffs> {
     let root = Path::new(BPFFS_ROOT);
-    if dir.starts_with(root) && !is_bpffs(root) {
+    let mounted = dir.starts_with(root) && !is_bpffs(root);
+    if mounted {
         nix::mount::mount(
             Some("bpf"),
             root,
@@ -55,7 +114,10 @@ pub fn prepare_bpffs(dir: &Path) -> Result<()> {
             dir.display()
         );
     }
-    Ok(())
+    Ok(Bpffs {
+        mounted,
+        host_view: host_view(dir),
+    })
 }
 
 /// Loads the datapath object. Maps already pinned in `pin_dir` by an earlier run are reused,
@@ -94,4 +156,26 @@ pub fn load(pin_dir: &Path, sizes: &Capacity) -> Result<Ebpf> {
                 pin_dir.display()
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Bpffs, HostView};
+
+    #[test]
+    fn pins_are_private_only_in_a_bpffs_the_host_does_not_share() {
+        let cases = [
+            (false, HostView::SameNamespace, false),
+            (true, HostView::SameNamespace, false),
+            (false, HostView::SameFilesystem, false),
+            (false, HostView::OtherFilesystem, true),
+            (true, HostView::OtherFilesystem, true),
+            (true, HostView::Unknown, true),
+            (false, HostView::Unknown, false),
+        ];
+        for (mounted, host_view, private) in cases {
+            let bpffs = Bpffs { mounted, host_view };
+            assert_eq!(bpffs.private(), private, "{bpffs:?}");
+        }
+    }
 }

@@ -65,6 +65,7 @@ pub struct Metrics {
     pub frontends_not_programmed: Gauge,
     pub objects_skipped: Gauge,
     pub device_problems: Gauge,
+    pub bpffs_private: Gauge,
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
     errors: ErrorCounters,
@@ -91,6 +92,7 @@ impl Metrics {
             frontends_not_programmed: Gauge::default(),
             objects_skipped: Gauge::default(),
             device_problems: Gauge::default(),
+            bpffs_private: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
             errors,
@@ -149,7 +151,7 @@ impl Metrics {
             "Errors by kind: map_write (a map write the kernel refused; retried), device (a device not attached, or attached only in part), watch (a Kubernetes watch or the manifests file watcher failed; retried)",
             self.errors.0.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 5] = [
+        let gauges: [(&str, &str, &Gauge); 6] = [
             (
                 "frontends",
                 "Frontends programmed in the maps",
@@ -174,6 +176,11 @@ impl Metrics {
                 "devices_degraded",
                 "Devices attached only in part (an uplink without XDP is served through tc alone; see the log)",
                 &self.device_problems,
+            ),
+            (
+                "bpffs_private",
+                "1 when the agent mounted its own bpf filesystem in a mount namespace of its own: its pinned maps and links vanish when it exits and a restart starts from nothing",
+                &self.bpffs_private,
             ),
         ];
         for (name, help, gauge) in gauges {

@@ -35,6 +35,10 @@ pub struct AgentStatus {
     pub nodeport_addresses: Vec<String>,
     #[serde(default)]
     pub nodeport_origin: Vec<String>,
+    /// The agent mounted its own bpf filesystem in a mount namespace of its own: its pins
+    /// vanish when it exits, so a restart starts from nothing.
+    #[serde(default)]
+    pub private_pins: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
