@@ -155,7 +155,17 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         &config.node_name,
         NodePortRule::cidrs(&config.nodeport_cidrs),
     );
-    planner.set_uplink_addresses(addresses::of_devices(&handle, &config.devices.uplinks).await?);
+    // Without them NodePorts still listen on the Node object's addresses; the rescan tries
+    // again.
+    match addresses::of_devices(&handle, &config.devices.uplinks).await {
+        Ok(found) => {
+            planner.set_uplink_addresses(found);
+        }
+        Err(err) => {
+            warn!("reading the uplinks' addresses: {err:#}");
+            errors.counter(ERROR_DEVICE).inc();
+        }
+    }
     let syncer = Syncer {
         metrics: metrics.clone(),
         planner,
