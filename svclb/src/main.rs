@@ -39,7 +39,7 @@ enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// Program the datapath from Services and EndpointSlices and keep it in sync.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Print what the agent would program for a node, without touching the kernel.
     Plan {
         /// The node to plan for (its Node object, if present, gives zone and addresses).
@@ -143,6 +143,13 @@ struct AgentArgs {
     /// Where `/metrics` (Prometheus) and `/healthz` are served.
     #[arg(long, default_value = "0.0.0.0:9965")]
     metrics_addr: std::net::SocketAddr,
+    /// Where kube-proxy's health server (`/livez`, `/healthz`) listens, as cloud load
+    /// balancers probe it; "" turns it off.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: String,
+    /// Seconds a change may wait unwritten before `/livez` (and `/healthz`) fail.
+    #[arg(long, default_value_t = svclb::agent::healthz::DEFAULT_TIMEOUT.as_secs())]
+    healthz_timeout: u64,
     /// Capacity of the services map (frontends).
     #[arg(long, default_value_t = Capacity::DEFAULT.services)]
     services_map_size: usize,
@@ -230,6 +237,16 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
             .context("--maglev-table-size/--maglev-seed")?,
         bpffs_dir: args.bpffs_dir,
         metrics_addr: args.metrics_addr,
+        healthz_addr: (!args.healthz_bind_address.is_empty())
+            .then(|| args.healthz_bind_address.parse())
+            .transpose()
+            .with_context(|| {
+                format!(
+                    "--healthz-bind-address {:?} is not ADDRESS:PORT (or \"\" to turn it off)",
+                    args.healthz_bind_address
+                )
+            })?,
+        healthz_timeout: std::time::Duration::from_secs(args.healthz_timeout),
         capacity: Capacity {
             services: args.services_map_size,
             backends: args.backends_map_size,
@@ -302,7 +319,7 @@ fn run(cli: Cli) -> Result<()> {
             ))
         }
         Command::Agent(args) => {
-            let config = agent_config(args)?;
+            let config = agent_config(*args)?;
             runtime()?.block_on(agent::run(config))
         }
         Command::Plan {

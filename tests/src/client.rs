@@ -185,10 +185,16 @@ pub fn at(ip: &str, port: u16) -> SocketAddr {
 
 /// GETs `/healthz` from `addr` (a health-check node port): the status code and body.
 pub fn http_get(addr: SocketAddr) -> Result<(u16, String)> {
+    http_get_path(addr, "/healthz").map(|(status, _, body)| (status, body))
+}
+
+/// GETs `path` from `addr`: the status code, the response head (status line and headers)
+/// and the body.
+pub fn http_get_path(addr: SocketAddr, path: &str) -> Result<(u16, String, String)> {
     use std::io::{Read as _, Write as _};
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
@@ -196,11 +202,11 @@ pub fn http_get(addr: SocketAddr) -> Result<(u16, String)> {
         .nth(1)
         .context("no status line")?
         .parse()?;
-    let body = response
+    let (head, body) = response
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
         .unwrap_or_default();
-    Ok((status, body))
+    Ok((status, head, body))
 }
 
 /// From namespace `ns`, `n` connections to `addr`, each asking for a `size`-byte answer: who

@@ -168,6 +168,7 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
             "--pod-devices=veth*",
             "--bpffs-dir=/sys/fs/bpf/svclb",
             "--metrics-addr=0.0.0.0:9965",
+            "--healthz-bind-address=0.0.0.0:10256",
             "--xdp-mode=auto",
             "--maglev-table-size=16381",
             "--maglev-seed=JLfvgnHc2kaSUFaI",
@@ -178,12 +179,30 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
         (port[0].name.as_deref(), port[0].container_port),
         (Some("metrics"), 9965)
     );
+    assert_eq!(
+        (port[1].name.as_deref(), port[1].container_port),
+        (Some("healthz"), 10256)
+    );
     let probe = agent
         .readiness_probe
         .clone()
         .and_then(|p| p.http_get)
         .context("readiness probe")?;
     assert_eq!(probe.path.as_deref(), Some("/healthz"));
+    assert_eq!(
+        probe.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(10256)
+    );
+    let liveness = agent
+        .liveness_probe
+        .clone()
+        .and_then(|p| p.http_get)
+        .context("liveness probe")?;
+    assert_eq!(liveness.path.as_deref(), Some("/livez"));
+    assert_eq!(
+        liveness.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(10256)
+    );
 
     let mounts = agent.volume_mounts.clone().unwrap_or_default();
     let bpffs = mounts
@@ -262,6 +281,7 @@ nodeSelector: {role: edge}
             "--pod-devices=cali*",
             "--bpffs-dir=/sys/fs/bpf/svclb",
             "--metrics-addr=0.0.0.0:19965",
+            "--healthz-bind-address=0.0.0.0:10256",
             "--xdp-mode=generic",
             "--maglev-table-size=65521",
             "--maglev-seed=AAAAAAAAAAAAAAAA",

@@ -1,6 +1,8 @@
 //! `healthCheckNodePort`s of services with `externalTrafficPolicy: Local`, answered as
 //! kube-proxy does: an external load balancer asks every node and sends traffic only to those
-//! that say 200 (at least one local ready endpoint); the others say 503.
+//! that say 200 (at least one local ready endpoint); the others say 503. Every port also says
+//! 503 while the agent's own `/healthz` does (a stuck sync, a node being drained), as
+//! kube-proxy's do since 1.28.
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +14,11 @@ use serde_json::json;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use crate::plan::HealthCheck;
+use super::healthz::ProxyHealth;
+use crate::{
+    plan::HealthCheck,
+    telemetry::http::{read_path, respond},
+};
 
 /// What one port answers: the service and its local endpoint count.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,10 +28,11 @@ struct Answer {
 }
 
 /// The servers, one per health-check port.
-#[derive(Default)]
 pub struct HealthChecks {
     answers: Arc<Mutex<BTreeMap<u16, Answer>>>,
     servers: BTreeMap<u16, JoinHandle<()>>,
+    /// The agent's own health: every port fails while its `/healthz` does.
+    proxy: Arc<ProxyHealth>,
 }
 
 impl Drop for HealthChecks {
@@ -36,8 +43,8 @@ impl Drop for HealthChecks {
     }
 }
 
-/// The body kube-proxy sends.
-fn body(answer: &Answer) -> String {
+/// The body kube-proxy sends; `proxy_healthy` is the agent's own `/healthz`.
+fn body(answer: &Answer, proxy_healthy: bool) -> String {
     let (namespace, name) = answer
         .service
         .split_once('/')
@@ -45,12 +52,21 @@ fn body(answer: &Answer) -> String {
     let body = json!({
         "service": {"namespace": namespace, "name": name},
         "localEndpoints": answer.local_endpoints,
-        "serviceProxyHealthy": true,
+        "serviceProxyHealthy": proxy_healthy,
     });
     format!("{body}\n")
 }
 
 impl HealthChecks {
+    /// No health-check ports yet; they answer from `proxy` too.
+    pub fn new(proxy: Arc<ProxyHealth>) -> Self {
+        Self {
+            answers: Arc::default(),
+            servers: BTreeMap::new(),
+            proxy,
+        }
+    }
+
     /// Serves exactly `checks`: new ports are bound, gone ones closed, counts updated. A port
     /// that cannot be bound is reported by service and retried at the next update.
     pub fn update(&mut self, checks: &[HealthCheck]) {
@@ -99,21 +115,23 @@ impl HealthChecks {
                     }
                 };
             info!(port, service = %answer.service, "health-check port open");
-            let answers = self.answers.clone();
+            let (answers, proxy) = (self.answers.clone(), self.proxy.clone());
             self.servers
-                .insert(port, tokio::spawn(serve(listener, port, answers)));
+                .insert(port, tokio::spawn(serve(listener, port, answers, proxy)));
         }
     }
 }
 
-async fn serve(listener: TcpListener, port: u16, answers: Arc<Mutex<BTreeMap<u16, Answer>>>) {
+async fn serve(
+    listener: TcpListener,
+    port: u16,
+    answers: Arc<Mutex<BTreeMap<u16, Answer>>>,
+    proxy: Arc<ProxyHealth>,
+) {
     while let Ok((mut stream, peer)) = listener.accept().await {
-        let answers = answers.clone();
+        let (answers, proxy) = (answers.clone(), proxy.clone());
         tokio::spawn(async move {
-            if crate::telemetry::http::read_path(&mut stream)
-                .await
-                .is_none()
-            {
+            if read_path(&mut stream).await.is_none() {
                 return;
             }
             let answer = answers
@@ -121,15 +139,13 @@ async fn serve(listener: TcpListener, port: u16, answers: Arc<Mutex<BTreeMap<u16
                 .expect("health-check answers lock")
                 .get(&port)
                 .cloned();
+            let proxy_healthy = proxy.healthz(std::time::Instant::now()).healthy;
             let (status, body) = match answer {
-                Some(a) if a.local_endpoints > 0 => ("200 OK", body(&a)),
-                Some(a) => ("503 Service Unavailable", body(&a)),
+                Some(a) if a.local_endpoints > 0 && proxy_healthy => ("200 OK", body(&a, true)),
+                Some(a) => ("503 Service Unavailable", body(&a, proxy_healthy)),
                 None => ("503 Service Unavailable", "no such service\n".to_owned()),
             };
-            if let Err(err) =
-                crate::telemetry::http::respond(&mut stream, status, "application/json", &body)
-                    .await
-            {
+            if let Err(err) = respond(&mut stream, status, "application/json", &body).await {
                 debug!(%peer, %err, "health-check client went away");
             }
         });

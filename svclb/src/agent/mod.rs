@@ -9,6 +9,7 @@
 
 pub mod conntrack;
 pub mod health;
+pub mod healthz;
 pub mod schedule;
 mod syncer;
 
@@ -30,7 +31,10 @@ use svclb_common::maglev::Maglev;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
-use self::{conntrack::Purger, health::HealthChecks, schedule::SyncSchedule, syncer::Syncer};
+use self::{
+    conntrack::Purger, health::HealthChecks, healthz::ProxyHealth, schedule::SyncSchedule,
+    syncer::Syncer,
+};
 use crate::{
     entries::{Capacity, MapState},
     kernel::{
@@ -74,6 +78,10 @@ pub struct AgentConfig {
     pub maglev: Maglev,
     /// Where `/metrics` and `/healthz` are served.
     pub metrics_addr: SocketAddr,
+    /// Where kube-proxy's health server (`/livez`, `/healthz`) listens (`None`: nowhere).
+    pub healthz_addr: Option<SocketAddr>,
+    /// How long a change may wait unwritten before `/livez` fails.
+    pub healthz_timeout: Duration,
 }
 
 /// A started agent: what the serve loop drives.
@@ -88,6 +96,8 @@ struct Agent {
     errors: ErrorCounters,
     /// Serves `/metrics`, `/status` and `/healthz` while the agent runs.
     _http: tokio::task::JoinHandle<()>,
+    /// kube-proxy's health server, when there is one.
+    _healthz: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub async fn run(config: AgentConfig) -> Result<()> {
@@ -151,6 +161,11 @@ async fn start(config: AgentConfig) -> Result<Agent> {
     metrics.bpffs_private.set(i64::from(private_pins));
     metrics.set_devices(devices.attached_names(), devices.problems());
     let http = http::serve(config.metrics_addr, metrics.clone()).await?;
+    let proxy_health = ProxyHealth::new(config.healthz_timeout, Instant::now());
+    let healthz = match config.healthz_addr {
+        Some(addr) => Some(healthz::serve(addr, proxy_health.clone()).await?),
+        None => None,
+    };
     let mut planner = Planner::new(
         &config.node_name,
         NodePortRule::cidrs(&config.nodeport_cidrs),
@@ -179,7 +194,8 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         purger: Purger::start(&config.bpffs_dir, metrics.clone())?,
         capacity: config.capacity,
         reported: BTreeSet::new(),
-        health: HealthChecks::default(),
+        health: HealthChecks::new(proxy_health.clone()),
+        proxy_health,
         nodeports_logged: None,
     };
     Ok(Agent {
@@ -191,6 +207,7 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         metrics,
         errors,
         _http: http,
+        _healthz: healthz,
     })
 }
 
@@ -265,11 +282,17 @@ impl Agent {
                 _ = rescan.tick() => {
                     self.rescan().await;
                     if self.refresh_uplink_addresses().await && ready {
-                        schedule.now(Instant::now());
+                        let now = Instant::now();
+                        schedule.now(now);
+                        self.syncer.proxy_health.queued(now);
                     }
                 }
                 change = self.syncer.source.next_change(), if source_open => match change {
-                    Some(()) => schedule.changed(Instant::now()),
+                    Some(()) => {
+                        let now = Instant::now();
+                        schedule.changed(now);
+                        self.syncer.proxy_health.queued(now);
+                    }
                     None => {
                         source_open = false;
                         error!("{} reports no more changes; serving the last state", self.syncer.source.describe());

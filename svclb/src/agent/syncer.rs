@@ -10,7 +10,7 @@ use std::{
 
 use tracing::{debug, error, info, warn};
 
-use super::{conntrack::Purger, health::HealthChecks};
+use super::{conntrack::Purger, health::HealthChecks, healthz::ProxyHealth};
 use crate::{
     entries::{self, Capacity, MapState},
     kernel::maps::Maps,
@@ -48,6 +48,8 @@ pub(super) struct Syncer {
     pub(super) traffic: Option<Arc<TrafficCollector>>,
     /// Removes flows and affinities of departed backends, in the background.
     pub(super) purger: Purger,
+    /// kube-proxy's health (`/livez`, `/healthz`), told what each sync did.
+    pub(super) proxy_health: Arc<ProxyHealth>,
     /// The NodePort addresses and their origin last logged.
     pub(super) nodeports_logged: Option<(Vec<std::net::IpAddr>, Vec<String>)>,
 }
@@ -87,6 +89,11 @@ impl Syncer {
             .saturating_sub(self.programmed.services.len());
         let incomplete = !applied.map_diags.is_empty() || !applied.report.errors.is_empty();
         self.complete = !incomplete;
+        self.proxy_health
+            .set_node(crate::plan::eligibility(self.planner.node_object()));
+        if !incomplete {
+            self.proxy_health.updated();
+        }
         self.purger.purge(applied.report.departed.clone());
         self.report_diagnostics(snapshot.diagnostics, std::mem::take(&mut applied.map_diags));
         self.report_nodeports();

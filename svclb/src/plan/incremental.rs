@@ -104,6 +104,11 @@ impl Planner {
         &self.node
     }
 
+    /// This node's Node object, as of the last update (`None`: the source has none).
+    pub fn node_object(&self) -> Option<&Node> {
+        self.node_object.as_deref()
+    }
+
     /// Every diagnostic of the current plan (the node's, each Service's, the conflicts).
     pub fn diagnostics(&self) -> impl Iterator<Item = &Diagnostic> {
         self.node_diags

@@ -23,7 +23,7 @@ pub use diag::Diagnostic;
 pub use endpoints::Topology;
 pub use fields::{AFFINITY_TIMEOUT_DEFAULT, AFFINITY_TIMEOUT_MAX, Family, SERVICE_NAME_LABEL};
 pub use incremental::Planner;
-pub use node::{NodeInfo, NodePortRule, ZONE_LABEL};
+pub use node::{NodeInfo, NodePortRule, TO_BE_DELETED_TAINT, ZONE_LABEL, eligibility};
 pub use snapshot::Snapshot;
 pub use types::{
     Frontend, FrontendKey, FrontendKind, HealthCheck, Plan, PlanBackend, Protocol, Scope, WhenEmpty,

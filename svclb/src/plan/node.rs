@@ -10,6 +10,29 @@ use super::{Diagnostic, Family};
 /// The label holding a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
+/// The taint the cluster autoscaler puts on a node it is about to remove (KEP-3836 has load
+/// balancers drain such a node).
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// Whether load balancers should send this node traffic (kube-proxy's `nodeEligible`): not
+/// when its Node object is gone, is being deleted, or carries [`TO_BE_DELETED_TAINT`]. `Err`
+/// says why not.
+pub fn eligibility(node: Option<&Node>) -> Result<(), String> {
+    let Some(node) = node else {
+        return Err("no Node object for this node".to_owned());
+    };
+    if node.metadata.deletion_timestamp.is_some() {
+        return Err("its Node object is being deleted".to_owned());
+    }
+    let taints = node.spec.as_ref().and_then(|s| s.taints.as_ref());
+    if taints.is_some_and(|t| t.iter().any(|t| t.key == TO_BE_DELETED_TAINT)) {
+        return Err(format!(
+            "its Node object carries the {TO_BE_DELETED_TAINT} taint"
+        ));
+    }
+    Ok(())
+}
+
 /// Where NodePorts listen: `--nodeport-addresses`, and the uplinks' own addresses, which
 /// serve for a family the Node object gives no address of (or when there is no Node object,
 /// as on a dev box with manifests only), as kube-proxy falls back to the node's interfaces.
@@ -170,6 +193,41 @@ mod tests {
             cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
             uplinks: uplinks.iter().map(|a| a.parse().unwrap()).collect(),
         }
+    }
+
+    #[test]
+    fn a_node_is_eligible_unless_gone_deleted_or_tainted_for_deletion() {
+        use k8s_openapi::{
+            api::core::v1::{NodeSpec, Taint},
+            apimachinery::pkg::apis::meta::v1::Time,
+        };
+        let tainted = |key: &str| Node {
+            spec: Some(NodeSpec {
+                taints: Some(vec![Taint {
+                    key: key.into(),
+                    effect: "NoSchedule".into(),
+                    ..Taint::default()
+                }]),
+                ..NodeSpec::default()
+            }),
+            ..Node::default()
+        };
+        let mut deleting = Node::default();
+        deleting.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(eligibility(Some(&Node::default())), Ok(()));
+        assert_eq!(
+            eligibility(Some(&tainted("node.kubernetes.io/unschedulable"))),
+            Ok(())
+        );
+        assert!(eligibility(None).is_err());
+        assert_eq!(
+            eligibility(Some(&tainted(TO_BE_DELETED_TAINT))),
+            Err("its Node object carries the ToBeDeletedByClusterAutoscaler taint".to_owned())
+        );
+        assert_eq!(
+            eligibility(Some(&deleting)),
+            Err("its Node object is being deleted".to_owned())
+        );
     }
 
     #[test]

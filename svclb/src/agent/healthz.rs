@@ -1,0 +1,248 @@
+//! kube-proxy's health server (`--healthz-bind-address`, 10256 by default), which cloud load
+//! balancers probe for `externalTrafficPolicy: Cluster` services:
+//!
+//! - `/livez`: 200 while the agent applies changes; 503 once a change has waited longer than
+//!   the timeout (`--healthz-timeout`, twice kube-proxy's sync period by default) without
+//!   being written (a full map, failing writes, a stuck sync).
+//! - `/healthz`: 503 as `/livez` is, and also while this node is not eligible for traffic (its
+//!   Node object gone, being deleted, or tainted `ToBeDeletedByClusterAutoscaler`), so a load
+//!   balancer drains a node before it goes; and until the first sync is done (kube-proxy says
+//!   200 while starting, but a node that has programmed nothing should get no traffic, and a
+//!   rolling update should wait for it).
+//!
+//! Both answer JSON as kube-proxy does: `lastUpdated`, `currentTime` and, from `/healthz`,
+//! `nodeEligible`. Every `healthCheckNodePort` fails while `/healthz` does (see `health`).
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::{debug, info, warn};
+
+use crate::telemetry::http::{read_path, respond};
+
+/// kube-proxy's default: twice its 30 s sync period.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct State {
+    /// When the maps last took everything planned.
+    last_updated: Option<SystemTime>,
+    /// The oldest change not written yet (the agent's start counts as one).
+    oldest_pending: Option<Instant>,
+    /// Why this node should get no traffic, if it should not.
+    ineligible: Option<String>,
+}
+
+/// The agent's health as kube-proxy reports it, shared by the sync loop (which tells it what
+/// happens) and the servers (which answer from it).
+#[derive(Debug)]
+pub struct ProxyHealth {
+    state: Mutex<State>,
+    timeout: Duration,
+}
+
+/// One answer: healthy or not, and the JSON body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub healthy: bool,
+    pub body: String,
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    jiff::Timestamp::try_from(at).map_or_else(|_| String::new(), |t| t.to_string())
+}
+
+impl ProxyHealth {
+    /// Health as of the agent's start at `now`: nothing written yet, and no Node object seen.
+    pub fn new(timeout: Duration, now: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                last_updated: None,
+                oldest_pending: Some(now),
+                ineligible: Some("no Node object seen yet".to_owned()),
+            }),
+            timeout,
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A change arrived at `now` (the oldest one not written is what counts).
+    pub fn queued(&self, now: Instant) {
+        self.state().oldest_pending.get_or_insert(now);
+    }
+
+    /// A sync wrote everything it planned.
+    pub fn updated(&self) {
+        let mut state = self.state();
+        state.last_updated = Some(SystemTime::now());
+        state.oldest_pending = None;
+    }
+
+    /// This node's eligibility for load-balancer traffic (`Err`: why not).
+    pub fn set_node(&self, eligibility: Result<(), String>) {
+        let mut state = self.state();
+        let ineligible = eligibility.err();
+        if state.ineligible != ineligible {
+            match &ineligible {
+                Some(why) => warn!("/healthz answers 503: {why}"),
+                None => info!("this node is eligible for load-balancer traffic again"),
+            }
+        }
+        state.ineligible = ineligible;
+    }
+
+    /// No change has waited longer than the timeout at `now`.
+    fn live(&self, state: &State, now: Instant) -> bool {
+        state
+            .oldest_pending
+            .is_none_or(|since| now.saturating_duration_since(since) < self.timeout)
+    }
+
+    pub fn livez(&self, now: Instant) -> Answer {
+        let state = self.state();
+        Answer {
+            healthy: self.live(&state, now),
+            body: format!(
+                "{{\"lastUpdated\": \"{}\", \"currentTime\": \"{}\"}}\n",
+                state.last_updated.map(rfc3339).unwrap_or_default(),
+                rfc3339(SystemTime::now()),
+            ),
+        }
+    }
+
+    pub fn healthz(&self, now: Instant) -> Answer {
+        let state = self.state();
+        let eligible = state.ineligible.is_none();
+        Answer {
+            healthy: self.live(&state, now) && eligible && state.last_updated.is_some(),
+            body: format!(
+                "{{\"lastUpdated\": \"{}\", \"currentTime\": \"{}\", \"nodeEligible\": {eligible}}}\n",
+                state.last_updated.map(rfc3339).unwrap_or_default(),
+                rfc3339(SystemTime::now()),
+            ),
+        }
+    }
+}
+
+/// Binds `addr` and serves `/livez` and `/healthz` from `health` until the agent stops.
+pub async fn serve(addr: SocketAddr, health: Arc<ProxyHealth>) -> Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the health server on {addr} (--healthz-bind-address)"))?;
+    info!(%addr, "kube-proxy's health server on /livez and /healthz");
+    Ok(tokio::spawn(async move {
+        while let Ok((mut stream, peer)) = listener.accept().await {
+            let health = health.clone();
+            tokio::spawn(async move {
+                let Some(path) = read_path(&mut stream).await else {
+                    return;
+                };
+                let now = Instant::now();
+                let answer = match path.as_str() {
+                    "/livez" => health.livez(now),
+                    "/healthz" => health.healthz(now),
+                    _ => Answer {
+                        healthy: false,
+                        body: "{\"error\": \"try /livez or /healthz\"}\n".to_owned(),
+                    },
+                };
+                let status = match (answer.healthy, path.as_str()) {
+                    (true, _) => "200 OK",
+                    (false, "/livez" | "/healthz") => "503 Service Unavailable",
+                    (false, _) => "404 Not Found",
+                };
+                if let Err(err) =
+                    respond(&mut stream, status, "application/json", &answer.body).await
+                {
+                    debug!(%peer, %err, "health client went away");
+                }
+            });
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn json(answer: &Answer) -> serde_json::Value {
+        serde_json::from_str(&answer.body).expect("JSON")
+    }
+
+    #[test]
+    fn live_while_starting_and_not_healthy_until_the_first_sync_and_a_node() {
+        let t0 = Instant::now();
+        let h = ProxyHealth::new(TIMEOUT, t0);
+        assert!(h.livez(t0).healthy, "live while starting");
+        assert!(
+            !h.livez(t0 + TIMEOUT).healthy,
+            "a first sync later than the timeout"
+        );
+        let before = h.healthz(t0);
+        assert!(!before.healthy);
+        assert_eq!(json(&before)["nodeEligible"], false);
+        h.updated();
+        assert!(!h.healthz(t0).healthy, "no Node object yet");
+        h.set_node(Ok(()));
+        let after = h.healthz(t0);
+        assert!(after.healthy);
+        let body = json(&after);
+        assert_eq!(body["nodeEligible"], true);
+        assert!(
+            body["lastUpdated"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{body}"
+        );
+        assert!(
+            body["currentTime"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{body}"
+        );
+        assert!(json(&h.livez(t0)).get("nodeEligible").is_none());
+    }
+
+    #[test]
+    fn a_change_waiting_past_the_timeout_fails_both() {
+        let t0 = Instant::now();
+        let h = ProxyHealth::new(TIMEOUT, t0);
+        h.updated();
+        h.set_node(Ok(()));
+        h.queued(t0 + Duration::from_secs(1));
+        h.queued(t0 + Duration::from_secs(50));
+        let late = t0 + Duration::from_secs(61);
+        assert!(!h.livez(late).healthy, "the oldest pending change counts");
+        assert!(!h.healthz(late).healthy);
+        h.updated();
+        assert!(h.livez(late).healthy && h.healthz(late).healthy);
+    }
+
+    #[test]
+    fn a_node_being_drained_fails_healthz_only() {
+        let t0 = Instant::now();
+        let h = ProxyHealth::new(TIMEOUT, t0);
+        h.updated();
+        h.set_node(Err(
+            "its Node object carries the ToBeDeletedByClusterAutoscaler taint".into(),
+        ));
+        assert!(h.livez(t0).healthy);
+        let answer = h.healthz(t0);
+        assert!(!answer.healthy);
+        assert_eq!(json(&answer)["nodeEligible"], false);
+        h.set_node(Ok(()));
+        assert!(h.healthz(t0).healthy);
+    }
+}

@@ -1,0 +1,202 @@
+//! End to end: kube-proxy's health server (`--healthz-bind-address`, port 10256), as cloud load
+//! balancers probe it. `/healthz` follows this node's Node object (a node tainted for deletion
+//! is drained, and every health-check node port fails with it), `/livez` follows the syncs (a
+//! change that cannot be written fails it after the timeout). Both with Node objects from the
+//! manifests directory and from the Kubernetes API.
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::{Context as _, Result};
+use svclb_tests::{
+    Lab, LabSpec,
+    client::{at, http_get, http_get_path},
+    fake_api::FakeApi,
+    manifests::{WEB, cluster_ip_service, service, to_json_objects},
+    netns::in_netns,
+    require_root,
+};
+
+const HEALTHZ: u16 = 10256;
+const HEALTH_CHECK_PORT: u16 = 32005;
+
+/// GETs `path` of `addr` from the lab's external client: status and JSON body; checks the
+/// content type kube-proxy sends.
+fn probe(lab: &Lab, addr: SocketAddr, path: &'static str) -> Result<(u16, serde_json::Value)> {
+    let (status, head, body) = in_netns(&lab.client_ns, move || http_get_path(addr, path))?;
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    let json = serde_json::from_str(&body).with_context(|| format!("{path}: {body:?}"))?;
+    Ok((status, json))
+}
+
+/// The health-check node port's status and `serviceProxyHealthy`.
+fn health_check(lab: &Lab, addr: SocketAddr) -> Result<(u16, serde_json::Value)> {
+    let (status, body) = in_netns(&lab.client_ns, move || http_get(addr))?;
+    let json: serde_json::Value = serde_json::from_str(&body)?;
+    Ok((status, json["serviceProxyHealthy"].clone()))
+}
+
+/// The lab's Node objects, node 1's tainted for deletion by the cluster autoscaler when
+/// `tainted`.
+fn nodes(lab: &Lab, tainted: bool) -> String {
+    let manifest = lab.nodes_manifest();
+    if !tainted {
+        return manifest;
+    }
+    manifest.replacen(
+        "metadata:\n  name: n1\n",
+        "metadata:\n  name: n1\nspec:\n  taints:\n  - {key: ToBeDeletedByClusterAutoscaler, value: '1700000000', effect: NoSchedule}\n",
+        1,
+    )
+}
+
+/// A LoadBalancer Service with `externalTrafficPolicy: Local` and its endpoint on node 1.
+fn local_service(lab: &Lab) -> String {
+    service(
+        "web",
+        "10.96.0.70",
+        &[WEB.with_node_port(30070)],
+        &[lab.pod("n1-pod2")],
+        &format!(
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {HEALTH_CHECK_PORT}\n"
+        ),
+        "",
+    )
+}
+
+/// Waits until `path` on `addr` answers `status`.
+fn wait_status(lab: &Lab, addr: SocketAddr, path: &'static str, status: u16) -> Result<()> {
+    lab.wait_for(
+        Duration::from_secs(10),
+        &format!("{path} of {addr} answering {status}"),
+        || probe(lab, addr, path).is_ok_and(|(s, _)| s == status),
+    )
+    .map(|_| ())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn healthz_drains_a_node_tainted_for_deletion_with_its_health_check_ports() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new(LabSpec::default())?;
+    lab.write_manifest("nodes.yaml", &nodes(&lab, false))?;
+    lab.write_manifest("web.yaml", &local_service(&lab))?;
+    lab.start_agents()?;
+    let node1 = lab.nodes[0].addr.to_string();
+    let (healthz, check) = (at(&node1, HEALTHZ), at(&node1, HEALTH_CHECK_PORT));
+
+    let (status, body) = probe(&lab, healthz, "/healthz")?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["nodeEligible"], true, "{body}");
+    for field in ["lastUpdated", "currentTime"] {
+        assert!(
+            body[field].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{field}: {body}"
+        );
+    }
+    let (status, body) = probe(&lab, healthz, "/livez")?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(health_check(&lab, check)?, (200, true.into()));
+
+    lab.write_manifest("nodes.yaml", &nodes(&lab, true))?;
+    wait_status(&lab, healthz, "/healthz", 503)?;
+    let (_, body) = probe(&lab, healthz, "/healthz")?;
+    assert_eq!(body["nodeEligible"], false, "{body}");
+    assert_eq!(probe(&lab, healthz, "/livez")?.0, 200, "live all the same");
+    assert_eq!(
+        health_check(&lab, check)?,
+        (503, false.into()),
+        "the health-check node port fails with /healthz"
+    );
+    let node2 = lab.nodes[1].addr.to_string();
+    assert_eq!(
+        probe(&lab, at(&node2, HEALTHZ), "/healthz")?.0,
+        200,
+        "node 2 is not drained"
+    );
+
+    lab.write_manifest("nodes.yaml", &nodes(&lab, false))?;
+    wait_status(&lab, healthz, "/healthz", 200)?;
+    assert_eq!(health_check(&lab, check)?, (200, true.into()));
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn livez_fails_when_a_change_cannot_be_written_in_time() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new(LabSpec {
+        agent_args: ["--healthz-timeout", "2", "--services-map-size", "2"]
+            .map(str::to_owned)
+            .to_vec(),
+        ..LabSpec::default()
+    })?;
+    lab.write_manifest("nodes.yaml", &nodes(&lab, false))?;
+    let web = lab.pod("n1-pod2").clone();
+    lab.write_manifest(
+        "a.yaml",
+        &cluster_ip_service("a", "10.96.0.71", &[WEB], &[&web]),
+    )?;
+    lab.start_agents()?;
+    let livez = at(&lab.nodes[0].addr.to_string(), HEALTHZ);
+    assert_eq!(probe(&lab, livez, "/livez")?.0, 200);
+
+    // Two more frontends than the services map holds: the change waits, unwritten.
+    lab.write_manifest(
+        "b.yaml",
+        &cluster_ip_service(
+            "b",
+            "10.96.0.72",
+            &[WEB, svclb_tests::manifests::PortSpec::tcp("alt", 81, 8080)],
+            &[&web],
+        ),
+    )?;
+    wait_status(&lab, livez, "/livez", 503)?;
+    assert_eq!(
+        probe(&lab, livez, "/healthz")?.0,
+        503,
+        "/healthz fails with /livez"
+    );
+    lab.remove_manifest("b.yaml")?;
+    wait_status(&lab, livez, "/livez", 200)?;
+    wait_status(&lab, livez, "/healthz", 200)?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn healthz_follows_the_node_object_from_the_kubernetes_api() -> Result<()> {
+    require_root()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _enter = runtime.enter();
+    let mut lab = Lab::new(LabSpec::default())?;
+    let listener = in_netns(&lab.client_ns, || {
+        Ok(std::net::TcpListener::bind("172.31.0.100:6443")?)
+    })?;
+    let api = FakeApi::serve(listener)?;
+    lab.use_kubeconfig(&api.kubeconfig())?;
+    let (plain, tainted) = (nodes(&lab, false), nodes(&lab, true));
+    let apply_nodes = |tainted_node: bool| -> Result<()> {
+        let manifest = if tainted_node { &tainted } else { &plain };
+        for object in to_json_objects(manifest)? {
+            api.apply(object)?;
+        }
+        Ok(())
+    };
+    apply_nodes(false)?;
+    lab.start_agents()?;
+    let healthz = at(&lab.nodes[0].addr.to_string(), HEALTHZ);
+    wait_status(&lab, healthz, "/healthz", 200)?;
+    apply_nodes(true)?;
+    wait_status(&lab, healthz, "/healthz", 503)?;
+    assert_eq!(probe(&lab, healthz, "/healthz")?.1["nodeEligible"], false);
+    apply_nodes(false)?;
+    wait_status(&lab, healthz, "/healthz", 200)?;
+    // The Node object goes away: no eligible node any more.
+    api.delete("Node", "", "n1")?;
+    wait_status(&lab, healthz, "/healthz", 503)?;
+    Ok(())
+}
