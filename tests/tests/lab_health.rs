@@ -1,8 +1,8 @@
 //! End to end: kube-proxy's health server (`--healthz-bind-address`, port 10256), as cloud load
 //! balancers probe it. `/healthz` follows this node's Node object (a node tainted for deletion
-//! is drained, and every health-check node port fails with it), `/livez` follows the syncs (a
-//! change that cannot be written fails it after the timeout). Both with Node objects from the
-//! manifests directory and from the Kubernetes API.
+//! is drained), with Node objects from the manifests directory and from the Kubernetes API.
+//! `/livez` follows the syncs: a change whose writes the kernel refuses fails it after the
+//! timeout, and every health-check node port with it.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -79,7 +79,7 @@ fn wait_status(lab: &Lab, addr: SocketAddr, path: &'static str, status: u16) -> 
 
 #[test]
 #[ignore = "needs root"]
-fn healthz_drains_a_node_tainted_for_deletion_with_its_health_check_ports() -> Result<()> {
+fn healthz_drains_a_node_tainted_for_deletion() -> Result<()> {
     require_root()?;
     let mut lab = Lab::new(LabSpec::default())?;
     lab.write_manifest("nodes.yaml", &nodes(&lab, false))?;
@@ -108,8 +108,9 @@ fn healthz_drains_a_node_tainted_for_deletion_with_its_health_check_ports() -> R
     assert_eq!(probe(&lab, healthz, "/livez")?.0, 200, "live all the same");
     assert_eq!(
         health_check(&lab, check)?,
-        (503, false.into()),
-        "the health-check node port fails with /healthz"
+        (200, true.into()),
+        "the health-check node port follows the agent's sync health, not the node's draining \
+         (as kube-proxy's)"
     );
     let node2 = lab.nodes[1].addr.to_string();
     assert_eq!(
@@ -124,35 +125,49 @@ fn healthz_drains_a_node_tainted_for_deletion_with_its_health_check_ports() -> R
     Ok(())
 }
 
+/// Fills node 1's services map to its capacity behind the agent's back, with entries of no
+/// family the datapath serves: the kernel then refuses the agent's next new frontend.
+fn fill_services_map(lab: &Lab, entries: u8) -> Result<()> {
+    let map = lab.nodes[0].pin_dir.join("SVCLB_SERVICES");
+    let map = map.to_string_lossy().into_owned();
+    for n in 0..entries {
+        let mut key = vec!["0".to_owned(); 24];
+        key[0] = format!("{}", 200 + n);
+        key[19] = "9".to_owned(); // family 9: neither IPv4 nor IPv6
+        let value = vec!["0".to_owned(); 24];
+        let mut args = vec!["map", "update", "pinned", map.as_str(), "key"];
+        args.extend(key.iter().map(String::as_str));
+        args.push("value");
+        args.extend(value.iter().map(String::as_str));
+        svclb_tests::netns::run("bpftool", &args)?;
+    }
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root"]
 fn livez_fails_when_a_change_cannot_be_written_in_time() -> Result<()> {
     require_root()?;
     let mut lab = Lab::new(LabSpec {
-        agent_args: ["--healthz-timeout", "2", "--services-map-size", "2"]
+        agent_args: ["--healthz-timeout", "2", "--services-map-size", "5"]
             .map(str::to_owned)
             .to_vec(),
         ..LabSpec::default()
     })?;
     lab.write_manifest("nodes.yaml", &nodes(&lab, false))?;
+    // Node 1's frontends: the cluster IP, the NodePort and its internal view.
+    lab.write_manifest("web.yaml", &local_service(&lab))?;
+    lab.start_agents()?;
+    let node1 = lab.nodes[0].addr.to_string();
+    let (livez, check) = (at(&node1, HEALTHZ), at(&node1, HEALTH_CHECK_PORT));
+    assert_eq!(probe(&lab, livez, "/livez")?.0, 200);
+    assert_eq!(health_check(&lab, check)?, (200, true.into()));
+
+    fill_services_map(&lab, 2)?;
     let web = lab.pod("n1-pod2").clone();
     lab.write_manifest(
-        "a.yaml",
-        &cluster_ip_service("a", "10.96.0.71", &[WEB], &[&web]),
-    )?;
-    lab.start_agents()?;
-    let livez = at(&lab.nodes[0].addr.to_string(), HEALTHZ);
-    assert_eq!(probe(&lab, livez, "/livez")?.0, 200);
-
-    // Two more frontends than the services map holds: the change waits, unwritten.
-    lab.write_manifest(
         "b.yaml",
-        &cluster_ip_service(
-            "b",
-            "10.96.0.72",
-            &[WEB, svclb_tests::manifests::PortSpec::tcp("alt", 81, 8080)],
-            &[&web],
-        ),
+        &cluster_ip_service("b", "10.96.0.72", &[WEB], &[&web]),
     )?;
     wait_status(&lab, livez, "/livez", 503)?;
     assert_eq!(
@@ -160,9 +175,22 @@ fn livez_fails_when_a_change_cannot_be_written_in_time() -> Result<()> {
         503,
         "/healthz fails with /livez"
     );
+    assert_eq!(
+        health_check(&lab, check)?,
+        (503, false.into()),
+        "the health-check node port fails with /livez"
+    );
+    let node2 = lab.nodes[1].addr.to_string();
+    assert_eq!(
+        probe(&lab, at(&node2, HEALTHZ), "/livez")?.0,
+        200,
+        "node 2 wrote it"
+    );
+
     lab.remove_manifest("b.yaml")?;
     wait_status(&lab, livez, "/livez", 200)?;
     wait_status(&lab, livez, "/healthz", 200)?;
+    assert_eq!(health_check(&lab, check)?, (200, true.into()));
     Ok(())
 }
 

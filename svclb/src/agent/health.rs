@@ -1,8 +1,8 @@
 //! `healthCheckNodePort`s of services with `externalTrafficPolicy: Local`, answered as
 //! kube-proxy does: an external load balancer asks every node and sends traffic only to those
 //! that say 200 (at least one local ready endpoint); the others say 503. Every port also says
-//! 503 while the agent's own `/healthz` does (a stuck sync, a node being drained), as
-//! kube-proxy's do since 1.28.
+//! 503 while the agent's own `/livez` does (changes stuck unwritten), as kube-proxy's follow
+//! its proxier's health since 1.28.
 
 use std::{
     collections::BTreeMap,
@@ -31,7 +31,7 @@ struct Answer {
 pub struct HealthChecks {
     answers: Arc<Mutex<BTreeMap<u16, Answer>>>,
     servers: BTreeMap<u16, JoinHandle<()>>,
-    /// The agent's own health: every port fails while its `/healthz` does.
+    /// The agent's own health: every port fails while its `/livez` does.
     proxy: Arc<ProxyHealth>,
 }
 
@@ -139,7 +139,7 @@ async fn serve(
                 .expect("health-check answers lock")
                 .get(&port)
                 .cloned();
-            let proxy_healthy = proxy.healthz(std::time::Instant::now()).healthy;
+            let proxy_healthy = proxy.proxy_healthy(std::time::Instant::now());
             let (status, body) = match answer {
                 Some(a) if a.local_endpoints > 0 && proxy_healthy => ("200 OK", body(&a, true)),
                 Some(a) => ("503 Service Unavailable", body(&a, proxy_healthy)),

@@ -1,9 +1,10 @@
 //! kube-proxy's health server (`--healthz-bind-address`, 10256 by default), which cloud load
 //! balancers probe for `externalTrafficPolicy: Cluster` services:
 //!
-//! - `/livez`: 200 while the agent applies changes; 503 once a change has waited longer than
-//!   the timeout (`--healthz-timeout`, twice kube-proxy's sync period by default) without
-//!   being written (a full map, failing writes, a stuck sync).
+//! - `/livez`: 200 while the agent applies changes (and while it starts); 503 once a change
+//!   has waited longer than the timeout (`--healthz-timeout`, twice kube-proxy's sync period
+//!   by default) with its writes failing. What does not fit the maps is not counted: it is
+//!   reported (log, metrics, `svclb status`), and a restart would not make room.
 //! - `/healthz`: 503 as `/livez` is, and also while this node is not eligible for traffic (its
 //!   Node object gone, being deleted, or tainted `ToBeDeletedByClusterAutoscaler`), so a load
 //!   balancer drains a node before it goes; and until the first sync is done (kube-proxy says
@@ -11,7 +12,8 @@
 //!   rolling update should wait for it).
 //!
 //! Both answer JSON as kube-proxy does: `lastUpdated`, `currentTime` and, from `/healthz`,
-//! `nodeEligible`. Every `healthCheckNodePort` fails while `/healthz` does (see `health`).
+//! `nodeEligible`. Every `healthCheckNodePort` fails while `/livez` does, as kube-proxy's
+//! service health checks follow its proxier's health (see `health`).
 
 use std::{
     net::SocketAddr,
@@ -32,7 +34,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 struct State {
     /// When the maps last took everything planned.
     last_updated: Option<SystemTime>,
-    /// The oldest change not written yet (the agent's start counts as one).
+    /// The oldest change not written yet.
     oldest_pending: Option<Instant>,
     /// Why this node should get no traffic, if it should not.
     ineligible: Option<String>,
@@ -58,13 +60,14 @@ fn rfc3339(at: SystemTime) -> String {
 }
 
 impl ProxyHealth {
-    /// Health as of the agent's start at `now`: nothing written yet, and no Node object seen.
-    pub fn new(timeout: Duration, now: Instant) -> Arc<Self> {
+    /// Health as of the agent's start: nothing written yet, nothing waiting (live while
+    /// starting, as kube-proxy is), eligible until a Node object says otherwise.
+    pub fn new(timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 last_updated: None,
-                oldest_pending: Some(now),
-                ineligible: Some("no Node object seen yet".to_owned()),
+                oldest_pending: None,
+                ineligible: None,
             }),
             timeout,
         })
@@ -81,7 +84,8 @@ impl ProxyHealth {
         self.state().oldest_pending.get_or_insert(now);
     }
 
-    /// A sync wrote everything it planned.
+    /// A sync made every write it tried (what did not fit the maps is reported elsewhere: a
+    /// restart would not make room, so it does not fail `/livez`).
     pub fn updated(&self) {
         let mut state = self.state();
         state.last_updated = Some(SystemTime::now());
@@ -106,6 +110,11 @@ impl ProxyHealth {
         state
             .oldest_pending
             .is_none_or(|since| now.saturating_duration_since(since) < self.timeout)
+    }
+
+    /// What the health-check node ports follow: the `/livez` condition.
+    pub fn proxy_healthy(&self, now: Instant) -> bool {
+        self.live(&self.state(), now)
     }
 
     pub fn livez(&self, now: Instant) -> Answer {
@@ -182,20 +191,18 @@ mod tests {
     }
 
     #[test]
-    fn live_while_starting_and_not_healthy_until_the_first_sync_and_a_node() {
+    fn live_while_starting_and_not_healthy_until_the_first_sync() {
         let t0 = Instant::now();
-        let h = ProxyHealth::new(TIMEOUT, t0);
+        let h = ProxyHealth::new(TIMEOUT);
         assert!(h.livez(t0).healthy, "live while starting");
         assert!(
-            !h.livez(t0 + TIMEOUT).healthy,
-            "a first sync later than the timeout"
+            h.livez(t0 + 2 * TIMEOUT).healthy,
+            "a slow first list is no stuck change"
         );
         let before = h.healthz(t0);
-        assert!(!before.healthy);
-        assert_eq!(json(&before)["nodeEligible"], false);
+        assert!(!before.healthy, "nothing programmed yet");
+        assert_eq!(json(&before)["nodeEligible"], true);
         h.updated();
-        assert!(!h.healthz(t0).healthy, "no Node object yet");
-        h.set_node(Ok(()));
         let after = h.healthz(t0);
         assert!(after.healthy);
         let body = json(&after);
@@ -218,14 +225,17 @@ mod tests {
     #[test]
     fn a_change_waiting_past_the_timeout_fails_both() {
         let t0 = Instant::now();
-        let h = ProxyHealth::new(TIMEOUT, t0);
+        let h = ProxyHealth::new(TIMEOUT);
         h.updated();
-        h.set_node(Ok(()));
         h.queued(t0 + Duration::from_secs(1));
         h.queued(t0 + Duration::from_secs(50));
         let late = t0 + Duration::from_secs(61);
         assert!(!h.livez(late).healthy, "the oldest pending change counts");
         assert!(!h.healthz(late).healthy);
+        assert!(
+            !h.proxy_healthy(late),
+            "the health-check ports follow /livez"
+        );
         h.updated();
         assert!(h.livez(late).healthy && h.healthz(late).healthy);
     }
@@ -233,12 +243,16 @@ mod tests {
     #[test]
     fn a_node_being_drained_fails_healthz_only() {
         let t0 = Instant::now();
-        let h = ProxyHealth::new(TIMEOUT, t0);
+        let h = ProxyHealth::new(TIMEOUT);
         h.updated();
         h.set_node(Err(
             "its Node object carries the ToBeDeletedByClusterAutoscaler taint".into(),
         ));
         assert!(h.livez(t0).healthy);
+        assert!(
+            h.proxy_healthy(t0),
+            "the health-check ports do not drain with the node"
+        );
         let answer = h.healthz(t0);
         assert!(!answer.healthy);
         assert_eq!(json(&answer)["nodeEligible"], false);

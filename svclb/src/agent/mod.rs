@@ -161,7 +161,7 @@ async fn start(config: AgentConfig) -> Result<Agent> {
     metrics.bpffs_private.set(i64::from(private_pins));
     metrics.set_devices(devices.attached_names(), devices.problems());
     let http = http::serve(config.metrics_addr, metrics.clone()).await?;
-    let proxy_health = ProxyHealth::new(config.healthz_timeout, Instant::now());
+    let proxy_health = ProxyHealth::new(config.healthz_timeout);
     let healthz = match config.healthz_addr {
         Some(addr) => Some(healthz::serve(addr, proxy_health.clone()).await?),
         None => None,
@@ -196,6 +196,7 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         reported: BTreeSet::new(),
         health: HealthChecks::new(proxy_health.clone()),
         proxy_health,
+        node_seen: false,
         nodeports_logged: None,
     };
     Ok(Agent {

@@ -50,6 +50,8 @@ pub(super) struct Syncer {
     pub(super) purger: Purger,
     /// kube-proxy's health (`/livez`, `/healthz`), told what each sync did.
     pub(super) proxy_health: Arc<ProxyHealth>,
+    /// A Node object for this node has been seen (one gone since makes it ineligible).
+    pub(super) node_seen: bool,
     /// The NodePort addresses and their origin last logged.
     pub(super) nodeports_logged: Option<(Vec<std::net::IpAddr>, Vec<String>)>,
 }
@@ -89,9 +91,11 @@ impl Syncer {
             .saturating_sub(self.programmed.services.len());
         let incomplete = !applied.map_diags.is_empty() || !applied.report.errors.is_empty();
         self.complete = !incomplete;
+        let node = self.planner.node_object();
+        self.node_seen |= node.is_some();
         self.proxy_health
-            .set_node(crate::plan::eligibility(self.planner.node_object()));
-        if !incomplete {
+            .set_node(crate::plan::eligibility(node, self.node_seen));
+        if applied.report.errors.is_empty() {
             self.proxy_health.updated();
         }
         self.purger.purge(applied.report.departed.clone());

@@ -36,12 +36,20 @@ pub async fn of_devices(handle: &Handle, names: &[String]) -> Result<Vec<IpAddr>
             .await
             .with_context(|| format!("listing the addresses of {name}"))?
         {
-            for attribute in message.attributes {
-                if let AddressAttribute::Address(addr) = attribute
-                    && !link_local(&addr)
-                {
-                    out.push(addr);
-                }
+            // IFA_LOCAL is the interface's own address; on a point-to-point link IFA_ADDRESS
+            // is the peer's, so it counts only without a local one.
+            let local = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(addr) => Some(*addr),
+                _ => None,
+            });
+            let address = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(addr) => Some(*addr),
+                _ => None,
+            });
+            if let Some(addr) = local.or(address)
+                && !link_local(&addr)
+            {
+                out.push(addr);
             }
         }
     }

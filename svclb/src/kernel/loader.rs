@@ -53,6 +53,9 @@ pub struct Bpffs {
     /// This process mounted the bpf filesystem (none was there).
     pub mounted: bool,
     pub host_view: HostView,
+    /// This process is in the host's (the initial) PID namespace: its PID 1 is the host's.
+    /// In a container it is not, and PID 1's mount namespace is the container's own.
+    pub host_pids: bool,
 }
 
 impl Bpffs {
@@ -60,14 +63,25 @@ impl Bpffs {
     /// namespace, which goes (with every map and link pinned in it) when the namespace does,
     /// as under `ip netns exec`, which remounts /sys in a mount namespace of its own. When
     /// PID 1's namespace cannot be read, having had to mount the filesystem itself says so:
-    /// a process in the host's namespace finds the host's bpffs there.
+    /// a process in the host's namespace finds the host's bpffs there. In a container (not the
+    /// host's PID namespace) PID 1 shares the container's mount namespace, so there too having
+    /// had to mount it says so.
     pub fn private(self) -> bool {
         match self.host_view {
-            HostView::SameNamespace | HostView::SameFilesystem => false,
+            HostView::SameNamespace => self.mounted && !self.host_pids,
+            HostView::SameFilesystem => false,
             HostView::OtherFilesystem => true,
             HostView::Unknown => self.mounted,
         }
     }
+}
+
+/// The inode of the initial PID namespace (`PROC_PID_INIT_INO`).
+const INITIAL_PID_NAMESPACE: &str = "pid:[4026531836]";
+
+/// Whether this process is in the initial PID namespace (`false` when that cannot be told).
+fn host_pids() -> bool {
+    fs::read_link("/proc/self/ns/pid").is_ok_and(|ns| ns.as_os_str() == INITIAL_PID_NAMESPACE)
 }
 
 /// How `dir`'s bpf filesystem, in this process's mount namespace, compares with the one PID 1
@@ -117,6 +131,7 @@ pub fn prepare_bpffs(dir: &Path) -> Result<Bpffs> {
     Ok(Bpffs {
         mounted,
         host_view: host_view(dir),
+        host_pids: host_pids(),
     })
 }
 
@@ -164,17 +179,24 @@ mod tests {
 
     #[test]
     fn pins_are_private_only_in_a_bpffs_the_host_does_not_share() {
+        // (mounted it, how the host sees it, in the host's PID namespace, private)
         let cases = [
-            (false, HostView::SameNamespace, false),
-            (true, HostView::SameNamespace, false),
-            (false, HostView::SameFilesystem, false),
-            (false, HostView::OtherFilesystem, true),
-            (true, HostView::OtherFilesystem, true),
-            (true, HostView::Unknown, true),
-            (false, HostView::Unknown, false),
+            (false, HostView::SameNamespace, true, false),
+            (true, HostView::SameNamespace, true, false),
+            (true, HostView::SameNamespace, false, true),
+            (false, HostView::SameNamespace, false, false),
+            (false, HostView::SameFilesystem, false, false),
+            (false, HostView::OtherFilesystem, true, true),
+            (true, HostView::OtherFilesystem, true, true),
+            (true, HostView::Unknown, true, true),
+            (false, HostView::Unknown, true, false),
         ];
-        for (mounted, host_view, private) in cases {
-            let bpffs = Bpffs { mounted, host_view };
+        for (mounted, host_view, host_pids, private) in cases {
+            let bpffs = Bpffs {
+                mounted,
+                host_view,
+                host_pids,
+            };
             assert_eq!(bpffs.private(), private, "{bpffs:?}");
         }
     }

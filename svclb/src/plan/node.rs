@@ -15,11 +15,16 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// Whether load balancers should send this node traffic (kube-proxy's `nodeEligible`): not
-/// when its Node object is gone, is being deleted, or carries [`TO_BE_DELETED_TAINT`]. `Err`
-/// says why not.
-pub fn eligibility(node: Option<&Node>) -> Result<(), String> {
+/// when its Node object is gone (`seen` before), is being deleted, or carries
+/// [`TO_BE_DELETED_TAINT`]. A node whose source never had a Node object (a manifests
+/// directory without one) is eligible, as kube-proxy starts out. `Err` says why not.
+pub fn eligibility(node: Option<&Node>, seen: bool) -> Result<(), String> {
     let Some(node) = node else {
-        return Err("no Node object for this node".to_owned());
+        return if seen {
+            Err("its Node object is gone".to_owned())
+        } else {
+            Ok(())
+        };
     };
     if node.metadata.deletion_timestamp.is_some() {
         return Err("its Node object is being deleted".to_owned());
@@ -96,9 +101,9 @@ impl NodeInfo {
     }
 
     /// Builds the node from its Node object (`None` when the source has none). NodePorts are
-    /// served on the node's InternalIP and ExternalIP addresses; for a family it has none of
-    /// (or without a Node object), on the uplinks' addresses; in both cases only on those
-    /// inside `--nodeport-addresses` when that is given.
+    /// served on the node's InternalIP and ExternalIP addresses inside `--nodeport-addresses`
+    /// (all of them when it is not given); for a family where that leaves none (or without a
+    /// Node object), on the uplinks' addresses inside it.
     pub fn from_node(
         name: &str,
         node: Option<&Node>,
@@ -111,24 +116,21 @@ impl NodeInfo {
             .and_then(|labels| labels.get(ZONE_LABEL))
             .cloned();
         for family in [Family::V4, Family::V6] {
-            let of_node: Vec<IpAddr> = listed.iter().filter(|a| family.has(a)).copied().collect();
-            let (addresses, origin) = if !of_node.is_empty() {
-                (of_node, "the Node object")
-            } else {
-                let uplinks = rule
-                    .uplinks
+            let of = |addresses: &[IpAddr]| -> Vec<IpAddr> {
+                addresses
                     .iter()
-                    .filter(|a| family.has(a))
+                    .filter(|a| family.has(a) && rule.wanted(a))
                     .copied()
-                    .collect();
-                let why = if node.is_some() {
-                    "the uplinks (the Node object lists none)"
-                } else {
-                    "the uplinks (no Node object)"
-                };
-                (uplinks, why)
+                    .collect()
             };
-            let served: Vec<IpAddr> = addresses.into_iter().filter(|a| rule.wanted(a)).collect();
+            let of_node = of(&listed);
+            let (served, origin) = if !of_node.is_empty() {
+                (of_node, "the Node object")
+            } else if node.is_none() {
+                (of(&rule.uplinks), "the uplinks (no Node object)")
+            } else {
+                (of(&rule.uplinks), "the uplinks (none of the Node object's)")
+            };
             info.nodeport_origin.push(if served.is_empty() {
                 format!("{}: none", family.name())
             } else {
@@ -214,18 +216,22 @@ mod tests {
         };
         let mut deleting = Node::default();
         deleting.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
-        assert_eq!(eligibility(Some(&Node::default())), Ok(()));
+        assert_eq!(eligibility(Some(&Node::default()), true), Ok(()));
         assert_eq!(
-            eligibility(Some(&tainted("node.kubernetes.io/unschedulable"))),
+            eligibility(Some(&tainted("node.kubernetes.io/unschedulable")), true),
             Ok(())
         );
-        assert!(eligibility(None).is_err());
+        assert_eq!(eligibility(None, false), Ok(()), "never had a Node object");
         assert_eq!(
-            eligibility(Some(&tainted(TO_BE_DELETED_TAINT))),
+            eligibility(None, true),
+            Err("its Node object is gone".to_owned())
+        );
+        assert_eq!(
+            eligibility(Some(&tainted(TO_BE_DELETED_TAINT)), true),
             Err("its Node object carries the ToBeDeletedByClusterAutoscaler taint".to_owned())
         );
         assert_eq!(
-            eligibility(Some(&deleting)),
+            eligibility(Some(&deleting), true),
             Err("its Node object is being deleted".to_owned())
         );
     }
@@ -245,7 +251,7 @@ mod tests {
                 "the Node object gives IPv4 only: IPv6 from the uplinks",
                 Some(&v4_node),
                 rule(&[], &uplinks),
-                "10.0.0.5, fd00:31::11 (IPv4: the Node object; IPv6: the uplinks (the Node object lists none))",
+                "10.0.0.5, fd00:31::11 (IPv4: the Node object; IPv6: the uplinks (none of the Node object's))",
             ),
             (
                 "--nodeport-addresses filters the uplinks' addresses too",
@@ -260,10 +266,10 @@ mod tests {
                 "none (IPv4: none; IPv6: none)",
             ),
             (
-                "a Node address outside --nodeport-addresses is not replaced by the uplinks'",
+                "the Node object's addresses all outside --nodeport-addresses: the uplinks' inside",
                 Some(&v4_node),
                 rule(&["172.31.0.0/24"], &["172.31.0.11"]),
-                "none (IPv4: none; IPv6: none)",
+                "172.31.0.11 (IPv4: the uplinks (none of the Node object's); IPv6: none)",
             ),
         ];
         for (what, node, rule, want) in cases {
