@@ -232,3 +232,62 @@ fn an_unchanged_snapshot_changes_nothing() {
     assert!(planner.update(&snapshot).is_empty());
     assert!(!planner.plan().frontends.is_empty());
 }
+
+#[test]
+fn new_uplink_addresses_replan_the_node_ports_they_serve() {
+    let mut snapshot = Snapshot::default();
+    let Object::Service(svc) = service(
+        "np",
+        "{type: NodePort, clusterIP: 10.96.0.9, ports: [{name: http, port: 80, nodePort: 30009}]}",
+        "",
+    ) else {
+        unreachable!("a Service");
+    };
+    snapshot.services.push(svc);
+    let mut planner = Planner::new("n1", NodePortRule::default());
+    planner.update(&snapshot);
+    let nodeport =
+        |addr: &str| FrontendKey::new(addr.parse().unwrap(), 30009, crate::plan::Protocol::Tcp);
+    assert!(
+        !planner
+            .plan()
+            .frontends
+            .contains_key(&nodeport("172.31.0.11"))
+    );
+
+    // No Node object: the uplinks' addresses serve, taken in at the next update even though
+    // no object changed, exactly as a plan from scratch has them.
+    let uplinks: Vec<std::net::IpAddr> = vec!["172.31.0.11".parse().unwrap()];
+    assert!(planner.set_uplink_addresses(uplinks.clone()));
+    assert!(
+        !planner.set_uplink_addresses(uplinks.clone()),
+        "no change, nothing to do"
+    );
+    let changed = planner.update(&snapshot);
+    assert!(changed.contains(&nodeport("172.31.0.11")), "{changed:?}");
+    let rule = NodePortRule {
+        cidrs: Vec::new(),
+        uplinks,
+    };
+    let (node, reference, _) = plan_for_node(
+        "n1",
+        &rule,
+        &snapshot.nodes,
+        &snapshot.services,
+        &snapshot.slices,
+    );
+    assert_eq!(planner.node(), &node);
+    assert_eq!(planner.plan(), &reference);
+    assert!(planner.update(&snapshot).is_empty(), "then nothing more");
+
+    // The address goes: so do its NodePorts.
+    assert!(planner.set_uplink_addresses(Vec::new()));
+    let changed = planner.update(&snapshot);
+    assert!(changed.contains(&nodeport("172.31.0.11")));
+    assert!(
+        !planner
+            .plan()
+            .frontends
+            .contains_key(&nodeport("172.31.0.11"))
+    );
+}
