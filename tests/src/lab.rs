@@ -649,6 +649,17 @@ impl Lab {
             .with_context(|| format!("removing manifest {file}"))
     }
 
+    /// Serves a fake API server from the external client's namespace (172.31.0.100:6443, on
+    /// the caller's tokio runtime) and has agents started from now on watch it.
+    pub fn serve_fake_api(&mut self) -> Result<crate::fake_api::FakeApi> {
+        let listener = crate::netns::in_netns(&self.client_ns, || {
+            Ok(std::net::TcpListener::bind("172.31.0.100:6443")?)
+        })?;
+        let api = crate::fake_api::FakeApi::serve(listener)?;
+        self.use_kubeconfig(&api.kubeconfig())?;
+        Ok(api)
+    }
+
     /// Agents started from now on watch the API server this kubeconfig names (reachable from
     /// the node namespaces, e.g. a server in the client namespace), not the manifests.
     pub fn use_kubeconfig(&mut self, kubeconfig: &str) -> Result<()> {

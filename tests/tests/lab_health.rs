@@ -10,7 +10,6 @@ use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec,
     client::{at, http_get, http_get_path},
-    fake_api::FakeApi,
     manifests::{WEB, cluster_ip_service, service, to_json_objects},
     netns::in_netns,
     require_root,
@@ -201,11 +200,7 @@ fn healthz_follows_the_node_object_from_the_kubernetes_api() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let _enter = runtime.enter();
     let mut lab = Lab::new(LabSpec::default())?;
-    let listener = in_netns(&lab.client_ns, || {
-        Ok(std::net::TcpListener::bind("172.31.0.100:6443")?)
-    })?;
-    let api = FakeApi::serve(listener)?;
-    lab.use_kubeconfig(&api.kubeconfig())?;
+    let api = lab.serve_fake_api()?;
     let (plain, tainted) = (nodes(&lab, false), nodes(&lab, true));
     let apply_nodes = |tainted_node: bool| -> Result<()> {
         let manifest = if tainted_node { &tainted } else { &plain };

@@ -8,9 +8,7 @@ use anyhow::Result;
 use svclb_tests::{
     Lab, LabSpec,
     client::{TIMEOUT, at, tally, tcp_ask_many, udp_ask_many},
-    fake_api::FakeApi,
     manifests::{DNS, WEB, cluster_ip_service, to_json_objects},
-    netns::in_netns,
     require_root,
 };
 
@@ -21,11 +19,7 @@ fn services_created_through_the_api_reach_their_backends() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let _enter = runtime.enter();
     let mut lab = Lab::new(LabSpec::default())?;
-    let listener = in_netns(&lab.client_ns, || {
-        Ok(std::net::TcpListener::bind("172.31.0.100:6443")?)
-    })?;
-    let api = FakeApi::serve(listener)?;
-    lab.use_kubeconfig(&api.kubeconfig())?;
+    let api = lab.serve_fake_api()?;
     lab.start_agents()?;
     let client = lab.pod("n1-pod1").ns.clone();
 

@@ -12,13 +12,10 @@ use std::{
 
 use serde_json::json;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::healthz::ProxyHealth;
-use crate::{
-    plan::HealthCheck,
-    telemetry::http::{read_path, respond},
-};
+use crate::{plan::HealthCheck, telemetry::http::serve_with};
 
 /// What one port answers: the service and its local endpoint count.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,38 +113,40 @@ impl HealthChecks {
                 };
             info!(port, service = %answer.service, "health-check port open");
             let (answers, proxy) = (self.answers.clone(), self.proxy.clone());
-            self.servers
-                .insert(port, tokio::spawn(serve(listener, port, answers, proxy)));
+            let server = serve_with(listener, "health-check", move |_| {
+                respond_for(&answers, &proxy, port)
+            });
+            self.servers.insert(port, server);
         }
     }
 }
 
-async fn serve(
-    listener: TcpListener,
+/// What health-check port `port` answers: 200 with its local endpoint count while it has
+/// any and the agent is live, 503 otherwise.
+fn respond_for(
+    answers: &Mutex<BTreeMap<u16, Answer>>,
+    proxy: &ProxyHealth,
     port: u16,
-    answers: Arc<Mutex<BTreeMap<u16, Answer>>>,
-    proxy: Arc<ProxyHealth>,
-) {
-    while let Ok((mut stream, peer)) = listener.accept().await {
-        let (answers, proxy) = (answers.clone(), proxy.clone());
-        tokio::spawn(async move {
-            if read_path(&mut stream).await.is_none() {
-                return;
-            }
-            let answer = answers
-                .lock()
-                .expect("health-check answers lock")
-                .get(&port)
-                .cloned();
-            let proxy_healthy = proxy.proxy_healthy(std::time::Instant::now());
-            let (status, body) = match answer {
-                Some(a) if a.local_endpoints > 0 && proxy_healthy => ("200 OK", body(&a, true)),
-                Some(a) => ("503 Service Unavailable", body(&a, proxy_healthy)),
-                None => ("503 Service Unavailable", "no such service\n".to_owned()),
-            };
-            if let Err(err) = respond(&mut stream, status, "application/json", &body).await {
-                debug!(%peer, %err, "health-check client went away");
-            }
-        });
+) -> (&'static str, &'static str, String) {
+    let answer = answers
+        .lock()
+        .expect("health-check answers lock")
+        .get(&port)
+        .cloned();
+    let proxy_healthy = proxy.proxy_healthy(std::time::Instant::now());
+    match answer {
+        Some(a) if a.local_endpoints > 0 && proxy_healthy => {
+            ("200 OK", "application/json", body(&a, true))
+        }
+        Some(a) => (
+            "503 Service Unavailable",
+            "application/json",
+            body(&a, proxy_healthy),
+        ),
+        None => (
+            "503 Service Unavailable",
+            "application/json",
+            "no such service\n".to_owned(),
+        ),
     }
 }

@@ -23,9 +23,9 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use tokio::{net::TcpListener, task::JoinHandle};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::telemetry::http::{read_path, respond};
+use crate::telemetry::http::serve_with;
 
 /// kube-proxy's default: twice its 30 s sync period.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -143,40 +143,33 @@ impl ProxyHealth {
     }
 }
 
+/// The answer to a request for `path`: status line, content type, body.
+fn answer(health: &ProxyHealth, path: &str) -> (&'static str, &'static str, String) {
+    let now = Instant::now();
+    let answer = match path {
+        "/livez" => health.livez(now),
+        "/healthz" => health.healthz(now),
+        _ => {
+            let body = "{\"error\": \"try /livez or /healthz\"}\n".to_owned();
+            return ("404 Not Found", "application/json", body);
+        }
+    };
+    let status = if answer.healthy {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    (status, "application/json", answer.body)
+}
+
 /// Binds `addr` and serves `/livez` and `/healthz` from `health` until the agent stops.
 pub async fn serve(addr: SocketAddr, health: Arc<ProxyHealth>) -> Result<JoinHandle<()>> {
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the health server on {addr} (--healthz-bind-address)"))?;
     info!(%addr, "kube-proxy's health server on /livez and /healthz");
-    Ok(tokio::spawn(async move {
-        while let Ok((mut stream, peer)) = listener.accept().await {
-            let health = health.clone();
-            tokio::spawn(async move {
-                let Some(path) = read_path(&mut stream).await else {
-                    return;
-                };
-                let now = Instant::now();
-                let answer = match path.as_str() {
-                    "/livez" => health.livez(now),
-                    "/healthz" => health.healthz(now),
-                    _ => Answer {
-                        healthy: false,
-                        body: "{\"error\": \"try /livez or /healthz\"}\n".to_owned(),
-                    },
-                };
-                let status = match (answer.healthy, path.as_str()) {
-                    (true, _) => "200 OK",
-                    (false, "/livez" | "/healthz") => "503 Service Unavailable",
-                    (false, _) => "404 Not Found",
-                };
-                if let Err(err) =
-                    respond(&mut stream, status, "application/json", &answer.body).await
-                {
-                    debug!(%peer, %err, "health client went away");
-                }
-            });
-        }
+    Ok(serve_with(listener, "health", move |path| {
+        answer(&health, path)
     }))
 }
 

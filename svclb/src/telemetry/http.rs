@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    task::JoinHandle,
 };
 use tracing::{debug, info};
 
@@ -79,25 +80,38 @@ fn answer(metrics: &Metrics, path: &str) -> (&'static str, &'static str, String)
     }
 }
 
-/// Binds `addr` and serves `/metrics`, `/status` and `/healthz`; the returned task serves
-/// until aborted (or the process ends).
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics endpoint on {addr} (--metrics-addr)"))?;
-    info!(%addr, "metrics and health on /metrics and /healthz");
-    Ok(tokio::spawn(async move {
+/// Answers every request on `listener` with `answer(path)` (status line, content type,
+/// body), each on a task of its own, until aborted; `what` names the server in the log. The
+/// one HTTP server loop of the agent: metrics, kube-proxy's health, health-check node ports.
+pub fn serve_with<F>(listener: TcpListener, what: &'static str, answer: F) -> JoinHandle<()>
+where
+    F: Fn(&str) -> (&'static str, &'static str, String) + Send + Sync + 'static,
+{
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
         while let Ok((mut stream, peer)) = listener.accept().await {
-            let metrics = metrics.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let Some(path) = read_path(&mut stream).await else {
                     return;
                 };
-                let (status, content_type, body) = answer(&metrics, &path);
+                let (status, content_type, body) = answer(&path);
                 if let Err(err) = respond(&mut stream, status, content_type, &body).await {
-                    debug!(%peer, %err, "metrics client went away");
+                    debug!(%peer, %err, "{what} client went away");
                 }
             });
         }
+    })
+}
+
+/// Binds `addr` and serves `/metrics`, `/status` and `/healthz`; the returned task serves
+/// until aborted (or the process ends).
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint on {addr} (--metrics-addr)"))?;
+    info!(%addr, "metrics and health on /metrics and /healthz");
+    Ok(serve_with(listener, "metrics", move |path| {
+        answer(&metrics, path)
     }))
 }
