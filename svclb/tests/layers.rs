@@ -38,23 +38,34 @@ fn rank(folder: &str) -> Option<u32> {
     LAYERS.iter().find(|(f, _)| *f == folder).map(|(_, r)| *r)
 }
 
-/// The `.rs` files under `dir`, test modules left out.
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+/// Whether a path is test code (a `tests/` folder, a `tests.rs`, the in-memory test kernel).
+fn is_test(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    matches!(name, "tests" | "tests.rs" | "test_kernel.rs")
+}
+
+/// The `.rs` files under `dir`, sorted; test code too when `with_tests`.
+fn rust_files(dir: &Path, with_tests: bool, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("a directory entry").path())
         .collect();
     entries.sort();
     for path in entries {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !with_tests && is_test(&path) {
+            continue;
+        }
         if path.is_dir() {
-            if name != "tests" {
-                sources(&path, out);
-            }
-        } else if name.ends_with(".rs") && name != "test_kernel.rs" && name != "tests.rs" {
+            rust_files(&path, with_tests, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
             out.push(path);
         }
     }
+}
+
+/// The `.rs` files under `dir`, test code left out.
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    rust_files(dir, false, out);
 }
 
 /// The text of a file without its comments (line comments and doc comments).
@@ -271,22 +282,10 @@ fn no_two_files_of_a_folder_import_each_other_in_a_circle() {
     assert!(found.is_empty(), "import circles:\n{}", found.join("\n"));
 }
 
-/// Every `.rs` file under `dir`, tests included.
-fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in fs::read_dir(dir).expect("dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            all_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 #[test]
 fn no_file_of_the_agent_is_over_600_lines() {
     let mut files = Vec::new();
-    all_files(&src(), &mut files);
+    rust_files(&src(), true, &mut files);
     let long: Vec<String> = files
         .iter()
         .map(|p| (p, fs::read_to_string(p).expect("source").lines().count()))

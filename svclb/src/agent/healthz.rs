@@ -121,11 +121,7 @@ impl ProxyHealth {
         let state = self.state();
         Answer {
             healthy: self.live(&state, now),
-            body: format!(
-                "{{\"lastUpdated\": \"{}\", \"currentTime\": \"{}\"}}\n",
-                state.last_updated.map(rfc3339).unwrap_or_default(),
-                rfc3339(SystemTime::now()),
-            ),
+            body: body(&state, None),
         }
     }
 
@@ -134,13 +130,21 @@ impl ProxyHealth {
         let eligible = state.ineligible.is_none();
         Answer {
             healthy: self.live(&state, now) && eligible && state.last_updated.is_some(),
-            body: format!(
-                "{{\"lastUpdated\": \"{}\", \"currentTime\": \"{}\", \"nodeEligible\": {eligible}}}\n",
-                state.last_updated.map(rfc3339).unwrap_or_default(),
-                rfc3339(SystemTime::now()),
-            ),
+            body: body(&state, Some(eligible)),
         }
     }
+}
+
+/// kube-proxy's answer body: `lastUpdated`, `currentTime`, and `nodeEligible` when given.
+fn body(state: &State, node_eligible: Option<bool>) -> String {
+    let mut body = serde_json::json!({
+        "lastUpdated": state.last_updated.map(rfc3339).unwrap_or_default(),
+        "currentTime": rfc3339(SystemTime::now()),
+    });
+    if let Some(eligible) = node_eligible {
+        body["nodeEligible"] = eligible.into();
+    }
+    format!("{body}\n")
 }
 
 /// The answer to a request for `path`: status line, content type, body.

@@ -169,32 +169,40 @@ impl Syncer {
         self.reported = diags;
     }
 
-    /// Says where the NodePort addresses come from, at the first sync and when that changes;
-    /// a family without any is a warning.
+    /// Says where the NodePort addresses come from (log and `/status`), at the first sync
+    /// and when that changes; a family without any is a warning.
     fn report_nodeports(&mut self) {
         let node = self.planner.node();
-        let now = (
-            node.nodeport_addresses.clone(),
-            node.nodeport_origin.clone(),
-        );
-        if self.nodeports_logged.as_ref() == Some(&now) {
+        if self
+            .nodeports_logged
+            .as_ref()
+            .is_some_and(|(addresses, origin)| {
+                *addresses == node.nodeport_addresses && *origin == node.nodeport_origin
+            })
+        {
             return;
         }
-        let summary = node.nodeport_summary();
-        info!("NodePort addresses: {summary}");
-        for origin in node
-            .nodeport_origin
-            .iter()
-            .filter(|o| o.ends_with(": none"))
-        {
-            let family = origin.trim_end_matches(": none");
+        info!("NodePort addresses: {}", node.nodeport_summary());
+        for family in node.nodeport_gaps() {
             warn!(
                 "no {family} address for NodePorts: neither the Node object nor the uplinks \
                  (--devices) have one inside --nodeport-addresses; {family} NodePorts are not \
                  served"
             );
         }
-        self.nodeports_logged = Some(now);
+        {
+            let mut status = self.metrics.status();
+            status.nodeport_addresses = node
+                .nodeport_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            status.nodeport_origin.clone_from(&node.nodeport_origin);
+        }
+        self.nodeports_logged = Some((
+            node.nodeport_addresses.clone(),
+            node.nodeport_origin.clone(),
+        ));
     }
 
     fn record(&self, timings: &Timings, report: &SyncReport, full: bool) {
@@ -211,13 +219,6 @@ impl Syncer {
             });
             status.frontends_not_programmed = self.not_programmed;
             status.objects_skipped = self.reported.len();
-            let node = self.planner.node();
-            status.nodeport_addresses = node
-                .nodeport_addresses
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            status.nodeport_origin.clone_from(&node.nodeport_origin);
         }
         m.sync_duration.observe(timings.took.as_secs_f64());
         m.syncs.inc();

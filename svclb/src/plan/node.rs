@@ -92,6 +92,15 @@ impl NodeInfo {
         format!("{addresses} ({})", self.nodeport_origin.join("; "))
     }
 
+    /// The families (`IPv4`, `IPv6`) with no NodePort address.
+    pub fn nodeport_gaps(&self) -> Vec<&'static str> {
+        [Family::V4, Family::V6]
+            .into_iter()
+            .filter(|f| !self.nodeport_addresses.iter().any(|a| f.has(a)))
+            .map(Family::name)
+            .collect()
+    }
+
     /// A node known only by name: no zone, no NodePort addresses.
     pub fn named(name: impl Into<String>) -> Self {
         Self {
