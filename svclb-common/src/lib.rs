@@ -8,12 +8,14 @@
 
 pub mod addr;
 pub mod backend;
+pub mod config;
 pub mod conntrack;
 pub mod fragment;
 pub mod limits;
 #[cfg(feature = "user")]
 pub mod maglev;
 pub mod service;
+pub mod socket;
 pub mod stats;
 pub mod toolchain;
 
@@ -22,9 +24,11 @@ pub use addr::{
     L3Addr,
 };
 pub use backend::{Backend, SlotKey};
+pub use config::Config;
 pub use conntrack::{
     AffinityKey, AffinityValue, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, SweepItem,
 };
 pub use fragment::{FragKey, FragValue};
 pub use service::{ServiceKey, ServiceValue, SourceRangeKey};
+pub use socket::{SockRevKey, SockRevValue, SockStats};
 pub use stats::FrontendStats;

@@ -10,9 +10,12 @@ pub const MAP_AFFINITY: &str = "SVCLB_AFFINITY";
 pub const MAP_SOURCE_RANGES: &str = "SVCLB_SOURCE_RANGES";
 pub const MAP_STATS: &str = "SVCLB_STATS";
 pub const MAP_FRAGS: &str = "SVCLB_FRAGS";
+pub const MAP_SOCK_REVERSE: &str = "SVCLB_SOCK_REVERSE";
+pub const MAP_SOCK_STATS: &str = "SVCLB_SOCK_STATS";
+pub const MAP_CONFIG: &str = "SVCLB_CONFIG";
 
 /// Every map the agent pins, in the order `svclb list` and cleanup walk them.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_SLOTS,
@@ -22,6 +25,9 @@ pub const PINNED_MAPS: [&str; 9] = [
     MAP_SOURCE_RANGES,
     MAP_STATS,
     MAP_FRAGS,
+    MAP_SOCK_REVERSE,
+    MAP_SOCK_STATS,
+    MAP_CONFIG,
 ];
 
 pub const SERVICES_MAX: usize = 65_536;
@@ -37,6 +43,10 @@ pub const AFFINITY_MAX: usize = 65_536;
 pub const SOURCE_RANGES_MAX: usize = 16_384;
 /// Fragmented datagrams in flight whose first fragment was translated (Cilium's default).
 pub const FRAGS_MAX: usize = 8_192;
+/// Sockets socket-level load balancing sent to a backend, with the frontend each asked for
+/// (Cilium's `lb4_reverse_sk` default). Entries leave with their socket; the least recently
+/// used goes first when full.
+pub const SOCK_REVERSE_MAX: usize = 262_144;
 /// A later fragment follows its first fragment's translation for this long (Linux gives up
 /// reassembling a datagram after 30 s, `ipfrag_time`).
 pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;

@@ -14,14 +14,15 @@ mod nat;
 mod parse;
 mod reject;
 mod select;
+mod sock;
 mod sweep;
 mod tc;
 mod xdp;
 
 use aya_ebpf::{
     bindings::xdp_action::XDP_PASS,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
 
 /// TC ingress on the host side of pod devices: east-west traffic and replies of local
@@ -41,6 +42,56 @@ pub fn svclb_uplink(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn svclb_xdp(ctx: XdpContext) -> u32 {
     xdp::early(&ctx).unwrap_or(XDP_PASS)
+}
+
+/// Socket-level load balancing (see `sock`): a connecting socket gets its backend.
+#[cgroup_sock_addr(connect4)]
+pub fn svclb_connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, false, sock::Call::Connect)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn svclb_connect6(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, true, sock::Call::Connect)
+}
+
+/// A datagram of an unconnected UDP socket gets its backend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn svclb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, false, sock::Call::Sendmsg)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn svclb_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx, true, sock::Call::Sendmsg)
+}
+
+/// A datagram from a backend shows the frontend as its source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn svclb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, false)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn svclb_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, true)
+}
+
+/// A socket connected to a backend shows the frontend as its peer.
+#[cgroup_sock_addr(getpeername4)]
+pub fn svclb_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, false)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn svclb_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx, true)
+}
+
+/// A closing socket takes its reverse entry with it.
+#[cgroup_sock(sock_release)]
+pub fn svclb_sock_release(ctx: SockContext) -> i32 {
+    sock::release(&ctx)
 }
 
 /// Never attached: the agent runs it (BPF_PROG_TEST_RUN) to delete the conntrack entries of

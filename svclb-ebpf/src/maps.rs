@@ -7,11 +7,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use svclb_common::{
-    AffinityKey, AffinityValue, Backend, CtEntry, CtKey, FragKey, FragValue, FrontendStats,
-    ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FragKey, FragValue, FrontendStats,
+    ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue, SockStats, SourceRangeKey,
     limits::{
         AFFINITY_MAX, BACKENDS_MAX, CT_MAX, FRAGS_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE,
-        SERVICES_MAX, SLOTS_MAX, SOURCE_RANGES_MAX, STATS_MAX,
+        SERVICES_MAX, SLOTS_MAX, SOCK_REVERSE_MAX, SOURCE_RANGES_MAX, STATS_MAX,
     },
 };
 
@@ -54,12 +54,37 @@ pub fn stats(id: u32) -> Option<*mut FrontendStats> {
     SVCLB_STATS.get_ptr_mut(id)
 }
 
-/// Counts into counters [`stats`] found.
+/// Frontend `id`'s socket-level counters on this CPU.
 #[inline(always)]
-pub fn count(stats: Option<*mut FrontendStats>, f: impl FnOnce(&mut FrontendStats)) {
+pub fn sock_stats(id: u32) -> Option<*mut SockStats> {
+    SVCLB_SOCK_STATS.get_ptr_mut(id)
+}
+
+/// Counts into counters [`stats`] or [`sock_stats`] found.
+#[inline(always)]
+pub fn count<T>(stats: Option<*mut T>, f: impl FnOnce(&mut T)) {
     if let Some(stats) = stats {
         // SAFETY: this CPU's slot of a map value, valid until the program returns; no other
         // program runs on this CPU meanwhile.
         f(unsafe { &mut *stats });
     }
+}
+
+/// A socket the hooks sent to a backend -> the frontend it asked for (see `sock`).
+#[btf_map(pin_by_name)]
+pub static SVCLB_SOCK_REVERSE: LruHashMap<SockRevKey, SockRevValue, SOCK_REVERSE_MAX> =
+    LruHashMap::new();
+
+/// Frontend id -> its socket-level counters, per CPU.
+#[btf_map(pin_by_name)]
+pub static SVCLB_SOCK_STATS: PerCpuArray<SockStats, STATS_MAX> = PerCpuArray::new();
+
+/// The datapath's settings, written by the agent.
+#[btf_map(pin_by_name)]
+pub static SVCLB_CONFIG: Array<Config, 1> = Array::new();
+
+/// The datapath's settings (`None` only if the array were empty, which it never is).
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    SVCLB_CONFIG.get(0)
 }

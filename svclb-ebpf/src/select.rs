@@ -1,10 +1,11 @@
 //! Which backend a new flow gets: session affinity first, then Maglev over a hash of the flow
 //! (external frontends) or a uniform random slot (cluster IPs). Also who may connect at all
-//! (source ranges).
+//! (source ranges). One implementation for every program: the TC and XDP programs select for
+//! a parsed packet, the socket hooks for a socket, both through [`Flow`].
 
 use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key, helpers::bpf_get_prandom_u32};
 use svclb_common::{
-    AffinityKey, AffinityValue, Backend, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, L3Addr, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
     service::{SCOPE_ALL, SVC_F_MAGLEV, SVC_F_SOURCE_RANGES},
 };
 
@@ -16,13 +17,51 @@ use crate::{
     parse::Packet,
 };
 
+/// What selection reads of a flow.
+pub trait Flow {
+    /// The client's address (a socket's client is its network namespace, see `sock`).
+    fn saddr(&self) -> &L3Addr;
+    fn daddr(&self) -> &L3Addr;
+    fn sport_be(&self) -> u16;
+    fn dport_be(&self) -> u16;
+    fn proto(&self) -> u8;
+    fn family(&self) -> u8;
+}
+
+impl Flow for Packet {
+    #[inline(always)]
+    fn saddr(&self) -> &L3Addr {
+        &self.saddr
+    }
+    #[inline(always)]
+    fn daddr(&self) -> &L3Addr {
+        &self.daddr
+    }
+    #[inline(always)]
+    fn sport_be(&self) -> u16 {
+        self.sport_be
+    }
+    #[inline(always)]
+    fn dport_be(&self) -> u16 {
+        self.dport_be
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline(always)]
+    fn family(&self) -> u8 {
+        self.family
+    }
+}
+
 #[inline(always)]
-pub fn service(pkt: &Packet, scope: u8) -> Option<ServiceValue> {
+pub fn service(flow: &impl Flow, scope: u8) -> Option<ServiceValue> {
     let key = ServiceKey {
-        addr: pkt.daddr,
-        port_be: pkt.dport_be,
-        proto: pkt.proto,
-        family: pkt.family,
+        addr: *flow.daddr(),
+        port_be: flow.dport_be(),
+        proto: flow.proto(),
+        family: flow.family(),
         scope,
         _pad: [0; 3],
     };
@@ -31,8 +70,8 @@ pub fn service(pkt: &Packet, scope: u8) -> Option<ServiceValue> {
 }
 
 #[inline(always)]
-pub fn frontend(pkt: &Packet) -> Option<ServiceValue> {
-    service(pkt, SCOPE_ALL)
+pub fn frontend(flow: &impl Flow) -> Option<ServiceValue> {
+    service(flow, SCOPE_ALL)
 }
 
 #[inline(always)]
@@ -43,20 +82,20 @@ pub fn backend(id: u32) -> Option<Backend> {
 
 /// `loadBalancerSourceRanges`: whether the packet's source may reach the frontend.
 #[inline(always)]
-pub fn admitted(svc: &ServiceValue, pkt: &Packet) -> bool {
+pub fn admitted(svc: &ServiceValue, flow: &impl Flow) -> bool {
     if svc.flags & SVC_F_SOURCE_RANGES == 0 {
         return true;
     }
     let key = Key {
         prefix_len: 32
-            + if pkt.family == svclb_common::FAMILY_V4 {
+            + if flow.family() == svclb_common::FAMILY_V4 {
                 32
             } else {
                 128
             },
         data: SourceRangeKey {
             svc_id_be: svc.id.to_be(),
-            addr: pkt.saddr,
+            addr: *flow.saddr(),
         },
     };
     SVCLB_SOURCE_RANGES.get(&key).is_some()
@@ -90,19 +129,19 @@ fn finish(mut hash: u32) -> u32 {
 /// sent to a LoadBalancer IP or to a node's NodePort; with ClientIP affinity the source port
 /// is left out too, so all of a client's flows share a backend.
 #[inline(always)]
-pub fn flow_hash(pkt: &Packet, affinity: bool) -> u32 {
-    let a = &pkt.saddr;
+pub fn flow_hash(flow: &impl Flow, affinity: bool) -> u32 {
+    let a = flow.saddr();
     let mut hash = 0x5356_434c; // "SVCL"
     hash = mix(hash, u32::from_le_bytes([a[0], a[1], a[2], a[3]]));
     hash = mix(hash, u32::from_le_bytes([a[4], a[5], a[6], a[7]]));
     hash = mix(hash, u32::from_le_bytes([a[8], a[9], a[10], a[11]]));
     hash = mix(hash, u32::from_le_bytes([a[12], a[13], a[14], a[15]]));
-    let sport = if affinity { 0 } else { pkt.sport_be };
+    let sport = if affinity { 0 } else { flow.sport_be() };
     hash = mix(
         hash,
-        (u32::from(sport) << 16) | u32::from(u16::from_be(pkt.dport_be)),
+        (u32::from(sport) << 16) | u32::from(u16::from_be(flow.dport_be())),
     );
-    hash = mix(hash, u32::from(pkt.proto));
+    hash = mix(hash, u32::from(flow.proto()));
     finish(hash)
 }
 
@@ -118,9 +157,10 @@ fn by_slot(svc: &ServiceValue, slot: u32) -> Option<u32> {
 
 /// The backend id the frontend's rule gives this packet, without affinity.
 #[inline(always)]
-fn by_rule(svc: &ServiceValue, pkt: &Packet) -> Option<u32> {
+fn by_rule(svc: &ServiceValue, flow: &impl Flow) -> Option<u32> {
     if svc.flags & SVC_F_MAGLEV != 0
-        && let Some(slot) = flow_hash(pkt, svc.affinity_timeout_s != 0).checked_rem(svc.maglev_size)
+        && let Some(slot) =
+            flow_hash(flow, svc.affinity_timeout_s != 0).checked_rem(svc.maglev_size)
     {
         // SAFETY: the table is only read; a table swapped out under us stays valid until the
         // program returns (RCU).
@@ -136,19 +176,19 @@ fn by_rule(svc: &ServiceValue, pkt: &Packet) -> Option<u32> {
 
 /// Picks the backend of a new flow; `None` when the frontend has none.
 #[inline(always)]
-pub fn pick(svc: &ServiceValue, pkt: &Packet, now: u64) -> Option<(u32, Backend)> {
+pub fn pick(svc: &ServiceValue, flow: &impl Flow, now: u64) -> Option<(u32, Backend)> {
     if svc.count == 0 {
         return None;
     }
     if svc.affinity_timeout_s == 0 {
-        let id = by_rule(svc, pkt)?;
+        let id = by_rule(svc, flow)?;
         return Some((id, backend(id)?));
     }
     let key = AffinityKey {
         svc_id: svc.id,
-        family: pkt.family,
+        family: flow.family(),
         _pad: [0; 3],
-        client: pkt.saddr,
+        client: *flow.saddr(),
     };
     let timeout_ns = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
     if let Some(entry) = SVCLB_AFFINITY.get_ptr_mut(&key) {
@@ -162,7 +202,7 @@ pub fn pick(svc: &ServiceValue, pkt: &Packet, now: u64) -> Option<(u32, Backend)
             return Some((id, be));
         }
     }
-    let id = by_rule(svc, pkt)?;
+    let id = by_rule(svc, flow)?;
     let be = backend(id)?;
     let value = AffinityValue {
         backend_id: id,

@@ -44,6 +44,8 @@ pub struct Scratch {
     pkt: Packet,
     svc: ServiceValue,
     picked: Picked,
+    /// The source a new flow is SNATed to: this node's address, or the service loopback.
+    source: L3Addr,
     quote: Quote,
 }
 
@@ -162,6 +164,9 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
         return TC_ACT_SHOT;
     }
     maps::count(stats, |c| c.new_flows += 1);
+    if s.picked.backend.addr == s.pkt.saddr && hairpin_source(s) {
+        return to_snat(ctx, s);
+    }
     if s.svc.flags & SVC_F_EXTERNAL != 0 && s.picked.backend.flags & BE_F_LOCAL == 0 {
         return to_remote(ctx, s);
     }
@@ -240,10 +245,41 @@ fn dnat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
 /// A new flow of an external frontend to a backend on another node: SNAT to this node's
 /// address towards the backend, so the reply comes back here to be translated.
 #[inline(never)]
-fn to_remote(ctx: &TcContext, s: &Scratch) -> i32 {
+fn to_remote(ctx: &TcContext, s: &mut Scratch) -> i32 {
+    match forward::source_towards(ctx, &s.pkt, &s.picked.backend.addr) {
+        Some(node) => {
+            s.source = node;
+            snat_new(ctx, s).unwrap_or(TC_ACT_SHOT)
+        }
+        None => TC_ACT_SHOT,
+    }
+}
+
+/// A new flow whose backend is its own client (a pod reaching a service it backs, hairpin)
+/// is SNATed to the service loopback address (`--service-loopback-address`), as Cilium does:
+/// the pod would drop a packet from its own address arriving from outside, and the reply to
+/// the loopback address comes back here to be translated. Sets `s.source`; `false` when no
+/// address is configured (DNAT alone, then).
+#[inline(always)]
+fn hairpin_source(s: &mut Scratch) -> bool {
+    let Some(config) = maps::config() else {
+        return false;
+    };
+    s.source = if s.pkt.is_v6() {
+        config.loopback6
+    } else {
+        config.loopback4
+    };
+    s.source != [0; 16]
+}
+
+/// A new flow SNATed to `s.source`.
+#[inline(never)]
+fn to_snat(ctx: &TcContext, s: &Scratch) -> i32 {
     snat_new(ctx, s).unwrap_or(TC_ACT_SHOT)
 }
 
+/// DNAT to the backend and SNAT to `s.source` with a port of its own, both directions tracked.
 #[inline(always)]
 fn snat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
     let (pkt, backend) = (&s.pkt, &s.picked.backend);
@@ -251,12 +287,10 @@ fn snat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
     if pkt.ttl <= 1 {
         return Ok(TC_ACT_SHOT);
     }
-    let Some(node) = forward::source_towards(ctx, pkt, &backend.addr) else {
-        return Ok(TC_ACT_SHOT);
-    };
-    let port_be = conntrack::create_snat(pkt, backend, s.picked.id, s.svc.id, s.picked.now, &node)?;
+    let port_be =
+        conntrack::create_snat(pkt, backend, s.picked.id, s.svc.id, s.picked.now, &s.source)?;
     rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port_be)?;
-    rewrite(ctx, pkt, End::Source, &node, port_be)?;
+    rewrite(ctx, pkt, End::Source, &s.source, port_be)?;
     send(ctx, pkt, CT_F_SNAT | CT_F_REDIRECT, &backend.addr)
 }
 

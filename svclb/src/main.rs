@@ -13,6 +13,7 @@ use svclb::{
         addresses,
         attach::{DeviceSelector, XdpAttach},
         loader, pins,
+        socket::{self, SocketLb},
     },
     plan,
     source::{Source, SourceConfig},
@@ -176,6 +177,10 @@ struct AgentArgs {
     /// least recently used goes first).
     #[arg(long, default_value_t = Capacity::DEFAULT.fragments)]
     fragments_map_size: usize,
+    /// Capacity of the socket reverse map (sockets socket-level load balancing sent to a
+    /// backend; the least recently used goes first).
+    #[arg(long, default_value_t = Capacity::DEFAULT.sock_reverse)]
+    sock_reverse_map_size: usize,
     /// Maglev table size M (a prime from 251 to 131071; Cilium's sizes).
     #[arg(long, default_value_t = svclb_common::maglev::DEFAULT_TABLE_SIZE)]
     maglev_table_size: u32,
@@ -186,6 +191,43 @@ struct AgentArgs {
     /// How the XDP program is attached to uplinks.
     #[arg(long, value_enum, default_value_t = XdpAttach::Auto)]
     xdp_mode: XdpAttach,
+    /// Socket-level load balancing: cgroup hooks give every socket under --cgroup-root (host
+    /// processes and pods) its backend at connect time, with no per-packet translation;
+    /// `--socket-lb=false` leaves every client to the TC programs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    socket_lb: bool,
+    /// Socket-level load balancing for the host's own sockets only: pods' connections keep
+    /// the service address and go through the TC programs (as sidecar meshes need).
+    #[arg(long)]
+    socket_lb_hostns_only: bool,
+    /// The cgroup v2 directory the socket hooks attach to (default: the cgroup2 mount, from
+    /// /proc/mounts).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Serve NodePorts on 127.0.0.1 and ::1 to the node's own processes (with socket-level
+    /// load balancing), as kube-proxy's localhost NodePorts.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    localhost_nodeports: bool,
+    /// The source address a hairpin connection gets on the TC path (a pod reaching a service
+    /// it backs, and picked: it would drop a packet from its own address), as Cilium's;
+    /// "" turns hairpin SNAT off.
+    #[arg(long, default_value = "169.254.42.1")]
+    service_loopback_address: String,
+    /// The same for IPv6: a unique-local address, as pods reach a link-local one on their own
+    /// link only.
+    #[arg(long, default_value = "fd00:a9fe:2a01::1")]
+    service_loopback_address6: String,
+}
+
+/// An optional address flag: "" is none.
+fn optional_ip<T: std::str::FromStr>(flag: &str, value: &str) -> Result<Option<T>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("{flag} {value:?} is not an address of its family"))
 }
 
 /// How long `svclb plan` waits for the API's first lists.
@@ -224,8 +266,28 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
         .map(Pattern::new)
         .transpose()
         .context("--pod-devices is not a valid glob")?;
+    let socket_lb = if args.socket_lb {
+        Some(SocketLb {
+            cgroup: match args.cgroup_root {
+                Some(dir) => dir,
+                None => socket::cgroup2_mount()?,
+            },
+            hostns_only: args.socket_lb_hostns_only,
+        })
+    } else {
+        None
+    };
     Ok(AgentConfig {
         node_name: args.node_name.context("--node-name is required")?,
+        localhost_nodeports: args.localhost_nodeports && socket_lb.is_some(),
+        service_loopback: (
+            optional_ip("--service-loopback-address", &args.service_loopback_address)?,
+            optional_ip(
+                "--service-loopback-address6",
+                &args.service_loopback_address6,
+            )?,
+        ),
+        socket_lb,
         nodeport_cidrs: args.nodeport_addresses,
         source: args.source.config(),
         devices: DeviceSelector {
@@ -256,6 +318,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
             affinity: args.affinity_map_size,
             source_ranges: args.source_ranges_map_size,
             fragments: args.fragments_map_size,
+            sock_reverse: args.sock_reverse_map_size,
             maglev_size: args.maglev_table_size,
         },
     })
@@ -279,6 +342,7 @@ fn plan_command(
     let rule = plan::NodePortRule {
         cidrs: nodeport_addresses.to_vec(),
         uplinks,
+        localhost: false,
     };
     let (node, plan, mut diags) = plan::plan_for_node(
         node_name,

@@ -1,7 +1,7 @@
 //! Clients: ask a service who answers, over TCP and UDP, always with a timeout.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
     time::Duration,
@@ -225,4 +225,48 @@ pub fn ask_big_many(
             })
             .collect())
     })
+}
+
+/// One answer of `svclb-lab-client` (see `Lab::run_client`).
+#[derive(Debug)]
+pub struct Reply {
+    /// The backend that answered.
+    pub backend: String,
+    /// The client address the backend saw.
+    pub seen: SocketAddr,
+    /// The peer the client's socket reports.
+    pub peer: SocketAddr,
+    /// The client socket's own address.
+    pub local: SocketAddr,
+}
+
+/// Parses one line of `svclb-lab-client`; an `ERR` line is an error.
+pub fn parse_reply(line: &str) -> Result<Reply> {
+    if line.starts_with("ERR") {
+        bail!("{line}");
+    }
+    let fields: Vec<&str> = line.split('\t').collect();
+    let (answer, peer, local) = match fields[..] {
+        [answer, peer, local] => (answer, peer, local),
+        _ => bail!("not a client line: {line:?}"),
+    };
+    let (backend, seen) = answer
+        .split_once(' ')
+        .with_context(|| format!("no peer in {answer:?}"))?;
+    Ok(Reply {
+        backend: backend.to_owned(),
+        seen: seen.parse()?,
+        peer: peer.parse()?,
+        local: local.parse()?,
+    })
+}
+
+/// Parses every line; the first `ERR` line is the error.
+pub fn replies(lines: &[String]) -> Result<Vec<Reply>> {
+    lines.iter().map(|l| parse_reply(l)).collect()
+}
+
+/// The backends that answered.
+pub fn backends(replies: &[Reply]) -> BTreeSet<String> {
+    replies.iter().map(|r| r.backend.clone()).collect()
 }

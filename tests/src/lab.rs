@@ -91,6 +91,9 @@ pub struct Node {
     pub pods: Vec<Pod>,
     pub pin_dir: PathBuf,
     pub log: PathBuf,
+    /// The node's cgroup (under the lab's): its agent's `--cgroup-root`, where its clients
+    /// run (see [`Lab::run_client`]).
+    pub cgroup: PathBuf,
 }
 
 struct Agent {
@@ -115,6 +118,8 @@ pub struct Lab {
     bpffs_root: PathBuf,
     /// Agents watch the Kubernetes API through this instead of the manifests directory.
     kubeconfig: Option<PathBuf>,
+    /// The lab's cgroups, removed after everything else.
+    cgroup: Option<crate::cgroup::LabCgroup>,
 }
 
 /// `svl<pid>x<n>`: unique among running labs, and names the process that owns it so leftovers
@@ -140,17 +145,22 @@ fn owner_is_gone(name: &str) -> bool {
 
 /// The svclb binary the lab runs: `$SVCLB_BIN`, or `svclb` next to the test's target directory.
 pub fn svclb_bin() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("SVCLB_BIN") {
+    sibling_bin("svclb", "SVCLB_BIN").context("build it (`cargo build -p svclb`) or set SVCLB_BIN")
+}
+
+/// Binary `name`: `$env`, or in the target directory the running test is in.
+fn sibling_bin(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
         return Ok(PathBuf::from(path));
     }
     let exe = std::env::current_exe()?;
     for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join("svclb");
+        let candidate = dir.join(name);
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
-    bail!("svclb binary not found: build it (`cargo build -p svclb`) or set SVCLB_BIN")
+    bail!("binary {name} not found next to {}", exe.display())
 }
 
 /// Removes namespaces and pin directories that labs of dead processes left behind; labs of
@@ -162,6 +172,7 @@ pub fn remove_leftovers() -> usize {
             removed += 1;
         }
     }
+    removed += crate::cgroup::remove_leftovers(owner_is_gone);
     if let Ok(dir) = fs::read_dir("/sys/fs/bpf") {
         for entry in dir.flatten() {
             if owner_is_gone(&entry.file_name().to_string_lossy()) {
@@ -196,6 +207,7 @@ impl Lab {
             backends: Vec::new(),
             agents: Vec::new(),
             kubeconfig: None,
+            cgroup: None,
         };
         lab.build()
             .with_context(|| format!("building lab {}", lab.id))?;
@@ -210,6 +222,12 @@ impl Lab {
     }
 
     fn build(&mut self) -> Result<()> {
+        let cgroups = self
+            .cgroup
+            .insert(crate::cgroup::LabCgroup::create(&self.id)?);
+        let node_cgroups = (1..=self.spec.nodes)
+            .map(|i| cgroups.child(&format!("n{i}")))
+            .collect::<Result<Vec<_>>>()?;
         let fab = self.fabric_ns.clone();
         self.add_ns(&fab)?;
         ip_in(&fab, &["link", "add", "br0", "type", "bridge"])?;
@@ -257,6 +275,7 @@ impl Lab {
                 )?;
             }
             self.nodes.push(Node {
+                cgroup: node_cgroups[i - 1].clone(),
                 addr6,
                 pin_dir: self.bpffs_root.join(&name),
                 log: self.work_dir.join(format!("agent-{name}.log")),
@@ -712,6 +731,8 @@ impl Lab {
             .arg(self.kubeconfig.as_ref().unwrap_or(&self.manifests))
             .arg("--bpffs-dir")
             .arg(&n.pin_dir)
+            .arg("--cgroup-root")
+            .arg(&n.cgroup)
             .args(&self.spec.agent_args)
             .env(
                 "RUST_LOG",
@@ -860,6 +881,55 @@ impl Lab {
         bail!("timed out after {timeout:?} waiting for {what}")
     }
 
+    /// A client process (`svclb-lab-client ARGS`) in namespace `ns` (the node's, for a
+    /// host-network client, or a pod's) and in node `node`'s cgroup, where its agent's socket
+    /// hooks are; waits for it and returns its lines.
+    pub fn run_client(&self, node: usize, ns: &str, args: &[&str]) -> Result<Vec<String>> {
+        let (mut command, _open) = self.client_command(node, ns, args)?;
+        let out = command
+            .stdin(Stdio::null())
+            .output()
+            .context("running svclb-lab-client")?;
+        if !out.status.success() {
+            bail!(
+                "svclb-lab-client {args:?} in {ns}: {}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Spawns the client [`Lab::run_client`] runs, its output piped.
+    pub fn spawn_client(&self, node: usize, ns: &str, args: &[&str]) -> Result<Child> {
+        let (mut command, _open) = self.client_command(node, ns, args)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting svclb-lab-client")
+    }
+
+    /// The client's command, and the descriptors it needs open until it is spawned.
+    fn client_command(
+        &self,
+        node: usize,
+        ns: &str,
+        args: &[&str],
+    ) -> Result<(Command, [fs::File; 2])> {
+        let netns_file = fs::File::open(format!("/run/netns/{ns}"))
+            .with_context(|| format!("opening network namespace {ns}"))?;
+        let procs = crate::cgroup::procs_of(&self.nodes[node].cgroup)?;
+        let mut command = Command::new(sibling_bin("svclb-lab-client", "SVCLB_LAB_CLIENT")?);
+        command.args(args);
+        crate::cgroup::join_on_exec(&mut command, &procs);
+        netns::enter_on_exec(&mut command, &netns_file);
+        Ok((command, [netns_file, procs]))
+    }
+
     pub fn work_dir(&self) -> &Path {
         &self.work_dir
     }
@@ -912,5 +982,7 @@ impl Drop for Lab {
         }
         let _ = fs::remove_dir_all(&self.bpffs_root);
         let _ = fs::remove_dir_all(&self.work_dir);
+        // Last: its hooks' pins are gone, and so are the processes moved into it.
+        self.cgroup = None;
     }
 }

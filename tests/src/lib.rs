@@ -13,6 +13,7 @@
 //! real servers answering with their pod name over TCP (a line protocol, or HTTP for curl) and
 //! UDP. All traffic stays on lab addresses and every client call has a timeout.
 
+pub mod cgroup;
 pub mod client;
 pub mod fake_api;
 pub mod family;

@@ -1,10 +1,11 @@
 //! Backends: answer every request with the pod's name.
 //!
 //! TCP: a line protocol (each line gets `NAME\n`, so one connection can ask many times; the
-//! line `peer` gets `NAME PEER-ADDRESS\n`, the client address the pod sees; `big N` gets
+//! line `peer` gets `NAME PEER-ADDRESS\n`, the client address the pod sees, `peerport` the
+//! same with the port, `NAME ADDRESS:PORT\n`; `big N` gets
 //! `NAME ` and N bytes of `x` on one line, an answer larger than any MTU) or, when the first
 //! line is an HTTP request, one HTTP response whose body is `NAME\n` (for curl).
-//! UDP: every datagram gets `NAME\n` (`peer` gets `NAME PEER-ADDRESS\n`).
+//! UDP: every datagram gets `NAME\n` (`peer` and `peerport` as over TCP).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -123,6 +124,9 @@ fn answer(request: &[u8], reply: &str, peer: SocketAddr) -> String {
     if request == b"peer" {
         // An IPv4 peer of a dual-stack socket shows as ::ffff:a.b.c.d; answered as a.b.c.d.
         format!("{} {}\n", reply.trim_end(), peer.ip().to_canonical())
+    } else if request == b"peerport" {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        format!("{} {peer}\n", reply.trim_end())
     } else if let Some(n) = big {
         format!("{} {}\n", reply.trim_end(), "x".repeat(n.min(BIG_MAX)))
     } else {

@@ -172,6 +172,9 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
             "--xdp-mode=auto",
             "--maglev-table-size=16381",
             "--maglev-seed=JLfvgnHc2kaSUFaI",
+            "--service-loopback-address=169.254.42.1",
+            "--cgroup-root=/run/svclb/cgroupv2",
+            "--localhost-nodeports=true",
         ]
     );
     let port = agent.ports.clone().unwrap_or_default();
@@ -262,6 +265,8 @@ logLevel: debug
 metrics: {port: 19965}
 xdpMode: generic
 maglev: {tableSize: 65521, seed: AAAAAAAAAAAAAAAA}
+socketLB: {enabled: false, hostCgroupRoot: /sys/fs/cgroup/unified}
+serviceLoopbackAddress: 169.254.0.42
 extraArgs: [--services-map-size=131072]
 resources: {requests: {cpu: 200m, memory: 128Mi}, limits: {memory: 1Gi}}
 priorityClassName: my-critical
@@ -285,6 +290,8 @@ nodeSelector: {role: edge}
             "--xdp-mode=generic",
             "--maglev-table-size=65521",
             "--maglev-seed=AAAAAAAAAAAAAAAA",
+            "--service-loopback-address=169.254.0.42",
+            "--socket-lb=false",
             "--nodeport-addresses=10.0.0.0/8,192.168.0.0/16",
             "--conntrack-map-size=1048576",
             "--services-map-size=131072",
@@ -315,6 +322,14 @@ nodeSelector: {role: edge}
     );
     assert_eq!(env("KUBERNETES_SERVICE_PORT").as_deref(), Some("6443"));
     assert_eq!(pod.node_selector.context("nodeSelector")?["role"], "edge");
+    let cgroup = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "cgroup")
+        .and_then(|v| v.host_path.clone())
+        .context("the cgroup volume")?;
+    assert_eq!(cgroup.path, "/sys/fs/cgroup/unified");
     Ok(())
 }
 

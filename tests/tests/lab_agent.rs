@@ -320,6 +320,7 @@ fn agent_refuses_a_missing_uplink_with_a_clear_error() -> Result<()> {
     let bin = svclb_tests::svclb_bin()?;
     let out = std::process::Command::new(&bin)
         .args(["agent", "--node-name", "n1", "--devices", "nosuchdev0"])
+        .arg("--socket-lb=false")
         .arg("--manifests")
         .arg(&lab.manifests)
         .arg("--bpffs-dir")
@@ -568,6 +569,8 @@ fn an_agent_whose_pins_will_not_outlive_it_says_so() -> Result<()> {
         .arg(&lab.manifests)
         .arg("--bpffs-dir")
         .arg(&n1_pins)
+        .arg("--cgroup-root")
+        .arg(&lab.nodes[0].cgroup)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

@@ -9,8 +9,8 @@ use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec, Pod,
     client::{
-        TIMEOUT, TcpSession, ask_big_many, at, http_get, tally, tcp_ask_many, udp_ask_big_many,
-        udp_ask_many,
+        TIMEOUT, TcpSession, ask_big_many, at, backends, http_get, replies, tally, tcp_ask_many,
+        udp_ask_big_many, udp_ask_many,
     },
     require_root,
 };
@@ -521,6 +521,49 @@ fn node_ports_without_a_node_object_listen_on_the_uplink_addresses() -> Result<(
                 .is_some_and(|a| a.iter().any(|x| x == addr.as_str())),
             "{addr} in {addresses}"
         );
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn host_network_clients_reach_ipv6_and_mapped_ipv4_cluster_ips() -> Result<()> {
+    require_root()?;
+    let (mut lab, servers) = dual_lab()?;
+    let refs: Vec<&Pod> = servers.iter().collect();
+    let manifest = [
+        service("web", "IPv4, IPv6", &["10.96.8.1", "fd00:96::8:1"]),
+        slice("web", "IPv4", &refs),
+        slice("web", "IPv6", &refs),
+    ]
+    .concat();
+    lab.write_manifest("dual.yaml", &manifest)?;
+    lab.start_agents()?;
+    let host = lab.nodes[0].ns.clone();
+    let every: BTreeSet<String> = servers.iter().map(|p| p.name.clone()).collect();
+    // `[::ffff:10.96.8.1]`: an IPv6 socket reaching the IPv4 ClusterIP (connect6 with a
+    // mapped address).
+    for (mode, addr) in [
+        ("tcp", "[fd00:96::8:1]:80"),
+        ("udp", "[fd00:96::8:1]:53"),
+        ("udp-unconnected", "[fd00:96::8:1]:53"),
+        ("tcp", "[::ffff:10.96.8.1]:80"),
+        ("udp", "[::ffff:10.96.8.1]:53"),
+    ] {
+        let lines = lab.run_client(0, &host, &[mode, addr, "40"])?;
+        let replies = replies(&lines).with_context(|| format!("{mode} to {addr}"))?;
+        assert_eq!(backends(&replies), every, "{mode} to {addr}: {lines:?}");
+        for reply in &replies {
+            assert_eq!(reply.peer.to_string(), addr, "{mode}: {reply:?}");
+            assert_eq!(reply.seen.port(), reply.local.port(), "{mode}: {reply:?}");
+            if mode != "udp-unconnected" {
+                assert_eq!(
+                    reply.seen.ip(),
+                    reply.local.ip().to_canonical(),
+                    "{reply:?}"
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -126,10 +126,16 @@ fn healthz_drains_a_node_tainted_for_deletion() -> Result<()> {
 
 /// Fills node 1's services map to its capacity behind the agent's back, with entries of no
 /// family the datapath serves: the kernel then refuses the agent's next new frontend.
-fn fill_services_map(lab: &Lab, entries: u8) -> Result<()> {
+fn fill_services_map(lab: &Lab, capacity: u64) -> Result<()> {
+    let status = lab.status(0)?;
+    let held = status["maps"]
+        .as_array()
+        .and_then(|maps| maps.iter().find(|m| m["map"] == "SVCLB_SERVICES"))
+        .and_then(|m| m["entries"].as_u64())
+        .context("SVCLB_SERVICES in svclb status")?;
     let map = lab.nodes[0].pin_dir.join("SVCLB_SERVICES");
     let map = map.to_string_lossy().into_owned();
-    for n in 0..entries {
+    for n in 0..capacity.saturating_sub(held) {
         let mut key = vec!["0".to_owned(); 24];
         key[0] = format!("{}", 200 + n);
         key[19] = "9".to_owned(); // family 9: neither IPv4 nor IPv6
@@ -148,13 +154,14 @@ fn fill_services_map(lab: &Lab, entries: u8) -> Result<()> {
 fn livez_fails_when_a_change_cannot_be_written_in_time() -> Result<()> {
     require_root()?;
     let mut lab = Lab::new(LabSpec {
-        agent_args: ["--healthz-timeout", "2", "--services-map-size", "5"]
+        agent_args: ["--healthz-timeout", "2", "--services-map-size", "8"]
             .map(str::to_owned)
             .to_vec(),
         ..LabSpec::default()
     })?;
     lab.write_manifest("nodes.yaml", &nodes(&lab, false))?;
-    // Node 1's frontends: the cluster IP, the NodePort and its internal view.
+    // Node 1's frontends: the cluster IP, the NodePorts (on the node's address and on
+    // 127.0.0.1) and their internal views; the rest of the map is filled below.
     lab.write_manifest("web.yaml", &local_service(&lab))?;
     lab.start_agents()?;
     let node1 = lab.nodes[0].addr.to_string();
@@ -162,7 +169,7 @@ fn livez_fails_when_a_change_cannot_be_written_in_time() -> Result<()> {
     assert_eq!(probe(&lab, livez, "/livez")?.0, 200);
     assert_eq!(health_check(&lab, check)?, (200, true.into()));
 
-    fill_services_map(&lab, 2)?;
+    fill_services_map(&lab, 8)?;
     let web = lab.pod("n1-pod2").clone();
     lab.write_manifest(
         "b.yaml",

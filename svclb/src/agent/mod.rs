@@ -15,7 +15,7 @@ mod syncer;
 
 use std::{
     collections::BTreeSet,
-    net::SocketAddr,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -38,10 +38,12 @@ use self::{
 use crate::{
     entries::{Capacity, MapState},
     kernel::{
-        addresses,
+        self, addresses,
         attach::{DeviceSelector, Devices},
+        config::Settings,
         loader,
         maps::Maps,
+        socket::{self, SocketHooks, SocketLb},
         sweep,
     },
     plan::{NodePortRule, Planner},
@@ -82,6 +84,12 @@ pub struct AgentConfig {
     pub healthz_addr: Option<SocketAddr>,
     /// How long a change may wait unwritten before `/livez` fails.
     pub healthz_timeout: Duration,
+    /// Socket-level load balancing (`None`: off, `--socket-lb=false`).
+    pub socket_lb: Option<SocketLb>,
+    /// NodePorts on the loopback addresses too (served by the socket hooks).
+    pub localhost_nodeports: bool,
+    /// `--service-loopback-address` (IPv4, IPv6): the source of hairpin flows on the TC path.
+    pub service_loopback: (Option<Ipv4Addr>, Option<Ipv6Addr>),
 }
 
 /// A started agent: what the serve loop drives.
@@ -124,7 +132,8 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         errors.counter(ERROR_WATCH),
     )
     .await?;
-    let (ebpf, maps, programmed, private_pins) = open_datapath(&config)?;
+    let (mut ebpf, maps, programmed, private_pins) = open_datapath(&config)?;
+    let mut sockets = socket_hooks(&mut ebpf, &config, &errors)?;
 
     // Subscribe before listing, so a device created in between is not missed.
     let (connection, handle, link_events) =
@@ -138,6 +147,9 @@ async fn start(config: AgentConfig) -> Result<Agent> {
     )?;
     if let Err(err) = devices.attach_existing(&handle).await {
         devices.abandon();
+        if let Ok(hooks) = sockets.as_mut() {
+            hooks.abandon();
+        }
         return Err(err);
     }
 
@@ -156,6 +168,11 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         pid: std::process::id(),
         started_unix: unix_ms() / 1000,
         private_pins,
+        socket_lb: match &sockets {
+            Ok(hooks) => Some(hooks.describe()),
+            Err(None) => None,
+            Err(Some(err)) => Some(format!("not attached: {err:#}")),
+        },
         ..AgentStatus::default()
     };
     metrics.bpffs_private.set(i64::from(private_pins));
@@ -168,7 +185,10 @@ async fn start(config: AgentConfig) -> Result<Agent> {
     };
     let mut planner = Planner::new(
         &config.node_name,
-        NodePortRule::cidrs(&config.nodeport_cidrs),
+        NodePortRule {
+            localhost: config.localhost_nodeports && sockets.is_ok(),
+            ..NodePortRule::cidrs(&config.nodeport_cidrs)
+        },
     );
     // Without them NodePorts still listen on the Node object's addresses; the rescan tries
     // again.
@@ -210,6 +230,44 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         _http: http,
         _healthz: healthz,
     })
+}
+
+/// Attaches the socket hooks as configured, or detaches those of an earlier run, and writes
+/// the datapath's settings to match. A failure to attach is counted and reported
+/// (`Err(Some)`), and the TC programs serve every client; `Err(None)`: socket-LB is off.
+fn socket_hooks(
+    ebpf: &mut aya::Ebpf,
+    config: &AgentConfig,
+    errors: &ErrorCounters,
+) -> Result<Result<SocketHooks, Option<anyhow::Error>>> {
+    let hooks = match &config.socket_lb {
+        Some(lb) => SocketHooks::attach(ebpf, lb, &config.bpffs_dir).map_err(|err| {
+            error!(
+                "socket-level load balancing is off, the TC programs serve every client: {err:#}"
+            );
+            errors.counter(ERROR_DEVICE).inc();
+            Some(err)
+        }),
+        None => Err(None),
+    };
+    if hooks.is_err() {
+        let n = socket::detach(&config.bpffs_dir);
+        if n > 0 {
+            info!("socket-level load balancing is off: {n} socket hooks detached");
+        }
+    }
+    let hostns_only = match &config.socket_lb {
+        Some(lb) if lb.hostns_only && hooks.is_ok() => Some(socket::netns_cookie()?),
+        _ => None,
+    };
+    let settings = Settings {
+        socket_lb: hooks.is_ok(),
+        hostns_only,
+        loopback4: config.service_loopback.0,
+        loopback6: config.service_loopback.1,
+    };
+    kernel::config::write(ebpf, &settings)?;
+    Ok(hooks)
 }
 
 /// Loads the datapath with its maps pinned, and takes over what an earlier run left: its

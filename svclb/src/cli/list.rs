@@ -40,6 +40,21 @@ pub struct ListedFrontend {
     /// `reject` when the frontend has no backend and refuses new connections.
     pub when_empty: Option<String>,
     pub backends: Vec<ListedBackend>,
+    /// What the datapath counted for it (absent where the counters could not be read).
+    pub flows: Option<Flows>,
+}
+
+/// A frontend's new flows, by the path that gave them a backend.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Flows {
+    /// New flows the TC programs translated.
+    pub tc: u64,
+    /// Sockets the socket hooks connected to a backend.
+    pub socket_connects: u64,
+    /// Datagrams of unconnected sockets the socket hooks sent to a backend.
+    pub socket_datagrams: u64,
+    /// New flows, connects and datagrams refused or dropped for want of a backend (both paths).
+    pub refused: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,6 +101,7 @@ pub fn frontends(state: &MapState) -> Vec<ListedFrontend> {
                     })
                 })
                 .collect(),
+            flows: None,
         })
         .collect();
     out.sort_by_key(|f| (f.address, f.port, f.protocol.clone()));
@@ -95,8 +111,18 @@ pub fn frontends(state: &MapState) -> Vec<ListedFrontend> {
 pub fn read(dir: &Path) -> Result<Listing> {
     let maps = Maps::open_pinned(dir)?;
     let state = maps.read()?;
+    let mut frontends = frontends(&state);
+    for f in &mut frontends {
+        let (tc, socket) = (maps.stats(f.id), maps.sock_stats(f.id));
+        f.flows = tc.zip(socket).map(|(tc, socket)| Flows {
+            tc: tc.new_flows,
+            socket_connects: socket.connects,
+            socket_datagrams: socket.datagrams,
+            refused: tc.refused + socket.refused,
+        });
+    }
     Ok(Listing {
-        frontends: frontends(&state),
+        frontends,
         conntrack_entries: maps.conntrack_len(),
     })
 }
@@ -126,8 +152,12 @@ fn backend_cell(b: &ListedBackend) -> String {
     backend_label(b.address, b.port, b.local, b.terminating)
 }
 
+/// The flows column: new flows the TC programs translated, then the connects and datagrams
+/// the socket hooks gave a backend.
+const FLOWS: &str = "FLOWS TC/SOCKET";
+
 pub fn render_table(listing: &Listing) -> String {
-    let rows: Vec<[String; 4]> = listing
+    let rows: Vec<[String; 5]> = listing
         .frontends
         .iter()
         .map(|f| {
@@ -155,10 +185,15 @@ pub fn render_table(listing: &Listing) -> String {
             if !f.source_ranges.is_empty() {
                 pick.push_str(&format!(", from {}", f.source_ranges.join(" ")));
             }
+            let flows = f.flows.map_or_else(
+                || "-".to_owned(),
+                |c| format!("{}/{}", c.tc, c.socket_connects + c.socket_datagrams),
+            );
             [
                 format!("{}/{}{view}", endpoint(f.address, f.port), f.protocol),
                 f.id.to_string(),
                 pick,
+                flows,
                 backends,
             ]
         })
@@ -181,13 +216,19 @@ pub fn render_table(listing: &Listing) -> String {
         .chain(["PICK".len()])
         .max()
         .unwrap_or(0);
+    let w3 = rows
+        .iter()
+        .map(|r| r[3].len())
+        .chain([FLOWS.len()])
+        .max()
+        .unwrap_or(0);
     let mut out = format!(
-        "{:<w0$}  {:>w1$}  {:<w2$}  BACKENDS\n",
+        "{:<w0$}  {:>w1$}  {:<w2$}  {FLOWS:>w3$}  BACKENDS\n",
         "FRONTEND", "ID", "PICK"
     );
-    for [frontend, id, pick, backends] in rows {
+    for [frontend, id, pick, flows, backends] in rows {
         out.push_str(&format!(
-            "{frontend:<w0$}  {id:>w1$}  {pick:<w2$}  {backends}\n"
+            "{frontend:<w0$}  {id:>w1$}  {pick:<w2$}  {flows:>w3$}  {backends}\n"
         ));
     }
     out.push_str(&format!(

@@ -34,9 +34,11 @@ const FULL_WARNING_PERCENT: f64 = 90.0;
 #[derive(Debug, Serialize)]
 pub struct LinkStatus {
     pub pin: String,
-    /// `tc` (tcx ingress) or `xdp`.
+    /// `tc ingress`, `xdp (<mode>)` or `cgroup <hook>` (a socket hook).
     pub hook: String,
     pub ifindex: u32,
+    /// The cgroup id a socket hook is attached to.
+    pub cgroup_id: Option<u64>,
     /// The device's name in this network namespace (`None` when no device has the index here).
     pub device: Option<String>,
     pub link_id: u32,
@@ -98,16 +100,23 @@ fn links(dir: &Path) -> Vec<LinkStatus> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let PinName { hook, ifindex } = PinName::parse(&name);
+        let PinName {
+            hook,
+            ifindex,
+            cgroup,
+        } = PinName::parse(&name);
         let info = PinnedLink::from_pin(&path)
             .ok()
             .and_then(|pinned| FdLink::from(pinned).info().ok());
         out.push(LinkStatus {
             hook,
-            device: nix::net::if_::if_indextoname(ifindex)
-                .ok()
+            device: cgroup
+                .is_none()
+                .then(|| nix::net::if_::if_indextoname(ifindex).ok())
+                .flatten()
                 .map(|n| n.to_string_lossy().into_owned()),
             ifindex,
+            cgroup_id: cgroup,
             link_id: info.as_ref().map_or(0, aya::programs::links::LinkInfo::id),
             program_id: info
                 .as_ref()
@@ -259,7 +268,10 @@ fn warnings(
     if links.is_empty() {
         warnings.push("no pinned links: the datapath is not attached".to_owned());
     }
-    for link in links.iter().filter(|l| l.device.is_none()) {
+    for link in links
+        .iter()
+        .filter(|l| l.device.is_none() && l.cgroup_id.is_none())
+    {
         warnings.push(format!(
             "link {} is for interface index {}, which this network namespace lacks",
             link.pin, link.ifindex
@@ -325,6 +337,14 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
         }
         None => out.push_str("agent      not reachable\n"),
     }
+    if let Some(socket_lb) = status.agent.as_ref().map(|a| &a.socket_lb) {
+        out.push_str(&format!(
+            "socket-lb  {}\n",
+            socket_lb
+                .as_deref()
+                .unwrap_or("off (the TC programs serve every client)")
+        ));
+    }
     // Families are told apart once there is IPv6 at all.
     let split = |all: usize, v6: usize| {
         if status.frontends_ipv6 + status.backends_ipv6 == 0 {
@@ -341,14 +361,15 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
         split(status.backends, status.backends_ipv6),
         status.bpffs_dir
     ));
-    out.push_str("\nDEVICE      HOOK          LINK  PROGRAM\n");
+    out.push_str("\nDEVICE          HOOK                  LINK  PROGRAM\n");
     for link in &status.links {
-        let device = link
-            .device
-            .clone()
-            .unwrap_or_else(|| format!("#{}", link.ifindex));
+        let device = match (&link.device, link.cgroup_id) {
+            (Some(device), _) => device.clone(),
+            (None, Some(cgroup)) => format!("cgroup:{cgroup}"),
+            (None, None) => format!("#{}", link.ifindex),
+        };
         out.push_str(&format!(
-            "{device:<10}  {:<12}  {:>4}  {}\n",
+            "{device:<14}  {:<20}  {:>4}  {}\n",
             link.hook, link.link_id, link.program_id
         ));
     }
@@ -375,7 +396,7 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{AgentStatus, MapFill, Status, render_table};
+    use super::{AgentStatus, LinkStatus, MapFill, Status, render_table};
     use crate::telemetry::report::LastSync;
 
     #[test]
@@ -408,9 +429,18 @@ mod tests {
                     "IPv6: none".into(),
                 ],
                 private_pins: false,
+                socket_lb: Some("cgroup /sys/fs/cgroup (9 hooks)".into()),
             }),
             agent_error: None,
-            links: Vec::new(),
+            links: vec![LinkStatus {
+                pin: "cgroup-connect4-4242".into(),
+                hook: "cgroup connect4".into(),
+                ifindex: 0,
+                cgroup_id: Some(4242),
+                device: None,
+                link_id: 7,
+                program_id: 9,
+            }],
             frontends: 2,
             backends: 3,
             frontends_ipv6: 0,
@@ -437,6 +467,14 @@ mod tests {
         );
         assert!(
             table.contains("SVCLB_SERVICES             2         4    50%"),
+            "{table}"
+        );
+        assert!(
+            table.contains("socket-lb  cgroup /sys/fs/cgroup (9 hooks)\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("cgroup:4242     cgroup connect4          7  9\n"),
             "{table}"
         );
         assert!(

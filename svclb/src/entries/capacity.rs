@@ -3,7 +3,8 @@
 
 use svclb_common::limits::{
     AFFINITY_MAX, BACKENDS_MAX, CT_MAX, FRAGS_MAX, MAGLEV_MAX, MAP_BACKENDS, MAP_MAGLEV,
-    MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES, SERVICES_MAX, SLOTS_MAX, SOURCE_RANGES_MAX,
+    MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES, SERVICES_MAX, SLOTS_MAX, SOCK_REVERSE_MAX,
+    SOURCE_RANGES_MAX,
 };
 
 /// Map capacities (`max_entries`), and the size of each Maglev table.
@@ -23,6 +24,8 @@ pub struct Capacity {
     pub affinity: usize,
     /// Fragmented datagrams in flight.
     pub fragments: usize,
+    /// Sockets socket-level load balancing sent to a backend.
+    pub sock_reverse: usize,
 }
 
 impl Capacity {
@@ -37,6 +40,7 @@ impl Capacity {
         conntrack: CT_MAX,
         affinity: AFFINITY_MAX,
         fragments: FRAGS_MAX,
+        sock_reverse: SOCK_REVERSE_MAX,
     };
 
     /// The capacity of a map the agent writes, by name (see [`super::MapState::fills`]).

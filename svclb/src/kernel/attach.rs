@@ -37,7 +37,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use super::{
     object::{POD_PROGRAM, UPLINK_PROGRAM, XDP_PROGRAM},
-    pins::{LINKS_DIR, Pinned, pins, tc_pin, xdp_pin},
+    pins::{LINKS_DIR, Pinned, is_cgroup_pin, pins, tc_pin, xdp_pin},
 };
 
 /// `--xdp-mode`: how the XDP program is attached to uplinks.
@@ -309,7 +309,7 @@ impl Devices {
             })
             .collect();
         for pin in pins(&self.links_dir) {
-            if !held.contains(&pin.as_path()) {
+            if !held.contains(&pin.as_path()) && !is_cgroup_pin(&pin) {
                 match fs::remove_file(&pin) {
                     Ok(()) => info!(pin = %pin.display(), "unpinned a link no device needs"),
                     Err(err) => warn!(pin = %pin.display(), "cannot unpin: {err}"),

@@ -14,7 +14,7 @@ use nix::{
 };
 use svclb_common::limits::{
     MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_FRAGS, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS,
-    MAP_SOURCE_RANGES, MAP_STATS,
+    MAP_SOCK_REVERSE, MAP_SOCK_STATS, MAP_SOURCE_RANGES, MAP_STATS,
 };
 
 use super::object::OBJECT;
@@ -157,6 +157,8 @@ pub fn load(pin_dir: &Path, sizes: &Capacity) -> Result<Ebpf> {
         (MAP_SOURCE_RANGES, sizes.source_ranges),
         (MAP_FRAGS, sizes.fragments),
         (MAP_STATS, stats),
+        (MAP_SOCK_STATS, stats),
+        (MAP_SOCK_REVERSE, sizes.sock_reverse),
     ] {
         let size = u32::try_from(size)
             .with_context(|| format!("map {map}: a size of {size} entries is too large"))?;

@@ -13,11 +13,11 @@ use aya::{
 use ipnet::IpNet;
 use svclb_common::{
     AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CtEntry, CtKey, FrontendStats,
-    IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SourceRangeKey, SweepItem,
+    IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SockStats, SourceRangeKey, SweepItem,
     conntrack::{SWEEP_ENTRY, SWEEP_IF_ENDED, expired},
     limits::{
-        MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
-        MAP_STATS,
+        MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOCK_STATS,
+        MAP_SOURCE_RANGES, MAP_STATS,
     },
     maglev::{Maglev, Weighted, identity},
 };
@@ -40,7 +40,8 @@ pub struct Maps {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     maglev: HashOfMaps<MapData, u32, Array<MapData, u32>>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
-    stats: Stats,
+    stats: Stats<FrontendStats>,
+    sock_stats: Stats<SockStats>,
     /// The seed every Maglev table is built with (the size comes with each table).
     seed: Maglev,
 }
@@ -89,7 +90,8 @@ impl Maps {
                 .with_context(|| format!("map {MAP_MAGLEV}"))?,
             source_ranges: LpmTrie::try_from(get(MAP_SOURCE_RANGES)?)
                 .with_context(|| format!("map {MAP_SOURCE_RANGES}"))?,
-            stats: Stats::new(get(MAP_STATS)?)?,
+            stats: Stats::new(get(MAP_STATS)?, MAP_STATS)?,
+            sock_stats: Stats::new(get(MAP_SOCK_STATS)?, MAP_SOCK_STATS)?,
             seed,
         })
     }
@@ -240,40 +242,58 @@ impl Maps {
     pub fn stats(&self, id: u32) -> Option<FrontendStats> {
         self.stats.get(id)
     }
+
+    /// Frontend `id`'s socket-level counters, summed over the CPUs.
+    pub fn sock_stats(&self, id: u32) -> Option<SockStats> {
+        self.sock_stats.get(id)
+    }
 }
 
-/// The per-frontend counters (`SVCLB_STATS`).
-struct Stats {
-    map: PerCpuArray<MapData, FrontendStats>,
+/// Per-CPU counters whose CPUs add up.
+trait Counters: aya::Pod + Default {
+    fn plus(self, other: Self) -> Self;
+}
+
+impl Counters for FrontendStats {
+    fn plus(self, other: Self) -> Self {
+        Self::plus(self, other)
+    }
+}
+
+impl Counters for SockStats {
+    fn plus(self, other: Self) -> Self {
+        Self::plus(self, other)
+    }
+}
+
+/// Per-frontend counters (`SVCLB_STATS`, `SVCLB_SOCK_STATS`), indexed by frontend id.
+struct Stats<T: Counters> {
+    map: PerCpuArray<MapData, T>,
     /// Possible CPUs: one value each in a per-CPU map.
     cpus: usize,
 }
 
-impl Stats {
-    fn new(map: Map) -> Result<Self> {
+impl<T: Counters> Stats<T> {
+    fn new(map: Map, name: &str) -> Result<Self> {
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?
             .get() as usize;
         Ok(Self {
-            map: PerCpuArray::try_from(map).with_context(|| format!("map {MAP_STATS}"))?,
+            map: PerCpuArray::try_from(map).with_context(|| format!("map {name}"))?,
             cpus,
         })
     }
 
     /// Frontend `id`'s counters, summed over the CPUs (`None` past the array).
-    fn get(&self, id: u32) -> Option<FrontendStats> {
+    fn get(&self, id: u32) -> Option<T> {
         let values = self.map.get(&id, 0).ok()?;
-        Some(
-            values
-                .iter()
-                .fold(FrontendStats::default(), |sum, cpu| sum.plus(*cpu)),
-        )
+        Some(values.iter().fold(T::default(), |sum, cpu| sum.plus(*cpu)))
     }
 
     /// Sets frontend `id`'s counters back to zero (its frontend is gone, and the id may go to
     /// a new one).
     fn reset(&mut self, id: u32) -> Result<()> {
-        let zeros = PerCpuValues::try_from(vec![FrontendStats::default(); self.cpus])?;
+        let zeros = PerCpuValues::try_from(vec![T::default(); self.cpus])?;
         match self.map.set(id, zeros, 0) {
             Ok(()) => Ok(()),
             // An id past the array has no counters to reset (and is never counted).
@@ -352,7 +372,7 @@ impl MapWriter for Maps {
         self.services.remove(key)?;
         // The entry is gone whatever happens here: a failure must not report it kept.
         if let Some(id) = id
-            && let Err(err) = self.stats.reset(id)
+            && let Err(err) = self.stats.reset(id).and(self.sock_stats.reset(id))
         {
             tracing::warn!("counters of frontend id {id} not reset: {err:#}");
         }

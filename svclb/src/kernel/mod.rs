@@ -1,12 +1,17 @@
 //! Everything that touches the kernel: the embedded datapath object ([`object`]), loading it
 //! with its maps pinned on a bpf filesystem ([`loader`]), typed handles on the pinned maps
 //! ([`maps`], which implement the reconciler's writer), where links are pinned ([`pins`]),
-//! attaching the programs to devices ([`attach`]) and the conntrack sweep program ([`sweep`]).
+//! attaching the programs to devices ([`attach`]) and the socket hooks to a cgroup
+//! ([`socket`]), the datapath's settings ([`config`]), the uplinks' addresses
+//! ([`addresses`]) and the conntrack sweep program ([`sweep`]).
 
 pub mod addresses;
 pub mod attach;
+pub mod config;
+mod link_update;
 pub mod loader;
 pub mod maps;
 pub mod object;
 pub mod pins;
+pub mod socket;
 pub mod sweep;

@@ -11,3 +11,17 @@ pub const UPLINK_PROGRAM: &str = "svclb_uplink";
 pub const XDP_PROGRAM: &str = "svclb_xdp";
 /// The conntrack sweep program, run by the agent (never attached).
 pub const SWEEP_PROGRAM: &str = "svclb_sweep";
+
+/// The socket hooks of kind `cgroup_sock_addr`, with the hook each attaches to.
+pub const SOCK_ADDR_PROGRAMS: &[(&str, &str)] = &[
+    ("svclb_connect4", "connect4"),
+    ("svclb_connect6", "connect6"),
+    ("svclb_sendmsg4", "sendmsg4"),
+    ("svclb_sendmsg6", "sendmsg6"),
+    ("svclb_recvmsg4", "recvmsg4"),
+    ("svclb_recvmsg6", "recvmsg6"),
+    ("svclb_getpeername4", "getpeername4"),
+    ("svclb_getpeername6", "getpeername6"),
+];
+/// The socket hook that deletes a closing socket's reverse entry.
+pub const SOCK_RELEASE_PROGRAM: &str = "svclb_sock_release";

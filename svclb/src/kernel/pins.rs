@@ -1,5 +1,5 @@
 //! Where attachments are pinned: every link under `<bpffs-dir>/links/`, named `tc-<ifindex>`
-//! (tcx ingress) or `xdp-<ifindex>-<mode>`, so a restart finds and adopts them, `svclb status`
+//! (tcx ingress), `xdp-<ifindex>-<mode>`, or `cgroup-<hook>-<cgroup id>` (socket hooks), so a restart finds and adopts them, `svclb status`
 //! lists them, and `svclb agent --cleanup` removes them. This file is the one place that
 //! knows the names.
 
@@ -59,6 +59,19 @@ pub(super) fn xdp_pin(links_dir: &Path, index: u32, mode: XdpMode) -> PathBuf {
     links_dir.join(format!("xdp-{index}-{}", mode_name(mode)))
 }
 
+/// Where the socket hook `hook` (e.g. `connect4`) on the cgroup with id `cgroup` is pinned.
+pub(super) fn cgroup_pin(links_dir: &Path, hook: &str, cgroup: u64) -> PathBuf {
+    links_dir.join(format!("{CGROUP_PREFIX}{hook}-{cgroup}"))
+}
+
+const CGROUP_PREFIX: &str = "cgroup-";
+
+/// Whether `pin` is a socket hook's (not a device's).
+pub(super) fn is_cgroup_pin(pin: &Path) -> bool {
+    pin.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(CGROUP_PREFIX))
+}
+
 /// The files in `dir` (the pinned links in `<bpffs-dir>/links`), sorted by name.
 pub fn pins(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = fs::read_dir(dir)
@@ -104,16 +117,27 @@ pub fn cleanup(bpffs_dir: &Path) -> Result<usize> {
 /// The subdirectory of the bpffs directory holding the links.
 pub const LINKS_DIR: &str = "links";
 
-/// What a link pin's name says: the hook, with the XDP mode, and the device index.
+/// What a link pin's name says: the hook, with the XDP mode, and the device index (or for a
+/// socket hook, the cgroup id).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinName {
-    /// `tc ingress`, or `xdp (<mode>)`.
+    /// `tc ingress`, `xdp (<mode>)`, or `cgroup <hook>`.
     pub hook: String,
     pub ifindex: u32,
+    /// The cgroup of a socket hook.
+    pub cgroup: Option<u64>,
 }
 
 impl PinName {
     pub fn parse(name: &str) -> Self {
+        if let Some(rest) = name.strip_prefix(CGROUP_PREFIX) {
+            let (hook, id) = rest.rsplit_once('-').unwrap_or((rest, ""));
+            return Self {
+                hook: format!("cgroup {hook}"),
+                ifindex: 0,
+                cgroup: id.parse().ok(),
+            };
+        }
         let mut parts = name.split('-');
         let hook = parts.next().unwrap_or_default();
         let ifindex = parts.next().and_then(|i| i.parse().ok()).unwrap_or(0);
@@ -122,6 +146,10 @@ impl PinName {
         } else {
             "tc ingress".to_owned()
         };
-        Self { hook, ifindex }
+        Self {
+            hook,
+            ifindex,
+            cgroup: None,
+        }
     }
 }

@@ -94,6 +94,14 @@ impl Family {
         Self::of(addr) == self
     }
 
+    /// `127.0.0.1` or `::1`.
+    pub fn loopback(self) -> IpAddr {
+        match self {
+            Self::V4 => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            Self::V6 => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        }
+    }
+
     pub fn has_net(self, net: &IpNet) -> bool {
         matches!(
             (self, net),

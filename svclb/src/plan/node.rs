@@ -47,6 +47,11 @@ pub struct NodePortRule {
     pub cidrs: Vec<IpNet>,
     /// The addresses of the uplink devices (`--devices`).
     pub uplinks: Vec<IpAddr>,
+    /// NodePorts also on `127.0.0.1` and `::1`, for the node's own processes (served by the
+    /// socket hooks: loopback traffic meets no TC program), as kube-proxy's localhost
+    /// NodePorts; inside `cidrs` like every other address, and for a family with a node
+    /// address only.
+    pub localhost: bool,
 }
 
 impl NodePortRule {
@@ -54,7 +59,7 @@ impl NodePortRule {
     pub fn cidrs(cidrs: &[IpNet]) -> Self {
         Self {
             cidrs: cidrs.to_vec(),
-            uplinks: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -145,6 +150,10 @@ impl NodeInfo {
             } else {
                 format!("{}: {origin}", family.name())
             });
+            let loopback = family.loopback();
+            if rule.localhost && !served.is_empty() && rule.wanted(&loopback) {
+                info.nodeport_addresses.push(loopback);
+            }
             info.nodeport_addresses.extend(served);
         }
         info.nodeport_addresses.sort();
@@ -203,6 +212,14 @@ mod tests {
         NodePortRule {
             cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
             uplinks: uplinks.iter().map(|a| a.parse().unwrap()).collect(),
+            localhost: false,
+        }
+    }
+
+    fn with_localhost(rule: NodePortRule) -> NodePortRule {
+        NodePortRule {
+            localhost: true,
+            ..rule
         }
     }
 
@@ -249,7 +266,7 @@ mod tests {
     fn node_port_addresses_and_where_they_came_from() {
         let uplinks = ["172.31.0.11", "fd00:31::11"];
         let v4_node = node_with(&["10.0.0.5"]);
-        let cases: [(&str, Option<&Node>, NodePortRule, &str); 5] = [
+        let cases: [(&str, Option<&Node>, NodePortRule, &str); 8] = [
             (
                 "no Node object: both families from the uplinks",
                 None,
@@ -279,6 +296,24 @@ mod tests {
                 Some(&v4_node),
                 rule(&["172.31.0.0/24"], &["172.31.0.11"]),
                 "172.31.0.11 (IPv4: the uplinks (none of the Node object's); IPv6: none)",
+            ),
+            (
+                "localhost NodePorts: the loopback address of each family served",
+                Some(&v4_node),
+                with_localhost(rule(&[], &uplinks)),
+                "10.0.0.5, 127.0.0.1, ::1, fd00:31::11 (IPv4: the Node object; IPv6: the uplinks (none of the Node object's))",
+            ),
+            (
+                "localhost NodePorts only for a family with a node address",
+                None,
+                with_localhost(rule(&["172.31.0.0/24", "127.0.0.0/8", "::1/128"], &uplinks)),
+                "127.0.0.1, 172.31.0.11 (IPv4: the uplinks (no Node object); IPv6: none)",
+            ),
+            (
+                "localhost NodePorts inside --nodeport-addresses only",
+                None,
+                with_localhost(rule(&["172.31.0.0/24"], &uplinks)),
+                "172.31.0.11 (IPv4: the uplinks (no Node object); IPv6: none)",
             ),
         ];
         for (what, node, rule, want) in cases {

@@ -39,6 +39,9 @@ pub struct AgentStatus {
     /// vanish when it exits, so a restart starts from nothing.
     #[serde(default)]
     pub private_pins: bool,
+    /// Socket-level load balancing: its cgroup and hooks (`None`: off).
+    #[serde(default)]
+    pub socket_lb: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

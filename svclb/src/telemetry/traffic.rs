@@ -5,6 +5,9 @@
 //!   (and their bytes) from clients to the frontend that passed its source ranges;
 //! - `svclb_frontend_new_flows_total`: new flows given a backend;
 //! - `svclb_frontend_refused_flows_total`: new flows refused or dropped for want of a backend;
+//! - `svclb_frontend_socket_connects_total`, `svclb_frontend_socket_datagrams_total`,
+//!   `svclb_frontend_socket_refused_total`: what the socket hooks did (sockets connected to a
+//!   backend, datagrams of unconnected sockets sent to one, connects and datagrams refused);
 //! - `svclb_conntrack_entries`: tracked flow directions (two per flow).
 //!
 //! Each frontend series has the labels `frontend` (`10.96.0.10:80/TCP`) and `service`
@@ -23,7 +26,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Unit,
 };
-use svclb_common::FrontendStats;
+use svclb_common::{FrontendStats, SockStats};
 
 use crate::{
     entries::{MapState, service_key},
@@ -142,6 +145,26 @@ const COUNTERS: [(&str, &str, Option<Unit>, Field); 4] = [
     ),
 ];
 
+type SockField = fn(&SockStats) -> u64;
+
+const SOCK_COUNTERS: [(&str, &str, SockField); 3] = [
+    (
+        "frontend_socket_connects",
+        "Sockets the socket hooks connected to a backend of the frontend",
+        |s| s.connects,
+    ),
+    (
+        "frontend_socket_datagrams",
+        "Datagrams of unconnected sockets the socket hooks sent to a backend of the frontend",
+        |s| s.datagrams,
+    ),
+    (
+        "frontend_socket_refused",
+        "Connects and datagrams the socket hooks refused for want of a backend",
+        |s| s.refused,
+    ),
+];
+
 impl Collector for TrafficCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let frontends: Vec<(u32, FrontendLabels)> = self
@@ -154,14 +177,26 @@ impl Collector for TrafficCollector {
             .maps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let read: Vec<(&FrontendLabels, FrontendStats)> = frontends
+        let read: Vec<(&FrontendLabels, FrontendStats, SockStats)> = frontends
             .iter()
-            .map(|(id, labels)| (labels, maps.stats(*id).unwrap_or_default()))
+            .map(|(id, labels)| {
+                (
+                    labels,
+                    maps.stats(*id).unwrap_or_default(),
+                    maps.sock_stats(*id).unwrap_or_default(),
+                )
+            })
             .collect();
         for (name, help, unit, field) in COUNTERS {
             let mut family =
                 encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
-            for (labels, stats) in &read {
+            for (labels, stats, _) in &read {
+                ConstCounter::new(field(stats)).encode(family.encode_family(*labels)?)?;
+            }
+        }
+        for (name, help, field) in SOCK_COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (labels, _, stats) in &read {
                 ConstCounter::new(field(stats)).encode(family.encode_family(*labels)?)?;
             }
         }

@@ -266,8 +266,8 @@ fn new_uplink_addresses_replan_the_node_ports_they_serve() {
     let changed = planner.update(&snapshot);
     assert!(changed.contains(&nodeport("172.31.0.11")), "{changed:?}");
     let rule = NodePortRule {
-        cidrs: Vec::new(),
         uplinks,
+        ..NodePortRule::default()
     };
     let (node, reference, _) = plan_for_node(
         "n1",

@@ -1,0 +1,292 @@
+//! Socket-level load balancing: the cgroup hooks (`svclb-ebpf`'s `sock`) attached to a cgroup
+//! v2 directory, `--cgroup-root` (by default the machine's cgroup2 mount), so every socket of
+//! the processes under it reaches services at connect time: host-network processes and pods
+//! alike.
+//!
+//! Each hook is a BPF link pinned under `<bpffs-dir>/links/` (see `pins`), so the hooks keep
+//! running while no agent does; a restart swaps its programs in on the pinned links. Links
+//! pinned for another cgroup, or when socket-LB is turned off, are unpinned, which detaches
+//! them.
+
+use std::{
+    fs,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    programs::{
+        CgroupAttachMode, CgroupSock, CgroupSockAddr,
+        cgroup_sock_addr::CgroupSockAddrLink,
+        links::{FdLink, PinnedLink},
+    },
+};
+use tracing::{debug, info, warn};
+
+use super::{
+    link_update,
+    object::{SOCK_ADDR_PROGRAMS, SOCK_RELEASE_PROGRAM},
+    pins::{LINKS_DIR, Pinned, cgroup_pin, is_cgroup_pin, pins},
+};
+
+/// `--socket-lb` and its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketLb {
+    /// The cgroup v2 directory the hooks attach to.
+    pub cgroup: PathBuf,
+    /// Only sockets of the host's network namespace are translated
+    /// (`--socket-lb-hostns-only`).
+    pub hostns_only: bool,
+}
+
+/// The cgroup2 mount point in a `/proc/mounts` text (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid system).
+fn cgroup2_in(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_source, target, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(target))
+    })
+}
+
+/// The machine's cgroup2 mount, from /proc/mounts.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    cgroup2_in(&mounts).context(
+        "no cgroup2 filesystem is mounted (socket-level load balancing needs cgroup v2; \
+         mount one, pass --cgroup-root, or run with --socket-lb=false)",
+    )
+}
+
+/// The attached hooks.
+pub struct SocketHooks {
+    links: Vec<Pinned>,
+    lb: SocketLb,
+}
+
+/// The cgroup's id: its directory's inode number on cgroup2.
+fn cgroup_id(cgroup: &Path) -> Result<u64> {
+    let meta = fs::metadata(cgroup)
+        .with_context(|| format!("cgroup {} for the socket hooks", cgroup.display()))?;
+    if !meta.is_dir() {
+        bail!("cgroup {} is not a directory", cgroup.display());
+    }
+    Ok(meta.ino())
+}
+
+/// The network namespace cookie of the calling thread's namespace (the host's, for the
+/// agent), as `bpf_get_netns_cookie` gives it.
+pub fn netns_cookie() -> Result<u64> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| {
+        std::net::UdpSocket::bind("[::1]:0")
+            .context("opening a socket to read the namespace cookie")
+    })?;
+    let mut cookie = 0u64;
+    let mut len = libc::socklen_t::try_from(size_of::<u64>()).unwrap_or_default();
+    // SAFETY: a valid socket, and a buffer of the length given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("reading the network namespace cookie (SO_NETNS_COOKIE, Linux 5.14+)");
+    }
+    Ok(cookie)
+}
+
+impl SocketHooks {
+    /// Loads the hooks and attaches them to `lb.cgroup`, on the links an earlier run pinned
+    /// for that cgroup where there are some.
+    pub fn attach(ebpf: &mut Ebpf, lb: &SocketLb, bpffs_dir: &Path) -> Result<Self> {
+        let links_dir = bpffs_dir.join(LINKS_DIR);
+        fs::create_dir_all(&links_dir)
+            .with_context(|| format!("creating {}", links_dir.display()))?;
+        let id = cgroup_id(&lb.cgroup)?;
+        let cgroup = fs::File::open(&lb.cgroup)
+            .with_context(|| format!("opening cgroup {}", lb.cgroup.display()))?;
+        let mut hooks = Self {
+            links: Vec::new(),
+            lb: lb.clone(),
+        };
+        for &(name, hook) in SOCK_ADDR_PROGRAMS {
+            let pin = cgroup_pin(&links_dir, hook, id);
+            match attach_sock_addr(ebpf, name, &cgroup, &pin) {
+                Ok(pinned) => hooks.links.push(pinned),
+                Err(err) => {
+                    hooks.abandon();
+                    return Err(err.context(format!(
+                        "attaching the socket hook {hook} to cgroup {} (or run with --socket-lb=false)",
+                        lb.cgroup.display()
+                    )));
+                }
+            }
+        }
+        let pin = cgroup_pin(&links_dir, "sock_release", id);
+        match attach_release(ebpf, &cgroup, &pin) {
+            Ok(pinned) => hooks.links.push(pinned),
+            // Without it the reverse map only loses entries to its LRU.
+            Err(err) => warn!("socket hook sock_release not attached: {err:#}"),
+        }
+        let held: Vec<PathBuf> = hooks.links.iter().map(|l| l.path.clone()).collect();
+        unpin_others(&links_dir, &held);
+        info!(
+            cgroup = %lb.cgroup.display(),
+            hooks = hooks.links.len(),
+            hostns_only = lb.hostns_only,
+            "socket-level load balancing attached"
+        );
+        Ok(hooks)
+    }
+
+    /// Unpins the links this run made (a start that failed later on).
+    pub fn abandon(&mut self) {
+        for pinned in self.links.drain(..).filter(|p| p.fresh) {
+            let _ = pinned.unpin();
+        }
+    }
+
+    /// What `svclb status` reports: the cgroup, the hooks, the scope.
+    pub fn describe(&self) -> String {
+        let scope = if self.lb.hostns_only {
+            ", host network namespace only"
+        } else {
+            ""
+        };
+        format!(
+            "cgroup {} ({} hooks{scope})",
+            self.lb.cgroup.display(),
+            self.links.len()
+        )
+    }
+}
+
+/// `--socket-lb=false`: unpins every socket hook an earlier run left, which detaches it; how
+/// many.
+pub fn detach(bpffs_dir: &Path) -> usize {
+    unpin_others(&bpffs_dir.join(LINKS_DIR), &[])
+}
+
+/// Unpins the socket hooks under `links_dir` other than `held`.
+fn unpin_others(links_dir: &Path, held: &[PathBuf]) -> usize {
+    let mut removed = 0;
+    for pin in pins(links_dir) {
+        if is_cgroup_pin(&pin) && !held.contains(&pin) {
+            match fs::remove_file(&pin) {
+                Ok(()) => {
+                    info!(pin = %pin.display(), "unpinned a socket hook no longer wanted");
+                    removed += 1;
+                }
+                Err(err) => warn!(pin = %pin.display(), "cannot unpin: {err}"),
+            }
+        }
+    }
+    removed
+}
+
+fn sock_addr_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    let program: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .with_context(|| format!("the datapath object has no program {name}"))?
+        .try_into()?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .with_context(|| format!("loading program {name}"))?;
+    }
+    Ok(program)
+}
+
+/// Puts program `name` on the link pinned at `pin`, or on a new link to `cgroup`. (A BPF link
+/// on a cgroup shares the hook with other programs whatever the mode; the kernel refuses the
+/// multi flag on links.)
+fn attach_sock_addr(ebpf: &mut Ebpf, name: &str, cgroup: &fs::File, pin: &Path) -> Result<Pinned> {
+    let program = sock_addr_program(ebpf, name)?;
+    if pin.exists() {
+        let adopted = PinnedLink::from_pin(pin)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| Ok(CgroupSockAddrLink::try_from(FdLink::from(p))?))
+            .and_then(|link| Ok(program.attach_to_link(link)?));
+        match adopted {
+            Ok(id) => {
+                let link = FdLink::try_from(program.take_link(id)?)?;
+                debug!(program = name, "socket hook replaced on its pinned link");
+                return Ok(Pinned {
+                    link,
+                    path: pin.to_path_buf(),
+                    fresh: false,
+                });
+            }
+            Err(err) => {
+                debug!(program = name, "pinned socket hook not usable: {err:#}");
+                let _ = fs::remove_file(pin);
+            }
+        }
+    }
+    let id = program.attach(cgroup, CgroupAttachMode::Single)?;
+    let link = FdLink::try_from(program.take_link(id)?)
+        .context("the socket hook is not a BPF link (Linux 5.7 or later)")?;
+    Pinned::pin(link, pin)
+}
+
+/// Puts `sock_release` on the link pinned at `pin` (through [`link_update`]: aya cannot
+/// update this link type), or on a new link to `cgroup`.
+fn attach_release(ebpf: &mut Ebpf, cgroup: &fs::File, pin: &Path) -> Result<Pinned> {
+    let program: &mut CgroupSock = ebpf
+        .program_mut(SOCK_RELEASE_PROGRAM)
+        .with_context(|| format!("the datapath object has no program {SOCK_RELEASE_PROGRAM}"))?
+        .try_into()?;
+    program
+        .load()
+        .with_context(|| format!("loading program {SOCK_RELEASE_PROGRAM}"))?;
+    if pin.exists() {
+        let adopted = link_update::update(pin, program.fd()?)
+            .and_then(|()| Ok(FdLink::from(PinnedLink::from_pin(pin)?)));
+        match adopted {
+            Ok(link) => {
+                return Ok(Pinned {
+                    link,
+                    path: pin.to_path_buf(),
+                    fresh: false,
+                });
+            }
+            Err(err) => {
+                debug!("pinned sock_release link not usable: {err:#}");
+                let _ = fs::remove_file(pin);
+            }
+        }
+    }
+    let id = program.attach(cgroup, CgroupAttachMode::Single)?;
+    let link = FdLink::try_from(program.take_link(id)?)
+        .context("the socket hook is not a BPF link (Linux 5.7 or later)")?;
+    Pinned::pin(link, pin)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::cgroup2_in;
+
+    #[test]
+    fn the_cgroup2_mount_is_found_on_unified_and_hybrid_systems() {
+        let unified = "sysfs /sys sysfs rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n";
+        assert_eq!(cgroup2_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs ro 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid,nodev 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n";
+        assert_eq!(
+            cgroup2_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let v1_only = "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n";
+        assert_eq!(cgroup2_in(v1_only), None);
+    }
+}
