@@ -30,8 +30,10 @@ pub struct SockRevValue {
     pub svc_id: u32,
     pub backend_id: u32,
     pub _pad2: u32,
+    /// The socket's network namespace (its cookie): where the agent finds the socket.
+    pub netns: u64,
 }
-const _: () = assert!(size_of::<SockRevValue>() == 32);
+const _: () = assert!(size_of::<SockRevValue>() == 40);
 
 /// Value of `SVCLB_SOCK_STATS`, per CPU, indexed by frontend id.
 #[repr(C)]

@@ -288,6 +288,7 @@ pub fn forward(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
         svc_id: svc.id,
         backend_id,
         _pad2: 0,
+        netns,
     };
     // A full map evicts its least recently used entry; a failed insert only leaves this
     // socket's peer showing as the backend.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use svclb_tests::{
     Lab, LabSpec,
     client::{backends, replies},
@@ -304,4 +304,67 @@ fn connections_and_hooks_survive_an_agent_restart_that_swaps_the_programs() -> R
 
 fn parse_line(line: Option<std::io::Result<String>>) -> Result<svclb_tests::client::Reply> {
     svclb_tests::client::parse_reply(&line.context("the session ended early")??)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_connected_udp_socket_leaves_a_backend_that_leaves_the_service() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new(LabSpec::default())?;
+    let pods = [lab.pod("n1-pod2").clone(), lab.pod("n2-pod1").clone()];
+    lab.write_manifest(
+        "dns.yaml",
+        &cluster_ip_service("dns", "10.96.0.95", &[DNS], &pods),
+    )?;
+    lab.start_agents()?;
+    let client = lab.pod("n1-pod1").ns.clone();
+    // One connected socket asking every 50 ms for at most 10 s; a new socket after an error.
+    let mut session =
+        lab.spawn_client(0, &client, &["udp-session", "10.96.0.95:53", "200", "50"])?;
+    let stdout = session.stdout.take().context("the session's output")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let first = parse_line(lines.next())?;
+    let (gone, stays) = if first.backend == pods[0].name {
+        (&pods[0], &pods[1])
+    } else {
+        (&pods[1], &pods[0])
+    };
+    // The backend it was sent to leaves the service (the pod itself keeps answering).
+    lab.write_manifest(
+        "dns.yaml",
+        &cluster_ip_service("dns", "10.96.0.95", &[DNS], &[stays]),
+    )?;
+    let removed = std::time::Instant::now();
+    let mut error_at = None;
+    for line in lines.by_ref() {
+        let line = line?;
+        if line.starts_with("ERR") {
+            error_at.get_or_insert_with(std::time::Instant::now);
+            continue;
+        }
+        let reply = svclb_tests::client::parse_reply(&line)?;
+        if reply.backend == stays.name {
+            let error_at = error_at.context("the socket got no error before it moved")?;
+            assert!(
+                error_at.elapsed().as_secs_f64() < 1.0,
+                "a live backend within 1 s of the error"
+            );
+            assert_eq!(reply.peer.to_string(), "10.96.0.95:53");
+            let _ = session.kill();
+            let _ = session.wait();
+            let metrics = lab.agent_http(0, "/metrics")?.1;
+            assert!(
+                metrics.contains("svclb_udp_sockets_destroyed_total 1"),
+                "{metrics}"
+            );
+            return Ok(());
+        }
+        assert_eq!(reply.backend, gone.name);
+        assert!(
+            removed.elapsed().as_secs() < 5,
+            "still answered by {} 5 s after it left the service",
+            gone.name
+        );
+    }
+    bail!("the session ended without reaching {}", stays.name)
 }

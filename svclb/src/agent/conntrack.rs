@@ -9,6 +9,9 @@
 //! datapath also takes over an ended flow's SNAT port by itself when it needs one). The
 //! sweep program decides on each entry in the kernel (see [`crate::kernel::sweep`]).
 //!
+//! Connected UDP sockets that socket-level load balancing sent to a departed backend are
+//! destroyed by the same worker (see [`crate::kernel::udp_sockets`]).
+//!
 //! A pair may reach the worker after a later sync handed its ids to other frontends or
 //! backends; the worst that does is make a few UDP flows of those pick a backend again, and a
 //! client lose its affinity once. Established TCP connections are never purged.
@@ -28,6 +31,7 @@ use crate::{
     kernel::{
         maps::{Maps, Purged},
         sweep::{Sweeper, monotonic_ns},
+        udp_sockets::{self, Reverse},
     },
     telemetry::metrics::{ERROR_CONNTRACK, Metrics},
 };
@@ -43,6 +47,8 @@ pub struct Purger {
 struct Worker {
     maps: Maps,
     sweeper: Sweeper,
+    /// The socket hooks' reverse map.
+    sockets: Reverse,
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<BTreeSet<(u32, u32)>>,
 }
@@ -69,6 +75,28 @@ impl Worker {
                 departed.extend(more);
             }
             self.purge(&departed);
+            self.destroy_sockets(&departed);
+        }
+    }
+
+    fn destroy_sockets(&mut self, departed: &BTreeSet<(u32, u32)>) {
+        let wanted = self.sockets.sockets_of(departed);
+        if wanted.is_empty() {
+            return;
+        }
+        match udp_sockets::destroy(&wanted) {
+            Ok(0) => {}
+            Ok(n) => {
+                self.metrics.destroyed_sockets.inc_by(n as u64);
+                info!(
+                    sockets = n,
+                    "destroyed UDP sockets connected to removed backends"
+                );
+            }
+            Err(err) => {
+                self.metrics.count_errors(ERROR_CONNTRACK, 1);
+                error!("destroying UDP sockets of removed backends: {err:#}");
+            }
         }
     }
 
@@ -114,6 +142,7 @@ impl Purger {
         let worker = Worker {
             maps: Maps::open_pinned(dir)?,
             sweeper: Sweeper::open(dir)?,
+            sockets: Reverse::open_pinned(dir)?,
             metrics,
             rx,
         };

@@ -15,3 +15,4 @@ pub mod object;
 pub mod pins;
 pub mod socket;
 pub mod sweep;
+pub mod udp_sockets;

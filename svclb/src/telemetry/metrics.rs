@@ -59,6 +59,7 @@ pub struct Metrics {
     pub write_errors: Counter,
     pub purged_flows: Counter,
     pub purged_affinities: Counter,
+    pub destroyed_sockets: Counter,
     pub expired_flows: Counter,
     pub frontends: Gauge,
     pub backends: Gauge,
@@ -86,6 +87,7 @@ impl Metrics {
             write_errors: Counter::default(),
             purged_flows: Counter::default(),
             purged_affinities: Counter::default(),
+            destroyed_sockets: Counter::default(),
             expired_flows: Counter::default(),
             frontends: Gauge::default(),
             backends: Gauge::default(),
@@ -115,7 +117,7 @@ impl Metrics {
             Unit::Seconds,
             self.sync_duration.clone(),
         );
-        let counters: [(&str, &str, &Counter); 6] = [
+        let counters: [(&str, &str, &Counter); 7] = [
             ("syncs", "Syncs of the maps with the source", &self.syncs),
             (
                 "map_entries_written",
@@ -136,6 +138,11 @@ impl Metrics {
                 "affinity_entries_purged",
                 "Session affinities removed because their backend left the service",
                 &self.purged_affinities,
+            ),
+            (
+                "udp_sockets_destroyed",
+                "Connected UDP sockets socket-level load balancing sent to a backend that left the service, destroyed so they reconnect",
+                &self.destroyed_sockets,
             ),
             (
                 "conntrack_entries_expired",

@@ -49,7 +49,7 @@ pub fn latency(rows: &[Row], path: &Path) -> Result<()> {
         .y_label_formatter(&|us| format!("{us:.0}"))
         .label_style(("sans-serif", 15))
         .draw()?;
-    let colors = [BLACK, BLUE, RED, RGBColor(0, 150, 0)];
+    let colors = [BLACK, BLUE, MAGENTA, RED, RGBColor(0, 150, 0)];
     for (system, color) in System::ALL.into_iter().zip(colors) {
         let points: Vec<(f64, f64)> = rows
             .iter()

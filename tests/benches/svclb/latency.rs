@@ -1,9 +1,12 @@
 //! New-connection latency and request throughput through a cluster IP, from a pod in the lab,
-//! for: a direct connection to the pod (the floor), svclb, kube-proxy's iptables layout and its
-//! nftables layout, each with N services programmed. The target service is the last one given
+//! for: a direct connection to the pod (the floor), svclb's TC path (`--socket-lb=false`),
+//! svclb's socket-level load balancing, kube-proxy's iptables layout and its nftables layout,
+//! each with N services programmed. Every system's client is the same process
+//! (`svclb-lab-client bench`, in the node's lab cgroup, where only socket-LB's agent attached
+//! hooks). The target service is the last one given
 //! to the rule generators (in the iptables layout its rule is matched after every other) and
 //! has one backend, the same pod the direct connection reaches. Every system gets a lab of
-//! its own, so nothing of one leaks into another; the four labs of a size are built first,
+//! its own, so nothing of one leaks into another; the five labs of a size are built first,
 //! left to settle, then measured in interleaved rounds (each round visits the systems in a
 //! new order), so a noisy second of the machine spreads over all of them instead of landing
 //! on one.
@@ -14,11 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use svclb_tests::{
-    Lab, LabSpec,
-    client::{TIMEOUT, TcpSession, tcp_ask},
-    netns::in_netns,
-};
+use svclb_tests::{Lab, LabSpec};
 
 use crate::{
     Settings,
@@ -34,9 +33,6 @@ const ROUNDS_QUICK: usize = 3;
 const CONNECTIONS: usize = 200;
 const CONNECTIONS_QUICK: usize = 100;
 const TIME_LIMIT: Duration = Duration::from_secs(20);
-/// Requests over one connection, for throughput (each round): the limits.
-const REQUESTS: usize = 100_000;
-const THROUGHPUT_TIME: Duration = Duration::from_secs(1);
 /// How long the labs are left alone after they are built, before the first round.
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -44,22 +40,33 @@ const SETTLE: Duration = Duration::from_secs(3);
 pub enum System {
     Direct,
     Svclb,
+    SvclbSocket,
     Iptables,
     Nftables,
 }
 
 impl System {
-    pub const ALL: [Self; 4] = [Self::Direct, Self::Svclb, Self::Iptables, Self::Nftables];
+    pub const ALL: [Self; 5] = [
+        Self::Direct,
+        Self::Svclb,
+        Self::SvclbSocket,
+        Self::Iptables,
+        Self::Nftables,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct to the pod",
-            Self::Svclb => "svclb",
+            Self::Svclb => "svclb TC",
+            Self::SvclbSocket => "svclb socket-LB",
             Self::Iptables => "kube-proxy iptables",
             Self::Nftables => "kube-proxy nftables",
         }
     }
 }
+
+/// Connections measured with BPF statistics on, for the socket hook's cost per connect.
+const HOOK_COST_CONNECTIONS: usize = 200;
 
 pub struct Row {
     pub services: usize,
@@ -72,6 +79,8 @@ pub struct Row {
     pub requests_per_s: f64,
     /// How long the rules (or the agent's first sync) took to load, ms; none for the floor.
     pub load_ms: Option<f64>,
+    /// Socket-LB: what `connect4` costs per call (the kernel's BPF run-time statistics).
+    pub hook_ns: Option<f64>,
 }
 
 /// `n` services: `n - 1` like the control-plane bench's, then the target on one pod.
@@ -85,49 +94,57 @@ fn services(n: usize, pod: Ipv4Addr, port: u16) -> Vec<Svc> {
     svcs
 }
 
-/// Connect, ask once, read the answer, close; the time it took.
-fn one_connection(addr: SocketAddr) -> Result<Duration> {
-    let started = Instant::now();
-    tcp_ask(addr, TIMEOUT)?;
-    Ok(started.elapsed())
-}
-
-/// Request/answer round trips over one connection for [`THROUGHPUT_TIME`]: per second.
-fn throughput(addr: SocketAddr) -> Result<f64> {
-    let mut session = TcpSession::connect(addr, TIMEOUT)?;
-    let started = Instant::now();
-    let mut done = 0;
-    while done < REQUESTS && started.elapsed() < THROUGHPUT_TIME {
-        session
-            .ask()
-            .with_context(|| format!("after {done} answers"))?;
-        done += 1;
+/// One round from namespace `ns` of `lab`'s node to `addr`, by `svclb-lab-client bench`:
+/// connection times, failures, requests/s.
+fn measure(
+    lab: &Lab,
+    ns: &str,
+    addr: SocketAddr,
+    connections: usize,
+) -> Result<(Vec<Duration>, usize, f64)> {
+    let limit = TIME_LIMIT.as_millis().to_string();
+    let lines = lab.run_client(
+        0,
+        ns,
+        &["bench", &addr.to_string(), &connections.to_string(), &limit],
+    )?;
+    let (mut times, mut failed, mut rps) = (Vec::with_capacity(connections), 0, 0.0);
+    for line in &lines {
+        match line.split_once(' ') {
+            Some(("c", ns)) => times.push(Duration::from_nanos(ns.parse()?)),
+            Some(("rps", value)) => rps = value.parse()?,
+            _ if line == "f" => failed += 1,
+            _ => anyhow::bail!("svclb-lab-client bench said {line:?}"),
+        }
     }
-    Ok(done as f64 / started.elapsed().as_secs_f64())
+    Ok((times, failed, rps))
 }
 
-/// One round from namespace `ns` to `addr`: connection times, failures, requests/s.
-fn measure(ns: &str, addr: SocketAddr, connections: usize) -> Result<(Vec<Duration>, usize, f64)> {
-    in_netns(ns, move || {
-        // Warm up (ARP, caches after the other systems' rounds), not counted.
-        for _ in 0..10 {
-            let _ = one_connection(addr);
-        }
-        let started = Instant::now();
-        let mut times = Vec::with_capacity(connections);
-        let mut failed = 0;
-        for _ in 0..connections {
-            if started.elapsed() > TIME_LIMIT {
-                break;
-            }
-            match one_connection(addr) {
-                Ok(took) => times.push(took),
-                Err(_) => failed += 1,
-            }
-        }
-        let rps = throughput(addr)?;
-        Ok((times, failed, rps))
-    })
+/// Socket-LB's `connect4` hook: its average run time per call over
+/// [`HOOK_COST_CONNECTIONS`] connections, with the kernel's BPF statistics turned on for them
+/// alone (they cost every program a little).
+fn hook_cost(p: &Prepared) -> Result<f64> {
+    let status = p.lab.status(0)?;
+    let program = status["links"]
+        .as_array()
+        .and_then(|links| links.iter().find(|l| l["hook"] == "cgroup connect4"))
+        .and_then(|l| l["program_id"].as_u64())
+        .context("the connect4 hook in svclb status")?;
+    let before = run_stats(program)?;
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+    let measured = measure(&p.lab, &p.client, p.target, HOOK_COST_CONNECTIONS);
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
+    measured?;
+    let after = run_stats(program)?;
+    Ok((after.0 - before.0) / (after.1 - before.1).max(1.0))
+}
+
+/// Program `id`'s run time (ns) and runs so far, as bpftool reports them.
+fn run_stats(id: u64) -> Result<(f64, f64)> {
+    let out = svclb_tests::netns::run("bpftool", &["-j", "prog", "show", "id", &id.to_string()])?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let get = |k: &str| info[k].as_f64().unwrap_or(0.0);
+    Ok((get("run_time_ns"), get("run_cnt")))
 }
 
 fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
@@ -141,8 +158,8 @@ fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
 /// One system at one size, set up in a lab of its own, ready to measure.
 struct Prepared {
     system: System,
-    /// Kept for its namespaces (and agent), torn down on drop.
-    _lab: Lab,
+    /// Its namespaces (and agent), torn down on drop.
+    lab: Lab,
     client: String,
     target: SocketAddr,
     load_ms: Option<f64>,
@@ -152,10 +169,14 @@ struct Prepared {
 }
 
 fn prepare(system: System, n: usize) -> Result<Prepared> {
+    let mut agent_args = control_plane::map_size_args(n);
+    if system == System::Svclb {
+        agent_args.push("--socket-lb=false".to_owned());
+    }
     let mut lab = Lab::new(LabSpec {
         nodes: 1,
         pods_per_node: 2,
-        agent_args: control_plane::map_size_args(n),
+        agent_args,
         ..LabSpec::default()
     })?;
     let client = lab.pod("n1-pod1").ns.clone();
@@ -165,7 +186,7 @@ fn prepare(system: System, n: usize) -> Result<Prepared> {
     let node_ns = lab.nodes[0].ns.clone();
     let load_ms = match system {
         System::Direct => None,
-        System::Svclb => {
+        System::Svclb | System::SvclbSocket => {
             for (s, svc) in svcs.iter().enumerate() {
                 std::fs::write(
                     lab.manifests.join(format!("svc{s}.yaml")),
@@ -195,7 +216,7 @@ fn prepare(system: System, n: usize) -> Result<Prepared> {
     };
     Ok(Prepared {
         system,
-        _lab: lab,
+        lab,
         client,
         target,
         load_ms,
@@ -227,12 +248,16 @@ fn one_size(n: usize, rounds: usize, connections: usize) -> Result<Vec<Row>> {
     for round in 0..rounds {
         for i in round_order(round, prepared.len()) {
             let p = &mut prepared[i];
-            let (times, failed, rps) =
-                measure(&p.client, p.target, connections).with_context(|| p.system.name())?;
+            let (times, failed, rps) = measure(&p.lab, &p.client, p.target, connections)
+                .with_context(|| p.system.name())?;
             p.times.extend(times);
             p.failed += failed;
             p.requests_per_s.push(rps);
         }
+    }
+    let mut hook_ns = None;
+    for p in prepared.iter().filter(|p| p.system == System::SvclbSocket) {
+        hook_ns = Some(hook_cost(p).context("the socket hook's cost")?);
     }
     Ok(prepared
         .into_iter()
@@ -249,6 +274,7 @@ fn one_size(n: usize, rounds: usize, connections: usize) -> Result<Vec<Row>> {
                 p99_us: percentile_us(&p.times, 0.99),
                 requests_per_s: p.requests_per_s[p.requests_per_s.len() / 2],
                 load_ms: p.load_ms,
+                hook_ns: hook_ns.filter(|_| p.system == System::SvclbSocket),
             }
         })
         .collect())
@@ -276,6 +302,9 @@ pub fn run(settings: &Settings) -> Result<Vec<Row>> {
                     .map(|ms| format!(", loaded in {ms:.0} ms"))
                     .unwrap_or_default()
             );
+            if let Some(ns) = row.hook_ns {
+                eprintln!("  {n} services, connect4 hook: {ns:.0} ns per connect");
+            }
             rows.push(row);
         }
     }

@@ -223,8 +223,11 @@ impl Report {
             out,
             "From a pod to a service with one backend on the same node, among N services: connect, one\n\
              request, one answer, close, {} times per system in all; requests answered per second over\n\
-             one connection (the median of the rounds). Each system runs in a lab of its own; the four\n\
-             labs of a size are built, left to settle for a few seconds, then measured in interleaved\n\
+             one connection (the median of the rounds), all measured by one client process\n\
+             (`svclb-lab-client bench`) in the node's lab cgroup. \"svclb TC\" runs with\n\
+             `--socket-lb=false`; \"svclb socket-LB\" with its cgroup hooks on that cgroup. Each system\n\
+             runs in a lab of its own; the five labs of a size are built, left to settle for a few\n\
+             seconds, then measured in interleaved\n\
              rounds (each round visits the systems in another order, after 10 unmeasured connections),\n\
              so the machine's noise spreads over all of them. The floor is a direct connection to the\n\
              pod. kube-proxy's layouts are loaded in the node's namespace with `{}` and `{}`; the\n\
@@ -269,10 +272,25 @@ impl Report {
             let svclb = p99(System::Svclb);
             let _ = writeln!(
                 out,
-                "At {n} services, svclb's p99 is {:.2}x the iptables layout's (target at 10000: at most 0.2x), {:.2}x the nftables layout's (target: at most 1x) and {:.2}x the direct floor (target: at most 1.1x).",
+                "At {n} services, svclb TC's p99 is {:.2}x the iptables layout's (target at 10000: at most 0.2x), {:.2}x the nftables layout's (target: at most 1x) and {:.2}x the direct floor (target: at most 1.1x).",
                 svclb / p99(System::Iptables),
                 svclb / p99(System::Nftables),
                 svclb / p99(System::Direct)
+            );
+            let (Some(socket), Some(direct)) = (
+                self.latency_of(n, System::SvclbSocket),
+                self.latency_of(n, System::Direct),
+            ) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "At {n} services, svclb socket-LB's p50 is {:.2}x and its p99 {:.2}x the direct floor's (target at 30000: within 5%, 1.05x); its connect4 hook costs {} per connect.",
+                socket.p50_us / direct.p50_us,
+                socket.p99_us / direct.p99_us,
+                socket
+                    .hook_ns
+                    .map_or_else(|| "?".to_owned(), |ns| format!("{ns:.0} ns"))
             );
         }
         let _ = writeln!(out);

@@ -10,14 +10,24 @@
 //! svclb-lab-client tcp ADDR [COUNT]           one TCP connection per request
 //! svclb-lab-client udp ADDR [COUNT]           one connected UDP socket per request
 //! svclb-lab-client udp-unconnected ADDR [COUNT]   one socket, sendto/recvfrom per request
-//! svclb-lab-client udp-session ADDR COUNT MS  one connected socket asking every MS ms
+//! svclb-lab-client udp-session ADDR COUNT MS  one connected socket asking every MS ms; on
+//!                                             an error, a new socket (as a DNS client would)
 //! svclb-lab-client tcp-session ADDR COUNT MS  one TCP connection asking every MS ms
+//! svclb-lab-client bench ADDR COUNT MS        the latency bench's round (below)
+//! ```
+//!
+//! `bench` is the latency bench's measurement, as its other systems get it in-process: 10
+//! unmeasured connections, then up to COUNT within MS ms of connect, one request, one answer,
+//! close (a line `c NANOSECONDS` each, `f` for a failure), then requests over one connection
+//! for a second (`rps REQUESTS-PER-SECOND`).
+//!
+//! ```text
 //! ```
 
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,6 +96,55 @@ fn udp_unconnected(socket: &UdpSocket, addr: SocketAddr) -> std::io::Result<Stri
     ))
 }
 
+fn bench(addr: SocketAddr, count: usize, limit: Duration) {
+    use svclb_tests::client::{TcpSession, tcp_ask};
+    for _ in 0..10 {
+        let _ = tcp_ask(addr, TIMEOUT);
+    }
+    let started = Instant::now();
+    for _ in 0..count {
+        if started.elapsed() > limit {
+            break;
+        }
+        let one = Instant::now();
+        match tcp_ask(addr, TIMEOUT) {
+            Ok(_) => println!("c {}", one.elapsed().as_nanos()),
+            Err(_) => println!("f"),
+        }
+    }
+    let Ok(mut session) = TcpSession::connect(addr, TIMEOUT) else {
+        println!("rps 0");
+        return;
+    };
+    let started = Instant::now();
+    let mut done = 0u32;
+    while done < 100_000 && started.elapsed() < Duration::from_secs(1) {
+        if session.ask().is_err() {
+            break;
+        }
+        done += 1;
+    }
+    println!("rps {}", f64::from(done) / started.elapsed().as_secs_f64());
+}
+
+fn udp_session(addr: SocketAddr, count: usize, every: Duration) {
+    let mut socket = None;
+    for _ in 0..count {
+        let result = match socket.take() {
+            Some(s) => Ok(s),
+            None => unbound(addr).and_then(|s| s.connect(addr).map(|()| s)),
+        }
+        .and_then(|s| {
+            let answer = ask_connected(&s)?;
+            socket = Some(s);
+            Ok(answer)
+        });
+        print(result);
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(every);
+    }
+}
+
 fn print(result: std::io::Result<String>) {
     match result {
         Ok(line) => println!("{line}"),
@@ -95,7 +154,7 @@ fn print(result: std::io::Result<String>) {
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session ADDR [COUNT [MS]]";
+    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench ADDR [COUNT [MS]]";
     let (mode, addr) = match (args.first(), args.get(1)) {
         (Some(mode), Some(addr)) => (mode.as_str(), addr),
         _ => return Err(usage.into()),
@@ -107,6 +166,7 @@ fn main() -> Result<(), String> {
     };
     // Bounded: at most 10,000 requests.
     let count = count.min(10_000);
+    let ms = |default: u64| args.get(3).and_then(|m| m.parse().ok()).unwrap_or(default);
     match mode {
         "tcp" => (0..count).for_each(|_| print(tcp(addr))),
         "udp" => (0..count).for_each(|_| print(udp(addr))),
@@ -115,7 +175,6 @@ fn main() -> Result<(), String> {
             (0..count).for_each(|_| print(udp_unconnected(&socket, addr)));
         }
         "tcp-session" => {
-            let ms: u64 = args.get(3).and_then(|m| m.parse().ok()).unwrap_or(100);
             let stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| e.to_string())?;
             stream
                 .set_read_timeout(Some(TIMEOUT))
@@ -123,19 +182,11 @@ fn main() -> Result<(), String> {
             for _ in 0..count {
                 print(ask_tcp(&stream));
                 std::io::stdout().flush().map_err(|e| e.to_string())?;
-                std::thread::sleep(Duration::from_millis(ms));
+                std::thread::sleep(Duration::from_millis(ms(100)));
             }
         }
-        "udp-session" => {
-            let ms: u64 = args.get(3).and_then(|m| m.parse().ok()).unwrap_or(100);
-            let socket = unbound(addr).map_err(|e| e.to_string())?;
-            socket.connect(addr).map_err(|e| e.to_string())?;
-            for _ in 0..count {
-                print(ask_connected(&socket));
-                std::io::stdout().flush().map_err(|e| e.to_string())?;
-                std::thread::sleep(Duration::from_millis(ms));
-            }
-        }
+        "udp-session" => udp_session(addr, count, Duration::from_millis(ms(100))),
+        "bench" => bench(addr, count, Duration::from_millis(ms(20_000))),
         _ => return Err(usage.into()),
     }
     Ok(())

@@ -1,0 +1,188 @@
+//! Connected UDP sockets that socket-level load balancing pointed at a backend which then left
+//! its service are destroyed, so their applications see `ECONNABORTED` and reconnect, through
+//! the hooks, to a live backend (TCP connections are left alone, as on the TC path).
+//!
+//! `SVCLB_SOCK_REVERSE` names each such socket (its cookie) and its network namespace (the
+//! namespace's cookie). A namespace is found among those of the machine's processes
+//! (`/proc/<pid>/ns/net`); inside it, a `sock_diag` dump lists its UDP sockets with their
+//! cookies, and `SOCK_DESTROY` (`CONFIG_INET_DIAG_DESTROY`) ends the ones wanted. This is done
+//! from user space rather than with the `bpf_sock_destroy` kfunc from a socket iterator:
+//! aya's Rust programs cannot declare kfunc calls yet, and an iterator too sees one namespace
+//! at a time.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{HashMap, Map, MapData};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NetlinkSerializable,
+};
+use netlink_packet_sock_diag::{
+    SockDiagDestroy, SockDiagMessage,
+    constants::{AF_INET, AF_INET6, IPPROTO_UDP},
+    inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use svclb_common::{SockRevKey, SockRevValue, limits::MAP_SOCK_REVERSE};
+
+/// Socket cookies by network namespace cookie.
+pub type Wanted = BTreeMap<u64, BTreeSet<u64>>;
+
+/// The pinned reverse map, read by the purge worker.
+pub struct Reverse {
+    map: HashMap<MapData, SockRevKey, SockRevValue>,
+}
+
+impl Reverse {
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        let path = dir.join(MAP_SOCK_REVERSE);
+        let data = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        let map = HashMap::try_from(Map::from_map_data(data)?)
+            .with_context(|| format!("map {MAP_SOCK_REVERSE}"))?;
+        Ok(Self { map })
+    }
+
+    /// The sockets the hooks sent to one of the `departed` (frontend id, backend id) pairs.
+    pub fn sockets_of(&self, departed: &BTreeSet<(u32, u32)>) -> Wanted {
+        let mut wanted = Wanted::new();
+        for (key, value) in self.map.iter().flatten() {
+            if departed.contains(&(value.svc_id, value.backend_id)) {
+                wanted.entry(value.netns).or_default().insert(key.cookie);
+            }
+        }
+        wanted
+    }
+}
+
+/// Destroys the UDP sockets in `wanted`, namespace by namespace; how many.
+pub fn destroy(wanted: &Wanted) -> Result<usize> {
+    let mut destroyed = 0;
+    let mut seen = BTreeSet::new();
+    for entry in fs::read_dir("/proc").context("listing /proc")?.flatten() {
+        let path = entry.path().join("ns/net");
+        // Processes come and go, and some namespaces are not ours to open: skipped.
+        let Ok(inode) = fs::metadata(&path).map(|m| m.ino()) else {
+            continue;
+        };
+        if !seen.insert(inode) {
+            continue;
+        }
+        let Ok(netns) = fs::File::open(&path) else {
+            continue;
+        };
+        let wanted = wanted.clone();
+        destroyed += std::thread::spawn(move || in_namespace(&netns, &wanted))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the socket destroyer panicked"))??;
+    }
+    Ok(destroyed)
+}
+
+/// In a thread of its own: enters `netns` and, if its cookie is wanted, destroys its sockets.
+fn in_namespace(netns: &fs::File, wanted: &Wanted) -> Result<usize> {
+    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("entering a network namespace")?;
+    let Some(cookies) = wanted.get(&super::socket::netns_cookie()?) else {
+        return Ok(0);
+    };
+    let mut destroyed = 0;
+    for family in [AF_INET, AF_INET6] {
+        for id in udp_sockets(family)?
+            .into_iter()
+            .filter(|id| cookies.contains(&u64::from_ne_bytes(id.cookie)))
+        {
+            destroy_one(family, id)?;
+            destroyed += 1;
+        }
+    }
+    Ok(destroyed)
+}
+
+fn diag_socket() -> Result<Socket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+fn request(family: u8, socket_id: SocketId) -> SockDiagMessage {
+    SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol: IPPROTO_UDP,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::all(),
+        socket_id,
+    })
+}
+
+fn send<T: NetlinkSerializable>(socket: &Socket, flags: u16, payload: T) -> Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket
+        .send(&buf, 0)
+        .context("sending a sock_diag request")?;
+    Ok(())
+}
+
+/// The ids (with cookies) of this namespace's UDP sockets of `family`.
+fn udp_sockets(family: u8) -> Result<Vec<SocketId>> {
+    let socket = diag_socket()?;
+    let id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    send(&socket, NLM_F_REQUEST | NLM_F_DUMP, request(family, id))?;
+    let mut ids = Vec::new();
+    loop {
+        let (buf, _) = socket.recv_from_full()?;
+        let mut offset = 0;
+        while offset < buf.len() {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..])
+                .context("reading a sock_diag answer")?;
+            match message.payload {
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
+                    ids.push(response.header.socket_id);
+                }
+                NetlinkPayload::Done(_) => return Ok(ids),
+                NetlinkPayload::Error(err) => bail!("sock_diag dump: {err:?}"),
+                _ => {}
+            }
+            let len = message.header.length as usize;
+            if len == 0 {
+                break;
+            }
+            offset += len;
+        }
+    }
+}
+
+/// `SOCK_DESTROY` of the UDP socket `id` (its cookie included).
+fn destroy_one(family: u8, id: SocketId) -> Result<()> {
+    let socket = diag_socket()?;
+    send(
+        &socket,
+        NLM_F_REQUEST | NLM_F_ACK,
+        SockDiagDestroy::new(request(family, id)),
+    )?;
+    let (buf, _) = socket.recv_from_full()?;
+    let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf)
+        .context("reading the answer to SOCK_DESTROY")?;
+    match message.payload {
+        NetlinkPayload::Error(err) if err.code.is_some() => {
+            bail!("SOCK_DESTROY: {err:?} (does the kernel have CONFIG_INET_DIAG_DESTROY?)")
+        }
+        _ => Ok(()),
+    }
+}
