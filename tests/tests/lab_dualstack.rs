@@ -567,3 +567,35 @@ fn host_network_clients_reach_ipv6_and_mapped_ipv4_cluster_ips() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+#[ignore = "needs root"]
+fn an_ipv6_hairpin_flow_is_snated_to_the_service_loopback_address() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new(LabSpec {
+        ipv6: true,
+        nodes: 1,
+        pods_per_node: 2,
+        agent_args: vec!["--socket-lb=false".to_owned()],
+        ..LabSpec::default()
+    })?;
+    let pod = lab.pod("n1-pod1").clone();
+    let manifest = [
+        service("self", "IPv6", &["fd00:96::8:5"]),
+        slice("self", "IPv6", &[&pod]),
+    ]
+    .concat();
+    lab.write_manifest("self.yaml", &manifest)?;
+    lab.start_agents()?;
+    for (mode, addr) in [("tcp", "[fd00:96::8:5]:80"), ("udp", "[fd00:96::8:5]:53")] {
+        let replies = replies(&lab.run_client(0, &pod.ns, &[mode, addr, "5"])?)
+            .with_context(|| format!("{mode} to {addr}"))?;
+        assert_eq!(replies.len(), 5);
+        for reply in &replies {
+            assert_eq!(reply.backend, pod.name, "{mode}");
+            assert_eq!(reply.peer.to_string(), addr, "{mode}");
+            assert_eq!(reply.seen.ip().to_string(), "fd00:a9fe:2a01::1", "{mode}");
+        }
+    }
+    Ok(())
+}

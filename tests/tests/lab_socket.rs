@@ -26,7 +26,7 @@ const WEB_NODEPORT: PortSpec = WEB.with_node_port(30080);
 
 #[test]
 #[ignore = "needs root"]
-fn host_network_clients_reach_cluster_ips_and_node_ports() -> Result<()> {
+fn host_network_clients_reach_cluster_ips_node_ports_and_load_balancer_ips() -> Result<()> {
     require_root()?;
     let mut lab = Lab::new(LabSpec {
         pods_per_node: 2,
@@ -40,8 +40,8 @@ fn host_network_clients_reach_cluster_ips_and_node_ports() -> Result<()> {
             "10.96.0.50",
             &[WEB_NODEPORT, DNS],
             &pods,
-            "  type: NodePort\n",
-            "",
+            "  type: LoadBalancer\n  externalIPs: [172.31.0.201]\n",
+            "status:\n  loadBalancer:\n    ingress:\n    - ip: 172.31.0.200\n",
         ),
     )?;
     lab.start_agents()?;
@@ -53,6 +53,8 @@ fn host_network_clients_reach_cluster_ips_and_node_ports() -> Result<()> {
         ("udp-unconnected", "10.96.0.50:53"),
         ("tcp", "172.31.0.11:30080"),
         ("tcp", "127.0.0.1:30080"),
+        ("tcp", "172.31.0.200:80"),
+        ("tcp", "172.31.0.201:80"),
     ];
     for (mode, addr) in cases {
         let lines = lab.run_client(0, &host, &[mode, addr, "40"])?;
@@ -89,7 +91,22 @@ fn host_network_clients_reach_cluster_ips_and_node_ports() -> Result<()> {
         );
         assert_eq!(flows["tc"], 0, "{addr}:{port}: {flows}");
     }
+    // Closed sockets took their reverse entries along (sock_release): what is left is the
+    // unconnected UDP socket's, one per backend it sent to.
+    let left = reverse_entries(&lab, 0)?;
+    assert!(left <= every.len(), "{left} reverse entries left");
     Ok(())
+}
+
+/// The entries of node `node`'s `SVCLB_SOCK_REVERSE`.
+fn reverse_entries(lab: &Lab, node: usize) -> Result<usize> {
+    let map = lab.nodes[node].pin_dir.join("SVCLB_SOCK_REVERSE");
+    let out = svclb_tests::netns::run(
+        "bpftool",
+        &["-j", "map", "dump", "pinned", &map.to_string_lossy()],
+    )?;
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    entries.as_array().map(Vec::len).context("a JSON array")
 }
 
 /// What `svclb list` counted for frontend `addr:port/protocol` (not its internal view).
@@ -164,6 +181,46 @@ fn pods_connect_straight_to_backends_and_tc_serves_them_with_socket_lb_off() -> 
     assert!(
         conntrack_entries(&lab, 0)? > 0,
         "the TC path tracks its flows"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn host_namespace_only_leaves_pods_to_the_tc_path() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new(LabSpec {
+        agent_args: vec!["--socket-lb-hostns-only".to_owned()],
+        ..LabSpec::default()
+    })?;
+    let backend = lab.pod("n2-pod1").clone();
+    lab.write_manifest(
+        "web.yaml",
+        &cluster_ip_service("web", "10.96.0.65", &[WEB], &[&backend]),
+    )?;
+    lab.start_agents()?;
+    let host = lab.nodes[0].ns.clone();
+    let pod = lab.pod("n1-pod1").ns.clone();
+    for ns in [&host, &pod] {
+        let replies = replies(&lab.run_client(0, ns, &["tcp", "10.96.0.65:80", "10"])?)?;
+        assert_eq!(backends(&replies), BTreeSet::from([backend.name.clone()]));
+        assert!(
+            replies
+                .iter()
+                .all(|r| r.peer.to_string() == "10.96.0.65:80")
+        );
+    }
+    let flows = flows_of(&lab, 0, "10.96.0.65", 80, "TCP")?;
+    assert_eq!(
+        flows["socket_connects"], 10,
+        "the host's, at connect: {flows}"
+    );
+    assert_eq!(flows["tc"], 10, "the pod's, through TC: {flows}");
+    let status = lab.status(0)?;
+    let socket_lb = status["agent"]["socket_lb"].as_str().unwrap_or_default();
+    assert!(
+        socket_lb.contains("host network namespace only"),
+        "{status}"
     );
     Ok(())
 }

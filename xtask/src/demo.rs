@@ -41,8 +41,13 @@ pub fn run(once: bool) -> Result<()> {
     .context("installing a Ctrl-C handler")?;
 
     let svclb = crate::build_svclb()?;
-    // SAFETY: set before any thread of ours starts; the lab reads it when starting agents.
-    unsafe { std::env::set_var("SVCLB_BIN", &svclb) };
+    let lab_client = crate::build_lab_client()?;
+    // SAFETY: set before any thread of ours starts; the lab reads them when starting agents
+    // and clients.
+    unsafe {
+        std::env::set_var("SVCLB_BIN", &svclb);
+        std::env::set_var("SVCLB_LAB_CLIENT", &lab_client);
+    }
 
     let mut lab = Lab::new(LabSpec::default())?;
     let examples = crate::workspace_root().join("examples");
@@ -78,12 +83,33 @@ pub fn run(once: bool) -> Result<()> {
         &udp_ask_many(&client, dns, 4, TIMEOUT)?,
     );
 
+    // A process in node n1's own namespace and cgroup: what socket-LB serves at connect time.
+    let node_ns = lab.nodes[0].ns.clone();
+    let host: Vec<Result<String>> = lab
+        .run_client(0, &node_ns, &["tcp", WEB, "4"])?
+        .into_iter()
+        .map(|line| {
+            svclb_tests::client::parse_reply(&line)
+                .map(|r| format!("{} (its socket's peer: {})", r.backend, r.peer))
+        })
+        .collect();
+    println!(
+        "{} TCP requests from node n1's own namespace (a host-network client) to service web ({WEB}):",
+        host.len()
+    );
+    for (i, answer) in host.iter().enumerate() {
+        match answer {
+            Ok(what) => println!("  {:>2}  answered by {what}", i + 1),
+            Err(err) => println!("  {:>2}  FAILED: {err:#}", i + 1),
+        }
+    }
+    println!();
+
     let pins = lab.nodes[0].pin_dir.display().to_string();
     println!("$ svclb list --bpffs-dir {pins}");
     crate::run(Command::new(&svclb).args(["list", "--bpffs-dir", &pins]))?;
 
     // Inside the node's namespace: its agent's metrics address, its device names.
-    let node_ns = lab.nodes[0].ns.clone();
     println!("\n$ nsenter --net=/run/netns/{node_ns} svclb status --bpffs-dir {pins}");
     let status = svclb_tests::netns::run_in(
         &node_ns,
@@ -95,6 +121,10 @@ pub fn run(once: bool) -> Result<()> {
     println!("\nTry it by hand (as root, while this runs):");
     println!("  ip netns exec {client} curl -s http://10.96.0.10/");
     println!("  echo hi | ip netns exec {client} socat -t1 - UDP:10.96.0.53:53");
+    println!(
+        "  sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {node_ns} curl -s http://10.96.0.10/'",
+        lab.nodes[0].cgroup.display()
+    );
     println!("  {} list --bpffs-dir {pins}", svclb.display());
     println!(
         "  nsenter --net=/run/netns/{node_ns} {} status --bpffs-dir {pins}",

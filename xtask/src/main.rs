@@ -85,9 +85,25 @@ pub fn run(command: &mut Command) -> Result<()> {
 /// Builds the agent and returns the path of its binary.
 pub fn build_svclb() -> Result<PathBuf> {
     run(Command::new("cargo").args(["build", "--package", "svclb"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    Ok(target.join("debug/svclb"))
+    Ok(target_dir().join("debug/svclb"))
+}
+
+/// Cargo's target directory.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+}
+
+/// Builds the lab's client process (`svclb-lab-client`, what runs in a lab cgroup); its path.
+pub fn build_lab_client() -> Result<PathBuf> {
+    run(Command::new("cargo").args([
+        "build",
+        "--package",
+        "svclb-tests",
+        "--bin",
+        "svclb-lab-client",
+    ]))?;
+    Ok(target_dir().join("debug/svclb-lab-client"))
 }
 
 /// The toolchain `rust-toolchain.toml` pins: the one place its version is written.
@@ -168,8 +184,7 @@ fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     svclb_tests::remove_leftovers();
     // The agent measured is the release build.
     run(Command::new("cargo").args(["build", "--release", "--package", "svclb"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let target = target_dir();
     let date = String::from_utf8(
         Command::new("date")
             .args(["-u", "+%Y-%m-%d"])

@@ -361,7 +361,7 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
         split(status.backends, status.backends_ipv6),
         status.bpffs_dir
     ));
-    out.push_str("\nDEVICE          HOOK                  LINK  PROGRAM\n");
+    out.push_str("\nDEVICE          HOOK                    LINK  PROGRAM\n");
     for link in &status.links {
         let device = match (&link.device, link.cgroup_id) {
             (Some(device), _) => device.clone(),
@@ -369,7 +369,7 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
             (None, None) => format!("#{}", link.ifindex),
         };
         out.push_str(&format!(
-            "{device:<14}  {:<20}  {:>4}  {}\n",
+            "{device:<14}  {:<20}  {:>6}  {}\n",
             link.hook, link.link_id, link.program_id
         ));
     }
@@ -474,7 +474,7 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("cgroup:4242     cgroup connect4          7  9\n"),
+            table.contains("cgroup:4242     cgroup connect4            7  9\n"),
             "{table}"
         );
         assert!(
