@@ -31,4 +31,4 @@ pub use conntrack::{
 pub use fragment::{FragKey, FragValue};
 pub use service::{ServiceKey, ServiceValue, SourceRangeKey};
 pub use socket::{SockRevKey, SockRevValue, SockStats};
-pub use stats::FrontendStats;
+pub use stats::{FrontendStats, XdpStats};

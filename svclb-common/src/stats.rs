@@ -31,8 +31,33 @@ impl FrontendStats {
     }
 }
 
+/// Value of the `SVCLB_XDP_STATS` map (key: the uplink's ifindex), per CPU: what the XDP
+/// program did with the uplink's packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpStats {
+    /// Packets passed on to the stack (and the TC program).
+    pub passed: u64,
+    /// Packets dropped before an skb existed: refused by a frontend's source ranges, or for a
+    /// Local-policy frontend without local endpoints.
+    pub dropped: u64,
+}
+const _: () = assert!(size_of::<XdpStats>() == 16);
+
+impl XdpStats {
+    /// The sum of two CPUs' counters.
+    #[must_use]
+    pub const fn plus(self, other: Self) -> Self {
+        Self {
+            passed: self.passed.wrapping_add(other.passed),
+            dropped: self.dropped.wrapping_add(other.dropped),
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: repr(C), integers only, no implicit padding (size asserted above).
+    // SAFETY: repr(C), integers only, no implicit padding (sizes asserted above).
     unsafe impl aya::Pod for super::FrontendStats {}
+    unsafe impl aya::Pod for super::XdpStats {}
 }

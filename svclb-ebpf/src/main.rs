@@ -41,7 +41,9 @@ pub fn svclb_uplink(ctx: TcContext) -> i32 {
 /// XDP on uplinks: drops what no frontend admits before the stack sees it.
 #[xdp]
 pub fn svclb_xdp(ctx: XdpContext) -> u32 {
-    xdp::early(&ctx).unwrap_or(XDP_PASS)
+    let action = xdp::early(&ctx).unwrap_or(XDP_PASS);
+    xdp::count(&ctx, action);
+    action
 }
 
 /// Socket-level load balancing (see `sock`): a connecting socket gets its backend.

@@ -3,15 +3,16 @@
 
 use aya_ebpf::{
     bindings::BPF_F_INNER_MAP,
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     macros::btf_map,
 };
 use svclb_common::{
     AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FragKey, FragValue, FrontendStats,
     ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue, SockStats, SourceRangeKey,
+    XdpStats,
     limits::{
         AFFINITY_MAX, BACKENDS_MAX, CT_MAX, FRAGS_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE,
-        SERVICES_MAX, SLOTS_MAX, SOCK_REVERSE_MAX, SOURCE_RANGES_MAX, STATS_MAX,
+        SERVICES_MAX, SLOTS_MAX, SOCK_REVERSE_MAX, SOURCE_RANGES_MAX, STATS_MAX, XDP_STATS_MAX,
     },
 };
 
@@ -78,6 +79,11 @@ pub static SVCLB_SOCK_REVERSE: LruHashMap<SockRevKey, SockRevValue, SOCK_REVERSE
 /// Frontend id -> its socket-level counters, per CPU.
 #[btf_map(pin_by_name)]
 pub static SVCLB_SOCK_STATS: PerCpuArray<SockStats, STATS_MAX> = PerCpuArray::new();
+
+/// Uplink ifindex -> what the XDP program did with its packets, per CPU.
+#[btf_map(pin_by_name)]
+pub static SVCLB_XDP_STATS: LruPerCpuHashMap<u32, XdpStats, XDP_STATS_MAX> =
+    LruPerCpuHashMap::new();
 
 /// The datapath's settings, written by the agent.
 #[btf_map(pin_by_name)]

@@ -5,15 +5,43 @@
 //! skb checksum state, which XDP cannot see.
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::{
+        BPF_NOEXIST,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
     programs::XdpContext,
 };
-use svclb_common::service::{SVC_F_EXTERNAL, SVC_F_REJECT};
+use svclb_common::{
+    XdpStats,
+    service::{SVC_F_EXTERNAL, SVC_F_REJECT},
+};
 
 use crate::{
+    maps::SVCLB_XDP_STATS,
     parse::{FRAG_LATER, parse_frame},
     select,
 };
+
+/// Counts `action` into the uplink's counters (made on its first packet).
+#[inline(always)]
+pub fn count(ctx: &XdpContext, action: u32) {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let mut stats = SVCLB_XDP_STATS.get_ptr_mut(&ifindex);
+    if stats.is_none() {
+        // Another CPU may make it first: then this insert fails and the lookup finds theirs.
+        let _ = SVCLB_XDP_STATS.insert(&ifindex, &XdpStats::default(), u64::from(BPF_NOEXIST));
+        stats = SVCLB_XDP_STATS.get_ptr_mut(&ifindex);
+    }
+    if let Some(stats) = stats {
+        // SAFETY: this CPU's slot of a map value, valid until the program returns.
+        let stats = unsafe { &mut *stats };
+        if action == XDP_DROP {
+            stats.dropped += 1;
+        } else {
+            stats.passed += 1;
+        }
+    }
+}
 
 #[inline(always)]
 pub fn early(ctx: &XdpContext) -> Option<u32> {

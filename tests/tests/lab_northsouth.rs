@@ -308,6 +308,21 @@ fn source_ranges_admit_and_refuse(xdp_mode: &str) -> Result<()> {
         refused.keys().all(|k| k.starts_with("error")),
         "a client outside the ranges gets nothing: {refused:?}"
     );
+    // Node 1's uplink counters say where that happened: dropped in XDP, or (without XDP)
+    // not counted there at all.
+    let metrics = lab.agent_http(0, "/metrics")?.1;
+    let counted = |action: &str| {
+        let series = format!("svclb_xdp_packets_total{{device=\"eth0\",action=\"{action}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
+    };
+    if xdp_mode == "off" {
+        assert_eq!(counted("dropped"), None, "{metrics}");
+    } else {
+        assert!(counted("dropped").is_some_and(|n| n >= 3), "{metrics}");
+        assert!(counted("passed").is_some_and(|n| n >= 10), "{metrics}");
+    }
     // The cluster IP of the same service is not restricted (the ranges are for the LB IP).
     let pod = lab.pod("n1-pod1").ns.clone();
     let inside = tally(&tcp_ask_many(&pod, at("10.96.0.24", 80), 3, TIMEOUT)?);

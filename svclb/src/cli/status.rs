@@ -24,7 +24,7 @@ use crate::{
         maps::Maps,
         pins::{LINKS_DIR, PinName, pins},
     },
-    telemetry::report::AgentStatus,
+    telemetry::{report::AgentStatus, traffic::device_name},
 };
 
 /// A map this full gets a warning.
@@ -43,6 +43,16 @@ pub struct LinkStatus {
     pub device: Option<String>,
     pub link_id: u32,
     pub program_id: u32,
+}
+
+/// What the XDP program did with an uplink's packets.
+#[derive(Debug, Serialize)]
+pub struct UplinkXdp {
+    pub device: String,
+    pub ifindex: u32,
+    /// Passed on to the stack and the TC program.
+    pub passed: u64,
+    pub dropped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,6 +77,8 @@ pub struct Status {
     pub frontends_ipv6: usize,
     pub backends_ipv6: usize,
     pub maps: Vec<MapFill>,
+    /// Per uplink, since its counters began.
+    pub xdp: Vec<UplinkXdp>,
     pub warnings: Vec<String>,
 }
 
@@ -136,7 +148,7 @@ fn capacity(dir: &Path, map: &str) -> u32 {
 
 /// Gathers the status of the agent at `agent` and of the datapath pinned in `dir`.
 /// The pinned maps' entries and fill (`None`, with why, when nothing is pinned in `dir`).
-fn pinned(dir: &Path) -> Result<(MapState, Vec<MapFill>)> {
+fn pinned(dir: &Path) -> Result<(MapState, Vec<MapFill>, Vec<UplinkXdp>)> {
     let maps = Maps::open_pinned(dir).with_context(|| {
         format!(
             "nothing pinned in {} (is the agent running with --bpffs-dir {}?)",
@@ -159,7 +171,17 @@ fn pinned(dir: &Path) -> Result<(MapState, Vec<MapFill>)> {
             capacity: capacity(dir, map),
         })
         .collect();
-    Ok((state, fills))
+    let xdp = maps
+        .xdp_stats()
+        .into_iter()
+        .map(|(ifindex, stats)| UplinkXdp {
+            device: device_name(ifindex),
+            ifindex,
+            passed: stats.passed,
+            dropped: stats.dropped,
+        })
+        .collect();
+    Ok((state, fills, xdp))
 }
 
 /// Gathers the status of the agent at `agent` and of the datapath pinned in `dir`. Nothing
@@ -172,9 +194,11 @@ pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
         Ok(status) => (Some(status), None),
         Err(err) => (None, Some(format!("{err:#}"))),
     };
-    let (state, maps, unpinned) = match pinned(dir) {
-        Ok((state, maps)) => (state, maps, None),
-        Err(err) if agent_status.is_some() => (MapState::default(), Vec::new(), Some(err)),
+    let (state, maps, xdp, unpinned) = match pinned(dir) {
+        Ok((state, maps, xdp)) => (state, maps, xdp, None),
+        Err(err) if agent_status.is_some() => {
+            (MapState::default(), Vec::new(), Vec::new(), Some(err))
+        }
         Err(err) => return Err(err),
     };
     let links = links(dir);
@@ -207,6 +231,7 @@ pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
             .filter(|b| b.family == svclb_common::FAMILY_V6)
             .count(),
         maps,
+        xdp,
         warnings,
     })
 }
@@ -361,6 +386,12 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
         split(status.backends, status.backends_ipv6),
         status.bpffs_dir
     ));
+    for uplink in &status.xdp {
+        out.push_str(&format!(
+            "xdp        {}: {} passed to TC, {} dropped\n",
+            uplink.device, uplink.passed, uplink.dropped
+        ));
+    }
     out.push_str("\nDEVICE          HOOK                    LINK  PROGRAM\n");
     for link in &status.links {
         let device = match (&link.device, link.cgroup_id) {
@@ -396,7 +427,7 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{AgentStatus, LinkStatus, MapFill, Status, render_table};
+    use super::{AgentStatus, LinkStatus, MapFill, Status, UplinkXdp, render_table};
     use crate::telemetry::report::LastSync;
 
     #[test]
@@ -450,6 +481,12 @@ mod tests {
                 entries: 2,
                 capacity: 4,
             }],
+            xdp: vec![UplinkXdp {
+                device: "eth0".into(),
+                ifindex: 2,
+                passed: 120,
+                dropped: 3,
+            }],
             warnings: vec!["map X is 95% full (95 of 100)".into()],
         };
         let table = render_table(&status, 1_002_500);
@@ -471,6 +508,10 @@ mod tests {
         );
         assert!(
             table.contains("socket-lb  cgroup /sys/fs/cgroup (9 hooks)\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("xdp        eth0: 120 passed to TC, 3 dropped\n"),
             "{table}"
         );
         assert!(

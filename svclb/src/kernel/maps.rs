@@ -7,17 +7,18 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key,
+        Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, lpm_trie::Key,
     },
 };
 use ipnet::IpNet;
 use svclb_common::{
     AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CtEntry, CtKey, FrontendStats,
-    IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SockStats, SourceRangeKey, SweepItem,
+    IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SockStats, SourceRangeKey, SweepItem, XdpStats,
     conntrack::{SWEEP_ENTRY, SWEEP_IF_ENDED, expired},
     limits::{
         MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOCK_STATS,
-        MAP_SOURCE_RANGES, MAP_STATS,
+        MAP_SOURCE_RANGES, MAP_STATS, MAP_XDP_STATS,
     },
     maglev::{Maglev, Weighted, identity},
 };
@@ -42,6 +43,7 @@ pub struct Maps {
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
     stats: Stats<FrontendStats>,
     sock_stats: Stats<SockStats>,
+    xdp_stats: PerCpuHashMap<MapData, u32, XdpStats>,
     /// The seed every Maglev table is built with (the size comes with each table).
     seed: Maglev,
 }
@@ -92,6 +94,8 @@ impl Maps {
                 .with_context(|| format!("map {MAP_SOURCE_RANGES}"))?,
             stats: Stats::new(get(MAP_STATS)?, MAP_STATS)?,
             sock_stats: Stats::new(get(MAP_SOCK_STATS)?, MAP_SOCK_STATS)?,
+            xdp_stats: PerCpuHashMap::try_from(get(MAP_XDP_STATS)?)
+                .with_context(|| format!("map {MAP_XDP_STATS}"))?,
             seed,
         })
     }
@@ -246,6 +250,18 @@ impl Maps {
     /// Frontend `id`'s socket-level counters, summed over the CPUs.
     pub fn sock_stats(&self, id: u32) -> Option<SockStats> {
         self.sock_stats.get(id)
+    }
+
+    /// What the XDP program did on each uplink (by ifindex), summed over the CPUs.
+    pub fn xdp_stats(&self) -> Vec<(u32, XdpStats)> {
+        self.xdp_stats
+            .iter()
+            .flatten()
+            .map(|(ifindex, cpus)| {
+                let sum = cpus.iter().fold(XdpStats::default(), |sum, c| sum.plus(*c));
+                (ifindex, sum)
+            })
+            .collect()
     }
 }
 

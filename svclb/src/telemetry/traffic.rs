@@ -8,7 +8,9 @@
 //! - `svclb_frontend_socket_connects_total`, `svclb_frontend_socket_datagrams_total`,
 //!   `svclb_frontend_socket_refused_total`: what the socket hooks did (sockets connected to a
 //!   backend, datagrams of unconnected sockets sent to one, connects and datagrams refused);
-//! - `svclb_conntrack_entries`: tracked flow directions (two per flow).
+//! - `svclb_conntrack_entries`: tracked flow directions (two per flow);
+//! - `svclb_xdp_packets_total{device, action}`: what the XDP program did with each uplink's
+//!   packets (`passed` to the stack and TC, `dropped`).
 //!
 //! Each frontend series has the labels `frontend` (`10.96.0.10:80/TCP`) and `service`
 //! (`namespace/name`). A frontend id handed to a new frontend starts from zero.
@@ -165,6 +167,14 @@ const SOCK_COUNTERS: [(&str, &str, SockField); 3] = [
     ),
 ];
 
+/// A device's name in this network namespace, else `#<ifindex>`.
+pub fn device_name(ifindex: u32) -> String {
+    nix::net::if_::if_indextoname(ifindex).map_or_else(
+        |_| format!("#{ifindex}"),
+        |name| name.to_string_lossy().into_owned(),
+    )
+}
+
 impl Collector for TrafficCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let frontends: Vec<(u32, FrontendLabels)> = self
@@ -198,6 +208,19 @@ impl Collector for TrafficCollector {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (labels, _, stats) in &read {
                 ConstCounter::new(field(stats)).encode(family.encode_family(*labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "xdp_packets",
+            "Packets of each uplink the XDP program passed to the stack (and TC) or dropped",
+            None,
+            MetricType::Counter,
+        )?;
+        for (ifindex, stats) in maps.xdp_stats() {
+            let device = device_name(ifindex);
+            for (action, n) in [("passed", stats.passed), ("dropped", stats.dropped)] {
+                let labels = [("device", device.clone()), ("action", action.to_owned())];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
         let gauge = ConstGauge::new(maps.conntrack_len() as i64);
