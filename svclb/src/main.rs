@@ -15,7 +15,7 @@ use svclb::{
         loader, pins,
         socket::{self, SocketLb},
     },
-    plan,
+    plan::{self, NodePortRule},
     source::{Source, SourceConfig},
 };
 use tracing_subscriber::EnvFilter;
@@ -55,6 +55,10 @@ enum Command {
         /// family the Node object gives none of (or without a Node object).
         #[arg(long, value_delimiter = ',')]
         devices: Vec<String>,
+        /// NodePorts on 127.0.0.1 and ::1 too, as an agent with socket-level load balancing
+        /// serves them (`--localhost-nodeports`).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        localhost_nodeports: bool,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -328,7 +332,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
 fn plan_command(
     node_name: &str,
     source: SourceArgs,
-    nodeport_addresses: &[IpNet],
+    mut rule: NodePortRule,
     devices: &[String],
     output: Output,
 ) -> Result<()> {
@@ -339,11 +343,7 @@ fn plan_command(
         let uplinks = addresses::of_devices_once(devices).await?;
         anyhow::Ok((source.snapshot(), uplinks))
     })?;
-    let rule = plan::NodePortRule {
-        cidrs: nodeport_addresses.to_vec(),
-        uplinks,
-        localhost: false,
-    };
+    rule.uplinks = uplinks;
     let (node, plan, mut diags) = plan::plan_for_node(
         node_name,
         &rule,
@@ -391,8 +391,16 @@ fn run(cli: Cli) -> Result<()> {
             source,
             nodeport_addresses,
             devices,
+            localhost_nodeports,
             output,
-        } => plan_command(&node_name, source, &nodeport_addresses, &devices, output),
+        } => {
+            let rule = NodePortRule {
+                cidrs: nodeport_addresses,
+                localhost: localhost_nodeports,
+                ..NodePortRule::default()
+            };
+            plan_command(&node_name, source, rule, &devices, output)
+        }
         Command::Maglev {
             table_size,
             seed,
