@@ -17,6 +17,11 @@ pub struct SockRevKey {
 }
 const _: () = assert!(size_of::<SockRevKey>() == 32);
 
+/// `SockRevValue::kind`: the socket was connected to the backend (`connect`).
+pub const REV_CONNECTED: u8 = 1;
+/// `SockRevValue::kind`: a datagram of an unconnected socket was sent to it (`sendmsg`).
+pub const REV_DATAGRAM: u8 = 2;
+
 /// Value of `SVCLB_SOCK_REVERSE`: the frontend the socket asked for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -24,7 +29,8 @@ pub struct SockRevValue {
     pub addr: L3Addr,
     pub port_be: u16,
     pub family: u8,
-    pub _pad: u8,
+    /// [`REV_CONNECTED`] or [`REV_DATAGRAM`]: how the socket was sent to the backend.
+    pub kind: u8,
     /// The frontend's id, and the backend's: what the agent needs to find the sockets of a
     /// departed backend.
     pub svc_id: u32,

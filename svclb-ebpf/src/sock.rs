@@ -25,6 +25,7 @@ use svclb_common::{
     FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, L3Addr, ServiceValue, SockRevKey, SockRevValue,
     config::{CFG_F_HOSTNS_ONLY, CFG_F_SOCKET_LB},
     service::{SCOPE_INTERNAL_VIEW, SVC_F_INTERNAL_VIEW, SVC_F_REJECT, SVC_F_SOURCE_RANGES},
+    socket::{REV_CONNECTED, REV_DATAGRAM},
 };
 
 use crate::{
@@ -284,7 +285,10 @@ pub fn forward(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
         addr: flow.dest.addr,
         port_be: flow.dest.port_be,
         family: flow.dest.family,
-        _pad: 0,
+        kind: match call {
+            Call::Connect => REV_CONNECTED,
+            Call::Sendmsg => REV_DATAGRAM,
+        },
         svc_id: svc.id,
         backend_id,
         _pad2: 0,

@@ -13,7 +13,7 @@ use svclb::{
         addresses,
         attach::{DeviceSelector, XdpAttach},
         loader, pins,
-        socket::{self, SocketLb},
+        socket::SocketLb,
     },
     plan::{self, NodePortRule},
     source::{Source, SourceConfig},
@@ -272,10 +272,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
         .context("--pod-devices is not a valid glob")?;
     let socket_lb = if args.socket_lb {
         Some(SocketLb {
-            cgroup: match args.cgroup_root {
-                Some(dir) => dir,
-                None => socket::cgroup2_mount()?,
-            },
+            cgroup: args.cgroup_root,
             hostns_only: args.socket_lb_hostns_only,
         })
     } else {

@@ -122,6 +122,11 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
     );
     let pod = spec.template.spec.context("pod spec")?;
     assert_eq!(pod.host_network, Some(true));
+    assert_eq!(
+        pod.host_pid,
+        Some(true),
+        "pods' namespaces are found in /proc"
+    );
     assert_eq!(pod.service_account_name.as_deref(), Some("svclb"));
     assert_eq!(
         pod.priority_class_name.as_deref(),

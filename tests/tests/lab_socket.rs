@@ -340,6 +340,7 @@ fn connections_and_hooks_survive_an_agent_restart_that_swaps_the_programs() -> R
     );
     lab.start_agent(0)?;
     let after = socket_links(&lab, 0)?;
+    assert_eq!(after.len(), before.len(), "{after:?}");
     for ((hook, link, program), (hook_after, link_after, program_after)) in
         before.iter().zip(&after)
     {
@@ -411,7 +412,9 @@ fn a_connected_udp_socket_leaves_a_backend_that_leaves_the_service() -> Result<(
             let _ = session.wait();
             let metrics = lab.agent_http(0, "/metrics")?.1;
             assert!(
-                metrics.contains("svclb_udp_sockets_destroyed_total 1"),
+                metrics
+                    .lines()
+                    .any(|l| l == "svclb_udp_sockets_destroyed_total 1"),
                 "{metrics}"
             );
             return Ok(());

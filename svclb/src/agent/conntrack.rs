@@ -85,11 +85,14 @@ impl Worker {
             return;
         }
         match udp_sockets::destroy(&wanted) {
-            Ok(0) => {}
-            Ok(n) => {
-                self.metrics.destroyed_sockets.inc_by(n as u64);
+            Ok(destroyed) if destroyed.is_empty() => {}
+            Ok(destroyed) => {
+                self.sockets.forget(&destroyed);
+                self.metrics
+                    .destroyed_sockets
+                    .inc_by(destroyed.len() as u64);
                 info!(
-                    sockets = n,
+                    sockets = destroyed.len(),
                     "destroyed UDP sockets connected to removed backends"
                 );
             }

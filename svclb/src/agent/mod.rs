@@ -134,102 +134,108 @@ async fn start(config: AgentConfig) -> Result<Agent> {
     .await?;
     let (mut ebpf, maps, programmed, private_pins) = open_datapath(&config)?;
     let mut sockets = socket_hooks(&mut ebpf, &config, &errors)?;
+    // Whatever fails from here takes the hooks this start attached back off.
+    let started = async {
+        // Subscribe before listing, so a device created in between is not missed.
+        let (connection, handle, link_events) = new_multicast_connection(&[MulticastGroup::Link])
+            .context("opening an rtnetlink socket")?;
+        tokio::spawn(connection);
+        let mut devices = Devices::new(
+            ebpf,
+            config.devices.clone(),
+            &config.bpffs_dir,
+            errors.counter(ERROR_DEVICE),
+        )?;
+        if let Err(err) = devices.attach_existing(&handle).await {
+            devices.abandon();
+            return Err(err);
+        }
 
-    // Subscribe before listing, so a device created in between is not missed.
-    let (connection, handle, link_events) =
-        new_multicast_connection(&[MulticastGroup::Link]).context("opening an rtnetlink socket")?;
-    tokio::spawn(connection);
-    let mut devices = Devices::new(
-        ebpf,
-        config.devices.clone(),
-        &config.bpffs_dir,
-        errors.counter(ERROR_DEVICE),
-    )?;
-    if let Err(err) = devices.attach_existing(&handle).await {
-        devices.abandon();
-        if let Ok(hooks) = sockets.as_mut() {
-            hooks.abandon();
+        let traffic = match TrafficCollector::open(&config.bpffs_dir) {
+            Ok(traffic) => Some(Arc::new(traffic)),
+            Err(err) => {
+                warn!("per-frontend counters are not exported: {err:#}");
+                None
+            }
+        };
+        let metrics = Metrics::new(errors.clone(), traffic.clone());
+        *metrics.status() = AgentStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            node: config.node_name.clone(),
+            source: source.describe(),
+            pid: std::process::id(),
+            started_unix: unix_ms() / 1000,
+            private_pins,
+            socket_lb: match &sockets {
+                Ok(hooks) => Some(hooks.describe()),
+                Err(None) => None,
+                Err(Some(err)) => Some(format!("not attached: {err:#}")),
+            },
+            ..AgentStatus::default()
+        };
+        metrics.bpffs_private.set(i64::from(private_pins));
+        metrics.set_devices(devices.attached_names(), devices.problems());
+        let http = http::serve(config.metrics_addr, metrics.clone()).await?;
+        let proxy_health = ProxyHealth::new(config.healthz_timeout);
+        let healthz = match config.healthz_addr {
+            Some(addr) => Some(healthz::serve(addr, proxy_health.clone()).await?),
+            None => None,
+        };
+        let mut planner = Planner::new(
+            &config.node_name,
+            NodePortRule {
+                localhost: config.localhost_nodeports && sockets.is_ok(),
+                ..NodePortRule::cidrs(&config.nodeport_cidrs)
+            },
+        );
+        // Without them NodePorts still listen on the Node object's addresses; the rescan tries
+        // again.
+        match addresses::of_devices(&handle, &config.devices.uplinks).await {
+            Ok(found) => {
+                planner.set_uplink_addresses(found);
+            }
+            Err(err) => {
+                warn!("reading the uplinks' addresses: {err:#}");
+                errors.counter(ERROR_DEVICE).inc();
+            }
         }
-        return Err(err);
+        let syncer = Syncer {
+            metrics: metrics.clone(),
+            planner,
+            not_programmed: 0,
+            source,
+            maps,
+            programmed,
+            index: Index::default(),
+            complete: false,
+            traffic,
+            purger: Purger::start(&config.bpffs_dir, metrics.clone())?,
+            capacity: config.capacity,
+            reported: BTreeSet::new(),
+            health: HealthChecks::new(proxy_health.clone()),
+            proxy_health,
+            node_seen: false,
+            nodeports_logged: None,
+        };
+        Ok(Agent {
+            config,
+            syncer,
+            devices,
+            handle,
+            link_events: link_events.map(|(message, _)| message).boxed(),
+            metrics,
+            errors,
+            _http: http,
+            _healthz: healthz,
+        })
     }
-
-    let traffic = match TrafficCollector::open(&config.bpffs_dir) {
-        Ok(traffic) => Some(Arc::new(traffic)),
-        Err(err) => {
-            warn!("per-frontend counters are not exported: {err:#}");
-            None
-        }
-    };
-    let metrics = Metrics::new(errors.clone(), traffic.clone());
-    *metrics.status() = AgentStatus {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        node: config.node_name.clone(),
-        source: source.describe(),
-        pid: std::process::id(),
-        started_unix: unix_ms() / 1000,
-        private_pins,
-        socket_lb: match &sockets {
-            Ok(hooks) => Some(hooks.describe()),
-            Err(None) => None,
-            Err(Some(err)) => Some(format!("not attached: {err:#}")),
-        },
-        ..AgentStatus::default()
-    };
-    metrics.bpffs_private.set(i64::from(private_pins));
-    metrics.set_devices(devices.attached_names(), devices.problems());
-    let http = http::serve(config.metrics_addr, metrics.clone()).await?;
-    let proxy_health = ProxyHealth::new(config.healthz_timeout);
-    let healthz = match config.healthz_addr {
-        Some(addr) => Some(healthz::serve(addr, proxy_health.clone()).await?),
-        None => None,
-    };
-    let mut planner = Planner::new(
-        &config.node_name,
-        NodePortRule {
-            localhost: config.localhost_nodeports && sockets.is_ok(),
-            ..NodePortRule::cidrs(&config.nodeport_cidrs)
-        },
-    );
-    // Without them NodePorts still listen on the Node object's addresses; the rescan tries
-    // again.
-    match addresses::of_devices(&handle, &config.devices.uplinks).await {
-        Ok(found) => {
-            planner.set_uplink_addresses(found);
-        }
-        Err(err) => {
-            warn!("reading the uplinks' addresses: {err:#}");
-            errors.counter(ERROR_DEVICE).inc();
-        }
+    .await;
+    if started.is_err()
+        && let Ok(hooks) = sockets.as_mut()
+    {
+        hooks.abandon();
     }
-    let syncer = Syncer {
-        metrics: metrics.clone(),
-        planner,
-        not_programmed: 0,
-        source,
-        maps,
-        programmed,
-        index: Index::default(),
-        complete: false,
-        traffic,
-        purger: Purger::start(&config.bpffs_dir, metrics.clone())?,
-        capacity: config.capacity,
-        reported: BTreeSet::new(),
-        health: HealthChecks::new(proxy_health.clone()),
-        proxy_health,
-        node_seen: false,
-        nodeports_logged: None,
-    };
-    Ok(Agent {
-        config,
-        syncer,
-        devices,
-        handle,
-        link_events: link_events.map(|(message, _)| message).boxed(),
-        metrics,
-        errors,
-        _http: http,
-        _healthz: healthz,
-    })
+    started
 }
 
 /// Attaches the socket hooks as configured, or detaches those of an earlier run, and writes
@@ -256,17 +262,28 @@ fn socket_hooks(
             info!("socket-level load balancing is off: {n} socket hooks detached");
         }
     }
-    let hostns_only = match &config.socket_lb {
-        Some(lb) if lb.hostns_only && hooks.is_ok() => Some(socket::netns_cookie()?),
-        _ => None,
-    };
-    let settings = Settings {
-        socket_lb: hooks.is_ok(),
-        hostns_only,
-        loopback4: config.service_loopback.0,
-        loopback6: config.service_loopback.1,
-    };
-    kernel::config::write(ebpf, &settings)?;
+    let mut hooks = hooks;
+    let hostns_only = config
+        .socket_lb
+        .as_ref()
+        .filter(|lb| lb.hostns_only && hooks.is_ok())
+        .map(|_| socket::netns_cookie())
+        .transpose();
+    let written = hostns_only.and_then(|hostns_only| {
+        let settings = Settings {
+            socket_lb: hooks.is_ok(),
+            hostns_only,
+            loopback4: config.service_loopback.0,
+            loopback6: config.service_loopback.1,
+        };
+        kernel::config::write(ebpf, &settings)
+    });
+    if let Err(err) = written {
+        if let Ok(hooks) = hooks.as_mut() {
+            hooks.abandon();
+        }
+        return Err(err);
+    }
     Ok(hooks)
 }
 

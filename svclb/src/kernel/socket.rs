@@ -10,7 +10,10 @@
 
 use std::{
     fs,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -34,8 +37,9 @@ use super::{
 /// `--socket-lb` and its settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocketLb {
-    /// The cgroup v2 directory the hooks attach to.
-    pub cgroup: PathBuf,
+    /// The cgroup v2 directory the hooks attach to (`None`: the cgroup2 mount, found when
+    /// they attach).
+    pub cgroup: Option<PathBuf>,
     /// Only sockets of the host's network namespace are translated
     /// (`--socket-lb-hostns-only`).
     pub hostns_only: bool,
@@ -63,7 +67,8 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 /// The attached hooks.
 pub struct SocketHooks {
     links: Vec<Pinned>,
-    lb: SocketLb,
+    cgroup: PathBuf,
+    hostns_only: bool,
 }
 
 /// The cgroup's id: its directory's inode number on cgroup2.
@@ -77,12 +82,17 @@ fn cgroup_id(cgroup: &Path) -> Result<u64> {
 }
 
 /// The network namespace cookie of the calling thread's namespace (the host's, for the
-/// agent), as `bpf_get_netns_cookie` gives it.
+/// agent), as `bpf_get_netns_cookie` gives it: from an unbound socket, which any namespace
+/// can open (even with its loopback down).
 pub fn netns_cookie() -> Result<u64> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| {
-        std::net::UdpSocket::bind("[::1]:0")
-            .context("opening a socket to read the namespace cookie")
-    })?;
+    // SAFETY: plain socket creation; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("opening a socket to read the namespace cookie");
+    }
+    // SAFETY: a descriptor just returned by the kernel, owned by nothing else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut cookie = 0u64;
     let mut len = libc::socklen_t::try_from(size_of::<u64>()).unwrap_or_default();
     // SAFETY: a valid socket, and a buffer of the length given.
@@ -109,12 +119,17 @@ impl SocketHooks {
         let links_dir = bpffs_dir.join(LINKS_DIR);
         fs::create_dir_all(&links_dir)
             .with_context(|| format!("creating {}", links_dir.display()))?;
-        let id = cgroup_id(&lb.cgroup)?;
-        let cgroup = fs::File::open(&lb.cgroup)
-            .with_context(|| format!("opening cgroup {}", lb.cgroup.display()))?;
+        let path = match &lb.cgroup {
+            Some(dir) => dir.clone(),
+            None => cgroup2_mount()?,
+        };
+        let id = cgroup_id(&path)?;
+        let cgroup =
+            fs::File::open(&path).with_context(|| format!("opening cgroup {}", path.display()))?;
         let mut hooks = Self {
             links: Vec::new(),
-            lb: lb.clone(),
+            cgroup: path,
+            hostns_only: lb.hostns_only,
         };
         for &(name, hook) in SOCK_ADDR_PROGRAMS {
             let pin = cgroup_pin(&links_dir, hook, id);
@@ -124,7 +139,7 @@ impl SocketHooks {
                     hooks.abandon();
                     return Err(err.context(format!(
                         "attaching the socket hook {hook} to cgroup {} (or run with --socket-lb=false)",
-                        lb.cgroup.display()
+                        hooks.cgroup.display()
                     )));
                 }
             }
@@ -138,7 +153,7 @@ impl SocketHooks {
         let held: Vec<PathBuf> = hooks.links.iter().map(|l| l.path.clone()).collect();
         unpin_others(&links_dir, &held);
         info!(
-            cgroup = %lb.cgroup.display(),
+            cgroup = %hooks.cgroup.display(),
             hooks = hooks.links.len(),
             hostns_only = lb.hostns_only,
             "socket-level load balancing attached"
@@ -155,14 +170,14 @@ impl SocketHooks {
 
     /// What `svclb status` reports: the cgroup, the hooks, the scope.
     pub fn describe(&self) -> String {
-        let scope = if self.lb.hostns_only {
+        let scope = if self.hostns_only {
             ", host network namespace only"
         } else {
             ""
         };
         format!(
             "cgroup {} ({} hooks{scope})",
-            self.lb.cgroup.display(),
+            self.cgroup.display(),
             self.links.len()
         )
     }

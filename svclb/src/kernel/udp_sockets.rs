@@ -29,7 +29,8 @@ use netlink_packet_sock_diag::{
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
-use svclb_common::{SockRevKey, SockRevValue, limits::MAP_SOCK_REVERSE};
+use svclb_common::{SockRevKey, SockRevValue, limits::MAP_SOCK_REVERSE, socket::REV_CONNECTED};
+use tracing::{debug, warn};
 
 /// Socket cookies by network namespace cookie.
 pub type Wanted = BTreeMap<u64, BTreeSet<u64>>;
@@ -49,21 +50,37 @@ impl Reverse {
         Ok(Self { map })
     }
 
-    /// The sockets the hooks sent to one of the `departed` (frontend id, backend id) pairs.
+    /// The sockets the hooks connected to one of the `departed` (frontend id, backend id)
+    /// pairs (not the unconnected ones: their next datagram picks again).
     pub fn sockets_of(&self, departed: &BTreeSet<(u32, u32)>) -> Wanted {
         let mut wanted = Wanted::new();
         for (key, value) in self.map.iter().flatten() {
-            if departed.contains(&(value.svc_id, value.backend_id)) {
+            if value.kind == REV_CONNECTED && departed.contains(&(value.svc_id, value.backend_id)) {
                 wanted.entry(value.netns).or_default().insert(key.cookie);
             }
         }
         wanted
     }
+
+    /// Deletes the entries of `cookies` (sockets destroyed: their `sock_release` finds no
+    /// destination to delete by any more).
+    pub fn forget(&mut self, cookies: &BTreeSet<u64>) {
+        let keys: Vec<SockRevKey> = self
+            .map
+            .keys()
+            .flatten()
+            .filter(|key| cookies.contains(&key.cookie))
+            .collect();
+        for key in keys {
+            let _ = self.map.remove(&key);
+        }
+    }
 }
 
-/// Destroys the UDP sockets in `wanted`, namespace by namespace; how many.
-pub fn destroy(wanted: &Wanted) -> Result<usize> {
-    let mut destroyed = 0;
+/// Destroys the connected UDP sockets in `wanted`, namespace by namespace; their cookies. A
+/// namespace that cannot be searched is skipped with a warning.
+pub fn destroy(wanted: &Wanted) -> Result<BTreeSet<u64>> {
+    let mut destroyed = BTreeSet::new();
     let mut seen = BTreeSet::new();
     for entry in fs::read_dir("/proc").context("listing /proc")?.flatten() {
         let path = entry.path().join("ns/net");
@@ -78,28 +95,56 @@ pub fn destroy(wanted: &Wanted) -> Result<usize> {
             continue;
         };
         let wanted = wanted.clone();
-        destroyed += std::thread::spawn(move || in_namespace(&netns, &wanted))
+        let found = std::thread::spawn(move || in_namespace(&netns, &wanted))
             .join()
-            .map_err(|_| anyhow::anyhow!("the socket destroyer panicked"))??;
+            .map_err(|_| anyhow::anyhow!("the socket destroyer panicked"))?;
+        match found {
+            Ok(cookies) => destroyed.extend(cookies),
+            Err(err) => warn!(
+                "network namespace of {} (inode {inode}) not searched for sockets: {err:#}",
+                path.display()
+            ),
+        }
     }
     Ok(destroyed)
 }
 
-/// In a thread of its own: enters `netns` and, if its cookie is wanted, destroys its sockets.
-fn in_namespace(netns: &fs::File, wanted: &Wanted) -> Result<usize> {
+/// The socket cookie of a `sock_diag` answer: two host-order u32 halves, the low one first.
+fn cookie_of(id: &SocketId) -> u64 {
+    let c = id.cookie;
+    let low = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+    let high = u32::from_ne_bytes([c[4], c[5], c[6], c[7]]);
+    u64::from(high) << 32 | u64::from(low)
+}
+
+/// In a thread of its own: enters `netns` and, if its cookie is wanted, destroys its sockets;
+/// their cookies.
+fn in_namespace(netns: &fs::File, wanted: &Wanted) -> Result<BTreeSet<u64>> {
     nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
-        .context("entering a network namespace")?;
+        .context("entering the namespace")?;
+    let mut destroyed = BTreeSet::new();
     let Some(cookies) = wanted.get(&super::socket::netns_cookie()?) else {
-        return Ok(0);
+        return Ok(destroyed);
     };
-    let mut destroyed = 0;
     for family in [AF_INET, AF_INET6] {
-        for id in udp_sockets(family)?
+        let found = udp_sockets(family)
+            .with_context(|| format!("listing the UDP sockets of family {family}"))?;
+        for id in found
             .into_iter()
-            .filter(|id| cookies.contains(&u64::from_ne_bytes(id.cookie)))
+            .filter(|id| cookies.contains(&cookie_of(id)))
         {
-            destroy_one(family, id)?;
-            destroyed += 1;
+            let cookie = cookie_of(&id);
+            match destroy_one(family, id) {
+                Ok(()) => {
+                    destroyed.insert(cookie);
+                }
+                // Closed since the dump: nothing left to do.
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {
+                    debug!(cookie, "socket gone before it was destroyed");
+                    destroyed.insert(cookie);
+                }
+                Err(err) => warn!(cookie, "destroying a UDP socket: {err}"),
+            }
         }
     }
     Ok(destroyed)
@@ -135,7 +180,7 @@ fn send<T: NetlinkSerializable>(socket: &Socket, flags: u16, payload: T) -> Resu
     Ok(())
 }
 
-/// The ids (with cookies) of this namespace's UDP sockets of `family`.
+/// The ids (with cookies) of this namespace's connected UDP sockets of `family`.
 fn udp_sockets(family: u8) -> Result<Vec<SocketId>> {
     let socket = diag_socket()?;
     let id = if family == AF_INET {
@@ -143,7 +188,12 @@ fn udp_sockets(family: u8) -> Result<Vec<SocketId>> {
     } else {
         SocketId::new_v6()
     };
-    send(&socket, NLM_F_REQUEST | NLM_F_DUMP, request(family, id))?;
+    // A connected UDP socket is in state ESTABLISHED.
+    let mut dump = request(family, id);
+    if let SockDiagMessage::InetRequest(req) = &mut dump {
+        req.states = StateFlags::ESTABLISHED;
+    }
+    send(&socket, NLM_F_REQUEST | NLM_F_DUMP, dump)?;
     let mut ids = Vec::new();
     loop {
         let (buf, _) = socket.recv_from_full()?;
@@ -163,26 +213,30 @@ fn udp_sockets(family: u8) -> Result<Vec<SocketId>> {
             if len == 0 {
                 break;
             }
-            offset += len;
+            // NLMSG_ALIGN: messages start on 4-byte boundaries.
+            offset += len.next_multiple_of(4);
         }
     }
 }
 
-/// `SOCK_DESTROY` of the UDP socket `id` (its cookie included).
-fn destroy_one(family: u8, id: SocketId) -> Result<()> {
-    let socket = diag_socket()?;
+/// `SOCK_DESTROY` of the UDP socket `id` (its cookie included); the kernel's error.
+fn destroy_one(family: u8, id: SocketId) -> std::io::Result<()> {
+    let socket = diag_socket().map_err(std::io::Error::other)?;
     send(
         &socket,
         NLM_F_REQUEST | NLM_F_ACK,
         SockDiagDestroy::new(request(family, id)),
-    )?;
+    )
+    .map_err(std::io::Error::other)?;
     let (buf, _) = socket.recv_from_full()?;
     let message = NetlinkMessage::<SockDiagMessage>::deserialize(&buf)
-        .context("reading the answer to SOCK_DESTROY")?;
+        .map_err(|err| std::io::Error::other(format!("the answer to SOCK_DESTROY: {err}")))?;
     match message.payload {
-        NetlinkPayload::Error(err) if err.code.is_some() => {
-            bail!("SOCK_DESTROY: {err:?} (does the kernel have CONFIG_INET_DIAG_DESTROY?)")
-        }
+        NetlinkPayload::Error(err) => match err.code {
+            // A negative errno (with CONFIG_INET_DIAG_DESTROY missing: EOPNOTSUPP).
+            Some(code) => Err(std::io::Error::from_raw_os_error(-code.get())),
+            None => Ok(()),
+        },
         _ => Ok(()),
     }
 }

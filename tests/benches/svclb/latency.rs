@@ -136,7 +136,12 @@ fn hook_cost(p: &Prepared) -> Result<f64> {
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
     measured?;
     let after = run_stats(program)?;
-    Ok((after.0 - before.0) / (after.1 - before.1).max(1.0))
+    let runs = after.1 - before.1;
+    anyhow::ensure!(
+        runs > 0.0,
+        "connect4 never ran: the client is not under the hooks"
+    );
+    Ok((after.0 - before.0) / runs)
 }
 
 /// Program `id`'s run time (ns) and runs so far, as bpftool reports them.
