@@ -14,9 +14,10 @@ pub const MAP_SOCK_REVERSE: &str = "SVCLB_SOCK_REVERSE";
 pub const MAP_SOCK_STATS: &str = "SVCLB_SOCK_STATS";
 pub const MAP_CONFIG: &str = "SVCLB_CONFIG";
 pub const MAP_XDP_STATS: &str = "SVCLB_XDP_STATS";
+pub const MAP_XDP_PORTS: &str = "SVCLB_XDP_PORTS";
 
 /// Every map the agent pins, in the order `svclb list` and cleanup walk them.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_SLOTS,
@@ -30,6 +31,7 @@ pub const PINNED_MAPS: [&str; 13] = [
     MAP_SOCK_STATS,
     MAP_CONFIG,
     MAP_XDP_STATS,
+    MAP_XDP_PORTS,
 ];
 
 pub const SERVICES_MAX: usize = 65_536;
@@ -51,6 +53,9 @@ pub const FRAGS_MAX: usize = 8_192;
 pub const SOCK_REVERSE_MAX: usize = 262_144;
 /// Uplinks with XDP counters (the least recently counted goes first: a device that went away).
 pub const XDP_STATS_MAX: usize = 256;
+/// Uplinks the XDP program may redirect a packet to (the agent adds each uplink it attached
+/// XDP to).
+pub const XDP_PORTS_MAX: usize = 256;
 /// A later fragment follows its first fragment's translation for this long (Linux gives up
 /// reassembling a datagram after 30 s, `ipfrag_time`).
 pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;

@@ -36,19 +36,22 @@ impl FrontendStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpStats {
+    /// Packets the XDP program translated and sent out itself (`XDP_TX`, `XDP_REDIRECT`).
+    pub finished: u64,
     /// Packets passed on to the stack (and the TC program).
     pub passed: u64,
     /// Packets dropped before an skb existed: refused by a frontend's source ranges, or for a
     /// Local-policy frontend without local endpoints.
     pub dropped: u64,
 }
-const _: () = assert!(size_of::<XdpStats>() == 16);
+const _: () = assert!(size_of::<XdpStats>() == 24);
 
 impl XdpStats {
     /// The sum of two CPUs' counters.
     #[must_use]
     pub const fn plus(self, other: Self) -> Self {
         Self {
+            finished: self.finished.wrapping_add(other.finished),
             passed: self.passed.wrapping_add(other.passed),
             dropped: self.dropped.wrapping_add(other.dropped),
         }

@@ -1,38 +1,30 @@
 //! Sending a translated packet on ourselves: one FIB lookup for the egress device and next
-//! hop, then a redirect with the MAC addresses it found, or through the neighbour subsystem
-//! when the next hop's address is not resolved yet.
+//! hop, then a redirect with the MAC addresses it found. TC redirects after rewriting, and
+//! leaves a next hop not resolved yet to the neighbour subsystem; XDP looks the route up
+//! before rewriting ([`route`]) and leaves the packet to TC unless the lookup found it all.
 //!
 //! Needed when the new source is an address of this node (SNAT, or a NodePort frontend
 //! restored on a reply): the stack drops such a packet arriving from outside as martian.
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{
-        __sk_buff, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC,
-        TC_ACT_OK, bpf_fib_lookup, bpf_redir_neigh,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, TC_ACT_OK,
+        bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 use svclb_common::{L3Addr, addr::v4_octets};
 
-use crate::parse::Packet;
+use crate::{frame::Frame, parse::Packet};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// The device the packet is on (for TC ingress, the one it arrived on).
-#[inline(always)]
-pub fn ifindex(ctx: &TcContext) -> u32 {
-    let skb: *const __sk_buff = ctx.as_ptr().cast();
-    // SAFETY: the context wraps the kernel's valid skb pointer.
-    unsafe { (*skb).ifindex }
-}
-
 /// Looks up the route to `daddr` into `params`; the helper's result code.
 #[inline(always)]
-fn lookup(
-    ctx: &TcContext,
+fn lookup<F: Frame>(
+    ctx: &F,
     pkt: &Packet,
     daddr: &L3Addr,
     flags: u32,
@@ -40,7 +32,7 @@ fn lookup(
 ) -> i64 {
     params.l4_protocol = pkt.proto;
     params.__bindgen_anon_1.tot_len = u16::from_be(pkt.tot_len_be);
-    params.ifindex = ifindex(ctx);
+    params.ifindex = ctx.ifindex();
     if pkt.is_v6() {
         params.family = AF_INET6;
         params.__bindgen_anon_4.ipv6_dst = words(daddr);
@@ -87,19 +79,60 @@ fn zeroed() -> bpf_fib_lookup {
 
 /// The source address this node uses towards `daddr` (what SNAT rewrites to).
 #[inline(always)]
-pub fn source_towards(ctx: &TcContext, pkt: &Packet, daddr: &L3Addr) -> Option<L3Addr> {
+pub fn source_towards(ctx: &impl Frame, pkt: &Packet, daddr: &L3Addr) -> Option<L3Addr> {
     let mut params = zeroed();
     let ret = lookup(ctx, pkt, daddr, BPF_FIB_LOOKUP_SRC, &mut params);
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && ret != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         return None;
     }
+    Some(source_of(pkt, &params))
+}
+
+/// The source address a `BPF_FIB_LOOKUP_SRC` lookup chose.
+#[inline(always)]
+fn source_of(pkt: &Packet, params: &bpf_fib_lookup) -> L3Addr {
     if pkt.is_v6() {
         // SAFETY: union of integers; the lookup filled ipv6_src.
-        return Some(bytes(unsafe { &params.__bindgen_anon_3.ipv6_src }));
+        return bytes(unsafe { &params.__bindgen_anon_3.ipv6_src });
     }
     // SAFETY: union of integers; the lookup filled ipv4_src.
     let src = unsafe { params.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
-    Some(svclb_common::addr::v4(src))
+    svclb_common::addr::v4(src)
+}
+
+/// A route found whole: the egress device, the MAC addresses to write, and the source
+/// address this node uses on it.
+pub struct Route {
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub source: L3Addr,
+}
+
+/// The route to `daddr` when the FIB knows it all, next hop's MAC included (and the MTU
+/// lets the packet through); `None` otherwise, for the stack to resolve.
+#[inline(always)]
+pub fn route(ctx: &impl Frame, pkt: &Packet, daddr: &L3Addr, out: &mut Route) -> bool {
+    let mut params = zeroed();
+    if lookup(ctx, pkt, daddr, BPF_FIB_LOOKUP_SRC, &mut params)
+        != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
+    {
+        return false;
+    }
+    // SAFETY: union of byte arrays; a successful lookup filled the MAC addresses.
+    let macs = unsafe { &params.__bindgen_anon_6.__bindgen_anon_2 };
+    out.ifindex = params.ifindex;
+    out.dmac = macs.dmac;
+    out.smac = macs.smac;
+    out.source = source_of(pkt, &params);
+    true
+}
+
+/// Writes the route's MAC addresses into the frame.
+#[inline(always)]
+pub fn set_macs(ctx: &impl Frame, dmac: &[u8; 6], smac: &[u8; 6]) -> Result<(), i64> {
+    ctx.store(0, dmac)?;
+    ctx.store(6, smac)
 }
 
 /// Redirects the (already rewritten) packet out of the device that routes to its destination
@@ -111,7 +144,7 @@ pub fn redirect(ctx: &TcContext, pkt: &Packet, daddr: &L3Addr) -> i32 {
     if ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         // SAFETY: union of byte arrays; a successful lookup filled the MAC addresses.
         let macs = unsafe { &params.__bindgen_anon_6.__bindgen_anon_2 };
-        if ctx.store(0, &macs.dmac, 0).is_err() || ctx.store(6, &macs.smac, 0).is_err() {
+        if set_macs(ctx, &macs.dmac, &macs.smac).is_err() {
             return TC_ACT_OK;
         }
         // SAFETY: redirect to the egress of the device the route names.

@@ -8,11 +8,13 @@
 mod conntrack;
 mod forward;
 mod fragment;
+mod frame;
 mod icmp;
 mod maps;
 mod nat;
 mod parse;
 mod reject;
+mod scratch;
 mod select;
 mod sock;
 mod sweep;
@@ -20,7 +22,6 @@ mod tc;
 mod xdp;
 
 use aya_ebpf::{
-    bindings::xdp_action::XDP_PASS,
     macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
@@ -38,10 +39,11 @@ pub fn svclb_uplink(ctx: TcContext) -> i32 {
     tc::ingress(&ctx, tc::Side::Uplink)
 }
 
-/// XDP on uplinks: drops what no frontend admits before the stack sees it.
+/// XDP on uplinks: north-south flows to remote backends finished at the driver, refusals
+/// dropped, the rest passed to TC.
 #[xdp]
 pub fn svclb_xdp(ctx: XdpContext) -> u32 {
-    let action = xdp::early(&ctx).unwrap_or(XDP_PASS);
+    let action = xdp::run(&ctx);
     xdp::count(&ctx, action);
     action
 }

@@ -3,7 +3,9 @@
 
 use aya_ebpf::{
     bindings::BPF_F_INNER_MAP,
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    btf_maps::{
+        Array, DevMapHash, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray,
+    },
     macros::btf_map,
 };
 use svclb_common::{
@@ -12,7 +14,8 @@ use svclb_common::{
     XdpStats,
     limits::{
         AFFINITY_MAX, BACKENDS_MAX, CT_MAX, FRAGS_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE,
-        SERVICES_MAX, SLOTS_MAX, SOCK_REVERSE_MAX, SOURCE_RANGES_MAX, STATS_MAX, XDP_STATS_MAX,
+        SERVICES_MAX, SLOTS_MAX, SOCK_REVERSE_MAX, SOURCE_RANGES_MAX, STATS_MAX, XDP_PORTS_MAX,
+        XDP_STATS_MAX,
     },
 };
 
@@ -84,6 +87,12 @@ pub static SVCLB_SOCK_STATS: PerCpuArray<SockStats, STATS_MAX> = PerCpuArray::ne
 #[btf_map(pin_by_name)]
 pub static SVCLB_XDP_STATS: LruPerCpuHashMap<u32, XdpStats, XDP_STATS_MAX> =
     LruPerCpuHashMap::new();
+
+/// Uplink ifindex -> itself: the devices the XDP program may redirect to. Only uplinks the
+/// agent attached XDP to are here: a native XDP redirect needs a target whose driver takes
+/// XDP frames, which a device with an XDP program of its own does.
+#[btf_map(pin_by_name)]
+pub static SVCLB_XDP_PORTS: DevMapHash<XDP_PORTS_MAX> = DevMapHash::new();
 
 /// The datapath's settings, written by the agent.
 #[btf_map(pin_by_name)]

@@ -1,19 +1,19 @@
-//! Address and port rewrites with incremental checksum updates.
-//!
-//! The kernel's csum helpers are used rather than hand-written arithmetic: they handle every
-//! skb checksum state (CHECKSUM_PARTIAL from veth offload updates only the pseudo-header part)
-//! and, with `BPF_F_MARK_MANGLED_0`, keep a zero UDP checksum zero.
+//! Address and port rewrites with incremental checksum updates, for TC and XDP alike (see
+//! `frame`: on TC the kernel's csum helpers, which handle every skb checksum state; with
+//! `BPF_F_MARK_MANGLED_0` a zero UDP checksum stays zero).
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_csum_diff,
-    programs::TcContext,
 };
 use svclb_common::{CtEntry, L3Addr, addr::v4_octets, conntrack::CT_F_SNAT};
 
-use crate::parse::{
-    IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV4_TTL_OFF, IPV6_DADDR_OFF, IPV6_HOPLIMIT_OFF,
-    IPV6_SADDR_OFF, Packet,
+use crate::{
+    frame::Frame,
+    parse::{
+        IPV4_CSUM_OFF, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV4_TTL_OFF, IPV6_DADDR_OFF,
+        IPV6_HOPLIMIT_OFF, IPV6_SADDR_OFF, Packet,
+    },
 };
 
 /// Which end of the packet to rewrite.
@@ -26,7 +26,7 @@ pub enum End {
 /// Rewrites the source or destination address and port of a TCP/UDP packet.
 #[inline(always)]
 pub fn rewrite(
-    ctx: &TcContext,
+    ctx: &impl Frame,
     pkt: &Packet,
     end: End,
     new_addr: &L3Addr,
@@ -57,7 +57,7 @@ pub fn addr_diff(old: &L3Addr, new: &L3Addr) -> Result<u32, i64> {
 /// pseudo-header) as one difference.
 #[inline(always)]
 fn rewrite_v6(
-    ctx: &TcContext,
+    ctx: &impl Frame,
     pkt: &Packet,
     end: End,
     new_addr: &L3Addr,
@@ -79,7 +79,7 @@ fn rewrite_v6(
             u64::from(diff),
             l4_flags | u64::from(BPF_F_PSEUDO_HDR),
         )?;
-        ctx.store(pkt.l3_off + addr_off, new_addr, 0)?;
+        ctx.store(pkt.l3_off + addr_off, new_addr)?;
     }
     set_port(ctx, pkt, port_off, old_port_be, new_port_be, l4_flags)
 }
@@ -98,7 +98,7 @@ fn l4_flags(pkt: &Packet) -> u64 {
 /// Writes `new_port_be` over the port at `port_off` of the L4 header, updating its checksum.
 #[inline(always)]
 fn set_port(
-    ctx: &TcContext,
+    ctx: &impl Frame,
     pkt: &Packet,
     port_off: usize,
     old_port_be: u16,
@@ -112,7 +112,7 @@ fn set_port(
             u64::from(new_port_be),
             l4_flags | 2,
         )?;
-        ctx.store(pkt.l4_off + port_off, &new_port_be, 0)?;
+        ctx.store(pkt.l4_off + port_off, &new_port_be)?;
     }
     Ok(())
 }
@@ -120,7 +120,7 @@ fn set_port(
 /// Rewrites the source or destination address and port of an IPv4 TCP/UDP packet.
 #[inline(always)]
 fn rewrite_v4(
-    ctx: &TcContext,
+    ctx: &impl Frame,
     pkt: &Packet,
     end: End,
     new_addr: &L3Addr,
@@ -152,7 +152,7 @@ fn rewrite_v4(
 /// that header's checksum (and nothing else: callers handle any checksum covering it).
 #[inline(always)]
 pub fn set_v4_addr(
-    ctx: &TcContext,
+    ctx: &impl Frame,
     l3_off: usize,
     addr_off: usize,
     old_addr: &L3Addr,
@@ -163,7 +163,7 @@ pub fn set_v4_addr(
     let new = u32::from_ne_bytes(new_octets);
     if old != new {
         ctx.l3_csum_replace(l3_off + IPV4_CSUM_OFF, u64::from(old), u64::from(new), 4)?;
-        ctx.store(l3_off + addr_off, &new_octets, 0)?;
+        ctx.store(l3_off + addr_off, &new_octets)?;
     }
     Ok(())
 }
@@ -171,7 +171,7 @@ pub fn set_v4_addr(
 /// Applies a conntrack entry: forward entries rewrite the destination (and with SNAT the
 /// source), reply entries the source (and with SNAT the destination).
 #[inline(always)]
-pub fn apply(ctx: &TcContext, pkt: &Packet, entry: &CtEntry, reply: bool) -> Result<(), i64> {
+pub fn apply(ctx: &impl Frame, pkt: &Packet, entry: &CtEntry, reply: bool) -> Result<(), i64> {
     let (main, other) = if reply {
         (End::Source, End::Destination)
     } else {
@@ -187,9 +187,9 @@ pub fn apply(ctx: &TcContext, pkt: &Packet, entry: &CtEntry, reply: bool) -> Res
 /// Decrements the TTL (hop limit) of a packet this program forwards itself (the stack would
 /// have).
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext, pkt: &Packet) -> Result<(), i64> {
+pub fn decrement_ttl(ctx: &impl Frame, pkt: &Packet) -> Result<(), i64> {
     if pkt.is_v6() {
-        ctx.store(pkt.l3_off + IPV6_HOPLIMIT_OFF, &(pkt.ttl - 1), 0)?;
+        ctx.store(pkt.l3_off + IPV6_HOPLIMIT_OFF, &(pkt.ttl - 1))?;
         return Ok(());
     }
     let old = u16::from_ne_bytes([pkt.ttl, pkt.proto]);
@@ -200,6 +200,6 @@ pub fn decrement_ttl(ctx: &TcContext, pkt: &Packet) -> Result<(), i64> {
         u64::from(new),
         2,
     )?;
-    ctx.store(pkt.l3_off + IPV4_TTL_OFF, &(pkt.ttl - 1), 0)?;
+    ctx.store(pkt.l3_off + IPV4_TTL_OFF, &(pkt.ttl - 1))?;
     Ok(())
 }

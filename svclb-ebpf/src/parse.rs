@@ -190,27 +190,11 @@ pub fn parse(ctx: &TcContext, out: &mut Packet) -> bool {
     parse_into(ctx.data(), ctx.data_end(), ctx.len() as usize, out).is_some()
 }
 
-/// Parses the frame between `start` and `end` (packet pointers the verifier has seen).
+/// Parses the XDP frame between `start` and `end` (packet pointers the verifier has seen)
+/// into `out`; `false` for a packet that is not ours.
 #[inline(always)]
-pub fn parse_frame(start: usize, end: usize) -> Option<Packet> {
-    let mut pkt = Packet {
-        l3_off: 0,
-        l4_off: 0,
-        ihl: 0,
-        family: 0,
-        proto: 0,
-        ttl: 0,
-        tot_len_be: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport_be: 0,
-        dport_be: 0,
-        tcp_flags: 0,
-        frag: FRAG_NONE,
-        frag_id: 0,
-    };
-    parse_into(start, end, end - start, &mut pkt)?;
-    Some(pkt)
+pub fn parse_into_frame(start: usize, end: usize, out: &mut Packet) -> bool {
+    parse_into(start, end, end - start, out).is_some()
 }
 
 /// `len` is the whole packet's length (an skb's data may go on past `end`, outside the

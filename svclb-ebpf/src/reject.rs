@@ -177,7 +177,7 @@ fn answer(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
     if built != 0 {
         return Err(built);
     }
-    let ifindex = crate::forward::ifindex(ctx);
+    let ifindex = crate::frame::Frame::ifindex(ctx);
     // SAFETY: redirect to the egress of the device the packet arrived on.
     Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }

@@ -5,7 +5,8 @@
 
 use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key, helpers::bpf_get_prandom_u32};
 use svclb_common::{
-    AffinityKey, AffinityValue, Backend, L3Addr, ServiceKey, ServiceValue, SlotKey, SourceRangeKey,
+    AffinityKey, AffinityValue, Backend, CtEntry, L3Addr, ServiceKey, ServiceValue, SlotKey,
+    SourceRangeKey,
     service::{SCOPE_ALL, SVC_F_MAGLEV, SVC_F_SOURCE_RANGES},
 };
 
@@ -212,4 +213,20 @@ pub fn pick(svc: &ServiceValue, flow: &impl Flow, now: u64) -> Option<(u32, Back
     // A full LRU map evicts; a failed insert only costs affinity for this client.
     let _ = SVCLB_AFFINITY.insert(&key, &value, u64::from(BPF_ANY));
     Some((id, be))
+}
+
+/// Whether a tracked flow's entry still serves `pkt` of frontend `svc`: the same frontend,
+/// and for UDP packets and TCP SYNs a backend still programmed. Established TCP keeps its
+/// backend even after the endpoint is removed (as with kube-proxy), while UDP flows and
+/// reused TCP tuples move to a live backend.
+#[inline(always)]
+pub fn still_serves(entry: &CtEntry, pkt: &Packet, svc: &ServiceValue) -> bool {
+    if entry.svc_id != svc.id {
+        return false;
+    }
+    if !(pkt.is_udp() || pkt.is_tcp_syn()) {
+        return true;
+    }
+    backend(entry.backend_id)
+        .is_some_and(|be| be.addr == entry.nat_addr && be.port_be == entry.nat_port_be)
 }

@@ -9,24 +9,21 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    btf_maps::PerCpuArray,
-    macros::btf_map,
     programs::TcContext,
 };
 use svclb_common::{
-    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, L3Addr, ServiceValue,
+    CT_DIR_FORWARD, CT_DIR_REPLY, L3Addr, ServiceValue,
     backend::BE_F_LOCAL,
     conntrack::{CT_F_REDIRECT, CT_F_SNAT},
     service::{SCOPE_INTERNAL_VIEW, SVC_F_EXTERNAL, SVC_F_INTERNAL_VIEW, SVC_F_REJECT},
 };
 
 use crate::{
-    conntrack, forward, fragment,
-    icmp::{self, Quote},
-    maps,
+    conntrack, forward, fragment, icmp, maps,
     nat::{self, End, rewrite},
     parse::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, Packet, parse},
     reject::reject,
+    scratch::{self, Scratch},
     select,
 };
 
@@ -39,41 +36,10 @@ pub enum Side {
     Uplink,
 }
 
-/// Per-packet state kept off the stack.
-pub struct Scratch {
-    pkt: Packet,
-    svc: ServiceValue,
-    picked: Picked,
-    /// The source a new flow is SNATed to: this node's address, or the service loopback.
-    source: L3Addr,
-    quote: Quote,
-}
-
-/// The backend chosen for a new flow.
-struct Picked {
-    id: u32,
-    backend: Backend,
-    now: u64,
-}
-
-#[btf_map]
-static SVCLB_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
-
-/// Whether the backend a tracked flow points at is still programmed. Checked for UDP packets
-/// and TCP SYNs only: established TCP keeps its backend even after the endpoint is removed
-/// (as with kube-proxy), while UDP flows and reused TCP tuples move to a live backend.
-#[inline(always)]
-fn backend_alive(entry: &CtEntry) -> bool {
-    select::backend(entry.backend_id)
-        .is_some_and(|be| be.addr == entry.nat_addr && be.port_be == entry.nat_port_be)
-}
-
 pub fn ingress(ctx: &TcContext, side: Side) -> i32 {
-    let Some(scratch) = SVCLB_SCRATCH.get_ptr_mut(0) else {
+    let Some(s) = scratch::get() else {
         return TC_ACT_OK;
     };
-    // SAFETY: this CPU's scratch area; nothing else runs on it until the program returns.
-    let s = unsafe { &mut *scratch };
     if !parsed(ctx, &mut s.pkt) {
         return TC_ACT_OK;
     }
@@ -153,7 +119,7 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
         return verdict;
     }
     s.picked.now = now;
-    if !pick(s) {
+    if !s.pick() {
         maps::count(stats, |c| c.refused += 1);
         if s.svc.flags & SVC_F_REJECT != 0 {
             // The answer takes the packet's place: no fragment of a datagram any more, so
@@ -176,19 +142,6 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
 /// What [`tracked`] returns for a packet it leaves to the caller.
 const NOT_TRACKED: i32 = i32::MIN;
 
-/// Picks the backend of a new flow into `s.picked`; `false` when the frontend has none.
-#[inline(never)]
-fn pick(s: &mut Scratch) -> bool {
-    match select::pick(&s.svc, &s.pkt, s.picked.now) {
-        Some((id, backend)) => {
-            s.picked.id = id;
-            s.picked.backend = backend;
-            true
-        }
-        None => false,
-    }
-}
-
 /// A packet of a tracked flow whose backend still serves it: translated as recorded; the
 /// verdict, or [`NOT_TRACKED`] when the flow is unknown or must pick again.
 #[inline(never)]
@@ -198,8 +151,7 @@ fn tracked(ctx: &TcContext, pkt: &Packet, svc: &ServiceValue, now: u64) -> i32 {
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let tracked = unsafe { &*entry };
-    let recheck = pkt.is_udp() || pkt.is_tcp_syn();
-    if tracked.svc_id != svc.id || (recheck && !backend_alive(tracked)) {
+    if !select::still_serves(tracked, pkt, svc) {
         return NOT_TRACKED;
     }
     conntrack::touch(entry, pkt, now);

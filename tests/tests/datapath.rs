@@ -16,7 +16,7 @@ use anyhow::Result;
 use common::{
     datapath::Datapath,
     fixture::{
-        Addrs, Case, Expect, TC_ACT_OK, UplinkAddrs, flow_cases, icmp_cases, loaded,
+        Addrs, Case, Expect, Hook, TC_ACT_OK, UplinkAddrs, flow_cases, icmp_cases, loaded,
         node_port_plan, other_traffic_cases, reject_cases, run_cases, snat_and_redirect, uplink_ns,
     },
 };
@@ -302,6 +302,10 @@ fn fixtures_snat_and_redirect() -> Result<()> {
     svclb_tests::netns::in_netns(&ns.0.clone(), move || {
         let mut dp = Datapath::load("snat")?;
         dp.program(&node_port_plan(&addrs));
-        snat_and_redirect::<PacketSpec>(&mut dp, ifindex, &addrs)
+        snat_and_redirect::<PacketSpec>(&mut dp, ifindex, &addrs, Hook::Tc)?;
+        drop(dp);
+        let mut dp = Datapath::load("xdp4")?;
+        dp.program(&node_port_plan(&addrs));
+        snat_and_redirect::<PacketSpec>(&mut dp, ifindex, &addrs, Hook::Xdp)
     })
 }

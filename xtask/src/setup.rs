@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     "curl",
     "socat",
     "procps",
+    // The lab turns transmit checksum offload off on its fabric ports (see `tests/src/lab.rs`).
+    "ethtool",
     // The benchmarks: kube-proxy's rule layouts, and a font for the chart.
     "iptables",
     "nftables",

@@ -50,6 +50,8 @@ pub struct LinkStatus {
 pub struct UplinkXdp {
     pub device: String,
     pub ifindex: u32,
+    /// Translated and sent out by the XDP program itself.
+    pub finished: u64,
     /// Passed on to the stack and the TC program.
     pub passed: u64,
     pub dropped: u64,
@@ -177,6 +179,7 @@ fn pinned(dir: &Path) -> Result<(MapState, Vec<MapFill>, Vec<UplinkXdp>)> {
         .map(|(ifindex, stats)| UplinkXdp {
             device: device_name(ifindex),
             ifindex,
+            finished: stats.finished,
             passed: stats.passed,
             dropped: stats.dropped,
         })
@@ -388,8 +391,8 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
     ));
     for uplink in &status.xdp {
         out.push_str(&format!(
-            "xdp        {}: {} passed to TC, {} dropped\n",
-            uplink.device, uplink.passed, uplink.dropped
+            "xdp        {}: {} finished in XDP, {} passed to TC, {} dropped\n",
+            uplink.device, uplink.finished, uplink.passed, uplink.dropped
         ));
     }
     out.push_str("\nDEVICE          HOOK                    LINK  PROGRAM\n");
@@ -484,6 +487,7 @@ mod tests {
             xdp: vec![UplinkXdp {
                 device: "eth0".into(),
                 ifindex: 2,
+                finished: 5000,
                 passed: 120,
                 dropped: 3,
             }],
@@ -511,7 +515,7 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("xdp        eth0: 120 passed to TC, 3 dropped\n"),
+            table.contains("xdp        eth0: 5000 finished in XDP, 120 passed to TC, 3 dropped\n"),
             "{table}"
         );
         assert!(

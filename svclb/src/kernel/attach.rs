@@ -16,12 +16,15 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::Ebpf;
 use aya::programs::{
     LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
     tc::{SchedClassifierLink, TcAttach},
     xdp::XdpLink,
+};
+use aya::{
+    Ebpf,
+    maps::{DevMapHash, MapData},
 };
 use futures::TryStreamExt as _;
 use glob::Pattern;
@@ -34,6 +37,7 @@ use rtnetlink::Handle;
 use tracing::{debug, error, info, warn};
 
 use prometheus_client::metrics::counter::Counter;
+use svclb_common::limits::MAP_XDP_PORTS;
 
 use super::{
     object::{POD_PROGRAM, UPLINK_PROGRAM, XDP_PROGRAM},
@@ -89,6 +93,8 @@ pub struct Devices {
     problems: BTreeMap<u32, String>,
     /// Where links are pinned.
     links_dir: PathBuf,
+    /// The uplinks the XDP program may redirect to: those it is attached to.
+    ports: DevMapHash<MapData>,
     /// Counts devices that could not be attached (or only in part).
     errors: Counter,
 }
@@ -130,12 +136,17 @@ impl Devices {
                 .load()
                 .with_context(|| format!("loading program {XDP_PROGRAM}"))?;
         }
+        let ports = ebpf
+            .take_map(MAP_XDP_PORTS)
+            .with_context(|| format!("the datapath object has no map {MAP_XDP_PORTS}"))?;
+        let ports = DevMapHash::try_from(ports).with_context(|| format!("map {MAP_XDP_PORTS}"))?;
         Ok(Self {
             ebpf,
             selector,
             attached: BTreeMap::new(),
             problems: BTreeMap::new(),
             links_dir,
+            ports,
             errors,
         })
     }
@@ -336,6 +347,7 @@ impl Devices {
         for index in gone {
             self.forget(index);
         }
+        self.sync_ports();
         self.prune();
         Ok(())
     }
@@ -346,6 +358,7 @@ impl Devices {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(msg)) => self.on_link(&msg),
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(msg)) => {
                 self.forget(msg.header.index);
+                self.sync_ports();
             }
             _ => {}
         }
@@ -365,7 +378,42 @@ impl Devices {
         }
     }
 
+    /// Makes the XDP redirect targets the uplinks XDP is attached to now (an earlier run's
+    /// entries included: the map is pinned).
+    fn sync_ports(&mut self) {
+        let want: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.xdp.is_some())
+            .map(|(index, _)| *index)
+            .collect();
+        let stale: Vec<u32> = self
+            .ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|index| !want.contains(index))
+            .collect();
+        for index in stale {
+            if let Err(err) = self.ports.remove(index) {
+                warn!(
+                    ifindex = index,
+                    "cannot remove an XDP redirect target: {err}"
+                );
+            }
+        }
+        for index in want {
+            if let Err(err) = self.ports.insert(index, index, None, 0) {
+                warn!(ifindex = index, "cannot add an XDP redirect target: {err}");
+            }
+        }
+    }
+
     fn on_link(&mut self, msg: &LinkMessage) {
+        self.on_link_change(msg);
+        self.sync_ports();
+    }
+
+    fn on_link_change(&mut self, msg: &LinkMessage) {
         let index = msg.header.index;
         let Some(name) = link_name(msg).map(str::to_owned) else {
             return;

@@ -212,13 +212,18 @@ impl Collector for TrafficCollector {
         }
         let mut family = encoder.encode_descriptor(
             "xdp_packets",
-            "Packets of each uplink the XDP program passed to the stack (and TC) or dropped",
+            "Packets of each uplink the XDP program finished (translated and sent out itself), passed to the stack (and TC) or dropped",
             None,
             MetricType::Counter,
         )?;
         for (ifindex, stats) in maps.xdp_stats() {
             let device = device_name(ifindex);
-            for (action, n) in [("passed", stats.passed), ("dropped", stats.dropped)] {
+            let actions = [
+                ("finished", stats.finished),
+                ("passed", stats.passed),
+                ("dropped", stats.dropped),
+            ];
+            for (action, n) in actions {
                 let labels = [("device", device.clone()), ("action", action.to_owned())];
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }

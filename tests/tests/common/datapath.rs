@@ -10,14 +10,14 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use svclb::{
     entries::{self, Capacity, MapState},
     kernel::{
         loader,
         maps::Maps,
-        object::{POD_PROGRAM, UPLINK_PROGRAM},
+        object::{POD_PROGRAM, UPLINK_PROGRAM, XDP_PROGRAM},
         sweep::{self, Sweeper},
     },
     plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
@@ -58,6 +58,11 @@ impl Datapath {
                 ebpf.program_mut(name).context("program")?.try_into()?;
             program.load()?;
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .context("program")?
+            .try_into()?;
+        xdp.load()?;
         Ok(Self {
             ebpf,
             maps,
@@ -149,6 +154,44 @@ impl Datapath {
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let (verdict, out, _) = self.run_program(UPLINK_PROGRAM, frame, 1, Some(&ctx))?;
         Ok((verdict, out))
+    }
+
+    /// Runs the XDP program once on `frame` as if it arrived on device `ifindex` of the calling
+    /// thread's namespace: its action and output frame.
+    pub fn run_xdp_on(&mut self, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let (action, out, _) = self.run_xdp_repeat(ifindex, frame, 1)?;
+        Ok((action, out))
+    }
+
+    /// [`Self::run_xdp_on`] `repeat` times on one copy of `frame`, with the kernel's average
+    /// time per run.
+    pub fn run_xdp_repeat(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex, as offsets into the frame (no metadata before it).
+        let mut ctx = [0u8; 24];
+        let len = u32::try_from(frame.len()).context("frame too long")?;
+        ctx[4..8].copy_from_slice(&len.to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(XDP_PROGRAM)
+            .context("program")?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out, result.duration))
     }
 
     /// Runs the program `repeat` times on one copy of `frame` (a program that rewrites the

@@ -18,6 +18,38 @@ use super::datapath::Datapath;
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 pub const TC_ACT_REDIRECT: u32 = 7;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Which program a fixture runs on a node's uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// The uplink's TC program: it translates everything, and redirects what it sends on.
+    Tc,
+    /// The XDP program: it finishes flows to remote backends (`XDP_TX`) and passes ICMP
+    /// errors to TC untouched.
+    Xdp,
+}
+
+impl Hook {
+    /// Runs this hook's program once on `frame`, arriving on device `ifindex`.
+    pub fn run(self, dp: &mut Datapath, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        match self {
+            Self::Tc => dp.run_uplink_on(ifindex, frame),
+            Self::Xdp => dp.run_xdp_on(ifindex, frame),
+        }
+    }
+
+    /// The verdict of a packet the program translated and sends on itself.
+    pub fn sent(self) -> u32 {
+        match self {
+            Self::Tc => TC_ACT_REDIRECT,
+            Self::Xdp => XDP_TX,
+        }
+    }
+}
 
 pub enum Expect<P> {
     Unchanged,
@@ -384,26 +416,40 @@ fn snat_port<P: TestPacket>(out: &[u8]) -> Result<u16> {
 
 /// The rewrites that send packets on themselves (FIB lookup, MAC addresses, TTL or hop
 /// limit), on a node's uplink (program index `ifindex`): SNAT to a remote backend, its reply,
-/// and ICMP errors of the SNATed flows. Run inside the namespace of [`uplink_ns`].
+/// and ICMP errors of the SNATed flows, through `hook`'s program (XDP leaves the ICMP errors
+/// to TC, untouched). Run inside the namespace of [`uplink_ns`].
 pub fn snat_and_redirect<P: TestPacket>(
     dp: &mut Datapath,
     ifindex: u32,
     a: &UplinkAddrs<P::Addr>,
+    hook: Hook,
 ) -> Result<()> {
-    let mut run = |what: &str, input: Vec<u8>| -> Result<Vec<u8>> {
-        let (verdict, out) = dp.run_uplink_on(ifindex, &input).context(what.to_owned())?;
-        if verdict != TC_ACT_REDIRECT {
-            bail!("{what}: verdict {verdict}, expected a redirect");
+    let run = |dp: &mut Datapath, what: &str, input: Vec<u8>| -> Result<Vec<u8>> {
+        let (verdict, out) = hook.run(dp, ifindex, &input).context(what.to_owned())?;
+        if verdict != hook.sent() {
+            bail!("{what}: verdict {verdict}, expected {}", hook.sent());
         }
         P::verify_made(&out).map_err(|why| anyhow::anyhow!("{what}: {why}"))?;
         Ok(out)
+    };
+    let icmp = |dp: &mut Datapath, what: &str, input: Vec<u8>| -> Result<Option<Vec<u8>>> {
+        if hook == Hook::Tc {
+            return run(dp, what, input).map(Some);
+        }
+        let (verdict, out) = Hook::Xdp
+            .run(dp, ifindex, &input)
+            .context(what.to_owned())?;
+        if verdict != XDP_PASS || out != input {
+            bail!("{what}: verdict {verdict}, expected to pass to TC untouched");
+        }
+        Ok(None)
     };
     let (node, backend) = (a.node, a.remote_backend);
     let to_remote = |frame: &P| P::forwarded(frame.build(), NEXT_HOP_MAC, UP0_MAC);
     let to_client = |frame: Vec<u8>| P::forwarded(frame, CLIENT_MAC, UP0_MAC);
 
     let syn = P::tcp(a.client, (node, 30080), TCP_SYN);
-    let out = run("a SYN to a NodePort with a remote backend", syn.build())?;
+    let out = run(dp, "a SYN to a NodePort with a remote backend", syn.build())?;
     let port = snat_port::<P>(&out)?;
     let sent = syn.with_dst(backend.0, backend.1).with_src(node, port);
     assert_eq!(
@@ -413,7 +459,7 @@ pub fn snat_and_redirect<P: TestPacket>(
     );
 
     let ack = P::tcp(a.client, (node, 30080), TCP_ACK);
-    let out = run("the next segment", ack.build())?;
+    let out = run(dp, "the next segment", ack.build())?;
     let sent = ack.with_dst(backend.0, backend.1).with_src(node, port);
     assert_eq!(
         out,
@@ -423,7 +469,7 @@ pub fn snat_and_redirect<P: TestPacket>(
 
     let syn_ack = P::tcp(backend, (node, port), TCP_SYN | TCP_ACK);
     let client_sees = P::tcp((node, 30080), a.client, TCP_SYN | TCP_ACK);
-    let out = run("the backend's reply", syn_ack.build())?;
+    let out = run(dp, "the backend's reply", syn_ack.build())?;
     assert_eq!(
         out,
         to_client(client_sees.build()),
@@ -431,20 +477,24 @@ pub fn snat_and_redirect<P: TestPacket>(
     );
 
     let reply_out = client_sees.quote_of(20);
-    let out = run(
+    let out = icmp(
+        dp,
         "a packet-too-big about the reply",
         P::icmp_error(a.router, node, P::TOO_BIG, &reply_out),
     )?;
-    let quoted = P::with_l4_checksum_of(syn_ack.quote_of(20), &reply_out);
-    let expect = P::icmp_error(a.router, backend.0, P::TOO_BIG, &quoted);
-    assert_eq!(
-        out,
-        P::forwarded(expect, NEXT_HOP_MAC, UP0_MAC),
-        "packet too big: to the backend, quoting what it sent"
-    );
+    if let Some(out) = out {
+        let quoted = P::with_l4_checksum_of(syn_ack.quote_of(20), &reply_out);
+        let expect = P::icmp_error(a.router, backend.0, P::TOO_BIG, &quoted);
+        assert_eq!(
+            out,
+            P::forwarded(expect, NEXT_HOP_MAC, UP0_MAC),
+            "packet too big: to the backend, quoting what it sent"
+        );
+    }
 
     let udp = P::udp((a.client.0, 40_001), (node, 30053));
     let out = run(
+        dp,
         "a datagram to a NodePort with a remote backend",
         udp.build(),
     )?;
@@ -455,20 +505,23 @@ pub fn snat_and_redirect<P: TestPacket>(
         .with_src(node, port);
     assert_eq!(out, to_remote(&sent), "datagram: SNAT and DNAT");
     let quoted = sent.quote_of(8);
-    let out = run(
+    let out = icmp(
+        dp,
         "a port unreachable from the backend",
         P::icmp_error(backend.0, node, P::PORT_UNREACHABLE, &quoted),
     )?;
-    let expect = P::icmp_error(
-        node,
-        a.client.0,
-        P::PORT_UNREACHABLE,
-        &P::with_l4_checksum_of(udp.quote_of(8), &quoted),
-    );
-    assert_eq!(
-        out,
-        to_client(expect),
-        "port unreachable: from the NodePort to the client, quoting its datagram"
-    );
+    if let Some(out) = out {
+        let expect = P::icmp_error(
+            node,
+            a.client.0,
+            P::PORT_UNREACHABLE,
+            &P::with_l4_checksum_of(udp.quote_of(8), &quoted),
+        );
+        assert_eq!(
+            out,
+            to_client(expect),
+            "port unreachable: from the NodePort to the client, quoting its datagram"
+        );
+    }
     Ok(())
 }
