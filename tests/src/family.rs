@@ -34,6 +34,8 @@ pub trait TestPacket: Clone + std::fmt::Debug {
     const FAMILY: &'static str;
     /// Ethernet and IP header bytes before the L4 header, without options or extensions.
     const L4_AT: usize;
+    /// Where the TTL (IPv4) or hop limit (IPv6) is in a frame.
+    const TTL_AT: usize;
     /// ICMP header of a port unreachable (checksum left to [`TestPacket::icmp_error`]).
     const PORT_UNREACHABLE: [u8; 8];
     /// ICMP header saying the packet is too big for the next hop (fragmentation needed, with
@@ -102,6 +104,7 @@ impl TestPacket for PacketSpec {
     type Addr = Ipv4Addr;
     const FAMILY: &'static str = "IPv4";
     const L4_AT: usize = 14 + 20;
+    const TTL_AT: usize = 14 + 8;
     const PORT_UNREACHABLE: [u8; 8] = [3, 3, 0, 0, 0, 0, 0, 0];
     const TOO_BIG: [u8; 8] = [3, 4, 0, 0, 0, 0, 0x05, 0x00];
     const UPLINK: UplinkAddressing = UplinkAddressing {
@@ -195,6 +198,7 @@ impl TestPacket for Packet6 {
     type Addr = Ipv6Addr;
     const FAMILY: &'static str = "IPv6";
     const L4_AT: usize = 14 + 40;
+    const TTL_AT: usize = 14 + 7;
     const PORT_UNREACHABLE: [u8; 8] = [1, 4, 0, 0, 0, 0, 0, 0];
     const TOO_BIG: [u8; 8] = [2, 0, 0, 0, 0, 0, 0x05, 0x00];
     const UPLINK: UplinkAddressing = UplinkAddressing {

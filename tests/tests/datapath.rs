@@ -18,6 +18,7 @@ use common::{
     fixture::{
         Addrs, Case, Expect, Hook, TC_ACT_OK, UplinkAddrs, flow_cases, icmp_cases, loaded,
         node_port_plan, other_traffic_cases, reject_cases, run_cases, snat_and_redirect, uplink_ns,
+        xdp_and_tc_share_flows,
     },
 };
 use svclb::plan::Protocol;
@@ -306,6 +307,10 @@ fn fixtures_snat_and_redirect() -> Result<()> {
         drop(dp);
         let mut dp = Datapath::load("xdp4")?;
         dp.program(&node_port_plan(&addrs));
-        snat_and_redirect::<PacketSpec>(&mut dp, ifindex, &addrs, Hook::Xdp)
+        snat_and_redirect::<PacketSpec>(&mut dp, ifindex, &addrs, Hook::Xdp)?;
+        drop(dp);
+        let mut dp = Datapath::load("share4")?;
+        dp.program(&node_port_plan(&addrs));
+        xdp_and_tc_share_flows::<PacketSpec>(&mut dp, ifindex, &addrs)
     })
 }

@@ -5,16 +5,21 @@
 //! that is neither to a frontend nor from a backend leaves byte for byte as it came; and a
 //! frame the programs rewrite keeps its length, IHL, protocol and payload, changes only
 //! addresses, ports, TTL and checksums, and keeps every checksum that was valid valid. The
-//! same over IPv6, with extension headers.
+//! same over IPv6, with extension headers. The XDP program meets the same frames on a node's
+//! uplink, its frontends external with remote backends (what it finishes itself): whatever
+//! it passes to TC is untouched, and whatever it sends back out obeys the rewrite invariants.
 
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
-use common::datapath::Datapath;
+use common::{
+    datapath::Datapath,
+    fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, uplink_ns},
+};
 use proptest::{prelude::*, test_runner::TestCaseError};
-use svclb::plan::Protocol;
+use svclb::plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope};
 use svclb_tests::{
     packet::{L4, PacketSpec, checksum, verify_checksums},
     packet6::{Ext, NEXTHDR_DEST, NEXTHDR_HOP, Packet6, l4_checksum_ok},
@@ -533,5 +538,134 @@ fn random_and_malformed_ipv6_frames() -> Result<()> {
             run(&bytes)
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+// XDP: the frontends become LoadBalancer IPs (external) whose backends are on another node,
+// in a namespace whose FIB routes them, so the program has flows to finish.
+
+/// The TC invariants over one frame: input, verdict, output.
+type Check = fn(&[u8], u32, &[u8]) -> Result<(), TestCaseError>;
+
+/// A LoadBalancer IP on ports 80/TCP and 53/UDP with `backends` on node n2.
+fn external_plan(vip: IpAddr, backends: &[(IpAddr, u16)]) -> Plan {
+    let mut plan = Plan::default();
+    for (port, protocol) in [(80, Protocol::Tcp), (53, Protocol::Udp)] {
+        plan.frontends.insert(
+            FrontendKey::new(vip, port, protocol),
+            Frontend::new(
+                "default/lb",
+                FrontendKind::LoadBalancer,
+                Scope::External,
+                backends
+                    .iter()
+                    .map(|(a, p)| PlanBackend {
+                        node: Some("n2".into()),
+                        ..PlanBackend::remote(*a, *p)
+                    })
+                    .collect(),
+            ),
+        );
+    }
+    plan
+}
+
+/// The XDP invariants over one frame; `rewrite` checks a rewritten frame as TC's are.
+/// Whether XDP sent the frame out itself.
+fn check_xdp(
+    input: &[u8],
+    action: u32,
+    output: &[u8],
+    rewrite: Check,
+) -> Result<bool, TestCaseError> {
+    prop_assert!(
+        [XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT].contains(&action),
+        "action {action}"
+    );
+    match action {
+        XDP_PASS => {
+            prop_assert_eq!(output, input, "what XDP passes to TC, it passes untouched");
+            Ok(false)
+        }
+        XDP_DROP => rewrite(input, TC_ACT_SHOT, output).map(|()| false),
+        _ => {
+            prop_assert_ne!(output, input, "a frame XDP sends out is translated");
+            rewrite(input, TC_ACT_OK, output).map(|()| true)
+        }
+    }
+}
+
+/// Runs both uplink programs (XDP, then TC) on frames from `frames` in the namespace of an
+/// uplink at `ifindex`; how many XDP sent out itself.
+fn fuzz_uplink<S: Strategy<Value = Vec<u8>>>(
+    dp: &mut Datapath,
+    ifindex: u32,
+    frames: S,
+    check_tc: Check,
+) -> Result<usize> {
+    let dp = std::cell::RefCell::new(dp);
+    let sent = std::cell::Cell::new(0usize);
+    let config = ProptestConfig {
+        cases: 5_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    runner
+        .run(&frames, |frame| {
+            if !testable(&frame) {
+                return Ok(());
+            }
+            let mut dp = dp.borrow_mut();
+            let fail = |e: anyhow::Error| TestCaseError::fail(format!("{e:#}"));
+            let (action, output) = dp.run_xdp_on(ifindex, &frame).map_err(fail)?;
+            if check_xdp(&frame, action, &output, check_tc)? {
+                sent.set(sent.get() + 1);
+            }
+            let (verdict, output) = dp.run_uplink_on(ifindex, &frame).map_err(fail)?;
+            check_tc(&frame, verdict, &output)
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(sent.get())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_xdp_program_on_random_and_malformed_frames() -> Result<()> {
+    require_root()?;
+    let (ns, ifindex) = uplink_ns::<PacketSpec>("fuzzxdp")?;
+    let sent = svclb_tests::netns::in_netns(&ns.0.clone(), move || {
+        let mut dp = Datapath::load("fuzzxdp")?;
+        let backends: Vec<_> = BACKENDS.iter().map(|(a, p)| (IpAddr::V4(*a), *p)).collect();
+        dp.program(&external_plan(IpAddr::V4(VIP), &backends));
+        let frames = (spec(), damage()).prop_map(|(spec, damage)| apply(spec.build(), &damage));
+        fuzz_uplink(&mut dp, ifindex, frames, check)
+    })?;
+    assert!(
+        sent >= 50,
+        "XDP sent only {sent} frames out itself: the generator misses the frontend"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_xdp_program_on_random_and_malformed_ipv6_frames() -> Result<()> {
+    require_root()?;
+    let (ns, ifindex) = uplink_ns::<Packet6>("fuzzxdp6")?;
+    let sent = svclb_tests::netns::in_netns(&ns.0.clone(), move || {
+        let mut dp = Datapath::load("fuzzxdp6")?;
+        let backends: Vec<_> = BACKENDS6
+            .iter()
+            .map(|(a, p)| (IpAddr::V6(*a), *p))
+            .collect();
+        dp.program(&external_plan(IpAddr::V6(VIP6), &backends));
+        let frames = (spec6(), damage6()).prop_map(|(spec, damage)| apply6(spec.build(), &damage));
+        fuzz_uplink(&mut dp, ifindex, frames, check6)
+    })?;
+    assert!(
+        sent >= 50,
+        "XDP sent only {sent} frames out itself: the generator misses the frontend"
+    );
     Ok(())
 }

@@ -525,3 +525,89 @@ pub fn snat_and_redirect<P: TestPacket>(
     }
     Ok(())
 }
+
+/// One flow's packets alternate between the two hooks (as when `--xdp-mode` changes under
+/// running flows): whichever program meets a packet, it finds the other's conntrack entries
+/// and gives the packet the same backend, SNAT port and bytes. Then what XDP leaves to TC
+/// untouched, and creates no state for: a next hop whose MAC the FIB does not know yet, and
+/// a TTL that runs out here. Run inside the namespace of [`uplink_ns`].
+pub fn xdp_and_tc_share_flows<P: TestPacket>(
+    dp: &mut Datapath,
+    ifindex: u32,
+    a: &UplinkAddrs<P::Addr>,
+) -> Result<()> {
+    let (node, backend) = (a.node, a.remote_backend);
+    let send = |dp: &mut Datapath, hook: Hook, what: &str, input: &P| -> Result<Vec<u8>> {
+        let (verdict, out) = hook
+            .run(dp, ifindex, &input.build())
+            .context(what.to_owned())?;
+        if verdict != hook.sent() {
+            bail!(
+                "{what} through {hook:?}: verdict {verdict}, expected {}",
+                hook.sent()
+            );
+        }
+        Ok(out)
+    };
+    for (first, then) in [(Hook::Tc, Hook::Xdp), (Hook::Xdp, Hook::Tc)] {
+        let client = (a.client.0, if first == Hook::Tc { 41_000 } else { 41_001 });
+        let syn = P::tcp(client, (node, 30080), TCP_SYN);
+        let out = send(dp, first, "a SYN", &syn)?;
+        let port = snat_port::<P>(&out)?;
+        let ack = P::tcp(client, (node, 30080), TCP_ACK);
+        let out = send(dp, then, "the next segment", &ack)?;
+        let sent = ack.with_dst(backend.0, backend.1).with_src(node, port);
+        assert_eq!(
+            out,
+            P::forwarded(sent.build(), NEXT_HOP_MAC, UP0_MAC),
+            "a flow {first:?} started keeps its backend and SNAT port in {then:?}"
+        );
+        let reply = P::tcp(backend, (node, port), TCP_ACK);
+        let out = send(dp, first, "the backend's reply", &reply)?;
+        let client_sees = P::tcp((node, 30080), client, TCP_ACK);
+        assert_eq!(
+            out,
+            P::forwarded(client_sees.build(), CLIENT_MAC, UP0_MAC),
+            "the reply of a flow {then:?} carried goes back through {first:?}"
+        );
+    }
+
+    let untouched = |dp: &mut Datapath, what: &str, input: &[u8]| -> Result<()> {
+        let before = dp.conntrack()?.keys().count();
+        let (verdict, out) = Hook::Xdp.run(dp, ifindex, input).context(what.to_owned())?;
+        if verdict != XDP_PASS || out != input {
+            bail!("{what}: verdict {verdict}, expected to pass to TC untouched");
+        }
+        if dp.conntrack()?.keys().count() != before {
+            bail!("{what}: XDP made conntrack entries for a packet it passed");
+        }
+        Ok(())
+    };
+    let mut short_lived = P::tcp((a.client.0, 41_002), (node, 30080), TCP_SYN).build();
+    short_lived[P::TTL_AT] = 1;
+    untouched(dp, "a SYN whose TTL runs out here", &short_lived)?;
+
+    let next_hop = P::UPLINK.next_hop;
+    let family = P::UPLINK.ip_family;
+    let neigh = |verb: &str| -> Result<()> {
+        let mut args: Vec<&str> = family.to_vec();
+        args.extend(["neigh", verb, next_hop, "dev", "up0"]);
+        if verb == "replace" {
+            args.extend(["lladdr", "02:00:00:00:00:0c", "nud", "permanent"]);
+        }
+        svclb_tests::netns::run("ip", &args).map(drop)
+    };
+    neigh("del")?;
+    let syn = P::tcp((a.client.0, 41_003), (node, 30080), TCP_SYN);
+    let result =
+        untouched(dp, "a SYN to a next hop without a neighbour", &syn.build()).and_then(|()| {
+            // TC takes it from there: the neighbour subsystem resolves the next hop.
+            let (verdict, _) = Hook::Tc.run(dp, ifindex, &syn.build())?;
+            if verdict != TC_ACT_REDIRECT {
+                bail!("TC after XDP passed: verdict {verdict}, expected a redirect");
+            }
+            Ok(())
+        });
+    neigh("replace")?;
+    result
+}
