@@ -230,6 +230,8 @@ impl Lab {
             .collect::<Result<Vec<_>>>()?;
         let fab = self.fabric_ns.clone();
         self.add_ns(&fab)?;
+        fs::create_dir_all(&self.bpffs_root)?;
+        let pass = crate::xdp_pass::load()?;
         ip_in(&fab, &["link", "add", "br0", "type", "bridge"])?;
         ip_in(&fab, &["link", "set", "br0", "up"])?;
 
@@ -259,6 +261,9 @@ impl Lab {
             let addr = Ipv4Addr::new(172, 31, 0, 10 + index);
             let addr6 = Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 0x10 + u16::from(index));
             self.plug_into_fabric(&ns, &name, addr)?;
+            // The fabric's side of a node's uplink takes what the node's XDP sends back.
+            let pin = self.bpffs_root.join(format!("fabric-xdp-{name}"));
+            crate::xdp_pass::attach(&fab, &name, &pass, &pin)?;
             if self.spec.ipv6 {
                 sysctl_in(&ns, "net.ipv6.conf.all.forwarding", "1")?;
                 ip_in(
@@ -314,6 +319,10 @@ impl Lab {
     }
 
     /// A veth from `ns` (as eth0, with `addr`/24) to the fabric bridge (as `port`).
+    ///
+    /// The fabric's side sends frames with complete checksums, as a wire does: a veth would
+    /// otherwise pass the sender's CHECKSUM_PARTIAL on, whose checksum field an XDP program
+    /// (which cannot see that state) must not update as a full one.
     fn plug_into_fabric(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
         let fab = &self.fabric_ns;
         ip_in(
@@ -322,6 +331,7 @@ impl Lab {
                 "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns,
             ],
         )?;
+        netns::run_in(fab, "ethtool", &["-K", port, "tx", "off"])?;
         ip_in(fab, &["link", "set", port, "master", "br0", "up"])?;
         ip_in(ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
         ip_in(ns, &["link", "set", "eth0", "up"])

@@ -24,6 +24,7 @@ pub mod netns;
 pub mod packet;
 pub mod packet6;
 pub mod server;
+pub mod xdp_pass;
 
 pub use lab::{LAB_PREFIX, Lab, LabSpec, Node, Pod, remove_leftovers, svclb_bin};
 
