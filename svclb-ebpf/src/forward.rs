@@ -100,8 +100,8 @@ fn source_of(pkt: &Packet, params: &bpf_fib_lookup) -> L3Addr {
     svclb_common::addr::v4(src)
 }
 
-/// A route found whole: the egress device, the MAC addresses to write, and the source
-/// address this node uses on it.
+/// A route found whole: the egress device, the MAC addresses to write, and (when asked for)
+/// the source address this node uses on it.
 pub struct Route {
     pub ifindex: u32,
     pub dmac: [u8; 6],
@@ -109,14 +109,21 @@ pub struct Route {
     pub source: L3Addr,
 }
 
-/// The route to `daddr` when the FIB knows it all, next hop's MAC included (and the MTU
-/// lets the packet through); `None` otherwise, for the stack to resolve.
+/// The route to `daddr` into `out` when the FIB knows it all, next hop's MAC included (and
+/// the MTU lets the packet through); `false` otherwise, for the stack to resolve. With
+/// `source`, also the source address this node uses on it (what a new flow is SNATed to;
+/// choosing it costs, over IPv6 most).
 #[inline(always)]
-pub fn route(ctx: &impl Frame, pkt: &Packet, daddr: &L3Addr, out: &mut Route) -> bool {
+pub fn route(
+    ctx: &impl Frame,
+    pkt: &Packet,
+    daddr: &L3Addr,
+    source: bool,
+    out: &mut Route,
+) -> bool {
     let mut params = zeroed();
-    if lookup(ctx, pkt, daddr, BPF_FIB_LOOKUP_SRC, &mut params)
-        != i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-    {
+    let flags = if source { BPF_FIB_LOOKUP_SRC } else { 0 };
+    if lookup(ctx, pkt, daddr, flags, &mut params) != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return false;
     }
     // SAFETY: union of byte arrays; a successful lookup filled the MAC addresses.
@@ -124,7 +131,9 @@ pub fn route(ctx: &impl Frame, pkt: &Packet, daddr: &L3Addr, out: &mut Route) ->
     out.ifindex = params.ifindex;
     out.dmac = macs.dmac;
     out.smac = macs.smac;
-    out.source = source_of(pkt, &params);
+    if source {
+        out.source = source_of(pkt, &params);
+    }
     true
 }
 

@@ -122,7 +122,7 @@ fn tracked(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if !select::still_serves(tracked, &s.pkt, &s.svc) {
         return NOT_TRACKED;
     }
-    if !ours(tracked) || !sendable(ctx, &s.pkt, &tracked.nat_addr, &mut s.route) {
+    if !ours(tracked) || !sendable(ctx, &s.pkt, &tracked.nat_addr, false, &mut s.route) {
         return XDP_PASS;
     }
     count_packet(ctx, s.svc.id, false);
@@ -145,7 +145,7 @@ fn new_flow(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if backend.flags & BE_F_LOCAL != 0 || backend.addr == s.pkt.saddr {
         return XDP_PASS;
     }
-    if !sendable(ctx, &s.pkt, &backend.addr, &mut s.route) {
+    if !sendable(ctx, &s.pkt, &backend.addr, true, &mut s.route) {
         return XDP_PASS;
     }
     snat_new(ctx, s).unwrap_or(XDP_DROP)
@@ -171,7 +171,7 @@ fn from_backend(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let tracked = unsafe { &*entry };
-    if !ours(tracked) || !sendable(ctx, &s.pkt, &tracked.snat_addr, &mut s.route) {
+    if !ours(tracked) || !sendable(ctx, &s.pkt, &tracked.snat_addr, false, &mut s.route) {
         return XDP_PASS;
     }
     conntrack::touch(entry, &s.pkt, conntrack::now_ns());
@@ -183,15 +183,17 @@ fn from_backend(ctx: &XdpContext, s: &mut Scratch) -> u32 {
 
 /// Whether a packet to `daddr` can leave from here: its TTL lasts another hop (else the stack
 /// answers), and the FIB names the device and MAC addresses, to a device XDP can send on (this
-/// uplink, or another one in `SVCLB_XDP_PORTS`). Fills `route`.
+/// uplink, or another one in `SVCLB_XDP_PORTS`). Fills `route`, with the source address when
+/// `source` asks for it.
 #[inline(always)]
 fn sendable(
     ctx: &XdpContext,
     pkt: &Packet,
     daddr: &svclb_common::L3Addr,
+    source: bool,
     route: &mut Route,
 ) -> bool {
-    if pkt.ttl <= 1 || !forward::route(ctx, pkt, daddr, route) {
+    if pkt.ttl <= 1 || !forward::route(ctx, pkt, daddr, source, route) {
         return false;
     }
     route.ifindex == Frame::ifindex(ctx) || SVCLB_XDP_PORTS.get_ifindex(route.ifindex).is_some()

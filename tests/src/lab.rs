@@ -895,6 +895,16 @@ impl Lab {
     /// host-network client, or a pod's) and in node `node`'s cgroup, where its agent's socket
     /// hooks are; waits for it and returns its lines.
     pub fn run_client(&self, node: usize, ns: &str, args: &[&str]) -> Result<Vec<String>> {
+        self.run_client_in(Some(node), ns, args)
+    }
+
+    /// [`Lab::run_client`] for a client outside every node (the external client): in no
+    /// node's cgroup, so no agent's socket hooks see it.
+    pub fn run_external_client(&self, args: &[&str]) -> Result<Vec<String>> {
+        self.run_client_in(None, &self.client_ns, args)
+    }
+
+    fn run_client_in(&self, node: Option<usize>, ns: &str, args: &[&str]) -> Result<Vec<String>> {
         let (mut command, _open) = self.client_command(node, ns, args)?;
         let out = command
             .stdin(Stdio::null())
@@ -915,7 +925,7 @@ impl Lab {
 
     /// Spawns the client [`Lab::run_client`] runs, its output piped.
     pub fn spawn_client(&self, node: usize, ns: &str, args: &[&str]) -> Result<Child> {
-        let (mut command, _open) = self.client_command(node, ns, args)?;
+        let (mut command, _open) = self.client_command(Some(node), ns, args)?;
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -923,21 +933,26 @@ impl Lab {
             .context("starting svclb-lab-client")
     }
 
-    /// The client's command, and the descriptors it needs open until it is spawned.
+    /// The client's command (in node `node`'s cgroup, if any), and the descriptors it needs
+    /// open until it is spawned.
     fn client_command(
         &self,
-        node: usize,
+        node: Option<usize>,
         ns: &str,
         args: &[&str],
-    ) -> Result<(Command, [fs::File; 2])> {
+    ) -> Result<(Command, Vec<fs::File>)> {
         let netns_file = fs::File::open(format!("/run/netns/{ns}"))
             .with_context(|| format!("opening network namespace {ns}"))?;
-        let procs = crate::cgroup::procs_of(&self.nodes[node].cgroup)?;
         let mut command = Command::new(sibling_bin("svclb-lab-client", "SVCLB_LAB_CLIENT")?);
         command.args(args);
-        crate::cgroup::join_on_exec(&mut command, &procs);
         netns::enter_on_exec(&mut command, &netns_file);
-        Ok((command, [netns_file, procs]))
+        let mut open = vec![netns_file];
+        if let Some(node) = node {
+            let procs = crate::cgroup::procs_of(&self.nodes[node].cgroup)?;
+            crate::cgroup::join_on_exec(&mut command, &procs);
+            open.push(procs);
+        }
+        Ok((command, open))
     }
 
     pub fn work_dir(&self) -> &Path {

@@ -45,7 +45,7 @@ enum Task {
         /// A smoke run: smaller sizes and fewer samples (a minute or two).
         #[arg(long)]
         quick: bool,
-        /// Only this section: packet, latency, control-plane or maglev (the results file is
+        /// Only this section: packet, latency, north-south, control-plane or maglev (the results file is
         /// named after it).
         #[arg(long)]
         only: Option<String>,

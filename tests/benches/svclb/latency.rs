@@ -108,8 +108,13 @@ fn measure(
         ns,
         &["bench", &addr.to_string(), &connections.to_string(), &limit],
     )?;
-    let (mut times, mut failed, mut rps) = (Vec::with_capacity(connections), 0, 0.0);
-    for line in &lines {
+    parse_bench(&lines)
+}
+
+/// What `svclb-lab-client bench` printed: connection times, failures, requests/s.
+pub fn parse_bench(lines: &[String]) -> Result<(Vec<Duration>, usize, f64)> {
+    let (mut times, mut failed, mut rps) = (Vec::new(), 0, 0.0);
+    for line in lines {
         match line.split_once(' ') {
             Some(("c", ns)) => times.push(Duration::from_nanos(ns.parse()?)),
             Some(("rps", value)) => rps = value.parse()?,
@@ -145,14 +150,14 @@ fn hook_cost(p: &Prepared) -> Result<f64> {
 }
 
 /// Program `id`'s run time (ns) and runs so far, as bpftool reports them.
-fn run_stats(id: u64) -> Result<(f64, f64)> {
+pub fn run_stats(id: u64) -> Result<(f64, f64)> {
     let out = svclb_tests::netns::run("bpftool", &["-j", "prog", "show", "id", &id.to_string()])?;
     let info: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let get = |k: &str| info[k].as_f64().unwrap_or(0.0);
     Ok((get("run_time_ns"), get("run_cnt")))
 }
 
-fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
+pub fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -232,7 +237,7 @@ fn prepare(system: System, n: usize) -> Result<Prepared> {
 }
 
 /// The order of the systems in round `round`: each round starts with a different one.
-fn round_order(round: usize, systems: usize) -> Vec<usize> {
+pub fn round_order(round: usize, systems: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..systems).collect();
     order.rotate_left(round % systems);
     if round / systems % 2 == 1 {

@@ -9,6 +9,7 @@ mod control_plane;
 mod kubeproxy;
 mod latency;
 mod maglev_cost;
+mod north_south;
 mod packet_cost;
 mod report;
 
@@ -24,7 +25,7 @@ pub struct Settings {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes `--bench`; our own flags are `--quick`, `--out FILE` and
-    // `--only SECTION` (packet, latency, control-plane or maglev).
+    // `--only SECTION` (packet, latency, north-south, control-plane or maglev).
     let quick = args.iter().any(|a| a == "--quick");
     let only = args
         .iter()
@@ -51,6 +52,10 @@ fn main() -> Result<()> {
     if wanted("latency") {
         eprintln!("== new-connection latency and throughput through a cluster IP");
         report.latency = latency::run(&settings)?;
+    }
+    if wanted("north-south") {
+        eprintln!("== north-south: XDP against TC");
+        report.north_south = Some(north_south::run(&settings)?);
     }
     if wanted("control-plane") {
         eprintln!("== control plane");

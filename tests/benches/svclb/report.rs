@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::{
     control_plane,
     latency::{self, System},
-    maglev_cost, packet_cost,
+    maglev_cost, north_south, packet_cost,
 };
 
 pub struct Report {
@@ -23,6 +23,7 @@ pub struct Report {
     pub cold: Vec<control_plane::Cold>,
     pub changes: Vec<control_plane::Change>,
     pub latency: Vec<latency::Row>,
+    pub north_south: Option<north_south::Results>,
     /// File name of the latency chart, beside the results file.
     pub chart: Option<String>,
 }
@@ -63,6 +64,7 @@ impl Report {
             cold: Vec::new(),
             changes: Vec::new(),
             latency: Vec::new(),
+            north_south: None,
             chart: None,
         })
     }
@@ -150,6 +152,9 @@ impl Report {
         }
         if !self.latency.is_empty() {
             self.render_latency(&mut out);
+        }
+        if let Some(north_south) = &self.north_south {
+            north_south::render(north_south, &mut out);
         }
         if !self.cold.is_empty() || !self.changes.is_empty() {
             let _ = writeln!(out, "## Control plane\n");

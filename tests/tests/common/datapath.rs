@@ -149,11 +149,22 @@ impl Datapath {
     /// Runs the uplink program once on `frame` as if it arrived on device `ifindex` of the
     /// calling thread's namespace (whose routes and neighbours its FIB lookups then see).
     pub fn run_uplink_on(&mut self, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let (verdict, out, _) = self.run_uplink_repeat(ifindex, frame, 1)?;
+        Ok((verdict, out))
+    }
+
+    /// [`Self::run_uplink_on`] `repeat` times on one copy of `frame`, with the kernel's average
+    /// time per run.
+    pub fn run_uplink_repeat(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         // `struct __sk_buff` up to `ifindex` (11th word); the kernel wants the rest zero.
         let mut ctx = [0u8; 44];
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
-        let (verdict, out, _) = self.run_program(UPLINK_PROGRAM, frame, 1, Some(&ctx))?;
-        Ok((verdict, out))
+        self.run_program(UPLINK_PROGRAM, frame, repeat, Some(&ctx))
     }
 
     /// Runs the XDP program once on `frame` as if it arrived on device `ifindex` of the calling
