@@ -88,9 +88,10 @@ pub static SVCLB_SOCK_STATS: PerCpuArray<SockStats, STATS_MAX> = PerCpuArray::ne
 pub static SVCLB_XDP_STATS: LruPerCpuHashMap<u32, XdpStats, XDP_STATS_MAX> =
     LruPerCpuHashMap::new();
 
-/// Uplink ifindex -> itself: the devices the XDP program may redirect to. Only uplinks the
-/// agent attached XDP to are here: a native XDP redirect needs a target whose driver takes
-/// XDP frames, which a device with an XDP program of its own does.
+/// Uplink ifindex -> itself: the uplinks the XDP program finishes north-south flows on (and
+/// may redirect to). The agent puts here the uplinks it attached XDP to whose checksums
+/// arrive complete (`--xdp-finish`); a native XDP redirect also needs a target whose driver
+/// takes XDP frames, which a NIC with an XDP program of its own does.
 #[btf_map(pin_by_name)]
 pub static SVCLB_XDP_PORTS: DevMapHash<XDP_PORTS_MAX> = DevMapHash::new();
 

@@ -181,9 +181,9 @@ fn from_backend(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     send(ctx, &s.pkt, &s.route)
 }
 
-/// Whether a packet to `daddr` can leave from here: its TTL lasts another hop (else the stack
-/// answers), and the FIB names the device and MAC addresses, to a device XDP can send on (this
-/// uplink, or another one in `SVCLB_XDP_PORTS`). Fills `route`, with the source address when
+/// Whether a packet to `daddr` can leave from here: XDP finishes flows on this uplink, the
+/// TTL lasts another hop (else the stack answers), and the FIB names the device and MAC
+/// addresses, to a device XDP can send on (this uplink, or another one it finishes flows on). Fills `route`, with the source address when
 /// `source` asks for it.
 #[inline(always)]
 fn sendable(
@@ -193,10 +193,18 @@ fn sendable(
     source: bool,
     route: &mut Route,
 ) -> bool {
-    if pkt.ttl <= 1 || !forward::route(ctx, pkt, daddr, source, route) {
+    let here = Frame::ifindex(ctx);
+    if pkt.ttl <= 1 || !finishes_on(here) || !forward::route(ctx, pkt, daddr, source, route) {
         return false;
     }
-    route.ifindex == Frame::ifindex(ctx) || SVCLB_XDP_PORTS.get_ifindex(route.ifindex).is_some()
+    route.ifindex == here || finishes_on(route.ifindex)
+}
+
+/// Whether XDP finishes flows on uplink `ifindex` (the agent says where: see
+/// `SVCLB_XDP_PORTS`).
+#[inline(always)]
+fn finishes_on(ifindex: u32) -> bool {
+    SVCLB_XDP_PORTS.get_ifindex(ifindex).is_some()
 }
 
 /// Sends a rewritten packet on the route [`sendable`] found, the TTL decremented as the stack

@@ -11,7 +11,7 @@ use svclb::{
     entries::Capacity,
     kernel::{
         addresses,
-        attach::{DeviceSelector, XdpAttach},
+        attach::{DeviceSelector, XdpAttach, XdpFinish},
         loader, pins,
         socket::SocketLb,
     },
@@ -195,6 +195,11 @@ struct AgentArgs {
     /// How the XDP program is attached to uplinks.
     #[arg(long, value_enum, default_value_t = XdpAttach::Auto)]
     xdp_mode: XdpAttach,
+    /// On which uplinks XDP translates and sends out north-south flows to remote backends
+    /// itself: `auto` every uplink but veth, netkit and tun/tap devices (whose peers may send
+    /// partial checksums), `always`, or `never` (XDP only drops early).
+    #[arg(long, value_enum, default_value_t = XdpFinish::Auto)]
+    xdp_finish: XdpFinish,
     /// Socket-level load balancing: cgroup hooks give every socket under --cgroup-root (host
     /// processes and pods) its backend at connect time, with no per-packet translation;
     /// `--socket-lb=false` leaves every client to the TC programs.
@@ -295,6 +300,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
             uplinks: args.devices,
             pod_devices,
             xdp: args.xdp_mode,
+            xdp_finish: args.xdp_finish,
         },
         maglev: svclb_common::maglev::Maglev::new(args.maglev_table_size, &args.maglev_seed)
             .context("--maglev-table-size/--maglev-seed")?,

@@ -744,6 +744,14 @@ impl Lab {
             .arg("--cgroup-root")
             .arg(&n.cgroup)
             .args(&self.spec.agent_args)
+            // The fabric sends complete checksums, as a wire does (see `plug_into_fabric`):
+            // XDP may finish flows on the veth uplinks, unless the lab says otherwise.
+            .args(
+                (!self.spec.agent_args.iter().any(|a| a == "--xdp-finish"))
+                    .then_some(["--xdp-finish", "always"])
+                    .into_iter()
+                    .flatten(),
+            )
             .env(
                 "RUST_LOG",
                 std::env::var("SVCLB_LAB_LOG").unwrap_or_else(|_| "info".into()),

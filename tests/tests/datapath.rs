@@ -16,9 +16,9 @@ use anyhow::Result;
 use common::{
     datapath::Datapath,
     fixture::{
-        Addrs, Case, Expect, Hook, TC_ACT_OK, UplinkAddrs, flow_cases, icmp_cases, loaded,
-        node_port_plan, other_traffic_cases, reject_cases, run_cases, snat_and_redirect, uplink_ns,
-        xdp_and_tc_share_flows,
+        Addrs, Case, Expect, Hook, TC_ACT_OK, UplinkAddrs, XDP_PASS, flow_cases, icmp_cases,
+        loaded, node_port_plan, other_traffic_cases, reject_cases, run_cases, snat_and_redirect,
+        uplink_ns, xdp_and_tc_share_flows,
     },
 };
 use svclb::plan::Protocol;
@@ -307,9 +307,18 @@ fn fixtures_snat_and_redirect() -> Result<()> {
         drop(dp);
         let mut dp = Datapath::load("xdp4")?;
         dp.program(&node_port_plan(&addrs));
+        // An uplink the agent does not let XDP finish flows on (--xdp-finish): TC's.
+        let syn = PacketSpec::tcp(addrs.client, (addrs.node, 30080), TCP_SYN).build();
+        assert_eq!(
+            dp.run_xdp_on(ifindex, &syn)?,
+            (XDP_PASS, syn),
+            "XDP passes what it may not finish, untouched"
+        );
+        dp.finish_xdp_on(ifindex)?;
         snat_and_redirect::<PacketSpec>(&mut dp, ifindex, &addrs, Hook::Xdp)?;
         drop(dp);
         let mut dp = Datapath::load("share4")?;
+        dp.finish_xdp_on(ifindex)?;
         dp.program(&node_port_plan(&addrs));
         xdp_and_tc_share_flows::<PacketSpec>(&mut dp, ifindex, &addrs)
     })

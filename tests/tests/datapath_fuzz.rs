@@ -636,6 +636,7 @@ fn the_xdp_program_on_random_and_malformed_frames() -> Result<()> {
     let (ns, ifindex) = uplink_ns::<PacketSpec>("fuzzxdp")?;
     let sent = svclb_tests::netns::in_netns(&ns.0.clone(), move || {
         let mut dp = Datapath::load("fuzzxdp")?;
+        dp.finish_xdp_on(ifindex)?;
         let backends: Vec<_> = BACKENDS.iter().map(|(a, p)| (IpAddr::V4(*a), *p)).collect();
         dp.program(&external_plan(IpAddr::V4(VIP), &backends));
         let frames = (spec(), damage()).prop_map(|(spec, damage)| apply(spec.build(), &damage));
@@ -655,6 +656,7 @@ fn the_xdp_program_on_random_and_malformed_ipv6_frames() -> Result<()> {
     let (ns, ifindex) = uplink_ns::<Packet6>("fuzzxdp6")?;
     let sent = svclb_tests::netns::in_netns(&ns.0.clone(), move || {
         let mut dp = Datapath::load("fuzzxdp6")?;
+        dp.finish_xdp_on(ifindex)?;
         let backends: Vec<_> = BACKENDS6
             .iter()
             .map(|(a, p)| (IpAddr::V6(*a), *p))

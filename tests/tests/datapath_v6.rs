@@ -219,10 +219,12 @@ fn ipv6_fixtures_snat_and_redirect() -> Result<()> {
         snat_and_redirect::<Packet6>(&mut dp, ifindex, &addrs, Hook::Tc)?;
         drop(dp);
         let mut dp = Datapath::load("xdp6")?;
+        dp.finish_xdp_on(ifindex)?;
         dp.program(&node_port_plan(&addrs));
         snat_and_redirect::<Packet6>(&mut dp, ifindex, &addrs, Hook::Xdp)?;
         drop(dp);
         let mut dp = Datapath::load("share6")?;
+        dp.finish_xdp_on(ifindex)?;
         dp.program(&node_port_plan(&addrs));
         xdp_and_tc_share_flows::<Packet6>(&mut dp, ifindex, &addrs)
     })

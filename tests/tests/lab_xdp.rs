@@ -22,8 +22,12 @@ const LB_IP: &str = "192.0.2.10";
 /// (NodePorts 30080/TCP and 30053/UDP, LoadBalancer IP [`LB_IP`]) with backends on the
 /// nodes `backend_nodes` names (indices).
 fn lab(mode: &str, backend_nodes: &[usize]) -> Result<Lab> {
+    lab_with(&["--xdp-mode", mode], backend_nodes)
+}
+
+fn lab_with(agent_args: &[&str], backend_nodes: &[usize]) -> Result<Lab> {
     let mut lab = Lab::new(LabSpec {
-        agent_args: vec!["--xdp-mode".into(), mode.into()],
+        agent_args: agent_args.iter().map(ToString::to_string).collect(),
         ..LabSpec::default()
     })?;
     lab.write_manifest("nodes.yaml", &lab.nodes_manifest())?;
@@ -185,5 +189,31 @@ fn a_flow_keeps_its_backend_while_xdp_is_turned_on_and_off() -> Result<()> {
     );
     assert_eq!(started_in_xdp.ask_peer()?, second, "a flow XDP started");
     assert_eq!(xdp_count(&lab, 0, "finished")?, before, "XDP detached");
+    Ok(())
+}
+
+/// With `--xdp-finish auto`, XDP on a veth uplink (whose peer may send partial checksums)
+/// translates nothing: TC serves the remote backends, XDP passes their packets.
+#[test]
+#[ignore = "needs root"]
+fn by_default_xdp_on_a_veth_uplink_leaves_translation_to_tc() -> Result<()> {
+    require_root()?;
+    let lab = lab_with(&["--xdp-mode", "native", "--xdp-finish", "auto"], &[1])?;
+    let addr = at(&lab.nodes[0].addr.to_string(), 30080);
+    let answers = tally(&tcp_ask_many(&lab.client_ns, addr, 10, TIMEOUT)?);
+    assert_eq!(
+        nodes_of(&answers),
+        BTreeSet::from(["n2".to_owned()]),
+        "{answers:?}"
+    );
+    assert_eq!(xdp_count(&lab, 0, "finished")?, Some(0), "nothing finished");
+    assert!(
+        xdp_count(&lab, 0, "passed")?.is_some_and(|n| n >= 20),
+        "the flows' packets passed to TC"
+    );
+    assert!(
+        lab.agent_log(0).contains("XDP makes early drops only here"),
+        "the agent says why"
+    );
     Ok(())
 }

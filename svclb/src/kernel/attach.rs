@@ -31,7 +31,7 @@ use glob::Pattern;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{LinkAttribute, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage},
 };
 use rtnetlink::Handle;
 use tracing::{debug, error, info, warn};
@@ -57,12 +57,44 @@ pub enum XdpAttach {
     Off,
 }
 
+/// `--xdp-finish`: on which uplinks the XDP program translates and sends out north-south
+/// flows itself (elsewhere it makes the early drops and passes the rest to TC).
+///
+/// XDP updates checksums as complete ones, which is what a NIC delivers. A virtual device
+/// whose peer is a local stack (veth, netkit, tun/tap) can deliver CHECKSUM_PARTIAL packets,
+/// whose checksum field holds only the pseudo-header sum: translating those in XDP would
+/// corrupt them, so `auto` leaves them to TC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpFinish {
+    /// Every uplink but veth, netkit and tun/tap devices.
+    Auto,
+    /// Every uplink (a veth whose peer sends complete checksums, as a lab's does).
+    Always,
+    /// None: XDP only drops early.
+    Never,
+}
+
+impl XdpFinish {
+    /// Whether XDP finishes flows on a device of link kind `kind` (`None`: a physical NIC).
+    fn allows(self, kind: Option<&InfoKind>) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::Auto => !matches!(
+                kind,
+                Some(InfoKind::Veth | InfoKind::Netkit | InfoKind::Tun)
+            ),
+        }
+    }
+}
+
 /// Which devices get which programs.
 #[derive(Clone, Debug)]
 pub struct DeviceSelector {
     pub uplinks: Vec<String>,
     pub pod_devices: Option<Pattern>,
     pub xdp: XdpAttach,
+    pub xdp_finish: XdpFinish,
 }
 
 impl DeviceSelector {
@@ -81,6 +113,8 @@ struct Attachment {
     program: &'static str,
     tc: Pinned,
     xdp: Option<(Pinned, XdpMode)>,
+    /// Whether XDP finishes north-south flows here (see [`XdpFinish`]).
+    finishes: bool,
 }
 
 /// Owns the loaded object (for its program) and the attachments.
@@ -97,6 +131,17 @@ pub struct Devices {
     ports: DevMapHash<MapData>,
     /// Counts devices that could not be attached (or only in part).
     errors: Counter,
+}
+
+/// The device's link kind (`veth`, `bond`...; none for a physical NIC).
+fn link_kind(msg: &LinkMessage) -> Option<&InfoKind> {
+    msg.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+            LinkInfo::Kind(kind) => Some(kind),
+            _ => None,
+        }),
+        _ => None,
+    })
 }
 
 fn link_name(msg: &LinkMessage) -> Option<&str> {
@@ -378,13 +423,13 @@ impl Devices {
         }
     }
 
-    /// Makes the XDP redirect targets the uplinks XDP is attached to now (an earlier run's
-    /// entries included: the map is pinned).
+    /// Makes `SVCLB_XDP_PORTS` the uplinks XDP is attached to and finishes flows on now (an
+    /// earlier run's entries included: the map is pinned).
     fn sync_ports(&mut self) {
         let want: Vec<u32> = self
             .attached
             .iter()
-            .filter(|(_, a)| a.xdp.is_some())
+            .filter(|(_, a)| a.xdp.is_some() && a.finishes)
             .map(|(index, _)| *index)
             .collect();
         let stale: Vec<u32> = self
@@ -423,7 +468,8 @@ impl Devices {
             (Some(existing), true) => existing.name = name,
             (Some(_), false) => self.detach(index),
             (None, true) => {
-                if let Err(err) = self.attach(index, &name) {
+                let finishes = self.selector.xdp_finish.allows(link_kind(msg));
+                if let Err(err) = self.attach(index, &name, finishes) {
                     warn!(device = %name, "cannot attach: {err:#}");
                     self.errors.inc();
                 }
@@ -432,7 +478,7 @@ impl Devices {
         }
     }
 
-    fn attach(&mut self, index: u32, name: &str) -> Result<()> {
+    fn attach(&mut self, index: u32, name: &str, finishes: bool) -> Result<()> {
         let uplink = self.selector.is_uplink(name);
         let program = if uplink { UPLINK_PROGRAM } else { POD_PROGRAM };
         let tc = self.attach_tc(program, index, name)?;
@@ -465,6 +511,13 @@ impl Devices {
             adopted = !tc.fresh,
             "attached"
         );
+        if xdp.is_some() && !finishes {
+            info!(
+                device = name,
+                "XDP makes early drops only here and leaves translation to TC (a virtual \
+                 device may deliver partial checksums; --xdp-finish always overrides)"
+            );
+        }
         self.attached.insert(
             index,
             Attachment {
@@ -472,6 +525,7 @@ impl Devices {
                 program,
                 tc,
                 xdp,
+                finishes,
             },
         );
         Ok(())

@@ -170,6 +170,7 @@ fn per_packet<P: Net>(calls: u32) -> Result<Vec<PacketRow>> {
             ..Capacity::DEFAULT
         };
         let mut dp = Datapath::load_with(&format!("bench-ns{}", P::FAMILY), sizes)?;
+        dp.finish_xdp_on(ifindex)?;
         dp.program(&plan::<P>());
         let target = P::lb(SERVICES - 1);
         let other = P::tcp((P::client(), 40_000), (P::node(), 22), TCP_ACK).build();

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData},
+    maps::{DevMapHash, HashMap, MapData},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use svclb::{
@@ -23,7 +23,10 @@ use svclb::{
     plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
     reconcile,
 };
-use svclb_common::{CtEntry, CtKey, limits::MAP_CT};
+use svclb_common::{
+    CtEntry, CtKey,
+    limits::{MAP_CT, MAP_XDP_PORTS},
+};
 
 /// A frontend to program: address, port, protocol and its backends' addresses and ports.
 pub type FrontendSpec<'a> = (Ipv4Addr, u16, Protocol, &'a [(Ipv4Addr, u16)]);
@@ -165,6 +168,15 @@ impl Datapath {
         let mut ctx = [0u8; 44];
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         self.run_program(UPLINK_PROGRAM, frame, repeat, Some(&ctx))
+    }
+
+    /// Lets the XDP program finish flows on device `ifindex` of the calling thread's
+    /// namespace, as the agent does for the uplinks `--xdp-finish` allows.
+    pub fn finish_xdp_on(&mut self, ifindex: u32) -> Result<()> {
+        let data = MapData::from_pin(self.pin_dir.join(MAP_XDP_PORTS))?;
+        let mut ports = DevMapHash::try_from(aya::maps::Map::from_map_data(data)?)?;
+        ports.insert(ifindex, ifindex, None, 0)?;
+        Ok(())
     }
 
     /// Runs the XDP program once on `frame` as if it arrived on device `ifindex` of the calling
