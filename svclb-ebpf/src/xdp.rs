@@ -93,7 +93,7 @@ fn to_service(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         return XDP_DROP;
     }
     // A first fragment: TC records what its later fragments follow.
-    if s.pkt.frag != FRAG_NONE {
+    if s.pkt.frag != FRAG_NONE || !finishes_on(Frame::ifindex(ctx)) {
         return XDP_PASS;
     }
     let verdict = tracked(ctx, s);
@@ -166,6 +166,10 @@ fn snat_new(ctx: &XdpContext, s: &Scratch) -> Result<u32, i64> {
 /// frontend back as source and its client as destination; anything else passes.
 #[inline(never)]
 fn from_backend(ctx: &XdpContext, s: &mut Scratch) -> u32 {
+    // A first fragment of a reply: TC records what its later fragments follow.
+    if s.pkt.frag != FRAG_NONE || !finishes_on(Frame::ifindex(ctx)) {
+        return XDP_PASS;
+    }
     let Some(entry) = conntrack::lookup(&conntrack::key_of(&s.pkt, CT_DIR_REPLY)) else {
         return XDP_PASS;
     };
@@ -181,9 +185,9 @@ fn from_backend(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     send(ctx, &s.pkt, &s.route)
 }
 
-/// Whether a packet to `daddr` can leave from here: XDP finishes flows on this uplink, the
-/// TTL lasts another hop (else the stack answers), and the FIB names the device and MAC
-/// addresses, to a device XDP can send on (this uplink, or another one it finishes flows on). Fills `route`, with the source address when
+/// Whether a packet to `daddr` can leave from here: its TTL lasts another hop (else the stack
+/// answers), and the FIB names the device and MAC addresses, to a device XDP can send on
+/// (this uplink, or another one it finishes flows on). Fills `route`, with the source address when
 /// `source` asks for it.
 #[inline(always)]
 fn sendable(
@@ -193,11 +197,10 @@ fn sendable(
     source: bool,
     route: &mut Route,
 ) -> bool {
-    let here = Frame::ifindex(ctx);
-    if pkt.ttl <= 1 || !finishes_on(here) || !forward::route(ctx, pkt, daddr, source, route) {
+    if pkt.ttl <= 1 || !forward::route(ctx, pkt, daddr, source, route) {
         return false;
     }
-    route.ifindex == here || finishes_on(route.ifindex)
+    route.ifindex == Frame::ifindex(ctx) || finishes_on(route.ifindex)
 }
 
 /// Whether XDP finishes flows on uplink `ifindex` (the agent says where: see
