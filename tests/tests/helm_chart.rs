@@ -175,6 +175,7 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
             "--metrics-addr=0.0.0.0:9965",
             "--healthz-bind-address=0.0.0.0:10256",
             "--xdp-mode=auto",
+            "--xdp-finish=auto",
             "--maglev-table-size=16381",
             "--maglev-seed=JLfvgnHc2kaSUFaI",
             "--service-loopback-address=169.254.42.1",
@@ -269,6 +270,7 @@ mapSizes: {conntrack: 1048576}
 logLevel: debug
 metrics: {port: 19965}
 xdpMode: generic
+xdpFinish: always
 maglev: {tableSize: 65521, seed: AAAAAAAAAAAAAAAA}
 socketLB: {enabled: false, hostCgroupRoot: /sys/fs/cgroup/unified}
 serviceLoopbackAddress: 169.254.0.42
@@ -293,6 +295,7 @@ nodeSelector: {role: edge}
             "--metrics-addr=0.0.0.0:19965",
             "--healthz-bind-address=0.0.0.0:10256",
             "--xdp-mode=generic",
+            "--xdp-finish=always",
             "--maglev-table-size=65521",
             "--maglev-seed=AAAAAAAAAAAAAAAA",
             "--service-loopback-address=169.254.0.42",

@@ -127,7 +127,7 @@ pub struct Devices {
     problems: BTreeMap<u32, String>,
     /// Where links are pinned.
     links_dir: PathBuf,
-    /// The uplinks the XDP program may redirect to: those it is attached to.
+    /// `SVCLB_XDP_PORTS`: the uplinks the XDP program finishes flows on (and may redirect to).
     ports: DevMapHash<MapData>,
     /// Counts devices that could not be attached (or only in part).
     errors: Counter,
