@@ -178,6 +178,15 @@ pub fn tally(results: &[Result<String>]) -> BTreeMap<String, usize> {
     out
 }
 
+/// Which nodes the answering pods of a [`tally`] run on ("n1", "n2"): a pod's name starts
+/// with its node's.
+pub fn nodes_of(answers: &BTreeMap<String, usize>) -> BTreeSet<String> {
+    answers
+        .keys()
+        .map(|name| name.split('-').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// `ip:port` as a socket address; panics on a malformed literal (tests only pass constants).
 pub fn at(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("an IP address literal"), port)

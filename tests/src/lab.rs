@@ -871,6 +871,16 @@ impl Lab {
 
     /// Runs `svclb status -o json` inside node `node`'s namespace (its agent's metrics
     /// address, its device names).
+    /// Node `node`'s counter of what its XDP program did with eth0's packets (`finished`,
+    /// `passed` or `dropped`), from its metrics; `None` when XDP never counted on eth0.
+    pub fn xdp_packets(&self, node: usize, action: &str) -> Result<Option<u64>> {
+        let metrics = self.agent_http(node, "/metrics")?.1;
+        let series = format!("svclb_xdp_packets_total{{device=\"eth0\",action=\"{action}\"}} ");
+        Ok(metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok()))
+    }
+
     pub fn status(&self, node: usize) -> Result<serde_json::Value> {
         let bin = svclb_bin()?;
         let dir = self.nodes[node].pin_dir.to_string_lossy().into_owned();

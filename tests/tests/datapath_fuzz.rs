@@ -21,6 +21,7 @@ use common::{
 use proptest::{prelude::*, test_runner::TestCaseError};
 use svclb::plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope};
 use svclb_tests::{
+    family::TestPacket,
     packet::{L4, PacketSpec, checksum, verify_checksums},
     packet6::{Ext, NEXTHDR_DEST, NEXTHDR_HOP, Packet6, l4_checksum_ok},
     require_root,
@@ -629,18 +630,22 @@ fn fuzz_uplink<S: Strategy<Value = Vec<u8>>>(
     Ok(sent.get())
 }
 
-#[test]
-#[ignore = "needs root"]
-fn the_xdp_program_on_random_and_malformed_frames() -> Result<()> {
-    require_root()?;
-    let (ns, ifindex) = uplink_ns::<PacketSpec>("fuzzxdp")?;
+/// The XDP fuzz of one family: an uplink namespace whose FIB routes the remote backends,
+/// the frontend `vip` external with `backends`, `frames` through both uplink programs; XDP
+/// must have sent enough frames out itself for the invariants to bite.
+fn fuzz_xdp<P: TestPacket, S: Strategy<Value = Vec<u8>> + 'static>(
+    name: &'static str,
+    vip: IpAddr,
+    backends: Vec<(IpAddr, u16)>,
+    frames: fn() -> S,
+    check: Check,
+) -> Result<()> {
+    let (ns, ifindex) = uplink_ns::<P>(name)?;
     let sent = svclb_tests::netns::in_netns(&ns.0.clone(), move || {
-        let mut dp = Datapath::load("fuzzxdp")?;
+        let mut dp = Datapath::load(name)?;
         dp.finish_xdp_on(ifindex)?;
-        let backends: Vec<_> = BACKENDS.iter().map(|(a, p)| (IpAddr::V4(*a), *p)).collect();
-        dp.program(&external_plan(IpAddr::V4(VIP), &backends));
-        let frames = (spec(), damage()).prop_map(|(spec, damage)| apply(spec.build(), &damage));
-        fuzz_uplink(&mut dp, ifindex, frames, check)
+        dp.program(&external_plan(vip, &backends));
+        fuzz_uplink(&mut dp, ifindex, frames(), check)
     })?;
     assert!(
         sent >= 50,
@@ -651,23 +656,31 @@ fn the_xdp_program_on_random_and_malformed_frames() -> Result<()> {
 
 #[test]
 #[ignore = "needs root"]
+fn the_xdp_program_on_random_and_malformed_frames() -> Result<()> {
+    require_root()?;
+    let backends = BACKENDS.iter().map(|(a, p)| (IpAddr::V4(*a), *p)).collect();
+    fuzz_xdp::<PacketSpec, _>(
+        "fuzzxdp",
+        IpAddr::V4(VIP),
+        backends,
+        || (spec(), damage()).prop_map(|(spec, damage)| apply(spec.build(), &damage)),
+        check,
+    )
+}
+
+#[test]
+#[ignore = "needs root"]
 fn the_xdp_program_on_random_and_malformed_ipv6_frames() -> Result<()> {
     require_root()?;
-    let (ns, ifindex) = uplink_ns::<Packet6>("fuzzxdp6")?;
-    let sent = svclb_tests::netns::in_netns(&ns.0.clone(), move || {
-        let mut dp = Datapath::load("fuzzxdp6")?;
-        dp.finish_xdp_on(ifindex)?;
-        let backends: Vec<_> = BACKENDS6
-            .iter()
-            .map(|(a, p)| (IpAddr::V6(*a), *p))
-            .collect();
-        dp.program(&external_plan(IpAddr::V6(VIP6), &backends));
-        let frames = (spec6(), damage6()).prop_map(|(spec, damage)| apply6(spec.build(), &damage));
-        fuzz_uplink(&mut dp, ifindex, frames, check6)
-    })?;
-    assert!(
-        sent >= 50,
-        "XDP sent only {sent} frames out itself: the generator misses the frontend"
-    );
-    Ok(())
+    let backends = BACKENDS6
+        .iter()
+        .map(|(a, p)| (IpAddr::V6(*a), *p))
+        .collect();
+    fuzz_xdp::<Packet6, _>(
+        "fuzzxdp6",
+        IpAddr::V6(VIP6),
+        backends,
+        || (spec6(), damage6()).prop_map(|(spec, damage)| apply6(spec.build(), &damage)),
+        check6,
+    )
 }

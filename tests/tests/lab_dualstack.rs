@@ -9,8 +9,8 @@ use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec, Pod,
     client::{
-        TIMEOUT, TcpSession, ask_big_many, at, backends, http_get, replies, tally, tcp_ask_many,
-        udp_ask_big_many, udp_ask_many,
+        TIMEOUT, TcpSession, ask_big_many, at, backends, http_get, nodes_of, replies, tally,
+        tcp_ask_many, udp_ask_big_many, udp_ask_many,
     },
     require_root,
 };
@@ -176,14 +176,6 @@ fn external_service(name: &str, spec: &str, status: &str, pods: &[&Pod]) -> Stri
         slice(name, "IPv4", pods),
         slice(name, "IPv6", pods)
     )
-}
-
-/// Which nodes the answering pods run on.
-fn nodes_of(answers: &std::collections::BTreeMap<String, usize>) -> BTreeSet<String> {
-    answers
-        .keys()
-        .map(|name| name.split('-').next().unwrap_or_default().to_owned())
-        .collect()
 }
 
 #[test]

@@ -12,7 +12,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec,
-    client::{TIMEOUT, TcpSession, ask_big_many, at, http_get, tally, tcp_ask_many, udp_ask_from},
+    client::{
+        TIMEOUT, TcpSession, ask_big_many, at, http_get, nodes_of, tally, tcp_ask_many,
+        udp_ask_from,
+    },
     manifests::{DNS, PortSpec, WEB, service},
     netns::in_netns,
     require_root,
@@ -51,14 +54,6 @@ fn pods_of(lab: &Lab, node: usize) -> Vec<svclb_tests::Pod> {
 
 fn load_balancer(ip: &str) -> String {
     format!("status:\n  loadBalancer:\n    ingress:\n    - ip: {ip}\n")
-}
-
-/// Which nodes the answering pods run on ("n1", "n2").
-fn nodes_of(answers: &BTreeMap<String, usize>) -> BTreeSet<String> {
-    answers
-        .keys()
-        .map(|name| name.split('-').next().unwrap_or_default().to_owned())
-        .collect()
 }
 
 fn assert_no_errors(answers: &BTreeMap<String, usize>, what: &str) {
@@ -310,18 +305,15 @@ fn source_ranges_admit_and_refuse(xdp_mode: &str) -> Result<()> {
     );
     // Node 1's uplink counters say where that happened: dropped in XDP, or (without XDP)
     // not counted there at all.
-    let metrics = lab.agent_http(0, "/metrics")?.1;
-    let counted = |action: &str| {
-        let series = format!("svclb_xdp_packets_total{{device=\"eth0\",action=\"{action}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
-    };
+    let (dropped, passed) = (
+        lab.xdp_packets(0, "dropped")?,
+        lab.xdp_packets(0, "passed")?,
+    );
     if xdp_mode == "off" {
-        assert_eq!(counted("dropped"), None, "{metrics}");
+        assert_eq!(dropped, None);
     } else {
-        assert!(counted("dropped").is_some_and(|n| n >= 3), "{metrics}");
-        assert!(counted("passed").is_some_and(|n| n >= 10), "{metrics}");
+        assert!(dropped.is_some_and(|n| n >= 3), "dropped: {dropped:?}");
+        assert!(passed.is_some_and(|n| n >= 10), "passed: {passed:?}");
     }
     // The cluster IP of the same service is not restricted (the ranges are for the LB IP).
     let pod = lab.pod("n1-pod1").ns.clone();

@@ -4,13 +4,13 @@
 //! off; Maglev agreement across nodes; the uplink counters saying what XDP finished; and
 //! flows that keep their backend while `--xdp-mode` changes under them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result};
 use nix::sys::signal::Signal;
 use svclb_tests::{
     Lab, LabSpec,
-    client::{TIMEOUT, TcpSession, at, tally, tcp_ask_many, udp_ask_from},
+    client::{TIMEOUT, TcpSession, at, nodes_of, tally, tcp_ask_many, udp_ask_from},
     manifests::{DNS, WEB, service},
     netns::in_netns,
     require_root,
@@ -50,30 +50,13 @@ fn lab_with(agent_args: &[&str], backend_nodes: &[usize]) -> Result<Lab> {
     Ok(lab)
 }
 
-/// Node `node`'s uplink counter of XDP `action` (`None`: no XDP program counted anything).
-fn xdp_count(lab: &Lab, node: usize, action: &str) -> Result<Option<u64>> {
-    let metrics = lab.agent_http(node, "/metrics")?.1;
-    let series = format!("svclb_xdp_packets_total{{device=\"eth0\",action=\"{action}\"}} ");
-    Ok(metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok()))
-}
-
-/// Which nodes the answering pods run on ("n1", "n2").
-fn nodes_of(answers: &BTreeMap<String, usize>) -> BTreeSet<String> {
-    answers
-        .keys()
-        .map(|name| name.split('-').next().unwrap_or_default().to_owned())
-        .collect()
-}
-
 /// External clients reach both nodes' NodePorts and the LoadBalancer IP through either node,
 /// every answer from the other node's backends for node 1 (SNATed, finished in XDP when it
 /// runs); both nodes pick the same backend per flow.
 fn reach_remote_backends(mode: &str) -> Result<()> {
     let lab = lab(mode, &[1])?;
     let client = lab.client_ns.clone();
-    let before = xdp_count(&lab, 0, "finished")?.unwrap_or(0);
+    let before = lab.xdp_packets(0, "finished")?.unwrap_or(0);
     for node in 0..2 {
         let addr = at(&lab.nodes[node].addr.to_string(), 30080);
         let answers = tally(&tcp_ask_many(&client, addr, 30, TIMEOUT)?);
@@ -105,7 +88,7 @@ fn reach_remote_backends(mode: &str) -> Result<()> {
 
     // Node 1 sent its remote flows' packets and replies out itself: at least the 30
     // connections' SYNs and answers, and the datagrams' both ways.
-    let finished = xdp_count(&lab, 0, "finished")?;
+    let finished = lab.xdp_packets(0, "finished")?;
     if mode == "off" {
         assert_eq!(finished, None, "no XDP, no XDP counters");
     } else {
@@ -166,11 +149,11 @@ fn a_flow_keeps_its_backend_while_xdp_is_turned_on_and_off() -> Result<()> {
     assert!(first.starts_with("n2-"), "a remote backend: {first}");
 
     switch_xdp(&mut lab, "native")?;
-    let before = xdp_count(&lab, 0, "finished")?.unwrap_or(0);
+    let before = lab.xdp_packets(0, "finished")?.unwrap_or(0);
     for _ in 0..5 {
         assert_eq!(session.ask_peer()?, first, "the same backend and SNAT port");
     }
-    let finished = xdp_count(&lab, 0, "finished")?.unwrap_or(0) - before;
+    let finished = lab.xdp_packets(0, "finished")?.unwrap_or(0) - before;
     assert!(
         finished >= 10,
         "the flow's requests and answers go through XDP: {finished} finished"
@@ -181,14 +164,14 @@ fn a_flow_keeps_its_backend_while_xdp_is_turned_on_and_off() -> Result<()> {
 
     switch_xdp(&mut lab, "off")?;
     // The counters are pinned: they stay, and stop counting.
-    let before = xdp_count(&lab, 0, "finished")?;
+    let before = lab.xdp_packets(0, "finished")?;
     assert_eq!(
         session.ask_peer()?,
         first,
         "XDP off again: the same backend"
     );
     assert_eq!(started_in_xdp.ask_peer()?, second, "a flow XDP started");
-    assert_eq!(xdp_count(&lab, 0, "finished")?, before, "XDP detached");
+    assert_eq!(lab.xdp_packets(0, "finished")?, before, "XDP detached");
     Ok(())
 }
 
@@ -206,9 +189,9 @@ fn by_default_xdp_on_a_veth_uplink_leaves_translation_to_tc() -> Result<()> {
         BTreeSet::from(["n2".to_owned()]),
         "{answers:?}"
     );
-    assert_eq!(xdp_count(&lab, 0, "finished")?, Some(0), "nothing finished");
+    assert_eq!(lab.xdp_packets(0, "finished")?, Some(0), "nothing finished");
     assert!(
-        xdp_count(&lab, 0, "passed")?.is_some_and(|n| n >= 20),
+        lab.xdp_packets(0, "passed")?.is_some_and(|n| n >= 20),
         "the flows' packets passed to TC"
     );
     assert!(

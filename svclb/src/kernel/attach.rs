@@ -349,6 +349,8 @@ impl Devices {
                 bail!("could not attach to uplink device {uplink}");
             }
         }
+        // Also when no uplink changed: an earlier run's entries may be stale.
+        self.sync_ports();
         self.prune();
         Ok(())
     }
@@ -402,8 +404,11 @@ impl Devices {
         match message.payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(msg)) => self.on_link(&msg),
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(msg)) => {
+                let before = self.finishing();
                 self.forget(msg.header.index);
-                self.sync_ports();
+                if self.finishing() != before {
+                    self.sync_ports();
+                }
             }
             _ => {}
         }
@@ -426,19 +431,10 @@ impl Devices {
     /// Makes `SVCLB_XDP_PORTS` the uplinks XDP is attached to and finishes flows on now (an
     /// earlier run's entries included: the map is pinned).
     fn sync_ports(&mut self) {
-        let want: Vec<u32> = self
-            .attached
-            .iter()
-            .filter(|(_, a)| a.xdp.is_some() && a.finishes)
-            .map(|(index, _)| *index)
-            .collect();
-        let stale: Vec<u32> = self
-            .ports
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|index| !want.contains(index))
-            .collect();
-        for index in stale {
+        let want = self.finishing();
+        let present: Vec<u32> = self.ports.keys().filter_map(Result::ok).collect();
+        let stale = present.iter().filter(|index| !want.contains(index));
+        for &index in stale {
             if let Err(err) = self.ports.remove(index) {
                 warn!(
                     ifindex = index,
@@ -446,16 +442,30 @@ impl Devices {
                 );
             }
         }
-        for index in want {
+        for index in want.into_iter().filter(|index| !present.contains(index)) {
             if let Err(err) = self.ports.insert(index, index, None, 0) {
                 warn!(ifindex = index, "cannot add an XDP redirect target: {err}");
             }
         }
     }
 
+    /// The uplinks XDP is attached to and finishes flows on.
+    fn finishing(&self) -> Vec<u32> {
+        self.attached
+            .iter()
+            .filter(|(_, a)| a.xdp.is_some() && a.finishes)
+            .map(|(index, _)| *index)
+            .collect()
+    }
+
+    /// Handles a device appearing or changing; `SVCLB_XDP_PORTS` follows when the uplinks XDP
+    /// finishes flows on changed (pod devices come and go without touching it).
     fn on_link(&mut self, msg: &LinkMessage) {
+        let before = self.finishing();
         self.on_link_change(msg);
-        self.sync_ports();
+        if self.finishing() != before {
+            self.sync_ports();
+        }
     }
 
     fn on_link_change(&mut self, msg: &LinkMessage) {
