@@ -4,13 +4,15 @@
 //! fields, holds no `bool`/`Option`/`enum`, names network-order fields `*_be`, and carries a
 //! compile-time size assertion. Addresses are 16 bytes so IPv6 needs no new layout: an IPv4
 //! address sits in the first four bytes with the rest zero and `family` set to [`FAMILY_V4`].
-#![cfg_attr(not(feature = "user"), no_std)]
+#![cfg_attr(not(any(feature = "user", feature = "host")), no_std)]
 
 pub mod addr;
 pub mod backend;
 pub mod config;
 pub mod conntrack;
 pub mod fragment;
+#[cfg(feature = "host")]
+pub mod host;
 pub mod limits;
 #[cfg(feature = "user")]
 pub mod maglev;

@@ -111,6 +111,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// The object's license as the kernel reads it: GPL-compatible, so GPL-only helpers may be
+/// called. The crate is GPL-2.0-only OR BSD-2-Clause (see LICENSE).
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+static LICENSE: [u8; 13] = *b"Dual BSD/GPL\0";

@@ -9,22 +9,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use svclb_common::host::cgroup2_mount;
 
 /// Prefix of every lab cgroup's name, before the lab id.
 pub const CGROUP_PREFIX: &str = "svclb-lab-";
-
-/// The machine's cgroup2 mount point, from /proc/mounts (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on a hybrid system).
-pub fn mount() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
-        })
-        .context("no cgroup2 filesystem is mounted")
-}
 
 /// A lab's cgroup and its nodes' cgroups under it, removed on drop.
 #[derive(Debug)]
@@ -35,7 +23,7 @@ pub struct LabCgroup {
 
 impl LabCgroup {
     pub fn create(lab_id: &str) -> Result<Self> {
-        let root = mount()?.join(format!("{CGROUP_PREFIX}{lab_id}"));
+        let root = cgroup2_mount()?.join(format!("{CGROUP_PREFIX}{lab_id}"));
         fs::create_dir(&root).with_context(|| format!("creating cgroup {}", root.display()))?;
         Ok(Self {
             root,
@@ -86,29 +74,4 @@ pub fn procs_of(cgroup: &Path) -> Result<fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))
-}
-
-/// Lab cgroups of dead labs (their owner is gone, per `owner_is_gone`): removed, children
-/// first; how many.
-pub fn remove_leftovers(owner_is_gone: impl Fn(&str) -> bool) -> usize {
-    let Ok(mount) = mount() else { return 0 };
-    let mut removed = 0;
-    for entry in fs::read_dir(&mount).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(lab) = name.strip_prefix(CGROUP_PREFIX) else {
-            continue;
-        };
-        if !owner_is_gone(lab) {
-            continue;
-        }
-        for child in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
-            if child.path().is_dir() {
-                let _ = fs::remove_dir(child.path());
-            }
-        }
-        if fs::remove_dir(entry.path()).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
 }

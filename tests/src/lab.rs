@@ -133,16 +133,6 @@ fn unique_id() -> String {
     )
 }
 
-/// The pid of the process that made the lab named `name`, if it is a lab name.
-fn owner_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(LAB_PREFIX)?;
-    rest.split('x').next()?.parse().ok()
-}
-
-fn owner_is_gone(name: &str) -> bool {
-    owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-}
-
 /// The svclb binary the lab runs: `$SVCLB_BIN`, or `svclb` next to the test's target directory.
 pub fn svclb_bin() -> Result<PathBuf> {
     sibling_bin("svclb", "SVCLB_BIN").context("build it (`cargo build -p svclb`) or set SVCLB_BIN")
@@ -161,27 +151,6 @@ fn sibling_bin(name: &str, env: &str) -> Result<PathBuf> {
         }
     }
     bail!("binary {name} not found next to {}", exe.display())
-}
-
-/// Removes namespaces and pin directories that labs of dead processes left behind; labs of
-/// running processes (another test run, a demo) are left alone.
-pub fn remove_leftovers() -> usize {
-    let mut removed = 0;
-    for ns in netns::list() {
-        if owner_is_gone(&ns) && netns::delete(&ns).is_ok() {
-            removed += 1;
-        }
-    }
-    removed += crate::cgroup::remove_leftovers(owner_is_gone);
-    if let Ok(dir) = fs::read_dir("/sys/fs/bpf") {
-        for entry in dir.flatten() {
-            if owner_is_gone(&entry.file_name().to_string_lossy()) {
-                // Best effort: a pin directory that cannot be removed is only clutter.
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    removed
 }
 
 impl Lab {
@@ -230,7 +199,8 @@ impl Lab {
             .collect::<Result<Vec<_>>>()?;
         let fab = self.fabric_ns.clone();
         self.add_ns(&fab)?;
-        fs::create_dir_all(&self.bpffs_root)?;
+        // A fresh machine has no bpf filesystem mounted: mount it as the agent would.
+        svclb_common::host::prepare_bpffs(&self.bpffs_root)?;
         let pass = crate::xdp_pass::load()?;
         ip_in(&fab, &["link", "add", "br0", "type", "bridge"])?;
         ip_in(&fab, &["link", "set", "br0", "up"])?;

@@ -13,6 +13,7 @@
 //! real servers answering with their pod name over TCP (a line protocol, or HTTP for curl) and
 //! UDP. All traffic stays on lab addresses and every client call has a timeout.
 
+pub mod attached;
 pub mod cgroup;
 pub mod client;
 pub mod fake_api;
@@ -24,9 +25,11 @@ pub mod netns;
 pub mod packet;
 pub mod packet6;
 pub mod server;
+pub mod sweep;
+pub mod tools;
 pub mod xdp_pass;
 
-pub use lab::{LAB_PREFIX, Lab, LabSpec, Node, Pod, remove_leftovers, svclb_bin};
+pub use lab::{LAB_PREFIX, Lab, LabSpec, Node, Pod, svclb_bin};
 
 /// Whether this process can build labs (root).
 pub fn is_root() -> bool {

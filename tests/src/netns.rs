@@ -9,6 +9,15 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
+/// Why `program` did not start: missing, named with its package, or the error.
+fn not_started(program: &str, err: std::io::Error) -> anyhow::Error {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        anyhow::anyhow!(crate::tools::missing(program, "by the lab"))
+    } else {
+        anyhow::Error::new(err).context(format!("running {program}"))
+    }
+}
+
 /// Runs `ip ARGS...` and fails with its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
     run("ip", args).map(drop)
@@ -19,7 +28,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output> {
     let output = Command::new(program)
         .args(args)
         .output()
-        .with_context(|| format!("running {program} (is it installed?)"))?;
+        .map_err(|err| not_started(program, err))?;
     if !output.status.success() {
         bail!(
             "`{program} {}` failed: {}",
@@ -40,7 +49,8 @@ pub fn run_in(ns: &str, program: &str, args: &[&str]) -> Result<Output> {
     enter_on_exec(&mut command, &netns);
     let output = command
         .output()
-        .with_context(|| format!("running {program} in {ns}"))?;
+        .map_err(|err| not_started(program, err))
+        .with_context(|| format!("in network namespace {ns}"))?;
     drop(netns);
     if !output.status.success() {
         bail!(

@@ -2,7 +2,7 @@
 
 use std::{fs, net::SocketAddr, process::Command, sync::mpsc, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use svclb_tests::{
     Lab, LabSpec,
     client::{tally, tcp_ask_many, udp_ask_many},
@@ -13,7 +13,8 @@ const DNS: &str = "10.96.0.53:53";
 const CLIENT_POD: &str = "n1-pod1";
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-fn show(kind: &str, target: &str, answers: &[Result<String>]) {
+/// Prints the answers; how many requests failed.
+fn show(kind: &str, target: &str, answers: &[Result<String>]) -> usize {
     println!(
         "{} {kind} requests from pod {CLIENT_POD} to {target}:",
         answers.len()
@@ -29,6 +30,7 @@ fn show(kind: &str, target: &str, answers: &[Result<String>]) {
         .map(|(who, n)| format!("{who} x{n}"))
         .collect();
     println!("  spread: {}\n", summary.join(", "));
+    answers.iter().filter(|a| a.is_err()).count()
 }
 
 pub fn run(once: bool) -> Result<()> {
@@ -72,12 +74,12 @@ pub fn run(once: bool) -> Result<()> {
 
     let web: SocketAddr = WEB.parse()?;
     let dns: SocketAddr = DNS.parse()?;
-    show(
+    let mut failed = show(
         "TCP",
         &format!("service web ({WEB})"),
         &tcp_ask_many(&client, web, 8, TIMEOUT)?,
     );
-    show(
+    failed += show(
         "UDP",
         &format!("service dns ({DNS})"),
         &udp_ask_many(&client, dns, 4, TIMEOUT)?,
@@ -104,6 +106,10 @@ pub fn run(once: bool) -> Result<()> {
         }
     }
     println!();
+    failed += host.iter().filter(|a| a.is_err()).count();
+    if host.is_empty() {
+        failed += 1;
+    }
 
     let pins = lab.nodes[0].pin_dir.display().to_string();
     println!("$ svclb list --bpffs-dir {pins}");
@@ -136,6 +142,12 @@ pub fn run(once: bool) -> Result<()> {
         lab.manifests.display(),
         lab.work_dir().display()
     );
+    if failed > 0 {
+        for (i, node) in lab.nodes.iter().enumerate() {
+            println!("--- agent log of {} ---\n{}", node.name, lab.agent_log(i));
+        }
+        bail!("{failed} of the tour's requests went unanswered");
+    }
     if once {
         println!("\n--once: tearing the lab down");
         return Ok(());

@@ -38,8 +38,12 @@ enum Task {
         /// Only these targets (manifest, plan, maglev).
         targets: Vec<String>,
     },
-    /// rustfmt check and clippy over user space and the eBPF crate (its own target).
+    /// rustfmt check, clippy over user space and the eBPF crate (its own target), and no
+    /// unused dependencies (cargo machete).
     Lint,
+    /// Removes what labs, benches and killed test runs left behind (namespaces, pins, cgroups,
+    /// processes, work directories); names BPF programs attached to the machine itself.
+    Sweep,
     /// svclb and the alternatives measured side by side; results in bench/results/ (root).
     Bench {
         /// A smoke run: smaller sizes and fewer samples (a minute or two).
@@ -127,10 +131,7 @@ fn test(filter: Option<String>) -> Result<()> {
         );
     }
     let started = Instant::now();
-    let leftovers = svclb_tests::remove_leftovers();
-    if leftovers > 0 {
-        println!("removed {leftovers} namespaces left by an earlier killed run");
-    }
+    sweep();
     let svclb = build_svclb()?;
     let filter: Vec<String> = filter.into_iter().collect();
 
@@ -181,7 +182,7 @@ fn bench(quick: bool, only: Option<&str>) -> Result<()> {
             "`cargo xtask bench` loads BPF programs and builds network namespaces: run it as root"
         );
     }
-    svclb_tests::remove_leftovers();
+    sweep();
     // The agent measured is the release build.
     run(Command::new("cargo").args(["build", "--release", "--package", "svclb"]))?;
     let target = target_dir();
@@ -220,8 +221,23 @@ fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         .env("SVCLB_BIN", target.join("release/svclb")))
 }
 
+/// Sweeps, printing what it removed and found (nothing when there was nothing).
+fn sweep() {
+    let sweep = svclb_tests::sweep::sweep();
+    for line in &sweep.removed {
+        println!("sweep: removed {line}");
+    }
+    for line in &sweep.warnings {
+        println!("sweep: {line}");
+    }
+}
+
 fn lint() -> Result<()> {
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+    // Every declared dependency is used (the workspace's crates and the fuzz targets).
+    // (Called by its own name: as `cargo machete` under xtask it takes "machete" for a
+    // directory.)
+    run(Command::new("cargo-machete").arg("."))?;
     let fuzz_manifest = workspace_root().join("fuzz/Cargo.toml");
     let fuzz_manifest = fuzz_manifest.to_string_lossy();
     run(Command::new("cargo").args(["fmt", "--manifest-path", &fuzz_manifest, "--", "--check"]))?;
@@ -274,6 +290,13 @@ fn main() -> std::process::ExitCode {
 fn run_task(cli: Cli) -> Result<()> {
     match cli.command {
         Task::Setup => setup::setup(),
+        Task::Sweep => {
+            if !svclb_tests::is_root() {
+                bail!("`cargo xtask sweep` removes namespaces, cgroups and pins: run it as root");
+            }
+            sweep();
+            Ok(())
+        }
         Task::Lint => {
             setup::setup()?;
             lint()

@@ -10,24 +10,27 @@ const LLVM: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13";
 /// Runs the fuzz targets (`cargo xtask fuzz`, and briefly in `cargo xtask test`).
 const CARGO_FUZZ_VERSION: &str = "0.13";
+/// Finds unused dependencies (`cargo xtask lint`).
+const CARGO_MACHETE_VERSION: &str = "0.9";
 
-/// Debian packages: LLVM for bpf-linker, and the tools the lab, demo and tests call.
-const PACKAGES: &[&str] = &[
+/// Debian packages: LLVM for bpf-linker, a font for the benchmarks' charts, and (from
+/// `svclb_tests::tools`) the tools the lab, demo and tests call.
+const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
     "libpolly-22-dev",
-    "iproute2",
-    "bpftool",
-    "curl",
-    "socat",
-    "procps",
-    // The lab turns transmit checksum offload off on its fabric ports (see `tests/src/lab.rs`).
-    "ethtool",
-    // The benchmarks: kube-proxy's rule layouts, and a font for the chart.
-    "iptables",
-    "nftables",
     "fonts-dejavu-core",
 ];
+
+fn packages() -> Vec<&'static str> {
+    let tools = svclb_tests::tools::TOOLS
+        .iter()
+        .map(|(_, package)| *package);
+    let mut all: Vec<&str> = BUILD_PACKAGES.iter().copied().chain(tools).collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
 
 fn output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
@@ -37,17 +40,17 @@ fn output(program: &str, args: &[&str]) -> Option<String> {
 }
 
 fn missing_packages() -> Vec<&'static str> {
+    let packages = packages();
     let mut args = vec!["-W", "-f=${Package} ${db:Status-Abbrev}\n"];
-    args.extend_from_slice(PACKAGES);
+    args.extend_from_slice(&packages);
     // dpkg-query fails when any package is unknown; the listing still has the known ones.
     let listing = Command::new("dpkg-query")
         .args(&args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    PACKAGES
-        .iter()
-        .copied()
+    packages
+        .into_iter()
         .filter(|pkg| {
             !listing
                 .lines()
@@ -86,9 +89,28 @@ fn has_bpf_linker() -> bool {
         .is_some_and(|v| v.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")))
 }
 
-fn has_cargo_fuzz() -> bool {
-    output("cargo", &["fuzz", "--version"])
-        .is_some_and(|v| v.contains(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}")))
+/// Whether `TOOL --version` prints `version` (as `cargo-fuzz 0.13.2`, or as `0.9.2` alone).
+/// The binary is called by its own name: cargo-machete run as `cargo machete` under a cargo
+/// command (as xtask is) takes its subcommand's name for a directory.
+fn has_cargo_tool(tool: &str, version: &str) -> bool {
+    output(tool, &["--version"]).is_some_and(|v| {
+        v.split_whitespace()
+            .any(|word| word == version || word.starts_with(&format!("{version}.")))
+    })
+}
+
+/// `cargo install TOOL --locked --version ~VERSION` with the pinned toolchain.
+fn install_cargo_tool(toolchain: &str, tool: &str, version: &str) -> Result<()> {
+    println!("setup: installing {tool} {version} (about a minute)");
+    crate::run(Command::new("cargo").args([
+        &format!("+{toolchain}"),
+        "install",
+        tool,
+        "--locked",
+        "--version",
+        &format!("~{version}"),
+    ]))
+    .with_context(|| format!("installing {tool}"))
 }
 
 pub fn setup() -> Result<()> {
@@ -134,17 +156,13 @@ pub fn setup() -> Result<()> {
         )
         .context("installing bpf-linker")?;
     }
-    if !has_cargo_fuzz() {
-        println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
-        crate::run(Command::new("cargo").args([
-            &format!("+{toolchain}"),
-            "install",
-            "cargo-fuzz",
-            "--locked",
-            "--version",
-            &format!("~{CARGO_FUZZ_VERSION}"),
-        ]))
-        .context("installing cargo-fuzz")?;
+    for (tool, version) in [
+        ("cargo-fuzz", CARGO_FUZZ_VERSION),
+        ("cargo-machete", CARGO_MACHETE_VERSION),
+    ] {
+        if !has_cargo_tool(tool, version) {
+            install_cargo_tool(&toolchain, tool, version)?;
+        }
     }
     Ok(())
 }

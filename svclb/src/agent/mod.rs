@@ -291,7 +291,7 @@ fn socket_hooks(
 /// entries are the starting point of the diff, so the first sync deletes whatever is stale
 /// and rewrites nothing that is right.
 fn open_datapath(config: &AgentConfig) -> Result<(aya::Ebpf, Maps, MapState, bool)> {
-    let private = loader::prepare_bpffs(&config.bpffs_dir)?.private();
+    let private = svclb_common::host::prepare_bpffs(&config.bpffs_dir)?.private();
     if private {
         warn!(
             "{PRIVATE_PINS}: {} is on a bpf filesystem of this agent's own mount namespace (as \

@@ -26,6 +26,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
+use svclb_common::host::cgroup2_mount;
 use tracing::{debug, info, warn};
 
 use super::{
@@ -43,25 +44,6 @@ pub struct SocketLb {
     /// Only sockets of the host's network namespace are translated
     /// (`--socket-lb-hostns-only`).
     pub hostns_only: bool,
-}
-
-/// The cgroup2 mount point in a `/proc/mounts` text (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on a hybrid system).
-fn cgroup2_in(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_source, target, kind) = (fields.next()?, fields.next()?, fields.next()?);
-        (kind == "cgroup2").then(|| PathBuf::from(target))
-    })
-}
-
-/// The machine's cgroup2 mount, from /proc/mounts.
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    cgroup2_in(&mounts).context(
-        "no cgroup2 filesystem is mounted (socket-level load balancing needs cgroup v2; \
-         mount one, pass --cgroup-root, or run with --socket-lb=false)",
-    )
 }
 
 /// The attached hooks.
@@ -282,26 +264,4 @@ fn attach_release(ebpf: &mut Ebpf, cgroup: &fs::File, pin: &Path) -> Result<Pinn
     let link = FdLink::try_from(program.take_link(id)?)
         .context("the socket hook is not a BPF link (Linux 5.7 or later)")?;
     Pinned::pin(link, pin)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::PathBuf;
-
-    use super::cgroup2_in;
-
-    #[test]
-    fn the_cgroup2_mount_is_found_on_unified_and_hybrid_systems() {
-        let unified = "sysfs /sys sysfs rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n";
-        assert_eq!(cgroup2_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
-        let hybrid = "tmpfs /sys/fs/cgroup tmpfs ro 0 0\n\
-                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid,nodev 0 0\n\
-                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n";
-        assert_eq!(
-            cgroup2_in(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let v1_only = "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n";
-        assert_eq!(cgroup2_in(v1_only), None);
-    }
 }

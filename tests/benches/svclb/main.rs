@@ -3,7 +3,7 @@
 //! count and time and only touches lab addresses or BPF_PROG_TEST_RUN.
 
 mod chart;
-#[path = "../../tests/common/mod.rs"]
+#[path = "../../tests/svclb/common/mod.rs"]
 mod common;
 mod control_plane;
 mod kubeproxy;

@@ -318,15 +318,16 @@ fn agent_refuses_a_missing_uplink_with_a_clear_error() -> Result<()> {
         ..LabSpec::default()
     })?;
     let bin = svclb_tests::svclb_bin()?;
+    let pins = format!("/sys/fs/bpf/{}-missing-uplink", lab.id);
     let out = std::process::Command::new(&bin)
         .args(["agent", "--node-name", "n1", "--devices", "nosuchdev0"])
         .arg("--socket-lb=false")
         .arg("--manifests")
         .arg(&lab.manifests)
         .arg("--bpffs-dir")
-        .arg("/sys/fs/bpf/svl-missing-uplink")
+        .arg(&pins)
         .output()?;
-    std::fs::remove_dir_all("/sys/fs/bpf/svl-missing-uplink")?;
+    std::fs::remove_dir_all(&pins)?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

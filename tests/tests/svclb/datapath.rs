@@ -10,10 +10,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-mod common;
-
-use anyhow::Result;
-use common::{
+use crate::common::{
     datapath::Datapath,
     fixture::{
         Addrs, Case, Expect, Hook, TC_ACT_OK, UplinkAddrs, XDP_PASS, flow_cases, icmp_cases,
@@ -21,6 +18,7 @@ use common::{
         uplink_ns, xdp_and_tc_share_flows,
     },
 };
+use anyhow::Result;
 use svclb::plan::Protocol;
 use svclb_tests::{
     family::fix_ip_checksum,

@@ -9,15 +9,13 @@
 //! uplink, its frontends external with remote backends (what it finishes itself): whatever
 //! it passes to TC is untouched, and whatever it sends back out obeys the rewrite invariants.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use anyhow::Result;
-use common::{
+use crate::common::{
     datapath::Datapath,
     fixture::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, uplink_ns},
 };
+use anyhow::Result;
 use proptest::{prelude::*, test_runner::TestCaseError};
 use svclb::plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope};
 use svclb_tests::{

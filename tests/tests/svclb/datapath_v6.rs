@@ -7,10 +7,7 @@
 
 use std::net::Ipv6Addr;
 
-mod common;
-
-use anyhow::Result;
-use common::{
+use crate::common::{
     datapath::Datapath,
     fixture::{
         Addrs, Case, Expect, Hook, TC_ACT_OK, UplinkAddrs, flow_cases, icmp_cases, loaded,
@@ -18,6 +15,7 @@ use common::{
         xdp_and_tc_share_flows,
     },
 };
+use anyhow::Result;
 use svclb_tests::{
     packet::{L4, TCP_SYN},
     packet6::{Ext, NEXTHDR_DEST, NEXTHDR_HOP, NEXTHDR_ROUTING, Packet6},

@@ -3,7 +3,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result};
@@ -49,11 +49,9 @@ impl Datapath {
     }
 
     pub fn load_with(name: &str, sizes: Capacity) -> Result<Self> {
-        let pin_dir = PathBuf::from(format!(
-            "/sys/fs/bpf/svl-fixture-{}-{name}",
-            std::process::id()
-        ));
-        loader::prepare_bpffs(&pin_dir)?;
+        let pin_dir = Path::new(svclb_common::host::BPFFS_ROOT)
+            .join(svclb_tests::sweep::scratch_name(&format!("fixture-{name}")));
+        svclb_common::host::prepare_bpffs(&pin_dir)?;
         let mut ebpf = loader::load(&pin_dir, &sizes)?;
         let maps = Maps::take(&mut ebpf, svclb_common::maglev::Maglev::default())?;
         for name in [POD_PROGRAM, UPLINK_PROGRAM] {

@@ -309,7 +309,7 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x64];
 pub fn uplink_ns<P: TestPacket>(name: &str) -> Result<(FixtureNs, u32)> {
     use svclb_tests::netns::{ip, ip_in, sysctl_in};
     let net = P::UPLINK;
-    let ns = FixtureNs(format!("svl{}x-{name}", std::process::id()));
+    let ns = FixtureNs(svclb_tests::sweep::scratch_name(&format!("-{name}")));
     ip(&["netns", "add", &ns.0])?;
     let n = ns.0.as_str();
     fn family<'a>(net: &UplinkAddressing, args: &[&'a str]) -> Vec<&'a str> {

@@ -5,11 +5,9 @@
 
 use std::net::Ipv4Addr;
 
-mod common;
-
+use crate::common::datapath::Datapath;
 use anyhow::Result;
 use aya::maps::{HashMap, MapData};
-use common::datapath::Datapath;
 use svclb::{kernel::sweep::monotonic_ns, plan::Protocol};
 use svclb_common::{
     CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, SweepItem,

@@ -42,11 +42,10 @@ async fn start(api: &FakeApi) -> Result<KubeSource> {
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "svclb-kube-watch-{}-{:?}",
-        std::process::id(),
+    let dir = std::env::temp_dir().join(svclb_tests::sweep::scratch_name(&format!(
+        "kube-watch-{:?}",
         std::thread::current().id()
-    ));
+    )));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

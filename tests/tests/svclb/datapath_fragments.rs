@@ -8,10 +8,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-mod common;
-
+use crate::common::datapath::Datapath;
 use anyhow::Result;
-use common::datapath::Datapath;
 use svclb::plan::Protocol;
 use svclb_tests::{
     packet::{PacketSpec, fragment4},

@@ -1,0 +1,25 @@
+//! Every integration test of svclb, in one test binary (one link, not one per file): the
+//! datapath fixtures (BPF_PROG_TEST_RUN), the lab tests (an agent per node in a cluster of
+//! network namespaces), the watch layer and the chart. Tests that need root are
+//! `#[ignore = "needs root"]`; `cargo xtask test` runs them, one at a time, as root.
+
+mod common;
+mod datapath;
+mod datapath_fragments;
+mod datapath_fuzz;
+mod datapath_sweep;
+mod datapath_v6;
+mod helm_chart;
+mod kube_watch;
+mod lab_agent;
+mod lab_clusterip;
+mod lab_conntrack;
+mod lab_dualstack;
+mod lab_health;
+mod lab_kubernetes;
+mod lab_northsouth;
+mod lab_restart;
+mod lab_soak;
+mod lab_socket;
+mod lab_sweep;
+mod lab_xdp;
