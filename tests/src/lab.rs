@@ -120,6 +120,8 @@ pub struct Lab {
     kubeconfig: Option<PathBuf>,
     /// The lab's cgroups, removed after everything else.
     cgroup: Option<crate::cgroup::LabCgroup>,
+    /// A real Kubernetes control plane, if started ([`Lab::start_control_plane`]).
+    control_plane: Option<crate::control_plane::ControlPlane>,
 }
 
 /// `svl<pid>x<n>`: unique among running labs, and names the process that owns it so leftovers
@@ -177,6 +179,7 @@ impl Lab {
             agents: Vec::new(),
             kubeconfig: None,
             cgroup: None,
+            control_plane: None,
         };
         lab.build()
             .with_context(|| format!("building lab {}", lab.id))?;
@@ -659,6 +662,53 @@ impl Lab {
         Ok(api)
     }
 
+    /// Starts a real control plane (etcd, kube-apiserver, kube-controller-manager) in the
+    /// external client's namespace, creates the lab's Node objects in it (zone `zone-<node>`
+    /// unless `zones` names one per node), installs the chart, and has agents started from
+    /// now on watch it with a token of the chart's ServiceAccount (under the chart's RBAC).
+    pub fn start_control_plane(
+        &mut self,
+        zones: &[&str],
+    ) -> Result<&crate::control_plane::ControlPlane> {
+        let plane = crate::control_plane::ControlPlane::start(
+            &self.client_ns,
+            &self.work_dir.join("kube"),
+        )?;
+        let nodes: Vec<(String, String, String)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let zone = zones
+                    .get(i)
+                    .map_or_else(|| format!("zone-{}", n.name), |z| (*z).to_owned());
+                (n.name.clone(), n.addr.to_string(), zone)
+            })
+            .collect();
+        let nodes: Vec<(&str, &str, &str)> = nodes
+            .iter()
+            .map(|(n, a, z)| (n.as_str(), a.as_str(), z.as_str()))
+            .collect();
+        plane.create_nodes(&nodes)?;
+        let token = plane.install_chart("")?;
+        self.use_kubeconfig(&crate::control_plane::kubeconfig(&token))?;
+        Ok(self.control_plane.insert(plane))
+    }
+
+    /// The control plane [`Lab::start_control_plane`] started.
+    pub fn control_plane(&self) -> Result<&crate::control_plane::ControlPlane> {
+        self.control_plane
+            .as_ref()
+            .context("the lab has no control plane")
+    }
+
+    /// The control plane, to stop and start its parts.
+    pub fn control_plane_mut(&mut self) -> Result<&mut crate::control_plane::ControlPlane> {
+        self.control_plane
+            .as_mut()
+            .context("the lab has no control plane")
+    }
+
     /// Agents started from now on watch the API server this kubeconfig names (reachable from
     /// the node namespaces, e.g. a server in the client namespace), not the manifests.
     pub fn use_kubeconfig(&mut self, kubeconfig: &str) -> Result<()> {
@@ -911,6 +961,28 @@ impl Lab {
             .collect())
     }
 
+    /// Runs `program ARGS` as a host-network process of node `node`: in the node's namespace
+    /// and cgroup, where its agent's socket hooks are; fails with its stderr.
+    pub fn run_on_node(&self, node: usize, program: &str, args: &[&str]) -> Result<String> {
+        let netns_file = fs::File::open(format!("/run/netns/{}", self.nodes[node].ns))?;
+        let procs = crate::cgroup::procs_of(&self.nodes[node].cgroup)?;
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::null());
+        netns::enter_on_exec(&mut command, &netns_file);
+        crate::cgroup::join_on_exec(&mut command, &procs);
+        let out = command
+            .output()
+            .with_context(|| format!("running {program} on node {}", self.nodes[node].name))?;
+        if !out.status.success() {
+            bail!(
+                "{program} {args:?} on node {}: {}",
+                self.nodes[node].name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// Spawns the client [`Lab::run_client`] runs, its output piped.
     pub fn spawn_client(&self, node: usize, ns: &str, args: &[&str]) -> Result<Child> {
         let (mut command, _open) = self.client_command(Some(node), ns, args)?;
@@ -976,6 +1048,15 @@ impl Drop for Lab {
             let mut child = agent.child;
             stop_child(&mut child, Signal::SIGTERM);
         }
+        if thread::panicking()
+            && let Some(plane) = &self.control_plane
+        {
+            for name in ["kube-apiserver", "kube-controller-manager"] {
+                eprintln!("--- {name} of {} ---\n{}", self.id, plane.log_tail(name));
+            }
+        }
+        // Its processes run in the client namespace, which goes below.
+        self.control_plane = None;
         if thread::panicking() {
             for (i, node) in self.nodes.iter().enumerate() {
                 eprintln!(

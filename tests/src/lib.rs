@@ -16,9 +16,11 @@
 pub mod attached;
 pub mod cgroup;
 pub mod client;
+pub mod control_plane;
 pub mod fake_api;
 pub mod family;
 pub mod helm;
+pub mod kube_bins;
 mod lab;
 pub mod manifests;
 pub mod netns;

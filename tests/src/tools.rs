@@ -14,6 +14,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     // The benchmarks: kube-proxy's rule layouts.
     ("iptables-restore", "iptables"),
     ("nft", "nftables"),
+    // The control plane's service-account signing key.
+    ("openssl", "openssl"),
     // `.ci/run` starts the demo in a mount namespace of its own.
     ("unshare", "util-linux"),
 ];

@@ -33,7 +33,49 @@ fn show(kind: &str, target: &str, answers: &[Result<String>]) -> usize {
     answers.iter().filter(|a| a.is_err()).count()
 }
 
-pub fn run(once: bool) -> Result<()> {
+/// The examples, served from the manifests directory, or with `kubernetes` applied through
+/// a real API server (the lab's control plane); says where the user finds them.
+fn serve_examples(lab: &mut Lab, kubernetes: bool) -> Result<String> {
+    let examples = crate::workspace_root().join("examples");
+    let mut files: Vec<_> = fs::read_dir(&examples)
+        .context("reading examples/")?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
+    files.sort();
+    if !kubernetes {
+        for path in &files {
+            fs::copy(path, lab.manifests.join(path.file_name().expect("a file")))?;
+        }
+        return Ok(format!(
+            "manifests: {} (copied from examples/)",
+            lab.manifests.display()
+        ));
+    }
+    let ns = lab.client_ns.clone();
+    let plane = lab.start_control_plane(&[])?;
+    for path in &files {
+        let yaml = fs::read_to_string(path)?;
+        plane
+            .apply_objects(&yaml)
+            .with_context(|| format!("applying {}", path.display()))?;
+    }
+    let kubectl = svclb_tests::kube_bins::bin("kubectl")?;
+    Ok(format!(
+        "Kubernetes: etcd, kube-apiserver {} and kube-controller-manager in namespace {} \
+         (https://172.31.0.100:6443), examples/ applied through the API; the agents watch it \
+         with the chart's ServiceAccount.\nkubeconfig: {}\n  nsenter --net=/run/netns/{} {} \
+         --kubeconfig {} get svc,endpointslices",
+        svclb_tests::kube_bins::KUBERNETES.version,
+        ns,
+        plane.admin_kubeconfig_path().display(),
+        ns,
+        kubectl.display(),
+        plane.admin_kubeconfig_path().display(),
+    ))
+}
+
+pub fn run(once: bool, kubernetes: bool) -> Result<()> {
     // Installed first: Ctrl-C while the lab is being built must still tear it down.
     let (tx, stop) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -52,13 +94,7 @@ pub fn run(once: bool) -> Result<()> {
     }
 
     let mut lab = Lab::new(LabSpec::default())?;
-    let examples = crate::workspace_root().join("examples");
-    for entry in fs::read_dir(&examples).context("reading examples/")? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            fs::copy(&path, lab.manifests.join(path.file_name().expect("a file")))?;
-        }
-    }
+    let source = serve_examples(&mut lab, kubernetes)?;
     lab.start_agents()?;
     let client = lab.pod(CLIENT_POD).ns.clone();
     println!(
@@ -67,10 +103,7 @@ pub fn run(once: bool) -> Result<()> {
         lab.nodes.len(),
         lab.nodes.iter().map(|n| n.pods.len()).sum::<usize>()
     );
-    println!(
-        "manifests: {} (copied from examples/)\n",
-        lab.manifests.display()
-    );
+    println!("{source}\n");
 
     let web: SocketAddr = WEB.parse()?;
     let dns: SocketAddr = DNS.parse()?;
@@ -137,11 +170,19 @@ pub fn run(once: bool) -> Result<()> {
         svclb.display()
     );
     println!("  bpftool map dump pinned {pins}/SVCLB_SERVICES");
-    println!(
-        "  edit {}/demo.yaml: the agents apply changes within a second (logs: {})",
-        lab.manifests.display(),
-        lab.work_dir().display()
-    );
+    if kubernetes {
+        println!(
+            "  kubectl edit service web (as above, through nsenter): the agents follow within a \
+             second (logs: {})",
+            lab.work_dir().display()
+        );
+    } else {
+        println!(
+            "  edit {}/demo.yaml: the agents apply changes within a second (logs: {})",
+            lab.manifests.display(),
+            lab.work_dir().display()
+        );
+    }
     if failed > 0 {
         for (i, node) in lab.nodes.iter().enumerate() {
             println!("--- agent log of {} ---\n{}", node.name, lab.agent_log(i));

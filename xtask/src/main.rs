@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | test | run | lint | bench | fuzz`.
 
+mod control_plane;
 mod demo;
 mod fuzz;
 mod setup;
@@ -60,6 +61,10 @@ enum Task {
         /// Exit after the demo instead of waiting for Ctrl-C.
         #[arg(long)]
         once: bool,
+        /// Serve the examples through a real Kubernetes control plane (etcd, kube-apiserver,
+        /// kube-controller-manager) instead of a manifests directory.
+        #[arg(long)]
+        kubernetes: bool,
         /// Arguments for `svclb agent` on the real machine.
         #[arg(last = true)]
         agent_args: Vec<String>,
@@ -132,37 +137,28 @@ fn test(filter: Option<String>) -> Result<()> {
     }
     let started = Instant::now();
     sweep();
-    let svclb = build_svclb()?;
     let filter: Vec<String> = filter.into_iter().collect();
+    // Both runs select the same packages and build tests, so cargo resolves one feature set
+    // and builds each crate once: the agent binary the lab runs is the one built here.
+    let svclb = target_dir().join("debug/svclb");
+    let cargo_test = |targets: &[&str], harness: &[&str]| {
+        run(Command::new("cargo")
+            .args(["test", "--workspace", "--exclude", "svclb-ebpf"])
+            .args(targets)
+            .arg("--")
+            .args(harness)
+            .args(&filter)
+            .env("SVCLB_BIN", &svclb))
+    };
 
-    println!("== unit tests");
-    run(Command::new("cargo")
-        .args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "svclb-ebpf",
-            "--exclude",
-            "svclb-tests",
-            "--",
-        ])
-        .args(&filter))?;
+    println!("== unit tests, and the tests that need no root");
+    cargo_test(&["--tests"], &[])?;
     let unit = started.elapsed();
 
     println!("== datapath fixtures and lab tests (one at a time: they share the kernel)");
-    run(Command::new("cargo")
-        // Tests that need root are `#[ignore = "needs root"]`: a plain `cargo test` lists
-        // them as ignored, this run (as root) includes them.
-        .args([
-            "test",
-            "--package",
-            "svclb-tests",
-            "--",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .args(&filter)
-        .env("SVCLB_BIN", &svclb))?;
+    // Tests that need root are `#[ignore = "needs root"]`: a plain `cargo test` lists them as
+    // ignored, and this run (as root) runs them, and only them.
+    cargo_test(&["--test", "svclb"], &["--ignored", "--test-threads=1"])?;
     // A filtered run is someone after particular tests; a full one fuzzes briefly too.
     if filter.is_empty() {
         println!("== fuzz targets, {FUZZ_SECONDS_IN_TEST} s each");
@@ -313,10 +309,14 @@ fn run_task(cli: Cli) -> Result<()> {
             setup::setup()?;
             test(filter)
         }
-        Task::Run { once, agent_args } => {
+        Task::Run {
+            once,
+            kubernetes,
+            agent_args,
+        } => {
             setup::setup()?;
             if agent_args.is_empty() {
-                demo::run(once)
+                demo::run(once, kubernetes)
             } else {
                 let svclb = build_svclb()?;
                 run(Command::new(svclb).arg("agent").args(agent_args))

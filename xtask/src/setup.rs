@@ -164,5 +164,5 @@ pub fn setup() -> Result<()> {
             install_cargo_tool(&toolchain, tool, version)?;
         }
     }
-    Ok(())
+    crate::control_plane::setup()
 }

@@ -1,8 +1,8 @@
-//! The Helm chart, rendered with default and with non-default values; every object parsed
-//! strictly into its k8s-openapi type (a field the type does not know fails the test), and the
-//! RBAC rules, security context and mounts checked. No root needed.
-
-use std::path::Path;
+//! The Helm chart, linted (`--strict`) and rendered by the real helm with default and with
+//! non-default values; every object parsed strictly into its k8s-openapi type (a field the type
+//! does not know fails the test), and the RBAC rules, security context and mounts checked. No
+//! root needed. (That a real API server takes the objects, and that the agent works under the
+//! chart's RBAC, is proven by every `lab_apiserver` test: its lab installs the chart.)
 
 use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::{
@@ -11,7 +11,7 @@ use k8s_openapi::api::{
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use serde::{Serialize, de::DeserializeOwned};
-use svclb_tests::helm::render_chart;
+use svclb_tests::helm::{chart_dir, lint, notes, template};
 
 #[derive(Default)]
 struct Objects {
@@ -34,14 +34,15 @@ fn strict<T: DeserializeOwned + Serialize>(doc: &serde_json::Value, file: &str) 
     Ok(typed)
 }
 
+/// The chart as the real helm lints and renders it with `overrides` (values YAML).
 fn render(overrides: &str) -> Result<Objects> {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/svclb");
-    let mut objects = Objects::default();
-    for rendered in render_chart(&chart, "svclb", "kube-system", overrides)? {
-        if rendered.file == "NOTES.txt" {
-            objects.notes = rendered.text;
-            continue;
-        }
+    let chart = chart_dir();
+    lint(&chart, overrides)?;
+    let mut objects = Objects {
+        notes: notes(&chart, "svclb", "kube-system", overrides)?,
+        ..Objects::default()
+    };
+    for rendered in template(&chart, "svclb", "kube-system", overrides)? {
         for doc in serde_yaml::Deserializer::from_str(&rendered.text) {
             let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(doc)
                 .with_context(|| format!("{} is not YAML:\n{}", rendered.file, rendered.text))?;

@@ -1,0 +1,467 @@
+//! A real Kubernetes control plane for a lab: etcd, kube-apiserver and
+//! kube-controller-manager (the EndpointSlice, EndpointSlice-mirroring and ServiceAccount
+//! controllers), as
+//! `cargo xtask setup` built them (see [`crate::kube_bins`]). They run in the lab's external
+//! client namespace, where the API server listens on the fabric (172.31.0.100:6443), so the
+//! agents in the node namespaces reach it as they would a cluster's. Tests talk to it with
+//! the real kubectl, run in that namespace.
+//!
+//! The API server authenticates with static tokens (an admin in `system:masters`), authorizes
+//! with RBAC, signs service-account tokens with a key of its own, and serves the Service IP
+//! range the lab's services use. There is no kubelet: nodes are created through the API, and
+//! [`ControlPlane::run_pod`] creates a pod bound to a node and patches its status to Running
+//! and Ready with the lab pod's address, as a kubelet would report it. Everything stops, and
+//! its directory goes, when the control plane is dropped (also on panic); a killed run's is
+//! swept with its lab (`cargo xtask sweep`: its processes are in the lab's namespace).
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use crate::{kube_bins::bin, netns};
+
+/// Where the API server listens: the external client's address on the lab fabric.
+pub const API_ADDR: &str = "172.31.0.100";
+pub const API_PORT: u16 = 6443;
+/// The Service IP range: every ClusterIP the lab's tests use is in it.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+/// A running control plane.
+pub struct ControlPlane {
+    /// Its namespace (the lab's external client's).
+    ns: String,
+    dir: PathBuf,
+    admin_token: String,
+    /// etcd, kube-apiserver, kube-controller-manager, in start order, with their arguments.
+    processes: Vec<(&'static str, Vec<String>, Child)>,
+}
+
+/// A random token: 32 hex digits from /dev/urandom.
+fn token() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A kubeconfig for `token` at the lab's API server. The server's certificate is the one it
+/// made for itself, which no CA signed: clients skip its verification.
+pub fn kubeconfig(token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: \
+         https://{API_ADDR}:{API_PORT}\n    insecure-skip-tls-verify: true\ncontexts:\n- name: \
+         lab\n  context:\n    cluster: lab\n    user: user\ncurrent-context: lab\nusers:\n- \
+         name: user\n  user:\n    token: {token}\n"
+    )
+}
+
+impl ControlPlane {
+    /// Starts etcd, kube-apiserver and kube-controller-manager in namespace `ns`, keeping
+    /// their data and logs in `dir`, and waits until the API server is ready and the
+    /// controller manager healthy.
+    pub fn start(ns: &str, dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        let mut plane = Self {
+            ns: ns.to_owned(),
+            dir: dir.to_path_buf(),
+            admin_token: token()?,
+            processes: Vec::new(),
+        };
+        plane.write_credentials()?;
+        plane.spawn("etcd", &plane.etcd_args())?;
+        plane.spawn("kube-apiserver", &plane.apiserver_args())?;
+        plane.wait_until("the API server is ready", |p| {
+            p.kubectl(&["get", "--raw", "/readyz"]).is_ok()
+        })?;
+        plane.spawn("kube-controller-manager", &plane.controller_manager_args())?;
+        plane.wait_until("the controller manager is healthy", |_| {
+            netns::run_in(ns, "curl", &["-skf", "https://127.0.0.1:10257/healthz"]).is_ok()
+        })?;
+        plane.wait_until("namespace default has its ServiceAccount", |p| {
+            p.kubectl(&["get", "serviceaccount", "default", "-n", "default"])
+                .is_ok()
+        })?;
+        Ok(plane)
+    }
+
+    /// The admin's kubeconfig (a member of `system:masters`).
+    pub fn admin_kubeconfig(&self) -> String {
+        kubeconfig(&self.admin_token)
+    }
+
+    /// The admin's kubeconfig file.
+    pub fn admin_kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    /// The static tokens, the service-account signing key, and the admin's kubeconfig.
+    fn write_credentials(&self) -> Result<()> {
+        fs::write(
+            self.dir.join("tokens.csv"),
+            format!("{},admin,admin,system:masters\n", self.admin_token),
+        )?;
+        fs::write(self.admin_kubeconfig_path(), self.admin_kubeconfig())?;
+        let key = self.dir.join("sa.key");
+        netns::run(
+            "openssl",
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                &key.to_string_lossy(),
+            ],
+        )?;
+        netns::run(
+            "openssl",
+            &[
+                "pkey",
+                "-in",
+                &key.to_string_lossy(),
+                "-pubout",
+                "-out",
+                &self.dir.join("sa.pub").to_string_lossy(),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    fn etcd_args(&self) -> Vec<String> {
+        [
+            format!("--data-dir={}", self.path("etcd")),
+            "--listen-client-urls=http://127.0.0.1:2379".into(),
+            "--advertise-client-urls=http://127.0.0.1:2379".into(),
+            "--listen-peer-urls=http://127.0.0.1:2380".into(),
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+            "--initial-cluster=default=http://127.0.0.1:2380".into(),
+            // A test's cluster lives for seconds: durability is not worth an fsync a write.
+            "--unsafe-no-fsync=true".into(),
+            "--log-level=warn".into(),
+        ]
+        .into()
+    }
+
+    fn apiserver_args(&self) -> Vec<String> {
+        [
+            "--etcd-servers=http://127.0.0.1:2379".into(),
+            format!("--bind-address={API_ADDR}"),
+            format!("--advertise-address={API_ADDR}"),
+            format!("--secure-port={API_PORT}"),
+            format!("--cert-dir={}", self.path("certs")),
+            format!("--token-auth-file={}", self.path("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-key-file={}", self.path("sa.pub")),
+            format!("--service-account-signing-key-file={}", self.path("sa.key")),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--allow-privileged=true".into(),
+        ]
+        .into()
+    }
+
+    fn controller_manager_args(&self) -> Vec<String> {
+        [
+            format!("--kubeconfig={}", self.admin_kubeconfig_path().display()),
+            // The slices, and the `default` ServiceAccount every namespace's pods need.
+            "--controllers=endpointslice,endpointslicemirroring,serviceaccount".into(),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            "--secure-port=10257".into(),
+            // Slices follow pods at once (the default batches for a second).
+            "--endpointslice-updates-batch-period=0s".into(),
+        ]
+        .into()
+    }
+
+    /// Starts `name` in the namespace, its output in `<dir>/<name>.log`.
+    fn spawn(&mut self, name: &'static str, args: &[String]) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))?;
+        let netns_file = fs::File::open(format!("/run/netns/{}", self.ns))
+            .with_context(|| format!("opening namespace {}", self.ns))?;
+        let mut command = Command::new(bin(name)?);
+        command
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        netns::enter_on_exec(&mut command, &netns_file);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.processes.retain(|(n, _, _)| *n != name);
+        self.processes.push((name, args.to_vec(), child));
+        Ok(())
+    }
+
+    /// The last lines of `name`'s log.
+    pub fn log_tail(&self, name: &str) -> String {
+        let log = fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Polls `ready` (every 100 ms, 60 s at most), failing early when a process exits.
+    fn wait_until(&mut self, what: &str, ready: impl Fn(&Self) -> bool) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if ready(self) {
+                return Ok(());
+            }
+            if let Some((name, status)) = self.exited()? {
+                bail!(
+                    "{name} exited ({status}) while waiting until {what}:\n{}",
+                    self.log_tail(name)
+                );
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .processes
+                    .iter()
+                    .map(|(n, _, _)| format!("--- {n}\n{}", self.log_tail(n)))
+                    .collect();
+                bail!("waited 60 s until {what}:\n{}", logs.join("\n"));
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The first of the processes that has exited, if one has.
+    fn exited(&mut self) -> Result<Option<(&'static str, std::process::ExitStatus)>> {
+        for (name, _, child) in &mut self.processes {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some((*name, status)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs kubectl as the admin in the control plane's namespace; its standard output.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_with_input(args, None)
+    }
+
+    /// Runs kubectl as the admin, with `input` on its standard input (`apply -f -`).
+    pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        let netns_file = fs::File::open(format!("/run/netns/{}", self.ns))?;
+        let mut command = Command::new(bin("kubectl")?);
+        command
+            .arg(format!(
+                "--kubeconfig={}",
+                self.admin_kubeconfig_path().display()
+            ))
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        netns::enter_on_exec(&mut command, &netns_file);
+        let mut child = command.spawn().context("starting kubectl")?;
+        if let Some(input) = input {
+            child
+                .stdin
+                .take()
+                .context("kubectl's input")?
+                .write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// `kubectl apply -f -` of `yaml`.
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        self.kubectl_with_input(&["apply", "-f", "-"], Some(yaml))
+            .map(drop)
+    }
+
+    /// Applies every object of `yaml` (documents of Services, EndpointSlices, Nodes...) and
+    /// then its `status`, which an apply leaves out (a LoadBalancer's ingress, a Node's
+    /// addresses): what a cloud controller or a kubelet would report.
+    pub fn apply_objects(&self, yaml: &str) -> Result<()> {
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let object: serde_json::Value =
+                serde::Deserialize::deserialize(doc).context("a YAML document")?;
+            if object.is_null() {
+                continue;
+            }
+            self.kubectl_with_input(&["apply", "-f", "-"], Some(&object.to_string()))?;
+            let Some(status) = object.get("status") else {
+                continue;
+            };
+            let kind = object["kind"]
+                .as_str()
+                .context("an object without a kind")?;
+            let name = object["metadata"]["name"]
+                .as_str()
+                .context("an object without a name")?;
+            let kind = match object["metadata"]["namespace"].as_str() {
+                Some(namespace) => format!("{kind} -n {namespace}"),
+                None => kind.to_owned(),
+            };
+            self.set_status(
+                &kind,
+                name,
+                &serde_json::json!({ "status": status }).to_string(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Installs the repository's chart as the real helm renders it with `values` (YAML),
+    /// creating its objects (ServiceAccount, ClusterRole and binding, DaemonSet) through the
+    /// API server, and returns a token of its ServiceAccount: what the agent's pods would run
+    /// with, so a verb missing from the chart's RBAC fails the agent as on a user's cluster.
+    pub fn install_chart(&self, values: &str) -> Result<String> {
+        let rendered =
+            crate::helm::template(&crate::helm::chart_dir(), "svclb", "kube-system", values)?;
+        let objects: String = rendered
+            .iter()
+            .map(|r| format!("---\n{}\n", r.text))
+            .collect();
+        self.kubectl_with_input(&["create", "-f", "-"], Some(&objects))?;
+        let token = self.kubectl(&[
+            "create",
+            "token",
+            "svclb",
+            "--namespace",
+            "kube-system",
+            "--duration=6h",
+        ])?;
+        Ok(token.trim().to_owned())
+    }
+
+    /// Kills kube-apiserver (SIGKILL, as a crash), and waits until it has exited.
+    pub fn kill_api_server(&mut self) -> Result<()> {
+        let (_, _, child) = self
+            .processes
+            .iter_mut()
+            .find(|(n, _, _)| *n == "kube-apiserver")
+            .context("no kube-apiserver")?;
+        stop(child, Signal::SIGKILL);
+        Ok(())
+    }
+
+    /// Starts kube-apiserver again, as it was, and waits until it is ready.
+    pub fn restart_api_server(&mut self) -> Result<()> {
+        let (_, args, _) = self
+            .processes
+            .iter()
+            .find(|(n, _, _)| *n == "kube-apiserver")
+            .context("no kube-apiserver")?;
+        let args = args.clone();
+        self.spawn("kube-apiserver", &args)?;
+        self.wait_until("the API server is ready again", |p| {
+            p.kubectl(&["get", "--raw", "/readyz"]).is_ok()
+        })
+    }
+
+    /// A Node object for each of `nodes` (name, address, zone).
+    pub fn create_nodes(&self, nodes: &[(&str, &str, &str)]) -> Result<()> {
+        for (name, addr, zone) in nodes {
+            self.apply(&format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels:\n    \
+                 topology.kubernetes.io/zone: {zone}\n"
+            ))?;
+            self.set_status(
+                "node",
+                name,
+                &format!(
+                    r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"{addr}"}}],"conditions":[{{"type":"Ready","status":"True"}}]}}}}"#
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Creates pod `name` in `namespace` with `labels`, bound to `node`, then reports it
+    /// Running and Ready at `ip` as its kubelet would; the EndpointSlice controller takes it
+    /// from there.
+    pub fn run_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        node: &str,
+        ip: &str,
+        port: u16,
+    ) -> Result<()> {
+        let labels: String = labels
+            .iter()
+            .map(|(k, v)| format!("    {k}: {v}\n"))
+            .collect();
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  \
+             labels:\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: app\n    \
+             image: lab\n    ports:\n    - name: http\n      containerPort: {port}\n"
+        ))?;
+        self.set_status(
+            &format!("pod -n {namespace}"),
+            name,
+            &format!(
+                r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True"}}]}}}}"#
+            ),
+        )
+    }
+
+    /// Merges `patch` into the status of `kind` (with `-n NAMESPACE` when namespaced) `name`.
+    fn set_status(&self, kind: &str, name: &str, patch: &str) -> Result<()> {
+        let mut args: Vec<&str> = vec!["patch"];
+        args.extend(kind.split_whitespace());
+        args.extend([name, "--subresource=status", "--type=merge", "-p", patch]);
+        self.kubectl(&args).map(drop)
+    }
+}
+
+/// Signals `child` and waits (5 s at most, then SIGKILL) until it has exited.
+fn stop(child: &mut Child, signal: Signal) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Last started, first stopped: the controller manager, the API server, then etcd.
+        for (_, _, child) in self.processes.iter_mut().rev() {
+            stop(child, Signal::SIGTERM);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
