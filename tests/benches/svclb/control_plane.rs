@@ -1,6 +1,7 @@
-//! The control plane: time from manifests to entries in the kernel (cold start, and one
-//! endpoint change among many services), the agent's peak memory, and beside them the time
-//! iptables-restore and nft take to load kube-proxy's equivalent rule sets.
+//! The control plane: time from the source to entries in the kernel (cold start, and one
+//! endpoint change among many services), the agent's peak memory, for both sources (a
+//! manifests directory, and the Kubernetes API of a real kube-apiserver), and beside them the
+//! time iptables-restore and nft take to load kube-proxy's equivalent rule sets.
 
 use std::{
     fmt::Write as _,
@@ -25,7 +26,25 @@ use crate::{
 
 pub const ENDPOINTS: usize = 10;
 
+/// Where the agent read the services from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Manifests,
+    /// A real kube-apiserver (the lab's control plane), the objects created through it.
+    Api,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Manifests => "manifests",
+            Self::Api => "Kubernetes API",
+        }
+    }
+}
+
 pub struct Cold {
+    pub source: Source,
     pub services: usize,
     /// Agent start to "serving" (load, attach, read and parse, plan, program).
     pub ready_ms: f64,
@@ -37,6 +56,7 @@ pub struct Cold {
 }
 
 pub struct Change {
+    pub source: Source,
     pub services: usize,
     pub samples: usize,
     pub p50_ms: f64,
@@ -47,8 +67,10 @@ pub struct Change {
     pub sync_p50_ms: f64,
 }
 
+/// Service `s`'s ClusterIP: in the control plane's Service range (10.96.0.0/16), clear of
+/// the `kubernetes` Service's 10.96.0.1.
 pub fn vip(s: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 1 + s as u32)
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 128, 0)) + 1 + s as u32)
 }
 
 pub fn endpoint(s: usize, e: usize) -> Ipv4Addr {
@@ -166,7 +188,39 @@ pub fn map_size_args(n: usize) -> Vec<String> {
     ]
 }
 
-pub fn cold(n: usize) -> Result<(Cold, Lab)> {
+/// Puts `n` services where `source` serves them from: manifest files, or objects created
+/// through the lab's control plane (started here).
+fn provide(lab: &mut Lab, source: Source, svcs: &[Svc]) -> Result<()> {
+    match source {
+        Source::Manifests => {
+            for (s, svc) in svcs.iter().enumerate() {
+                std::fs::write(lab.manifests.join(format!("svc{s}.yaml")), manifest(s, svc))?;
+            }
+        }
+        Source::Api => {
+            let plane = lab.start_control_plane(&[])?;
+            plane.kubectl(&["create", "namespace", "bench"])?;
+            let started = Instant::now();
+            for chunk in svcs.chunks(500).enumerate().map(|(c, chunk)| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, svc)| format!("---\n{}", manifest(c * 500 + i, svc)))
+                    .collect::<String>()
+            }) {
+                plane.kubectl_with_input(&["create", "-f", "-"], Some(&chunk))?;
+            }
+            eprintln!(
+                "  created {} Services and EndpointSlices through kube-apiserver in {:.0?}",
+                svcs.len(),
+                started.elapsed()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn cold(n: usize, source: Source) -> Result<(Cold, Lab)> {
     let svcs = services(n);
     let mut lab = Lab::new(LabSpec {
         nodes: 1,
@@ -174,9 +228,7 @@ pub fn cold(n: usize) -> Result<(Cold, Lab)> {
         agent_args: map_size_args(n),
         ..LabSpec::default()
     })?;
-    for (s, svc) in svcs.iter().enumerate() {
-        std::fs::write(lab.manifests.join(format!("svc{s}.yaml")), manifest(s, svc))?;
-    }
+    provide(&mut lab, source, &svcs)?;
     let started = Instant::now();
     lab.start_agent(0)?;
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -185,51 +237,120 @@ pub fn cold(n: usize) -> Result<(Cold, Lab)> {
     if !programmed(&maps, n - 1, endpoint(n - 1, ENDPOINTS - 1)) {
         bail!("the agent serves, but the last of {n} services is not programmed: maps too small?");
     }
-    let scratch = format!("{}-rules", lab.id);
-    netns::ip(&["netns", "add", &scratch])?;
-    let iptables = load_time(
-        &scratch,
-        "iptables-restore",
-        &[],
-        &kubeproxy::iptables(&svcs),
-    );
-    let nft = load_time(&scratch, "nft", &["-f", "-"], &kubeproxy::nftables(&svcs));
-    netns::ip(&["netns", "del", &scratch])?;
+    // kube-proxy's rule loads depend on the services alone: measured once, beside the
+    // manifests source.
+    let (iptables, nft) = if source == Source::Manifests {
+        let scratch = format!("{}-rules", lab.id);
+        netns::ip(&["netns", "add", &scratch])?;
+        let iptables = load_time(
+            &scratch,
+            "iptables-restore",
+            &[],
+            &kubeproxy::iptables(&svcs),
+        );
+        let nft = load_time(&scratch, "nft", &["-f", "-"], &kubeproxy::nftables(&svcs));
+        netns::ip(&["netns", "del", &scratch])?;
+        (iptables?, nft?)
+    } else {
+        (f64::NAN, f64::NAN)
+    };
     Ok((
         Cold {
+            source,
             services: n,
             ready_ms,
             sync_ms: first_sync_ms(&lab.agent_log(0)),
             peak_rss_mb: peak_rss_mb(pid),
-            iptables_restore_ms: iptables?,
-            nft_ms: nft?,
+            iptables_restore_ms: iptables,
+            nft_ms: nft,
         },
         lab,
     ))
 }
 
-pub fn changes(lab: &Lab, n: usize, samples: usize) -> Result<Change> {
+/// The `i`th fresh endpoint address a change brings in.
+fn fresh(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 250, (i / 250) as u8, (i % 250) as u8 + 1)
+}
+
+/// Polls the maps (every 0.2 ms, 10 s at most) until service `s` has `addr`; the time since
+/// `started`.
+fn until_programmed(maps: &Maps, s: usize, addr: Ipv4Addr, started: Instant) -> Result<Duration> {
+    loop {
+        if programmed(maps, s, addr) {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("endpoint change to {addr} not in the kernel after 10 s");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// One endpoint change at a time through manifest rewrites (atomic renames); the times.
+fn manifest_changes(lab: &Lab, n: usize, samples: usize) -> Result<Vec<Duration>> {
     let maps = Maps::open_pinned(&lab.nodes[0].pin_dir)?;
     let target = n / 2;
     let mut svc = services(n).swap_remove(target);
-    let mut times = Vec::with_capacity(samples);
-    for i in 0..samples {
-        let fresh = Ipv4Addr::new(10, 250, (i / 250) as u8, (i % 250) as u8 + 1);
-        svc.backends[0] = (fresh, 8080);
-        let text = manifest(target, &svc);
-        let started = Instant::now();
-        lab.write_manifest(&format!("svc{target}.yaml"), &text)?;
-        loop {
-            if programmed(&maps, target, fresh) {
-                times.push(started.elapsed());
-                break;
+    (0..samples)
+        .map(|i| {
+            svc.backends[0] = (fresh(i), 8080);
+            let text = manifest(target, &svc);
+            let started = Instant::now();
+            lab.write_manifest(&format!("svc{target}.yaml"), &text)?;
+            until_programmed(&maps, target, fresh(i), started)
+        })
+        .collect()
+}
+
+/// One endpoint change at a time through the API server: a merge patch of the service's
+/// EndpointSlice, from a client in the control plane's namespace; the times from the request.
+fn api_changes(lab: &Lab, n: usize, samples: usize) -> Result<Vec<Duration>> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, Patch, PatchParams};
+    let kubeconfig = lab.control_plane()?.admin_kubeconfig();
+    let pins = lab.nodes[0].pin_dir.clone();
+    let target = n / 2;
+    let svc = services(n).swap_remove(target);
+    netns::in_netns(&lab.client_ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let config = kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::from_yaml(&kubeconfig)?,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?;
+            let slices: Api<EndpointSlice> =
+                Api::namespaced(kube::Client::try_from(config)?, "bench");
+            let maps = Maps::open_pinned(&pins)?;
+            let mut times = Vec::with_capacity(samples);
+            for i in 0..samples {
+                let mut addrs: Vec<String> =
+                    svc.backends.iter().map(|(a, _)| a.to_string()).collect();
+                addrs[0] = fresh(i).to_string();
+                let endpoints: Vec<_> = addrs
+                    .iter()
+                    .map(|a| serde_json::json!({"addresses": [a], "nodeName": "n2"}))
+                    .collect();
+                let patch = Patch::Merge(serde_json::json!({ "endpoints": endpoints }));
+                let started = Instant::now();
+                slices
+                    .patch(&format!("svc{target}-1"), &PatchParams::default(), &patch)
+                    .await?;
+                times.push(until_programmed(&maps, target, fresh(i), started)?);
             }
-            if started.elapsed() > Duration::from_secs(10) {
-                bail!("endpoint change {i} not in the kernel after 10 s");
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
+            Ok(times)
+        })
+    })
+}
+
+pub fn changes(lab: &Lab, n: usize, samples: usize, source: Source) -> Result<Change> {
+    let mut times = match source {
+        Source::Manifests => manifest_changes(lab, n, samples)?,
+        Source::Api => api_changes(lab, n, samples)?,
+    };
     times.sort();
     let mut syncs: Vec<f64> = sync_times_ms(&lab.agent_log(0))
         .into_iter()
@@ -240,6 +361,7 @@ pub fn changes(lab: &Lab, n: usize, samples: usize) -> Result<Change> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let pick = |q: f64| ms(times[((times.len() as f64 - 1.0) * q).round() as usize]);
     Ok(Change {
+        source,
         services: n,
         samples,
         p50_ms: pick(0.5),
@@ -260,18 +382,29 @@ pub fn run(settings: &Settings) -> Result<(Vec<Cold>, Vec<Change>)> {
     let mut colds = Vec::new();
     let mut changes_rows = Vec::new();
     for &n in sizes {
-        let (cold, lab) = cold(n)?;
-        eprintln!(
-            "  {n} services x {ENDPOINTS} endpoints: ready in {:.0} ms (first sync {:.0} ms), iptables-restore {:.0} ms, nft {:.0} ms, RSS {:.1} MB",
-            cold.ready_ms, cold.sync_ms, cold.iptables_restore_ms, cold.nft_ms, cold.peak_rss_mb
-        );
-        colds.push(cold);
-        let change = changes(&lab, n, samples)?;
-        eprintln!(
-            "  one endpoint change among {n}: p50 {:.1} ms, p99 {:.1} ms over {} changes (agent sync p50 {:.1} ms)",
-            change.p50_ms, change.p99_ms, change.samples, change.sync_p50_ms
-        );
-        changes_rows.push(change);
+        for source in [Source::Manifests, Source::Api] {
+            let (cold, lab) = cold(n, source)?;
+            eprintln!(
+                "  {n} services x {ENDPOINTS} endpoints from the {}: ready in {:.0} ms (first sync {:.0} ms), iptables-restore {:.0} ms, nft {:.0} ms, RSS {:.1} MB",
+                source.name(),
+                cold.ready_ms,
+                cold.sync_ms,
+                cold.iptables_restore_ms,
+                cold.nft_ms,
+                cold.peak_rss_mb
+            );
+            colds.push(cold);
+            let change = changes(&lab, n, samples, source)?;
+            eprintln!(
+                "  one endpoint change among {n} from the {}: p50 {:.1} ms, p99 {:.1} ms over {} changes (agent sync p50 {:.1} ms)",
+                source.name(),
+                change.p50_ms,
+                change.p99_ms,
+                change.samples,
+                change.sync_p50_ms
+            );
+            changes_rows.push(change);
+        }
     }
     Ok((colds, changes_rows))
 }
