@@ -404,29 +404,18 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Creates pod `name` in `namespace` with `labels`, bound to `node`, then reports it
-    /// Running and Ready at `ip` as its kubelet would; the EndpointSlice controller takes it
-    /// from there.
-    pub fn run_pod(
-        &self,
-        namespace: &str,
-        name: &str,
-        labels: &[(&str, &str)],
-        node: &str,
-        ip: &str,
-        port: u16,
-    ) -> Result<()> {
-        let labels: String = labels
-            .iter()
-            .map(|(k, v)| format!("    {k}: {v}\n"))
-            .collect();
+    /// Creates the lab pod `pod` in namespace default, labelled `app: APP`, bound to its node
+    /// and listening on `port` (named `http`), then reports it Running and Ready at its
+    /// address as its kubelet would; the EndpointSlice controller takes it from there.
+    pub fn run_pod(&self, pod: &crate::Pod, app: &str, port: u16) -> Result<()> {
+        let (name, node, ip) = (&pod.name, &pod.node, pod.addr);
         self.apply(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  \
-             labels:\n{labels}spec:\n  nodeName: {node}\n  containers:\n  - name: app\n    \
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  \
+             labels:\n    app: {app}\nspec:\n  nodeName: {node}\n  containers:\n  - name: app\n    \
              image: lab\n    ports:\n    - name: http\n      containerPort: {port}\n"
         ))?;
         self.set_status(
-            &format!("pod -n {namespace}"),
+            "pod -n default",
             name,
             &format!(
                 r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}],"conditions":[{{"type":"Ready","status":"True"}}]}}}}"#

@@ -8,7 +8,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context as _, Result};
 use svclb_tests::{
-    Lab, LabSpec,
+    Lab, LabSpec, Pod,
     client::{TIMEOUT, at, nodes_of, tally, tcp_ask_many, udp_ask_many},
     require_root,
 };
@@ -56,6 +56,21 @@ spec:
   externalName: example.invalid
 ";
 
+/// A two-node lab with `pods_per_node` pods a node and a control plane (its nodes in `zones`,
+/// or a zone each), where the lab pods named in `web` run as `app: web` pods; those pods.
+fn web_lab(pods_per_node: usize, zones: &[&str], web: &[&str]) -> Result<(Lab, Vec<Pod>)> {
+    let mut lab = Lab::new(LabSpec {
+        pods_per_node,
+        ..LabSpec::default()
+    })?;
+    lab.start_control_plane(zones)?;
+    let pods: Vec<Pod> = web.iter().map(|name| lab.pod(name).clone()).collect();
+    for pod in &pods {
+        lab.control_plane()?.run_pod(pod, "web", 8080)?;
+    }
+    Ok((lab, pods))
+}
+
 /// The frontends node `node`'s agent programmed, as `ADDRESS:PORT/PROTOCOL`.
 fn frontends(lab: &Lab, node: usize) -> BTreeSet<String> {
     let listing = lab.list(node).unwrap_or_default();
@@ -78,21 +93,9 @@ fn frontends(lab: &Lab, node: usize) -> BTreeSet<String> {
 #[ignore = "needs root"]
 fn services_of_a_real_api_server_reach_the_pods_its_controller_publishes() -> Result<()> {
     require_root()?;
-    let mut lab = Lab::new(LabSpec::default())?;
-    lab.start_control_plane(&[])?;
-    let (local, remote) = (lab.pod("n1-pod2").clone(), lab.pod("n2-pod1").clone());
-    let plane = lab.control_plane()?;
-    for pod in [&local, &remote] {
-        plane.run_pod(
-            "default",
-            &pod.name,
-            &[("app", "web")],
-            &pod.node,
-            &pod.addr.to_string(),
-            8080,
-        )?;
-    }
-    plane.apply(SERVICES)?;
+    let (mut lab, pods) = web_lab(3, &[], &["n1-pod2", "n2-pod1"])?;
+    let (local, remote) = (pods[0].clone(), pods[1].clone());
+    lab.control_plane()?.apply(SERVICES)?;
     lab.start_agents()?;
 
     // The `kubernetes` Service (its endpoint the API server's own address) and web's two
@@ -136,24 +139,8 @@ fn services_of_a_real_api_server_reach_the_pods_its_controller_publishes() -> Re
 #[ignore = "needs root"]
 fn node_ports_load_balancers_and_external_ips_of_a_real_api_server_are_served() -> Result<()> {
     require_root()?;
-    let mut lab = Lab::new(LabSpec {
-        pods_per_node: 1,
-        ..LabSpec::default()
-    })?;
-    lab.start_control_plane(&[])?;
-    let pods = [lab.pod("n1-pod1").clone(), lab.pod("n2-pod1").clone()];
-    let plane = lab.control_plane()?;
-    for pod in &pods {
-        plane.run_pod(
-            "default",
-            &pod.name,
-            &[("app", "web")],
-            &pod.node,
-            &pod.addr.to_string(),
-            8080,
-        )?;
-    }
-    plane.apply_objects(
+    let (mut lab, _) = web_lab(1, &[], &["n1-pod1", "n2-pod1"])?;
+    lab.control_plane()?.apply_objects(
         "\
 apiVersion: v1
 kind: Service
@@ -280,24 +267,9 @@ fn follow(lab: &Lab, states: &[String], backends: &[String]) -> Result<Duration>
 #[ignore = "needs root"]
 fn the_datapath_follows_the_real_controllers_slices_through_scaling() -> Result<()> {
     require_root()?;
-    let mut lab = Lab::new(LabSpec {
-        pods_per_node: 2,
-        ..LabSpec::default()
-    })?;
-    lab.start_control_plane(&[])?;
-    let [a, b, c] = ["n1-pod1", "n2-pod1", "n2-pod2"].map(|n| lab.pod(n).clone());
-    let plane = lab.control_plane()?;
-    for pod in [&a, &b] {
-        plane.run_pod(
-            "default",
-            &pod.name,
-            &[("app", "web")],
-            &pod.node,
-            &pod.addr.to_string(),
-            8080,
-        )?;
-    }
-    plane.apply(SERVICES)?;
+    let (mut lab, pods) = web_lab(2, &[], &["n1-pod1", "n2-pod1"])?;
+    let (a, b, c) = (pods[0].clone(), pods[1].clone(), lab.pod("n2-pod2").clone());
+    lab.control_plane()?.apply(SERVICES)?;
     lab.start_agents()?;
     let ep = |pod: &svclb_tests::Pod, state: &str| format!("{}:{state}", pod.addr);
     let be = |pod: &svclb_tests::Pod| format!("{}", pod.addr);
@@ -319,14 +291,7 @@ fn the_datapath_follows_the_real_controllers_slices_through_scaling() -> Result<
 
     plane.kubectl(&["delete", "pod", &a.name, "--grace-period=0", "--force"])?;
     follow(&lab, &[ep(&b, "n/y/y")], &[be(&b)])?;
-    plane.run_pod(
-        "default",
-        &c.name,
-        &[("app", "web")],
-        &c.node,
-        &c.addr.to_string(),
-        8080,
-    )?;
+    plane.run_pod(&c, "web", 8080)?;
     follow(&lab, &[ep(&b, "n/y/y"), ep(&c, "y/y/n")], &[be(&c)])?;
     plane.kubectl(&["delete", "pod", &b.name, "--grace-period=0", "--force"])?;
     follow(&lab, &[ep(&c, "y/y/n")], &[be(&c)])?;
@@ -386,24 +351,8 @@ fn counter(lab: &Lab, node: usize, name: &str) -> Result<f64> {
 #[ignore = "needs root"]
 fn the_datapath_serves_through_an_api_server_crash_and_the_watches_resume() -> Result<()> {
     require_root()?;
-    let mut lab = Lab::new(LabSpec {
-        pods_per_node: 1,
-        ..LabSpec::default()
-    })?;
-    lab.start_control_plane(&[])?;
-    let pods = [lab.pod("n1-pod1").clone(), lab.pod("n2-pod1").clone()];
-    let plane = lab.control_plane()?;
-    for pod in &pods {
-        plane.run_pod(
-            "default",
-            &pod.name,
-            &[("app", "web")],
-            &pod.node,
-            &pod.addr.to_string(),
-            8080,
-        )?;
-    }
-    plane.apply(SERVICES)?;
+    let (mut lab, pods) = web_lab(1, &[], &["n1-pod1", "n2-pod1"])?;
+    lab.control_plane()?.apply(SERVICES)?;
     lab.start_agents()?;
     lab.wait_for(Duration::from_secs(10), "web in node n1's maps", || {
         lab.backends_of(0, "10.96.5.1", 80)
@@ -465,23 +414,12 @@ fn the_datapath_serves_through_an_api_server_crash_and_the_watches_resume() -> R
 #[ignore = "needs root"]
 fn traffic_distribution_follows_the_real_controllers_hints() -> Result<()> {
     require_root()?;
-    let mut lab = Lab::new(LabSpec {
-        pods_per_node: 3,
-        ..LabSpec::default()
-    })?;
-    lab.start_control_plane(&["zone-a", "zone-b"])?;
-    let backends = ["n1-pod1", "n1-pod2", "n2-pod1", "n2-pod2"].map(|n| lab.pod(n).clone());
+    let (mut lab, backends) = web_lab(
+        3,
+        &["zone-a", "zone-b"],
+        &["n1-pod1", "n1-pod2", "n2-pod1", "n2-pod2"],
+    )?;
     let plane = lab.control_plane()?;
-    for pod in &backends {
-        plane.run_pod(
-            "default",
-            &pod.name,
-            &[("app", "web")],
-            &pod.node,
-            &pod.addr.to_string(),
-            8080,
-        )?;
-    }
     let service = |name: &str, ip: &str, distribution: &str| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  \
