@@ -39,7 +39,7 @@ pub fn setup() -> Result<()> {
         let started = Instant::now();
         println!(
             "setup: building {} from {}@{} (once per version; a cold build of all three \
-             components takes about 25 minutes on 2 cores)",
+             components took 17 minutes on 2 cores)",
             component
                 .binaries
                 .iter()
