@@ -71,6 +71,28 @@ fn web_lab(pods_per_node: usize, zones: &[&str], web: &[&str]) -> Result<(Lab, V
     Ok((lab, pods))
 }
 
+/// Waits (up to `timeout`) until node `node`'s agent serves `ip:port` with backend
+/// addresses that `backends` accepts; a timeout says what it serves, with its log.
+fn until_serving(
+    lab: &Lab,
+    node: usize,
+    (ip, port): (&str, u16),
+    timeout: Duration,
+    backends: impl Fn(&BTreeSet<String>) -> bool,
+) -> Result<Duration> {
+    let what = format!("{ip}:{port} on node {}", lab.nodes[node].name);
+    lab.wait_for(timeout, &what, || {
+        lab.backends_of(node, ip, port).is_ok_and(|b| backends(&b))
+    })
+    .map_err(|e| {
+        e.context(format!(
+            "serving {:?}\n{}",
+            lab.backends_of(node, ip, port),
+            lab.agent_log(node)
+        ))
+    })
+}
+
 /// The frontends node `node`'s agent programmed, as `ADDRESS:PORT/PROTOCOL`.
 fn frontends(lab: &Lab, node: usize) -> BTreeSet<String> {
     let listing = lab.list(node).unwrap_or_default();
@@ -172,15 +194,13 @@ spec:
     )?;
     lab.start_agents()?;
     for node in 0..2 {
-        lab.wait_for(
+        until_serving(
+            &lab,
+            node,
+            ("192.0.2.10", 80),
             Duration::from_secs(10),
-            "the LoadBalancer IP in the maps",
-            || {
-                lab.backends_of(node, "192.0.2.10", 80)
-                    .is_ok_and(|b| b.len() == 2)
-            },
-        )
-        .map_err(|e| e.context(lab.agent_log(node)))?;
+            |b| b.len() == 2,
+        )?;
     }
     let client = lab.client_ns.clone();
     let both: BTreeSet<String> = ["n1".into(), "n2".into()].into();
@@ -248,15 +268,9 @@ fn follow(lab: &Lab, states: &[String], backends: &[String]) -> Result<Duration>
         || endpoint_states(lab, "web").is_ok_and(|s| s == states),
     )?;
     let backends: BTreeSet<String> = backends.iter().cloned().collect();
-    lab.wait_for(
-        Duration::from_secs(1),
-        &format!("the datapath to serve {backends:?}"),
-        || {
-            lab.backends_of(0, "10.96.5.1", 80)
-                .is_ok_and(|b| b == backends)
-        },
-    )
-    .map_err(|e| e.context(lab.agent_log(0)))
+    until_serving(lab, 0, ("10.96.5.1", 80), Duration::from_secs(1), |b| {
+        *b == backends
+    })
 }
 
 /// A Deployment-like set scaled down and up through pods: a deleted pod's endpoint goes
@@ -312,15 +326,14 @@ fn host_network_clients_reach_the_api_server_through_the_kubernetes_service() ->
     lab.start_control_plane(&[])?;
     lab.start_agents()?;
     for node in 0..2 {
-        lab.wait_for(
+        let api_server = BTreeSet::from(["172.31.0.100".to_owned()]);
+        until_serving(
+            &lab,
+            node,
+            ("10.96.0.1", 443),
             Duration::from_secs(10),
-            "the kubernetes Service in the maps",
-            || {
-                lab.backends_of(node, "10.96.0.1", 443)
-                    .is_ok_and(|b| b == BTreeSet::from(["172.31.0.100".to_owned()]))
-            },
-        )
-        .map_err(|e| e.context(lab.agent_log(node)))?;
+            |b| *b == api_server,
+        )?;
         let version = lab.run_on_node(
             node,
             "curl",
@@ -354,9 +367,8 @@ fn the_datapath_serves_through_an_api_server_crash_and_the_watches_resume() -> R
     let (mut lab, pods) = web_lab(1, &[], &["n1-pod1", "n2-pod1"])?;
     lab.control_plane()?.apply(SERVICES)?;
     lab.start_agents()?;
-    lab.wait_for(Duration::from_secs(10), "web in node n1's maps", || {
-        lab.backends_of(0, "10.96.5.1", 80)
-            .is_ok_and(|b| b.len() == 2)
+    until_serving(&lab, 0, ("10.96.5.1", 80), Duration::from_secs(10), |b| {
+        b.len() == 2
     })?;
     let pod = lab.pod("n1-pod1").ns.clone();
     let names: BTreeSet<String> = pods.iter().map(|p| p.name.clone()).collect();
@@ -393,15 +405,14 @@ fn the_datapath_serves_through_an_api_server_crash_and_the_watches_resume() -> R
          clusterIP: 10.96.5.2\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
     )?;
     for node in 0..2 {
-        lab.wait_for(
+        // A Service created after the restart.
+        until_serving(
+            &lab,
+            node,
+            ("10.96.5.2", 80),
             Duration::from_secs(30),
-            "a Service created after the restart in the maps",
-            || {
-                lab.backends_of(node, "10.96.5.2", 80)
-                    .is_ok_and(|b| b.len() == 2)
-            },
-        )
-        .map_err(|e| e.context(lab.agent_log(node)))?;
+            |b| b.len() == 2,
+        )?;
     }
     serving("10.96.5.2")?;
     Ok(())
@@ -429,16 +440,6 @@ fn traffic_distribution_follows_the_real_controllers_hints() -> Result<()> {
     };
     plane.apply(&service("by-zone", "10.96.6.1", "PreferSameZone"))?;
     plane.apply(&service("by-node", "10.96.6.2", "PreferSameNode"))?;
-    let hints = plane.kubectl(&[
-        "get",
-        "endpointslices",
-        "-n",
-        "default",
-        "-l",
-        "kubernetes.io/service-name=by-node",
-        "-o",
-        "json",
-    ])?;
     lab.start_agents()?;
 
     for (ip, hint) in [("10.96.6.1", "forZones"), ("10.96.6.2", "forNodes")] {
@@ -453,12 +454,10 @@ fn traffic_distribution_follows_the_real_controllers_hints() -> Result<()> {
                 .filter(|p| p.node == lab.nodes[node].name)
                 .map(|p| p.addr.to_string())
                 .collect();
-            lab.wait_for(
-                Duration::from_secs(10),
-                &format!("{ip} on node {node} limited to its {hint}"),
-                || lab.backends_of(node, ip, 80).is_ok_and(|b| b == addrs),
-            )
-            .map_err(|e| e.context(format!("{:?}\n{hints}", lab.backends_of(node, ip, 80))))?;
+            until_serving(&lab, node, (ip, 80), Duration::from_secs(10), |b| {
+                *b == addrs
+            })
+            .with_context(|| format!("{ip} limited to the endpoints of its {hint}"))?;
             let answers = tally(&tcp_ask_many(&lab.pod(client).ns, at(ip, 80), 30, TIMEOUT)?);
             assert_eq!(
                 answers.keys().cloned().collect::<BTreeSet<_>>(),
