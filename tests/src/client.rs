@@ -200,10 +200,35 @@ pub fn http_get(addr: SocketAddr) -> Result<(u16, String)> {
 /// GETs `path` from `addr`: the status code, the response head (status line and headers)
 /// and the body.
 pub fn http_get_path(addr: SocketAddr, path: &str) -> Result<(u16, String, String)> {
+    http_request(addr, "GET", path, None)
+}
+
+/// POSTs the JSON `body` to `path` at `addr`: the status code, the response head and body.
+pub fn http_post_json(addr: SocketAddr, path: &str, body: &str) -> Result<(u16, String, String)> {
+    http_request(addr, "POST", path, Some(body))
+}
+
+/// One HTTP/1.1 request (`body` sent as JSON) on a connection of its own, which the server
+/// closes after answering: the status code, the response head and the body.
+fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String, String)> {
     use std::io::{Read as _, Write as _};
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes())?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        request += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    } else {
+        request += "\r\n";
+    }
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response

@@ -29,7 +29,11 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{kube_bins::bin, netns};
+use crate::{
+    client::{at, http_post_json},
+    kube_bins::bin,
+    netns::{self, in_netns},
+};
 
 /// Where the API server listens: the external client's address on the lab fabric.
 pub const API_ADDR: &str = "172.31.0.100";
@@ -384,6 +388,36 @@ impl ControlPlane {
         self.wait_until("the API server is ready again", |p| {
             p.kubectl(&["get", "--raw", "/readyz"]).is_ok()
         })
+    }
+
+    /// Writes a key outside the API server's prefix (so etcd's revision moves on), then
+    /// compacts etcd's history up to that revision, through etcd's JSON gateway. A watch that
+    /// resumes from an older resource version than the API server's cache holds then gets 410
+    /// Gone, as after a compaction in a long-lived cluster.
+    pub fn compact_etcd(&self) -> Result<()> {
+        let etcd = |path: &'static str, body: String| {
+            in_netns(&self.ns, move || {
+                let (status, _, answer) = http_post_json(at("127.0.0.1", 2379), path, &body)?;
+                anyhow::ensure!(status == 200, "etcd {path}: {status} {answer}");
+                Ok(answer)
+            })
+        };
+        // The key and value are base64: "svclb-lab", "1".
+        let put = etcd(
+            "/v3/kv/put",
+            r#"{"key":"c3ZjbGItbGFi","value":"MQ=="}"#.into(),
+        )?;
+        let json = put.get(put.find('{').unwrap_or(0)..=put.rfind('}').unwrap_or(0));
+        let answer: serde_json::Value =
+            serde_json::from_str(json.unwrap_or("")).with_context(|| format!("etcd put: {put}"))?;
+        let revision = answer["header"]["revision"]
+            .as_str()
+            .with_context(|| format!("no revision in etcd's answer {put}"))?;
+        etcd(
+            "/v3/kv/compaction",
+            format!(r#"{{"revision":"{revision}","physical":true}}"#),
+        )
+        .map(drop)
     }
 
     /// A Node object for each of `nodes` (name, address, zone).

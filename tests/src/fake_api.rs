@@ -7,7 +7,7 @@
 //!   ones as they happen, with BOOKMARK events when `allowWatchBookmarks` is set; a
 //!   resourceVersion older than the last compaction gets an ERROR event with a 410 Status,
 //!   as the real server does.
-//! - Tests add, change and delete objects, compact history, drop every open connection, or
+//! - Tests add and change objects, compact history, drop every open connection, or
 //!   make the server unreachable (503), and read counters of what clients asked.
 
 use std::{
@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -94,8 +94,9 @@ fn key_of(object: &Value) -> Result<(String, String, String)> {
 }
 
 impl FakeApi {
-    /// Serves on `listener` (bind it wherever clients can reach it).
-    pub fn serve(listener: std::net::TcpListener) -> Result<Self> {
+    /// Serves on 127.0.0.1 on a free port.
+    pub fn start() -> Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
         let addr = listener.local_addr()?;
@@ -124,11 +125,6 @@ impl FakeApi {
         })
     }
 
-    /// Serves on 127.0.0.1 on a free port.
-    pub fn start() -> Result<Self> {
-        Self::serve(std::net::TcpListener::bind("127.0.0.1:0")?)
-    }
-
     /// A kubeconfig for this server.
     pub fn kubeconfig(&self) -> String {
         format!(
@@ -142,14 +138,7 @@ impl FakeApi {
         state.rv += 1;
         let rv = state.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let key = key_of(&object)?;
-        if kind_type == "DELETED" {
-            if state.objects.remove(&key).is_none() {
-                bail!("no object {key:?} to delete");
-            }
-        } else {
-            state.objects.insert(key, object.clone());
-        }
+        state.objects.insert(key_of(&object)?, object.clone());
         let kind = kind_of(&object)?;
         state.events.push(Event {
             rv,
@@ -171,18 +160,6 @@ impl FakeApi {
             .objects
             .contains_key(&key_of(&object)?);
         self.record(if exists { "MODIFIED" } else { "ADDED" }, object)
-    }
-
-    pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> Result<u64> {
-        let object = self
-            .state
-            .lock()
-            .expect("fake API state")
-            .objects
-            .get(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))
-            .cloned()
-            .with_context(|| format!("no {kind} {namespace}/{name}"))?;
-        self.record("DELETED", object)
     }
 
     /// Forgets history: a watch resuming from a version before the current one gets 410 Gone

@@ -651,17 +651,6 @@ impl Lab {
             .with_context(|| format!("removing manifest {file}"))
     }
 
-    /// Serves a fake API server from the external client's namespace (172.31.0.100:6443, on
-    /// the caller's tokio runtime) and has agents started from now on watch it.
-    pub fn serve_fake_api(&mut self) -> Result<crate::fake_api::FakeApi> {
-        let listener = crate::netns::in_netns(&self.client_ns, || {
-            Ok(std::net::TcpListener::bind("172.31.0.100:6443")?)
-        })?;
-        let api = crate::fake_api::FakeApi::serve(listener)?;
-        self.use_kubeconfig(&api.kubeconfig())?;
-        Ok(api)
-    }
-
     /// Starts a real control plane (etcd, kube-apiserver, kube-controller-manager) in the
     /// external client's namespace, creates the lab's Node objects in it (zone `zone-<node>`
     /// unless `zones` names one per node), installs the chart, and has agents started from

@@ -4,15 +4,28 @@
 //! (`fuzz/corpus/TARGET`, not committed, grown by every run). A failing input is left in
 //! `fuzz/artifacts/TARGET/` and the task fails naming it.
 
-use std::process::Command;
+use std::{
+    fs::File,
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
 
 /// The targets, in `fuzz/Cargo.toml`.
 pub const TARGETS: &[&str] = &["manifest", "plan", "maglev"];
 
 fn cargo_fuzz() -> Command {
-    let mut command = Command::new("cargo");
+    cargo_fuzz_with(Command::new("cargo"))
+}
+
+/// `command` (cargo, or a wrapper running it) with cargo-fuzz's arguments and environment.
+fn cargo_fuzz_with(mut command: Command) -> Command {
     command
         .arg("fuzz")
         // cargo-fuzz passes `-Z` flags (sanitizers, coverage) to the pinned stable rustc.
@@ -20,6 +33,57 @@ fn cargo_fuzz() -> Command {
         // The targets test pure logic: no eBPF object is built for them.
         .env("AYA_BUILD_SKIP", "1");
     command
+}
+
+/// A build of the targets running beside other work at the lowest CPU priority (`nice 19`),
+/// so that it takes only the CPU time that work leaves idle: the lab tests mostly wait on
+/// the network and on their agents. Its output goes to a log, shown if it fails. Dropped
+/// unfinished, it is killed with everything it started.
+pub struct BackgroundBuild {
+    child: Child,
+    log: PathBuf,
+}
+
+impl BackgroundBuild {
+    pub fn start(build: Build) -> Result<Self> {
+        let log = crate::target_dir().join("fuzz-build.log");
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut nice = Command::new("nice");
+        nice.args(["-n", "19", "cargo"]);
+        let child = cargo_fuzz_with(nice)
+            .arg("build")
+            .args(build.args())
+            .current_dir(crate::workspace_root())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            // A group of its own, so that a drop kills cargo's compilers too.
+            .process_group(0)
+            .spawn()
+            .context("starting the fuzz targets' build")?;
+        Ok(Self { child, log })
+    }
+
+    /// Waits until the build is done; its log if it failed.
+    pub fn wait(mut self) -> Result<()> {
+        let status = self.child.wait()?;
+        if !status.success() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            bail!("building the fuzz targets failed ({status}):\n{log}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BackgroundBuild {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None))
+            && let Ok(pid) = i32::try_from(self.child.id())
+        {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// How the targets are built.

@@ -98,7 +98,7 @@ pub fn build_svclb() -> Result<PathBuf> {
 }
 
 /// Cargo's target directory.
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace_root().join("target"), PathBuf::from)
 }
@@ -155,12 +155,18 @@ fn test(filter: Option<String>) -> Result<()> {
     cargo_test(&["--tests"], &[])?;
     let unit = started.elapsed();
 
+    // A filtered run is someone after particular tests; a full one fuzzes briefly too. The
+    // fuzz targets build meanwhile, on the CPU the lab tests leave idle.
+    let fuzz_build = filter
+        .is_empty()
+        .then(|| fuzz::BackgroundBuild::start(fuzz::Build::Quick))
+        .transpose()?;
     println!("== datapath fixtures and lab tests (one at a time: they share the kernel)");
     // Tests that need root are `#[ignore = "needs root"]`: a plain `cargo test` lists them as
     // ignored, and this run (as root) runs them, and only them.
     cargo_test(&["--test", "svclb"], &["--ignored", "--test-threads=1"])?;
-    // A filtered run is someone after particular tests; a full one fuzzes briefly too.
-    if filter.is_empty() {
+    if let Some(build) = fuzz_build {
+        build.wait()?;
         println!("== fuzz targets, {FUZZ_SECONDS_IN_TEST} s each");
         fuzz::fuzz(&[], FUZZ_SECONDS_IN_TEST, fuzz::Build::Quick)?;
     }

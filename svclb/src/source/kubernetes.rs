@@ -28,7 +28,7 @@ use kube::{
 };
 use prometheus_client::metrics::counter::Counter;
 use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::plan::Snapshot;
 
@@ -99,9 +99,17 @@ where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
+    let mut lists = 0u64;
     while let Some(event) = stream.next().await {
         match event {
-            Ok(watcher::Event::InitApply(_) | watcher::Event::Init) => {}
+            // kube-runtime lists again only when the watch cannot resume (410 Gone).
+            Ok(watcher::Event::Init) => {
+                lists += 1;
+                if lists > 1 {
+                    info!(kind, lists, "listing again: the watch could not resume");
+                }
+            }
+            Ok(watcher::Event::InitApply(_)) => {}
             Ok(_) => {
                 if reports.changes.send(()).is_err() {
                     return;

@@ -49,6 +49,21 @@ spec:
 apiVersion: v1
 kind: Service
 metadata:
+  name: theirs
+  namespace: default
+  labels:
+    service.kubernetes.io/service-proxy-name: other-proxy
+spec:
+  clusterIP: 10.96.5.3
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: http
+---
+apiVersion: v1
+kind: Service
+metadata:
   name: elsewhere
   namespace: default
 spec:
@@ -121,7 +136,8 @@ fn services_of_a_real_api_server_reach_the_pods_its_controller_publishes() -> Re
     lab.start_agents()?;
 
     // The `kubernetes` Service (its endpoint the API server's own address) and web's two
-    // ports; the headless and ExternalName Services program nothing.
+    // ports; the headless and ExternalName Services program nothing, nor the one another
+    // service proxy serves (`service.kubernetes.io/service-proxy-name`).
     let expected: BTreeSet<String> = ["10.96.0.1:443/TCP", "10.96.5.1:53/UDP", "10.96.5.1:80/TCP"]
         .map(String::from)
         .into();
@@ -357,12 +373,13 @@ fn counter(lab: &Lab, node: usize, name: &str) -> Result<f64> {
         .with_context(|| format!("no {name} in the metrics"))
 }
 
-/// A kube-apiserver crash: the datapath keeps serving while it is away, the agents' watches
-/// resume when it returns (a Service created afterwards is served), and resuming writes
-/// nothing to the maps that was already there.
+/// A kube-apiserver crash, and an etcd compaction while it is away: the datapath keeps
+/// serving, the agents' watches cannot resume from a compacted revision (410 Gone) and list
+/// again, that relist writes nothing to the maps (nothing changed), and the watches follow
+/// on (a Service created afterwards is served).
 #[test]
 #[ignore = "needs root"]
-fn the_datapath_serves_through_an_api_server_crash_and_the_watches_resume() -> Result<()> {
+fn the_datapath_serves_through_an_api_server_crash_and_relists_after_a_compaction() -> Result<()> {
     require_root()?;
     let (mut lab, pods) = web_lab(1, &[], &["n1-pod1", "n2-pod1"])?;
     lab.control_plane()?.apply(SERVICES)?;
@@ -393,7 +410,15 @@ fn the_datapath_serves_through_an_api_server_crash_and_the_watches_resume() -> R
         )?;
     }
     serving("10.96.5.1")?;
+    lab.control_plane()?.compact_etcd()?;
     lab.control_plane_mut()?.restart_api_server()?;
+    for node in 0..2 {
+        lab.wait_for(
+            Duration::from_secs(60),
+            "the agent to list again after 410 Gone",
+            || lab.agent_log(node).contains("listing again"),
+        )?;
+    }
     serving("10.96.5.1")?;
     assert_eq!(
         counter(&lab, 0, "svclb_map_entries_written_total")?,

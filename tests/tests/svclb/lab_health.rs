@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec,
     client::{at, http_get, http_get_path},
-    manifests::{WEB, cluster_ip_service, service, to_json_objects},
+    manifests::{WEB, cluster_ip_service, service},
     netns::in_netns,
     require_root,
 };
@@ -200,33 +200,27 @@ fn livez_fails_when_a_change_cannot_be_written_in_time() -> Result<()> {
     Ok(())
 }
 
+/// The same through a real API server: the Node object the agent watches (under the chart's
+/// RBAC) is tainted and untainted with kubectl, then deleted.
 #[test]
 #[ignore = "needs root"]
 fn healthz_follows_the_node_object_from_the_kubernetes_api() -> Result<()> {
     require_root()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let _enter = runtime.enter();
     let mut lab = Lab::new(LabSpec::default())?;
-    let api = lab.serve_fake_api()?;
-    let (plain, tainted) = (nodes(&lab, false), nodes(&lab, true));
-    let apply_nodes = |tainted_node: bool| -> Result<()> {
-        let manifest = if tainted_node { &tainted } else { &plain };
-        for object in to_json_objects(manifest)? {
-            api.apply(object)?;
-        }
-        Ok(())
-    };
-    apply_nodes(false)?;
+    lab.start_control_plane(&[])?;
     lab.start_agents()?;
     let healthz = at(&lab.nodes[0].addr.to_string(), HEALTHZ);
     wait_status(&lab, healthz, "/healthz", 200)?;
-    apply_nodes(true)?;
+    let plane = lab.control_plane()?;
+    let taint = "ToBeDeletedByClusterAutoscaler=1700000000:NoSchedule";
+    plane.kubectl(&["taint", "node", "n1", taint])?;
     wait_status(&lab, healthz, "/healthz", 503)?;
     assert_eq!(probe(&lab, healthz, "/healthz")?.1["nodeEligible"], false);
-    apply_nodes(false)?;
+    assert_eq!(probe(&lab, healthz, "/livez")?.0, 200, "live while drained");
+    plane.kubectl(&["taint", "node", "n1", &format!("{taint}-")])?;
     wait_status(&lab, healthz, "/healthz", 200)?;
     // The Node object goes away: no eligible node any more.
-    api.delete("Node", "", "n1")?;
+    plane.kubectl(&["delete", "node", "n1"])?;
     wait_status(&lab, healthz, "/healthz", 503)?;
     Ok(())
 }
