@@ -4,7 +4,7 @@
 //! fields, holds no `bool`/`Option`/`enum`, names network-order fields `*_be`, and carries a
 //! compile-time size assertion. Addresses are 16 bytes so IPv6 needs no new layout: an IPv4
 //! address sits in the first four bytes with the rest zero and `family` set to [`FAMILY_V4`].
-#![cfg_attr(not(any(feature = "user", feature = "host")), no_std)]
+#![cfg_attr(not(any(feature = "user", feature = "host", feature = "http")), no_std)]
 
 pub mod addr;
 pub mod backend;
@@ -13,6 +13,8 @@ pub mod conntrack;
 pub mod fragment;
 #[cfg(feature = "host")]
 pub mod host;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod limits;
 #[cfg(feature = "user")]
 pub mod maglev;

@@ -145,11 +145,14 @@ struct AgentArgs {
     /// Where maps are pinned. Pins survive the agent so a restart adopts their entries.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
-    /// Where `/metrics` (Prometheus) and `/healthz` are served.
-    #[arg(long, default_value = "0.0.0.0:9965")]
+    /// Where `/metrics` (Prometheus), `/status` and `/healthz` (ready once the first full sync
+    /// is done) are served: this node only by default, as kube-proxy's metrics are. An
+    /// unspecified address (`0.0.0.0`, `::`) is every address of both families.
+    #[arg(long, default_value = "127.0.0.1:9965")]
     metrics_addr: std::net::SocketAddr,
     /// Where kube-proxy's health server (`/livez`, `/healthz`) listens, as cloud load
-    /// balancers probe it; "" turns it off.
+    /// balancers probe it; "" turns it off. An unspecified address (`0.0.0.0`, `::`) is
+    /// every address of both families, as in kube-proxy.
     #[arg(long, default_value = "0.0.0.0:10256")]
     healthz_bind_address: String,
     /// Seconds a change may wait unwritten before `/livez` (and `/healthz`) fail.

@@ -9,6 +9,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use svclb_common::http;
+
 use crate::netns::in_netns;
 
 /// How long a lab client waits for an answer that should come.
@@ -194,53 +196,23 @@ pub fn at(ip: &str, port: u16) -> SocketAddr {
 
 /// GETs `/healthz` from `addr` (a health-check node port): the status code and body.
 pub fn http_get(addr: SocketAddr) -> Result<(u16, String)> {
-    http_get_path(addr, "/healthz").map(|(status, _, body)| (status, body))
+    http_get_path(addr, "/healthz").map(|r| (r.status, r.body))
 }
 
-/// GETs `path` from `addr`: the status code, the response head (status line and headers)
-/// and the body.
-pub fn http_get_path(addr: SocketAddr, path: &str) -> Result<(u16, String, String)> {
-    http_request(addr, "GET", path, None)
+/// GETs `path` from `addr` (in the calling thread's namespace).
+pub fn http_get_path(addr: SocketAddr, path: &str) -> Result<http::Response> {
+    http::get_blocking(addr, path, TIMEOUT)
 }
 
-/// POSTs the JSON `body` to `path` at `addr`: the status code, the response head and body.
-pub fn http_post_json(addr: SocketAddr, path: &str, body: &str) -> Result<(u16, String, String)> {
-    http_request(addr, "POST", path, Some(body))
-}
-
-/// One HTTP/1.1 request (`body` sent as JSON) on a connection of its own, which the server
-/// closes after answering: the status code, the response head and the body.
-fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> Result<(u16, String, String)> {
-    use std::io::{Read as _, Write as _};
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n");
-    if let Some(body) = body {
-        request += &format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-    } else {
-        request += "\r\n";
-    }
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .context("no status line")?
-        .parse()?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .map(|(h, b)| (h.to_owned(), b.to_owned()))
-        .unwrap_or_default();
-    Ok((status, head, body))
+/// POSTs the JSON `body` to `path` at `addr` (in the calling thread's namespace).
+pub fn http_post_json(addr: SocketAddr, path: &str, body: &str) -> Result<http::Response> {
+    http::request_blocking(
+        addr,
+        http::Method::POST,
+        path,
+        Some(body.to_owned()),
+        TIMEOUT,
+    )
 }
 
 /// From namespace `ns`, `n` connections to `addr`, each asking for a `size`-byte answer: who

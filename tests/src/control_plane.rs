@@ -397,9 +397,9 @@ impl ControlPlane {
     pub fn compact_etcd(&self) -> Result<()> {
         let etcd = |path: &'static str, body: String| {
             in_netns(&self.ns, move || {
-                let (status, _, answer) = http_post_json(at("127.0.0.1", 2379), path, &body)?;
-                anyhow::ensure!(status == 200, "etcd {path}: {status} {answer}");
-                Ok(answer)
+                let answer = http_post_json(at("127.0.0.1", 2379), path, &body)?;
+                anyhow::ensure!(answer.status == 200, "etcd {path}: {answer:?}");
+                Ok(answer.body)
             })
         };
         // The key and value are base64: "svclb-lab", "1".
@@ -407,9 +407,8 @@ impl ControlPlane {
             "/v3/kv/put",
             r#"{"key":"c3ZjbGItbGFi","value":"MQ=="}"#.into(),
         )?;
-        let json = put.get(put.find('{').unwrap_or(0)..=put.rfind('}').unwrap_or(0));
         let answer: serde_json::Value =
-            serde_json::from_str(json.unwrap_or("")).with_context(|| format!("etcd put: {put}"))?;
+            serde_json::from_str(&put).with_context(|| format!("etcd put: {put}"))?;
         let revision = answer["header"]["revision"]
             .as_str()
             .with_context(|| format!("no revision in etcd's answer {put}"))?;

@@ -1,5 +1,6 @@
 //! A fake Kubernetes API server for Services, EndpointSlices and Nodes that speaks the real
-//! list/watch protocol over HTTP/1.1, enough to drive kube-runtime's watchers unmodified:
+//! list/watch protocol over HTTP/1.1 (served by hyper), enough to drive kube-runtime's
+//! watchers unmodified:
 //!
 //! - LIST returns every object of a kind (field selector `metadata.name=` honoured) with the
 //!   collection's `resourceVersion`.
@@ -12,19 +13,29 @@
 
 use std::{
     collections::BTreeMap,
+    convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
-use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-    sync::watch,
-    task::JoinHandle,
+use http_body_util::{
+    BodyExt as _, Full,
+    channel::{Channel, Sender},
+    combinators::BoxBody,
 };
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{CONTENT_TYPE, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+/// Every answer's body: whole, or a watch's stream of events.
+type Body = BoxBody<Bytes, std::io::Error>;
 
 /// The kinds served, with their collection path.
 const KINDS: [(&str, &str, &str); 3] = [
@@ -108,11 +119,21 @@ impl FakeApi {
             tokio::spawn(async move {
                 while let Ok((stream, _)) = listener.accept().await {
                     let (state, changed, generation) =
-                        (state.clone(), changed.subscribe(), generation.subscribe());
-                    tokio::spawn(async move {
-                        // A client that hangs up mid-response is normal for watches.
-                        let _ = handle(stream, state, changed, generation).await;
+                        (state.clone(), changed.clone(), generation.clone());
+                    let service = service_fn(move |request: hyper::Request<Incoming>| {
+                        let reply = answer(
+                            &request,
+                            state.clone(),
+                            changed.subscribe(),
+                            generation.subscribe(),
+                        );
+                        async move { Ok::<_, Infallible>(reply) }
                     });
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new()
+                            .keep_alive(false)
+                            .serve_connection(TokioIo::new(stream), service),
+                    );
                 }
             })
         };
@@ -235,11 +256,12 @@ struct Request {
     query: BTreeMap<String, String>,
 }
 
-fn parse_request(head: &str) -> Option<Request> {
-    let target = head.lines().next()?.split_whitespace().nth(1)?;
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let (kind, api_version, _) = KINDS.iter().find(|(_, _, p)| *p == path)?;
-    let query = query
+fn parse_request(request: &hyper::Request<Incoming>) -> Option<Request> {
+    let (kind, api_version, _) = KINDS.iter().find(|(_, _, p)| *p == request.uri().path())?;
+    let query = request
+        .uri()
+        .query()
+        .unwrap_or_default()
         .split('&')
         .filter(|kv| !kv.is_empty())
         .map(|kv| {
@@ -299,48 +321,33 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
            "message": message, "reason": reason, "code": code})
 }
 
-async fn respond(stream: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
-    let body = body.to_string();
-    let head = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        if code == 200 { "OK" } else { "Error" },
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+/// A whole answer of `code` with a JSON body.
+fn respond(code: u16, body: &Value) -> hyper::Response<Body> {
+    let full = Full::new(Bytes::from(body.to_string()))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = hyper::Response::new(full);
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(code).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
-async fn chunk(stream: &mut TcpStream, event: &Value) -> std::io::Result<()> {
-    let line = format!("{event}\n");
-    stream
-        .write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
-        .await
-}
-
-async fn handle(
-    mut stream: TcpStream,
+/// The answer to one request: a list, an error, or a watch whose events a task of its own
+/// streams (chunked) until the client goes, the watch times out, or connections are cut.
+fn answer(
+    request: &hyper::Request<Incoming>,
     state: Arc<Mutex<State>>,
-    mut changed: watch::Receiver<u64>,
-    mut generation: watch::Receiver<u64>,
-) -> std::io::Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let Some(request) = parse_request(&head) else {
+    changed: watch::Receiver<u64>,
+    generation: watch::Receiver<u64>,
+) -> hyper::Response<Body> {
+    let Some(request) = parse_request(request) else {
         return respond(
-            &mut stream,
             404,
             &status(404, "NotFound", "the fake API serves no such path"),
-        )
-        .await;
+        );
     };
     let watching = matches!(
         request.query.get("watch").map(String::as_str),
@@ -363,19 +370,43 @@ async fn handle(
     };
     if unavailable {
         return respond(
-            &mut stream,
             503,
             &status(503, "ServiceUnavailable", "the fake API is down"),
-        )
-        .await;
+        );
     }
     if !watching {
         let (items, rv) = current(&state, &request);
         let list = json!({"apiVersion": request.api_version, "kind": format!("{}List", request.kind),
                           "metadata": {"resourceVersion": rv.to_string()}, "items": items});
-        return respond(&mut stream, 200, &list).await;
+        return respond(200, &list);
     }
+    let (events, body) = Channel::<Bytes, std::io::Error>::new(16);
+    tokio::spawn(stream_watch(request, state, events, (changed, generation)));
+    let mut response = hyper::Response::new(body.boxed());
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
 
+/// Sends one watch event (a JSON line) down the body.
+async fn send(events: &mut Sender<Bytes, std::io::Error>, event: &Value) -> Result<()> {
+    events
+        .send_data(Bytes::from(format!("{event}\n")))
+        .await
+        .map_err(|_| anyhow::anyhow!("the watcher went away"))
+}
+
+/// Streams a watch's events into `events`: 410 Gone for a compacted version, else the
+/// events after it, then new ones as they come, with bookmarks if asked, until the watch's
+/// timeout (the body ends) or a cut of every connection (the body fails, so the connection
+/// ends without the final chunk, as a dying server's would).
+async fn stream_watch(
+    request: Request,
+    state: Arc<Mutex<State>>,
+    mut events: Sender<Bytes, std::io::Error>,
+    (mut changed, mut generation): (watch::Receiver<u64>, watch::Receiver<u64>),
+) -> Result<()> {
     let from: u64 = request
         .query
         .get("resourceVersion")
@@ -390,11 +421,6 @@ async fn handle(
         .get("timeoutSeconds")
         .and_then(|v| v.parse().ok())
         .map_or(Duration::from_secs(290), Duration::from_secs);
-    stream
-        .write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-        )
-        .await?;
     let gone = {
         let mut s = state.lock().expect("fake API state");
         let gone = from < s.compacted;
@@ -407,9 +433,7 @@ async fn handle(
     };
     if gone {
         let error = status(410, "Expired", &format!("too old resource version: {from}"));
-        chunk(&mut stream, &json!({"type": "ERROR", "object": error})).await?;
-        stream.write_all(b"0\r\n\r\n").await?;
-        return stream.shutdown().await;
+        return send(&mut events, &json!({"type": "ERROR", "object": error})).await;
     }
     let start_generation = *generation.borrow_and_update();
     let deadline = tokio::time::Instant::now() + timeout;
@@ -419,7 +443,7 @@ async fn handle(
         // server's "any version" start), then follows changes from there.
         let (current, rv) = current(&state, &request);
         for object in current {
-            chunk(&mut stream, &json!({"type": "ADDED", "object": object})).await?;
+            send(&mut events, &json!({"type": "ADDED", "object": object})).await?;
         }
         sent = rv;
     }
@@ -442,8 +466,8 @@ async fn handle(
             (pending, s.rv)
         };
         for event in pending {
-            chunk(
-                &mut stream,
+            send(
+                &mut events,
                 &json!({"type": event.kind_type, "object": event.object}),
             )
             .await?;
@@ -453,14 +477,14 @@ async fn handle(
             _ = changed.changed() => {}
             _ = generation.changed() => {
                 if *generation.borrow() != start_generation {
-                    // Cut without the final chunk, as a dying server would.
+                    events.abort(std::io::Error::other("connections cut"));
                     return Ok(());
                 }
             }
             () = tokio::time::sleep(BOOKMARK_EVERY), if bookmarks => {
                 let bookmark = json!({"type": "BOOKMARK", "object": {"kind": request.kind, "apiVersion": request.api_version,
                                       "metadata": {"resourceVersion": sent.to_string()}}});
-                chunk(&mut stream, &bookmark).await?;
+                send(&mut events, &bookmark).await?;
                 *state
                     .lock()
                     .expect("fake API state")
@@ -468,10 +492,7 @@ async fn handle(
                     .entry(format!("BOOKMARK {}", request.kind))
                     .or_default() += 1;
             }
-            () = tokio::time::sleep_until(deadline) => {
-                stream.write_all(b"0\r\n\r\n").await?;
-                return stream.shutdown().await;
-            }
+            () = tokio::time::sleep_until(deadline) => return Ok(()),
         }
     }
 }

@@ -823,35 +823,24 @@ impl Lab {
     }
 
     /// GETs `path` from the agent of node `node` (its metrics endpoint, default port), from
-    /// inside the node's namespace: the status line and body.
-    pub fn agent_http(&self, node: usize, path: &str) -> Result<(String, String)> {
+    /// inside the node's namespace: the status code and body.
+    pub fn agent_http(&self, node: usize, path: &str) -> Result<(u16, String)> {
         self.agent_http_at(node, ([127, 0, 0, 1], 9965).into(), path)
     }
 
-    /// GETs `path` from `addr`, from inside node `node`'s namespace.
+    /// GETs `path` from `addr`, from inside node `node`'s namespace: the status code and the
+    /// body.
     pub fn agent_http_at(
         &self,
         node: usize,
         addr: std::net::SocketAddr,
         path: &str,
-    ) -> Result<(String, String)> {
-        use std::io::{Read as _, Write as _};
-        let request = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+    ) -> Result<(u16, String)> {
+        let path = path.to_owned();
         let response = crate::netns::in_netns(&self.nodes[node].ns, move || {
-            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-            stream.write_all(request.as_bytes())?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok(response)
+            svclb_common::http::get_blocking(addr, &path, Duration::from_secs(2))
         })?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("an HTTP response")?;
-        Ok((
-            head.lines().next().unwrap_or_default().to_owned(),
-            body.to_owned(),
-        ))
+        Ok((response.status, response.body))
     }
 
     /// Runs `svclb list -o json` on node `node`'s pins.

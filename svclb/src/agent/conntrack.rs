@@ -3,7 +3,8 @@
 //! worker thread with its own handles on the pinned maps takes the (frontend, backend) pairs
 //! each sync reports, merges whatever queued while it walked, and walks once for all.
 //!
-//! The same worker sweeps the conntrack every [`SWEEP_EVERY`]: flows that are over (a TCP FIN
+//! The same worker sweeps the conntrack every [`SWEEP_EVERY`], and counts its entries as it
+//! walks (`svclb_conntrack_entries`: a scrape walks nothing). Flows that are over (a TCP FIN
 //! or RST and 10 s of quiet, UDP flows idle for 60 s and TCP flows idle for 24 h, see
 //! `flow_ended`) go, both directions, so their room and SNAT ports are free again (the
 //! datapath also takes over an ended flow's SNAT port by itself when it needs one). The
@@ -106,8 +107,13 @@ impl Worker {
     fn sweep(&mut self) {
         match self.maps.sweep(&self.sweeper, monotonic_ns()) {
             Ok(swept) => {
-                self.metrics.expired_flows.inc_by(swept as u64);
-                debug!(entries = swept, "conntrack swept");
+                self.metrics.expired_flows.inc_by(swept.removed as u64);
+                self.metrics.conntrack_entries.set(swept.left as i64);
+                debug!(
+                    removed = swept.removed,
+                    left = swept.left,
+                    "conntrack swept"
+                );
             }
             Err(err) => {
                 self.metrics.count_errors(ERROR_CONNTRACK, 1);

@@ -6,16 +6,19 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
 use serde_json::json;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::healthz::ProxyHealth;
-use crate::{plan::HealthCheck, telemetry::http::serve_with};
+use crate::{
+    plan::HealthCheck,
+    telemetry::http::{PROBE_LIMITS, Reply, bind, serve_with},
+};
 
 /// What one port answers: the service and its local endpoint count.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,28 +95,20 @@ impl HealthChecks {
             if self.servers.contains_key(&port) {
                 continue;
             }
-            // Both families on one socket (IPv4 clients arrive as mapped addresses); IPv4
-            // alone on a host without IPv6.
-            let listener =
-                match std::net::TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)))
-                    .or_else(|_| {
-                        std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
-                    })
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .and_then(TcpListener::from_std)
-                {
-                    Ok(listener) => listener,
-                    Err(err) => {
-                        warn!(
-                            "Service {}: cannot serve its healthCheckNodePort {port}: {err}",
-                            answer.service
-                        );
-                        continue;
-                    }
-                };
+            // Both families on one socket; IPv4 alone on a host without IPv6.
+            let listener = match bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    warn!(
+                        "Service {}: cannot serve its healthCheckNodePort {port}: {err}",
+                        answer.service
+                    );
+                    continue;
+                }
+            };
             info!(port, service = %answer.service, "health-check port open");
             let (answers, proxy) = (self.answers.clone(), self.proxy.clone());
-            let server = serve_with(listener, "health-check", move |_| {
+            let server = serve_with(listener, "health-check", PROBE_LIMITS, move |_| {
                 respond_for(&answers, &proxy, port)
             });
             self.servers.insert(port, server);
@@ -123,11 +118,7 @@ impl HealthChecks {
 
 /// What health-check port `port` answers: 200 with its local endpoint count while it has
 /// any and the agent is live, 503 otherwise.
-fn respond_for(
-    answers: &Mutex<BTreeMap<u16, Answer>>,
-    proxy: &ProxyHealth,
-    port: u16,
-) -> (&'static str, &'static str, String) {
+fn respond_for(answers: &Mutex<BTreeMap<u16, Answer>>, proxy: &ProxyHealth, port: u16) -> Reply {
     let answer = answers
         .lock()
         .expect("health-check answers lock")
@@ -136,17 +127,13 @@ fn respond_for(
     let proxy_healthy = proxy.proxy_healthy(std::time::Instant::now());
     match answer {
         Some(a) if a.local_endpoints > 0 && proxy_healthy => {
-            ("200 OK", "application/json", body(&a, true))
+            Reply::new(200, "application/json", body(&a, true))
         }
-        Some(a) => (
-            "503 Service Unavailable",
+        Some(a) => Reply::new(503, "application/json", body(&a, proxy_healthy)),
+        None => Reply::new(
+            503,
             "application/json",
-            body(&a, proxy_healthy),
-        ),
-        None => (
-            "503 Service Unavailable",
-            "application/json",
-            "no such service\n".to_owned(),
+            "{\"error\": \"no such service\"}\n",
         ),
     }
 }

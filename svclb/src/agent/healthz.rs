@@ -22,10 +22,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::telemetry::http::serve_with;
+use crate::telemetry::http::{PROBE_LIMITS, Reply, bind, serve_with};
 
 /// kube-proxy's default: twice its 30 s sync period.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -147,32 +147,31 @@ fn body(state: &State, node_eligible: Option<bool>) -> String {
     format!("{body}\n")
 }
 
-/// The answer to a request for `path`: status line, content type, body.
-fn answer(health: &ProxyHealth, path: &str) -> (&'static str, &'static str, String) {
+/// The answer to a request for `path`.
+fn answer(health: &ProxyHealth, path: &str) -> Reply {
     let now = Instant::now();
     let answer = match path {
         "/livez" => health.livez(now),
         "/healthz" => health.healthz(now),
         _ => {
-            let body = "{\"error\": \"try /livez or /healthz\"}\n".to_owned();
-            return ("404 Not Found", "application/json", body);
+            return Reply::new(
+                404,
+                "application/json",
+                "{\"error\": \"try /livez or /healthz\"}\n",
+            );
         }
     };
-    let status = if answer.healthy {
-        "200 OK"
-    } else {
-        "503 Service Unavailable"
-    };
-    (status, "application/json", answer.body)
+    let status = if answer.healthy { 200 } else { 503 };
+    Reply::new(status, "application/json", answer.body)
 }
 
-/// Binds `addr` and serves `/livez` and `/healthz` from `health` until the agent stops.
+/// Binds `addr` (an unspecified address: both families) and serves `/livez` and `/healthz`
+/// from `health` until the agent stops.
 pub async fn serve(addr: SocketAddr, health: Arc<ProxyHealth>) -> Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)
-        .await
+    let listener = bind(addr)
         .with_context(|| format!("binding the health server on {addr} (--healthz-bind-address)"))?;
     info!(%addr, "kube-proxy's health server on /livez and /healthz");
-    Ok(serve_with(listener, "health", move |path| {
+    Ok(serve_with(listener, "health", PROBE_LIMITS, move |path| {
         answer(&health, path)
     }))
 }

@@ -112,6 +112,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     loader::require_root("svclb agent")?;
     let sigterm = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
     let sigint = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    raise_open_files_limit();
     let agent = start(config).await?;
     let bpffs_dir = agent.config.bpffs_dir.clone();
     agent.serve(sigterm, sigint).await?;
@@ -120,6 +121,21 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         bpffs_dir.display()
     );
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one (as Go programs do at start): the
+/// servers hold a file per connection, and running out makes every accept fail.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!("raising the open files limit from {soft} to {hard}: {err}");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => warn!("reading the open files limit: {err}"),
+    }
 }
 
 /// Opens the source, loads the datapath (adopting what an earlier run pinned), attaches the

@@ -3,12 +3,7 @@
 //! links with their program ids, the maps' fill), and warnings. It works without an agent,
 //! from the pins alone, and says so.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-    path::Path,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -16,7 +11,10 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use serde::Serialize;
-use svclb_common::limits::{MAP_AFFINITY, MAP_CT};
+use svclb_common::{
+    http,
+    limits::{MAP_AFFINITY, MAP_CT},
+};
 
 use crate::{
     entries::MapState,
@@ -84,27 +82,17 @@ pub struct Status {
     pub warnings: Vec<String>,
 }
 
-/// GETs `path` from `addr` (HTTP/1.1, one request): the body of a 200 answer.
+/// GETs `path` from the agent at `addr`: the body of a 200 answer.
 fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let timeout = Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connecting to the agent at {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .with_context(|| format!("reading the agent's answer from {addr}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("not an HTTP answer")?;
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        bail!("the agent at {addr} answered {status:?} for {path}");
+    let response = http::get_blocking(addr, path, Duration::from_secs(2))
+        .with_context(|| format!("asking the agent at {addr}"))?;
+    if response.status != 200 {
+        bail!(
+            "the agent at {addr} answered {} for {path}",
+            response.status
+        );
     }
-    Ok(body.to_owned())
+    Ok(response.body)
 }
 
 fn links(dir: &Path) -> Vec<LinkStatus> {

@@ -220,19 +220,26 @@ impl Maps {
     /// with the other direction of its flow, so their SNAT ports and room are free again.
     /// The walk here only finds candidates; the sweep program decides on each in the
     /// kernel, by the entry as it is then. `now_ns` is CLOCK_MONOTONIC, the datapath's clock.
-    /// Returns how many entries went.
-    pub fn sweep(&mut self, sweeper: &Sweeper, now_ns: u64) -> Result<usize> {
+    /// Returns how many entries went, and how many the walk left.
+    pub fn sweep(&mut self, sweeper: &Sweeper, now_ns: u64) -> Result<Swept> {
+        let mut seen = 0usize;
         let ended: Vec<SweepItem> = self
             .conntrack
             .iter()
             .filter_map(Result::ok)
+            .inspect(|_| seen += 1)
             .filter(|(key, entry)| expired(entry, key.proto, now_ns))
             .map(|(key, entry)| sweep_item(key, &entry, SWEEP_IF_ENDED))
             .collect();
-        sweeper.run(&ended)
+        let removed = sweeper.run(&ended)?;
+        Ok(Swept {
+            removed,
+            left: seen.saturating_sub(removed),
+        })
     }
 
-    /// Number of conntrack entries (both directions of every flow).
+    /// Number of conntrack entries (both directions of every flow): a walk of the whole map,
+    /// one syscall an entry, for the CLI. The agent counts them in its sweep instead.
     pub fn conntrack_len(&self) -> usize {
         self.conntrack.keys().filter(Result::is_ok).count()
     }
@@ -326,6 +333,15 @@ fn sweep_item(key: CtKey, entry: &CtEntry, mode: u32) -> SweepItem {
         mode,
         _pad: 0,
     }
+}
+
+/// What [`Maps::sweep`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Entries deleted.
+    pub removed: usize,
+    /// Entries the walk found and left.
+    pub left: usize,
 }
 
 /// What [`Maps::purge`] removed.

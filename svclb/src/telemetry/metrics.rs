@@ -61,6 +61,7 @@ pub struct Metrics {
     pub purged_affinities: Counter,
     pub destroyed_sockets: Counter,
     pub expired_flows: Counter,
+    pub conntrack_entries: Gauge,
     pub frontends: Gauge,
     pub backends: Gauge,
     pub frontends_not_programmed: Gauge,
@@ -89,6 +90,7 @@ impl Metrics {
             purged_affinities: Counter::default(),
             destroyed_sockets: Counter::default(),
             expired_flows: Counter::default(),
+            conntrack_entries: Gauge::default(),
             frontends: Gauge::default(),
             backends: Gauge::default(),
             frontends_not_programmed: Gauge::default(),
@@ -158,7 +160,12 @@ impl Metrics {
             "Errors by kind: map_write (a map write the kernel refused; retried), device (a device not attached, or attached only in part), watch (a Kubernetes watch or the manifests file watcher failed; retried)",
             self.errors.0.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 6] = [
+        let gauges: [(&str, &str, &Gauge); 7] = [
+            (
+                "conntrack_entries",
+                "Tracked flow directions in the conntrack map (two per flow), counted by the last sweep (every 10 s)",
+                &self.conntrack_entries,
+            ),
             (
                 "frontends",
                 "Frontends programmed in the maps",

@@ -1,5 +1,6 @@
-//! Per-frontend traffic counters and the conntrack fill, read from the pinned maps at each
-//! scrape of `/metrics` (a Prometheus collector): the datapath counts per CPU, the scrape sums.
+//! Per-frontend traffic counters, read from the pinned maps at each scrape of `/metrics` (a
+//! Prometheus collector): the datapath counts per CPU, the scrape sums. A scrape reads one
+//! value a frontend and walks no flow map (the conntrack fill is counted by its sweep).
 //!
 //! - `svclb_frontend_received_packets_total`, `svclb_frontend_received_bytes_total`: packets
 //!   (and their bytes) from clients to the frontend that passed its source ranges;
@@ -8,7 +9,6 @@
 //! - `svclb_frontend_socket_connects_total`, `svclb_frontend_socket_datagrams_total`,
 //!   `svclb_frontend_socket_refused_total`: what the socket hooks did (sockets connected to a
 //!   backend, datagrams of unconnected sockets sent to one, connects and datagrams refused);
-//! - `svclb_conntrack_entries`: tracked flow directions (two per flow);
 //! - `svclb_xdp_packets_total{device, action}`: what the XDP program did with each uplink's
 //!   packets (`passed` to the stack and TC, `dropped`).
 //!
@@ -25,7 +25,7 @@ use anyhow::Result;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
-    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    metrics::{MetricType, counter::ConstCounter},
     registry::Unit,
 };
 use svclb_common::{FrontendStats, SockStats};
@@ -52,8 +52,8 @@ struct Names {
 
 pub struct TrafficCollector {
     names: Mutex<Names>,
-    /// What a scrape reads, apart from the names, so a scrape walking a large conntrack never
-    /// holds up a sync.
+    /// What a scrape reads, apart from the names: handles of its own, so a scrape never holds
+    /// up a sync.
     maps: Mutex<Maps>,
 }
 
@@ -64,7 +64,7 @@ impl std::fmt::Debug for TrafficCollector {
 }
 
 impl TrafficCollector {
-    /// Opens the counters and the conntrack map pinned in `dir`.
+    /// Opens the counters pinned in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Self {
             names: Mutex::default(),
@@ -228,13 +228,6 @@ impl Collector for TrafficCollector {
                 ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
-        let gauge = ConstGauge::new(maps.conntrack_len() as i64);
-        gauge.encode(encoder.encode_descriptor(
-            "conntrack_entries",
-            "Tracked flow directions in the conntrack map (two per flow)",
-            None,
-            gauge.metric_type(),
-        )?)?;
         Ok(())
     }
 }

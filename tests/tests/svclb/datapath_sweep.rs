@@ -224,7 +224,7 @@ fn the_agents_sweep_goes_through_every_batch() -> Result<()> {
             ],
         )?;
     }
-    let swept = dp.maps_mut().sweep(&sweeper, monotonic_ns())?;
+    let swept = dp.maps_mut().sweep(&sweeper, monotonic_ns())?.removed;
     let closed_flows = (0..flows).filter(|&i| closed(i)).count();
     assert_eq!(swept, 2 * closed_flows);
     assert_eq!(
@@ -270,7 +270,7 @@ fn a_new_connection_on_a_closed_tuple_revives_it_both_ways() -> Result<()> {
     // A new connection on the same tuple: its SYN revives the forward entry, and a sweep
     // in between keeps both.
     dp.run(&syn)?;
-    let swept = dp.maps_mut().sweep(&sweeper, monotonic_ns())?;
+    let swept = dp.maps_mut().sweep(&sweeper, monotonic_ns())?.removed;
     assert_eq!(
         swept, 0,
         "a sweep between the SYN and the SYN-ACK cut the flow"
@@ -286,6 +286,6 @@ fn a_new_connection_on_a_closed_tuple_revives_it_both_ways() -> Result<()> {
         );
     }
     assert!(has(&ct, &reply_key));
-    assert_eq!(dp.maps_mut().sweep(&sweeper, monotonic_ns())?, 0);
+    assert_eq!(dp.maps_mut().sweep(&sweeper, monotonic_ns())?.removed, 0);
     Ok(())
 }

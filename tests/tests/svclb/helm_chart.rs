@@ -173,7 +173,7 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
             "--devices=eth0",
             "--pod-devices=veth*",
             "--bpffs-dir=/sys/fs/bpf/svclb",
-            "--metrics-addr=0.0.0.0:9965",
+            "--metrics-addr=127.0.0.1:9965",
             "--healthz-bind-address=0.0.0.0:10256",
             "--xdp-mode=auto",
             "--xdp-finish=auto",
@@ -198,10 +198,13 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
         .clone()
         .and_then(|p| p.http_get)
         .context("readiness probe")?;
+    // Ready after the first sync (the metrics server's /healthz), not kube-proxy's
+    // /healthz, which a drained node fails: on the node's loopback, where metrics listen.
     assert_eq!(probe.path.as_deref(), Some("/healthz"));
+    assert_eq!(probe.host.as_deref(), Some("127.0.0.1"));
     assert_eq!(
         probe.port,
-        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(10256)
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9965)
     );
     let liveness = agent
         .liveness_probe
@@ -269,7 +272,7 @@ podDevices: 'cali*'
 nodeportAddresses: [10.0.0.0/8, 192.168.0.0/16]
 mapSizes: {conntrack: 1048576}
 logLevel: debug
-metrics: {port: 19965}
+metrics: {address: '::', port: 19965}
 xdpMode: generic
 xdpFinish: always
 maglev: {tableSize: 65521, seed: AAAAAAAAAAAAAAAA}
@@ -293,7 +296,7 @@ nodeSelector: {role: edge}
             "--devices=ens3,ens4",
             "--pod-devices=cali*",
             "--bpffs-dir=/sys/fs/bpf/svclb",
-            "--metrics-addr=0.0.0.0:19965",
+            "--metrics-addr=[::]:19965",
             "--healthz-bind-address=0.0.0.0:10256",
             "--xdp-mode=generic",
             "--xdp-finish=always",
@@ -313,6 +316,19 @@ nodeSelector: {role: edge}
         .find(|e| e.name == "RUST_LOG")
         .and_then(|e| e.value.clone());
     assert_eq!(log.as_deref(), Some("debug"));
+    let ready = agent
+        .readiness_probe
+        .clone()
+        .and_then(|p| p.http_get)
+        .context("readiness probe")?;
+    assert_eq!(
+        (ready.host.as_deref(), ready.port.clone()),
+        (
+            Some("127.0.0.1"),
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(19965)
+        ),
+        "metrics on every address: probed on loopback"
+    );
     let resources = agent.resources.clone().context("resources")?;
     assert_eq!(resources.limits.context("limits")?["memory"].0, "1Gi");
     assert_eq!(resources.requests.context("requests")?["cpu"].0, "200m");
