@@ -21,7 +21,8 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Diagnostic, Family, FrontendKey, NodeInfo, NodePortRule, Plan,
+    Diagnostic, Family, Frontend, FrontendKey, NodeInfo, NodePortRule, Plan,
+    claims::{Claim, conflict, created},
     fields::{cluster_ips_by_family, ip_addresses, object_name, service_of, source_ranges},
     ports::{FamilyAddresses, PlannedService, ServiceCtx, plan_family},
 };
@@ -40,6 +41,7 @@ pub fn plan(
     ordered.sort_by_key(|svc| object_name(&svc.metadata));
 
     let mut plan = Plan::default();
+    let mut claims: HashMap<FrontendKey, Vec<(Claim, Frontend)>> = HashMap::new();
     let mut previous: Option<String> = None;
     for svc in ordered {
         let name = object_name(&svc.metadata);
@@ -53,17 +55,23 @@ pub fn plan(
             .map(Vec::as_slice)
             .unwrap_or(&[]);
         let planned = plan_service(node, &name, svc, svc_slices, &mut diags);
+        let created = created(svc);
         for (frontend_key, frontend) in planned.frontends {
-            match plan.frontends.get(&frontend_key) {
-                // The same service twice (an externalIP equal to its own LoadBalancer IP).
-                Some(existing) if existing.service == name => {}
-                Some(existing) => diags.push(conflict(&name, &frontend_key, &existing.service)),
-                None => {
-                    plan.frontends.insert(frontend_key, frontend);
-                }
+            let claimants = claims.entry(frontend_key).or_default();
+            // The same service twice (an externalIP equal to its own LoadBalancer IP): its
+            // first frontend stands.
+            if !claimants.iter().any(|(c, _)| c.service == name) {
+                claimants.push((Claim::new(&frontend, created), frontend));
             }
         }
         plan.health_checks.extend(planned.health_check);
+    }
+    for (key, mut claimants) in claims {
+        claimants.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut claimants = claimants.into_iter();
+        let (winner, frontend) = claimants.next().expect("a claim per key");
+        diags.extend(claimants.map(|(loser, _)| conflict(&loser, &key, &winner)));
+        plan.frontends.insert(key, frontend);
     }
     plan.health_checks.sort();
     diags.sort();
@@ -76,14 +84,6 @@ pub(super) fn duplicate(name: &str) -> Diagnostic {
     Diagnostic::new(
         format!("Service {name}"),
         "is defined more than once; only the first copy is served",
-    )
-}
-
-/// Two Services claim one frontend: the first by name serves it.
-pub(super) fn conflict(name: &str, key: &FrontendKey, winner: &str) -> Diagnostic {
-    Diagnostic::new(
-        format!("Service {name}"),
-        format!("frontend {key} is already served by Service {winner}; skipped"),
     )
 }
 

@@ -21,7 +21,8 @@ use k8s_openapi::api::{
 
 use super::{
     Diagnostic, Frontend, FrontendKey, HealthCheck, NodeInfo, NodePortRule, Plan, Snapshot,
-    builder::{conflict, duplicate, plan_service},
+    builder::{duplicate, plan_service},
+    claims::{Claim, conflict, created},
     fields::{object_name, service_of},
 };
 
@@ -30,6 +31,8 @@ use super::{
 struct Planned {
     /// Its frontends, each key once (the first wins, as in [`super::plan`]).
     frontends: Vec<(FrontendKey, Frontend)>,
+    /// Its Service's creation time, as claims order it.
+    created: i64,
     health_check: Option<HealthCheck>,
     diags: Vec<Diagnostic>,
 }
@@ -66,8 +69,8 @@ pub struct Planner {
     slices: HashMap<usize, (Option<String>, Arc<EndpointSlice>)>,
     slices_of: HashMap<String, HashMap<usize, Arc<EndpointSlice>>>,
     planned: HashMap<String, Planned>,
-    /// Which Services claim each frontend; the first by name serves it.
-    claims: HashMap<FrontendKey, BTreeSet<String>>,
+    /// Which Services claim each frontend; the least claim serves it (see `claims`).
+    claims: HashMap<FrontendKey, BTreeSet<Claim>>,
     /// Diagnostics of frontends claimed by more than one Service.
     conflicts: HashMap<FrontendKey, Vec<Diagnostic>>,
     health_checks: BTreeMap<String, HealthCheck>,
@@ -138,16 +141,19 @@ impl Planner {
                 != new.and_then(|p| p.health_check.as_ref());
             for (key, _) in old.iter().flat_map(|p| &p.frontends) {
                 if let Some(claimants) = self.claims.get_mut(key) {
-                    claimants.remove(&name);
+                    claimants.retain(|c| c.service != name);
                     if claimants.is_empty() {
                         self.claims.remove(key);
                     }
                 }
                 affected.insert(*key);
             }
-            for (key, _) in new.iter().flat_map(|p| &p.frontends) {
-                self.claims.entry(*key).or_default().insert(name.clone());
-                affected.insert(*key);
+            if let Some(planned) = new {
+                for (key, frontend) in &planned.frontends {
+                    let claim = Claim::new(frontend, planned.created);
+                    self.claims.entry(*key).or_default().insert(claim);
+                    affected.insert(*key);
+                }
             }
             match new.and_then(|p| p.health_check.clone()) {
                 Some(check) => self.health_checks.insert(name, check),
@@ -163,14 +169,14 @@ impl Planner {
         for key in affected {
             let claimants = self.claims.get(&key);
             let winner = claimants.and_then(|c| c.first());
-            let serving = winner.and_then(|name| self.planned.get(name)?.frontend(&key));
+            let serving = winner.and_then(|w| self.planned.get(&w.service)?.frontend(&key));
             match claimants.filter(|c| c.len() > 1) {
                 Some(claimants) => {
                     let winner = winner.expect("claimed");
                     let diags = claimants
                         .iter()
                         .skip(1)
-                        .map(|name| conflict(name, &key, winner))
+                        .map(|loser| conflict(loser, &key, winner))
                         .collect();
                     self.conflicts.insert(key, diags);
                 }
@@ -218,6 +224,7 @@ impl Planner {
         diags.dedup();
         Some(Planned {
             frontends,
+            created: created(svc),
             health_check: planned.health_check,
             diags,
         })

@@ -7,8 +7,10 @@
 //!   Service's ports and fields, [`endpoints`] picks endpoints, [`node`] describes this node.
 //! - [`incremental`]: the [`Planner`], which keeps the plan up to date change by change and
 //!   names the frontends that changed.
+//! - `claims`: which Service serves a frontend that several claim (both planners use it).
 
 pub mod builder;
+mod claims;
 mod diag;
 pub mod endpoints;
 pub mod fields;

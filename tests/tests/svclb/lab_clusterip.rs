@@ -396,3 +396,46 @@ fn node_hints_keep_traffic_on_the_nodes_own_endpoint() -> Result<()> {
     assert_eq!(answers.len(), 2, "both endpoints answer again: {answers:?}");
     Ok(())
 }
+
+/// CVE-2020-8554: a Service that sorts first claims the cluster DNS address as an
+/// externalIP. Pods' DNS still reaches the DNS Service's pod, and the agent names the claim.
+#[test]
+#[ignore = "needs root"]
+fn an_external_ip_on_the_dns_address_changes_nothing_for_dns() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new(LabSpec::default())?;
+    let (dns, attacker) = (lab.pod("n1-pod2").clone(), lab.pod("n2-pod1").clone());
+    lab.write_manifest(
+        "dns.yaml",
+        &cluster_ip_service("zz-dns", "10.96.0.10", &[DNS], &[&dns]),
+    )?;
+    lab.write_manifest(
+        "hijack.yaml",
+        &service(
+            "aa-hijack",
+            "10.96.0.99",
+            &[DNS],
+            &[&attacker],
+            "  externalIPs: [10.96.0.10]\n",
+            "",
+        ),
+    )?;
+    lab.start_agents()?;
+    for (node, client) in [(0, "n1-pod1"), (1, "n2-pod2")] {
+        let client = lab.pod(client).ns.clone();
+        let answers = tally(&udp_ask_many(&client, at("10.96.0.10", 53), 10, TIMEOUT)?);
+        assert_eq!(
+            answers,
+            BTreeMap::from([(dns.name.clone(), 10)]),
+            "node {node}"
+        );
+        let log = lab.agent_log(node);
+        assert!(
+            log.contains(
+                "frontend 10.96.0.10:53/UDP is served by Service default/zz-dns (its cluster IP)"
+            ),
+            "the claim is named:\n{log}"
+        );
+    }
+    Ok(())
+}

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 
 use super::{NodeInfo, plan};
 use crate::{
-    plan::{FrontendKey, Plan, Protocol},
+    plan::{FrontendKey, FrontendKind, Plan, Protocol},
     source::manifests::{Object, parse_documents},
 };
 
@@ -327,11 +327,69 @@ spec: {clusterIP: 10.96.0.30, ports: [{port: 80}]}
         plan.frontends[&key("10.96.0.30", 80, Protocol::Tcp)].service,
         "a/aa"
     );
-    assert_eq!(diags.len(), 1);
-    assert!(
-        diags[0].to_string().starts_with(
-            "Service a/zz: frontend 10.96.0.30:80/TCP is already served by Service a/aa"
-        )
+    assert_eq!(
+        diags.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "Service a/zz: frontend 10.96.0.30:80/TCP is served by Service a/aa (first by name); not by this one"
+        ]
+    );
+}
+
+/// CVE-2020-8554: a Service in a namespace that sorts first claims the cluster DNS address
+/// as an externalIP. The address stays kube-dns's, and the claim is named.
+#[test]
+fn an_external_ip_never_takes_another_services_cluster_ip() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system, creationTimestamp: '2026-12-01T00:00:00Z'}
+spec: {clusterIP: 10.96.0.10, ports: [{name: dns, port: 53, protocol: UDP}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hijack, namespace: aaa, creationTimestamp: '2020-01-01T00:00:00Z'}
+spec: {clusterIP: 10.96.0.99, externalIPs: [10.96.0.10], ports: [{name: dns, port: 53, protocol: UDP}]}
+";
+    let (services, slices) = objects(yaml);
+    let (plan, diags) = plan(&node(), &services, &slices);
+    let dns = &plan.frontends[&key("10.96.0.10", 53, Protocol::Udp)];
+    assert_eq!(
+        (dns.service.as_str(), dns.kind),
+        ("kube-system/kube-dns", FrontendKind::ClusterIP)
+    );
+    assert_eq!(
+        diags.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "Service aaa/hijack: frontend 10.96.0.10:53/UDP is served by Service kube-system/kube-dns (its cluster IP); not by this one"
+        ]
+    );
+}
+
+/// Between claims of one kind, the oldest Service wins, whatever the names.
+#[test]
+fn the_oldest_service_keeps_a_shared_external_ip() {
+    let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: late, namespace: a, creationTimestamp: '2026-12-02T00:00:00Z'}
+spec: {clusterIP: 10.96.0.31, externalIPs: [192.0.2.7], ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: zz-first, namespace: z, creationTimestamp: '2026-12-01T00:00:00Z'}
+spec: {clusterIP: 10.96.0.32, externalIPs: [192.0.2.7], ports: [{port: 80}]}
+";
+    let (services, slices) = objects(yaml);
+    let (plan, diags) = plan(&node(), &services, &slices);
+    assert_eq!(
+        plan.frontends[&key("192.0.2.7", 80, Protocol::Tcp)].service,
+        "z/zz-first"
+    );
+    assert_eq!(
+        diags.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "Service a/late: frontend 192.0.2.7:80/TCP is served by Service z/zz-first (created earlier); not by this one"
+        ]
     );
 }
 

@@ -91,12 +91,22 @@ fn universe() -> Universe {
                 "{clusterIP: 'bad', ports: [{name: http, port: 80}]}",
                 "",
             ),
+            // Older than a: its claim on a's cluster IP wins.
+            parse(
+                "apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: x, creationTimestamp: '2020-01-01T00:00:00Z'}\nspec: {clusterIP: 10.96.0.1, ports: [{name: http, port: 80}]}\n",
+            ),
         ],
         vec![
             service("c", "{clusterIP: None, ports: [{port: 80}]}", ""),
             service(
                 "c",
                 "{clusterIP: 10.96.0.5, internalTrafficPolicy: Local, ports: [{name: http, port: 80}]}",
+                "",
+            ),
+            // An externalIP on a's and b's cluster IP, and on their load-balancer IP.
+            service(
+                "c",
+                "{clusterIP: 10.96.0.5, externalIPs: [10.96.0.1, 172.31.0.200], ports: [{name: http, port: 80}]}",
                 "",
             ),
         ],
