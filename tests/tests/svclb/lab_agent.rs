@@ -161,7 +161,7 @@ fn bad_manifests_are_reported_and_everything_valid_is_served() -> Result<()> {
     let log = lab.agent_log(0);
     for expected in [
         "file broken.yaml (document 1): not valid YAML",
-        "Service default/zz-duplicate: frontend 10.96.3.1:80/TCP is already served by Service default/good; skipped",
+        "Service default/zz-duplicate: frontend 10.96.3.1:80/TCP is served by Service default/good (first by name); not by this one",
         "Service default/badip: clusterIP \"10.96.3.300\" is not an IP address",
         "Service default/badport: port \"http\": 70000 is not a port number",
     ] {
