@@ -60,14 +60,16 @@ fn token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A kubeconfig for `token` at the lab's API server. The server's certificate is the one it
-/// made for itself, which no CA signed: clients skip its verification.
-pub fn kubeconfig(token: &str) -> String {
+/// A kubeconfig for `token` at the lab's API server, whose certificate clients verify
+/// against `ca`: the file where kube-apiserver writes the certificate it made for itself
+/// (for its advertise address) and the CA it signed it with.
+pub fn kubeconfig(token: &str, ca: &Path) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: \
-         https://{API_ADDR}:{API_PORT}\n    insecure-skip-tls-verify: true\ncontexts:\n- name: \
+         https://{API_ADDR}:{API_PORT}\n    certificate-authority: {}\ncontexts:\n- name: \
          lab\n  context:\n    cluster: lab\n    user: user\ncurrent-context: lab\nusers:\n- \
-         name: user\n  user:\n    token: {token}\n"
+         name: user\n  user:\n    token: {token}\n",
+        ca.display()
     )
 }
 
@@ -102,7 +104,13 @@ impl ControlPlane {
 
     /// The admin's kubeconfig (a member of `system:masters`).
     pub fn admin_kubeconfig(&self) -> String {
-        kubeconfig(&self.admin_token)
+        kubeconfig(&self.admin_token, &self.ca())
+    }
+
+    /// Where kube-apiserver writes its self-made certificate and CA (it exists once the API
+    /// server has started).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("certs/apiserver.crt")
     }
 
     /// The admin's kubeconfig file.

@@ -680,7 +680,7 @@ impl Lab {
             .collect();
         plane.create_nodes(&nodes)?;
         let token = plane.install_chart("")?;
-        self.use_kubeconfig(&crate::control_plane::kubeconfig(&token))?;
+        self.use_kubeconfig(&crate::control_plane::kubeconfig(&token, &plane.ca()))?;
         Ok(self.control_plane.insert(plane))
     }
 
