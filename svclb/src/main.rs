@@ -127,6 +127,10 @@ struct AgentArgs {
     /// detaches, and maps), then exit.
     #[arg(long)]
     cleanup: bool,
+    /// Build the configuration from the other flags, print it and exit, starting nothing (no
+    /// root needed): checks what a chart or a unit file passes.
+    #[arg(long, conflicts_with = "cleanup")]
+    check_config: bool,
     /// Name of this node (EndpointSlice `nodeName` equal to it marks local endpoints).
     #[arg(long, env = "SVCLB_NODE_NAME", required_unless_present = "cleanup")]
     node_name: Option<String>,
@@ -387,6 +391,10 @@ fn run(cli: Cli) -> Result<()> {
                 "removed {removed} pins from {}: the datapath is detached\n",
                 args.bpffs_dir.display()
             ))
+        }
+        Command::Agent(args) if args.check_config => {
+            let config = agent_config(*args)?;
+            emit(&format!("{config:#?}\n"))
         }
         Command::Agent(args) => {
             let config = agent_config(*args)?;

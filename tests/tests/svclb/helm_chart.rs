@@ -360,7 +360,7 @@ nodeSelector: {role: edge}
 
 #[test]
 fn the_agent_accepts_every_flag_the_chart_passes() -> Result<()> {
-    // The chart's arguments must be ones the agent knows: run its argument parser on them.
+    // The chart's arguments must be ones the agent takes: build its configuration from them.
     let o = render(
         "nodeportAddresses: [10.0.0.0/8]\nmapSizes: {services: 1024, backends: 2048, slots: 4096, conntrack: 8192}\n",
     )?;
@@ -378,25 +378,44 @@ fn the_agent_accepts_every_flag_the_chart_passes() -> Result<()> {
     let Ok(bin) = svclb_tests::svclb_bin() else {
         bail!("the svclb binary is needed: build it (`cargo build -p svclb`) or set SVCLB_BIN");
     };
-    let out = std::process::Command::new(bin)
-        .args(&args)
-        .arg("--help")
-        .env("SVCLB_NODE_NAME", "n1")
-        .output()?;
+    let check = |extra: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(&args)
+            .args(extra)
+            .arg("--check-config")
+            .env("SVCLB_NODE_NAME", "n1")
+            .output()
+    };
+    // The agent builds its whole configuration from them, as it would at start.
+    let out = check(&[])?;
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let help = String::from_utf8_lossy(&out.stdout);
-    for flag in [
-        "--devices",
-        "--pod-devices",
-        "--bpffs-dir",
-        "--nodeport-addresses",
-        "--conntrack-map-size",
+    let config = String::from_utf8_lossy(&out.stdout);
+    for value in [
+        "node_name: \"n1\"",
+        "metrics_addr: 127.0.0.1:9965",
+        "10.0.0.0/8",
+        "services: 1024",
+        "backends: 2048",
+        "slots: 4096",
+        "conntrack: 8192",
+        "\"/run/svclb/cgroupv2\"",
     ] {
-        assert!(help.contains(flag), "the agent knows {flag}");
+        assert!(
+            config.contains(value),
+            "no {value} in the agent's configuration:\n{config}"
+        );
     }
+    // And refuses a value it cannot use, naming the flag.
+    let bad = check(&["--healthz-bind-address=nowhere"])?;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--healthz-bind-address"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     Ok(())
 }
