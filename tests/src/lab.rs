@@ -838,7 +838,7 @@ impl Lab {
     ) -> Result<(u16, String)> {
         let path = path.to_owned();
         let response = crate::netns::in_netns(&self.nodes[node].ns, move || {
-            svclb_common::http::get_blocking(addr, &path, Duration::from_secs(2))
+            crate::client::http_get_path(addr, &path)
         })?;
         Ok((response.status, response.body))
     }

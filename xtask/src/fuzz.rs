@@ -38,7 +38,8 @@ fn cargo_fuzz_with(mut command: Command) -> Command {
 /// A build of the targets running beside other work at the lowest CPU priority (`nice 19`),
 /// so that it takes only the CPU time that work leaves idle: the lab tests mostly wait on
 /// the network and on their agents. Its output goes to a log, shown if it fails. Dropped
-/// unfinished, it is killed with everything it started.
+/// unfinished (the tests failed), it is killed with everything it started; a Ctrl-C, which
+/// its own process group does not receive, leaves it to finish by itself.
 pub struct BackgroundBuild {
     child: Child,
     log: PathBuf,

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use svclb_tests::{
     Lab, LabSpec,
-    client::{TIMEOUT, at, http_get, http_get_path},
+    client::{at, http_get, http_get_path},
     manifests::{WEB, cluster_ip_service, service},
     netns::in_netns,
     require_root,
@@ -324,10 +324,8 @@ fn probes_answer(lab: &Lab) -> Result<()> {
         (at(&node, HEALTHZ), "/livez"),
         (at(&node, HEALTH_CHECK_PORT), "/"),
     ] {
-        let response = in_netns(&lab.nodes[0].ns, move || {
-            svclb_common::http::get_blocking(addr, path, Duration::from_secs(2))
-        })
-        .with_context(|| format!("{addr}{path} during the attack"))?;
+        let response = in_netns(&lab.nodes[0].ns, move || http_get_path(addr, path))
+            .with_context(|| format!("{addr}{path} during the attack"))?;
         anyhow::ensure!(response.status == 200, "{addr}{path}: {response:?}");
     }
     Ok(())
@@ -506,7 +504,7 @@ fn scrapes_never_stall_livez_however_full_the_conntrack() -> Result<()> {
             let mut took = Vec::new();
             for _ in 0..200 {
                 let started = Instant::now();
-                let response = svclb_common::http::get_blocking(livez, "/livez", TIMEOUT)?;
+                let response = http_get_path(livez, "/livez")?;
                 anyhow::ensure!(response.status == 200, "{response:?}");
                 took.push(started.elapsed());
             }
