@@ -20,11 +20,21 @@ pub const CT_F_REDIRECT: u16 = 1 << 1;
 /// This direction carried a TCP FIN or RST: the flow is ending, and its entries (and its SNAT
 /// port) may be reused once it has been idle [`CT_CLOSE_TIMEOUT_NS`].
 pub const CT_F_CLOSING: u16 = 1 << 2;
+/// A TCP flow not established yet: set on both entries when a SYN opens the flow, and
+/// cleared on both when the client's side sends a segment without SYN after the backend's
+/// side has answered (netfilter's SYN_SENT and SYN_RECV, then ESTABLISHED). Until then the
+/// flow lives [`CT_SYN_TIMEOUT_NS`] idle, and a new flow short of SNAT ports may take its
+/// port over. So spoofed SYNs, which never complete a handshake, hold nothing for long.
+pub const CT_F_UNREPLIED: u16 = 1 << 3;
+/// On a reply entry of an [`CT_F_UNREPLIED`] flow: the backend's side has sent a packet.
+pub const CT_F_REPLY_SEEN: u16 = 1 << 4;
 
 /// How long an entry may be idle before it is let go (and its SNAT port reused): a TCP flow
-/// after a FIN or RST; one without (a peer that vanished); any other flow (UDP). The TCP
-/// figures are Cilium's (10 s) and kube-proxy's conntrack (24 h); UDP as Cilium's 60 s.
+/// after a FIN or RST; one not established yet; one established (a peer that vanished); any
+/// other flow (UDP). The TCP figures are Cilium's (10 s, 60 s) and kube-proxy's conntrack
+/// (24 h); UDP as Cilium's 60 s.
 pub const CT_CLOSE_TIMEOUT_NS: u64 = 10_000_000_000;
+pub const CT_SYN_TIMEOUT_NS: u64 = 60_000_000_000;
 pub const CT_TCP_TIMEOUT_NS: u64 = 86_400_000_000_000;
 pub const CT_UDP_TIMEOUT_NS: u64 = 60_000_000_000;
 
@@ -71,11 +81,26 @@ pub const fn expired(entry: &CtEntry, proto: u8, now_ns: u64) -> bool {
     let idle = now_ns.saturating_sub(entry.last_seen_ns);
     if entry.flags & CT_F_CLOSING != 0 {
         idle > CT_CLOSE_TIMEOUT_NS
+    } else if proto == crate::addr::IPPROTO_TCP && entry.flags & CT_F_UNREPLIED != 0 {
+        idle > CT_SYN_TIMEOUT_NS
     } else if proto == crate::addr::IPPROTO_TCP {
         idle > CT_TCP_TIMEOUT_NS
     } else {
         idle > CT_UDP_TIMEOUT_NS
     }
+}
+
+/// A half-open TCP flow (see [`CT_F_UNREPLIED`]) idle this long may give its SNAT port to a
+/// new flow that finds no free one: its client has retransmitted its SYN by then (Linux's
+/// first SYN timeout is 1 s) if it is there at all, and that SYN opens the flow again.
+pub const CT_HALF_OPEN_RECLAIM_NS: u64 = 3_000_000_000;
+
+/// Whether the flow of reply entry `entry` may give up its SNAT port to a new flow short of
+/// one at `now_ns`: half-open and idle [`CT_HALF_OPEN_RECLAIM_NS`].
+#[inline(always)]
+pub const fn reclaimable(entry: &CtEntry, now_ns: u64) -> bool {
+    entry.flags & (CT_F_UNREPLIED | CT_F_CLOSING) == CT_F_UNREPLIED
+        && now_ns.saturating_sub(entry.last_seen_ns) > CT_HALF_OPEN_RECLAIM_NS
 }
 
 /// Traffic the other direction saw up to this long after an entry went quiet still belongs to
@@ -215,8 +240,9 @@ mod pod {
 mod tests {
     use super::{
         CT_CLOSE_TIMEOUT_NS, CT_DIR_FORWARD, CT_DIR_REPLY, CT_END_SLACK_NS, CT_F_CLOSING,
-        CT_F_REDIRECT, CT_F_SNAT, CT_TCP_TIMEOUT_NS, CT_UDP_TIMEOUT_NS, CtEntry, CtKey, expired,
-        flow_ended, partner,
+        CT_F_REDIRECT, CT_F_REPLY_SEEN, CT_F_SNAT, CT_F_UNREPLIED, CT_SYN_TIMEOUT_NS,
+        CT_TCP_TIMEOUT_NS, CT_UDP_TIMEOUT_NS, CtEntry, CtKey, expired, flow_ended, partner,
+        reclaimable,
     };
     use crate::addr::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, v4};
 
@@ -296,6 +322,45 @@ mod tests {
         assert!(expired(&open, IPPROTO_UDP, seen + CT_UDP_TIMEOUT_NS + 1));
         // A clock read before the entry was last seen (another CPU) is not idle time.
         assert!(!expired(&closing, IPPROTO_TCP, 0));
+        // Not established: a minute, whether or not the backend answered; closing first.
+        for flags in [CT_F_UNREPLIED, CT_F_UNREPLIED | CT_F_REPLY_SEEN] {
+            let half_open = CtEntry { flags, ..open };
+            assert!(!expired(&half_open, IPPROTO_TCP, seen + CT_SYN_TIMEOUT_NS));
+            assert!(expired(
+                &half_open,
+                IPPROTO_TCP,
+                seen + CT_SYN_TIMEOUT_NS + 1
+            ));
+        }
+        let half_closed = CtEntry {
+            flags: CT_F_UNREPLIED | CT_F_CLOSING,
+            ..open
+        };
+        assert!(expired(&half_closed, IPPROTO_TCP, seen + 11 * s));
+    }
+
+    /// A half-open flow's SNAT port goes to a new flow after 3 s idle; an established or
+    /// closing flow's never early.
+    #[test]
+    fn half_open_flows_give_up_their_port() {
+        let s = 1_000_000_000;
+        let half_open = CtEntry {
+            flags: CT_F_UNREPLIED | CT_F_SNAT,
+            last_seen_ns: 10 * s,
+            ..entry(NODE, 30_080, CLIENT, 40_000, 0)
+        };
+        assert!(!reclaimable(&half_open, 12 * s));
+        assert!(reclaimable(&half_open, 14 * s));
+        let established = CtEntry {
+            flags: CT_F_SNAT,
+            ..half_open
+        };
+        assert!(!reclaimable(&established, 100 * s));
+        let closing = CtEntry {
+            flags: CT_F_UNREPLIED | CT_F_CLOSING,
+            ..half_open
+        };
+        assert!(!reclaimable(&closing, 14 * s));
     }
 
     /// A flow is over when its idle entry's other direction is gone, belongs to another flow,

@@ -10,6 +10,7 @@ pub mod addr;
 pub mod backend;
 pub mod config;
 pub mod conntrack;
+pub mod events;
 pub mod fragment;
 #[cfg(feature = "host")]
 pub mod host;

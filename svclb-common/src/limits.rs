@@ -15,9 +15,10 @@ pub const MAP_SOCK_STATS: &str = "SVCLB_SOCK_STATS";
 pub const MAP_CONFIG: &str = "SVCLB_CONFIG";
 pub const MAP_XDP_STATS: &str = "SVCLB_XDP_STATS";
 pub const MAP_XDP_PORTS: &str = "SVCLB_XDP_PORTS";
+pub const MAP_EVENTS: &str = "SVCLB_EVENTS";
 
 /// Every map the agent pins, in the order `svclb list` and cleanup walk them.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 15] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_SLOTS,
@@ -32,6 +33,7 @@ pub const PINNED_MAPS: [&str; 14] = [
     MAP_CONFIG,
     MAP_XDP_STATS,
     MAP_XDP_PORTS,
+    MAP_EVENTS,
 ];
 
 pub const SERVICES_MAX: usize = 65_536;

@@ -6,11 +6,24 @@ use aya_ebpf::{
 };
 use svclb_common::{
     Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, L3Addr,
-    conntrack::{CT_F_CLOSING, CT_F_REDIRECT, CT_F_SNAT, flow_ended, partner},
+    conntrack::{
+        CT_F_CLOSING, CT_F_REDIRECT, CT_F_REPLY_SEEN, CT_F_SNAT, CT_F_UNREPLIED, flow_ended,
+        partner, reclaimable,
+    },
+    events::{
+        EV_CT_INSERT_FAILED, EV_REPLY_TUPLE_TAKEN, EV_SNAT_PORT_RECLAIMED, EV_SNAT_PORTS_EXHAUSTED,
+    },
     limits::{SNAT_PORT_MAX, SNAT_PORT_MIN},
 };
 
-use crate::{maps::SVCLB_CT, parse::Packet};
+use crate::{
+    maps::{SVCLB_CT, event},
+    parse::Packet,
+};
+
+/// What [`create`] returns when the new flow's reply tuple is another live flow's: the caller
+/// SNATs the flow instead (`EEXIST`).
+pub const TUPLE_TAKEN: i64 = -17;
 
 /// `last_seen_ns` is refreshed at most this often, so busy flows do not write the entry on
 /// every packet.
@@ -44,10 +57,11 @@ pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
     SVCLB_CT.get_ptr_mut(key)
 }
 
-/// Refreshes a tracked entry's idle time, and marks its direction as ending when `pkt` is a
-/// TCP FIN or RST (the entry, and its SNAT port, may then be reused after a short idle time).
+/// Refreshes a tracked entry's idle time (its key `key`), and marks its direction as ending
+/// when `pkt` is a TCP FIN or RST (the entry, and its SNAT port, may then be reused after a
+/// short idle time). Follows a new TCP flow's handshake (see [`handshake`]).
 #[inline(always)]
-pub fn touch(entry: *mut CtEntry, pkt: &Packet, now: u64) {
+pub fn touch(key: &CtKey, entry: *mut CtEntry, pkt: &Packet, now: u64) {
     // SAFETY: `entry` points into the map; a racing write can only store another valid time
     // or set the same bit.
     unsafe {
@@ -62,35 +76,111 @@ pub fn touch(entry: *mut CtEntry, pkt: &Packet, now: u64) {
             // the other.
             (*entry).flags &= !CT_F_CLOSING;
         }
+        if (*entry).flags & CT_F_UNREPLIED != 0 {
+            handshake(key, &mut *entry, pkt);
+        }
     }
 }
 
-/// Claims the reply tuple `key` for a new SNATed flow: inserted if free, or taken over from a
-/// flow that is over (see [`flow_ended`]). The ended flow's entries are deleted first and the
-/// insert is exclusive, so two CPUs reclaiming one port at once cannot both win.
+/// A packet of a TCP flow not established yet (see [`CT_F_UNREPLIED`]): the backend's side
+/// answering is noted on the reply entry; the client's side then sending a segment without
+/// SYN establishes the flow, both entries. A spoofed SYN's backend answers, but its client
+/// never does.
 #[inline(always)]
-fn claim(key: &CtKey, entry: &CtEntry, now: u64) -> bool {
+fn handshake(key: &CtKey, entry: &mut CtEntry, pkt: &Packet) {
+    if key.dir == CT_DIR_REPLY {
+        if entry.flags & CT_F_REPLY_SEEN == 0 {
+            entry.flags |= CT_F_REPLY_SEEN;
+        }
+        return;
+    }
+    if pkt.is_tcp_opening() {
+        return;
+    }
+    let Some(reply) = SVCLB_CT.get_ptr_mut(&partner(key, entry)) else {
+        return;
+    };
+    // SAFETY: a map value found in this run stays valid until the program returns.
+    let reply = unsafe { &mut *reply };
+    if reply.created_ns == entry.created_ns && reply.flags & CT_F_REPLY_SEEN != 0 {
+        reply.flags &= !(CT_F_UNREPLIED | CT_F_REPLY_SEEN);
+        entry.flags &= !CT_F_UNREPLIED;
+    }
+}
+
+/// What [`claim`] made of a reply tuple.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// The new flow holds it.
+    Won,
+    /// A live flow holds it.
+    Busy,
+    /// A half-open flow holds it, which may give it up (see [`reclaimable`]).
+    HalfOpen,
+}
+
+/// Claims the reply tuple `key` for a new flow (whose forward key is `forward`): inserted if
+/// free, or taken over from a flow that is over (see [`flow_ended`]) or from an earlier flow
+/// of the same forward key (a client reusing its tuple, which that flow's forward entry is
+/// about to be overwritten for). The insert is exclusive, so two CPUs taking over one tuple
+/// at once cannot both win.
+#[inline(always)]
+fn claim(key: &CtKey, entry: &CtEntry, forward: &CtKey, now: u64) -> Claim {
     if SVCLB_CT.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok() {
-        return true;
+        return Claim::Won;
     }
     let Some(held) = SVCLB_CT.get_ptr(key) else {
-        return false;
+        return Claim::Busy;
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let held = unsafe { &*held };
     let other_key = partner(key, held);
+    if other_key == *forward {
+        return won(SVCLB_CT.insert(key, entry, u64::from(BPF_ANY)).is_ok());
+    }
     // SAFETY: as above.
     let other = SVCLB_CT.get_ptr(&other_key).map(|p| unsafe { &*p });
-    if !flow_ended(held, other, key.proto, now) {
-        return false;
+    if flow_ended(held, other, key.proto, now) {
+        return won(take_over(key, entry, held.created_ns, &other_key));
     }
-    // The ended flow's forward entry goes too (a late packet of it must not use the port),
-    // unless a new flow holds that key already.
-    if other.is_some_and(|o| o.created_ns == held.created_ns) {
-        let _ = SVCLB_CT.remove(&other_key);
+    if reclaimable(held, now) {
+        Claim::HalfOpen
+    } else {
+        Claim::Busy
+    }
+}
+
+#[inline(always)]
+fn won(ok: bool) -> Claim {
+    if ok { Claim::Won } else { Claim::Busy }
+}
+
+/// Takes the reply tuple `key` over from the flow that holds it (created at `held_created`,
+/// its other direction at `other_key`): that flow's forward entry goes too (a late packet of
+/// it must not use the tuple), unless a new flow holds that key already.
+#[inline(always)]
+fn take_over(key: &CtKey, entry: &CtEntry, held_created: u64, other_key: &CtKey) -> bool {
+    // SAFETY: a map value found in this run stays valid until the program returns.
+    if SVCLB_CT
+        .get_ptr(other_key)
+        .is_some_and(|o| unsafe { (*o).created_ns } == held_created)
+    {
+        let _ = SVCLB_CT.remove(other_key);
     }
     let _ = SVCLB_CT.remove(key);
     SVCLB_CT.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok()
+}
+
+/// Takes the reply tuple `key` over from the half-open flow [`claim`] found there, if it
+/// still holds it.
+#[inline(always)]
+fn reclaim(key: &CtKey, entry: &CtEntry, now: u64) -> bool {
+    let Some(held) = SVCLB_CT.get_ptr(key) else {
+        return SVCLB_CT.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok();
+    };
+    // SAFETY: a map value found in this run stays valid until the program returns.
+    let held = unsafe { &*held };
+    reclaimable(held, now) && take_over(key, entry, held.created_ns, &partner(key, held))
 }
 
 /// The key of the reply a backend sends back to `daddr:dport_be` (the client, or this node's
@@ -109,9 +199,19 @@ fn reply_key(pkt: &Packet, backend: &Backend, daddr: &L3Addr, dport_be: u16) -> 
     }
 }
 
+/// The flags a new flow's entries start with: a TCP flow is half-open until its handshake
+/// completes.
+#[inline(always)]
+fn opening(pkt: &Packet) -> u16 {
+    if pkt.is_tcp() { CT_F_UNREPLIED } else { 0 }
+}
+
 /// Records a DNAT-only flow (the client's address is kept). The reply entry is written first:
 /// a flow whose forward entry exists always has its reply entry. Replies of an external
-/// frontend's flow leave by redirect (their new source may be this node's address).
+/// frontend's flow leave by redirect (their new source may be this node's address). The reply
+/// tuple (backend -> client) must be free: one client port may reach two frontends that
+/// share a backend, and both flows would then have the same one, so the second gets
+/// [`TUPLE_TAKEN`].
 #[inline(always)]
 pub fn create(
     pkt: &Packet,
@@ -124,7 +224,7 @@ pub fn create(
     let forward = CtEntry {
         nat_addr: backend.addr,
         nat_port_be: backend.port_be,
-        flags: 0,
+        flags: opening(pkt),
         backend_id,
         svc_id,
         snat_port_be: 0,
@@ -137,21 +237,34 @@ pub fn create(
     let reply = CtEntry {
         nat_addr: pkt.daddr,
         nat_port_be: pkt.dport_be,
-        flags: reply_flags,
+        flags: reply_flags | forward.flags,
         ..forward
     };
-    SVCLB_CT.insert(&reply_key, &reply, u64::from(BPF_ANY))?;
-    if let Err(err) = SVCLB_CT.insert(&key_of(pkt, CT_DIR_FORWARD), &forward, u64::from(BPF_ANY)) {
-        let _ = SVCLB_CT.remove(&reply_key);
+    let forward_key = key_of(pkt, CT_DIR_FORWARD);
+    if claim(&reply_key, &reply, &forward_key, now) != Claim::Won {
+        event(EV_REPLY_TUPLE_TAKEN);
+        return Err(TUPLE_TAKEN);
+    }
+    insert_forward(&forward_key, &forward, &reply_key)
+}
+
+/// Inserts a new flow's forward entry, its reply entry at `reply_key` already in; on failure
+/// the reply entry goes too.
+#[inline(always)]
+fn insert_forward(key: &CtKey, entry: &CtEntry, reply_key: &CtKey) -> Result<(), i64> {
+    if let Err(err) = SVCLB_CT.insert(key, entry, u64::from(BPF_ANY)) {
+        let _ = SVCLB_CT.remove(reply_key);
+        event(EV_CT_INSERT_FAILED);
         return Err(err.into());
     }
     Ok(())
 }
 
-/// Records a flow that is DNATed to a remote backend and SNATed to `node:port`, allocating
-/// the port: a free one is claimed by inserting the reply entry with `BPF_NOEXIST`, so two
-/// flows can never share a reply tuple, even when one backend sits behind several frontends.
-/// Returns the port (network order).
+/// Records a flow that is DNATed to a backend and SNATed to `node:port`, allocating the port:
+/// a free one is claimed by inserting the reply entry with `BPF_NOEXIST`, so two flows can
+/// never share a reply tuple, even when one backend sits behind several frontends. When no
+/// try finds one free, the first half-open flow found idle gives its port up. Returns the
+/// port (network order).
 #[inline(always)]
 pub fn create_snat(
     pkt: &Packet,
@@ -166,7 +279,7 @@ pub fn create_snat(
     let mut entry = CtEntry {
         nat_addr: pkt.daddr,
         nat_port_be: pkt.dport_be,
-        flags: CT_F_SNAT | CT_F_REDIRECT,
+        flags: CT_F_SNAT | CT_F_REDIRECT | opening(pkt),
         backend_id,
         svc_id,
         snat_port_be: pkt.sport_be,
@@ -175,29 +288,41 @@ pub fn create_snat(
         created_ns: now,
         last_seen_ns: now,
     };
+    let forward_key = key_of(pkt, CT_DIR_FORWARD);
     // SAFETY: a helper without arguments or side effects.
     let start = unsafe { bpf_get_prandom_u32() } % RANGE;
     let mut port_be = 0;
+    let mut half_open_be = 0;
     for attempt in 0..SNAT_TRIES {
         // A stride coprime to RANGE walks distinct ports.
         let port = SNAT_PORT_MIN as u32 + (start + attempt * 997) % RANGE;
         reply_key.dport_be = (port as u16).to_be();
-        if claim(&reply_key, &entry, now) {
-            port_be = reply_key.dport_be;
-            break;
+        match claim(&reply_key, &entry, &forward_key, now) {
+            Claim::Won => {
+                port_be = reply_key.dport_be;
+                break;
+            }
+            Claim::HalfOpen if half_open_be == 0 => half_open_be = reply_key.dport_be,
+            _ => {}
+        }
+    }
+    if port_be == 0 && half_open_be != 0 {
+        reply_key.dport_be = half_open_be;
+        if reclaim(&reply_key, &entry, now) {
+            port_be = half_open_be;
+            event(EV_SNAT_PORT_RECLAIMED);
         }
     }
     if port_be == 0 {
+        event(EV_SNAT_PORTS_EXHAUSTED);
         return Err(-1);
     }
+    reply_key.dport_be = port_be;
     // The same entry, turned round: the forward direction.
     entry.nat_addr = backend.addr;
     entry.nat_port_be = backend.port_be;
     entry.snat_port_be = port_be;
     entry.snat_addr = *node;
-    if let Err(err) = SVCLB_CT.insert(&key_of(pkt, CT_DIR_FORWARD), &entry, u64::from(BPF_ANY)) {
-        let _ = SVCLB_CT.remove(&reply_key);
-        return Err(err.into());
-    }
+    insert_forward(&forward_key, &entry, &reply_key)?;
     Ok(port_be)
 }

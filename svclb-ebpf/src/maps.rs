@@ -12,6 +12,7 @@ use svclb_common::{
     AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FragKey, FragValue, FrontendStats,
     ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue, SockStats, SourceRangeKey,
     XdpStats,
+    events::EVENTS_MAX,
     limits::{
         AFFINITY_MAX, BACKENDS_MAX, CT_MAX, FRAGS_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE,
         SERVICES_MAX, SLOTS_MAX, SOCK_REVERSE_MAX, SOURCE_RANGES_MAX, STATS_MAX, XDP_PORTS_MAX,
@@ -94,6 +95,20 @@ pub static SVCLB_XDP_STATS: LruPerCpuHashMap<u32, XdpStats, XDP_STATS_MAX> =
 /// takes XDP frames, which a NIC with an XDP program of its own does.
 #[btf_map(pin_by_name)]
 pub static SVCLB_XDP_PORTS: DevMapHash<XDP_PORTS_MAX> = DevMapHash::new();
+
+/// Event -> how often it happened, per CPU (see `svclb_common::events`).
+#[btf_map(pin_by_name)]
+pub static SVCLB_EVENTS: PerCpuArray<u64, EVENTS_MAX> = PerCpuArray::new();
+
+/// Counts one `event` (an `EV_*` of `svclb_common::events`) on this CPU.
+#[inline(always)]
+pub fn event(event: u32) {
+    if let Some(n) = SVCLB_EVENTS.get_ptr_mut(event) {
+        // SAFETY: this CPU's slot, valid until the program returns; nothing else runs on this
+        // CPU meanwhile.
+        unsafe { *n += 1 };
+    }
+}
 
 /// The datapath's settings, written by the agent.
 #[btf_map(pin_by_name)]

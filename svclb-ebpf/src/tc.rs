@@ -15,6 +15,7 @@ use svclb_common::{
     CT_DIR_FORWARD, CT_DIR_REPLY, L3Addr, ServiceValue,
     backend::BE_F_LOCAL,
     conntrack::{CT_F_REDIRECT, CT_F_SNAT},
+    events::EV_TCP_WITHOUT_FLOW,
     service::{SCOPE_INTERNAL_VIEW, SVC_F_EXTERNAL, SVC_F_INTERNAL_VIEW, SVC_F_REJECT},
 };
 
@@ -118,6 +119,10 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
     if verdict != NOT_TRACKED {
         return verdict;
     }
+    if s.pkt.is_tcp() && !s.pkt.is_tcp_syn() {
+        maps::event(EV_TCP_WITHOUT_FLOW);
+        return TC_ACT_SHOT;
+    }
     s.picked.now = now;
     if !s.pick() {
         maps::count(stats, |c| c.refused += 1);
@@ -136,17 +141,25 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
     if s.svc.flags & SVC_F_EXTERNAL != 0 && s.picked.backend.flags & BE_F_LOCAL == 0 {
         return to_remote(ctx, s);
     }
-    to_local(ctx, s)
+    match to_local(ctx, s) {
+        // Called from here, not from `to_local`: two new-flow frames on one call chain would
+        // not fit the stack.
+        SNAT_INSTEAD => to_remote(ctx, s),
+        verdict => verdict,
+    }
 }
 
 /// What [`tracked`] returns for a packet it leaves to the caller.
 const NOT_TRACKED: i32 = i32::MIN;
+/// What [`to_local`] returns for a flow to SNAT instead.
+const SNAT_INSTEAD: i32 = i32::MIN + 1;
 
 /// A packet of a tracked flow whose backend still serves it: translated as recorded; the
 /// verdict, or [`NOT_TRACKED`] when the flow is unknown or must pick again.
 #[inline(never)]
 fn tracked(ctx: &TcContext, pkt: &Packet, svc: &ServiceValue, now: u64) -> i32 {
-    let Some(entry) = conntrack::lookup(&conntrack::key_of(pkt, CT_DIR_FORWARD)) else {
+    let key = conntrack::key_of(pkt, CT_DIR_FORWARD);
+    let Some(entry) = conntrack::lookup(&key) else {
         return NOT_TRACKED;
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
@@ -154,7 +167,7 @@ fn tracked(ctx: &TcContext, pkt: &Packet, svc: &ServiceValue, now: u64) -> i32 {
     if !select::still_serves(tracked, pkt, svc) {
         return NOT_TRACKED;
     }
-    conntrack::touch(entry, pkt, now);
+    conntrack::touch(&key, entry, pkt, now);
     if nat::apply(ctx, pkt, tracked, false).is_err() {
         return TC_ACT_SHOT;
     }
@@ -162,10 +175,16 @@ fn tracked(ctx: &TcContext, pkt: &Packet, svc: &ServiceValue, now: u64) -> i32 {
 }
 
 /// A new flow to a backend on this node, or of a cluster IP: DNAT only, the client's address
-/// is kept.
+/// is kept. If another flow has the reply tuple that would give (the same client port to
+/// another frontend of the same backend), [`SNAT_INSTEAD`]: the new flow is to be SNATed to
+/// this node as a remote one is, so the two never share one.
 #[inline(never)]
 fn to_local(ctx: &TcContext, s: &Scratch) -> i32 {
-    dnat_new(ctx, s).unwrap_or(TC_ACT_SHOT)
+    match dnat_new(ctx, s) {
+        Ok(verdict) => verdict,
+        Err(conntrack::TUPLE_TAKEN) => SNAT_INSTEAD,
+        Err(_) => TC_ACT_SHOT,
+    }
 }
 
 #[inline(always)]
@@ -275,12 +294,13 @@ fn from_backend(ctx: &TcContext, pkt: &Packet) -> i32 {
 
 #[inline(always)]
 fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
-    let Some(entry) = conntrack::lookup(&conntrack::key_of(pkt, CT_DIR_REPLY)) else {
+    let key = conntrack::key_of(pkt, CT_DIR_REPLY);
+    let Some(entry) = conntrack::lookup(&key) else {
         return Ok(TC_ACT_OK);
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let tracked = unsafe { &*entry };
-    conntrack::touch(entry, pkt, conntrack::now_ns());
+    conntrack::touch(&key, entry, pkt, conntrack::now_ns());
     nat::apply(ctx, pkt, tracked, true)?;
     let daddr = if tracked.flags & CT_F_SNAT != 0 {
         tracked.snat_addr

@@ -27,6 +27,7 @@ use svclb_common::{
     CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, XdpStats,
     backend::BE_F_LOCAL,
     conntrack::{CT_F_REDIRECT, CT_F_SNAT},
+    events::EV_TCP_WITHOUT_FLOW,
     service::{SVC_F_EXTERNAL, SVC_F_REJECT},
 };
 
@@ -114,7 +115,8 @@ fn ours(entry: &CtEntry) -> bool {
 /// is unknown or must pick again.
 #[inline(never)]
 fn tracked(ctx: &XdpContext, s: &mut Scratch) -> u32 {
-    let Some(entry) = conntrack::lookup(&conntrack::key_of(&s.pkt, CT_DIR_FORWARD)) else {
+    let key = conntrack::key_of(&s.pkt, CT_DIR_FORWARD);
+    let Some(entry) = conntrack::lookup(&key) else {
         return NOT_TRACKED;
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
@@ -126,7 +128,7 @@ fn tracked(ctx: &XdpContext, s: &mut Scratch) -> u32 {
         return XDP_PASS;
     }
     count_packet(ctx, s.svc.id, false);
-    conntrack::touch(entry, &s.pkt, conntrack::now_ns());
+    conntrack::touch(&key, entry, &s.pkt, conntrack::now_ns());
     if nat::apply(ctx, &s.pkt, tracked, false).is_err() {
         return XDP_DROP;
     }
@@ -134,9 +136,14 @@ fn tracked(ctx: &XdpContext, s: &mut Scratch) -> u32 {
 }
 
 /// A new flow: to a remote backend it is SNATed to this node's address on the route towards
-/// it, as TC would; anything else is TC's.
+/// it, as TC would; anything else is TC's. Only a SYN opens a TCP flow (TC drops the rest
+/// too).
 #[inline(never)]
 fn new_flow(ctx: &XdpContext, s: &mut Scratch) -> u32 {
+    if s.pkt.is_tcp() && !s.pkt.is_tcp_syn() {
+        maps::event(EV_TCP_WITHOUT_FLOW);
+        return XDP_DROP;
+    }
     s.picked.now = conntrack::now_ns();
     if !s.pick() {
         return XDP_PASS;
@@ -170,7 +177,8 @@ fn from_backend(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if s.pkt.frag != FRAG_NONE || !finishes_on(Frame::ifindex(ctx)) {
         return XDP_PASS;
     }
-    let Some(entry) = conntrack::lookup(&conntrack::key_of(&s.pkt, CT_DIR_REPLY)) else {
+    let key = conntrack::key_of(&s.pkt, CT_DIR_REPLY);
+    let Some(entry) = conntrack::lookup(&key) else {
         return XDP_PASS;
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
@@ -178,7 +186,7 @@ fn from_backend(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if !ours(tracked) || !sendable(ctx, &s.pkt, &tracked.snat_addr, false, &mut s.route) {
         return XDP_PASS;
     }
-    conntrack::touch(entry, &s.pkt, conntrack::now_ns());
+    conntrack::touch(&key, entry, &s.pkt, conntrack::now_ns());
     if nat::apply(ctx, &s.pkt, tracked, true).is_err() {
         return XDP_DROP;
     }

@@ -79,6 +79,9 @@ pub struct Status {
     pub maps: Vec<MapFill>,
     /// Per uplink, since its counters began.
     pub xdp: Vec<UplinkXdp>,
+    /// The datapath events that happened (see `svclb_common::events`), by label, since the
+    /// maps were made.
+    pub events: Vec<(String, u64)>,
     pub warnings: Vec<String>,
 }
 
@@ -136,9 +139,17 @@ fn capacity(dir: &Path, map: &str) -> u32 {
         .map_or(0, |info| info.max_entries())
 }
 
-/// Gathers the status of the agent at `agent` and of the datapath pinned in `dir`.
-/// The pinned maps' entries and fill (`None`, with why, when nothing is pinned in `dir`).
-fn pinned(dir: &Path) -> Result<(MapState, Vec<MapFill>, Vec<UplinkXdp>)> {
+/// What the pinned maps tell: entries, fill, XDP counters and datapath events.
+#[derive(Default)]
+struct Pinned {
+    state: MapState,
+    fills: Vec<MapFill>,
+    xdp: Vec<UplinkXdp>,
+    events: Vec<(String, u64)>,
+}
+
+/// Reads the pinned maps (an error, with why, when nothing is pinned in `dir`).
+fn pinned(dir: &Path) -> Result<Pinned> {
     let maps = Maps::open_pinned(dir).with_context(|| {
         format!(
             "nothing pinned in {} (is the agent running with --bpffs-dir {}?)",
@@ -172,7 +183,18 @@ fn pinned(dir: &Path) -> Result<(MapState, Vec<MapFill>, Vec<UplinkXdp>)> {
             dropped: stats.dropped,
         })
         .collect();
-    Ok((state, fills, xdp))
+    let events = maps
+        .events()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(event, n)| (event.to_owned(), n))
+        .collect();
+    Ok(Pinned {
+        state,
+        fills,
+        xdp,
+        events,
+    })
 }
 
 /// Gathers the status of the agent at `agent` and of the datapath pinned in `dir`. Nothing
@@ -185,13 +207,17 @@ pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
         Ok(status) => (Some(status), None),
         Err(err) => (None, Some(format!("{err:#}"))),
     };
-    let (state, maps, xdp, unpinned) = match pinned(dir) {
-        Ok((state, maps, xdp)) => (state, maps, xdp, None),
-        Err(err) if agent_status.is_some() => {
-            (MapState::default(), Vec::new(), Vec::new(), Some(err))
-        }
+    let (pinned, unpinned) = match pinned(dir) {
+        Ok(pinned) => (pinned, None),
+        Err(err) if agent_status.is_some() => (Pinned::default(), Some(err)),
         Err(err) => return Err(err),
     };
+    let Pinned {
+        state,
+        fills: maps,
+        xdp,
+        events,
+    } = pinned;
     let links = links(dir);
     let mut warnings = warnings(
         agent,
@@ -223,6 +249,7 @@ pub fn read(dir: &Path, agent: SocketAddr) -> Result<Status> {
             .count(),
         maps,
         xdp,
+        events,
         warnings,
     })
 }
@@ -383,6 +410,14 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
             uplink.device, uplink.finished, uplink.passed, uplink.dropped
         ));
     }
+    if !status.events.is_empty() {
+        let events: Vec<String> = status
+            .events
+            .iter()
+            .map(|(event, n)| format!("{event} {n}"))
+            .collect();
+        out.push_str(&format!("events     {}\n", events.join(", ")));
+    }
     out.push_str("\nDEVICE          HOOK                    LINK  PROGRAM\n");
     for link in &status.links {
         let device = match (&link.device, link.cgroup_id) {
@@ -479,6 +514,10 @@ mod tests {
                 passed: 120,
                 dropped: 3,
             }],
+            events: vec![
+                ("tcp_without_flow".into(), 12),
+                ("snat_port_reclaimed".into(), 3),
+            ],
             warnings: vec!["map X is 95% full (95 of 100)".into()],
         };
         let table = render_table(&status, 1_002_500);
@@ -504,6 +543,10 @@ mod tests {
         );
         assert!(
             table.contains("xdp        eth0: 5000 finished in XDP, 120 passed to TC, 3 dropped\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("events     tcp_without_flow 12, snat_port_reclaimed 3\n"),
             "{table}"
         );
         assert!(

@@ -16,9 +16,10 @@ use svclb_common::{
     AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CtEntry, CtKey, FrontendStats,
     IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SockStats, SourceRangeKey, SweepItem, XdpStats,
     conntrack::{SWEEP_ENTRY, SWEEP_IF_ENDED, expired},
+    events::EVENTS,
     limits::{
-        MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOCK_STATS,
-        MAP_SOURCE_RANGES, MAP_STATS, MAP_XDP_STATS,
+        MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_EVENTS, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS,
+        MAP_SOCK_STATS, MAP_SOURCE_RANGES, MAP_STATS, MAP_XDP_STATS,
     },
     maglev::{Maglev, Weighted, identity},
 };
@@ -44,6 +45,7 @@ pub struct Maps {
     stats: Stats<FrontendStats>,
     sock_stats: Stats<SockStats>,
     xdp_stats: PerCpuHashMap<MapData, u32, XdpStats>,
+    events: Stats<u64>,
     /// The seed every Maglev table is built with (the size comes with each table).
     seed: Maglev,
 }
@@ -96,6 +98,7 @@ impl Maps {
             sock_stats: Stats::new(get(MAP_SOCK_STATS)?, MAP_SOCK_STATS)?,
             xdp_stats: PerCpuHashMap::try_from(get(MAP_XDP_STATS)?)
                 .with_context(|| format!("map {MAP_XDP_STATS}"))?,
+            events: Stats::new(get(MAP_EVENTS)?, MAP_EVENTS)?,
             seed,
         })
     }
@@ -272,9 +275,26 @@ impl Maps {
     }
 }
 
+impl Maps {
+    /// How often each datapath event happened (see `svclb_common::events`), by label, summed
+    /// over the CPUs.
+    pub fn events(&self) -> Vec<(&'static str, u64)> {
+        EVENTS
+            .iter()
+            .map(|(id, label, _)| (*label, self.events.get(*id).unwrap_or_default()))
+            .collect()
+    }
+}
+
 /// Per-CPU counters whose CPUs add up.
 trait Counters: aya::Pod + Default {
     fn plus(self, other: Self) -> Self;
+}
+
+impl Counters for u64 {
+    fn plus(self, other: Self) -> Self {
+        self.wrapping_add(other)
+    }
 }
 
 impl Counters for FrontendStats {

@@ -10,7 +10,10 @@
 //!   `svclb_frontend_socket_refused_total`: what the socket hooks did (sockets connected to a
 //!   backend, datagrams of unconnected sockets sent to one, connects and datagrams refused);
 //! - `svclb_xdp_packets_total{device, action}`: what the XDP program did with each uplink's
-//!   packets (`passed` to the stack and TC, `dropped`).
+//!   packets (`passed` to the stack and TC, `dropped`);
+//! - `svclb_datapath_events_total{event}`: what the datapath refused or gave up that belongs
+//!   to no frontend (see `svclb_common::events`: TCP segments of no flow, SNAT ports taken
+//!   from half-open flows or short, reply tuples taken, failed conntrack inserts).
 //!
 //! Each frontend series has the labels `frontend` (`10.96.0.10:80/TCP`) and `service`
 //! (`namespace/name`). A frontend id handed to a new frontend starts from zero.
@@ -209,6 +212,16 @@ impl Collector for TrafficCollector {
             for (labels, _, stats) in &read {
                 ConstCounter::new(field(stats)).encode(family.encode_family(*labels)?)?;
             }
+        }
+        let mut family = encoder.encode_descriptor(
+            "datapath_events",
+            "What the datapath refused or gave up that belongs to no frontend, by event",
+            None,
+            MetricType::Counter,
+        )?;
+        for (event, n) in maps.events() {
+            let labels = [("event", event)];
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
         let mut family = encoder.encode_descriptor(
             "xdp_packets",

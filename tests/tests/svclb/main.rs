@@ -7,6 +7,7 @@ mod common;
 mod datapath;
 mod datapath_fragments;
 mod datapath_fuzz;
+mod datapath_hostile;
 mod datapath_sweep;
 mod datapath_v6;
 mod helm_chart;
