@@ -13,14 +13,19 @@ pub const EV_SNAT_PORTS_EXHAUSTED: u32 = 2;
 /// A new flow's reply tuple was another live flow's (one client port, two frontends, one
 /// backend): the new flow was SNATed to this node instead, so both get their replies right.
 pub const EV_REPLY_TUPLE_TAKEN: u32 = 3;
-/// A conntrack insert failed: the flow's packet was dropped.
-pub const EV_CT_INSERT_FAILED: u32 = 4;
+/// An unconnected socket sent a datagram to more backends than its storage keeps
+/// (`socket::SOCK_PEERS`): the oldest was let go, and a late reply from it shows the
+/// backend's address.
+pub const EV_SOCK_PEER_DROPPED: u32 = 4;
+/// An unconnected socket's storage could not be made: its replies show the backend's
+/// address.
+pub const EV_SOCK_PEERS_FAILED: u32 = 5;
 
 /// Slots of the array: room for events to come without a new layout.
 pub const EVENTS_MAX: usize = 32;
 
 /// Every event with its metric label and what it means, for the agent.
-pub const EVENTS: [(u32, &str, &str); 5] = [
+pub const EVENTS: [(u32, &str, &str); 6] = [
     (
         EV_TCP_WITHOUT_FLOW,
         "tcp_without_flow",
@@ -42,15 +47,50 @@ pub const EVENTS: [(u32, &str, &str); 5] = [
         "new flows SNATed because their reply tuple was another live flow's",
     ),
     (
-        EV_CT_INSERT_FAILED,
-        "conntrack_insert_failed",
-        "conntrack inserts that failed (the packet was dropped)",
+        EV_SOCK_PEER_DROPPED,
+        "socket_peer_dropped",
+        "backends an unconnected socket sent to that its storage let go for a newer one",
+    ),
+    (
+        EV_SOCK_PEERS_FAILED,
+        "socket_peers_failed",
+        "unconnected sockets whose storage of peers could not be made",
     ),
 ];
+
+/// The flow maps the datapath fills are LRU hashes: when one is full, an insert evicts the
+/// least recently used entry, silently. So each has its bookkeeping in this array, four
+/// counters from its base ([`LRU_MAPS`]): entries the datapath inserted (new keys only),
+/// deleted, failed to insert, and entries the agent deleted (a slot the agent alone
+/// writes). What the map lost to eviction is then what went in, less what was deleted and
+/// what it holds now (which the agent counts by walking it).
+pub const LRU_INSERTED: u32 = 0;
+pub const LRU_DELETED: u32 = 1;
+pub const LRU_FAILED: u32 = 2;
+pub const LRU_AGENT_DELETED: u32 = 3;
+pub const LRU_CT: u32 = 8;
+pub const LRU_AFFINITY: u32 = 12;
+pub const LRU_FRAGS: u32 = 16;
+pub const LRU_SOCK_REVERSE: u32 = 20;
+
+/// Each LRU map's bookkeeping base, by map name.
+pub const LRU_MAPS: [(u32, &str); 4] = [
+    (LRU_CT, crate::limits::MAP_CT),
+    (LRU_AFFINITY, crate::limits::MAP_AFFINITY),
+    (LRU_FRAGS, crate::limits::MAP_FRAGS),
+    (LRU_SOCK_REVERSE, crate::limits::MAP_SOCK_REVERSE),
+];
+
 const _: () = {
     let mut i = 0;
     while i < EVENTS.len() {
-        assert!(EVENTS[i].0 as usize == i && i < EVENTS_MAX);
+        assert!(EVENTS[i].0 as usize == i && (EVENTS[i].0 as usize) < LRU_CT as usize);
         i += 1;
+    }
+    let mut m = 0;
+    while m < LRU_MAPS.len() {
+        assert!(LRU_MAPS[m].0 as usize + 4 <= EVENTS_MAX);
+        assert!(m == 0 || LRU_MAPS[m].0 >= LRU_MAPS[m - 1].0 + 4);
+        m += 1;
     }
 };

@@ -35,5 +35,5 @@ pub use conntrack::{
 };
 pub use fragment::{FragKey, FragValue};
 pub use service::{ServiceKey, ServiceValue, SourceRangeKey};
-pub use socket::{SockRevKey, SockRevValue, SockStats};
+pub use socket::{SockPeer, SockPeers, SockRevKey, SockRevValue, SockStats};
 pub use stats::{FrontendStats, XdpStats};

@@ -1,7 +1,11 @@
 //! Socket-level load balancing: the cgroup hooks' maps. `connect`/`sendmsg` rewrite a socket's
-//! destination from a frontend to a backend and record the pair in `SVCLB_SOCK_REVERSE`, under
-//! the socket's cookie; `recvmsg`/`getpeername` read it back to show the frontend's address,
-//! and `sock_release` deletes it. Their settings are in [`crate::config`].
+//! destination from a frontend to a backend and record the pair; `recvmsg`/`getpeername` read
+//! it back to show the frontend's address. A connected socket's pair is in
+//! `SVCLB_SOCK_REVERSE`, under the socket's cookie, where the agent finds the sockets of a
+//! departed backend, and `sock_release` deletes it. An unconnected socket's pairs (one per
+//! backend its datagrams went to) are in the socket's own storage (`SVCLB_SOCK_PEERS`), which
+//! goes with the socket: they take no room in a shared map, so no pod can crowd out another
+//! pod's. Their settings are in [`crate::config`].
 
 use crate::addr::L3Addr;
 
@@ -19,8 +23,6 @@ const _: () = assert!(size_of::<SockRevKey>() == 32);
 
 /// `SockRevValue::kind`: the socket was connected to the backend (`connect`).
 pub const REV_CONNECTED: u8 = 1;
-/// `SockRevValue::kind`: a datagram of an unconnected socket was sent to it (`sendmsg`).
-pub const REV_DATAGRAM: u8 = 2;
 
 /// Value of `SVCLB_SOCK_REVERSE`: the frontend the socket asked for.
 #[repr(C)]
@@ -29,7 +31,8 @@ pub struct SockRevValue {
     pub addr: L3Addr,
     pub port_be: u16,
     pub family: u8,
-    /// [`REV_CONNECTED`] or [`REV_DATAGRAM`]: how the socket was sent to the backend.
+    /// [`REV_CONNECTED`]: how the socket was sent to the backend (the only way there is now;
+    /// an unconnected socket's pairs are in [`SockPeers`]).
     pub kind: u8,
     /// The frontend's id, and the backend's: what the agent needs to find the sockets of a
     /// departed backend.
@@ -40,6 +43,37 @@ pub struct SockRevValue {
     pub netns: u64,
 }
 const _: () = assert!(size_of::<SockRevValue>() == 40);
+
+/// Backends one unconnected socket's datagrams were sent to that [`SockPeers`] keeps: the
+/// most recently new ones (a reply from one it no longer holds shows the backend's address).
+pub const SOCK_PEERS: usize = 16;
+const _: () = assert!(SOCK_PEERS.is_power_of_two());
+
+/// A backend an unconnected socket's datagram was sent to, and the frontend it asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockPeer {
+    pub backend: L3Addr,
+    pub front: L3Addr,
+    pub backend_port_be: u16,
+    pub front_port_be: u16,
+    /// 0 in a slot not used yet.
+    pub backend_family: u8,
+    pub front_family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<SockPeer>() == 40);
+
+/// Value of `SVCLB_SOCK_PEERS` (socket storage): an unconnected socket's peers, a ring whose
+/// next slot is `next % SOCK_PEERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockPeers {
+    pub next: u32,
+    pub _pad: u32,
+    pub peers: [SockPeer; SOCK_PEERS],
+}
+const _: () = assert!(size_of::<SockPeers>() == 8 + 40 * SOCK_PEERS);
 
 /// Value of `SVCLB_SOCK_STATS`, per CPU, indexed by frontend id.
 #[repr(C)]

@@ -1,7 +1,7 @@
 //! The conntrack map: lookups, refreshes and the two entries of a new flow.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
+    bindings::BPF_ANY,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use svclb_common::{
@@ -10,14 +10,12 @@ use svclb_common::{
         CT_F_CLOSING, CT_F_REDIRECT, CT_F_REPLY_SEEN, CT_F_SNAT, CT_F_UNREPLIED, flow_ended,
         partner, reclaimable,
     },
-    events::{
-        EV_CT_INSERT_FAILED, EV_REPLY_TUPLE_TAKEN, EV_SNAT_PORT_RECLAIMED, EV_SNAT_PORTS_EXHAUSTED,
-    },
+    events::{EV_REPLY_TUPLE_TAKEN, EV_SNAT_PORT_RECLAIMED, EV_SNAT_PORTS_EXHAUSTED, LRU_CT},
     limits::{SNAT_PORT_MAX, SNAT_PORT_MIN},
 };
 
 use crate::{
-    maps::{SVCLB_CT, event},
+    maps::{SVCLB_CT, event, lru_insert, lru_insert_new, lru_remove},
     parse::Packet,
 };
 
@@ -126,7 +124,7 @@ enum Claim {
 /// at once cannot both win.
 #[inline(always)]
 fn claim(key: &CtKey, entry: &CtEntry, forward: &CtKey, now: u64) -> Claim {
-    if SVCLB_CT.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok() {
+    if lru_insert_new(&SVCLB_CT, LRU_CT, key, entry) {
         return Claim::Won;
     }
     let Some(held) = SVCLB_CT.get_ptr(key) else {
@@ -165,10 +163,10 @@ fn take_over(key: &CtKey, entry: &CtEntry, held_created: u64, other_key: &CtKey)
         .get_ptr(other_key)
         .is_some_and(|o| unsafe { (*o).created_ns } == held_created)
     {
-        let _ = SVCLB_CT.remove(other_key);
+        lru_remove(&SVCLB_CT, LRU_CT, other_key);
     }
-    let _ = SVCLB_CT.remove(key);
-    SVCLB_CT.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok()
+    lru_remove(&SVCLB_CT, LRU_CT, key);
+    lru_insert_new(&SVCLB_CT, LRU_CT, key, entry)
 }
 
 /// Takes the reply tuple `key` over from the half-open flow [`claim`] found there, if it
@@ -176,7 +174,7 @@ fn take_over(key: &CtKey, entry: &CtEntry, held_created: u64, other_key: &CtKey)
 #[inline(always)]
 fn reclaim(key: &CtKey, entry: &CtEntry, now: u64) -> bool {
     let Some(held) = SVCLB_CT.get_ptr(key) else {
-        return SVCLB_CT.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok();
+        return lru_insert_new(&SVCLB_CT, LRU_CT, key, entry);
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let held = unsafe { &*held };
@@ -252,9 +250,8 @@ pub fn create(
 /// the reply entry goes too.
 #[inline(always)]
 fn insert_forward(key: &CtKey, entry: &CtEntry, reply_key: &CtKey) -> Result<(), i64> {
-    if let Err(err) = SVCLB_CT.insert(key, entry, u64::from(BPF_ANY)) {
-        let _ = SVCLB_CT.remove(reply_key);
-        event(EV_CT_INSERT_FAILED);
+    if let Err(err) = lru_insert(&SVCLB_CT, LRU_CT, key, entry) {
+        lru_remove(&SVCLB_CT, LRU_CT, reply_key);
         return Err(err.into());
     }
     Ok(())

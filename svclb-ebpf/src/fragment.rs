@@ -11,10 +11,13 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
     programs::TcContext,
 };
-use svclb_common::{FragKey, FragValue, L3Addr, conntrack::CT_F_REDIRECT, limits::FRAG_TIMEOUT_NS};
+use svclb_common::{
+    FragKey, FragValue, L3Addr, conntrack::CT_F_REDIRECT, events::LRU_FRAGS,
+    limits::FRAG_TIMEOUT_NS,
+};
 
 use crate::{
-    maps::SVCLB_FRAGS,
+    maps::{SVCLB_FRAGS, lru_insert},
     nat,
     parse::{IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_SADDR_OFF, Packet},
 };
@@ -75,7 +78,8 @@ pub fn record(ctx: &TcContext, pkt: &Packet, verdict: i32, now: u64) {
         _pad: [0; 6],
         created_ns: now,
     };
-    let _ = SVCLB_FRAGS.insert(&key_of(pkt), &value, 0);
+    // A failed insert is counted; the later fragments then pass untouched.
+    let _ = lru_insert(&SVCLB_FRAGS, LRU_FRAGS, &key_of(pkt), &value);
 }
 
 /// A later fragment: its datagram's translation, if the first fragment was translated (in

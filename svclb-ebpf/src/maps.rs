@@ -2,17 +2,18 @@
 //! defaults; the agent sets the real ones at load time.
 
 use aya_ebpf::{
-    bindings::BPF_F_INNER_MAP,
+    bindings::{BPF_ANY, BPF_F_INNER_MAP, BPF_NOEXIST},
     btf_maps::{
         Array, DevMapHash, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray,
+        SkStorage,
     },
     macros::btf_map,
 };
 use svclb_common::{
     AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FragKey, FragValue, FrontendStats,
-    ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue, SockStats, SourceRangeKey,
-    XdpStats,
-    events::EVENTS_MAX,
+    ServiceKey, ServiceValue, SlotKey, SockPeers, SockRevKey, SockRevValue, SockStats,
+    SourceRangeKey, XdpStats,
+    events::{EVENTS_MAX, LRU_DELETED, LRU_FAILED, LRU_INSERTED},
     limits::{
         AFFINITY_MAX, BACKENDS_MAX, CT_MAX, FRAGS_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE,
         SERVICES_MAX, SLOTS_MAX, SOCK_REVERSE_MAX, SOURCE_RANGES_MAX, STATS_MAX, XDP_PORTS_MAX,
@@ -80,6 +81,11 @@ pub fn count<T>(stats: Option<*mut T>, f: impl FnOnce(&mut T)) {
 pub static SVCLB_SOCK_REVERSE: LruHashMap<SockRevKey, SockRevValue, SOCK_REVERSE_MAX> =
     LruHashMap::new();
 
+/// An unconnected socket -> the backends its datagrams went to, with their frontends (see
+/// `svclb_common::socket`): the socket's own storage, gone with it.
+#[btf_map(pin_by_name)]
+pub static SVCLB_SOCK_PEERS: SkStorage<SockPeers> = SkStorage::new();
+
 /// Frontend id -> its socket-level counters, per CPU.
 #[btf_map(pin_by_name)]
 pub static SVCLB_SOCK_STATS: PerCpuArray<SockStats, STATS_MAX> = PerCpuArray::new();
@@ -109,6 +115,64 @@ pub fn event(event: u32) {
         unsafe { *n += 1 };
     }
 }
+
+/// Inserts `key` into an LRU flow map with its bookkeeping at `base` (an `LRU_*` map base of
+/// `svclb_common::events`): a new key is counted inserted, a key already there is
+/// overwritten (and not counted), a failure is counted failed.
+#[inline(always)]
+pub fn lru_insert<K, V, const N: usize>(
+    map: &LruHashMap<K, V, N>,
+    base: u32,
+    key: &K,
+    value: &V,
+) -> Result<(), i32> {
+    match map.insert(key, value, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            event(base + LRU_INSERTED);
+            Ok(())
+        }
+        // Another flow's (or this one's before): overwritten, which makes no new entry.
+        Err(EEXIST) => map.insert(key, value, u64::from(BPF_ANY)),
+        Err(err) => {
+            event(base + LRU_FAILED);
+            Err(err)
+        }
+    }
+}
+
+/// Inserts `key` only if it is new (`BPF_NOEXIST`), counted as [`lru_insert`] counts.
+#[inline(always)]
+pub fn lru_insert_new<K, V, const N: usize>(
+    map: &LruHashMap<K, V, N>,
+    base: u32,
+    key: &K,
+    value: &V,
+) -> bool {
+    match map.insert(key, value, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            event(base + LRU_INSERTED);
+            true
+        }
+        Err(EEXIST) => false,
+        Err(_) => {
+            event(base + LRU_FAILED);
+            false
+        }
+    }
+}
+
+/// Deletes `key` from an LRU flow map, counted in its bookkeeping at `base`.
+#[inline(always)]
+pub fn lru_remove<K, V, const N: usize>(map: &LruHashMap<K, V, N>, base: u32, key: &K) -> bool {
+    let removed = map.remove(key).is_ok();
+    if removed {
+        event(base + LRU_DELETED);
+    }
+    removed
+}
+
+/// What `bpf_map_update_elem` returns for `BPF_NOEXIST` on a key that is there.
+const EEXIST: i32 = -17;
 
 /// The datapath's settings, written by the agent.
 #[btf_map(pin_by_name)]

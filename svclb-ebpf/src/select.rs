@@ -3,17 +3,18 @@
 //! (source ranges). One implementation for every program: the TC and XDP programs select for
 //! a parsed packet, the socket hooks for a socket, both through [`Flow`].
 
-use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key, helpers::bpf_get_prandom_u32};
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_get_prandom_u32};
 use svclb_common::{
     AffinityKey, AffinityValue, Backend, CtEntry, L3Addr, ServiceKey, ServiceValue, SlotKey,
     SourceRangeKey,
+    events::LRU_AFFINITY,
     service::{SCOPE_ALL, SVC_F_MAGLEV, SVC_F_SOURCE_RANGES},
 };
 
 use crate::{
     maps::{
         SVCLB_AFFINITY, SVCLB_BACKENDS, SVCLB_MAGLEV, SVCLB_SERVICES, SVCLB_SLOTS,
-        SVCLB_SOURCE_RANGES,
+        SVCLB_SOURCE_RANGES, lru_insert,
     },
     parse::Packet,
 };
@@ -210,8 +211,9 @@ pub fn pick(svc: &ServiceValue, flow: &impl Flow, now: u64) -> Option<(u32, Back
         _pad: 0,
         last_ns: now,
     };
-    // A full LRU map evicts; a failed insert only costs affinity for this client.
-    let _ = SVCLB_AFFINITY.insert(&key, &value, u64::from(BPF_ANY));
+    // A full LRU map evicts (counted by the agent); a failed insert only costs affinity for
+    // this client (counted).
+    let _ = lru_insert(&SVCLB_AFFINITY, LRU_AFFINITY, &key, &value);
     Some((id, be))
 }
 

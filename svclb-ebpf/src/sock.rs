@@ -11,26 +11,30 @@
 //! connection times out, as it would through TC), anything not a frontend. A program error
 //! never fails a connect.
 //!
-//! `recvmsg` and `getpeername` show the frontend's address again, from `SVCLB_SOCK_REVERSE`
-//! (keyed by socket cookie and backend); `sock_release` deletes a socket's entry.
+//! `recvmsg` and `getpeername` show the frontend's address again: a connected socket's from
+//! `SVCLB_SOCK_REVERSE` (keyed by socket cookie and backend), which `sock_release` deletes
+//! from; an unconnected socket's from its own storage (`SVCLB_SOCK_PEERS`), which goes with
+//! the socket (see `svclb_common::socket`).
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, bpf_sock, bpf_sock_addr},
+    bindings::{bpf_sock, bpf_sock_addr},
     helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     programs::{SockAddrContext, SockContext},
 };
 use svclb_common::{
-    FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, L3Addr, ServiceValue, SockRevKey, SockRevValue,
+    Backend, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, L3Addr, ServiceValue, SockPeer,
+    SockPeers, SockRevKey, SockRevValue,
     config::{CFG_F_HOSTNS_ONLY, CFG_F_SOCKET_LB},
+    events::{EV_SOCK_PEER_DROPPED, EV_SOCK_PEERS_FAILED, LRU_SOCK_REVERSE},
     service::{SCOPE_INTERNAL_VIEW, SVC_F_INTERNAL_VIEW, SVC_F_REJECT, SVC_F_SOURCE_RANGES},
-    socket::{REV_CONNECTED, REV_DATAGRAM},
+    socket::{REV_CONNECTED, SOCK_PEERS},
 };
 
 use crate::{
     conntrack, maps,
-    maps::SVCLB_SOCK_REVERSE,
+    maps::{SVCLB_SOCK_PEERS, SVCLB_SOCK_REVERSE},
     select::{self, Flow},
 };
 
@@ -278,25 +282,10 @@ pub fn forward(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return DENY;
     };
-    // SAFETY: a helper taking the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    let key = rev_key(cookie, &backend.addr, backend.port_be, backend.family);
-    let value = SockRevValue {
-        addr: flow.dest.addr,
-        port_be: flow.dest.port_be,
-        family: flow.dest.family,
-        kind: match call {
-            Call::Connect => REV_CONNECTED,
-            Call::Sendmsg => REV_DATAGRAM,
-        },
-        svc_id: svc.id,
-        backend_id,
-        _pad2: 0,
-        netns,
-    };
-    // A full map evicts its least recently used entry; a failed insert only leaves this
-    // socket's peer showing as the backend.
-    let _ = SVCLB_SOCK_REVERSE.insert(&key, &value, u64::from(BPF_ANY));
+    match call {
+        Call::Connect => remember_connected(sa, &backend, backend_id, &flow.dest, svc.id, netns),
+        Call::Sendmsg => remember_datagram(ctx, &backend, &flow.dest),
+    }
     set_user_addr(sa, v6, &backend.addr, backend.family, backend.port_be);
     maps::count(stats, |c| match call {
         Call::Connect => c.connects += 1,
@@ -305,17 +294,118 @@ pub fn forward(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     ALLOW
 }
 
+/// Records in `SVCLB_SOCK_REVERSE` that a socket connected to `front` went to `backend`.
+#[inline(always)]
+fn remember_connected(
+    sa: *mut bpf_sock_addr,
+    backend: &Backend,
+    backend_id: u32,
+    front: &SockAddr,
+    svc_id: u32,
+    netns: u64,
+) {
+    // SAFETY: a helper taking the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    let key = rev_key(cookie, &backend.addr, backend.port_be, backend.family);
+    let value = SockRevValue {
+        addr: front.addr,
+        port_be: front.port_be,
+        family: front.family,
+        kind: REV_CONNECTED,
+        svc_id,
+        backend_id,
+        _pad2: 0,
+        netns,
+    };
+    // A full map evicts its least recently used entry (counted by the agent); a failed insert
+    // only leaves this socket's peer showing as the backend (counted).
+    let _ = maps::lru_insert(&SVCLB_SOCK_REVERSE, LRU_SOCK_REVERSE, &key, &value);
+}
+
+/// Records in the socket's own storage that a datagram of an unconnected socket sent to
+/// `front` went to `backend`.
+#[inline(always)]
+fn remember_datagram(ctx: &SockAddrContext, backend: &Backend, front: &SockAddr) {
+    let peers = SVCLB_SOCK_PEERS.get_or_insert_ptr_mut(ctx, None);
+    if peers.is_null() {
+        maps::event(EV_SOCK_PEERS_FAILED);
+        return;
+    }
+    // SAFETY: the socket's storage, valid until the program returns. Two threads sending on
+    // one socket at once may interleave their writes: the worst is one reply shown with the
+    // backend's address.
+    let peers = unsafe { &mut *peers };
+    let slot = match find_peer(peers, &backend.addr, backend.port_be, backend.family) {
+        Some(slot) => slot,
+        None => {
+            let slot = peers.next as usize % SOCK_PEERS;
+            peers.next = peers.next.wrapping_add(1);
+            if peers.peers[slot].backend_family != 0 {
+                maps::event(EV_SOCK_PEER_DROPPED);
+            }
+            slot
+        }
+    };
+    peers.peers[slot] = SockPeer {
+        backend: backend.addr,
+        front: front.addr,
+        backend_port_be: backend.port_be,
+        front_port_be: front.port_be,
+        backend_family: backend.family,
+        front_family: front.family,
+        _pad: [0; 2],
+    };
+}
+
+/// The slot of `peers` that holds backend `addr:port_be`.
+#[inline(always)]
+fn find_peer(peers: &SockPeers, addr: &L3Addr, port_be: u16, family: u8) -> Option<usize> {
+    (0..SOCK_PEERS).find(|&i| {
+        let peer = &peers.peers[i];
+        peer.backend_family == family && peer.backend_port_be == port_be && peer.backend == *addr
+    })
+}
+
+/// The frontend a socket asked for when the hooks sent it to `peer`: from
+/// `SVCLB_SOCK_REVERSE` if it connected, else from its own storage.
+#[inline(always)]
+fn front_of(ctx: &SockAddrContext, peer: &SockAddr) -> Option<SockAddr> {
+    // SAFETY: a helper taking the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let key = rev_key(cookie, &peer.addr, peer.port_be, peer.family);
+    if let Some(front) = SVCLB_SOCK_REVERSE.get_ptr(&key) {
+        // SAFETY: the value is copied out at once.
+        let front = unsafe { *front };
+        return Some(SockAddr {
+            addr: front.addr,
+            port_be: front.port_be,
+            family: front.family,
+            mapped: false,
+        });
+    }
+    let peers = SVCLB_SOCK_PEERS.get_ptr_mut(ctx);
+    if peers.is_null() {
+        return None;
+    }
+    // SAFETY: the socket's storage, valid until the program returns.
+    let peers = unsafe { &*peers };
+    let slot = find_peer(peers, &peer.addr, peer.port_be, peer.family)?;
+    let found = &peers.peers[slot];
+    Some(SockAddr {
+        addr: found.front,
+        port_be: found.front_port_be,
+        family: found.front_family,
+        mapped: false,
+    })
+}
+
 /// `recvmsg4/6` (a datagram's source) and `getpeername4/6`: a backend the hooks sent this
 /// socket to shows as the frontend it asked for.
 #[inline(always)]
 pub fn reverse(ctx: &SockAddrContext, v6: bool) -> i32 {
     let sa = ctx.sock_addr;
     let peer = user_addr(sa, v6);
-    // SAFETY: a helper taking the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    let key = rev_key(cookie, &peer.addr, peer.port_be, peer.family);
-    // SAFETY: the value is copied out at once.
-    if let Some(front) = SVCLB_SOCK_REVERSE.get_ptr(&key).map(|v| unsafe { *v })
+    if let Some(front) = front_of(ctx, &peer)
         && (front.family == FAMILY_V4 || !peer.mapped)
     {
         set_user_addr(sa, v6, &front.addr, front.family, front.port_be);
@@ -323,8 +413,8 @@ pub fn reverse(ctx: &SockAddrContext, v6: bool) -> i32 {
     ALLOW
 }
 
-/// `sock_release`: a socket the hooks connected to a backend takes its entry with it.
-/// (Entries of an unconnected socket's datagrams stay until the map needs the room.)
+/// `sock_release`: a socket the hooks connected to a backend takes its entry with it. (An
+/// unconnected socket's storage goes with the socket by itself.)
 #[inline(always)]
 pub fn release(ctx: &SockContext) -> i32 {
     let sk: *mut bpf_sock = ctx.sock;
@@ -354,7 +444,8 @@ pub fn release(ctx: &SockContext) -> i32 {
     };
     // SAFETY: a helper taking the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
-    let _ = SVCLB_SOCK_REVERSE.remove(&rev_key(cookie, &peer.addr, peer.port_be, peer.family));
+    let key = rev_key(cookie, &peer.addr, peer.port_be, peer.family);
+    maps::lru_remove(&SVCLB_SOCK_REVERSE, LRU_SOCK_REVERSE, &key);
     ALLOW
 }
 

@@ -9,9 +9,13 @@ use aya_ebpf::programs::TcContext;
 use svclb_common::{
     SweepItem,
     conntrack::{SWEEP_BATCH, SWEEP_ENTRY, SWEEP_HEADER, flow_ended, partner},
+    events::LRU_CT,
 };
 
-use crate::{conntrack::now_ns, maps::SVCLB_CT};
+use crate::{
+    conntrack::now_ns,
+    maps::{SVCLB_CT, lru_remove},
+};
 
 /// Runs over the items of the frame; returns how many entries went.
 pub fn run(ctx: &TcContext) -> i32 {
@@ -48,11 +52,11 @@ fn one(item: &SweepItem, now: u64) -> i32 {
         if !flow_ended(entry, other, item.key.proto, now) {
             return 0;
         }
-        if other.is_some() && SVCLB_CT.remove(&other_key).is_ok() {
+        if other.is_some() && lru_remove(&SVCLB_CT, LRU_CT, &other_key) {
             deleted += 1;
         }
     }
-    if SVCLB_CT.remove(&item.key).is_ok() {
+    if lru_remove(&SVCLB_CT, LRU_CT, &item.key) {
         deleted += 1;
     }
     deleted

@@ -4,7 +4,8 @@
 //! each sync reports, merges whatever queued while it walked, and walks once for all.
 //!
 //! The same worker sweeps the conntrack every [`SWEEP_EVERY`], and counts its entries as it
-//! walks (`svclb_conntrack_entries`: a scrape walks nothing). Flows that are over (a TCP FIN
+//! walks (`svclb_conntrack_entries`: a scrape walks nothing), then walks the other LRU flow
+//! maps to count what each lost to eviction (`svclb_map_evicted_entries_total`). Flows that are over (a TCP FIN
 //! or RST and 10 s of quiet, UDP flows idle for 60 s and TCP flows idle for 24 h, see
 //! `flow_ended`) go, both directions, so their room and SNAT ports are free again (the
 //! datapath also takes over an ended flow's SNAT port by itself when it needs one). The
@@ -88,7 +89,10 @@ impl Worker {
         match udp_sockets::destroy(&wanted) {
             Ok(destroyed) if destroyed.is_empty() => {}
             Ok(destroyed) => {
-                self.sockets.forget(&destroyed);
+                let forgotten = self.sockets.forget(&destroyed);
+                if let Err(err) = self.maps.count_socket_entries_deleted(forgotten as u64) {
+                    error!("counting the socket entries deleted: {err:#}");
+                }
                 self.metrics
                     .destroyed_sockets
                     .inc_by(destroyed.len() as u64);
@@ -109,6 +113,17 @@ impl Worker {
             Ok(swept) => {
                 self.metrics.expired_flows.inc_by(swept.removed as u64);
                 self.metrics.conntrack_entries.set(swept.left as i64);
+                for fill in self.maps.lru_fills(swept.left) {
+                    if fill.evicted() > 0 || fill.failed > 0 {
+                        debug!(
+                            map = fill.map,
+                            evicted = fill.evicted(),
+                            failed = fill.failed,
+                            "map full"
+                        );
+                    }
+                    self.metrics.set_lru(&fill);
+                }
                 debug!(
                     removed = swept.removed,
                     left = swept.left,

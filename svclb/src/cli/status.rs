@@ -11,10 +11,7 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use serde::Serialize;
-use svclb_common::{
-    http,
-    limits::{MAP_AFFINITY, MAP_CT},
-};
+use svclb_common::http;
 
 use crate::{
     entries::MapState,
@@ -60,6 +57,10 @@ pub struct MapFill {
     pub map: String,
     pub entries: usize,
     pub capacity: u32,
+    /// For an LRU flow map: entries lost to eviction, and inserts that failed, since the map
+    /// was made.
+    pub evicted: Option<u64>,
+    pub insert_failures: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -158,20 +159,24 @@ fn pinned(dir: &Path) -> Result<Pinned> {
         )
     })?;
     let state = maps.read()?;
-    let flows = [
-        (MAP_CT, maps.conntrack_len()),
-        (MAP_AFFINITY, maps.affinity_len()),
-    ];
-    let fills = state
-        .fills()
+    let planned = state.fills().into_iter().map(|(map, entries)| MapFill {
+        map: map.to_owned(),
+        entries,
+        capacity: capacity(dir, map),
+        evicted: None,
+        insert_failures: None,
+    });
+    let flows = maps
+        .lru_fills(maps.conntrack_len())
         .into_iter()
-        .chain(flows)
-        .map(|(map, entries)| MapFill {
-            map: map.to_owned(),
-            entries,
-            capacity: capacity(dir, map),
-        })
-        .collect();
+        .map(|fill| MapFill {
+            evicted: Some(fill.evicted()),
+            insert_failures: Some(fill.failed),
+            map: fill.map,
+            entries: fill.entries,
+            capacity: fill.capacity,
+        });
+    let fills = planned.chain(flows).collect();
     let xdp = maps
         .xdp_stats()
         .into_iter()
@@ -307,6 +312,12 @@ fn warnings(
                 fill.map, fill.entries, fill.capacity
             ));
         }
+        if let Some(evicted) = fill.evicted.filter(|n| *n > 0) {
+            warnings.push(format!(
+                "map {} lost {evicted} entries to eviction: it is too small for this node's flows",
+                fill.map
+            ));
+        }
     }
     if links.is_empty() {
         warnings.push("no pinned links: the datapath is not attached".to_owned());
@@ -430,14 +441,17 @@ pub fn render_table(status: &Status, now_ms: u64) -> String {
             link.hook, link.link_id, link.program_id
         ));
     }
-    out.push_str("\nMAP                  ENTRIES  CAPACITY   FILL\n");
+    out.push_str("\nMAP                  ENTRIES  CAPACITY   FILL  EVICTED  FAILED\n");
     for fill in &status.maps {
+        let count = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
         out.push_str(&format!(
-            "{:<19}  {:>7}  {:>8}  {:>4.0}%\n",
+            "{:<19}  {:>7}  {:>8}  {:>4.0}%  {:>7}  {:>6}\n",
             fill.map,
             fill.entries,
             fill.capacity,
-            percent(fill.entries, fill.capacity)
+            percent(fill.entries, fill.capacity),
+            count(fill.evicted),
+            count(fill.insert_failures)
         ));
     }
     if status.warnings.is_empty() {
@@ -502,11 +516,22 @@ mod tests {
             backends: 3,
             frontends_ipv6: 0,
             backends_ipv6: 0,
-            maps: vec![MapFill {
-                map: "SVCLB_SERVICES".into(),
-                entries: 2,
-                capacity: 4,
-            }],
+            maps: vec![
+                MapFill {
+                    map: "SVCLB_SERVICES".into(),
+                    entries: 2,
+                    capacity: 4,
+                    evicted: None,
+                    insert_failures: None,
+                },
+                MapFill {
+                    map: "SVCLB_CT".into(),
+                    entries: 1024,
+                    capacity: 1024,
+                    evicted: Some(4976),
+                    insert_failures: Some(0),
+                },
+            ],
             xdp: vec![UplinkXdp {
                 device: "eth0".into(),
                 ifindex: 2,
@@ -534,7 +559,11 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("SVCLB_SERVICES             2         4    50%"),
+            table.contains("SVCLB_SERVICES             2         4    50%        -       -\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("SVCLB_CT                1024      1024   100%     4976       0\n"),
             "{table}"
         );
         assert!(

@@ -7,19 +7,23 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, HashOfMaps, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap,
-        PerCpuValues, lpm_trie::Key,
+        Array, HashMap, HashOfMaps, IterableMap as _, LpmTrie, Map, MapData, PerCpuArray,
+        PerCpuHashMap, PerCpuValues, lpm_trie::Key,
     },
 };
 use ipnet::IpNet;
 use svclb_common::{
-    AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CtEntry, CtKey, FrontendStats,
-    IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SockStats, SourceRangeKey, SweepItem, XdpStats,
+    AffinityKey, AffinityValue, Backend, CT_DIR_FORWARD, CtEntry, CtKey, FragKey, FragValue,
+    FrontendStats, IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue,
+    SockStats, SourceRangeKey, SweepItem, XdpStats,
     conntrack::{SWEEP_ENTRY, SWEEP_IF_ENDED, expired},
-    events::EVENTS,
+    events::{
+        EVENTS, LRU_AFFINITY, LRU_AGENT_DELETED, LRU_CT, LRU_DELETED, LRU_FAILED, LRU_FRAGS,
+        LRU_INSERTED, LRU_SOCK_REVERSE,
+    },
     limits::{
-        MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_EVENTS, MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS,
-        MAP_SOCK_STATS, MAP_SOURCE_RANGES, MAP_STATS, MAP_XDP_STATS,
+        MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_EVENTS, MAP_FRAGS, MAP_MAGLEV, MAP_SERVICES,
+        MAP_SLOTS, MAP_SOCK_REVERSE, MAP_SOCK_STATS, MAP_SOURCE_RANGES, MAP_STATS, MAP_XDP_STATS,
     },
     maglev::{Maglev, Weighted, identity},
 };
@@ -45,6 +49,9 @@ pub struct Maps {
     stats: Stats<FrontendStats>,
     sock_stats: Stats<SockStats>,
     xdp_stats: PerCpuHashMap<MapData, u32, XdpStats>,
+    fragments: HashMap<MapData, FragKey, FragValue>,
+    sock_reverse: HashMap<MapData, SockRevKey, SockRevValue>,
+    /// Datapath events and the LRU maps' bookkeeping (see `svclb_common::events`).
     events: Stats<u64>,
     /// The seed every Maglev table is built with (the size comes with each table).
     seed: Maglev,
@@ -98,6 +105,8 @@ impl Maps {
             sock_stats: Stats::new(get(MAP_SOCK_STATS)?, MAP_SOCK_STATS)?,
             xdp_stats: PerCpuHashMap::try_from(get(MAP_XDP_STATS)?)
                 .with_context(|| format!("map {MAP_XDP_STATS}"))?,
+            fragments: hash(get(MAP_FRAGS)?, MAP_FRAGS)?,
+            sock_reverse: hash(get(MAP_SOCK_REVERSE)?, MAP_SOCK_REVERSE)?,
             events: Stats::new(get(MAP_EVENTS)?, MAP_EVENTS)?,
             seed,
         })
@@ -214,6 +223,8 @@ impl Maps {
         for key in affinities {
             purged.affinities += usize::from(self.affinity.remove(&key).is_ok());
         }
+        self.events
+            .add(LRU_AFFINITY + LRU_AGENT_DELETED, purged.affinities as u64)?;
         Ok(purged)
     }
 
@@ -276,6 +287,42 @@ impl Maps {
 }
 
 impl Maps {
+    /// The LRU flow maps' fill and bookkeeping, the conntrack's fill being
+    /// `conntrack_entries` (its sweep counts them); the others are walked here.
+    pub fn lru_fills(&self, conntrack_entries: usize) -> Vec<LruFill> {
+        let affinity = self.affinity_len();
+        let fragments = self.fragments.keys().filter(Result::is_ok).count();
+        let sockets = self.sock_reverse.keys().filter(Result::is_ok).count();
+        vec![
+            self.lru_fill(LRU_CT, MAP_CT, conntrack_entries, self.conntrack.map()),
+            self.lru_fill(LRU_AFFINITY, MAP_AFFINITY, affinity, self.affinity.map()),
+            self.lru_fill(LRU_FRAGS, MAP_FRAGS, fragments, self.fragments.map()),
+            self.lru_fill(
+                LRU_SOCK_REVERSE,
+                MAP_SOCK_REVERSE,
+                sockets,
+                self.sock_reverse.map(),
+            ),
+        ]
+    }
+
+    fn lru_fill(&self, base: u32, map: &str, entries: usize, data: &MapData) -> LruFill {
+        let count = |which: u32| self.events.get(base + which).unwrap_or_default();
+        LruFill {
+            map: map.to_owned(),
+            entries,
+            capacity: data.info().map_or(0, |info| info.max_entries()),
+            inserted: count(LRU_INSERTED),
+            deleted: count(LRU_DELETED) + count(LRU_AGENT_DELETED),
+            failed: count(LRU_FAILED),
+        }
+    }
+
+    /// Counts `n` entries the agent deleted from the socket reverse map.
+    pub fn count_socket_entries_deleted(&mut self, n: u64) -> Result<()> {
+        self.events.add(LRU_SOCK_REVERSE + LRU_AGENT_DELETED, n)
+    }
+
     /// How often each datapath event happened (see `svclb_common::events`), by label, summed
     /// over the CPUs.
     pub fn events(&self) -> Vec<(&'static str, u64)> {
@@ -283,6 +330,32 @@ impl Maps {
             .iter()
             .map(|(id, label, _)| (*label, self.events.get(*id).unwrap_or_default()))
             .collect()
+    }
+}
+
+/// An LRU flow map's fill, and what went through it since the map was made (see
+/// `svclb_common::events`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LruFill {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: u32,
+    /// New entries the datapath made.
+    pub inserted: u64,
+    /// Entries the datapath or the agent deleted.
+    pub deleted: u64,
+    /// Inserts that failed.
+    pub failed: u64,
+}
+
+impl LruFill {
+    /// Entries the map lost to eviction: what went in, less what was deleted and what it
+    /// holds. The counters and the walk are not one snapshot, so this lags the truth by the
+    /// entries made during the walk, and is read as a running maximum.
+    pub fn evicted(&self) -> u64 {
+        self.inserted
+            .saturating_sub(self.deleted)
+            .saturating_sub(self.entries as u64)
     }
 }
 
@@ -343,6 +416,22 @@ impl<T: Counters> Stats<T> {
             Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+}
+
+impl Stats<u64> {
+    /// Adds `n` to counter `id` (on the first CPU's slot): for counters only the agent writes,
+    /// so nothing else changes them between the read and the write.
+    fn add(&mut self, id: u32, n: u64) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let mut values: Vec<u64> = self.map.get(&id, 0)?.iter().copied().collect();
+        if let Some(first) = values.first_mut() {
+            *first = first.wrapping_add(n);
+        }
+        self.map.set(id, PerCpuValues::try_from(values)?, 0)?;
+        Ok(())
     }
 }
 

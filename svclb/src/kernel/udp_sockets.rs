@@ -63,17 +63,17 @@ impl Reverse {
     }
 
     /// Deletes the entries of `cookies` (sockets destroyed: their `sock_release` finds no
-    /// destination to delete by any more).
-    pub fn forget(&mut self, cookies: &BTreeSet<u64>) {
+    /// destination to delete by any more); how many went.
+    pub fn forget(&mut self, cookies: &BTreeSet<u64>) -> usize {
         let keys: Vec<SockRevKey> = self
             .map
             .keys()
             .flatten()
             .filter(|key| cookies.contains(&key.cookie))
             .collect();
-        for key in keys {
-            let _ = self.map.remove(&key);
-        }
+        keys.iter()
+            .filter(|key| self.map.remove(key).is_ok())
+            .count()
     }
 }
 

@@ -16,6 +16,7 @@ use prometheus_client::{
 };
 
 use super::{report::AgentStatus, traffic::TrafficCollector};
+use crate::kernel::maps::LruFill;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
@@ -70,6 +71,8 @@ pub struct Metrics {
     pub bpffs_private: Gauge,
     pub map_entries: Family<MapLabel, Gauge>,
     pub map_capacity: Family<MapLabel, Gauge>,
+    map_evicted: Family<MapLabel, Counter>,
+    map_insert_failures: Family<MapLabel, Counter>,
     errors: ErrorCounters,
     pub ready: AtomicBool,
     /// What `/status` answers (`svclb status` reads it).
@@ -99,6 +102,8 @@ impl Metrics {
             bpffs_private: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
+            map_evicted: Family::default(),
+            map_insert_failures: Family::default(),
             errors,
             ready: AtomicBool::new(false),
             status: std::sync::Mutex::default(),
@@ -214,6 +219,37 @@ impl Metrics {
         ];
         for (name, help, family) in families {
             registry.register(name, help, family.clone());
+        }
+        let families: [(&str, &str, &Family<MapLabel, Counter>); 2] = [
+            (
+                "map_evicted_entries",
+                "Entries each LRU flow map (conntrack, affinity, fragments, socket reverse) lost to eviction because it was full, counted at each conntrack sweep",
+                &self.map_evicted,
+            ),
+            (
+                "map_insert_failures",
+                "Inserts into each LRU flow map that failed",
+                &self.map_insert_failures,
+            ),
+        ];
+        for (name, help, family) in families {
+            registry.register(name, help, family.clone());
+        }
+    }
+
+    /// An LRU flow map's fill, and its evictions and failed inserts as counted since the map
+    /// was made (each counter is raised to what was counted: never lowered).
+    pub fn set_lru(&self, fill: &LruFill) {
+        self.set_map(&fill.map, fill.entries, fill.capacity as usize);
+        let label = MapLabel {
+            map: fill.map.clone(),
+        };
+        for (family, value) in [
+            (&self.map_evicted, fill.evicted()),
+            (&self.map_insert_failures, fill.failed),
+        ] {
+            let counter = family.get_or_create(&label);
+            counter.inc_by(value.saturating_sub(counter.get()));
         }
     }
 

@@ -6,6 +6,7 @@
 mod common;
 mod datapath;
 mod datapath_fragments;
+mod datapath_full_maps;
 mod datapath_fuzz;
 mod datapath_hostile;
 mod datapath_sweep;
