@@ -20,12 +20,15 @@ pub const EV_SOCK_PEER_DROPPED: u32 = 4;
 /// An unconnected socket's storage could not be made: its replies show the backend's
 /// address.
 pub const EV_SOCK_PEERS_FAILED: u32 = 5;
+/// A RST or ICMP unreachable not sent: its source had its share of answers (100 a second
+/// after a burst of 200), so a spoofed flood cannot turn this node against its victim.
+pub const EV_ANSWERS_LIMITED: u32 = 6;
 
 /// Slots of the array: room for events to come without a new layout.
 pub const EVENTS_MAX: usize = 32;
 
 /// Every event with its metric label and what it means, for the agent.
-pub const EVENTS: [(u32, &str, &str); 6] = [
+pub const EVENTS: [(u32, &str, &str); 7] = [
     (
         EV_TCP_WITHOUT_FLOW,
         "tcp_without_flow",
@@ -55,6 +58,11 @@ pub const EVENTS: [(u32, &str, &str); 6] = [
         EV_SOCK_PEERS_FAILED,
         "socket_peers_failed",
         "unconnected sockets whose storage of peers could not be made",
+    ),
+    (
+        EV_ANSWERS_LIMITED,
+        "answers_limited",
+        "RSTs and ICMP unreachables not sent because their source had its share (dropped instead)",
     ),
 ];
 

@@ -361,9 +361,15 @@ fn parse_v6(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()
     let mut frag_id = 0;
     for _ in 0..IPV6_MAX_EXT {
         if next == NEXTHDR_HOP || next == NEXTHDR_ROUTING || next == NEXTHDR_DEST {
-            let ext = ptr_at::<[u8; 2]>(start, end, l4_off)?;
+            let ext = ptr_at::<[u8; 4]>(start, end, l4_off)?;
             // SAFETY: bounds checked by ptr_at.
             let ext = unsafe { &*ext };
+            // A routing header with segments left: the destination is a waypoint, not the
+            // packet's final one, and this node only one hop of its route (RFC 8200 4.4).
+            // Not ours to translate.
+            if next == NEXTHDR_ROUTING && ext[3] != 0 {
+                return None;
+            }
             next = ext[0];
             l4_off += (usize::from(ext[1]) + 1) * 8;
         } else if next == NEXTHDR_FRAGMENT {

@@ -6,19 +6,25 @@
 //! quoting the IPv6 header and the first 8 bytes of the datagram.
 //!
 //! Only packets without IP options (IHL 5) or IPv6 extension headers are answered; others are
-//! dropped. Checksums are computed afresh over the new headers.
+//! dropped. Checksums are computed afresh over the new headers. Each source gets at most 100
+//! answers a second after a burst of 200 (see [`answer_allowed`]); the rest are dropped and
+//! counted.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
-    btf_maps::PerCpuArray,
+    bindings::{BPF_ANY, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    btf_maps::{LruHashMap, PerCpuArray},
     helpers::{bpf_csum_diff, bpf_redirect},
     macros::btf_map,
     programs::TcContext,
 };
-use svclb_common::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, addr::v4_octets};
+use svclb_common::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, L3Addr, addr::v4_octets, events::EV_ANSWERS_LIMITED,
+};
 
 use crate::{
+    conntrack::now_ns,
     icmp::{ICMP_DEST_UNREACH, ICMP_HLEN, ICMPV6_DEST_UNREACH},
+    maps::event,
     parse::{ETH_HLEN, IP_HLEN, IPV6_HLEN, Packet, TCP_FLAG_ACK},
 };
 
@@ -115,11 +121,43 @@ fn status(result: Result<(), i64>) -> i64 {
     }
 }
 
-/// Answers the packet (see the module docs); the verdict to return. A BPF subprogram of its
-/// own, so its buffers do not add to the caller's stack frame.
+/// Answers the packet (see the module docs), unless its source had its share of answers; the
+/// verdict to return. A BPF subprogram of its own, so its buffers do not add to the caller's
+/// stack frame.
 #[inline(never)]
 pub fn reject(ctx: &TcContext, pkt: &Packet) -> i32 {
+    if !answer_allowed(&pkt.saddr, now_ns()) {
+        event(EV_ANSWERS_LIMITED);
+        return TC_ACT_SHOT;
+    }
     answer(ctx, pkt).unwrap_or(TC_ACT_SHOT)
+}
+
+/// Answers one source gets: a burst of [`ANSWER_BURST`], then one every
+/// [`ANSWER_INTERVAL_NS`] (100 a second). Without a limit, SYNs spoofed from a victim's
+/// address would make this node send the victim an answer for each.
+const ANSWER_INTERVAL_NS: u64 = 10_000_000;
+const ANSWER_BURST: u64 = 200;
+
+/// Source -> when its next answer is due, in the generic cell rate algorithm: a source
+/// within its burst is answered, and its due time moves on by one interval. A source not
+/// seen for a while starts afresh (the least recently seen go first when full).
+#[btf_map]
+static SVCLB_ANSWER_RATES: LruHashMap<L3Addr, u64, 65_536> = LruHashMap::new();
+
+#[inline(always)]
+fn answer_allowed(saddr: &L3Addr, now: u64) -> bool {
+    let due = match SVCLB_ANSWER_RATES.get_ptr_mut(saddr) {
+        // SAFETY: a map value found in this run; a racing CPU can only store another time.
+        Some(due) => unsafe { *due },
+        None => now,
+    };
+    let due = if due < now { now } else { due };
+    if due - now >= ANSWER_INTERVAL_NS * ANSWER_BURST {
+        return false;
+    }
+    let _ = SVCLB_ANSWER_RATES.insert(saddr, &(due + ANSWER_INTERVAL_NS), u64::from(BPF_ANY));
+    true
 }
 
 const RST4_LEN: usize = ETH_HLEN + IP_HLEN + TCP_HLEN;

@@ -20,6 +20,8 @@ pub enum Ext {
     Options(u8),
     /// A fragment header: offset in 8-byte units, more fragments, identification.
     Fragment { offset: u16, more: bool, id: u32 },
+    /// A routing header (type 4, segment routing), 8 bytes, with this many segments left.
+    Routing { segments_left: u8 },
 }
 
 /// Everything that defines an IPv6 test packet.
@@ -114,9 +116,13 @@ impl Packet6 {
             let next = match self.ext.get(i + 1) {
                 Some(Ext::Options(kind)) => *kind,
                 Some(Ext::Fragment { .. }) => NEXTHDR_FRAGMENT,
+                Some(Ext::Routing { .. }) => NEXTHDR_ROUTING,
                 None => self.protocol(),
             };
             match ext {
+                Ext::Routing { segments_left } => {
+                    exts.extend_from_slice(&[next, 0, 4, *segments_left, 0, 0, 0, 0]);
+                }
                 // PadN of 4 bytes fills the 8.
                 Ext::Options(_) => exts.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]),
                 Ext::Fragment { offset, more, id } => {
@@ -130,6 +136,7 @@ impl Packet6 {
         let first = match self.ext.first() {
             Some(Ext::Options(kind)) => *kind,
             Some(Ext::Fragment { .. }) => NEXTHDR_FRAGMENT,
+            Some(Ext::Routing { .. }) => NEXTHDR_ROUTING,
             None => self.protocol(),
         };
         let mut frame = ethernet();

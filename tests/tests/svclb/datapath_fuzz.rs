@@ -313,6 +313,7 @@ fn spec6() -> impl Strategy<Value = Packet6> {
     let ext = prop_oneof![
         Just(Ext::Options(NEXTHDR_HOP)),
         Just(Ext::Options(NEXTHDR_DEST)),
+        any::<u8>().prop_map(|segments_left| Ext::Routing { segments_left }),
         (0u16..4, any::<bool>(), any::<u32>()).prop_map(|(offset, more, id)| Ext::Fragment {
             offset,
             more,
@@ -402,6 +403,30 @@ fn ipv6(frame: &[u8]) -> Option<(usize, u8, bool)> {
     (at <= end).then_some((at, next, fragment))
 }
 
+/// Whether the frame carries a routing header with segments left (before its L4 header): its
+/// destination is a waypoint, which the datapath must not translate.
+fn routed_through6(frame: &[u8]) -> bool {
+    if frame.len() < 54 || frame[12..14] != [0x86, 0xdd] {
+        return false;
+    }
+    let (mut next, mut at) = (frame[20], 54);
+    while matches!(next, 0 | 43 | 44 | 60) {
+        let Some(header) = frame.get(at..at + 8) else {
+            return false;
+        };
+        if next == 43 && header[3] != 0 {
+            return true;
+        }
+        at += if next == 44 {
+            8
+        } else {
+            (usize::from(header[1]) + 1) * 8
+        };
+        next = header[0];
+    }
+    false
+}
+
 fn may_be_service_traffic6(frame: &[u8]) -> bool {
     if frame.len() < 54 || frame[12..14] != [0x86, 0xdd] {
         return false;
@@ -440,7 +465,7 @@ fn check6(input: &[u8], verdict: u32, output: &[u8]) -> Result<(), TestCaseError
         [TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT].contains(&verdict),
         "verdict {verdict}"
     );
-    if !may_be_service_traffic6(input) {
+    if !may_be_service_traffic6(input) || routed_through6(input) {
         prop_assert_eq!(verdict, TC_ACT_OK, "other traffic passes");
         prop_assert_eq!(output, input, "other traffic leaves untouched");
         return Ok(());

@@ -4,7 +4,7 @@
 //! reaching two frontends that share a backend. IPv6 takes the same code (one datapath path
 //! for both families).
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Instant};
 
 use crate::common::{
     datapath::Datapath,
@@ -309,4 +309,44 @@ fn one_client_port_to_two_frontends_of_one_backend_keeps_both_flows_apart() -> R
         );
         Ok(())
     })
+}
+
+/// SYNs from one (spoofed) source to a frontend without endpoints: the first 200 get a RST
+/// at once, then 100 a second; the rest are dropped and counted, so the node cannot be
+/// turned against the address the SYNs claim. Another source is still answered.
+#[test]
+#[ignore = "needs root"]
+fn answers_to_one_source_are_rate_limited() -> Result<()> {
+    require_root()?;
+    let empty = Ipv4Addr::new(10, 96, 0, 30);
+    let victim = Ipv4Addr::new(100, 64, 0, 1);
+    let mut dp = Datapath::load("answers")?;
+    dp.program_services(&[(empty, 80, Protocol::Tcp, &[])]);
+    let started = Instant::now();
+    let mut answered = 0u64;
+    for i in 0..1_000u16 {
+        let syn = PacketSpec::tcp((victim, 1_024 + i), (empty, 80), TCP_SYN).build();
+        match dp.run(&syn)?.0 {
+            TC_ACT_REDIRECT => answered += 1,
+            verdict => assert_eq!(
+                verdict, TC_ACT_SHOT,
+                "SYN {i}: neither answered nor dropped"
+            ),
+        }
+    }
+    // The refill while the loop ran, and one for the clock's rounding.
+    let refilled = started.elapsed().as_millis() as u64 / 10 + 1;
+    ensure!(
+        (200..=200 + refilled).contains(&answered),
+        "{answered} of 1,000 SYNs answered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(event(&mut dp, "answers_limited"), 1_000 - answered);
+    let other = PacketSpec::tcp((ADDRS.client.0, 40_000), (empty, 80), TCP_SYN).build();
+    assert_eq!(
+        dp.run(&other)?.0,
+        TC_ACT_REDIRECT,
+        "another source is answered"
+    );
+    Ok(())
 }

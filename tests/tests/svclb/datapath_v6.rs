@@ -18,7 +18,7 @@ use crate::common::{
 use anyhow::Result;
 use svclb_tests::{
     packet::{L4, TCP_SYN},
-    packet6::{Ext, NEXTHDR_DEST, NEXTHDR_HOP, NEXTHDR_ROUTING, Packet6},
+    packet6::{Ext, NEXTHDR_DEST, NEXTHDR_HOP, Packet6},
     require_root,
 };
 
@@ -83,10 +83,16 @@ fn ipv6_extension_headers_and_fragments_are_translated() -> Result<()> {
     let with_options = Packet6 {
         ext: vec![
             Ext::Options(NEXTHDR_HOP),
-            Ext::Options(NEXTHDR_ROUTING),
+            Ext::Routing { segments_left: 0 },
             Ext::Options(NEXTHDR_DEST),
         ],
         sport: 40_002,
+        ..Packet6::tcp(CLIENT, (VIP, 80), TCP_SYN)
+    };
+    // With segments left, the frontend's address is only a waypoint of the packet's route.
+    let waypoint = Packet6 {
+        ext: vec![Ext::Routing { segments_left: 1 }],
+        sport: 40_006,
         ..Packet6::tcp(CLIENT, (VIP, 80), TCP_SYN)
     };
     let first_fragment = Packet6 {
@@ -124,10 +130,14 @@ fn ipv6_extension_headers_and_fragments_are_translated() -> Result<()> {
     };
     let cases = [
         Case::new(
-            "hop-by-hop, routing and destination-options headers are walked to find the ports",
+            "hop-by-hop, routing (no segments left) and destination-options headers are walked to find the ports",
             with_options.build(),
             TC_ACT_OK,
             Expect::Frame(with_options.clone().with_dst(BACKEND.0, BACKEND.1)),
+        ),
+        Case::passes(
+            "a routing header with segments left: the frontend is a waypoint, not translated",
+            waypoint.build(),
         ),
         Case::new(
             "a first fragment (offset 0) is translated",
