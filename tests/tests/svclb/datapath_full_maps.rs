@@ -82,6 +82,7 @@ fn fill(dp: &mut Datapath, map: &str) -> Result<LruFill> {
 /// The books balance: every entry made is held, deleted or evicted, and a map filled `n`
 /// times past its size lost at least the excess.
 fn check(fill: &LruFill, inserted: u64) -> Result<()> {
+    eprintln!("{fill:?}: {} evicted", fill.evicted());
     ensure!(fill.inserted == inserted, "{fill:?}: {inserted} inserted");
     ensure!(fill.failed == 0, "{fill:?}: no insert fails");
     ensure!(

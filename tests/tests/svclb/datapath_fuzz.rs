@@ -20,7 +20,7 @@ use proptest::{prelude::*, test_runner::TestCaseError};
 use svclb::plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope};
 use svclb_tests::{
     family::TestPacket,
-    packet::{L4, PacketSpec, checksum, verify_checksums},
+    packet::{L4, PacketSpec, TCP_SYN, checksum, verify_checksums},
     packet6::{Ext, NEXTHDR_DEST, NEXTHDR_HOP, Packet6, l4_checksum_ok},
     require_root,
 };
@@ -53,7 +53,7 @@ fn spec() -> impl Strategy<Value = PacketSpec> {
     ];
     let port = prop_oneof![Just(80u16), Just(53), Just(8080), any::<u16>()];
     let l4 = prop_oneof![
-        any::<u8>().prop_map(|flags| L4::Tcp { flags }),
+        tcp_flags().prop_map(|flags| L4::Tcp { flags }),
         any::<bool>().prop_map(|zero_checksum| L4::Udp { zero_checksum }),
     ];
     (
@@ -298,6 +298,12 @@ fn loaded6() -> Result<Datapath> {
     Ok(dp)
 }
 
+/// TCP flags: any, and half the time a SYN alone, the one segment that opens a flow (so
+/// enough frames make flows for the rewrite invariants to bite on).
+fn tcp_flags() -> impl Strategy<Value = u8> {
+    prop_oneof![Just(TCP_SYN), any::<u8>()]
+}
+
 /// A well-formed IPv6 frame with random fields and extension headers.
 fn spec6() -> impl Strategy<Value = Packet6> {
     let addr = prop_oneof![
@@ -307,7 +313,7 @@ fn spec6() -> impl Strategy<Value = Packet6> {
     ];
     let port = prop_oneof![Just(80u16), Just(53), Just(8080), any::<u16>()];
     let l4 = prop_oneof![
-        any::<u8>().prop_map(|flags| L4::Tcp { flags }),
+        tcp_flags().prop_map(|flags| L4::Tcp { flags }),
         any::<bool>().prop_map(|zero_checksum| L4::Udp { zero_checksum }),
     ];
     let ext = prop_oneof![

@@ -229,6 +229,11 @@ fn a_syn_flood_from_spoofed_sources_leaves_room_for_real_clients() -> Result<()>
                 &PacketSpec::tcp(*client, NODE_PORT, TCP_ACK),
             )?;
         }
+        eprintln!(
+            "flood: {} entries, {exhausted} SYNs found no port; real clients: {} ports reclaimed",
+            flood.len(),
+            event(dp, "snat_port_reclaimed")
+        );
         ensure!(
             event(dp, "snat_port_reclaimed") > 0,
             "no real client took a half-open flow's port"
@@ -334,6 +339,10 @@ fn answers_to_one_source_are_rate_limited() -> Result<()> {
             ),
         }
     }
+    eprintln!(
+        "{answered} of 1,000 SYNs answered in {:?}",
+        started.elapsed()
+    );
     // The refill while the loop ran, and one for the clock's rounding.
     let refilled = started.elapsed().as_millis() as u64 / 10 + 1;
     ensure!(

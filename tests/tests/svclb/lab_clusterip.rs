@@ -315,8 +315,9 @@ fn flows_and_affinity_let_go_of_a_backend_another_service_keeps() -> Result<()> 
         !now.contains_key(&stuck_backend),
         "affinity let go of {stuck_backend}: {now:?}"
     );
+    // 40 random picks of 4 miss one backend once in 25,000 runs (20 did once in 80).
     assert_eq!(
-        tally(&tcp_ask_many(&client, at("10.96.0.52", 80), 20, TIMEOUT)?).len(),
+        tally(&tcp_ask_many(&client, at("10.96.0.52", 80), 40, TIMEOUT)?).len(),
         4,
         "the service that kept every backend still uses them all"
     );
