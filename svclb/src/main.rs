@@ -94,6 +94,13 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Mount a bpf filesystem on /sys/fs/bpf unless one is there, make --bpffs-dir in it, and
+    /// exit: the chart's init container, the one step that needs a privileged container (a
+    /// mount the host must see), so the agent's own container needs none.
+    MountBpffs {
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
+        bpffs_dir: PathBuf,
+    },
 }
 
 const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/svclb";
@@ -447,6 +454,16 @@ fn run(cli: Cli) -> Result<()> {
                 Output::Json => emit(&(serde_json::to_string_pretty(&status)? + "\n"))?,
             }
             Ok(())
+        }
+        Command::MountBpffs { bpffs_dir } => {
+            loader::require_root("svclb mount-bpffs")?;
+            let bpffs = svclb_common::host::prepare_bpffs(&bpffs_dir)?;
+            let what = if bpffs.mounted {
+                "mounted a bpf filesystem on /sys/fs/bpf"
+            } else {
+                "a bpf filesystem was on /sys/fs/bpf"
+            };
+            emit(&format!("{what}; pins go in {}\n", bpffs_dir.display()))
         }
         Command::List { bpffs_dir, output } => {
             let listing = list::read(&bpffs_dir)?;

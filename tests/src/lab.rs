@@ -41,6 +41,10 @@ pub struct LabSpec {
     /// `fd00:244:N::1P` for pods), with IPv6 routes between nodes, and backends listen on both
     /// families.
     pub ipv6: bool,
+    /// Run the agents with these capabilities only (names as `setpriv` takes them: `bpf`,
+    /// `net_admin`), not root's full set; `SVCLB_LAB_AGENT_CAPS` (comma separated) does it
+    /// for every lab.
+    pub agent_capabilities: Option<Vec<String>>,
 }
 
 impl Default for LabSpec {
@@ -51,8 +55,28 @@ impl Default for LabSpec {
             backend_port: 8080,
             agent_args: Vec::new(),
             ipv6: false,
+            agent_capabilities: None,
         }
     }
+}
+
+/// The command that starts `bin` with only `capabilities` (none given: as root is). Root's
+/// capabilities after exec are its bounding set (and its inheritable set, emptied here), so
+/// limiting the bounding set leaves the agent exactly these.
+fn agent_command(bin: &Path, capabilities: Option<&[String]>) -> Command {
+    let from_env = std::env::var("SVCLB_LAB_AGENT_CAPS")
+        .ok()
+        .map(|caps| caps.split(',').map(str::to_owned).collect::<Vec<_>>());
+    let Some(caps) = capabilities.map(<[String]>::to_vec).or(from_env) else {
+        return Command::new(bin);
+    };
+    let set: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--bounding-set=-all{set}"))
+        .args(["--inh-caps=-all", "--ambient-caps=-all", "--"])
+        .arg(bin);
+    command
 }
 
 #[derive(Clone, Debug)]
@@ -731,7 +755,7 @@ impl Lab {
             .append(true)
             .open(&n.log)?;
         let netns_file = fs::File::open(format!("/run/netns/{}", n.ns))?;
-        let mut command = Command::new(&bin);
+        let mut command = agent_command(&bin, self.spec.agent_capabilities.as_deref());
         command
             .args([
                 "agent",

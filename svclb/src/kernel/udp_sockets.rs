@@ -77,22 +77,33 @@ impl Reverse {
     }
 }
 
-/// Destroys the connected UDP sockets in `wanted`, namespace by namespace; their cookies. A
-/// namespace that cannot be searched is skipped with a warning.
+/// Destroys the connected UDP sockets in `wanted`, namespace by namespace; their cookies. The
+/// namespaces that cannot be searched are skipped, with one warning for them all.
 pub fn destroy(wanted: &Wanted) -> Result<BTreeSet<u64>> {
     let mut destroyed = BTreeSet::new();
     let mut seen = BTreeSet::new();
+    let mut skipped = Skipped::default();
     for entry in fs::read_dir("/proc").context("listing /proc")?.flatten() {
         let path = entry.path().join("ns/net");
-        // Processes come and go, and some namespaces are not ours to open: skipped.
-        let Ok(inode) = fs::metadata(&path).map(|m| m.ino()) else {
-            continue;
+        // Processes come and go: one gone since the listing is skipped.
+        let inode = match fs::metadata(&path) {
+            Ok(meta) => meta.ino(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                skipped.add(&path, &format!("reading it: {err}"));
+                continue;
+            }
         };
         if !seen.insert(inode) {
             continue;
         }
-        let Ok(netns) = fs::File::open(&path) else {
-            continue;
+        let netns = match fs::File::open(&path) {
+            Ok(netns) => netns,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => {
+                skipped.add(&path, &format!("opening it: {err}"));
+                continue;
+            }
         };
         let wanted = wanted.clone();
         let found = std::thread::spawn(move || in_namespace(&netns, &wanted))
@@ -100,13 +111,35 @@ pub fn destroy(wanted: &Wanted) -> Result<BTreeSet<u64>> {
             .map_err(|_| anyhow::anyhow!("the socket destroyer panicked"))?;
         match found {
             Ok(cookies) => destroyed.extend(cookies),
-            Err(err) => warn!(
-                "network namespace of {} (inode {inode}) not searched for sockets: {err:#}",
-                path.display()
-            ),
+            Err(err) => skipped.add(&path, &format!("{err:#}")),
         }
     }
+    skipped.warn();
     Ok(destroyed)
+}
+
+/// The network namespaces a search could not enter, told in one warning.
+#[derive(Default)]
+struct Skipped {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Skipped {
+    fn add(&mut self, path: &std::path::Path, why: &str) {
+        self.count += 1;
+        self.first
+            .get_or_insert_with(|| format!("{}: {why}", path.display()));
+    }
+
+    fn warn(&self) {
+        if let Some(first) = &self.first {
+            warn!(
+                "{} network namespaces not searched for sockets of removed backends (the first, {first}); opening another process's namespace needs CAP_SYS_PTRACE, entering it CAP_SYS_ADMIN",
+                self.count
+            );
+        }
+    }
 }
 
 /// The socket cookie of a `sock_diag` answer: two host-order u32 halves, the low one first.
@@ -143,7 +176,10 @@ fn in_namespace(netns: &fs::File, wanted: &Wanted) -> Result<BTreeSet<u64>> {
                     debug!(cookie, "socket gone before it was destroyed");
                     destroyed.insert(cookie);
                 }
-                Err(err) => warn!(cookie, "destroying a UDP socket: {err}"),
+                Err(err) => warn!(
+                    cookie,
+                    "destroying a UDP socket: {err} (SOCK_DESTROY needs CAP_NET_ADMIN)"
+                ),
             }
         }
     }

@@ -14,8 +14,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use svclb_tests::helm::{chart_dir, lint, notes, template};
 
 #[derive(Default)]
-struct Objects {
-    daemonset: Option<DaemonSet>,
+pub(crate) struct Objects {
+    pub(crate) daemonset: Option<DaemonSet>,
     account: Option<ServiceAccount>,
     role: Option<ClusterRole>,
     binding: Option<ClusterRoleBinding>,
@@ -35,7 +35,7 @@ fn strict<T: DeserializeOwned + Serialize>(doc: &serde_json::Value, file: &str) 
 }
 
 /// The chart as the real helm lints and renders it with `overrides` (values YAML).
-fn render(overrides: &str) -> Result<Objects> {
+pub(crate) fn render(overrides: &str) -> Result<Objects> {
     let chart = chart_dir();
     lint(&chart, overrides)?;
     let mut objects = Objects {
@@ -72,7 +72,7 @@ fn render(overrides: &str) -> Result<Objects> {
 }
 
 #[test]
-fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
+fn default_values_render_a_read_only_daemonset_with_a_capability_list() -> Result<()> {
     let o = render("")?;
     let role = o.role.context("ClusterRole")?;
     let mut rules: Vec<(String, String, Vec<String>)> = Vec::new();
@@ -148,9 +148,55 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
         Some("ghcr.io/svclb/svclb:0.1.0"),
         "tag defaults to appVersion"
     );
+    let security = agent.security_context.clone().context("securityContext")?;
     assert_eq!(
-        agent.security_context.as_ref().and_then(|s| s.privileged),
-        Some(true)
+        security.privileged,
+        Some(false),
+        "the agent is not privileged"
+    );
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    let caps = security.capabilities.clone().context("capabilities")?;
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
+    assert_eq!(
+        caps.add.unwrap_or_default(),
+        ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"],
+        "the capabilities lab_capabilities proves"
+    );
+    assert_eq!(
+        security.seccomp_profile.map(|p| p.type_).as_deref(),
+        Some("Unconfined"),
+        "bpf(2) is outside the default seccomp profile"
+    );
+    let init = pod
+        .init_containers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == "mount-bpffs")
+        .context("the init container that mounts the bpffs")?;
+    assert_eq!(
+        init.args.as_deref(),
+        Some(
+            &[
+                "mount-bpffs".to_owned(),
+                "--bpffs-dir=/sys/fs/bpf/svclb".to_owned()
+            ][..]
+        )
+    );
+    assert_eq!(
+        init.security_context.and_then(|s| s.privileged),
+        Some(true),
+        "only the mount is privileged"
+    );
+    assert_eq!(
+        init.volume_mounts
+            .unwrap_or_default()
+            .iter()
+            .find(|m| m.mount_path == "/sys/fs/bpf")
+            .and_then(|m| m.mount_propagation.clone())
+            .as_deref(),
+        Some("Bidirectional"),
+        "a bpffs it mounts reaches the host"
     );
     let node_name = agent
         .env
@@ -224,13 +270,14 @@ fn default_values_render_a_read_only_privileged_daemonset() -> Result<()> {
         .context("bpffs mount")?;
     assert_eq!(
         bpffs.mount_propagation.as_deref(),
-        Some("Bidirectional"),
-        "pins reach the host"
+        Some("HostToContainer"),
+        "the host's bpffs, which the init container mounted if it was missing"
     );
-    assert!(
-        mounts.iter().any(|m| m.mount_path == "/run/svclb/cgroupv2"),
-        "the host's cgroup hierarchy, beside the container's own"
-    );
+    let cgroup = mounts
+        .iter()
+        .find(|m| m.mount_path == "/run/svclb/cgroupv2")
+        .context("the host's cgroup hierarchy, beside the container's own")?;
+    assert_eq!(cgroup.read_only, Some(true), "attaching only reads it");
     let volumes = pod.volumes.unwrap_or_default();
     let host_path = |name: &str| {
         volumes

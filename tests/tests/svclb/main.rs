@@ -15,6 +15,7 @@ mod helm_chart;
 mod kube_watch;
 mod lab_agent;
 mod lab_apiserver;
+mod lab_capabilities;
 mod lab_clusterip;
 mod lab_conntrack;
 mod lab_dualstack;
