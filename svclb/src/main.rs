@@ -169,6 +169,11 @@ struct AgentArgs {
     /// Seconds a change may wait unwritten before `/livez` (and `/healthz`) fail.
     #[arg(long, default_value_t = svclb::agent::healthz::DEFAULT_TIMEOUT.as_secs())]
     healthz_timeout: u64,
+    /// Seconds between two sweeps of the conntrack for flows that are over (Cilium's
+    /// `--conntrack-gc-interval`); 0 turns the sweep off, leaving the datapath to take over
+    /// the entries of ended flows when it needs their room or SNAT ports.
+    #[arg(long, default_value_t = svclb::agent::conntrack::SWEEP_EVERY.as_secs())]
+    conntrack_gc_interval: u64,
     /// Capacity of the services map (frontends).
     #[arg(long, default_value_t = Capacity::DEFAULT.services)]
     services_map_size: usize,
@@ -330,6 +335,8 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
                 )
             })?,
         healthz_timeout: std::time::Duration::from_secs(args.healthz_timeout),
+        conntrack_gc_interval: (args.conntrack_gc_interval > 0)
+            .then(|| std::time::Duration::from_secs(args.conntrack_gc_interval)),
         capacity: Capacity {
             services: args.services_map_size,
             backends: args.backends_map_size,

@@ -3,7 +3,7 @@
 //! worker thread with its own handles on the pinned maps takes the (frontend, backend) pairs
 //! each sync reports, merges whatever queued while it walked, and walks once for all.
 //!
-//! The same worker sweeps the conntrack every [`SWEEP_EVERY`], and counts its entries as it
+//! The same worker sweeps the conntrack every [`SWEEP_EVERY`] (`--conntrack-gc-interval`), and counts its entries as it
 //! walks (`svclb_conntrack_entries`: a scrape walks nothing), then walks the other LRU flow
 //! maps to count what each lost to eviction (`svclb_map_evicted_entries_total`). Flows that are over (a TCP FIN
 //! or RST and 10 s of quiet, UDP flows idle for 60 s and TCP flows idle for 24 h, see
@@ -38,7 +38,7 @@ use crate::{
     telemetry::metrics::{ERROR_CONNTRACK, Metrics},
 };
 
-/// How often the conntrack is swept for flows that are over.
+/// How often the conntrack is swept for flows that are over, by default.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Purger {
@@ -53,12 +53,18 @@ struct Worker {
     sockets: Reverse,
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<BTreeSet<(u32, u32)>>,
+    /// Time between two sweeps (`None`: no sweep).
+    sweep_every: Option<Duration>,
 }
 
 impl Worker {
-    /// Sweeps every [`SWEEP_EVERY`] and purges what syncs report, until the agent goes.
+    /// Sweeps every `sweep_every` and purges what syncs report, until the agent goes.
     fn run(mut self) {
-        let mut next_sweep = Instant::now() + SWEEP_EVERY;
+        // Without sweeps, the worker waits for pairs alone (a year at a time).
+        let every = self
+            .sweep_every
+            .unwrap_or(Duration::from_secs(365 * 86_400));
+        let mut next_sweep = Instant::now() + every;
         loop {
             let wait = next_sweep.saturating_duration_since(Instant::now());
             let mut departed = match self.rx.recv_timeout(wait) {
@@ -67,8 +73,10 @@ impl Worker {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
             if Instant::now() >= next_sweep {
-                self.sweep();
-                next_sweep = Instant::now() + SWEEP_EVERY;
+                if self.sweep_every.is_some() {
+                    self.sweep();
+                }
+                next_sweep = Instant::now() + every;
             }
             if departed.is_empty() {
                 continue;
@@ -160,8 +168,8 @@ impl Worker {
 }
 
 impl Purger {
-    /// Starts the worker on the maps pinned in `dir`.
-    pub fn start(dir: &Path, metrics: Arc<Metrics>) -> Result<Self> {
+    /// Starts the worker on the maps pinned in `dir`, sweeping every `sweep_every`.
+    pub fn start(dir: &Path, metrics: Arc<Metrics>, sweep_every: Option<Duration>) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<BTreeSet<(u32, u32)>>();
         let worker = Worker {
             maps: Maps::open_pinned(dir)?,
@@ -169,6 +177,7 @@ impl Purger {
             sockets: Reverse::open_pinned(dir)?,
             metrics,
             rx,
+            sweep_every,
         };
         thread::Builder::new()
             .name("svclb-purge".into())

@@ -84,6 +84,8 @@ pub struct AgentConfig {
     pub healthz_addr: Option<SocketAddr>,
     /// How long a change may wait unwritten before `/livez` fails.
     pub healthz_timeout: Duration,
+    /// Time between two conntrack sweeps (`None`: no sweep).
+    pub conntrack_gc_interval: Option<Duration>,
     /// Socket-level load balancing (`None`: off, `--socket-lb=false`).
     pub socket_lb: Option<SocketLb>,
     /// NodePorts on the loopback addresses too (served by the socket hooks).
@@ -225,7 +227,11 @@ async fn start(config: AgentConfig) -> Result<Agent> {
             index: Index::default(),
             complete: false,
             traffic,
-            purger: Purger::start(&config.bpffs_dir, metrics.clone())?,
+            purger: Purger::start(
+                &config.bpffs_dir,
+                metrics.clone(),
+                config.conntrack_gc_interval,
+            )?,
             capacity: config.capacity,
             reported: BTreeSet::new(),
             health: HealthChecks::new(proxy_health.clone()),

@@ -9,7 +9,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -38,6 +38,9 @@ struct Tally {
     by_backend: BTreeMap<String, usize>,
 }
 
+/// Requests answered or failed, over every traffic loop.
+static DONE: AtomicUsize = AtomicUsize::new(0);
+
 /// Asks `ask` until `stop` (or [`MAX_REQUESTS`]), in namespace `ns`.
 fn traffic(
     ns: &str,
@@ -50,7 +53,9 @@ fn traffic(
             let mut tally = Tally::default();
             while !stop.load(Ordering::Relaxed) && tally.attempted < MAX_REQUESTS {
                 tally.attempted += 1;
-                match ask() {
+                let answer = ask();
+                DONE.fetch_add(1, Ordering::Relaxed);
+                match answer {
                     Ok(name) => *tally.by_backend.entry(name).or_default() += 1,
                     Err(err) => {
                         tally.failed += 1;
@@ -194,7 +199,14 @@ fn churn_keeps_every_connection_to_a_serving_backend() -> Result<()> {
             })
         },
     )?;
-    thread::sleep(Duration::from_millis(300));
+    // Traffic against the settled service: every loop asks a few times more (each request
+    // counts once it is answered or failed).
+    let settled = DONE.load(Ordering::Relaxed);
+    lab.wait_for(
+        Duration::from_secs(5),
+        "traffic against the settled service",
+        || DONE.load(Ordering::Relaxed) >= settled + 20 * loops.len(),
+    )?;
     stop.store(true, Ordering::Relaxed);
     let mut report = Vec::new();
     let mut failed = 0;
