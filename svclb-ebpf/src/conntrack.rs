@@ -121,14 +121,13 @@ enum Claim {
 /// free, or taken over from a flow that is over (see [`flow_ended`]) or from an earlier flow
 /// of the same forward key (a client reusing its tuple, which that flow's forward entry is
 /// about to be overwritten for). The insert is exclusive, so two CPUs taking over one tuple
-/// at once cannot both win.
+/// at once cannot both win. A held tuple is found by a lookup, not by a failed insert, which
+/// on a full map would evict an entry (see `maps::lru_insert`): a flood of SYNs short of
+/// ports must not evict other flows 32 at a time.
 #[inline(always)]
 fn claim(key: &CtKey, entry: &CtEntry, forward: &CtKey, now: u64) -> Claim {
-    if lru_insert_new(&SVCLB_CT, LRU_CT, key, entry) {
-        return Claim::Won;
-    }
     let Some(held) = SVCLB_CT.get_ptr(key) else {
-        return Claim::Busy;
+        return won(lru_insert_new(&SVCLB_CT, LRU_CT, key, entry));
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let held = unsafe { &*held };

@@ -119,6 +119,10 @@ pub fn event(event: u32) {
 /// Inserts `key` into an LRU flow map with its bookkeeping at `base` (an `LRU_*` map base of
 /// `svclb_common::events`): a new key is counted inserted, a key already there is
 /// overwritten (and not counted), a failure is counted failed.
+///
+/// A key is looked up before an exclusive insert is tried: an LRU map takes a free element
+/// before it checks the key, and when it has none it evicts one, even for an insert that then
+/// fails because the key is there.
 #[inline(always)]
 pub fn lru_insert<K, V, const N: usize>(
     map: &LruHashMap<K, V, N>,
@@ -126,6 +130,9 @@ pub fn lru_insert<K, V, const N: usize>(
     key: &K,
     value: &V,
 ) -> Result<(), i32> {
+    if map.get_ptr(key).is_some() {
+        return map.insert(key, value, u64::from(BPF_ANY));
+    }
     match map.insert(key, value, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
             event(base + LRU_INSERTED);
@@ -140,7 +147,8 @@ pub fn lru_insert<K, V, const N: usize>(
     }
 }
 
-/// Inserts `key` only if it is new (`BPF_NOEXIST`), counted as [`lru_insert`] counts.
+/// Inserts `key` only if it is new (`BPF_NOEXIST`), counted as [`lru_insert`] counts. The
+/// caller has looked it up and found none (see [`lru_insert`] on why).
 #[inline(always)]
 pub fn lru_insert_new<K, V, const N: usize>(
     map: &LruHashMap<K, V, N>,
