@@ -94,8 +94,8 @@ impl Worker {
         if wanted.is_empty() {
             return;
         }
+        let sought: usize = wanted.values().map(BTreeSet::len).sum();
         match udp_sockets::destroy(&wanted) {
-            Ok(destroyed) if destroyed.is_empty() => {}
             Ok(destroyed) => {
                 let forgotten = self.sockets.forget(&destroyed);
                 if let Err(err) = self.maps.count_socket_entries_deleted(forgotten as u64) {
@@ -104,9 +104,11 @@ impl Worker {
                 self.metrics
                     .destroyed_sockets
                     .inc_by(destroyed.len() as u64);
+                // Said whatever the outcome: a socket not found is closed already, or in a
+                // namespace the search could not enter (warned of).
                 info!(
-                    sockets = destroyed.len(),
-                    "destroyed UDP sockets connected to removed backends"
+                    "destroyed {} of {sought} UDP sockets connected to removed backends",
+                    destroyed.len()
                 );
             }
             Err(err) => {

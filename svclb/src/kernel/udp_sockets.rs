@@ -78,12 +78,14 @@ impl Reverse {
 }
 
 /// Destroys the connected UDP sockets in `wanted`, namespace by namespace; their cookies. The
-/// namespaces that cannot be searched are skipped, with one warning for them all.
+/// namespaces that cannot be searched are skipped; if sockets were not found, one warning
+/// says which namespaces were skipped and why.
 pub fn destroy(wanted: &Wanted) -> Result<BTreeSet<u64>> {
     let mut destroyed = BTreeSet::new();
     let mut seen = BTreeSet::new();
     let mut skipped = Skipped::default();
-    for entry in fs::read_dir("/proc").context("listing /proc")?.flatten() {
+    let processes = fs::read_dir("/proc").context("listing /proc")?.flatten();
+    for entry in processes.filter(|e| e.file_name().to_str().is_some_and(is_pid)) {
         let path = entry.path().join("ns/net");
         // Processes come and go: one gone since the listing is skipped.
         let inode = match fs::metadata(&path) {
@@ -114,8 +116,15 @@ pub fn destroy(wanted: &Wanted) -> Result<BTreeSet<u64>> {
             Err(err) => skipped.add(&path, &format!("{err:#}")),
         }
     }
-    skipped.warn();
+    if destroyed.len() < wanted.values().map(BTreeSet::len).sum() {
+        skipped.warn();
+    }
     Ok(destroyed)
+}
+
+/// Whether a name in /proc is a process's.
+fn is_pid(name: &str) -> bool {
+    name.parse::<u32>().is_ok()
 }
 
 /// The network namespaces a search could not enter, told in one warning.
