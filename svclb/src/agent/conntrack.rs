@@ -3,10 +3,11 @@
 //! worker thread with its own handles on the pinned maps takes the (frontend, backend) pairs
 //! each sync reports, merges whatever queued while it walked, and walks once for all.
 //!
-//! The same worker sweeps the conntrack every [`SWEEP_EVERY`] (`--conntrack-gc-interval`), and counts its entries as it
-//! walks (`svclb_conntrack_entries`: a scrape walks nothing), then walks the other LRU flow
-//! maps to count what each lost to eviction (`svclb_map_evicted_entries_total`). Flows that are over (a TCP FIN
-//! or RST and 10 s of quiet, UDP flows idle for 60 s and TCP flows idle for 24 h, see
+//! The same worker sweeps the conntrack every [`SWEEP_EVERY`] (`--conntrack-gc-interval`),
+//! and counts its entries as it walks (`svclb_conntrack_entries`: a scrape walks nothing),
+//! then walks the other LRU flow maps to count what each lost to eviction
+//! (`svclb_map_evicted_entries_total`). Flows that are over (a TCP FIN or RST and 10 s of
+//! quiet, UDP flows idle for 60 s and TCP flows idle for 24 h, see
 //! `flow_ended`) go, both directions, so their room and SNAT ports are free again (the
 //! datapath also takes over an ended flow's SNAT port by itself when it needs one). The
 //! sweep program decides on each entry in the kernel (see [`crate::kernel::sweep`]).
@@ -60,23 +61,28 @@ struct Worker {
 impl Worker {
     /// Sweeps every `sweep_every` and purges what syncs report, until the agent goes.
     fn run(mut self) {
-        // Without sweeps, the worker waits for pairs alone (a year at a time).
-        let every = self
-            .sweep_every
-            .unwrap_or(Duration::from_secs(365 * 86_400));
-        let mut next_sweep = Instant::now() + every;
+        let mut next_sweep = self.sweep_every.map(|every| Instant::now() + every);
         loop {
-            let wait = next_sweep.saturating_duration_since(Instant::now());
-            let mut departed = match self.rx.recv_timeout(wait) {
+            let received = match next_sweep {
+                Some(at) => self
+                    .rx
+                    .recv_timeout(at.saturating_duration_since(Instant::now())),
+                // No sweeps: the worker waits for pairs alone.
+                None => self
+                    .rx
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            let mut departed = match received {
                 Ok(departed) => departed,
                 Err(mpsc::RecvTimeoutError::Timeout) => BTreeSet::new(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
-            if Instant::now() >= next_sweep {
-                if self.sweep_every.is_some() {
-                    self.sweep();
-                }
-                next_sweep = Instant::now() + every;
+            if let (Some(at), Some(every)) = (next_sweep, self.sweep_every)
+                && Instant::now() >= at
+            {
+                self.sweep();
+                next_sweep = Some(Instant::now() + every);
             }
             if departed.is_empty() {
                 continue;

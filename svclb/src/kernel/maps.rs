@@ -255,12 +255,12 @@ impl Maps {
     /// Number of conntrack entries (both directions of every flow): a walk of the whole map,
     /// one syscall an entry, for the CLI. The agent counts them in its sweep instead.
     pub fn conntrack_len(&self) -> usize {
-        self.conntrack.keys().filter(Result::is_ok).count()
+        count_keys(&self.conntrack)
     }
 
     /// Number of session-affinity entries.
     pub fn affinity_len(&self) -> usize {
-        self.affinity.keys().filter(Result::is_ok).count()
+        count_keys(&self.affinity)
     }
 
     /// Frontend `id`'s counters, summed over the CPUs.
@@ -291,8 +291,8 @@ impl Maps {
     /// `conntrack_entries` (its sweep counts them); the others are walked here.
     pub fn lru_fills(&self, conntrack_entries: usize) -> Vec<LruFill> {
         let affinity = self.affinity_len();
-        let fragments = self.fragments.keys().filter(Result::is_ok).count();
-        let sockets = self.sock_reverse.keys().filter(Result::is_ok).count();
+        let fragments = count_keys(&self.fragments);
+        let sockets = count_keys(&self.sock_reverse);
         vec![
             self.lru_fill(LRU_CT, MAP_CT, conntrack_entries, self.conntrack.map()),
             self.lru_fill(LRU_AFFINITY, MAP_AFFINITY, affinity, self.affinity.map()),
@@ -333,9 +333,14 @@ impl Maps {
     }
 }
 
+/// Entries in `map`: a walk, one syscall an entry (an entry evicted meanwhile is not seen).
+fn count_keys<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> usize {
+    map.keys().filter(Result::is_ok).count()
+}
+
 /// An LRU flow map's fill, and what went through it since the map was made (see
 /// `svclb_common::events`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LruFill {
     pub map: String,
     pub entries: usize,
