@@ -19,112 +19,16 @@
 
 use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use svclb_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
-    L3Addr, addr::v4, conntrack::CT_F_SNAT,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, FAMILY_V6, L3Addr, conntrack::CT_F_SNAT,
 };
 
 use crate::{
     nat::{End, addr_diff, set_v4_addr},
-    parse::{
-        IP_HLEN, IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_HLEN, IPV6_SADDR_OFF, Packet,
-    },
+    parse::{IPV4_DADDR_OFF, IPV4_SADDR_OFF, IPV6_DADDR_OFF, IPV6_SADDR_OFF, Packet},
+    quote::Quote,
 };
 
-pub const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAMETERPROB: u8 = 12;
-pub const ICMP_HLEN: usize = 8;
-pub const ICMPV6_DEST_UNREACH: u8 = 1;
-const ICMPV6_PKT_TOOBIG: u8 = 2;
-const ICMPV6_TIME_EXCEED: u8 = 3;
-const ICMPV6_PARAMPROB: u8 = 4;
 const ICMP_CSUM_OFF: usize = 2;
-
-/// The packet an ICMP error quotes. Ports in network order.
-pub struct Quote {
-    family: u8,
-    icmp_off: usize,
-    l3_off: usize,
-    l4_off: usize,
-    proto: u8,
-    saddr: L3Addr,
-    daddr: L3Addr,
-    sport_be: u16,
-    dport_be: u16,
-}
-
-/// Reads the quote of an ICMP error into `q`; `false` for any other ICMP message and for
-/// quotes that are not of a TCP or UDP flow.
-#[inline(always)]
-pub fn parse_quote(ctx: &TcContext, pkt: &Packet, q: &mut Quote) -> bool {
-    parse_into(ctx, pkt, q).is_some()
-}
-
-#[inline(always)]
-fn parse_into(ctx: &TcContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
-    if pkt.is_v6() {
-        return parse_v6(ctx, pkt, q);
-    }
-    let icmp_off = pkt.l4_off;
-    let kind: u8 = ctx.load(icmp_off).ok()?;
-    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED && kind != ICMP_PARAMETERPROB {
-        return None;
-    }
-    let l3_off = icmp_off + ICMP_HLEN;
-    let ip: [u8; IP_HLEN] = ctx.load(l3_off).ok()?;
-    let proto = ip[9];
-    // IPv4 without options, the first fragment or none, TCP or UDP.
-    if ip[0] != 0x45
-        || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0
-        || (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-    {
-        return None;
-    }
-    let l4_off = l3_off + IP_HLEN;
-    let ports: [u8; 4] = ctx.load(l4_off).ok()?;
-    q.family = FAMILY_V4;
-    q.icmp_off = icmp_off;
-    q.l3_off = l3_off;
-    q.l4_off = l4_off;
-    q.proto = proto;
-    q.saddr = v4([ip[12], ip[13], ip[14], ip[15]]);
-    q.daddr = v4([ip[16], ip[17], ip[18], ip[19]]);
-    q.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
-    q.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
-    Some(())
-}
-
-#[inline(always)]
-fn parse_v6(ctx: &TcContext, pkt: &Packet, q: &mut Quote) -> Option<()> {
-    let icmp_off = pkt.l4_off;
-    let kind: u8 = ctx.load(icmp_off).ok()?;
-    if kind != ICMPV6_DEST_UNREACH
-        && kind != ICMPV6_PKT_TOOBIG
-        && kind != ICMPV6_TIME_EXCEED
-        && kind != ICMPV6_PARAMPROB
-    {
-        return None;
-    }
-    let l3_off = icmp_off + ICMP_HLEN;
-    let ip: [u8; IPV6_HLEN] = ctx.load(l3_off).ok()?;
-    let proto = ip[6];
-    // IPv6 without extension headers, TCP or UDP.
-    if ip[0] >> 4 != 6 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-        return None;
-    }
-    let l4_off = l3_off + IPV6_HLEN;
-    let ports: [u8; 4] = ctx.load(l4_off).ok()?;
-    q.family = FAMILY_V6;
-    q.icmp_off = icmp_off;
-    q.l3_off = l3_off;
-    q.l4_off = l4_off;
-    q.proto = proto;
-    q.saddr.copy_from_slice(&ip[8..24]);
-    q.daddr.copy_from_slice(&ip[24..40]);
-    q.sport_be = u16::from_ne_bytes([ports[0], ports[1]]);
-    q.dport_be = u16::from_ne_bytes([ports[2], ports[3]]);
-    Some(())
-}
 
 /// The conntrack key of the quoted packet turned round, in direction `dir`.
 #[inline(always)]

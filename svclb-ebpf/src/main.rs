@@ -12,7 +12,6 @@ mod frame;
 mod icmp;
 mod maps;
 mod nat;
-mod parse;
 mod reject;
 mod scratch;
 mod select;
@@ -20,6 +19,8 @@ mod sock;
 mod sweep;
 mod tc;
 mod xdp;
+
+use svclb_ebpf::{parse, quote};
 
 use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},

@@ -80,6 +80,7 @@ pub const IPV6_SADDR_OFF: usize = 8;
 pub const IPV6_DADDR_OFF: usize = 24;
 
 /// What the datapath needs to know about a packet. Ports are in network order.
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Packet {
     pub l3_off: usize,
     pub l4_off: usize,
@@ -159,6 +160,20 @@ impl Packet {
     }
 }
 
+/// Reads bytes of a packet anywhere in it, in the linear area or past it: the kernel's skb
+/// (`bpf_skb_load_bytes`), or a buffer in the host's fuzzer.
+pub trait Load {
+    /// The `N` bytes at `offset`; `None` past the packet's end.
+    fn load_bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl Load for TcContext {
+    #[inline(always)]
+    fn load_bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.load(offset).ok()
+    }
+}
+
 #[inline(always)]
 fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
     if start + offset + size_of::<T>() > end {
@@ -187,18 +202,26 @@ pub fn parse(ctx: &TcContext, out: &mut Packet) -> bool {
             return false;
         }
     }
-    parse_into(ctx.data(), ctx.data_end(), ctx.len() as usize, out).is_some()
+    parse_linear(ctx.data(), ctx.data_end(), ctx.len() as usize, out)
 }
 
 /// Parses the XDP frame between `start` and `end` (packet pointers the verifier has seen)
 /// into `out`; `false` for a packet that is not ours.
 #[inline(always)]
 pub fn parse_into_frame(start: usize, end: usize, out: &mut Packet) -> bool {
-    parse_into(start, end, end - start, out).is_some()
+    parse_linear(start, end, end - start, out)
 }
 
-/// `len` is the whole packet's length (an skb's data may go on past `end`, outside the
-/// linear area).
+/// Parses the packet whose linear area (headers included, as far as they are ours) lies
+/// between `start` and `end`, and whose whole length is `len` (an skb's data may go on past
+/// `end`). Reads nothing outside the linear area. What it accepts has its fixed IP header
+/// there, and its TCP or UDP header when it has one (an ICMP message is read through
+/// [`Load`]). `false` for a packet that is not ours.
+#[inline(always)]
+pub fn parse_linear(start: usize, end: usize, len: usize, out: &mut Packet) -> bool {
+    parse_into(start, end, len, out).is_some()
+}
+
 #[inline(always)]
 fn parse_into(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()> {
     let eth = ptr_at::<EthHdr>(start, end, 0)?;

@@ -23,9 +23,9 @@ use svclb_common::{
 
 use crate::{
     conntrack::now_ns,
-    icmp::{ICMP_DEST_UNREACH, ICMP_HLEN, ICMPV6_DEST_UNREACH},
     maps::event,
     parse::{ETH_HLEN, IP_HLEN, IPV6_HLEN, Packet, TCP_FLAG_ACK},
+    quote::{ICMP_DEST_UNREACH, ICMP_HLEN, ICMPV6_DEST_UNREACH},
 };
 
 const TCP_HLEN: usize = 20;

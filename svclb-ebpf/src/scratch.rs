@@ -5,7 +5,7 @@
 use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
 use svclb_common::{Backend, L3Addr, ServiceValue};
 
-use crate::{forward::Route, icmp::Quote, parse::Packet, select};
+use crate::{forward::Route, parse::Packet, quote::Quote, select};
 
 pub struct Scratch {
     pub pkt: Packet,

@@ -23,6 +23,7 @@ use crate::{
     conntrack, forward, fragment, icmp, maps,
     nat::{self, End, rewrite},
     parse::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, Packet, parse},
+    quote,
     reject::reject,
     scratch::{self, Scratch},
     select,
@@ -269,7 +270,7 @@ fn snat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
 /// anything else passes.
 #[inline(never)]
 fn related(ctx: &TcContext, s: &mut Scratch) -> i32 {
-    if !icmp::parse_quote(ctx, &s.pkt, &mut s.quote) {
+    if !quote::parse_quote(ctx, &s.pkt, &mut s.quote) {
         return TC_ACT_OK;
     }
     for dir in icmp::DIRECTIONS {

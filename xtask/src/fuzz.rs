@@ -18,7 +18,7 @@ use nix::{
 };
 
 /// The targets, in `fuzz/Cargo.toml`.
-pub const TARGETS: &[&str] = &["manifest", "plan", "maglev"];
+pub const TARGETS: &[&str] = &["manifest", "plan", "maglev", "packet"];
 
 fn cargo_fuzz() -> Command {
     cargo_fuzz_with(Command::new("cargo"))
