@@ -30,7 +30,7 @@ use libfuzzer_sys::{
 };
 use svclb::{
     entries::Capacity,
-    plan::{FrontendKey, NodePortRule, Planner, SERVICE_NAME_LABEL},
+    plan::{AddressRule, FrontendKey, Planner, SERVICE_NAME_LABEL},
     source::manifests::{Object, snapshot_of},
 };
 
@@ -313,7 +313,7 @@ const SLOTS: usize = 8;
 
 fn run(data: &[u8]) -> arbitrary::Result<()> {
     let mut u = Unstructured::new(data);
-    let mut planner = Planner::new(svclb_fuzz::NODE, NodePortRule::default());
+    let mut planner = Planner::new(svclb_fuzz::NODE, AddressRule::default());
     let mut current: Vec<Option<Object>> = vec![None; SLOTS];
     let names: Vec<PathBuf> = (0..SLOTS)
         .map(|i| PathBuf::from(format!("slot{i}.yaml")))

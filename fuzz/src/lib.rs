@@ -8,7 +8,7 @@ use k8s_openapi::api::{
 };
 use svclb::{
     entries::{self, Capacity, MapState},
-    plan::{FrontendKind, NodePortRule, Plan, Scope, plan_for_node},
+    plan::{AddressRule, FrontendKind, Plan, Scope, plan_for_node},
 };
 
 fn reversed<T: Clone>(items: &[T]) -> Vec<T> {
@@ -57,7 +57,7 @@ pub fn check_plan(
     slices: &[impl std::borrow::Borrow<EndpointSlice> + Clone],
     capacity: Capacity,
 ) -> (Plan, BTreeSet<String>) {
-    let (_, plan, diags) = plan_for_node(NODE, &NodePortRule::default(), nodes, services, slices);
+    let (_, plan, diags) = plan_for_node(NODE, &AddressRule::default(), nodes, services, slices);
     let diags: BTreeSet<String> = diags.iter().map(ToString::to_string).collect();
     for diag in &diags {
         assert!(
@@ -69,7 +69,7 @@ pub fn check_plan(
     if unique_names(nodes, services) {
         let (_, again, again_diags) = plan_for_node(
             NODE,
-            &NodePortRule::default(),
+            &AddressRule::default(),
             &reversed(nodes),
             &reversed(services),
             &reversed(slices),

@@ -4,6 +4,10 @@
 //! fields, holds no `bool`/`Option`/`enum`, names network-order fields `*_be`, and carries a
 //! compile-time size assertion. Addresses are 16 bytes so IPv6 needs no new layout: an IPv4
 //! address sits in the first four bytes with the rest zero and `family` set to [`FAMILY_V4`].
+//!
+//! Pinned maps outlive a build, and a newer one migrates them (the agent's `kernel::migrate`):
+//! a map's key never changes, and its value changes only by appending fields whose zero keeps
+//! the old behaviour, so an old value zero-extended is a valid new one.
 #![cfg_attr(not(any(feature = "user", feature = "host", feature = "http")), no_std)]
 
 pub mod addr;

@@ -61,9 +61,10 @@ pub const XDP_PORTS_MAX: usize = 256;
 /// A later fragment follows its first fragment's translation for this long (Linux gives up
 /// reassembling a datagram after 30 s, `ipfrag_time`).
 pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
-/// Frontend ids with counters: ids are handed out lowest first, and within one sync an id
-/// freed is not reused, so twice the services map's capacity leaves room. The agent sizes it
-/// from `--services-map-size`.
+/// Frontends with counters at once: within one sync a frontend's counters may be removed
+/// after its successor's are made, so twice the services map's capacity leaves room. The
+/// agent sizes it from `--services-map-size`. A limit, not memory: the counter maps are not
+/// preallocated, and hold an entry per programmed frontend only.
 pub const STATS_MAX: usize = 2 * SERVICES_MAX;
 /// Source ports this node allocates when it SNATs a flow to a remote backend: above Linux's
 /// default ephemeral range (32768-60999), so they do not collide with the node's own sockets.

@@ -2,10 +2,10 @@
 //! defaults; the agent sets the real ones at load time.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_F_INNER_MAP, BPF_NOEXIST},
+    bindings::{BPF_ANY, BPF_F_INNER_MAP, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     btf_maps::{
         Array, DevMapHash, HashMap, HashOfMaps, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray,
-        SkStorage,
+        PerCpuHashMap, SkStorage,
     },
     macros::btf_map,
 };
@@ -50,20 +50,25 @@ pub static SVCLB_FRAGS: LruHashMap<FragKey, FragValue, FRAGS_MAX> = LruHashMap::
 #[btf_map(pin_by_name)]
 pub static SVCLB_SOURCE_RANGES: LpmTrie<SourceRangeKey, u32, SOURCE_RANGES_MAX> = LpmTrie::new();
 
+/// The per-frontend counters are not preallocated: the agent adds an entry with each
+/// frontend, so their memory follows the frontends programmed, times the CPUs.
+const COUNTERS_FLAGS: usize = BPF_F_NO_PREALLOC as usize;
+
 /// Frontend id -> its counters, per CPU.
 #[btf_map(pin_by_name)]
-pub static SVCLB_STATS: PerCpuArray<FrontendStats, STATS_MAX> = PerCpuArray::new();
+pub static SVCLB_STATS: PerCpuHashMap<u32, FrontendStats, STATS_MAX, COUNTERS_FLAGS> =
+    PerCpuHashMap::new();
 
-/// Frontend `id`'s counters on this CPU (`None` for an id past the array: not counted).
+/// Frontend `id`'s counters on this CPU (`None` for a frontend without: not counted).
 #[inline(always)]
 pub fn stats(id: u32) -> Option<*mut FrontendStats> {
-    SVCLB_STATS.get_ptr_mut(id)
+    SVCLB_STATS.get_ptr_mut(&id)
 }
 
 /// Frontend `id`'s socket-level counters on this CPU.
 #[inline(always)]
 pub fn sock_stats(id: u32) -> Option<*mut SockStats> {
-    SVCLB_SOCK_STATS.get_ptr_mut(id)
+    SVCLB_SOCK_STATS.get_ptr_mut(&id)
 }
 
 /// Counts into counters [`stats`] or [`sock_stats`] found.
@@ -88,7 +93,8 @@ pub static SVCLB_SOCK_PEERS: SkStorage<SockPeers> = SkStorage::new();
 
 /// Frontend id -> its socket-level counters, per CPU.
 #[btf_map(pin_by_name)]
-pub static SVCLB_SOCK_STATS: PerCpuArray<SockStats, STATS_MAX> = PerCpuArray::new();
+pub static SVCLB_SOCK_STATS: PerCpuHashMap<u32, SockStats, STATS_MAX, COUNTERS_FLAGS> =
+    PerCpuHashMap::new();
 
 /// Uplink ifindex -> what the XDP program did with its packets, per CPU.
 #[btf_map(pin_by_name)]

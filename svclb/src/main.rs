@@ -15,7 +15,7 @@ use svclb::{
         loader, pins,
         socket::SocketLb,
     },
-    plan::{self, NodePortRule},
+    plan::{self, AddressRule},
     source::{Source, SourceConfig},
 };
 use tracing_subscriber::EnvFilter;
@@ -59,6 +59,8 @@ enum Command {
         /// serves them (`--localhost-nodeports`).
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         localhost_nodeports: bool,
+        #[command(flatten)]
+        external_ips: ExternalIpArgs,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -104,6 +106,31 @@ enum Command {
 }
 
 const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/svclb";
+
+/// Which externalIPs are refused (besides the special ranges: loopback, link-local, ...).
+#[derive(clap::Args)]
+struct ExternalIpArgs {
+    /// The service CIDRs (kube-apiserver's `--service-cluster-ip-range`): no externalIP is
+    /// served inside them.
+    #[arg(long, value_delimiter = ',')]
+    service_cidrs: Vec<IpNet>,
+    /// Serve externalIPs inside the service CIDRs and on this node's own addresses (by
+    /// default refused: such an externalIP captures that address's traffic).
+    #[arg(long)]
+    allow_reserved_external_ips: bool,
+}
+
+impl ExternalIpArgs {
+    /// The address rule of NodePorts inside `nodeport_cidrs`, with these externalIP limits.
+    fn rule(self, nodeport_cidrs: Vec<IpNet>) -> AddressRule {
+        AddressRule {
+            cidrs: nodeport_cidrs,
+            service_cidrs: self.service_cidrs,
+            allow_reserved_external_ips: self.allow_reserved_external_ips,
+            ..AddressRule::default()
+        }
+    }
+}
 
 /// Where objects come from: a manifests directory, a kubeconfig, or (neither given) the
 /// in-cluster service account.
@@ -153,6 +180,8 @@ struct AgentArgs {
     /// of this node's Node object).
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<IpNet>,
+    #[command(flatten)]
+    external_ips: ExternalIpArgs,
     /// Where maps are pinned. Pins survive the agent so a restart adopts their entries.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR)]
     bpffs_dir: PathBuf,
@@ -313,7 +342,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
             )?,
         ),
         socket_lb,
-        nodeport_cidrs: args.nodeport_addresses,
+        addresses: args.external_ips.rule(args.nodeport_addresses),
         source: args.source.config(),
         devices: DeviceSelector {
             uplinks: args.devices,
@@ -356,13 +385,13 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
 fn plan_command(
     node_name: &str,
     source: SourceArgs,
-    mut rule: NodePortRule,
+    mut rule: AddressRule,
     devices: &[String],
     output: Output,
 ) -> Result<()> {
     let (snapshot, uplinks) = runtime()?.block_on(async {
         // `svclb plan` reads once: nothing counts its watch errors.
-        let mut source = Source::open(&source.config(), node_name, Counter::default()).await?;
+        let mut source = Source::open(&source.config(), Counter::default()).await?;
         source.wait_ready(PLAN_READY).await?;
         let uplinks = addresses::of_devices_once(devices).await?;
         anyhow::Ok((source.snapshot(), uplinks))
@@ -420,12 +449,12 @@ fn run(cli: Cli) -> Result<()> {
             nodeport_addresses,
             devices,
             localhost_nodeports,
+            external_ips,
             output,
         } => {
-            let rule = NodePortRule {
-                cidrs: nodeport_addresses,
+            let rule = AddressRule {
                 localhost: localhost_nodeports,
-                ..NodePortRule::default()
+                ..external_ips.rule(nodeport_addresses)
             };
             plan_command(&node_name, source, rule, &devices, output)
         }

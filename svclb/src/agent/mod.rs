@@ -23,7 +23,6 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, stream::BoxStream};
-use ipnet::IpNet;
 use netlink_packet_core::NetlinkMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, MulticastGroup, new_multicast_connection};
@@ -32,8 +31,11 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
 use self::{
-    conntrack::Purger, health::HealthChecks, healthz::ProxyHealth, schedule::SyncSchedule,
-    syncer::Syncer,
+    conntrack::Purger,
+    health::HealthChecks,
+    healthz::ProxyHealth,
+    schedule::SyncSchedule,
+    syncer::{Pressure, Syncer},
 };
 use crate::{
     entries::{Capacity, MapState},
@@ -43,10 +45,11 @@ use crate::{
         config::Settings,
         loader,
         maps::Maps,
+        migrate::Migration,
         socket::{self, SocketHooks, SocketLb},
         sweep,
     },
-    plan::{NodePortRule, Planner},
+    plan::{AddressRule, Planner},
     reconcile::Index,
     source::{Source, SourceConfig},
     telemetry::{
@@ -69,8 +72,9 @@ const READY_LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub node_name: String,
-    /// `--nodeport-addresses`: NodePorts only on node addresses inside these.
-    pub nodeport_cidrs: Vec<IpNet>,
+    /// `--nodeport-addresses` (NodePorts only on node addresses inside these), and which
+    /// externalIPs are refused (`--service-cidrs`, `--allow-reserved-external-ips`).
+    pub addresses: AddressRule,
     pub source: SourceConfig,
     pub devices: DeviceSelector,
     pub bpffs_dir: PathBuf,
@@ -144,13 +148,8 @@ fn raise_open_files_limit() {
 /// devices and starts the metrics endpoint.
 async fn start(config: AgentConfig) -> Result<Agent> {
     let errors = ErrorCounters::default();
-    let source = Source::open(
-        &config.source,
-        &config.node_name,
-        errors.counter(ERROR_WATCH),
-    )
-    .await?;
-    let (mut ebpf, maps, programmed, private_pins) = open_datapath(&config)?;
+    let source = Source::open(&config.source, errors.counter(ERROR_WATCH)).await?;
+    let (mut ebpf, maps, programmed, private_pins, migration) = open_datapath(&config)?;
     let mut sockets = socket_hooks(&mut ebpf, &config, &errors)?;
     // Whatever fails from here takes the hooks this start attached back off.
     let started = async {
@@ -168,6 +167,8 @@ async fn start(config: AgentConfig) -> Result<Agent> {
             devices.abandon();
             return Err(err);
         }
+        // The old programs are detached now: what they added meanwhile comes over too.
+        migration.finish()?;
 
         let traffic = match TrafficCollector::open(&config.bpffs_dir) {
             Ok(traffic) => Some(Arc::new(traffic)),
@@ -201,9 +202,9 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         };
         let mut planner = Planner::new(
             &config.node_name,
-            NodePortRule {
+            AddressRule {
                 localhost: config.localhost_nodeports && sockets.is_ok(),
-                ..NodePortRule::cidrs(&config.nodeport_cidrs)
+                ..config.addresses.clone()
             },
         );
         // Without them NodePorts still listen on the Node object's addresses; the rescan tries
@@ -226,6 +227,7 @@ async fn start(config: AgentConfig) -> Result<Agent> {
             programmed,
             index: Index::default(),
             complete: false,
+            pressure: Pressure::default(),
             traffic,
             purger: Purger::start(
                 &config.bpffs_dir,
@@ -312,7 +314,7 @@ fn socket_hooks(
 /// Loads the datapath with its maps pinned, and takes over what an earlier run left: its
 /// entries are the starting point of the diff, so the first sync deletes whatever is stale
 /// and rewrites nothing that is right.
-fn open_datapath(config: &AgentConfig) -> Result<(aya::Ebpf, Maps, MapState, bool)> {
+fn open_datapath(config: &AgentConfig) -> Result<(aya::Ebpf, Maps, MapState, bool, Migration)> {
     let private = svclb_common::host::prepare_bpffs(&config.bpffs_dir)?.private();
     if private {
         warn!(
@@ -322,10 +324,12 @@ fn open_datapath(config: &AgentConfig) -> Result<(aya::Ebpf, Maps, MapState, boo
             config.bpffs_dir.display()
         );
     }
-    let mut ebpf = loader::load(&config.bpffs_dir, &config.capacity)?;
-    let maps = Maps::take(&mut ebpf, config.maglev)?;
+    let (mut ebpf, migration) = loader::load(&config.bpffs_dir, &config.capacity)?;
+    let mut maps = Maps::take(&mut ebpf, config.maglev)?;
     sweep::install(&mut ebpf, &config.bpffs_dir)?;
     let programmed = maps.read().context("reading the pinned maps")?;
+    maps.settle_counters(&programmed)
+        .context("giving the adopted frontends their counters")?;
     info!(
         frontends = programmed.services.len(),
         slots = programmed.slots.len(),
@@ -333,7 +337,7 @@ fn open_datapath(config: &AgentConfig) -> Result<(aya::Ebpf, Maps, MapState, boo
         pin_dir = %config.bpffs_dir.display(),
         "adopted pinned maps"
     );
-    Ok((ebpf, maps, programmed, private))
+    Ok((ebpf, maps, programmed, private, migration))
 }
 
 /// Sleeps until `due`; never, when nothing is due.
@@ -442,6 +446,9 @@ impl Agent {
         }
         let incomplete = self.syncer.sync();
         schedule.end(Instant::now(), incomplete);
+        if let Some(at) = self.syncer.pressure.full_due() {
+            schedule.at(at);
+        }
         if first {
             self.metrics.ready.store(true, Ordering::Relaxed);
             self.metrics.status().ready = true;

@@ -3,7 +3,8 @@
 //! makes one sync, but never later than [`MAX_DELAY`] after the first change of the burst,
 //! however busy the source. A sync that could not write everything is retried after
 //! [`RETRY_MIN`], doubling up to [`RETRY_MAX`] while retries fail; a new change starts again
-//! from the minimum.
+//! from the minimum. A sync may also be asked for at a time (changes that wait for the next
+//! full sync under map pressure).
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,12 @@ impl SyncSchedule {
             self.retry_after = (self.retry_after * 2).min(RETRY_MAX);
             true
         }
+    }
+
+    /// A sync is wanted at `at` (changes wait for it): it answers them, it is no retry.
+    pub fn at(&mut self, at: Instant) {
+        self.due = Some(self.due.map_or(at, |due| due.min(at)));
+        self.burst_began.get_or_insert(at);
     }
 
     /// The sync that began ended at `now`; `incomplete` when something could not be written.

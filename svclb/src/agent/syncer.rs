@@ -12,7 +12,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{conntrack::Purger, health::HealthChecks, healthz::ProxyHealth};
 use crate::{
-    entries::{self, Capacity, MapState},
+    entries::{self, Capacity, MapState, Refusal},
     kernel::maps::Maps,
     plan::{Diagnostic, FrontendKey, Planner},
     reconcile::{self, Index, SyncReport},
@@ -33,9 +33,12 @@ pub(super) struct Syncer {
     pub(super) programmed: MapState,
     /// Lookups into `programmed` for O(change) syncs; rebuilt after every full sync.
     pub(super) index: Index,
-    /// The last sync wrote everything it planned: the next one may write only what changed.
-    /// Otherwise (the first sync, a full map, a failed write) it compares everything.
+    /// The last sync wrote everything it decided: the next one may write only what changed.
+    /// Otherwise (the first sync, a failed write) it compares everything.
     pub(super) complete: bool,
+    /// Under pressure (see [`Pressure`]): the frontends refused room, and what waits for
+    /// the next full sync.
+    pub(super) pressure: Pressure,
     pub(super) capacity: Capacity,
     /// Diagnostics already logged, so each problem is logged once, not at every sync.
     pub(super) reported: BTreeSet<Diagnostic>,
@@ -56,13 +59,42 @@ pub(super) struct Syncer {
     pub(super) nodeports_logged: Option<(Vec<std::net::IpAddr>, Vec<String>)>,
 }
 
+/// How often a full sync may run while the maps are full. A change that does not fit them
+/// needs one (it decides who gets the room); changes meanwhile wait for it, so a full map
+/// never makes every change compare every entry.
+pub const PRESSURE_FULL_SYNC_EVERY: Duration = Duration::from_secs(10);
+
+/// The maps' pressure, as the last full sync left it.
+#[derive(Default)]
+pub(super) struct Pressure {
+    /// The frontends it refused room (or some of the room they wanted), with why; pruned as
+    /// incremental syncs write them.
+    refusals: Vec<Refusal>,
+    /// When it ran.
+    last_full: Option<Instant>,
+    /// Changes that did not fit, waiting for the next full sync.
+    pending: BTreeSet<FrontendKey>,
+    /// A full sync is wanted as soon as one may run: changes wait for it.
+    full_wanted: bool,
+}
+
+impl Pressure {
+    /// When the next full sync may run, if one is wanted.
+    pub(super) fn full_due(&self) -> Option<Instant> {
+        self.full_wanted.then(|| self.full_allowed_at())
+    }
+
+    fn full_allowed_at(&self) -> Instant {
+        self.last_full
+            .map_or_else(Instant::now, |at| at + PRESSURE_FULL_SYNC_EVERY)
+    }
+}
+
 /// What bringing the maps in line did.
 struct Applied {
     report: SyncReport,
     /// It compared everything rather than the change.
     full: bool,
-    /// Frontends that did not fit the maps, by Service.
-    map_diags: Vec<Diagnostic>,
 }
 
 /// How long each step took, for the log.
@@ -82,14 +114,16 @@ impl Syncer {
         let changed = self.planner.update(&snapshot);
         self.health.update(&self.planner.plan().health_checks);
         let plan_us = started.elapsed().as_micros() as u64 - read_us;
-        let mut applied = self.apply(&changed);
+        let applied = self.apply(&changed);
         self.update_traffic(&changed, applied.full);
         let plan = self.planner.plan();
         self.not_programmed = plan
             .frontends
             .len()
             .saturating_sub(self.programmed.services.len());
-        let incomplete = !applied.map_diags.is_empty() || !applied.report.errors.is_empty();
+        // Refusals are the maps' steady state under pressure, reported, not retried: only a
+        // failed write makes the next sync compare everything again.
+        let incomplete = !applied.report.errors.is_empty();
         self.complete = !incomplete;
         let node = self.planner.node_object();
         self.node_seen |= node.is_some();
@@ -99,7 +133,8 @@ impl Syncer {
             self.proxy_health.updated();
         }
         self.purger.purge(applied.report.departed.clone());
-        self.report_diagnostics(snapshot.diagnostics, std::mem::take(&mut applied.map_diags));
+        let refusals = self.pressure.refusals.iter().map(|(_, diag)| diag.clone());
+        self.report_diagnostics(snapshot.diagnostics, refusals.collect());
         self.report_nodeports();
         for err in &applied.report.errors {
             error!("map write failed: {err}");
@@ -115,33 +150,105 @@ impl Syncer {
     }
 
     /// The incremental sync when the last one wrote everything and the change fits, the full
-    /// one otherwise.
+    /// one otherwise; under pressure, at most one full sync every
+    /// [`PRESSURE_FULL_SYNC_EVERY`], changes that do not fit waiting for it.
     fn apply(&mut self, changed: &BTreeSet<FrontendKey>) -> Applied {
+        let now = Instant::now();
+        self.pressure.pending.extend(changed.iter().copied());
+        let full_allowed = now >= self.pressure.full_allowed_at();
+        if self.complete && !(self.pressure.full_wanted && full_allowed) {
+            if let Some(report) = self.apply_change() {
+                return Applied {
+                    report,
+                    full: false,
+                };
+            }
+            if !full_allowed {
+                self.pressure.full_wanted = true;
+                return Applied {
+                    report: SyncReport::default(),
+                    full: false,
+                };
+            }
+        }
         let plan = self.planner.plan();
-        if self.complete
-            && let Some(report) = reconcile::incremental::sync(
+        let (desired, refusals) = entries::desired(plan, &self.programmed, self.capacity);
+        let report = reconcile::full::sync(&mut self.programmed, &desired, &mut self.maps);
+        self.index = Index::of(&self.programmed);
+        self.pressure = Pressure {
+            refusals,
+            last_full: Some(now),
+            ..Pressure::default()
+        };
+        Applied { report, full: true }
+    }
+
+    /// The incremental sync of the pending changes; `None` when they do not fit.
+    fn apply_change(&mut self) -> Option<SyncReport> {
+        let plan = self.planner.plan();
+        let room = |state: &MapState| {
+            (
+                state.services.len(),
+                state.slots.len(),
+                state.backends.len(),
+            )
+        };
+        let before = room(&self.programmed);
+        let report = reconcile::incremental::sync(
+            plan,
+            &self.pressure.pending,
+            &mut self.programmed,
+            &mut self.index,
+            self.capacity,
+            &mut self.maps,
+        )?;
+        let written = std::mem::take(&mut self.pressure.pending);
+        self.pressure
+            .refusals
+            .retain(|(key, _)| !written.contains(key) && plan.frontends.contains_key(key));
+        let after = room(&self.programmed);
+        let freed = after.0 < before.0 || after.1 < before.1 || after.2 < before.2;
+        let mut report = report;
+        if freed && !self.pressure.refusals.is_empty() {
+            self.admit_waiting(&mut report);
+        }
+        Some(report)
+    }
+
+    /// Room was freed: the frontends refused room get it, Service by Service in the fair
+    /// order the full sync refused them in, as far as it goes (each Service whole, by the
+    /// incremental sync).
+    fn admit_waiting(&mut self, report: &mut SyncReport) {
+        let plan = self.planner.plan();
+        let mut services: Vec<(&str, BTreeSet<FrontendKey>)> = Vec::new();
+        for (key, diag) in &self.pressure.refusals {
+            match services.last_mut() {
+                Some((object, keys)) if *object == diag.object => {
+                    keys.insert(*key);
+                }
+                _ => services.push((&diag.object, BTreeSet::from([*key]))),
+            }
+        }
+        let mut admitted = BTreeSet::new();
+        for (_, keys) in services {
+            let Some(more) = reconcile::incremental::sync(
                 plan,
-                changed,
+                &keys,
                 &mut self.programmed,
                 &mut self.index,
                 self.capacity,
                 &mut self.maps,
-            )
-        {
-            return Applied {
-                report,
-                full: false,
-                map_diags: Vec::new(),
+            ) else {
+                continue;
             };
+            report.writes += more.writes;
+            report.errors.extend(more.errors);
+            report.departed.extend(more.departed);
+            admitted.extend(keys);
         }
-        let (desired, map_diags) = entries::desired(plan, &self.programmed, self.capacity);
-        let report = reconcile::full::sync(&mut self.programmed, &desired, &mut self.maps);
-        self.index = Index::of(&self.programmed);
-        Applied {
-            report,
-            full: true,
-            map_diags,
-        }
+        self.pressure
+            .refusals
+            .retain(|(key, _)| !admitted.contains(key));
     }
 
     fn update_traffic(&self, changed: &BTreeSet<FrontendKey>, full: bool) {
@@ -166,6 +273,7 @@ impl Syncer {
         for diag in diags.difference(&self.reported) {
             warn!("{diag}");
         }
+        self.metrics.set_refusals(&diags);
         self.reported = diags;
     }
 

@@ -173,7 +173,7 @@ endpoints: [{addresses: [10.244.1.2], nodeName: n1}]
         }
         let (node, plan, diags) = plan_for_node(
             "n1",
-            &crate::plan::NodePortRule::default(),
+            &crate::plan::AddressRule::default(),
             &[] as &[k8s_openapi::api::core::v1::Node],
             &services,
             &slices,

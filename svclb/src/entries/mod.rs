@@ -12,7 +12,7 @@ mod desired;
 mod ids;
 
 pub use capacity::Capacity;
-pub use desired::desired;
+pub use desired::{Refusal, desired};
 pub use ids::{IdPool, Ids};
 
 use std::{

@@ -7,8 +7,8 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, HashOfMaps, IterableMap as _, LpmTrie, Map, MapData, PerCpuArray,
-        PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+        Array, HashMap, HashOfMaps, IterableMap as _, LpmTrie, Map, MapData, PerCpuHashMap,
+        lpm_trie::Key,
     },
 };
 use ipnet::IpNet;
@@ -28,7 +28,10 @@ use svclb_common::{
     maglev::{Maglev, Weighted, identity},
 };
 
-use super::sweep::Sweeper;
+use super::{
+    counters::{PerFrontend, Slots},
+    sweep::Sweeper,
+};
 use crate::{
     entries::{MaglevSpec, MapState, ip_of, l3},
     plan::Protocol,
@@ -46,13 +49,13 @@ pub struct Maps {
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     maglev: HashOfMaps<MapData, u32, Array<MapData, u32>>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
-    stats: Stats<FrontendStats>,
-    sock_stats: Stats<SockStats>,
+    stats: PerFrontend<FrontendStats>,
+    sock_stats: PerFrontend<SockStats>,
     xdp_stats: PerCpuHashMap<MapData, u32, XdpStats>,
     fragments: HashMap<MapData, FragKey, FragValue>,
     sock_reverse: HashMap<MapData, SockRevKey, SockRevValue>,
     /// Datapath events and the LRU maps' bookkeeping (see `svclb_common::events`).
-    events: Stats<u64>,
+    events: Slots<u64>,
     /// The seed every Maglev table is built with (the size comes with each table).
     seed: Maglev,
 }
@@ -101,13 +104,13 @@ impl Maps {
                 .with_context(|| format!("map {MAP_MAGLEV}"))?,
             source_ranges: LpmTrie::try_from(get(MAP_SOURCE_RANGES)?)
                 .with_context(|| format!("map {MAP_SOURCE_RANGES}"))?,
-            stats: Stats::new(get(MAP_STATS)?, MAP_STATS)?,
-            sock_stats: Stats::new(get(MAP_SOCK_STATS)?, MAP_SOCK_STATS)?,
+            stats: PerFrontend::new(get(MAP_STATS)?, MAP_STATS)?,
+            sock_stats: PerFrontend::new(get(MAP_SOCK_STATS)?, MAP_SOCK_STATS)?,
             xdp_stats: PerCpuHashMap::try_from(get(MAP_XDP_STATS)?)
                 .with_context(|| format!("map {MAP_XDP_STATS}"))?,
             fragments: hash(get(MAP_FRAGS)?, MAP_FRAGS)?,
             sock_reverse: hash(get(MAP_SOCK_REVERSE)?, MAP_SOCK_REVERSE)?,
-            events: Stats::new(get(MAP_EVENTS)?, MAP_EVENTS)?,
+            events: Slots::new(get(MAP_EVENTS)?, MAP_EVENTS)?,
             seed,
         })
     }
@@ -263,6 +266,22 @@ impl Maps {
         count_keys(&self.affinity)
     }
 
+    fn open_counters(&mut self, id: u32) -> Result<()> {
+        self.stats.open(id)?;
+        self.sock_stats.open(id)
+    }
+
+    /// Gives every frontend of `programmed` its counters, and removes those of ids no
+    /// frontend has (after adopting maps an earlier run, or an older build, left).
+    pub fn settle_counters(&mut self, programmed: &MapState) -> Result<()> {
+        let ids: BTreeSet<u32> = programmed.services.values().map(|v| v.id).collect();
+        for id in &ids {
+            self.open_counters(*id)?;
+        }
+        self.stats.retain(&ids)?;
+        self.sock_stats.retain(&ids)
+    }
+
     /// Frontend `id`'s counters, summed over the CPUs.
     pub fn stats(&self, id: u32) -> Option<FrontendStats> {
         self.stats.get(id)
@@ -364,82 +383,6 @@ impl LruFill {
     }
 }
 
-/// Per-CPU counters whose CPUs add up.
-trait Counters: aya::Pod + Default {
-    fn plus(self, other: Self) -> Self;
-}
-
-impl Counters for u64 {
-    fn plus(self, other: Self) -> Self {
-        self.wrapping_add(other)
-    }
-}
-
-impl Counters for FrontendStats {
-    fn plus(self, other: Self) -> Self {
-        Self::plus(self, other)
-    }
-}
-
-impl Counters for SockStats {
-    fn plus(self, other: Self) -> Self {
-        Self::plus(self, other)
-    }
-}
-
-/// Per-frontend counters (`SVCLB_STATS`, `SVCLB_SOCK_STATS`), indexed by frontend id.
-struct Stats<T: Counters> {
-    map: PerCpuArray<MapData, T>,
-    /// Possible CPUs: one value each in a per-CPU map.
-    cpus: usize,
-}
-
-impl<T: Counters> Stats<T> {
-    fn new(map: Map, name: &str) -> Result<Self> {
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?
-            .get() as usize;
-        Ok(Self {
-            map: PerCpuArray::try_from(map).with_context(|| format!("map {name}"))?,
-            cpus,
-        })
-    }
-
-    /// Frontend `id`'s counters, summed over the CPUs (`None` past the array).
-    fn get(&self, id: u32) -> Option<T> {
-        let values = self.map.get(&id, 0).ok()?;
-        Some(values.iter().fold(T::default(), |sum, cpu| sum.plus(*cpu)))
-    }
-
-    /// Sets frontend `id`'s counters back to zero (its frontend is gone, and the id may go to
-    /// a new one).
-    fn reset(&mut self, id: u32) -> Result<()> {
-        let zeros = PerCpuValues::try_from(vec![T::default(); self.cpus])?;
-        match self.map.set(id, zeros, 0) {
-            Ok(()) => Ok(()),
-            // An id past the array has no counters to reset (and is never counted).
-            Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(()),
-            Err(err) => Err(err.into()),
-        }
-    }
-}
-
-impl Stats<u64> {
-    /// Adds `n` to counter `id` (on the first CPU's slot): for counters only the agent writes,
-    /// so nothing else changes them between the read and the write.
-    fn add(&mut self, id: u32, n: u64) -> Result<()> {
-        if n == 0 {
-            return Ok(());
-        }
-        let mut values: Vec<u64> = self.map.get(&id, 0)?.iter().copied().collect();
-        if let Some(first) = values.first_mut() {
-            *first = first.wrapping_add(n);
-        }
-        self.map.set(id, PerCpuValues::try_from(values)?, 0)?;
-        Ok(())
-    }
-}
-
 fn sweep_item(key: CtKey, entry: &CtEntry, mode: u32) -> SweepItem {
     SweepItem {
         key,
@@ -506,21 +449,25 @@ impl MapWriter for Maps {
         Ok(self.slots.remove(&key)?)
     }
 
+    /// Gives the frontend its counters first (unless it has them), so the datapath counts
+    /// its first packet. Counters that cannot be made (out of memory) are only warned of.
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        if let Err(err) = self.open_counters(value.id) {
+            tracing::warn!("frontend id {}: no counters: {err:#}", value.id);
+        }
         Ok(self.services.insert(key, value, 0)?)
     }
 
-    /// Deletes the entry, then zeroes its id's counters, so the next frontend handed the id
-    /// starts from zero (a frontend's creation, the common case at a cold start, costs no
-    /// extra write).
+    /// Deletes the entry, then its id's counters, so the next frontend handed the id starts
+    /// from zero.
     fn del_service(&mut self, key: &ServiceKey) -> Result<()> {
         let id = self.services.get(key, 0).ok().map(|value| value.id);
         self.services.remove(key)?;
         // The entry is gone whatever happens here: a failure must not report it kept.
         if let Some(id) = id
-            && let Err(err) = self.stats.reset(id).and(self.sock_stats.reset(id))
+            && let Err(err) = self.stats.close(id).and(self.sock_stats.close(id))
         {
-            tracing::warn!("counters of frontend id {id} not reset: {err:#}");
+            tracing::warn!("counters of frontend id {id} not removed: {err:#}");
         }
         Ok(())
     }

@@ -8,9 +8,11 @@
 pub mod addresses;
 pub mod attach;
 pub mod config;
+mod counters;
 mod link_update;
 pub mod loader;
 pub mod maps;
+pub mod migrate;
 pub mod object;
 pub mod pins;
 pub mod socket;

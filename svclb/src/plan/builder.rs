@@ -3,7 +3,8 @@
 //! It follows kube-proxy's rules:
 //! - Service types: ClusterIP on every cluster IP; NodePort on this node's NodePort addresses
 //!   (NodePort and LoadBalancer services with a `nodePort`); LoadBalancer on
-//!   `status.loadBalancer.ingress[].ip` (not those with `ipMode: Proxy`); `externalIPs`.
+//!   `status.loadBalancer.ingress[].ip` (not those with `ipMode: Proxy`); `externalIPs`, but
+//!   not on reserved addresses (see `reserved`).
 //!   ExternalName and headless services get nothing.
 //! - Endpoints: see [`super::endpoints`]. Internal traffic uses the `internalTrafficPolicy` set,
 //!   external traffic the `externalTrafficPolicy` set; Cluster sets honour zone hints.
@@ -21,10 +22,12 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Diagnostic, Family, Frontend, FrontendKey, NodeInfo, NodePortRule, Plan,
+    AddressRule, Diagnostic, Family, Frontend, FrontendKey, NodeInfo, Plan,
     claims::{Claim, conflict, created},
     fields::{cluster_ips_by_family, ip_addresses, object_name, service_of, source_ranges},
+    node::other_node_addresses,
     ports::{FamilyAddresses, PlannedService, ServiceCtx, plan_family},
+    reserved::refuse_reserved,
 };
 
 /// Computes the plan for `node`. Objects that cannot be served are reported and skipped;
@@ -90,7 +93,7 @@ pub(super) fn duplicate(name: &str) -> Diagnostic {
 /// Finds node `name` among `nodes` (its Node object gives zone and addresses) and plans for it.
 pub fn plan_for_node(
     name: &str,
-    nodeports: &NodePortRule,
+    nodeports: &AddressRule,
     nodes: &[impl Borrow<Node>],
     services: &[impl Borrow<Service>],
     slices: &[impl Borrow<EndpointSlice>],
@@ -99,7 +102,8 @@ pub fn plan_for_node(
         .iter()
         .map(Borrow::borrow)
         .find(|n| n.metadata.name.as_deref() == Some(name));
-    let (node, mut diags) = NodeInfo::from_node(name, object, nodeports);
+    let others = other_node_addresses(name, nodes);
+    let (node, mut diags) = NodeInfo::from_node(name, object, &others, nodeports);
     let (plan, plan_diags) = plan(&node, services, slices);
     diags.extend(plan_diags);
     (node, plan, diags)
@@ -251,6 +255,7 @@ pub(super) fn plan_service(
         spec.external_ips.iter().flatten().map(String::as_str),
         diags,
     );
+    let external_ips = refuse_reserved(&object, node, external_ips, diags);
     let lb_ips = lb_ingress_ips(&object, svc, svc_type, diags);
     let external: Vec<IpAddr> = external_ips.iter().chain(&lb_ips).copied().collect();
     report_unserved_families(&object, &external, &families, diags);

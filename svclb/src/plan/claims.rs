@@ -9,7 +9,7 @@
 
 use k8s_openapi::api::core::v1::Service;
 
-use super::{Diagnostic, Frontend, FrontendKey, FrontendKind};
+use super::{Diagnostic, Frontend, FrontendKey, FrontendKind, Kind};
 
 /// One Service's claim on a frontend; the least claim serves it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,4 +63,5 @@ pub(super) fn conflict(loser: &Claim, key: &FrontendKey, winner: &Claim) -> Diag
             winner.reason_over(loser)
         ),
     )
+    .of(Kind::Conflict)
 }

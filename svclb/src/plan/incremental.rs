@@ -20,10 +20,11 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    Diagnostic, Frontend, FrontendKey, HealthCheck, NodeInfo, NodePortRule, Plan, Snapshot,
+    AddressRule, Diagnostic, Frontend, FrontendKey, HealthCheck, NodeInfo, Plan, Snapshot,
     builder::{duplicate, plan_service},
     claims::{Claim, conflict, created},
     fields::{object_name, service_of},
+    node::other_node_addresses,
 };
 
 /// What planning one Service gave.
@@ -53,10 +54,13 @@ fn address<T>(object: &Arc<T>) -> usize {
 pub struct Planner {
     node_name: String,
     /// Where NodePorts listen (`--nodeport-addresses`, the uplinks' addresses).
-    nodeports: NodePortRule,
+    nodeports: AddressRule,
     /// The uplink addresses changed since the node was last worked out.
     node_stale: bool,
-    /// The Node object the node was built from (by allocation), and what it gave.
+    /// Every Node object the node was built from (by allocation): this node's, and the
+    /// others', whose addresses are reserved.
+    node_objects: Vec<usize>,
+    /// This node's Node object, and what it gave.
     node_object: Option<Arc<Node>>,
     node: NodeInfo,
     node_diags: Vec<Diagnostic>,
@@ -78,12 +82,13 @@ pub struct Planner {
 }
 
 impl Planner {
-    pub fn new(node_name: &str, nodeports: NodePortRule) -> Self {
-        let (node, node_diags) = NodeInfo::from_node(node_name, None, &nodeports);
+    pub fn new(node_name: &str, nodeports: AddressRule) -> Self {
+        let (node, node_diags) = NodeInfo::from_node(node_name, None, &[], &nodeports);
         Self {
             node_name: node_name.to_owned(),
             nodeports,
             node_stale: false,
+            node_objects: Vec::new(),
             node_object: None,
             node,
             node_diags,
@@ -246,16 +251,23 @@ impl Planner {
     /// A new Node object (or none any more), or new uplink addresses, plan every Service
     /// again, if they change the node.
     fn update_node(&mut self, nodes: &[Arc<Node>], dirty: &mut HashSet<String>) {
+        let objects: Vec<usize> = nodes.iter().map(address).collect();
+        if objects == self.node_objects && !self.node_stale {
+            return;
+        }
+        self.node_objects = objects;
+        self.node_stale = false;
         let object = nodes
             .iter()
             .find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
-        if object.map(address) == self.node_object.as_ref().map(address) && !self.node_stale {
-            return;
-        }
         self.node_object = object.cloned();
-        self.node_stale = false;
-        let (node, diags) =
-            NodeInfo::from_node(&self.node_name, object.map(AsRef::as_ref), &self.nodeports);
+        let others = other_node_addresses(&self.node_name, nodes);
+        let (node, diags) = NodeInfo::from_node(
+            &self.node_name,
+            object.map(AsRef::as_ref),
+            &others,
+            &self.nodeports,
+        );
         self.node_diags = diags;
         if node != self.node {
             self.node = node;

@@ -7,7 +7,8 @@
 //!   Service's ports and fields, [`endpoints`] picks endpoints, [`node`] describes this node.
 //! - [`incremental`]: the [`Planner`], which keeps the plan up to date change by change and
 //!   names the frontends that changed.
-//! - `claims`: which Service serves a frontend that several claim (both planners use it).
+//! - `claims`: which Service serves a frontend that several claim (both planners use it);
+//!   `reserved`: the addresses an externalIP may not take.
 
 pub mod builder;
 mod claims;
@@ -17,15 +18,16 @@ pub mod fields;
 pub mod incremental;
 pub mod node;
 pub mod ports;
+mod reserved;
 mod snapshot;
 pub mod types;
 
 pub use builder::{plan, plan_for_node};
-pub use diag::Diagnostic;
+pub use diag::{Diagnostic, Kind};
 pub use endpoints::Topology;
 pub use fields::{AFFINITY_TIMEOUT_DEFAULT, AFFINITY_TIMEOUT_MAX, Family, SERVICE_NAME_LABEL};
 pub use incremental::Planner;
-pub use node::{NodeInfo, NodePortRule, TO_BE_DELETED_TAINT, ZONE_LABEL, eligibility};
+pub use node::{AddressRule, NodeInfo, TO_BE_DELETED_TAINT, ZONE_LABEL, eligibility};
 pub use snapshot::Snapshot;
 pub use types::{
     Frontend, FrontendKey, FrontendKind, HealthCheck, Plan, PlanBackend, Protocol, Scope, WhenEmpty,

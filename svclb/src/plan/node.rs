@@ -1,11 +1,15 @@
-//! This node as the plan needs it: name, zone, and the addresses NodePorts listen on.
+//! This node as the plan needs it: name, zone, the addresses NodePorts listen on, and those
+//! externalIPs may not take.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 
-use super::{Diagnostic, Family};
+use super::{
+    Diagnostic, Family,
+    reserved::{Reserved, reserved},
+};
 
 /// The label holding a node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -41,8 +45,9 @@ pub fn eligibility(node: Option<&Node>, seen: bool) -> Result<(), String> {
 /// Where NodePorts listen: `--nodeport-addresses`, and the uplinks' own addresses, which
 /// serve for a family the Node object gives no address of (or when there is no Node object,
 /// as on a dev box with manifests only), as kube-proxy falls back to the node's interfaces.
+/// And which addresses externalIPs may not take (see `reserved`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NodePortRule {
+pub struct AddressRule {
     /// Only addresses inside these (empty: every address).
     pub cidrs: Vec<IpNet>,
     /// The addresses of the uplink devices (`--devices`).
@@ -52,9 +57,14 @@ pub struct NodePortRule {
     /// NodePorts; inside `cidrs` like every other address, and for a family with a node
     /// address only.
     pub localhost: bool,
+    /// `--service-cidrs`: where cluster IPs are allocated.
+    pub service_cidrs: Vec<IpNet>,
+    /// `--allow-reserved-external-ips`: externalIPs may take the node's own addresses and
+    /// addresses inside `service_cidrs`.
+    pub allow_reserved_external_ips: bool,
 }
 
-impl NodePortRule {
+impl AddressRule {
     /// `--nodeport-addresses` alone, no uplink addresses to fall back on.
     pub fn cidrs(cidrs: &[IpNet]) -> Self {
         Self {
@@ -79,6 +89,8 @@ pub struct NodeInfo {
     /// Where each family's NodePort addresses came from, e.g. `IPv4: the Node object`,
     /// `IPv6: the uplinks (no Node object)`, `IPv6: none`.
     pub nodeport_origin: Vec<String>,
+    /// The ranges externalIPs may not take.
+    pub reserved: Vec<Reserved>,
 }
 
 impl NodeInfo {
@@ -106,10 +118,12 @@ impl NodeInfo {
             .collect()
     }
 
-    /// A node known only by name: no zone, no NodePort addresses.
+    /// A node known only by name: no zone, no NodePort addresses, only the special ranges
+    /// reserved.
     pub fn named(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
+            reserved: reserved(&AddressRule::default(), &[]),
             ..Self::default()
         }
     }
@@ -118,10 +132,13 @@ impl NodeInfo {
     /// served on the node's InternalIP and ExternalIP addresses inside `--nodeport-addresses`
     /// (all of them when it is not given); for a family where that leaves none (or without a
     /// Node object), on the uplinks' addresses inside it.
+    /// `others` are the other nodes' addresses (see [`other_node_addresses`]), which with
+    /// this node's own make the reserved ranges.
     pub fn from_node(
         name: &str,
         node: Option<&Node>,
-        rule: &NodePortRule,
+        others: &[(IpAddr, String)],
+        rule: &AddressRule,
     ) -> (Self, Vec<Diagnostic>) {
         let mut info = Self::named(name);
         let (listed, diags) = node.map(|n| node_addresses(name, n)).unwrap_or_default();
@@ -158,8 +175,32 @@ impl NodeInfo {
         }
         info.nodeport_addresses.sort();
         info.nodeport_addresses.dedup();
+        let own = listed
+            .iter()
+            .chain(&rule.uplinks)
+            .map(|a| (*a, name.to_owned()));
+        let nodes: Vec<(IpAddr, String)> = own.chain(others.iter().cloned()).collect();
+        info.reserved = reserved(rule, &nodes);
         (info, diags)
     }
+}
+
+/// The InternalIP and ExternalIP addresses of every Node object but `name`'s, each with its
+/// node's name (those that do not parse are left out: their own agents report them).
+pub fn other_node_addresses(
+    name: &str,
+    nodes: &[impl std::borrow::Borrow<Node>],
+) -> Vec<(IpAddr, String)> {
+    let mut out = Vec::new();
+    for node in nodes.iter().map(std::borrow::Borrow::borrow) {
+        let Some(other) = node.metadata.name.as_deref().filter(|n| *n != name) else {
+            continue;
+        };
+        let (addresses, _) = node_addresses(other, node);
+        out.extend(addresses.into_iter().map(|a| (a, other.to_owned())));
+    }
+    out.sort();
+    out
 }
 
 /// The InternalIP and ExternalIP addresses of a Node object, each once; those that do not
@@ -208,16 +249,16 @@ mod tests {
         }
     }
 
-    fn rule(cidrs: &[&str], uplinks: &[&str]) -> NodePortRule {
-        NodePortRule {
+    fn rule(cidrs: &[&str], uplinks: &[&str]) -> AddressRule {
+        AddressRule {
             cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
             uplinks: uplinks.iter().map(|a| a.parse().unwrap()).collect(),
-            localhost: false,
+            ..AddressRule::default()
         }
     }
 
-    fn with_localhost(rule: NodePortRule) -> NodePortRule {
-        NodePortRule {
+    fn with_localhost(rule: AddressRule) -> AddressRule {
+        AddressRule {
             localhost: true,
             ..rule
         }
@@ -266,7 +307,7 @@ mod tests {
     fn node_port_addresses_and_where_they_came_from() {
         let uplinks = ["172.31.0.11", "fd00:31::11"];
         let v4_node = node_with(&["10.0.0.5"]);
-        let cases: [(&str, Option<&Node>, NodePortRule, &str); 8] = [
+        let cases: [(&str, Option<&Node>, AddressRule, &str); 8] = [
             (
                 "no Node object: both families from the uplinks",
                 None,
@@ -317,7 +358,7 @@ mod tests {
             ),
         ];
         for (what, node, rule, want) in cases {
-            let (info, diags) = NodeInfo::from_node("n1", node, &rule);
+            let (info, diags) = NodeInfo::from_node("n1", node, &[], &rule);
             assert!(diags.is_empty(), "{what}: {diags:?}");
             assert_eq!(info.nodeport_summary(), want, "{what}");
         }

@@ -1,5 +1,6 @@
 //! The Kubernetes source: kube-runtime watchers with reflector stores for Services,
-//! EndpointSlices and this node's Node object.
+//! EndpointSlices and Node objects (every node's addresses are reserved: see
+//! `plan::reserved`; only this node's object is read otherwise).
 //!
 //! The watchers relist on 410 Gone, back off on errors and take bookmarks (kube-runtime does
 //! all three). A store is replaced only when a (re)list completes, so a relist never shows a
@@ -12,7 +13,7 @@ use anyhow::{Context as _, Result};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service},
+        core::v1::{Node, NodeStatus, Service},
         discovery::v1::EndpointSlice,
     },
     serde::de::DeserializeOwned,
@@ -72,7 +73,13 @@ struct Reports {
     errors: Counter,
 }
 
-fn watch<K>(api: Api<K>, config: watcher::Config, reports: Reports) -> (Store<K>, JoinHandle<()>)
+/// Watches `api` into a store of objects cut down by `trim` (managed fields always go).
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: fn(&mut K),
+    reports: Reports,
+) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -85,9 +92,10 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config.any_semantic())
         .default_backoff()
-        .modify(|object| {
+        .modify(move |object| {
             // Managed fields are large and never read.
             object.meta_mut().managed_fields = None;
+            trim(object);
         })
         .reflect(writer);
     let task = tokio::spawn(drive(K::kind(&()).into_owned(), stream, reports));
@@ -125,12 +133,26 @@ where
     debug!(kind, "watch stream ended");
 }
 
+/// What the plan reads of a Node: its labels (the zone), taints, deletion, and addresses. The
+/// rest (images, conditions, capacity, annotations) is most of a Node object's size, and
+/// every node's object is kept.
+fn trim_node(node: &mut Node) {
+    node.metadata.annotations = None;
+    if let Some(status) = &mut node.status {
+        *status = NodeStatus {
+            addresses: status.addresses.take(),
+            ..NodeStatus::default()
+        };
+    }
+}
+
 impl KubeSource {
     /// Starts watching. As kube-proxy does, Services and EndpointSlices that name another
     /// service proxy (`service.kubernetes.io/service-proxy-name`) are not watched, nor the
-    /// EndpointSlices of headless services; the Node watch is limited to `node_name`.
-    /// Failed watch requests are counted in `errors`.
-    pub fn start(client: &Client, node_name: &str, errors: Counter) -> Self {
+    /// EndpointSlices of headless services. Every Node is watched, kept with its labels,
+    /// taints and addresses only (see [`trim_node`]). Failed watch requests are counted in
+    /// `errors`.
+    pub fn start(client: &Client, errors: Counter) -> Self {
         let (tx, changes) = mpsc::unbounded_channel();
         let reports = Reports {
             changes: tx,
@@ -139,17 +161,20 @@ impl KubeSource {
         let (services, t1) = watch(
             Api::<Service>::all(client.clone()),
             watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}")),
+            |_| {},
             reports.clone(),
         );
         let (slices, t2) = watch(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default()
                 .labels(&format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}")),
+            |_| {},
             reports.clone(),
         );
         let (nodes, t3) = watch(
             Api::<Node>::all(client.clone()),
-            watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+            watcher::Config::default(),
+            trim_node,
             reports,
         );
         Self {

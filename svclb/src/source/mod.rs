@@ -42,7 +42,7 @@ pub enum Source {
 impl Source {
     /// Opens the source. For the API this starts the watchers; [`Source::wait_ready`] waits
     /// for their first lists. Watch failures are counted in `errors`.
-    pub async fn open(config: &SourceConfig, node_name: &str, errors: Counter) -> Result<Self> {
+    pub async fn open(config: &SourceConfig, errors: Counter) -> Result<Self> {
         match config {
             SourceConfig::Manifests(dir) => {
                 if !dir.is_dir() {
@@ -73,9 +73,7 @@ impl Source {
             }
             SourceConfig::Kubernetes { kubeconfig } => {
                 let client = kubernetes::client(kubeconfig.as_deref()).await?;
-                Ok(Self::Kubernetes(KubeSource::start(
-                    &client, node_name, errors,
-                )))
+                Ok(Self::Kubernetes(KubeSource::start(&client, errors)))
             }
         }
     }

@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 
 use super::{report::AgentStatus, traffic::TrafficCollector};
-use crate::kernel::maps::LruFill;
+use crate::{kernel::maps::LruFill, plan::Diagnostic};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
@@ -51,6 +51,14 @@ pub struct MapLabel {
     pub map: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `namespace/name`.
+    pub service: String,
+    /// [`crate::plan::Kind::refusal`].
+    pub reason: String,
+}
+
 /// Every metric the agent exports.
 pub struct Metrics {
     registry: Registry,
@@ -73,6 +81,7 @@ pub struct Metrics {
     pub map_capacity: Family<MapLabel, Gauge>,
     map_evicted: Family<MapLabel, Counter>,
     map_insert_failures: Family<MapLabel, Counter>,
+    refused: Family<RefusalLabels, Gauge>,
     errors: ErrorCounters,
     pub ready: AtomicBool,
     /// What `/status` answers (`svclb status` reads it).
@@ -104,6 +113,7 @@ impl Metrics {
             map_capacity: Family::default(),
             map_evicted: Family::default(),
             map_insert_failures: Family::default(),
+            refused: Family::default(),
             errors,
             ready: AtomicBool::new(false),
             status: std::sync::Mutex::default(),
@@ -234,6 +244,27 @@ impl Metrics {
         ];
         for (name, help, family) in families {
             registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "frontends_refused",
+            "Frontends of each Service refused, by reason: conflict (another Service serves the address and port), reserved_address (an externalIP on a reserved address), map_full (no room in the maps)",
+            self.refused.clone(),
+        );
+    }
+
+    /// Names the Services with refused frontends among `diags`, each with how many by reason.
+    pub fn set_refusals<'a>(&self, diags: impl IntoIterator<Item = &'a Diagnostic>) {
+        self.refused.clear();
+        for diag in diags {
+            let Some(reason) = diag.kind.refusal() else {
+                continue;
+            };
+            let service = diag.object.strip_prefix("Service ").unwrap_or(&diag.object);
+            let labels = RefusalLabels {
+                service: service.to_owned(),
+                reason: reason.to_owned(),
+            };
+            self.refused.get_or_create(&labels).inc();
         }
     }
 

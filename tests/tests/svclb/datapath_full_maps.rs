@@ -15,7 +15,7 @@ use svclb::{
 use svclb_common::{
     CT_DIR_FORWARD, CtKey,
     addr::{FAMILY_V4, IPPROTO_UDP, v4},
-    limits::{MAP_AFFINITY, MAP_CT, MAP_FRAGS},
+    limits::{MAP_AFFINITY, MAP_CT, MAP_FRAGS, MAP_SOCK_STATS, MAP_STATS},
 };
 use svclb_tests::{
     packet::{PacketSpec, TCP_SYN, fragment4},
@@ -163,4 +163,55 @@ fn full_affinity_and_fragment_maps_count_their_evictions() -> Result<()> {
         assert_eq!(verdict, TC_ACT_OK);
     }
     check(&fill(&mut dp, MAP_FRAGS)?, 1_000)
+}
+
+/// The chart's default memory limit (`svclb.memoryLimit`) covers what the kernel charges the
+/// maps: at the capacities the chart is given, their charge is within the limit less the
+/// agent's own share, and not far below it; and each programmed frontend's counters (not
+/// preallocated) cost no more than the formula's bytes per CPU.
+#[test]
+#[ignore = "needs root"]
+fn the_charts_memory_limit_covers_what_the_maps_cost() -> Result<()> {
+    require_root()?;
+    const MIB: u64 = 1 << 20;
+    let sizes = Capacity {
+        services: 8_192,
+        backends: 8_192,
+        slots: 32_768,
+        conntrack: 65_536,
+        ..Capacity::DEFAULT
+    };
+    let mut dp = Datapath::load_with("memory", sizes)?;
+    let charged: u64 = dp.memlock()?.values().sum();
+    let rendered = crate::helm_chart::render(
+        "mapSizes: {services: 8192, backends: 8192, slots: 32768, conntrack: 65536}\n\
+         memorySizing: {frontends: 0, maglevFrontends: 0, cpus: 1}\n",
+    )?;
+    let limit = crate::helm_chart::memory_limit(&rendered)?;
+    // The agent's own share with no frontends: 48 MiB.
+    let budget = (limit - 48) * MIB;
+    ensure!(
+        charged <= budget && charged >= budget * 8 / 10,
+        "maps charged {charged} bytes; the chart's limit leaves them {budget}"
+    );
+
+    let counters = |dp: &Datapath| -> Result<u64> {
+        let memlock = dp.memlock()?;
+        Ok(memlock[MAP_STATS] + memlock[MAP_SOCK_STATS])
+    };
+    let before = counters(&dp)?;
+    let frontends: Vec<_> = (0..200u32)
+        .map(|i| {
+            let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i);
+            (addr, 80, Protocol::Tcp, &BACKENDS[..1])
+        })
+        .collect();
+    dp.program_services(&frontends);
+    let per_frontend = (counters(&dp)? - before) / 200;
+    let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?.get() as u64;
+    ensure!(
+        per_frontend >= 56 * cpus && per_frontend <= 176 + 56 * cpus,
+        "{per_frontend} bytes of counters per frontend on {cpus} CPUs"
+    );
+    Ok(())
 }

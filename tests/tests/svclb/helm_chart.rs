@@ -35,6 +35,35 @@ fn strict<T: DeserializeOwned + Serialize>(doc: &serde_json::Value, file: &str) 
 }
 
 /// The chart as the real helm lints and renders it with `overrides` (values YAML).
+/// The agent container's memory limit in MiB (`NMi`).
+pub(crate) fn memory_limit(objects: &Objects) -> Result<u64> {
+    let ds = objects.daemonset.as_ref().context("DaemonSet")?;
+    let pod = ds.spec.template.spec.as_ref().context("pod spec")?;
+    let limits = pod.containers[0]
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .context("limits")?;
+    let limit = &limits.get("memory").context("a memory limit")?.0;
+    Ok(limit
+        .strip_suffix("Mi")
+        .with_context(|| format!("{limit} is not in Mi"))?
+        .parse()?)
+}
+
+/// Without `resources.limits.memory`, the limit is worked out from the map sizes and the
+/// sizing (docs/operations.md, "Memory"): 372 MiB at the defaults; a conntrack map four
+/// times as large adds 168 bytes for each of its 786,432 more entries.
+#[test]
+fn the_default_memory_limit_follows_the_map_sizes() -> Result<()> {
+    assert_eq!(memory_limit(&render("")?)?, 372);
+    assert_eq!(
+        memory_limit(&render("mapSizes: {conntrack: 1048576}\n")?)?,
+        498
+    );
+    Ok(())
+}
+
 pub(crate) fn render(overrides: &str) -> Result<Objects> {
     let chart = chart_dir();
     lint(&chart, overrides)?;
@@ -317,6 +346,8 @@ apiServer: {host: 172.31.0.1, port: 6443}
 devices: [ens3, ens4]
 podDevices: 'cali*'
 nodeportAddresses: [10.0.0.0/8, 192.168.0.0/16]
+serviceCIDRs: [10.96.0.0/12, 'fd00:10:96::/112']
+allowReservedExternalIPs: true
 mapSizes: {conntrack: 1048576}
 logLevel: debug
 metrics: {address: '::', port: 19965}
@@ -352,6 +383,8 @@ nodeSelector: {role: edge}
             "--service-loopback-address=169.254.0.42",
             "--socket-lb=false",
             "--nodeport-addresses=10.0.0.0/8,192.168.0.0/16",
+            "--service-cidrs=10.96.0.0/12,fd00:10:96::/112",
+            "--allow-reserved-external-ips",
             "--conntrack-map-size=1048576",
             "--services-map-size=131072",
         ]
@@ -409,7 +442,7 @@ nodeSelector: {role: edge}
 fn the_agent_accepts_every_flag_the_chart_passes() -> Result<()> {
     // The chart's arguments must be ones the agent takes: build its configuration from them.
     let o = render(
-        "nodeportAddresses: [10.0.0.0/8]\nmapSizes: {services: 1024, backends: 2048, slots: 4096, conntrack: 8192}\n",
+        "nodeportAddresses: [10.0.0.0/8]\nserviceCIDRs: [10.96.0.0/12]\nallowReservedExternalIPs: true\nmapSizes: {services: 1024, backends: 2048, slots: 4096, conntrack: 8192}\n",
     )?;
     let args = o
         .daemonset

@@ -30,7 +30,10 @@ fn slice(name: &str, service: &str, ip: &str) -> Value {
 
 fn node(name: &str, zone: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Node",
-           "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}})
+           "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone},
+                        "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+           "status": {"addresses": [{"type": "InternalIP", "address": "172.31.0.11"}],
+                      "images": [{"names": ["registry.example/big:v1"], "sizeBytes": 1}]}})
 }
 
 async fn start(api: &FakeApi) -> Result<KubeSource> {
@@ -40,7 +43,6 @@ async fn start(api: &FakeApi) -> Result<KubeSource> {
     let client = client(Some(&path)).await?;
     Ok(KubeSource::start(
         &client,
-        "n1",
         prometheus_client::metrics::counter::Counter::default(),
     ))
 }
@@ -77,7 +79,7 @@ async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bo
 }
 
 #[tokio::test]
-async fn the_first_sync_waits_for_every_store_and_sees_only_this_node() -> Result<()> {
+async fn the_first_sync_waits_for_every_store_and_keeps_nodes_trimmed() -> Result<()> {
     let api = FakeApi::start()?;
     api.apply(service("web", "10.96.0.10"))?;
     api.apply(slice("web-1", "web", "10.244.1.2"))?;
@@ -93,7 +95,17 @@ async fn the_first_sync_waits_for_every_store_and_sees_only_this_node() -> Resul
         .iter()
         .filter_map(|n| n.metadata.name.clone())
         .collect();
-    assert_eq!(nodes, ["n1"], "the Node watch is limited to this node");
+    assert_eq!(nodes, ["n1", "n2"], "every node's addresses are reserved");
+    for node in &snapshot.nodes {
+        let status = node.status.clone().unwrap_or_default();
+        assert!(node.metadata.annotations.is_none(), "{node:?}");
+        assert!(
+            status.images.is_none(),
+            "only the addresses are kept: {node:?}"
+        );
+        assert_eq!(status.addresses.map(|a| a.len()), Some(1), "{node:?}");
+        assert!(node.metadata.labels.is_some(), "{node:?}");
+    }
     for kind in ["Service", "EndpointSlice", "Node"] {
         assert_eq!(api.count(&format!("LIST {kind}")), 1, "{kind} listed once");
     }

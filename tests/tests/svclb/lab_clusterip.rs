@@ -399,13 +399,16 @@ fn node_hints_keep_traffic_on_the_nodes_own_endpoint() -> Result<()> {
 }
 
 /// CVE-2020-8554: a Service that sorts first claims the cluster DNS address as an
-/// externalIP. Pods' DNS still reaches the DNS Service's pod, and the agent names the claim.
+/// externalIP, and a node's address too. Pods' DNS still reaches the DNS Service's pod, no
+/// node serves the node address, and each agent names both refusals in its log and metrics.
 #[test]
 #[ignore = "needs root"]
 fn an_external_ip_on_the_dns_address_changes_nothing_for_dns() -> Result<()> {
     require_root()?;
     let mut lab = Lab::new(LabSpec::default())?;
     let (dns, attacker) = (lab.pod("n1-pod2").clone(), lab.pod("n2-pod1").clone());
+    let (node_name, node_addr) = (lab.nodes[0].name.clone(), lab.nodes[0].addr.to_string());
+    lab.write_manifest("nodes.yaml", &lab.nodes_manifest())?;
     lab.write_manifest(
         "dns.yaml",
         &cluster_ip_service("zz-dns", "10.96.0.10", &[DNS], &[&dns]),
@@ -417,7 +420,7 @@ fn an_external_ip_on_the_dns_address_changes_nothing_for_dns() -> Result<()> {
             "10.96.0.99",
             &[DNS],
             &[&attacker],
-            "  externalIPs: [10.96.0.10]\n",
+            &format!("  externalIPs: [10.96.0.10, {node_addr}]\n"),
             "",
         ),
     )?;
@@ -430,13 +433,29 @@ fn an_external_ip_on_the_dns_address_changes_nothing_for_dns() -> Result<()> {
             BTreeMap::from([(dns.name.clone(), 10)]),
             "node {node}"
         );
-        let log = lab.agent_log(node);
+        let listing = lab.list(node)?;
+        let frontends = listing["frontends"].as_array().cloned().unwrap_or_default();
         assert!(
-            log.contains(
-                "frontend 10.96.0.10:53/UDP is served by Service default/zz-dns (its cluster IP)"
-            ),
-            "the claim is named:\n{log}"
+            !frontends.iter().any(|f| f["address"] == node_addr.as_str()),
+            "node {node} serves nothing on node {node_name}'s address: {frontends:?}"
         );
+        let log = lab.agent_log(node);
+        for named in [
+            "frontend 10.96.0.10:53/UDP is served by Service default/zz-dns (its cluster IP)",
+            &format!("externalIP {node_addr} is an address of node {node_name}: not served"),
+        ] {
+            assert!(log.contains(named), "the refusal is named: {named}\n{log}");
+        }
+        let metrics = lab.agent_http(node, "/metrics")?.1;
+        for reason in ["conflict", "reserved_address"] {
+            let series = format!(
+                "svclb_frontends_refused{{service=\"default/aa-hijack\",reason=\"{reason}\"}}"
+            );
+            assert!(
+                metrics.contains(&series),
+                "{series} on node {node}:\n{metrics}"
+            );
+        }
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! End-to-end: the datapath outlives the agent. Established TCP connections (a pod to a
 //! cluster IP, the external client to a NodePort, DNAT-only and SNATed) and UDP flows keep
-//! their backends while the agent is stopped and after a new agent has swapped its programs
-//! in on the same pinned links; `svclb agent --cleanup` takes it all away.
+//! their backends while the agent is stopped and after a new agent, with other map sizes,
+//! has migrated the pinned maps and swapped its programs in on the same pinned links;
+//! `svclb agent --cleanup` takes it all away.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -139,7 +140,13 @@ fn established_flows_survive_a_restart_and_the_program_swap() -> Result<()> {
         "new connections served: {new:?}"
     );
 
-    // A new agent loads its programs and swaps them in on the same links.
+    // A new agent whose maps are sized otherwise (as after an upgrade that changed the
+    // chart's map sizes) migrates them, keeping their entries, loads its programs and swaps
+    // them in on the same links.
+    lab.spec.agent_args.extend([
+        "--conntrack-map-size=131072".to_owned(),
+        "--services-map-size=32768".to_owned(),
+    ]);
     lab.start_agent(0)?;
     let links_after = pinned_links(&lab.nodes[0].pin_dir)?;
     assert_eq!(
@@ -161,12 +168,19 @@ fn established_flows_survive_a_restart_and_the_program_swap() -> Result<()> {
     }
     assert_kept(&mut sessions, "after the restart")?;
     assert_eq!(udp_flows(&pod, at("10.96.0.30", 53), &ports)?, flows);
-    assert!(
-        lab.agent_log(0)
-            .contains("program replaced on its pinned link"),
-        "{}",
-        lab.agent_log(0)
-    );
+    let log = lab.agent_log(0);
+    for line in [
+        "program replaced on its pinned link",
+        "map SVCLB_CT: entries 262144 -> 131072; migrating it",
+        "map SVCLB_SERVICES: entries 65536 -> 32768; migrating it",
+    ] {
+        assert!(log.contains(line), "{line}:\n{log}");
+    }
+    let aside: Vec<_> = std::fs::read_dir(&lab.nodes[0].pin_dir)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-migrating"))
+        .collect();
+    assert!(aside.is_empty(), "old maps removed: {aside:?}");
 
     // --cleanup detaches and unpins everything.
     lab.stop_agent(0, Signal::SIGTERM)?;

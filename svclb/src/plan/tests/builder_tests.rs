@@ -1,27 +1,34 @@
 //! One table-driven test per rule of the model, and a property: input order never matters.
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use proptest::prelude::*;
 
 use super::{NodeInfo, plan};
 use crate::{
-    plan::{FrontendKey, FrontendKind, Plan, Protocol},
+    plan::{AddressRule, FrontendKey, FrontendKind, Kind, Plan, Protocol, plan_for_node},
     source::manifests::{Object, parse_documents},
 };
 
 fn objects(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let (services, slices, _) = objects_and_nodes(yaml);
+    (services, slices)
+}
+
+fn objects_and_nodes(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>, Vec<Node>) {
     let (objects, diags) = parse_documents(yaml, "test.yaml").expect("valid YAML");
     assert!(diags.is_empty(), "{diags:?}");
-    let mut services = Vec::new();
-    let mut slices = Vec::new();
+    let (mut services, mut slices, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
     for object in objects {
         match object {
             Object::Service(s) => services.push(std::sync::Arc::unwrap_or_clone(s)),
             Object::EndpointSlice(s) => slices.push(std::sync::Arc::unwrap_or_clone(s)),
-            Object::Node(_) => {}
+            Object::Node(n) => nodes.push(std::sync::Arc::unwrap_or_clone(n)),
         }
     }
-    (services, slices)
+    (services, slices, nodes)
 }
 
 fn node() -> NodeInfo {
@@ -466,4 +473,72 @@ proptest! {
         prop_assert_eq!(reference, shuffled);
         prop_assert_eq!(reference_diags, shuffled_diags);
     }
+}
+
+/// An externalIP on a reserved address is refused, and named as such: the special ranges
+/// always; the service CIDR and every node's addresses unless the operator allows them.
+#[test]
+fn external_ips_on_reserved_addresses_are_refused() {
+    let yaml = "
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 172.31.0.11}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+status: {addresses: [{type: InternalIP, address: 172.31.0.12}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.50
+  externalIPs: [127.0.0.1, 169.254.169.254, 10.96.0.77, 172.31.0.11, 172.31.0.12, 'fe80::1', 192.0.2.7]
+  ports: [{port: 80}]
+";
+    let (services, _, nodes) = objects_and_nodes(yaml);
+    let served = |allow: bool| {
+        let rule = AddressRule {
+            service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
+            allow_reserved_external_ips: allow,
+            ..AddressRule::default()
+        };
+        let (_, plan, diags) =
+            plan_for_node("n1", &rule, &nodes, &services, &[] as &[EndpointSlice]);
+        let addresses: std::collections::BTreeSet<String> = plan
+            .frontends
+            .keys()
+            .map(|k| k.address.to_string())
+            .collect();
+        assert!(diags.iter().all(|d| d.kind == Kind::Reserved), "{diags:?}");
+        let diags: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        (addresses, diags)
+    };
+    let (addresses, diags) = served(false);
+    assert_eq!(Vec::from_iter(addresses), ["10.96.0.50", "192.0.2.7"]);
+    assert_eq!(
+        diags,
+        [
+            "Service shop/web: externalIP 10.96.0.77 is inside the service CIDR 10.96.0.0/12: not served (--allow-reserved-external-ips serves it)",
+            "Service shop/web: externalIP 127.0.0.1 is a loopback address: not served",
+            "Service shop/web: externalIP 169.254.169.254 is a link-local address: not served",
+            "Service shop/web: externalIP 172.31.0.11 is an address of node n1: not served (--allow-reserved-external-ips serves it)",
+            "Service shop/web: externalIP 172.31.0.12 is an address of node n2: not served (--allow-reserved-external-ips serves it)",
+            "Service shop/web: externalIP fe80::1 is a link-local address: not served",
+        ]
+    );
+    let (addresses, diags) = served(true);
+    assert_eq!(
+        Vec::from_iter(addresses),
+        [
+            "10.96.0.50",
+            "10.96.0.77",
+            "172.31.0.11",
+            "172.31.0.12",
+            "192.0.2.7"
+        ]
+    );
+    assert_eq!(diags.len(), 3, "{diags:?}");
 }

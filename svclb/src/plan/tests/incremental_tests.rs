@@ -10,7 +10,7 @@ use super::Planner;
 use crate::{
     plan::Snapshot,
     plan::plan_for_node,
-    plan::{FrontendKey, NodePortRule},
+    plan::{AddressRule, FrontendKey},
     source::manifests::{Object, parse_documents},
 };
 
@@ -180,7 +180,7 @@ proptest! {
     #[test]
     fn incremental_plan_equals_the_plan_from_scratch(steps in steps(), rotate in 0usize..8) {
         let u = universe();
-        let mut planner = Planner::new("n1", NodePortRule::default());
+        let mut planner = Planner::new("n1", AddressRule::default());
         // What each object was at the last step: (variant, the allocation handed out).
         let mut current: Vec<Option<(usize, Object)>> = vec![None; u.objects.len()];
         let mut before = planner.plan().clone();
@@ -206,7 +206,7 @@ proptest! {
 
             let changed = planner.update(&snapshot);
             let (node, reference, reference_diags) = plan_for_node(
-                "n1", &NodePortRule::default(), &snapshot.nodes, &snapshot.services, &snapshot.slices,
+                "n1", &AddressRule::default(), &snapshot.nodes, &snapshot.services, &snapshot.slices,
             );
             prop_assert_eq!(planner.node(), &node);
             prop_assert_eq!(planner.plan(), &reference);
@@ -237,7 +237,7 @@ fn an_unchanged_snapshot_changes_nothing() {
             Object::Node(n) => snapshot.nodes.push(n.clone()),
         }
     }
-    let mut planner = Planner::new("n1", NodePortRule::default());
+    let mut planner = Planner::new("n1", AddressRule::default());
     assert!(!planner.update(&snapshot).is_empty());
     assert!(planner.update(&snapshot).is_empty());
     assert!(!planner.plan().frontends.is_empty());
@@ -254,7 +254,7 @@ fn new_uplink_addresses_replan_the_node_ports_they_serve() {
         unreachable!("a Service");
     };
     snapshot.services.push(svc);
-    let mut planner = Planner::new("n1", NodePortRule::default());
+    let mut planner = Planner::new("n1", AddressRule::default());
     planner.update(&snapshot);
     let nodeport =
         |addr: &str| FrontendKey::new(addr.parse().unwrap(), 30009, crate::plan::Protocol::Tcp);
@@ -275,9 +275,9 @@ fn new_uplink_addresses_replan_the_node_ports_they_serve() {
     );
     let changed = planner.update(&snapshot);
     assert!(changed.contains(&nodeport("172.31.0.11")), "{changed:?}");
-    let rule = NodePortRule {
+    let rule = AddressRule {
         uplinks,
-        ..NodePortRule::default()
+        ..AddressRule::default()
     };
     let (node, reference, _) = plan_for_node(
         "n1",

@@ -12,7 +12,7 @@ use k8s_openapi::api::{
 use super::plan_for_node;
 use crate::{
     plan::Diagnostic,
-    plan::{FrontendKey, FrontendKind, NodePortRule, Plan, Protocol, Scope, WhenEmpty},
+    plan::{AddressRule, FrontendKey, FrontendKind, Plan, Protocol, Scope, WhenEmpty},
     source::manifests::{Object, parse_documents},
 };
 
@@ -45,7 +45,7 @@ pub(super) fn plan_on(node: &str, cidrs: &[&str], yaml: &str) -> (Plan, Vec<Diag
     let cidrs: Vec<IpNet> = cidrs.iter().map(|c| c.parse().unwrap()).collect();
     let (_, plan, diags) = plan_for_node(
         node,
-        &NodePortRule::cidrs(&cidrs),
+        &AddressRule::cidrs(&cidrs),
         &w.nodes,
         &w.services,
         &w.slices,
@@ -450,7 +450,7 @@ fn the_zone_and_addresses_come_from_the_node_object() {
     let w = world(NODES);
     let (node, _, _) = plan_for_node(
         "n1",
-        &NodePortRule::default(),
+        &AddressRule::default(),
         &w.nodes,
         &[] as &[Service],
         &[] as &[EndpointSlice],

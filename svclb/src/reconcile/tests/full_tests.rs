@@ -151,8 +151,9 @@ fn ids_freed_in_a_sync_are_not_reused_in_it() {
 fn a_failed_backend_write_keeps_the_old_frontend_and_serves_the_rest() {
     let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
     apply(&mut kernel, &mut programmed, &plan(&[(1, &[1]), (2, &[2])]));
-    // The next new backend id is 3: make its write fail.
-    kernel.fail_backends.insert(3);
+    // New backend ids go out in the fair order (the least demanding Service first): 3 to
+    // svc3's backend, 4 to svc1's new one. Make svc1's fail.
+    kernel.fail_backends.insert(4);
     let (want, _) = desired(
         &plan(&[(1, &[1, 9]), (2, &[2]), (3, &[4])]),
         &programmed,
@@ -161,7 +162,7 @@ fn a_failed_backend_write_keeps_the_old_frontend_and_serves_the_rest() {
     let report = sync(&mut programmed, &want, &mut kernel);
     assert_eq!(report.errors.len(), 2, "{:?}", report.errors);
     assert!(
-        report.errors[0].starts_with("backend 3: map full"),
+        report.errors[0].starts_with("backend 4: map full"),
         "{:?}",
         report.errors
     );
@@ -240,7 +241,7 @@ fn a_full_map_keeps_a_programmed_frontend_as_it_is() {
         &programmed,
         tight,
     );
-    let shown: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    let shown: Vec<String> = diags.iter().map(|(_, d)| d.to_string()).collect();
     assert_eq!(
         shown,
         [
@@ -298,15 +299,49 @@ fn full_maps_are_reported_by_service() {
     // Capacity counts entries: svc3 shares svc1's backend, so it fits; svc4 is one too many.
     let p = plan(&[(1, &[1]), (2, &[2, 3]), (3, &[1]), (4, &[1])]);
     let (want, diags) = desired(&p, &MapState::default(), tiny);
-    let shown: Vec<String> = diags.iter().map(ToString::to_string).collect();
+    let shown: Vec<String> = diags.iter().map(|(_, d)| d.to_string()).collect();
+    // The least demanding first: svc2 wants both backends, so it comes last.
     assert_eq!(
         shown,
         [
-            "Service default/svc2: frontend 10.96.0.2:80/TCP skipped: the backends map is full (2 entries)",
             "Service default/svc4: frontend 10.96.0.4:80/TCP skipped: the services map is full (2 entries)",
+            "Service default/svc2: frontend 10.96.0.2:80/TCP skipped: the services map is full (2 entries)",
         ]
     );
     assert_eq!(want.services.len(), 2);
+}
+
+/// Under pressure each Service gets its share: the one that wants most of a map is refused,
+/// whatever its name, and every Service that wants no more than its share is served.
+#[test]
+fn the_most_demanding_service_is_refused_whatever_its_name() {
+    let tight = Capacity {
+        services: 10,
+        slots: 8,
+        backends: 10,
+        ..CAPACITY
+    };
+    // svc1 (first by name) wants 6 of the 8 slots; svc2..svc4 want one each.
+    let p = plan(&[(1, &[1, 2, 3, 4, 5, 6]), (2, &[7]), (3, &[8]), (4, &[9])]);
+    let (want, diags) = desired(&p, &MapState::default(), tight);
+    let shown: Vec<String> = diags.iter().map(|(_, d)| d.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "Service default/svc1: frontend 10.96.0.1:80/TCP skipped: the slots map is full (8 entries)"
+        ]
+    );
+    assert_eq!(want.services.len(), 3);
+    // A programmed hog is refused too, and loses its entries only when they do not fit.
+    let (mut kernel, mut programmed) = (FakeKernel::default(), MapState::default());
+    apply(
+        &mut kernel,
+        &mut programmed,
+        &plan(&[(1, &[1, 2, 3, 4, 5, 6])]),
+    );
+    let (want, diags) = desired(&p, &programmed, tight);
+    assert_eq!(want.services.len(), 3, "{diags:?}");
+    assert!(diags[0].1.reason.contains("skipped"), "{diags:?}");
 }
 
 proptest! {
@@ -389,9 +424,9 @@ fn a_full_maglev_map_leaves_frontends_on_random_picks() {
     assert_eq!(want.tables.len(), 1);
     assert_eq!(diags.len(), 1, "{diags:?}");
     assert!(
-        diags[0].to_string().contains("Maglev map is full"),
+        diags[0].1.to_string().contains("Maglev map is full"),
         "{}",
-        diags[0]
+        diags[0].1
     );
     let mut kernel = FakeKernel::default();
     let report = sync(&mut programmed, &want, &mut kernel);

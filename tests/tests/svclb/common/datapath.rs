@@ -52,7 +52,8 @@ impl Datapath {
         let pin_dir = Path::new(svclb_common::host::BPFFS_ROOT)
             .join(svclb_tests::sweep::scratch_name(&format!("fixture-{name}")));
         svclb_common::host::prepare_bpffs(&pin_dir)?;
-        let mut ebpf = loader::load(&pin_dir, &sizes)?;
+        // A fixture's pins are fresh: nothing to migrate.
+        let (mut ebpf, _) = loader::load(&pin_dir, &sizes)?;
         let maps = Maps::take(&mut ebpf, svclb_common::maglev::Maglev::default())?;
         for name in [POD_PROGRAM, UPLINK_PROGRAM] {
             let program: &mut SchedClassifier =
@@ -83,6 +84,29 @@ impl Datapath {
     pub fn conntrack(&self) -> Result<HashMap<MapData, CtKey, CtEntry>> {
         let data = MapData::from_pin(self.pin_dir.join(MAP_CT))?;
         Ok(HashMap::try_from(aya::maps::Map::from_map_data(data)?)?)
+    }
+
+    /// What the kernel charges for each pinned map (its `memlock`, bytes), by name.
+    pub fn memlock(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let mut out = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(&self.pin_dir)? {
+            let path = entry?.path();
+            let Ok(data) = MapData::from_pin(&path) else {
+                continue;
+            };
+            let fd = data.fd().as_fd().as_raw_fd();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+            let memlock = info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .with_context(|| format!("no memlock for {}", path.display()))?
+                .trim()
+                .parse()?;
+            let name = path.file_name().context("a name")?.to_string_lossy();
+            out.insert(name.into_owned(), memlock);
+        }
+        Ok(out)
     }
 
     /// The agent's handles on the maps.
