@@ -57,9 +57,9 @@ pub struct Planner {
     nodeports: AddressRule,
     /// The uplink addresses changed since the node was last worked out.
     node_stale: bool,
-    /// Every Node object the node was built from (by allocation): this node's, and the
-    /// others', whose addresses are reserved.
-    node_objects: Vec<usize>,
+    /// Every Node object the node was built from: this node's, and the others', whose
+    /// addresses are reserved. Held, so that an allocation is never taken for another's.
+    node_objects: Vec<Arc<Node>>,
     /// This node's Node object, and what it gave.
     node_object: Option<Arc<Node>>,
     node: NodeInfo,
@@ -251,11 +251,15 @@ impl Planner {
     /// A new Node object (or none any more), or new uplink addresses, plan every Service
     /// again, if they change the node.
     fn update_node(&mut self, nodes: &[Arc<Node>], dirty: &mut HashSet<String>) {
-        let objects: Vec<usize> = nodes.iter().map(address).collect();
-        if objects == self.node_objects && !self.node_stale {
+        let unchanged = nodes.len() == self.node_objects.len()
+            && nodes
+                .iter()
+                .zip(&self.node_objects)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if unchanged && !self.node_stale {
             return;
         }
-        self.node_objects = objects;
+        self.node_objects = nodes.to_vec();
         self.node_stale = false;
         let object = nodes
             .iter()
