@@ -61,9 +61,12 @@ fn owner_pid(name: &str) -> Option<u32> {
 }
 
 /// A name for what a test makes outside a lab (a pin directory, a namespace, a temporary
-/// directory): `svl<pid>x<what>`, which a sweep removes once this process is gone.
+/// directory): `svl<pid>x<what>-<n>`, which a sweep removes once this process is gone. Each
+/// call gives a new name (`n` counts them), so tests running at once never share one.
 pub fn scratch_name(what: &str) -> String {
-    format!("{LAB_PREFIX}{}x{what}", std::process::id())
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{LAB_PREFIX}{}x{what}-{n}", std::process::id())
 }
 
 /// Whether `name` is a lab name whose owner is no longer running.

@@ -126,7 +126,7 @@ pub fn pinned_toolchain() -> Result<String> {
 }
 
 /// How long `cargo xtask test` runs each fuzz target (`cargo xtask fuzz` runs longer).
-const FUZZ_SECONDS_IN_TEST: u64 = 20;
+const FUZZ_SECONDS_IN_TEST: u64 = 15;
 
 fn test(filter: Option<String>) -> Result<()> {
     if !svclb_tests::is_root() {
@@ -161,10 +161,12 @@ fn test(filter: Option<String>) -> Result<()> {
         .is_empty()
         .then(|| fuzz::BackgroundBuild::start(fuzz::Build::Quick))
         .transpose()?;
-    println!("== datapath fixtures and lab tests (one at a time: they share the kernel)");
+    println!("== datapath fixtures and lab tests, two at a time");
     // Tests that need root are `#[ignore = "needs root"]`: a plain `cargo test` lists them as
     // ignored, and this run (as root) runs them, and only them.
-    cargo_test(&["--test", "svclb"], &["--ignored", "--test-threads=1"])?;
+    // Two at a time: each lab has namespaces, a cgroup, pins and scratch names of its own, and
+    // most of a lab test's time is spent waiting (on an agent, a connection, a timeout).
+    cargo_test(&["--test", "svclb"], &["--ignored", "--test-threads=2"])?;
     if let Some(build) = fuzz_build {
         build.wait()?;
         println!("== fuzz targets, {FUZZ_SECONDS_IN_TEST} s each");

@@ -1,7 +1,7 @@
 //! Every integration test of svclb, in one test binary (one link, not one per file): the
 //! datapath fixtures (BPF_PROG_TEST_RUN), the lab tests (an agent per node in a cluster of
 //! network namespaces), the watch layer and the chart. Tests that need root are
-//! `#[ignore = "needs root"]`; `cargo xtask test` runs them, one at a time, as root.
+//! `#[ignore = "needs root"]`; `cargo xtask test` runs them, two at a time, as root.
 
 mod common;
 mod datapath;
