@@ -90,10 +90,11 @@ impl Drop for BackgroundBuild {
 /// How the targets are built.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Build {
-    /// cargo-fuzz's default: optimized, with AddressSanitizer (about ten minutes from cold on
+    /// cargo-fuzz's default: optimized, with AddressSanitizer (minutes from cold on
     /// two cores, then about 2000 plan inputs a second).
     Full,
-    /// Unoptimized and without a sanitizer: about four minutes from cold, seven times fewer
+    /// Unoptimized and without a sanitizer: 71 s from cold on two cores (the targets build the
+    /// agent crate without its `agent` feature: its pure stages only), seven times fewer
     /// inputs a second. What `cargo xtask test` runs, for a short time.
     Quick,
 }

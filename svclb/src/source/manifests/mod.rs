@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fs,
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
 mod parse;
@@ -122,6 +122,7 @@ impl ManifestSource {
 
     /// Takes note of a file watcher event: the next [`ManifestSource::read`] parses the files
     /// it names again, or walks the whole directory when the event may hide more than it says.
+    #[cfg(feature = "agent")]
     pub fn note(&mut self, event: &notify::Event) {
         let Pending::Files(files) = &mut self.pending else {
             return;
@@ -138,7 +139,7 @@ impl ManifestSource {
             let names: Vec<&std::ffi::OsStr> = relative
                 .components()
                 .filter_map(|c| match c {
-                    Component::Normal(name) => Some(name),
+                    std::path::Component::Normal(name) => Some(name),
                     _ => None,
                 })
                 .collect();
