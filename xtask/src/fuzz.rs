@@ -78,12 +78,7 @@ impl BackgroundBuild {
 
 impl Drop for BackgroundBuild {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None))
-            && let Ok(pid) = i32::try_from(self.child.id())
-        {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = self.child.wait();
-        }
+        stop_group(&mut self.child);
     }
 }
 
@@ -115,7 +110,8 @@ impl Build {
     }
 }
 
-/// Builds the targets and runs each named one (all when `only` is empty) for `seconds`.
+/// Builds the targets and runs each named one (all when `only` is empty) for `seconds`, as
+/// many side by side as there are CPUs: each libFuzzer process is single-threaded.
 pub fn fuzz(only: &[String], seconds: u64, build: Build) -> Result<()> {
     for target in only {
         if !TARGETS.contains(&target.as_str()) {
@@ -125,31 +121,100 @@ pub fn fuzz(only: &[String], seconds: u64, build: Build) -> Result<()> {
             );
         }
     }
-    let root = crate::workspace_root().join("fuzz");
     crate::run(cargo_fuzz().arg("build").args(build.args()))?;
-    for target in TARGETS
+    let chosen: Vec<&str> = TARGETS
         .iter()
-        .filter(|t| only.is_empty() || only.iter().any(|o| o == *t))
-    {
-        let corpus = root.join("corpus").join(target);
-        std::fs::create_dir_all(&corpus)?;
-        println!("== fuzz {target} for {seconds} s");
-        crate::run(
-            cargo_fuzz()
-                .arg("run")
-                .args(build.args())
-                .arg(target)
-                .arg(&corpus)
-                .arg(root.join("seeds").join(target))
-                .args([
-                    "--",
-                    &format!("-max_total_time={seconds}"),
-                    // One input taking 10 s is a hang worth reporting.
-                    "-timeout=10",
-                    "-rss_limit_mb=4096",
-                    "-print_final_stats=1",
-                ]),
-        )?;
+        .copied()
+        .filter(|t| only.is_empty() || only.iter().any(|o| o == t))
+        .collect();
+    let side_by_side = std::thread::available_parallelism().map_or(1, usize::from);
+    for batch in chosen.chunks(side_by_side) {
+        println!("== fuzz {} for {seconds} s", batch.join(", "));
+        let runs = batch
+            .iter()
+            .map(|target| Run::start(target, seconds, build))
+            .collect::<Result<Vec<_>>>()?;
+        for run in runs {
+            run.finish()?;
+        }
     }
     Ok(())
+}
+
+/// One target's libFuzzer run, its output in `target/fuzz-TARGET.log`.
+struct Run {
+    target: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Run {
+    fn start(target: &'static str, seconds: u64, build: Build) -> Result<Self> {
+        let root = crate::workspace_root().join("fuzz");
+        let corpus = root.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let log = crate::target_dir().join(format!("fuzz-{target}.log"));
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cargo_fuzz()
+            .arg("run")
+            .args(build.args())
+            .arg(target)
+            .arg(&corpus)
+            .arg(root.join("seeds").join(target))
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                // One input taking 10 s is a hang worth reporting.
+                "-timeout=10",
+                "-rss_limit_mb=4096",
+                "-print_final_stats=1",
+            ])
+            .current_dir(crate::workspace_root())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            // A group of its own, so that a drop stops the fuzzer cargo-fuzz started too.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting the fuzz target {target}"))?;
+        Ok(Self { target, child, log })
+    }
+
+    /// Waits for the run; prints its final statistics, or its log's end if it failed (a
+    /// finding names its input, left in `fuzz/artifacts/TARGET/`).
+    fn finish(mut self) -> Result<()> {
+        let status = self.child.wait()?;
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if !status.success() {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            bail!(
+                "fuzz target {} failed ({status}); the end of {}:\n{tail}",
+                self.target,
+                self.log.display()
+            );
+        }
+        for line in log.lines().filter(|l| l.starts_with("stat::")) {
+            println!("{}: {line}", self.target);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Run {
+    /// A run left unfinished (another target's run failed first) is stopped.
+    fn drop(&mut self) {
+        stop_group(&mut self.child);
+    }
+}
+
+/// Kills a child started as a process group's leader, with everything it started, unless it
+/// has ended.
+fn stop_group(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None))
+        && let Ok(pid) = i32::try_from(child.id())
+    {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = child.wait();
+    }
 }
