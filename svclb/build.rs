@@ -1,4 +1,5 @@
-//! Builds the eBPF programs of `svclb-ebpf` and leaves the object in `OUT_DIR/svclb`.
+//! Builds the eBPF programs of `svclb-ebpf` and leaves the objects in `OUT_DIR`: `svclb` (the
+//! datapath) and `svclb-trafficgen` (the benchmarks' generator and sink).
 
 use std::{env, fs, path::PathBuf};
 
@@ -19,9 +20,11 @@ fn main() -> anyhow::Result<()> {
     if env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v == "true") {
         // `cargo check`/clippy without bpf-linker: an empty object keeps `include_bytes!`
         // compiling; loading it fails with a clear error.
-        let stub = out_dir.join("svclb");
-        if !stub.exists() {
-            fs::write(stub, [])?;
+        for object in ["svclb", "svclb-trafficgen"] {
+            let stub = out_dir.join(object);
+            if !stub.exists() {
+                fs::write(stub, [])?;
+            }
         }
     }
     // aya-build passes `-Z build-std=core` to the inner cargo only when RUSTC_BOOTSTRAP is "1"

@@ -7,6 +7,8 @@
 //! checksums to the host turn that off for XDP), so the same updates are made in software on
 //! the frame itself, RFC 1624 style, with the flags meaning what they mean to the helpers.
 
+use svclb_ebpf::csum::{plus_diff, replaced};
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, BPF_F_MARK_MANGLED_0},
@@ -85,29 +87,6 @@ fn at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, i64> {
         return Err(-1);
     }
     Ok((start + off) as *mut T)
-}
-
-/// Folds a ones' complement sum to 16 bits (enough rounds for three 32-bit terms).
-#[inline(always)]
-fn fold(sum: u64) -> u16 {
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    ((sum & 0xffff) + (sum >> 16)) as u16
-}
-
-/// RFC 1624 (eqn. 3): the checksum `check` after a field changed from `from` to `to`
-/// (a 16-bit field zero-extended: its upper half complements to 0xffff, a ones' complement
-/// zero).
-#[inline(always)]
-fn replaced(check: u16, from: u32, to: u32) -> u16 {
-    !fold(u64::from(!check) + u64::from(!from) + u64::from(to))
-}
-
-/// The checksum `check` plus a difference `bpf_csum_diff` computed.
-#[inline(always)]
-fn plus_diff(check: u16, diff: u32) -> u16 {
-    !fold(u64::from(!check) + u64::from(diff))
 }
 
 impl Frame for XdpContext {

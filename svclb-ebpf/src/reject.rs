@@ -56,11 +56,10 @@ fn sum16(sum: u32, bytes: &[u8]) -> u32 {
     sum + u32::from((folded as u16).swap_bytes())
 }
 
+/// The checksum field for a ones' complement sum.
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
+fn fold(sum: u32) -> u16 {
+    !svclb_ebpf::csum::fold(u64::from(sum))
 }
 
 /// Swapped Ethernet addresses and a fresh IPv4 header from the frontend back to the client.

@@ -49,6 +49,8 @@ pub trait TestPacket: Clone + std::fmt::Debug {
     fn with_src(self, addr: Self::Addr, port: u16) -> Self;
     #[must_use]
     fn with_dst(self, addr: Self::Addr, port: u16) -> Self;
+    #[must_use]
+    fn with_payload(self, payload: Vec<u8>) -> Self;
     fn build(&self) -> Vec<u8>;
     /// Checks a translated frame's checksums from scratch; what is wrong, if anything.
     fn verify(&self, frame: &[u8]) -> Result<(), String>;
@@ -133,6 +135,10 @@ impl TestPacket for PacketSpec {
 
     fn with_dst(self, addr: Ipv4Addr, port: u16) -> Self {
         PacketSpec::with_dst(self, addr, port)
+    }
+
+    fn with_payload(self, payload: Vec<u8>) -> Self {
+        Self { payload, ..self }
     }
 
     fn build(&self) -> Vec<u8> {
@@ -227,6 +233,10 @@ impl TestPacket for Packet6 {
 
     fn with_dst(self, addr: Ipv6Addr, port: u16) -> Self {
         Packet6::with_dst(self, addr, port)
+    }
+
+    fn with_payload(self, payload: Vec<u8>) -> Self {
+        Self { payload, ..self }
     }
 
     fn build(&self) -> Vec<u8> {

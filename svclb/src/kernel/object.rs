@@ -3,6 +3,11 @@
 /// The eBPF object built from `svclb-ebpf` by this crate's build script.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svclb"));
 
+/// The benchmarks' traffic generator, sink and null forwarder (`svclb-ebpf`'s
+/// `src/bin/trafficgen.rs`); the agent never loads it.
+pub static TRAFFICGEN_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/svclb-trafficgen"));
+
 /// TC ingress program of pod-facing devices.
 pub const POD_PROGRAM: &str = "svclb_pod";
 /// TC ingress program of uplinks.

@@ -21,7 +21,7 @@ use svclb_tests::{Lab, LabSpec, netns};
 
 use crate::{
     Settings,
-    kubeproxy::{self, Svc},
+    kubeproxy::{self, Layout, Svc},
 };
 
 pub const ENDPOINTS: usize = 10;
@@ -82,9 +82,11 @@ pub fn endpoint(s: usize, e: usize) -> Ipv4Addr {
 pub fn services(n: usize) -> Vec<Svc> {
     (0..n)
         .map(|s| Svc {
-            vip: vip(s),
+            vip: vip(s).into(),
             port: 80,
-            backends: (0..ENDPOINTS).map(|e| (endpoint(s, e), 8080)).collect(),
+            backends: (0..ENDPOINTS)
+                .map(|e| (endpoint(s, e).into(), 8080))
+                .collect(),
         })
         .collect()
 }
@@ -246,9 +248,14 @@ pub fn cold(n: usize, source: Source) -> Result<(Cold, Lab)> {
             &scratch,
             "iptables-restore",
             &[],
-            &kubeproxy::iptables(&svcs),
+            &kubeproxy::iptables(&svcs, Layout::CLUSTER_TCP),
         );
-        let nft = load_time(&scratch, "nft", &["-f", "-"], &kubeproxy::nftables(&svcs));
+        let nft = load_time(
+            &scratch,
+            "nft",
+            &["-f", "-"],
+            &kubeproxy::nftables(&svcs, Layout::CLUSTER_TCP),
+        );
         netns::ip(&["netns", "del", &scratch])?;
         (iptables?, nft?)
     } else {
@@ -294,7 +301,7 @@ fn manifest_changes(lab: &Lab, n: usize, samples: usize) -> Result<Vec<Duration>
     let mut svc = services(n).swap_remove(target);
     (0..samples)
         .map(|i| {
-            svc.backends[0] = (fresh(i), 8080);
+            svc.backends[0] = (fresh(i).into(), 8080);
             let text = manifest(target, &svc);
             let started = Instant::now();
             lab.write_manifest(&format!("svc{target}.yaml"), &text)?;

@@ -22,7 +22,7 @@ use svclb_tests::{Lab, LabSpec};
 use crate::{
     Settings,
     control_plane::{self, load_time},
-    kubeproxy::{self, Svc},
+    kubeproxy::{self, Layout, Svc},
 };
 
 pub const TARGET_VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -87,9 +87,9 @@ pub struct Row {
 fn services(n: usize, pod: Ipv4Addr, port: u16) -> Vec<Svc> {
     let mut svcs = control_plane::services(n - 1);
     svcs.push(Svc {
-        vip: TARGET_VIP,
+        vip: TARGET_VIP.into(),
         port: 80,
-        backends: vec![(pod, port)],
+        backends: vec![(pod.into(), port)],
     });
     svcs
 }
@@ -211,13 +211,13 @@ fn prepare(system: System, n: usize) -> Result<Prepared> {
             &node_ns,
             "iptables-restore",
             &[],
-            &kubeproxy::iptables(&svcs),
+            &kubeproxy::iptables(&svcs, Layout::CLUSTER_TCP),
         )?),
         System::Nftables => Some(load_time(
             &node_ns,
             "nft",
             &["-f", "-"],
-            &kubeproxy::nftables(&svcs),
+            &kubeproxy::nftables(&svcs, Layout::CLUSTER_TCP),
         )?),
     };
     let target = match system {

@@ -12,6 +12,7 @@ mod maglev_cost;
 mod north_south;
 mod packet_cost;
 mod report;
+mod saturation;
 
 use std::time::Instant;
 
@@ -25,7 +26,8 @@ pub struct Settings {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes `--bench`; our own flags are `--quick`, `--out FILE` and
-    // `--only SECTION` (packet, latency, north-south, control-plane or maglev).
+    // `--only SECTION` (packet, latency, north-south, saturation, control-plane or
+    // maglev).
     let quick = args.iter().any(|a| a == "--quick");
     let only = args
         .iter()
@@ -57,6 +59,10 @@ fn main() -> Result<()> {
         eprintln!("== north-south: XDP against TC");
         report.north_south = Some(north_south::run(&settings)?);
     }
+    if wanted("saturation") {
+        eprintln!("== north-south at saturation: Mpps per core");
+        report.saturation = Some(saturation::run(&settings)?);
+    }
     if wanted("control-plane") {
         eprintln!("== control plane");
         (report.cold, report.changes) = control_plane::run(&settings)?;
@@ -78,6 +84,10 @@ fn main() -> Result<()> {
     if let Some(out) = out {
         std::fs::write(&out, &text).with_context(|| format!("writing {out}"))?;
         eprintln!("results written to {out}");
+        let json = std::path::Path::new(&out).with_extension("json");
+        std::fs::write(&json, serde_json::to_string_pretty(&report.json())?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        eprintln!("figures written to {}", json.display());
     }
     Ok(())
 }

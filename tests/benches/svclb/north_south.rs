@@ -75,7 +75,7 @@ pub struct Results {
 
 /// Addresses of one family on the fixture uplink: LB IP `s`, backend `b` of it (in the
 /// remote pods' prefix), the client, the node.
-trait Net: TestPacket {
+pub trait Net: TestPacket {
     fn lb(s: usize) -> Self::Addr;
     fn backend(s: usize, b: usize) -> Self::Addr;
     fn client() -> Self::Addr;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::{
     control_plane,
     latency::{self, System},
-    maglev_cost, north_south, packet_cost,
+    maglev_cost, north_south, packet_cost, saturation,
 };
 
 pub struct Report {
@@ -24,6 +24,7 @@ pub struct Report {
     pub changes: Vec<control_plane::Change>,
     pub latency: Vec<latency::Row>,
     pub north_south: Option<north_south::Results>,
+    pub saturation: Option<saturation::Results>,
     /// File name of the latency chart, beside the results file.
     pub chart: Option<String>,
 }
@@ -65,7 +66,26 @@ impl Report {
             changes: Vec::new(),
             latency: Vec::new(),
             north_south: None,
+            saturation: None,
             chart: None,
+        })
+    }
+
+    /// The machine-readable figures of the run (`bench/results/<run>.json`): the saturation
+    /// sections, with their ratios.
+    pub fn json(&self) -> serde_json::Value {
+        let north_south = self.saturation.as_ref().map(|r| {
+            serde_json::json!({
+                "results": r,
+                "ratios": saturation::ratios(r),
+            })
+        });
+        serde_json::json!({
+            "date": self.date,
+            "machine": self.machine,
+            "kernel": self.kernel,
+            "quick": self.quick,
+            "north_south": north_south,
         })
     }
 
@@ -152,6 +172,9 @@ impl Report {
         }
         if !self.latency.is_empty() {
             self.render_latency(&mut out);
+        }
+        if let Some(saturation) = &self.saturation {
+            saturation::render(saturation, &mut out);
         }
         if let Some(north_south) = &self.north_south {
             north_south::render(north_south, &mut out);

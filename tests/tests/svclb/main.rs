@@ -10,6 +10,7 @@ mod datapath_full_maps;
 mod datapath_fuzz;
 mod datapath_hostile;
 mod datapath_sweep;
+mod datapath_trafficgen;
 mod datapath_upgrade;
 mod datapath_v6;
 mod helm_chart;

@@ -10,7 +10,10 @@ use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{DevMapHash, HashMap, MapData},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttach, TcAttachType, TestRun as _, TestRunOptions, Xdp,
+        XdpMode, tc::SchedClassifierLink, xdp::XdpLink,
+    },
 };
 use svclb::{
     entries::{self, Capacity, MapState},
@@ -41,6 +44,8 @@ pub struct Datapath {
     programmed: MapState,
     pin_dir: PathBuf,
     sizes: Capacity,
+    /// What [`Self::attach_uplink`] attached, detached when dropped.
+    uplink_links: (Vec<SchedClassifierLink>, Vec<XdpLink>),
 }
 
 impl Datapath {
@@ -71,6 +76,7 @@ impl Datapath {
             programmed: MapState::default(),
             pin_dir,
             sizes,
+            uplink_links: (Vec::new(), Vec::new()),
         })
     }
 
@@ -199,6 +205,51 @@ impl Datapath {
         let mut ports = DevMapHash::try_from(aya::maps::Map::from_map_data(data)?)?;
         ports.insert(ifindex, ifindex, None, 0)?;
         Ok(())
+    }
+
+    /// Attaches the uplink programs to device `ifindex` of the calling thread's namespace, as
+    /// the agent does: TC on tcx ingress, and XDP in `xdp` mode unless `None`. They stay
+    /// attached until [`Self::detach_uplinks`] or the datapath's drop.
+    pub fn attach_uplink(&mut self, ifindex: u32, xdp: Option<XdpMode>) -> Result<()> {
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(UPLINK_PROGRAM)
+            .context("program")?
+            .try_into()?;
+        let attach = TcAttach::Tcx {
+            attach_type: TcAttachType::Ingress,
+            order: LinkOrder::default(),
+        };
+        let id = tc
+            .attach(ifindex, attach)
+            .context("attaching the uplink program (tcx)")?;
+        self.uplink_links.0.push(tc.take_link(id)?);
+        if let Some(mode) = xdp {
+            let program: &mut Xdp = self
+                .ebpf
+                .program_mut(XDP_PROGRAM)
+                .context("program")?
+                .try_into()?;
+            let id = program
+                .attach(ifindex, mode)
+                .with_context(|| format!("attaching the XDP program ({mode:?})"))?;
+            self.uplink_links.1.push(program.take_link(id)?);
+        }
+        Ok(())
+    }
+
+    /// Detaches what [`Self::attach_uplink`] attached.
+    pub fn detach_uplinks(&mut self) {
+        self.uplink_links = (Vec::new(), Vec::new());
+    }
+
+    /// The kernel's ids of the uplink's XDP and TC programs.
+    pub fn uplink_program_ids(&self) -> Result<(u32, u32)> {
+        let id = |name: &str| -> Result<u32> {
+            let program = self.ebpf.program(name).context("program")?;
+            Ok(program.info()?.id())
+        };
+        Ok((id(XDP_PROGRAM)?, id(UPLINK_PROGRAM)?))
     }
 
     /// Runs the XDP program once on `frame` as if it arrived on device `ifindex` of the calling

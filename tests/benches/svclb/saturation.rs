@@ -1,0 +1,998 @@
+//! North-south at saturation: packets per second per core, svclb beside kube-proxy's rules,
+//! a null XDP forwarder and plain routing, in one run.
+//!
+//! Three namespaces per system: a generator, the node, a sink.
+//!
+//! ```text
+//!   generator (CPU 0)            node (CPU 1)                     sink (CPU 1)
+//!   sat-gen  <-- veth -->  sat-up [system] sat-bk  <-- veth -->  sat-sink (XDP: count, drop)
+//! ```
+//!
+//! The generator puts frames onto `sat-up` as a NIC's receive queue would: `BPF_PROG_RUN` in
+//! live-frame mode (xdp-trafficgen's method), each frame a flow's, with unique source tuples.
+//! `sat-up` runs NAPI with GRO, as a NIC driver does, in a thread of its own (threaded NAPI)
+//! pinned to CPU 1: everything the node does with a frame, up to handing it to `sat-bk`, runs
+//! there. The sink's NAPI runs there too: the generator keeps its own core busy, and a sink
+//! starved of CPU would drop what the node delivered. The node is offered more than it can
+//! take, and the uplink's ring drops the rest, as a NIC ring would. A point where the node's
+//! core was not saturated, or its ring dropped nothing to speak of, did not measure the node
+//! and is reported as invalid. "Saturated" is calibrated: on a VM, a thread spinning on a
+//! core may read well under 100% busy in /proc/stat (the host's share shows as idle, not
+//! steal), so busy shares are taken as fractions of what a spinning thread reads.
+//!
+//! Each point reports what reached the sink (Mpps), what was offered, the node CPU's busy
+//! share, and from those the node's ns per packet. Frames go to one LoadBalancer IP of
+//! [`SERVICES`] (the middle one, an average position in kube-proxy's iptables chain), each
+//! with [`BACKENDS`] backends behind the sink, through the Cluster traffic policy (DNAT to a
+//! backend on another node and SNAT to the node, as kube-proxy masquerades). Tracked flows are
+//! UDP (a flow is open after its first packet for every system: a TCP flow that never sees a
+//! reply is invalid to netfilter); new flows are TCP SYNs, each of a new source tuple.
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use aya::programs::XdpMode;
+use serde::Serialize;
+use svclb::{
+    entries::Capacity,
+    plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
+};
+use svclb_tests::{
+    netns::{self, in_netns, ip, ip_in, run_in, sysctl_in},
+    packet::{PacketSpec, TCP_SYN},
+    packet6::Packet6,
+};
+
+use crate::{
+    Settings,
+    common::{
+        datapath::Datapath,
+        fixture::FixtureNs,
+        trafficgen::{Attached, Generator, Template},
+    },
+    control_plane::load_time,
+    kubeproxy::{self, Layout, Svc},
+    latency::run_stats,
+    north_south::Net,
+};
+
+pub const SERVICES: usize = 1_000;
+pub const BACKENDS: usize = 10;
+/// The service every frame goes to.
+const TARGET: usize = SERVICES / 2;
+const GEN_CPU: usize = 0;
+const NODE_CPU: usize = 1;
+/// Sent before each measurement: opens the tracked flows, warms the caches.
+const WARM_UP: Duration = Duration::from_millis(300);
+/// The first flow of the next new-flows measurement (each takes 2^30 flows' room: 16,644
+/// source addresses of 64,512 ports).
+static NEXT_NEW_FLOW: AtomicU64 = AtomicU64::new(0);
+/// A point measured the node only if the node core was at least this busy (of what a
+/// spinning thread reads on it) and the uplink's ring dropped at least this share of the
+/// offered frames: the node was offered more than it could take.
+const SATURATED: f64 = 0.9;
+const DROPPED: f64 = 0.05;
+
+const UP_MAC: &str = "02:00:00:00:00:0b";
+const GEN_MAC: &str = "02:00:00:00:00:64";
+const BK_MAC: &str = "02:00:00:00:00:0d";
+const SINK_MAC: &str = "02:00:00:00:00:0c";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    XdpNative,
+    XdpGeneric,
+    TcOnly,
+    IptablesLegacy,
+    IptablesNft,
+    Nftables,
+    NullRedirect,
+    Routing,
+}
+
+pub const SYSTEMS: [System; 8] = [
+    System::XdpNative,
+    System::XdpGeneric,
+    System::TcOnly,
+    System::IptablesLegacy,
+    System::IptablesNft,
+    System::Nftables,
+    System::NullRedirect,
+    System::Routing,
+];
+
+impl System {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::XdpNative => "svclb, XDP native",
+            Self::XdpGeneric => "svclb, XDP generic",
+            Self::TcOnly => "svclb, TC only (`--xdp-mode off`)",
+            Self::IptablesLegacy => "kube-proxy iptables (legacy)",
+            Self::IptablesNft => "kube-proxy iptables (nft backend)",
+            Self::Nftables => "kube-proxy nftables",
+            Self::NullRedirect => "null XDP redirect (ceiling)",
+            Self::Routing => "routing, no NAT",
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::XdpNative => "svclb_xdp_native",
+            Self::XdpGeneric => "svclb_xdp_generic",
+            Self::TcOnly => "svclb_tc_only",
+            Self::IptablesLegacy => "iptables_legacy",
+            Self::IptablesNft => "iptables_nft",
+            Self::Nftables => "nftables",
+            Self::NullRedirect => "null_redirect",
+            Self::Routing => "routing",
+        }
+    }
+
+    fn svclb_xdp(self) -> Option<Option<XdpMode>> {
+        match self {
+            Self::XdpNative => Some(Some(XdpMode::Driver)),
+            Self::XdpGeneric => Some(Some(XdpMode::Skb)),
+            Self::TcOnly => Some(None),
+            _ => None,
+        }
+    }
+}
+
+/// What the generator sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// UDP frames cycling over this many established flows.
+    Tracked(u64),
+    /// TCP SYNs, each from a new source tuple.
+    NewFlows,
+}
+
+pub const LOADS: [Load; 4] = [
+    Load::Tracked(1),
+    Load::Tracked(1_024),
+    Load::Tracked(65_536),
+    Load::NewFlows,
+];
+
+impl Load {
+    pub fn key(self) -> String {
+        match self {
+            Self::Tracked(n) => format!("tracked_{n}"),
+            Self::NewFlows => "new_flows".into(),
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            Self::Tracked(n) => format!("{n} tracked flows"),
+            Self::NewFlows => "new flows (SYN)".into(),
+        }
+    }
+}
+
+/// One system, family and load, measured once.
+#[derive(Serialize)]
+pub struct Point {
+    pub system: &'static str,
+    pub family: &'static str,
+    pub load: String,
+    pub round: usize,
+    /// Frames that reached the sink, millions per second.
+    pub delivered_mpps: f64,
+    /// Frames the generator offered, millions per second.
+    pub offered_mpps: f64,
+    /// Share of the offered frames that did not reach the sink.
+    pub dropped: f64,
+    /// Busy share of the node's CPU while the generator ran.
+    pub node_busy: f64,
+    /// The node CPU's busy time per delivered frame.
+    pub ns_per_packet: f64,
+    /// Whether the node's CPU was saturated (the point measured the node, not the generator).
+    pub valid: bool,
+}
+
+/// Where svclb's time went: its programs' own run time per delivered frame (BPF statistics).
+#[derive(Serialize)]
+pub struct Attribution {
+    pub system: &'static str,
+    pub family: &'static str,
+    pub load: String,
+    pub ns_per_packet: f64,
+    /// Run time of the XDP program per delivered frame, ns (none without XDP).
+    pub xdp_ns: Option<f64>,
+    /// Run time of the TC program per delivered frame, ns.
+    pub tc_ns: f64,
+}
+
+#[derive(Serialize)]
+pub struct Results {
+    /// The busy share /proc/stat shows for a thread spinning on the node's core (under 1 on
+    /// a VM whose host takes time it does not report as steal).
+    pub cpu_ceiling: f64,
+    pub seconds_per_point: f64,
+    pub rounds: usize,
+    pub services: usize,
+    pub backends: usize,
+    pub points: Vec<Point>,
+    pub attribution: Vec<Attribution>,
+}
+
+pub fn run(settings: &Settings) -> Result<Results> {
+    let seconds = if settings.quick { 1.0 } else { 3.0 };
+    let rounds = if settings.quick { 1 } else { 2 };
+    let duration = Duration::from_secs_f64(seconds);
+    let ceiling = ceiling(NODE_CPU)?;
+    eprintln!(
+        "  a thread spinning on CPU {NODE_CPU} reads {:.0}% busy: the node's busy shares are of that",
+        ceiling * 100.0
+    );
+    // svclb's maps, loaded and programmed once (4,000 frontends with their Maglev tables take a
+    // while), then attached to each svclb system's node in turn.
+    let mut svclb = None;
+    let mut points = Vec::new();
+    for round in 0..rounds {
+        for system in SYSTEMS {
+            eprintln!("  round {}: {}", round + 1, system.label());
+            let node = Node::build(system, &mut svclb)?;
+            for ipv6 in [false, true] {
+                for load in LOADS {
+                    let point = Point {
+                        round,
+                        ..node
+                            .measure(ipv6, load, duration, ceiling)?
+                            .into_point(system, ipv6, load)
+                    };
+                    eprintln!(
+                        "    {} {}: {:.2} Mpps, node busy {:.0}%, {:.0} ns/packet{}",
+                        family(ipv6),
+                        load.label(),
+                        point.delivered_mpps,
+                        point.node_busy * 100.0,
+                        point.ns_per_packet,
+                        if point.valid { "" } else { " (invalid)" }
+                    );
+                    points.push(point);
+                }
+            }
+            svclb = node.finish().or(svclb);
+        }
+    }
+    let attribution = attribution(duration, ceiling, &mut svclb)?;
+    Ok(Results {
+        cpu_ceiling: ceiling,
+        seconds_per_point: seconds,
+        rounds,
+        services: SERVICES,
+        backends: BACKENDS,
+        points,
+        attribution,
+    })
+}
+
+fn family(ipv6: bool) -> &'static str {
+    if ipv6 { "IPv6" } else { "IPv4" }
+}
+
+/// A separate run of the svclb systems with the kernel's BPF statistics on: each program's
+/// own time per frame, beside the node's whole time per frame.
+fn attribution(
+    duration: Duration,
+    ceiling: f64,
+    svclb: &mut Option<Box<Datapath>>,
+) -> Result<Vec<Attribution>> {
+    let mut out = Vec::new();
+    for system in [System::XdpNative, System::TcOnly] {
+        let node = Node::build(system, svclb)?;
+        let (xdp_id, tc_id) = node.program_ids()?;
+        for ipv6 in [false, true] {
+            for load in [Load::Tracked(1_024), Load::NewFlows] {
+                let before = (run_stats(xdp_id.into())?, run_stats(tc_id.into())?);
+                std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+                let measured = node.measure(ipv6, load, duration, ceiling);
+                std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
+                let m = measured?;
+                let after = (run_stats(xdp_id.into())?, run_stats(tc_id.into())?);
+                let per_frame =
+                    |(t0, _): (f64, f64), (t1, _): (f64, f64)| (t1 - t0) / m.delivered as f64;
+                let xdp_ns = per_frame(before.0, after.0);
+                out.push(Attribution {
+                    system: system.key(),
+                    family: family(ipv6),
+                    load: load.key(),
+                    ns_per_packet: m.ns_per_packet(),
+                    xdp_ns: (system == System::XdpNative).then_some(xdp_ns),
+                    tc_ns: per_frame(before.1, after.1),
+                });
+            }
+        }
+        *svclb = node.finish().or(svclb.take());
+    }
+    Ok(out)
+}
+
+/// One measurement, before it is a [`Point`].
+struct Measured {
+    offered: u64,
+    delivered: u64,
+    elapsed: Duration,
+    /// The node core's busy share, of what a thread spinning on it reads (see [`ceiling`]).
+    node_busy: f64,
+}
+
+impl Measured {
+    fn ns_per_packet(&self) -> f64 {
+        self.node_busy * self.elapsed.as_nanos() as f64 / self.delivered.max(1) as f64
+    }
+
+    fn dropped(&self) -> f64 {
+        1.0 - self.delivered as f64 / self.offered.max(1) as f64
+    }
+
+    fn into_point(self, system: System, ipv6: bool, load: Load) -> Point {
+        let seconds = self.elapsed.as_secs_f64();
+        Point {
+            system: system.key(),
+            family: family(ipv6),
+            load: load.key(),
+            round: 0,
+            delivered_mpps: self.delivered as f64 / seconds / 1e6,
+            offered_mpps: self.offered as f64 / seconds / 1e6,
+            dropped: self.dropped(),
+            node_busy: self.node_busy,
+            ns_per_packet: self.ns_per_packet(),
+            valid: self.node_busy >= SATURATED && self.dropped() >= DROPPED,
+        }
+    }
+}
+
+/// What keeps a system in place on the node for as long as it is measured.
+enum Installed {
+    Svclb(Box<Datapath>),
+    Redirect { _program: Attached },
+    Rules,
+}
+
+/// The three namespaces, the sink, and one system installed on the node.
+struct Node {
+    // Fields drop in order: the programs before their namespaces.
+    installed: Installed,
+    sink_program: Attached,
+    generator: FixtureNs,
+    _node: FixtureNs,
+    _sink: FixtureNs,
+    gen_if: u32,
+}
+
+impl Node {
+    /// The namespaces, wired, with `system` installed; an svclb system takes the shared
+    /// datapath (loading it the first time), which [`Self::finish`] gives back.
+    fn build(system: System, svclb: &mut Option<Box<Datapath>>) -> Result<Self> {
+        let [generator, node, sink] = ["sat-g", "sat-n", "sat-s"]
+            .map(|n| FixtureNs(svclb_tests::sweep::scratch_name(&format!("-{n}"))));
+        for ns in [&generator, &node, &sink] {
+            ip(&["netns", "add", &ns.0])?;
+        }
+        wire(&generator.0, &node.0, &sink.0)?;
+        let gen_if = ifindex(&generator.0, "sat-gen")?;
+        let up_if = ifindex(&node.0, "sat-up")?;
+        let bk_if = ifindex(&node.0, "sat-bk")?;
+        let sink_if = ifindex(&sink.0, "sat-sink")?;
+        let sink_program = in_netns(&sink.0, move || Attached::sink(sink_if))?;
+        napi_threads(&sink.0, "sat-sink")?;
+        let installed = install(system, &node.0, up_if, bk_if, svclb)?;
+        napi_threads(&node.0, "sat-up")?;
+        pin_napi("sat-up", NODE_CPU)?;
+        // The sink on the node's core: the generator's core has no time to spare, and a sink
+        // starved of CPU would drop what the node delivered. Its cost (an XDP drop) is in every
+        // system's figures alike.
+        pin_napi("sat-sink", NODE_CPU)?;
+        Ok(Self {
+            installed,
+            sink_program,
+            generator,
+            _node: node,
+            _sink: sink,
+            gen_if,
+        })
+    }
+
+    /// Takes the shared datapath back (detached), if this node had it.
+    fn finish(self) -> Option<Box<Datapath>> {
+        match self.installed {
+            Installed::Svclb(mut dp) => {
+                dp.detach_uplinks();
+                Some(dp)
+            }
+            _ => None,
+        }
+    }
+
+    fn program_ids(&self) -> Result<(u32, u32)> {
+        match &self.installed {
+            Installed::Svclb(dp) => dp.uplink_program_ids(),
+            _ => bail!("not an svclb system"),
+        }
+    }
+
+    /// Offers `load` for `duration` (after a warm-up that opens tracked flows) and counts
+    /// what reaches the sink.
+    fn measure(
+        &self,
+        ipv6: bool,
+        load: Load,
+        duration: Duration,
+        ceiling: f64,
+    ) -> Result<Measured> {
+        let template = if ipv6 {
+            template::<Packet6>(load)
+        } else {
+            template::<PacketSpec>(load)
+        };
+        let flows = match load {
+            Load::Tracked(n) => n,
+            Load::NewFlows => 0,
+        };
+        let gen_if = self.gen_if;
+        // New flows start where the last measurement's left off: svclb's maps are shared.
+        let first = match load {
+            Load::Tracked(_) => 0,
+            Load::NewFlows => NEXT_NEW_FLOW.fetch_add(1 << 30, Ordering::Relaxed),
+        };
+        let generator = in_netns(&self.generator.0, move || {
+            pin_self(GEN_CPU)?;
+            let mut generator = Generator::load(&template, flows)?;
+            generator.start_at(first)?;
+            generator.send_for(gen_if, WARM_UP)?;
+            Ok(generator)
+        })?;
+        let warmed = self.sink_program.settled()?;
+        let (offered, elapsed, node_busy) = in_netns(&self.generator.0, move || {
+            pin_self(GEN_CPU)?;
+            let mut generator = generator;
+            let before = cpu_times(NODE_CPU)?;
+            let started = Instant::now();
+            let offered = generator.send_for(gen_if, duration)?;
+            let elapsed = started.elapsed();
+            let after = cpu_times(NODE_CPU)?;
+            Ok((offered, elapsed, busy_share(before, after) / ceiling))
+        })?;
+        let delivered = self.sink_program.settled()?.saturating_sub(warmed);
+        ensure!(delivered > 0, "nothing reached the sink");
+        Ok(Measured {
+            offered,
+            delivered,
+            elapsed,
+            node_busy,
+        })
+    }
+}
+
+/// The frame of flow 0 of `load`, addressed to the target's LoadBalancer IP from the client
+/// range, to `sat-up`'s MAC address.
+fn template<P: SatNet>(load: Load) -> Template {
+    let client = (P::client_base(), 1024);
+    let (spec, udp) = match load {
+        Load::Tracked(_) => (
+            P::udp(client, (P::lb(TARGET), 80)).with_payload(vec![0; 18]),
+            true,
+        ),
+        Load::NewFlows => (
+            P::tcp(client, (P::lb(TARGET), 80), TCP_SYN).with_payload(Vec::new()),
+            false,
+        ),
+    };
+    Template::of(&spec, udp, mac(UP_MAC), mac(GEN_MAC))
+}
+
+fn mac(text: &str) -> [u8; 6] {
+    let mut out = [0u8; 6];
+    for (byte, part) in out.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(part, 16).expect("a MAC address");
+    }
+    out
+}
+
+/// The links, addresses, routes and neighbours of the three namespaces.
+fn wire(generator: &str, node: &str, sink: &str) -> Result<()> {
+    ip(&[
+        "-n", generator, "link", "add", "sat-gen", "address", GEN_MAC, "type", "veth", "peer",
+        "name", "sat-up", "netns", node, "address", UP_MAC,
+    ])?;
+    ip(&[
+        "-n", node, "link", "add", "sat-bk", "address", BK_MAC, "type", "veth", "peer", "name",
+        "sat-sink", "netns", sink, "address", SINK_MAC,
+    ])?;
+    for (ns, dev) in [
+        (generator, "sat-gen"),
+        (node, "sat-up"),
+        (node, "sat-bk"),
+        (sink, "sat-sink"),
+    ] {
+        ip_in(ns, &["link", "set", dev, "up"])?;
+    }
+    for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+        sysctl_in(node, key, "1")?;
+    }
+    for key in [
+        "net.ipv4.conf.all.rp_filter",
+        "net.ipv4.conf.sat-up.rp_filter",
+    ] {
+        sysctl_in(node, key, "0")?;
+    }
+    let commands: [&[&str]; 10] = [
+        &["addr", "add", "172.31.0.11/24", "dev", "sat-up"],
+        &["addr", "add", "172.30.0.11/24", "dev", "sat-bk"],
+        &[
+            "-6",
+            "addr",
+            "add",
+            "fd00:31::11/64",
+            "dev",
+            "sat-up",
+            "nodad",
+        ],
+        &[
+            "-6",
+            "addr",
+            "add",
+            "fd00:30::11/64",
+            "dev",
+            "sat-bk",
+            "nodad",
+        ],
+        &[
+            "neigh",
+            "replace",
+            "172.30.0.12",
+            "lladdr",
+            SINK_MAC,
+            "dev",
+            "sat-bk",
+            "nud",
+            "permanent",
+        ],
+        &[
+            "-6",
+            "neigh",
+            "replace",
+            "fd00:30::12",
+            "lladdr",
+            SINK_MAC,
+            "dev",
+            "sat-bk",
+            "nud",
+            "permanent",
+        ],
+        // The backends, and (for plain routing) the LoadBalancer IPs, behind the sink.
+        &["route", "add", "10.244.2.0/24", "via", "172.30.0.12"],
+        &["route", "add", "198.18.0.0/16", "via", "172.30.0.12"],
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd00:244:2::/64",
+            "via",
+            "fd00:30::12",
+        ],
+        &["-6", "route", "add", "fd00:198::/64", "via", "fd00:30::12"],
+    ];
+    for args in commands {
+        ip_in(node, args)?;
+    }
+    // NAPI with GRO on the uplink, as a NIC driver runs it (and it takes the generator's
+    // frames whatever XDP program it has, or none).
+    run_in(node, "ethtool", &["-K", "sat-up", "gro", "on"])?;
+    Ok(())
+}
+
+fn ifindex(ns: &str, dev: &str) -> Result<u32> {
+    let out = netns::run("ip", &["-n", ns, "-o", "link", "show", dev])?;
+    String::from_utf8(out.stdout)?
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .with_context(|| format!("the index of {dev} in {ns}"))
+}
+
+/// Turns on threaded NAPI for `dev` (its own kernel thread, which can be pinned).
+fn napi_threads(ns: &str, dev: &str) -> Result<()> {
+    netns::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            &format!("echo 1 > /sys/class/net/{dev}/threaded"),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Pins the NAPI threads of devices named `dev` (in any namespace) to `cpu`.
+fn pin_napi(dev: &str, cpu: usize) -> Result<()> {
+    let prefix = format!("napi/{dev}-");
+    let mut pinned = 0;
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(&prefix[..prefix.len().min(15)]) {
+            pin(pid, cpu)?;
+            pinned += 1;
+        }
+    }
+    ensure!(pinned > 0, "no NAPI thread of {dev} to pin");
+    Ok(())
+}
+
+fn pin_self(cpu: usize) -> Result<()> {
+    pin(0, cpu)
+}
+
+fn pin(pid: i32, cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
+        .with_context(|| format!("pinning {pid} to CPU {cpu}"))
+}
+
+/// A CPU's busy and total jiffies, from /proc/stat.
+fn cpu_times(cpu: usize) -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{cpu} ");
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .with_context(|| format!("no {name} in /proc/stat"))?;
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let total: u64 = values.iter().take(8).sum();
+    let idle = values[3] + values[4];
+    Ok((total - idle, total))
+}
+
+/// The busy share /proc/stat shows for `cpu` while a thread spins on it for half a second:
+/// what "saturated" reads on this machine.
+fn ceiling(cpu: usize) -> Result<f64> {
+    std::thread::spawn(move || -> Result<f64> {
+        pin_self(cpu)?;
+        let before = cpu_times(cpu)?;
+        let started = Instant::now();
+        let mut spins = 0u64;
+        while started.elapsed() < Duration::from_millis(500) {
+            spins = std::hint::black_box(spins + 1);
+        }
+        Ok(busy_share(before, cpu_times(cpu)?))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the calibration thread panicked"))?
+}
+
+fn busy_share((busy0, total0): (u64, u64), (busy1, total1): (u64, u64)) -> f64 {
+    (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64
+}
+
+/// Installs `system` on the node: its devices `up_if` (the uplink) and `bk_if` (towards the
+/// backends).
+fn install(
+    system: System,
+    node: &str,
+    up_if: u32,
+    bk_if: u32,
+    svclb: &mut Option<Box<Datapath>>,
+) -> Result<Installed> {
+    if let Some(xdp) = system.svclb_xdp() {
+        let dp = match svclb.take() {
+            Some(dp) => dp,
+            None => {
+                let sizes = Capacity {
+                    slots: 4 * SERVICES * BACKENDS + 1024,
+                    ..Capacity::DEFAULT
+                };
+                let mut dp = Datapath::load_with("saturation", sizes)?;
+                let mut both = plan::<PacketSpec>();
+                both.frontends.extend(plan::<Packet6>().frontends);
+                dp.program(&both);
+                Box::new(dp)
+            }
+        };
+        return in_netns(node, move || {
+            let mut dp = dp;
+            dp.finish_xdp_on(up_if)?;
+            dp.finish_xdp_on(bk_if)?;
+            dp.attach_uplink(up_if, xdp)?;
+            Ok(Installed::Svclb(dp))
+        });
+    }
+    let layout = Layout {
+        protos: &["udp", "tcp"],
+        external: true,
+    };
+    match system {
+        System::IptablesLegacy | System::IptablesNft => {
+            let backend = if system == System::IptablesLegacy {
+                "legacy"
+            } else {
+                "nft"
+            };
+            for (tool, svcs) in [
+                ("iptables", services::<PacketSpec>()),
+                ("ip6tables", services::<Packet6>()),
+            ] {
+                let rules = kubeproxy::iptables(&svcs, layout);
+                load_time(node, &format!("{tool}-{backend}-restore"), &[], &rules)?;
+            }
+            Ok(Installed::Rules)
+        }
+        System::Nftables => {
+            for svcs in [services::<PacketSpec>(), services::<Packet6>()] {
+                load_time(
+                    node,
+                    "nft",
+                    &["-f", "-"],
+                    &kubeproxy::nftables(&svcs, layout),
+                )?;
+            }
+            Ok(Installed::Rules)
+        }
+        System::NullRedirect => Ok(Installed::Redirect {
+            _program: in_netns(node, move || Attached::redirect(up_if, bk_if))?,
+        }),
+        System::Routing => Ok(Installed::Rules),
+        _ => unreachable!("svclb systems are installed above"),
+    }
+}
+
+/// Addresses of a family on this bench's wires.
+pub trait SatNet: Net {
+    /// Flow 0's source address; flow `i`'s adds `i / 64512` to its last 32 bits.
+    fn client_base() -> Self::Addr;
+}
+
+impl SatNet for PacketSpec {
+    fn client_base() -> Ipv4Addr {
+        Ipv4Addr::new(100, 64, 0, 1)
+    }
+}
+
+impl SatNet for Packet6 {
+    fn client_base() -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 1)
+    }
+}
+
+fn services<P: Net>() -> Vec<Svc> {
+    (0..SERVICES)
+        .map(|s| Svc {
+            vip: P::lb(s).into(),
+            port: 80,
+            backends: (0..BACKENDS)
+                .map(|b| (P::backend(s, b).into(), 8080))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The same services for svclb: LoadBalancer IPs (TCP and UDP port 80), the Cluster policy,
+/// every backend on another node.
+fn plan<P: Net>() -> Plan {
+    let mut plan = Plan::default();
+    for svc in services::<P>() {
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let backends = svc
+                .backends
+                .iter()
+                .map(|(addr, port)| PlanBackend {
+                    node: Some("n2".into()),
+                    ..PlanBackend::remote(*addr, *port)
+                })
+                .collect();
+            plan.frontends.insert(
+                FrontendKey::new(svc.vip, svc.port, protocol),
+                Frontend::new(
+                    format!("default/lb-{}", svc.vip),
+                    FrontendKind::LoadBalancer,
+                    Scope::External,
+                    backends,
+                ),
+            );
+        }
+    }
+    plan
+}
+
+/// One ratio of medians from this run, against its target.
+#[derive(Serialize)]
+pub struct Ratio {
+    pub name: &'static str,
+    pub family: &'static str,
+    pub load: String,
+    /// None when a side had no valid point.
+    pub value: Option<f64>,
+    pub target: &'static str,
+    pub met: Option<bool>,
+}
+
+/// The median delivered Mpps of a system's valid points (none if any round was invalid).
+fn median_mpps(r: &Results, system: System, family: &str, load: Load) -> Option<f64> {
+    let points: Vec<&Point> = r
+        .points
+        .iter()
+        .filter(|p| p.system == system.key() && p.family == family && p.load == load.key())
+        .collect();
+    if points.is_empty() || points.iter().any(|p| !p.valid) {
+        return None;
+    }
+    let mut mpps: Vec<f64> = points.iter().map(|p| p.delivered_mpps).collect();
+    mpps.sort_by(f64::total_cmp);
+    Some(mpps[mpps.len() / 2])
+}
+
+/// The issue's targets, per family and load: native XDP against the best iptables, TC only
+/// and the null redirect; IPv6 against IPv4.
+pub fn ratios(r: &Results) -> Vec<Ratio> {
+    let mut out = Vec::new();
+    for load in LOADS {
+        for ipv6 in [false, true] {
+            let f = family(ipv6);
+            let native = median_mpps(r, System::XdpNative, f, load);
+            let iptables = [System::IptablesLegacy, System::IptablesNft]
+                .into_iter()
+                .filter_map(|s| median_mpps(r, s, f, load))
+                .reduce(f64::max);
+            let against = [
+                ("native XDP / best iptables", iptables, 3.0, ">= 3x"),
+                (
+                    "native XDP / nftables",
+                    median_mpps(r, System::Nftables, f, load),
+                    0.0,
+                    "(none)",
+                ),
+                (
+                    "native XDP / TC only",
+                    median_mpps(r, System::TcOnly, f, load),
+                    2.0,
+                    ">= 2x",
+                ),
+                (
+                    "native XDP / null redirect",
+                    median_mpps(r, System::NullRedirect, f, load),
+                    0.5,
+                    ">= 0.5x",
+                ),
+            ];
+            for (name, other, at_least, target) in against {
+                let value = native.zip(other).map(|(a, b)| a / b);
+                out.push(Ratio {
+                    name,
+                    family: f,
+                    load: load.key(),
+                    value,
+                    target,
+                    met: (at_least > 0.0)
+                        .then(|| value.map(|v| v >= at_least))
+                        .flatten(),
+                });
+            }
+        }
+        let v4 = median_mpps(r, System::XdpNative, "IPv4", load);
+        let v6 = median_mpps(r, System::XdpNative, "IPv6", load);
+        let value = v4.zip(v6).map(|(a, b)| a / b);
+        out.push(Ratio {
+            name: "native XDP, IPv4 / IPv6",
+            family: "both",
+            load: load.key(),
+            value,
+            target: "<= 1.2x",
+            met: value.map(|v| v <= 1.2),
+        });
+    }
+    out
+}
+
+/// The section of the results file.
+pub fn render(r: &Results, out: &mut String) {
+    let _ = writeln!(out, "## North-south at saturation: Mpps per core\n");
+    let _ = writeln!(
+        out,
+        "A generator core offers frames (BPF_PROG_RUN live frames) to the node's uplink (a veth\n\
+         with threaded NAPI and GRO, pinned to the other core); {} LoadBalancer IPs x {} backends\n\
+         behind a sink, Cluster policy (DNAT and SNAT). Each cell: Mpps delivered at the sink, and\n\
+         the node core's ns per packet (busy time / packets); the median of {} round(s) of {:.0} s,\n\
+         systems interleaved. The sink's NAPI shares the node's core (the generator's has no time\n\
+         to spare), so every figure includes one XDP drop. Busy shares are of what a thread\n\
+         spinning on the node core reads in /proc/stat: {:.0}% here. \"invalid\": the node core\n\
+         was under {:.0}% busy or its uplink dropped under {:.0}% of the offered frames, so the\n\
+         point did not measure the node at saturation.\n",
+        r.services,
+        r.backends,
+        r.rounds,
+        r.seconds_per_point,
+        r.cpu_ceiling * 100.0,
+        SATURATED * 100.0,
+        DROPPED * 100.0
+    );
+    for ipv6 in [false, true] {
+        let f = family(ipv6);
+        let _ = write!(out, "| {f} |");
+        for load in LOADS {
+            let _ = write!(out, " {} |", load.label());
+        }
+        let _ = writeln!(out, "\n|---|{}", "---:|".repeat(LOADS.len()));
+        for system in SYSTEMS {
+            let _ = write!(out, "| {} |", system.label());
+            for load in LOADS {
+                let cell = median_mpps(r, system, f, load).map_or_else(
+                    || "invalid".to_owned(),
+                    |mpps| {
+                        let ns = r
+                            .points
+                            .iter()
+                            .filter(|p| {
+                                p.system == system.key() && p.family == f && p.load == load.key()
+                            })
+                            .map(|p| p.ns_per_packet)
+                            .fold(f64::INFINITY, f64::min);
+                        format!("{mpps:.2} ({ns:.0} ns)")
+                    },
+                );
+                let _ = write!(out, " {cell} |");
+            }
+            let _ = writeln!(out);
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "| ratio | family | load | value | target | |\n|---|---|---|---:|---|---|"
+    );
+    for ratio in ratios(r) {
+        let value = ratio.value.map_or("-".into(), |v| format!("{v:.2}x"));
+        let met = match ratio.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {value} | {} | {met} |",
+            ratio.name, ratio.family, ratio.load, ratio.target
+        );
+    }
+    if !r.attribution.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nWhere svclb's time went (a separate run with the kernel's BPF statistics on, which\n\
+             add their own cost): each program's run time per delivered frame, beside the node\n\
+             core's whole time per frame; the rest is the driver, the page pool, the redirect and\n\
+             (TC) the skb.\n\n| system | family | load | node ns/packet | XDP program | TC program |\n|---|---|---|---:|---:|---:|"
+        );
+        for a in &r.attribution {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:.0} | {} | {:.0} |",
+                a.system,
+                a.family,
+                a.load,
+                a.ns_per_packet,
+                a.xdp_ns.map_or("-".into(), |n| format!("{n:.0}")),
+                a.tc_ns
+            );
+        }
+    }
+    let _ = writeln!(out);
+}

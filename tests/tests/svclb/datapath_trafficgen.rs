@@ -1,0 +1,214 @@
+//! The saturation benchmark's traffic generator, sink and null forwarder
+//! (`svclb-ebpf/src/bin/trafficgen.rs`): the frames it makes are valid and of the flows it
+//! claims, whatever the node did to the frame before its page came back, and in live mode
+//! every frame it sends is either received at the far end or counted as dropped on the way.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use anyhow::{Context as _, Result, ensure};
+use svclb_tests::{
+    family::TestPacket,
+    netns::{in_netns, ip, ip_in, run},
+    packet::{PacketSpec, TCP_SYN, verify_checksums},
+    packet6::{Packet6, l4_checksum_ok},
+    require_root, sweep,
+};
+
+use crate::common::{
+    fixture::FixtureNs,
+    trafficgen::{Attached, Generator, Template},
+};
+
+const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
+const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x64];
+
+/// Source address (as u128) and port of a frame.
+fn source(frame: &[u8], ipv6: bool) -> (u128, u16) {
+    if ipv6 {
+        let addr = <[u8; 16]>::try_from(&frame[22..38]).expect("16 bytes");
+        (
+            u128::from_be_bytes(addr),
+            u16::from_be_bytes([frame[54], frame[55]]),
+        )
+    } else {
+        let addr = <[u8; 4]>::try_from(&frame[26..30]).expect("4 bytes");
+        (
+            u128::from(u32::from_be_bytes(addr)),
+            u16::from_be_bytes([frame[34], frame[35]]),
+        )
+    }
+}
+
+fn checksums_ok(frame: &[u8], ipv6: bool, udp: bool) -> bool {
+    if ipv6 {
+        l4_checksum_ok(frame)
+    } else {
+        let c = verify_checksums(frame);
+        c.ip_ok && (c.l4_ok || (udp && c.udp_zero))
+    }
+}
+
+/// The generator's frames for `spec`: `flows` flows (0: new flows), checked frame by frame.
+fn frames_of<P: TestPacket>(spec: P, udp: bool, flows: u64) -> Result<()> {
+    let template = Template::of(&spec, udp, DST_MAC, SRC_MAC);
+    let ipv6 = template.ipv6;
+    let mut generator = Generator::load(&template, flows)?;
+    let (base_addr, base_port) = source(&template.frame, ipv6);
+    // A frame the node rewrote (destination, TTL, checksums) before its page came back.
+    let mut rewritten = template.frame.clone();
+    for byte in &mut rewritten[..template.header_len] {
+        *byte = byte.wrapping_add(0x5a);
+    }
+    for n in 0..6u64 {
+        let input = if n % 2 == 0 {
+            &template.frame
+        } else {
+            &rewritten
+        };
+        let out = generator.run_on(input, 1)?;
+        let flow = if flows == 0 { n } else { n % flows };
+        ensure!(
+            source(&out, ipv6) == (base_addr, base_port + flow as u16),
+            "frame {n} of {} is not flow {flow}'s",
+            P::FAMILY
+        );
+        ensure!(checksums_ok(&out, ipv6, udp), "frame {n}: bad checksums");
+        let mut expected = template.frame.clone();
+        expected[..template.header_len].copy_from_slice(&out[..template.header_len]);
+        ensure!(
+            out == expected,
+            "frame {n} differs from the template beyond its source"
+        );
+    }
+    if flows == 0 {
+        // Past 64,512 ports, the next source address.
+        generator.run_on(&template.frame, 64_512 - 6)?;
+        let out = generator.run_on(&template.frame, 1)?;
+        ensure!(
+            source(&out, ipv6) == (base_addr + 1, base_port),
+            "the 64,513th new flow is not the next address's first"
+        );
+        ensure!(
+            checksums_ok(&out, ipv6, udp),
+            "bad checksums on the next address"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_generator_makes_valid_frames_of_the_flows_it_counts() -> Result<()> {
+    require_root()?;
+    // The flow counter is per CPU: every run on one.
+    let mut cpu = nix::sched::CpuSet::new();
+    cpu.set(0)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu)?;
+    let client4 = (Ipv4Addr::new(100, 64, 0, 1), 1024);
+    let lb4 = (Ipv4Addr::new(198, 18, 1, 244), 80);
+    let client6 = (Ipv6Addr::new(0xfd00, 0x64, 0, 0, 0, 0, 0, 1), 1024);
+    let lb6 = (Ipv6Addr::new(0xfd00, 0x198, 0, 0, 0, 0, 0, 0x1f4), 80);
+    frames_of(
+        PacketSpec::udp(client4, lb4).with_payload(vec![0; 18]),
+        true,
+        3,
+    )?;
+    frames_of(
+        PacketSpec::tcp(client4, lb4, TCP_SYN).with_payload(Vec::new()),
+        false,
+        0,
+    )?;
+    frames_of(
+        Packet6::udp(client6, lb6).with_payload(vec![0; 18]),
+        true,
+        4,
+    )?;
+    frames_of(
+        Packet6::tcp(client6, lb6, TCP_SYN).with_payload(Vec::new()),
+        false,
+        0,
+    )
+}
+
+/// A device's transmit drops (a veth counts there the frames its peer's ring had no room for).
+fn tx_dropped(ns: &str, dev: &str) -> Result<u64> {
+    let out = run("ip", &["-n", ns, "-s", "-j", "link", "show", dev])?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    links[0]["stats64"]["tx"]["dropped"]
+        .as_u64()
+        .with_context(|| format!("no tx drops of {dev} in {ns}"))
+}
+
+fn ifindex(ns: &str, dev: &str) -> Result<u32> {
+    let out = run("ip", &["-n", ns, "-o", "link", "show", dev])?;
+    Ok(String::from_utf8(out.stdout)?
+        .split(':')
+        .next()
+        .context("no index")?
+        .trim()
+        .parse()?)
+}
+
+#[test]
+#[ignore = "needs root"]
+fn live_frames_reach_the_sink_or_are_counted_as_dropped() -> Result<()> {
+    require_root()?;
+    let [generator, middle, sink] =
+        ["tg-g", "tg-m", "tg-s"].map(|n| FixtureNs(sweep::scratch_name(&format!("-{n}"))));
+    for ns in [&generator, &middle, &sink] {
+        ip(&["netns", "add", &ns.0])?;
+    }
+    ip(&[
+        "-n",
+        &generator.0,
+        "link",
+        "add",
+        "tg-gen",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "tg-in",
+        "netns",
+        &middle.0,
+    ])?;
+    ip(&[
+        "-n", &middle.0, "link", "add", "tg-out", "type", "veth", "peer", "name", "tg-sink",
+        "netns", &sink.0,
+    ])?;
+    for (ns, dev) in [
+        (&generator, "tg-gen"),
+        (&middle, "tg-in"),
+        (&middle, "tg-out"),
+        (&sink, "tg-sink"),
+    ] {
+        ip_in(&ns.0, &["link", "set", dev, "up"])?;
+    }
+    let sink_if = ifindex(&sink.0, "tg-sink")?;
+    let counter = in_netns(&sink.0, move || Attached::sink(sink_if))?;
+    let (in_if, out_if) = (ifindex(&middle.0, "tg-in")?, ifindex(&middle.0, "tg-out")?);
+    let _forwarder = in_netns(&middle.0, move || Attached::redirect(in_if, out_if))?;
+    let spec = PacketSpec::udp(
+        (Ipv4Addr::new(100, 64, 0, 1), 1024),
+        (Ipv4Addr::new(198, 18, 0, 1), 80),
+    );
+    let template = Template::of(&spec.with_payload(vec![0; 18]), true, DST_MAC, SRC_MAC);
+    let gen_if = ifindex(&generator.0, "tg-gen")?;
+    let drops = || -> Result<u64> {
+        Ok(tx_dropped(&generator.0, "tg-gen")? + tx_dropped(&middle.0, "tg-out")?)
+    };
+    let (received_before, dropped_before) = (counter.settled()?, drops()?);
+    let sent = in_netns(&generator.0, move || {
+        let mut generator = Generator::load(&template, 1024)?;
+        generator.send_for(gen_if, std::time::Duration::from_millis(200))
+    })?;
+    let received = counter.settled()? - received_before;
+    let dropped = drops()? - dropped_before;
+    ensure!(sent > 100_000, "only {sent} frames generated in 200 ms");
+    ensure!(
+        received + dropped == sent,
+        "{sent} frames sent, {received} received and {dropped} dropped"
+    );
+    ensure!(received > sent / 10, "{received} of {sent} frames received");
+    Ok(())
+}
