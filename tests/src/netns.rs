@@ -131,6 +131,18 @@ pub fn in_netns<T: Send + 'static>(
     .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
 }
 
+/// The index of device `dev` in namespace `ns`.
+pub fn ifindex(ns: &str, dev: &str) -> Result<u32> {
+    let out = run("ip", &["-n", ns, "-o", "link", "show", dev])?;
+    String::from_utf8(out.stdout)?
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .with_context(|| format!("the index of {dev} in {ns}"))
+}
+
 /// Names of the programs attached to the tcx ingress hook of device `dev` in namespace `ns`.
 pub fn tcx_ingress_programs(ns: &str, dev: &str) -> Result<Vec<String>> {
     use aya::programs::{SchedClassifier, TcAttachType};

@@ -43,7 +43,7 @@ use svclb::{
     plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
 };
 use svclb_tests::{
-    netns::{self, in_netns, ip, ip_in, run_in, sysctl_in},
+    netns::{self, ifindex, in_netns, ip, ip_in, run_in, sysctl_in},
     packet::{PacketSpec, TCP_SYN},
     packet6::Packet6,
 };
@@ -588,17 +588,6 @@ fn wire(generator: &str, node: &str, sink: &str) -> Result<()> {
     // frames whatever XDP program it has, or none).
     run_in(node, "ethtool", &["-K", "sat-up", "gro", "on"])?;
     Ok(())
-}
-
-fn ifindex(ns: &str, dev: &str) -> Result<u32> {
-    let out = netns::run("ip", &["-n", ns, "-o", "link", "show", dev])?;
-    String::from_utf8(out.stdout)?
-        .split(':')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .parse()
-        .with_context(|| format!("the index of {dev} in {ns}"))
 }
 
 /// Turns on threaded NAPI for `dev` (its own kernel thread, which can be pinned).

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use anyhow::{Context as _, Result, ensure};
 use svclb_tests::{
     family::TestPacket,
-    netns::{in_netns, ip, ip_in, run},
+    netns::{ifindex, in_netns, ip, ip_in, run},
     packet::{PacketSpec, TCP_SYN, verify_checksums},
     packet6::{Packet6, l4_checksum_ok},
     require_root, sweep,
@@ -137,16 +137,6 @@ fn tx_dropped(ns: &str, dev: &str) -> Result<u64> {
     links[0]["stats64"]["tx"]["dropped"]
         .as_u64()
         .with_context(|| format!("no tx drops of {dev} in {ns}"))
-}
-
-fn ifindex(ns: &str, dev: &str) -> Result<u32> {
-    let out = run("ip", &["-n", ns, "-o", "link", "show", dev])?;
-    Ok(String::from_utf8(out.stdout)?
-        .split(':')
-        .next()
-        .context("no index")?
-        .trim()
-        .parse()?)
 }
 
 #[test]

@@ -365,14 +365,7 @@ pub fn uplink_ns<P: TestPacket>(name: &str) -> Result<(FixtureNs, u32)> {
             &["route", "add", net.remote_pods, "via", net.next_hop],
         ),
     )?;
-    let out = svclb_tests::netns::run("ip", &["-n", n, "-o", "link", "show", "up0"])?;
-    let text = String::from_utf8(out.stdout)?;
-    let index = text
-        .split(':')
-        .next()
-        .context("no ifindex")?
-        .trim()
-        .parse()?;
+    let index = svclb_tests::netns::ifindex(n, "up0")?;
     Ok((ns, index))
 }
 
