@@ -48,20 +48,11 @@ pub struct BackgroundBuild {
 impl BackgroundBuild {
     pub fn start(build: Build) -> Result<Self> {
         let log = crate::target_dir().join("fuzz-build.log");
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut nice = Command::new("nice");
         nice.args(["-n", "19", "cargo"]);
-        let child = cargo_fuzz_with(nice)
-            .arg("build")
-            .args(build.args())
-            .current_dir(crate::workspace_root())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            // A group of its own, so that a drop kills cargo's compilers too.
-            .process_group(0)
-            .spawn()
-            .context("starting the fuzz targets' build")?;
+        let mut command = cargo_fuzz_with(nice);
+        command.arg("build").args(build.args());
+        let child = spawn_logged(&mut command, &log).context("starting the fuzz targets' build")?;
         Ok(Self { child, log })
     }
 
@@ -154,8 +145,8 @@ impl Run {
         let corpus = root.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
         let log = crate::target_dir().join(format!("fuzz-{target}.log"));
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = cargo_fuzz()
+        let mut command = cargo_fuzz();
+        command
             .arg("run")
             .args(build.args())
             .arg(target)
@@ -168,14 +159,8 @@ impl Run {
                 "-timeout=10",
                 "-rss_limit_mb=4096",
                 "-print_final_stats=1",
-            ])
-            .current_dir(crate::workspace_root())
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            // A group of its own, so that a drop stops the fuzzer cargo-fuzz started too.
-            .process_group(0)
-            .spawn()
+            ]);
+        let child = spawn_logged(&mut command, &log)
             .with_context(|| format!("starting the fuzz target {target}"))?;
         Ok(Self { target, child, log })
     }
@@ -206,6 +191,19 @@ impl Drop for Run {
     fn drop(&mut self) {
         stop_group(&mut self.child);
     }
+}
+
+/// Starts `command` in the workspace root with its output in `log`, as the leader of a
+/// process group of its own (so that [`stop_group`] stops what it started too).
+fn spawn_logged(command: &mut Command, log: &std::path::Path) -> Result<Child> {
+    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Ok(command
+        .current_dir(crate::workspace_root())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()?)
 }
 
 /// Kills a child started as a process group's leader, with everything it started, unless it
