@@ -16,9 +16,11 @@
 //! starved of CPU would drop what the node delivered. The node is offered more than it can
 //! take, and the uplink's ring drops the rest, as a NIC ring would. A point where the node's
 //! core was not saturated, or its ring dropped nothing to speak of, did not measure the node
-//! and is reported as invalid. "Saturated" is calibrated: on a VM, a thread spinning on a
-//! core may read well under 100% busy in /proc/stat (the host's share shows as idle, not
-//! steal), so busy shares are taken as fractions of what a spinning thread reads.
+//! and is reported as invalid. Busy shares are taken as fractions of what a thread spinning
+//! on the node core reads in /proc/stat: a guard for a host that keeps time from its guest
+//! without reporting it as steal. On the machine of the first run it read 100%, so the guard
+//! changed nothing there; the idle time the first trials showed was the generator's (see
+//! `Generator::send_for`).
 //!
 //! Each point reports what reached the sink (Mpps), what was offered, the node CPU's busy
 //! share, and from those the node's ns per packet. Frames go to one LoadBalancer IP of
@@ -211,8 +213,8 @@ pub struct Attribution {
 
 #[derive(Serialize)]
 pub struct Results {
-    /// The busy share /proc/stat shows for a thread spinning on the node's core (under 1 on
-    /// a VM whose host takes time it does not report as steal).
+    /// The busy share /proc/stat shows for a thread spinning on the node's core (1 where the
+    /// host reports all the time it takes from the guest).
     pub cpu_ceiling: f64,
     pub seconds_per_point: f64,
     pub rounds: usize,
