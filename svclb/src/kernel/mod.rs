@@ -15,6 +15,7 @@ pub mod maps;
 pub mod migrate;
 pub mod object;
 pub mod pins;
+mod raw;
 pub mod socket;
 pub mod sweep;
 pub mod udp_sockets;

@@ -28,9 +28,12 @@ pub fn sync<W: MapWriter>(current: &mut MapState, desired: &MapState, maps: &mut
     for (key, value) in gone {
         writes.remove(key, value);
     }
-    for (key, value) in &desired.services {
-        writes.write(&FrontendEntries::of_state(desired, *key, *value));
-    }
+    let wants: Vec<FrontendEntries> = desired
+        .services
+        .iter()
+        .map(|(key, value)| FrontendEntries::of_state(desired, *key, *value))
+        .collect();
+    writes.write_all(&wants);
     delete_orphans(&mut writes, desired);
     let unused: Vec<u32> = writes
         .current

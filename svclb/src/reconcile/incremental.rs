@@ -124,9 +124,7 @@ pub fn sync<W: MapWriter>(
     for (key, value) in gone {
         writes.remove(key, value);
     }
-    for want in &wanted {
-        writes.write(want);
-    }
+    writes.write_all(&wanted);
     Some(writes.finish())
 }
 

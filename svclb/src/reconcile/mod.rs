@@ -21,6 +21,14 @@ use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey};
 use crate::entries::{MaglevSpec, frontend_key};
 
 /// The writes the reconciler needs from the maps.
+/// One frontend's Maglev table for [`MapWriter::put_tables`].
+pub struct TableWrite<'a> {
+    pub id: u32,
+    pub spec: &'a MaglevSpec,
+    /// Backend ids and entries, in slot order.
+    pub backends: &'a [(u32, Backend)],
+}
+
 pub trait MapWriter {
     type Error: std::fmt::Display;
     fn put_backend(&mut self, id: u32, backend: &Backend) -> Result<(), Self::Error>;
@@ -37,6 +45,14 @@ pub trait MapWriter {
         spec: &MaglevSpec,
         backends: &[(u32, Backend)],
     ) -> Result<(), Self::Error>;
+    /// Puts several frontends' tables, each as [`Self::put_table`] does: one result per
+    /// table, in order. A writer may swap them in together, faster than one by one.
+    fn put_tables(&mut self, tables: &[TableWrite<'_>]) -> Vec<Result<(), Self::Error>> {
+        tables
+            .iter()
+            .map(|t| self.put_table(t.id, t.spec, t.backends))
+            .collect()
+    }
     fn del_table(&mut self, id: u32) -> Result<(), Self::Error>;
     fn put_source_range(&mut self, id: u32, net: IpNet) -> Result<(), Self::Error>;
     fn del_source_range(&mut self, id: u32, net: IpNet) -> Result<(), Self::Error>;

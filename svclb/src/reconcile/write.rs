@@ -13,8 +13,11 @@ use std::collections::{BTreeSet, HashSet};
 use ipnet::IpNet;
 use svclb_common::{ServiceKey, ServiceValue, SlotKey};
 
-use super::{Index, MapWriter, SyncReport, frontend_name};
-use crate::entries::{FrontendEntries, MapState, identity};
+use super::{Index, MapWriter, SyncReport, TableWrite, frontend_name};
+use crate::entries::{FrontendEntries, MaglevSpec, MapState, identity};
+
+/// Frontends whose tables [`Writes::write_all`] puts in one call.
+const TABLE_BATCH: usize = 256;
 
 /// One sync's writes through `maps`, keeping `current` and `index` exact.
 pub(super) struct Writes<'a, W> {
@@ -90,6 +93,48 @@ impl<'a, W: MapWriter> Writes<'a, W> {
         self.release(id, want.value.count, Some(old_count), &want.ranges);
         if want.table.is_none() && self.current.tables.contains_key(&id) {
             self.drop_table(id);
+        }
+    }
+
+    /// Writes new or changed frontends as [`Self::write`] does, their tables put together
+    /// first, [`TABLE_BATCH`] frontends at a time (each with its backends, so a table swapped
+    /// in under a live entry points at backends that exist).
+    pub(super) fn write_all(&mut self, wants: &[FrontendEntries]) {
+        for chunk in wants.chunks(TABLE_BATCH) {
+            self.put_tables(chunk);
+            for want in chunk {
+                self.write(want);
+            }
+        }
+    }
+
+    /// Puts the tables of `wants` that need writing, in one call of the writer. A frontend
+    /// whose backends or table fail here is left to [`Self::write`], which tries again and
+    /// names the failure.
+    fn put_tables(&mut self, wants: &[FrontendEntries]) {
+        let mut tables = Vec::new();
+        for want in wants {
+            let id = want.value.id;
+            if let Some(spec) = &want.table
+                && self.current.tables.get(&id) != Some(spec)
+                && self.put_backends(want)
+            {
+                tables.push(TableWrite {
+                    id,
+                    spec,
+                    backends: &want.backends,
+                });
+            }
+        }
+        if tables.is_empty() {
+            return;
+        }
+        let results = self.maps.put_tables(&tables);
+        for (table, result) in tables.into_iter().zip(results) {
+            if result.is_ok() {
+                self.report.writes += 1;
+                self.table_written(table.id, table.spec);
+            }
         }
     }
 
@@ -214,6 +259,12 @@ impl<'a, W: MapWriter> Writes<'a, W> {
         }) {
             return false;
         }
+        self.table_written(id, spec);
+        true
+    }
+
+    /// Records frontend `id`'s table as `spec`, written.
+    fn table_written(&mut self, id: u32, spec: &MaglevSpec) {
         if let Some(old) = self.current.tables.insert(id, spec.clone()) {
             for b in old.backends {
                 self.drop_ref(b);
@@ -222,7 +273,6 @@ impl<'a, W: MapWriter> Writes<'a, W> {
         for b in &spec.backends {
             self.index.add_ref(*b);
         }
-        true
     }
 
     fn put_ranges(&mut self, want: &FrontendEntries) -> bool {
