@@ -1,7 +1,10 @@
 //! The datapath's settings: the one value of the `SVCLB_CONFIG` array, written by the agent at
 //! every start.
 
-use crate::addr::L3Addr;
+use crate::{
+    addr::L3Addr,
+    limits::{SNAT_PORT_MAX, SNAT_PORT_MIN},
+};
 
 /// The socket hooks translate (the agent clears it to stand hooks still pinned down, as with
 /// `--socket-lb=false`).
@@ -24,8 +27,33 @@ pub struct Config {
     pub loopback4: L3Addr,
     /// The same for IPv6.
     pub loopback6: L3Addr,
+    /// The source ports this node SNATs flows to (`--snat-ports`), inclusive; both zero: an
+    /// agent that set none (see [`Config::snat_ports`]).
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub _pad2: u32,
 }
-const _: () = assert!(size_of::<Config>() == 48);
+const _: () = assert!(size_of::<Config>() == 56);
+
+impl Config {
+    /// The SNAT source ports (first, count) of an agent that set none.
+    pub const DEFAULT_SNAT_PORTS: (u16, u32) =
+        (SNAT_PORT_MIN, (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1);
+
+    /// The SNAT source ports (first, count): as set, or [`Self::DEFAULT_SNAT_PORTS`] when
+    /// unset or not a range.
+    #[inline(always)]
+    pub fn snat_ports(&self) -> (u16, u32) {
+        if self.snat_port_min == 0 || self.snat_port_max < self.snat_port_min {
+            Self::DEFAULT_SNAT_PORTS
+        } else {
+            (
+                self.snat_port_min,
+                (self.snat_port_max - self.snat_port_min) as u32 + 1,
+            )
+        }
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {

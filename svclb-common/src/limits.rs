@@ -66,7 +66,8 @@ pub const FRAG_TIMEOUT_NS: u64 = 30_000_000_000;
 /// agent sizes it from `--services-map-size`. A limit, not memory: the counter maps are not
 /// preallocated, and hold an entry per programmed frontend only.
 pub const STATS_MAX: usize = 2 * SERVICES_MAX;
-/// Source ports this node allocates when it SNATs a flow to a remote backend: above Linux's
-/// default ephemeral range (32768-60999), so they do not collide with the node's own sockets.
+/// Source ports this node allocates when it SNATs a flow to a remote backend, when the agent
+/// has set none (`--snat-ports`, whose default avoids the node's own ephemeral ports): above
+/// Linux's default ephemeral range (32768-60999).
 pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;

@@ -5,17 +5,16 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use svclb_common::{
-    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, L3Addr,
+    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, Config, CtEntry, CtKey, L3Addr,
     conntrack::{
         CT_F_CLOSING, CT_F_REDIRECT, CT_F_REPLY_SEEN, CT_F_SNAT, CT_F_UNREPLIED, flow_ended,
         partner, reclaimable,
     },
     events::{EV_REPLY_TUPLE_TAKEN, EV_SNAT_PORT_RECLAIMED, EV_SNAT_PORTS_EXHAUSTED, LRU_CT},
-    limits::{SNAT_PORT_MAX, SNAT_PORT_MIN},
 };
 
 use crate::{
-    maps::{SVCLB_CT, event, lru_insert, lru_insert_new, lru_remove},
+    maps::{SVCLB_CT, config, event, lru_insert, lru_insert_new, lru_remove},
     parse::Packet,
 };
 
@@ -256,6 +255,17 @@ fn insert_forward(key: &CtKey, entry: &CtEntry, reply_key: &CtKey) -> Result<(),
     Ok(())
 }
 
+/// The `attempt`th port tried for a flow whose random seed is `seed`, in the agent's range
+/// (the settings are read again for each: an array lookup costs nothing, a value kept across
+/// the tries costs stack). A stride coprime to the range walks distinct ports: 997 and 991
+/// are primes whose product is larger than any range.
+#[inline(always)]
+fn snat_port(seed: u32, attempt: u32) -> u16 {
+    let (first, range) = config().map_or(Config::DEFAULT_SNAT_PORTS, Config::snat_ports);
+    let stride = if range % 997 == 0 { 991 } else { 997 };
+    (first as u32 + (seed % range + attempt * stride) % range) as u16
+}
+
 /// Records a flow that is DNATed to a backend and SNATed to `node:port`, allocating the port:
 /// a free one is claimed by inserting the reply entry with `BPF_NOEXIST`, so two flows can
 /// never share a reply tuple, even when one backend sits behind several frontends. When no
@@ -270,7 +280,6 @@ pub fn create_snat(
     now: u64,
     node: &L3Addr,
 ) -> Result<u16, i64> {
-    const RANGE: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
     let mut reply_key = reply_key(pkt, backend, node, 0);
     let mut entry = CtEntry {
         nat_addr: pkt.daddr,
@@ -286,13 +295,11 @@ pub fn create_snat(
     };
     let forward_key = key_of(pkt, CT_DIR_FORWARD);
     // SAFETY: a helper without arguments or side effects.
-    let start = unsafe { bpf_get_prandom_u32() } % RANGE;
+    let seed = unsafe { bpf_get_prandom_u32() };
     let mut port_be = 0;
     let mut half_open_be = 0;
     for attempt in 0..SNAT_TRIES {
-        // A stride coprime to RANGE walks distinct ports.
-        let port = SNAT_PORT_MIN as u32 + (start + attempt * 997) % RANGE;
-        reply_key.dport_be = (port as u16).to_be();
+        reply_key.dport_be = snat_port(seed, attempt).to_be();
         match claim(&reply_key, &entry, &forward_key, now) {
             Claim::Won => {
                 port_be = reply_key.dport_be;

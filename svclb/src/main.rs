@@ -12,6 +12,7 @@ use svclb::{
     kernel::{
         addresses,
         attach::{DeviceSelector, XdpAttach, XdpFinish},
+        config::SnatPorts,
         loader, pins,
         socket::SocketLb,
     },
@@ -274,6 +275,12 @@ struct AgentArgs {
     /// link only.
     #[arg(long, default_value = "fd00:a9fe:2a01::1")]
     service_loopback_address6: String,
+    /// Source ports of flows SNATed to remote backends (NodePorts and LoadBalancer IPs with
+    /// the Cluster policy): MIN-MAX, or "auto": the longest run outside the node's ephemeral
+    /// ports (net.ipv4.ip_local_port_range) and the NodePort range 30000-32767, 1024-29999
+    /// on a default node.
+    #[arg(long, default_value = "auto")]
+    snat_ports: SnatPorts,
 }
 
 /// An optional address flag: "" is none.
@@ -342,6 +349,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
             )?,
         ),
         socket_lb,
+        snat_ports: args.snat_ports,
         addresses: args.external_ips.rule(args.nodeport_addresses),
         source: args.source.config(),
         devices: DeviceSelector {

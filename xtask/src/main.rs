@@ -50,10 +50,18 @@ enum Task {
         /// A smoke run: smaller sizes and fewer samples (a minute or two).
         #[arg(long)]
         quick: bool,
-        /// Only this section: packet, latency, north-south, control-plane or maglev (the results file is
-        /// named after it).
+        /// Only this section: packet, latency, north-south, saturation, control-plane or maglev
+        /// (the results file is named after it).
         #[arg(long)]
         only: Option<String>,
+        /// The saturation section's systems, by key (svclb_xdp_native, svclb_xdp_generic,
+        /// svclb_tc_only, iptables_legacy, iptables_nft, nftables, null_redirect, routing).
+        #[arg(long, value_delimiter = ',')]
+        system: Vec<String>,
+        /// The saturation section's loads, by key (tracked_1, tracked_1024, tracked_65536,
+        /// new_flows).
+        #[arg(long, value_delimiter = ',')]
+        load: Vec<String>,
     },
     /// Without arguments: a demo lab with an agent per node. With `-- ARGS`: `svclb agent ARGS`
     /// on this machine.
@@ -180,7 +188,7 @@ fn test(filter: Option<String>) -> Result<()> {
     Ok(())
 }
 
-fn bench(quick: bool, only: Option<&str>) -> Result<()> {
+fn bench(quick: bool, only: Option<&str>, systems: &[String], loads: &[String]) -> Result<()> {
     if !svclb_tests::is_root() {
         bail!(
             "`cargo xtask bench` loads BPF programs and builds network namespaces: run it as root"
@@ -217,6 +225,12 @@ fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     }
     if let Some(only) = only {
         args.extend(["--only", only]);
+    }
+    let (systems, loads) = (systems.join(","), loads.join(","));
+    for (flag, list) in [("--system", &systems), ("--load", &loads)] {
+        if !list.is_empty() {
+            args.extend([flag, list.as_str()]);
+        }
     }
     let out_arg = out.to_string_lossy().into_owned();
     args.extend(["--out", &out_arg]);
@@ -309,9 +323,14 @@ fn run_task(cli: Cli) -> Result<()> {
             setup::setup()?;
             lint()
         }
-        Task::Bench { quick, only } => {
+        Task::Bench {
+            quick,
+            only,
+            system,
+            load,
+        } => {
             setup::setup()?;
-            bench(quick, only.as_deref())
+            bench(quick, only.as_deref(), &system, &load)
         }
         Task::Fuzz { seconds, targets } => {
             setup::setup()?;

@@ -26,7 +26,10 @@ use futures::{StreamExt as _, stream::BoxStream};
 use netlink_packet_core::NetlinkMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::{Handle, MulticastGroup, new_multicast_connection};
-use svclb_common::maglev::Maglev;
+use svclb_common::{
+    limits::{SNAT_PORT_MAX, SNAT_PORT_MIN},
+    maglev::Maglev,
+};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
@@ -42,7 +45,7 @@ use crate::{
     kernel::{
         self, addresses,
         attach::{DeviceSelector, Devices},
-        config::Settings,
+        config::{Settings, SnatPorts},
         loader,
         maps::Maps,
         migrate::Migration,
@@ -96,6 +99,8 @@ pub struct AgentConfig {
     pub localhost_nodeports: bool,
     /// `--service-loopback-address` (IPv4, IPv6): the source of hairpin flows on the TC path.
     pub service_loopback: (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    /// `--snat-ports`: the source ports of flows SNATed to remote backends.
+    pub snat_ports: SnatPorts,
 }
 
 /// A started agent: what the serve loop drives.
@@ -299,6 +304,7 @@ fn socket_hooks(
             hostns_only,
             loopback4: config.service_loopback.0,
             loopback6: config.service_loopback.1,
+            snat_ports: snat_ports(config.snat_ports),
         };
         kernel::config::write(ebpf, &settings)
     });
@@ -314,6 +320,23 @@ fn socket_hooks(
 /// Loads the datapath with its maps pinned, and takes over what an earlier run left: its
 /// entries are the starting point of the diff, so the first sync deletes whatever is stale
 /// and rewrites nothing that is right.
+/// The SNAT port range for the datapath: `--snat-ports`, resolved; none (the datapath's
+/// default, logged) when `auto` finds no room.
+fn snat_ports(flag: SnatPorts) -> Option<(u16, u16)> {
+    match flag.resolve() {
+        Ok((min, max)) => {
+            info!("flows SNATed to remote backends get source ports {min}-{max}");
+            Some((min, max))
+        }
+        Err(err) => {
+            warn!(
+                "{err:#}: flows SNATed to remote backends get source ports {SNAT_PORT_MIN}-{SNAT_PORT_MAX}, which the node's own connections may be given too"
+            );
+            None
+        }
+    }
+}
+
 fn open_datapath(config: &AgentConfig) -> Result<(aya::Ebpf, Maps, MapState, bool, Migration)> {
     let private = svclb_common::host::prepare_bpffs(&config.bpffs_dir)?.private();
     if private {

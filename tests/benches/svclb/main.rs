@@ -21,13 +21,37 @@ use anyhow::{Context as _, Result, bail};
 /// What a run measures, and how hard.
 pub struct Settings {
     pub quick: bool,
+    /// The saturation section's systems and loads to run (`--system KEY,KEY`, `--load
+    /// KEY,KEY`, by their JSON keys); empty: all of them.
+    pub systems: Vec<String>,
+    pub loads: Vec<String>,
+}
+
+impl Settings {
+    pub fn wants_system(&self, key: &str) -> bool {
+        self.systems.is_empty() || self.systems.iter().any(|s| s == key)
+    }
+
+    pub fn wants_load(&self, key: &str) -> bool {
+        self.loads.is_empty() || self.loads.iter().any(|s| s == key)
+    }
+}
+
+/// The comma-separated values of flag `name`, if given.
+fn list(args: &[String], name: &str) -> Vec<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    // `cargo bench` passes `--bench`; our own flags are `--quick`, `--out FILE` and
+    // `cargo bench` passes `--bench`; our own flags are `--quick`, `--out FILE`,
     // `--only SECTION` (packet, latency, north-south, saturation, control-plane or
-    // maglev).
+    // maglev), and `--system KEY,KEY` and `--load KEY,KEY` (the saturation section's systems
+    // and loads).
     let quick = args.iter().any(|a| a == "--quick");
     let only = args
         .iter()
@@ -43,7 +67,11 @@ fn main() -> Result<()> {
     if !svclb_tests::is_root() {
         bail!("the benchmarks load BPF programs and build network namespaces: run them as root");
     }
-    let settings = Settings { quick };
+    let settings = Settings {
+        quick,
+        systems: list(&args, "--system"),
+        loads: list(&args, "--load"),
+    };
     let started = Instant::now();
     let mut report = report::Report::new(quick, only.clone())?;
 

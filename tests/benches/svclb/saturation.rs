@@ -42,6 +42,7 @@ use aya::programs::XdpMode;
 use serde::Serialize;
 use svclb::{
     entries::Capacity,
+    kernel::config::{self, SnatPorts},
     plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
 };
 use svclb_tests::{
@@ -238,11 +239,14 @@ pub fn run(settings: &Settings) -> Result<Results> {
     let mut svclb = None;
     let mut points = Vec::new();
     for round in 0..rounds {
-        for system in SYSTEMS {
+        for system in SYSTEMS
+            .into_iter()
+            .filter(|s| settings.wants_system(s.key()))
+        {
             eprintln!("  round {}: {}", round + 1, system.label());
             let node = Node::build(system, &mut svclb)?;
             for ipv6 in [false, true] {
-                for load in LOADS {
+                for load in LOADS.into_iter().filter(|l| settings.wants_load(&l.key())) {
                     let point = Point {
                         round,
                         ..node
@@ -264,7 +268,7 @@ pub fn run(settings: &Settings) -> Result<Results> {
             svclb = node.finish().or(svclb);
         }
     }
-    let attribution = attribution(duration, ceiling, &mut svclb)?;
+    let attribution = attribution(settings, duration, ceiling, &mut svclb)?;
     Ok(Results {
         cpu_ceiling: ceiling,
         seconds_per_point: seconds,
@@ -283,16 +287,22 @@ fn family(ipv6: bool) -> &'static str {
 /// A separate run of the svclb systems with the kernel's BPF statistics on: each program's
 /// own time per frame, beside the node's whole time per frame.
 fn attribution(
+    settings: &Settings,
     duration: Duration,
     ceiling: f64,
     svclb: &mut Option<Box<Datapath>>,
 ) -> Result<Vec<Attribution>> {
     let mut out = Vec::new();
-    for system in [System::XdpNative, System::TcOnly] {
+    let systems = [System::XdpNative, System::TcOnly];
+    for system in systems
+        .into_iter()
+        .filter(|s| settings.wants_system(s.key()))
+    {
         let node = Node::build(system, svclb)?;
         let (xdp_id, tc_id) = node.program_ids()?;
         for ipv6 in [false, true] {
-            for load in [Load::Tracked(1_024), Load::NewFlows] {
+            let loads = [Load::Tracked(1_024), Load::NewFlows];
+            for load in loads.into_iter().filter(|l| settings.wants_load(&l.key())) {
                 let before = (run_stats(xdp_id.into())?, run_stats(tc_id.into())?);
                 std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
                 let measured = node.measure(ipv6, load, duration, ceiling);
@@ -695,9 +705,20 @@ fn install(
                     ..Capacity::DEFAULT
                 };
                 let mut dp = Datapath::load_with("saturation", sizes)?;
+                // The SNAT ports an agent on this machine would take.
+                dp.configure(&config::Settings {
+                    snat_ports: Some(SnatPorts::Auto.resolve()?),
+                    ..config::Settings::default()
+                })?;
                 let mut both = plan::<PacketSpec>();
                 both.frontends.extend(plan::<Packet6>().frontends);
+                let started = Instant::now();
                 dp.program(&both);
+                eprintln!(
+                    "  svclb: {} frontends programmed in {:.1} s",
+                    both.frontends.len(),
+                    started.elapsed().as_secs_f64()
+                );
                 Box::new(dp)
             }
         };

@@ -15,7 +15,10 @@ use crate::common::{
 };
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::{HashMap, MapData};
-use svclb::{kernel::sweep::monotonic_ns, plan::Protocol};
+use svclb::{
+    kernel::{config::Settings, sweep::monotonic_ns},
+    plan::Protocol,
+};
 use svclb_common::{
     CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey,
     conntrack::{CT_F_REPLY_SEEN, CT_F_UNREPLIED},
@@ -173,6 +176,42 @@ fn only_a_syn_opens_a_tcp_flow() -> Result<()> {
         )?;
         assert_eq!(flags(CT_DIR_FORWARD), [0], "the handshake completed");
         assert_eq!(flags(CT_DIR_REPLY), [0]);
+        Ok(())
+    })
+}
+
+/// The agent's `--snat-ports` range is the one both hooks allocate from: 1,100 SYNs of
+/// distinct clients towards one backend get distinct ports inside a range of 1,024, until
+/// they are all held; then new flows are refused and counted.
+#[test]
+#[ignore = "needs root"]
+fn snat_ports_come_from_the_configured_range() -> Result<()> {
+    require_root()?;
+    on_uplink("snat-range", |dp, ifindex| {
+        const RANGE: std::ops::RangeInclusive<u16> = 40_000..=41_023;
+        dp.configure(&Settings {
+            snat_ports: Some((*RANGE.start(), *RANGE.end())),
+            ..Settings::default()
+        })?;
+        let mut ports = std::collections::BTreeSet::new();
+        for i in 0..1_100u16 {
+            let hook = if i % 2 == 0 { Hook::Tc } else { Hook::Xdp };
+            let syn = PacketSpec::tcp((ADDRS.client.0, 20_000 + i), NODE_PORT, TCP_SYN);
+            let (verdict, out) = hook.run(dp, ifindex, &syn.build())?;
+            if verdict == hook.sent() {
+                let ((_, port), _) = ends(&out);
+                ensure!(RANGE.contains(&port), "SNAT port {port} outside {RANGE:?}");
+                ensure!(ports.insert(port), "SNAT port {port} given twice");
+            }
+        }
+        let exhausted = event(dp, "snat_ports_exhausted");
+        eprintln!("{} flows got ports, {exhausted} found none", ports.len());
+        // Random tries find the last free ports only by chance: most, not all, are taken.
+        ensure!(ports.len() > 900, "only {} ports given", ports.len());
+        ensure!(
+            exhausted as usize == 1_100 - ports.len(),
+            "every SYN without a port counted ({exhausted})"
+        );
         Ok(())
     })
 }

@@ -255,6 +255,7 @@ fn default_values_render_a_read_only_daemonset_with_a_capability_list() -> Resul
             "--maglev-table-size=16381",
             "--maglev-seed=JLfvgnHc2kaSUFaI",
             "--service-loopback-address=169.254.42.1",
+            "--snat-ports=auto",
             "--cgroup-root=/run/svclb/cgroupv2",
             "--localhost-nodeports=true",
         ]
@@ -356,6 +357,7 @@ xdpFinish: always
 maglev: {tableSize: 65521, seed: AAAAAAAAAAAAAAAA}
 socketLB: {enabled: false, hostCgroupRoot: /sys/fs/cgroup/unified}
 serviceLoopbackAddress: 169.254.0.42
+snatPorts: 40000-49999
 extraArgs: [--services-map-size=131072]
 resources: {requests: {cpu: 200m, memory: 128Mi}, limits: {memory: 1Gi}}
 priorityClassName: my-critical
@@ -381,6 +383,7 @@ nodeSelector: {role: edge}
             "--maglev-table-size=65521",
             "--maglev-seed=AAAAAAAAAAAAAAAA",
             "--service-loopback-address=169.254.0.42",
+            "--snat-ports=40000-49999",
             "--socket-lb=false",
             "--nodeport-addresses=10.0.0.0/8,192.168.0.0/16",
             "--service-cidrs=10.96.0.0/12,fd00:10:96::/112",

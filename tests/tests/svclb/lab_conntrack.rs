@@ -1,5 +1,6 @@
 //! End-to-end: the conntrack lets go of flows that ended. A NodePort's remote backend is
-//! reached through SNAT ports of this node (61000-65535: 4536 of them per backend); closed
+//! reached through SNAT ports of this node (`--snat-ports 61000-65535` here, 4536 of them
+//! per backend, a sixth of the default on a default node); closed
 //! connections must give their ports back, or the node stops serving that backend after a
 //! few thousand connections. Two mechanisms do it, each proven on its own: the datapath takes
 //! an ended flow's port over when a new flow needs one (with the agent's sweep off), and the
@@ -29,7 +30,12 @@ fn closed_connections_give_their_snat_ports_back() -> Result<()> {
     require_root()?;
     let mut lab = Lab::new(LabSpec {
         pods_per_node: 1,
-        agent_args: vec!["--conntrack-gc-interval".into(), "0".into()],
+        agent_args: vec![
+            "--conntrack-gc-interval".into(),
+            "0".into(),
+            "--snat-ports".into(),
+            "61000-65535".into(),
+        ],
         ..LabSpec::default()
     })?;
     lab.write_manifest("nodes.yaml", &lab.nodes_manifest())?;

@@ -18,7 +18,7 @@ use aya::{
 use svclb::{
     entries::{self, Capacity, MapState},
     kernel::{
-        loader,
+        config, loader,
         maps::Maps,
         object::{POD_PROGRAM, UPLINK_PROGRAM, XDP_PROGRAM},
         sweep::{self, Sweeper},
@@ -113,6 +113,12 @@ impl Datapath {
             out.insert(name.into_owned(), memlock);
         }
         Ok(out)
+    }
+
+    /// Writes the datapath's settings, as the agent does at start (a fixture starts with none:
+    /// every setting's default).
+    pub fn configure(&mut self, settings: &config::Settings) -> Result<()> {
+        config::write(&mut self.ebpf, settings)
     }
 
     /// The agent's handles on the maps.
