@@ -17,6 +17,7 @@ pub mod attached;
 pub mod cgroup;
 pub mod client;
 pub mod control_plane;
+pub mod cpu;
 pub mod fake_api;
 pub mod family;
 pub mod helm;

@@ -201,3 +201,84 @@ fn serve_udp(socket: &UdpSocket, stop: &AtomicBool, reply: &str) {
         }
     }
 }
+
+/// A server for connection-rate and bulk benchmarks: `threads` threads pinned to one CPU,
+/// each accepting one connection at a time and serving it to the end, so no thread is made
+/// per connection (that would cost more than what is measured). A connection's first line is
+/// answered with `ok\n`, and so is every later one, until the client closes; a first line
+/// `sink` makes it read and discard everything until the client closes.
+pub struct ConnServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ConnServer {
+    pub fn start(ns: &str, port: u16, threads: usize, cpu: usize) -> Result<Self> {
+        let listener = in_netns(ns, move || {
+            let listener =
+                TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).context("binding TCP")?;
+            Ok(listener)
+        })
+        .with_context(|| format!("starting the connection server in {ns}"))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let (listener, stop) = (listener.try_clone()?, stop.clone());
+                Ok(thread::spawn(move || {
+                    if crate::cpu::pin_self(cpu).is_ok() {
+                        serve_conns(&listener, &stop);
+                    }
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { stop, threads })
+    }
+}
+
+impl Drop for ConnServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_conns(listener: &TcpListener, stop: &AtomicBool) {
+    use std::os::fd::AsRawFd as _;
+    while !stop.load(Ordering::Relaxed) {
+        if !readable(listener.as_raw_fd(), POLL) {
+            continue;
+        }
+        // Another thread may have taken it: WouldBlock.
+        if let Ok((stream, _)) = listener.accept() {
+            // A client that resets its connection (as the rate bench's do) ends it.
+            let _ = serve_conn(stream);
+        }
+    }
+}
+
+fn serve_conn(stream: TcpStream) -> std::io::Result<()> {
+    use std::io::Read as _;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(IDLE))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(());
+    }
+    if line.trim_end() == "sink" {
+        let mut buf = vec![0u8; 1 << 17];
+        while reader.read(&mut buf)? > 0 {}
+        return Ok(());
+    }
+    loop {
+        writer.write_all(b"ok\n")?;
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+    }
+}

@@ -50,8 +50,8 @@ enum Task {
         /// A smoke run: smaller sizes and fewer samples (a minute or two).
         #[arg(long)]
         quick: bool,
-        /// Only this section: packet, latency, north-south, saturation, control-plane or maglev
-        /// (the results file is named after it).
+        /// Only this section: packet, latency, north-south, saturation, east-west, control-plane
+        /// or maglev (the results file is named after it).
         #[arg(long)]
         only: Option<String>,
         /// The saturation section's systems, by key (svclb_xdp_native, svclb_xdp_generic,

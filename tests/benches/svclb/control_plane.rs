@@ -93,8 +93,10 @@ pub fn services(n: usize) -> Vec<Svc> {
 
 /// One Service and its EndpointSlice, as one manifest file.
 pub fn manifest(s: usize, svc: &Svc) -> String {
+    // Every backend of a service listens on one port.
+    let target = svc.backends.first().map_or(8080, |(_, port)| *port);
     let mut out = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc{s}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: {}, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc{s}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc{s}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc{s}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: {}, targetPort: {target}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc{s}-1, namespace: bench, labels: {{kubernetes.io/service-name: svc{s}}}}}\naddressType: IPv4\nports: [{{name: http, port: {target}, protocol: TCP}}]\nendpoints:\n",
         svc.vip, svc.port
     );
     for (addr, _) in &svc.backends {

@@ -54,6 +54,17 @@ impl System {
         Self::Nftables,
     ];
 
+    /// The system's key in the results' JSON.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Svclb => "svclb_tc",
+            Self::SvclbSocket => "svclb_socket_lb",
+            Self::Iptables => "iptables",
+            Self::Nftables => "nftables",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Direct => "direct to the pod",
@@ -128,7 +139,7 @@ pub fn parse_bench(lines: &[String]) -> Result<(Vec<Duration>, usize, f64)> {
 /// Socket-LB's `connect4` hook: its average run time per call over
 /// [`HOOK_COST_CONNECTIONS`] connections, with the kernel's BPF statistics turned on for them
 /// alone (they cost every program a little).
-fn hook_cost(p: &Prepared) -> Result<f64> {
+pub fn hook_cost(p: &Prepared) -> Result<f64> {
     let status = p.lab.status(0)?;
     let program = status["links"]
         .as_array()
@@ -166,19 +177,24 @@ pub fn percentile_us(sorted: &[Duration], q: f64) -> f64 {
 }
 
 /// One system at one size, set up in a lab of its own, ready to measure.
-struct Prepared {
-    system: System,
+pub struct Prepared {
+    pub system: System,
     /// Its namespaces (and agent), torn down on drop.
-    lab: Lab,
-    client: String,
-    target: SocketAddr,
+    pub lab: Lab,
+    /// The client's and the server's pod namespaces.
+    pub client: String,
+    pub server: String,
+    pub target: SocketAddr,
     load_ms: Option<f64>,
     times: Vec<Duration>,
     failed: usize,
     requests_per_s: Vec<f64>,
 }
 
-fn prepare(system: System, n: usize) -> Result<Prepared> {
+/// `system` in a lab of one node with two pods (client and server), `n` services
+/// programmed; the target service's backend is the server pod's `port` (none: the lab's
+/// backends' port).
+pub fn prepare(system: System, n: usize, port: Option<u16>) -> Result<Prepared> {
     let mut agent_args = control_plane::map_size_args(n);
     if system == System::Svclb {
         agent_args.push("--socket-lb=false".to_owned());
@@ -190,8 +206,8 @@ fn prepare(system: System, n: usize) -> Result<Prepared> {
         ..LabSpec::default()
     })?;
     let client = lab.pod("n1-pod1").ns.clone();
-    let server = lab.pod("n1-pod2").addr;
-    let port = lab.spec.backend_port;
+    let (server_ns, server) = (lab.pod("n1-pod2").ns.clone(), lab.pod("n1-pod2").addr);
+    let port = port.unwrap_or(lab.spec.backend_port);
     let svcs = services(n, server, port);
     let node_ns = lab.nodes[0].ns.clone();
     let load_ms = match system {
@@ -228,6 +244,7 @@ fn prepare(system: System, n: usize) -> Result<Prepared> {
         system,
         lab,
         client,
+        server: server_ns,
         target,
         load_ms,
         times: Vec::new(),
@@ -250,7 +267,9 @@ pub fn round_order(round: usize, systems: usize) -> Vec<usize> {
 fn one_size(n: usize, rounds: usize, connections: usize) -> Result<Vec<Row>> {
     let mut prepared = Vec::new();
     for system in System::ALL {
-        prepared.push(prepare(system, n).with_context(|| format!("setting up {}", system.name()))?);
+        prepared.push(
+            prepare(system, n, None).with_context(|| format!("setting up {}", system.name()))?,
+        );
     }
     // Let the writeback of the manifests and the agent's first sync finish before timing.
     nix::unistd::sync();

@@ -6,6 +6,7 @@ mod chart;
 #[path = "../../tests/svclb/common/mod.rs"]
 mod common;
 mod control_plane;
+mod east_west;
 mod kubeproxy;
 mod latency;
 mod maglev_cost;
@@ -49,8 +50,8 @@ fn list(args: &[String], name: &str) -> Vec<String> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes `--bench`; our own flags are `--quick`, `--out FILE`,
-    // `--only SECTION` (packet, latency, north-south, saturation, control-plane or
-    // maglev), and `--system KEY,KEY` and `--load KEY,KEY` (the saturation section's systems
+    // `--only SECTION` (packet, latency, north-south, saturation, east-west, control-plane
+    // or maglev), and `--system KEY,KEY` and `--load KEY,KEY` (the saturation section's systems
     // and loads).
     let quick = args.iter().any(|a| a == "--quick");
     let only = args
@@ -90,6 +91,10 @@ fn main() -> Result<()> {
     if wanted("saturation") {
         eprintln!("== north-south at saturation: Mpps per core");
         report.saturation = Some(saturation::run(&settings)?);
+    }
+    if wanted("east-west") {
+        eprintln!("== east-west at saturation: connections per second");
+        report.east_west = Some(east_west::run(&settings)?);
     }
     if wanted("control-plane") {
         eprintln!("== control plane");

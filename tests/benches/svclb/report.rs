@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::Duration};
 use anyhow::Result;
 
 use crate::{
-    control_plane,
+    control_plane, east_west,
     latency::{self, System},
     maglev_cost, north_south, packet_cost, saturation,
 };
@@ -25,6 +25,7 @@ pub struct Report {
     pub latency: Vec<latency::Row>,
     pub north_south: Option<north_south::Results>,
     pub saturation: Option<saturation::Results>,
+    pub east_west: Option<east_west::Results>,
     /// File name of the latency chart, beside the results file.
     pub chart: Option<String>,
 }
@@ -67,6 +68,7 @@ impl Report {
             latency: Vec::new(),
             north_south: None,
             saturation: None,
+            east_west: None,
             chart: None,
         })
     }
@@ -80,12 +82,19 @@ impl Report {
                 "ratios": saturation::ratios(r),
             })
         });
+        let east_west = self.east_west.as_ref().map(|r| {
+            serde_json::json!({
+                "results": r,
+                "ratios": east_west::ratios(r),
+            })
+        });
         serde_json::json!({
             "date": self.date,
             "machine": self.machine,
             "kernel": self.kernel,
             "quick": self.quick,
             "north_south": north_south,
+            "east_west": east_west,
         })
     }
 
@@ -175,6 +184,9 @@ impl Report {
         }
         if let Some(saturation) = &self.saturation {
             saturation::render(saturation, &mut out);
+        }
+        if let Some(east_west) = &self.east_west {
+            east_west::render(east_west, &mut out);
         }
         if let Some(north_south) = &self.north_south {
             north_south::render(north_south, &mut out);

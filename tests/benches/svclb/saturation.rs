@@ -37,7 +37,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use aya::programs::XdpMode;
 use serde::Serialize;
 use svclb::{
@@ -46,6 +46,7 @@ use svclb::{
     plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
 };
 use svclb_tests::{
+    cpu,
     netns::{self, ifindex, in_netns, ip, ip_in, run_in, sysctl_in},
     packet::{PacketSpec, TCP_SYN},
     packet6::Packet6,
@@ -229,7 +230,7 @@ pub fn run(settings: &Settings) -> Result<Results> {
     let seconds = if settings.quick { 1.0 } else { 3.0 };
     let rounds = if settings.quick { 1 } else { 2 };
     let duration = Duration::from_secs_f64(seconds);
-    let ceiling = ceiling(NODE_CPU)?;
+    let ceiling = cpu::ceiling(NODE_CPU)?;
     eprintln!(
         "  a thread spinning on CPU {NODE_CPU} reads {:.0}% busy: the node's busy shares are of that",
         ceiling * 100.0
@@ -456,7 +457,7 @@ impl Node {
             Load::NewFlows => NEXT_NEW_FLOW.fetch_add(1 << 30, Ordering::Relaxed),
         };
         let generator = in_netns(&self.generator.0, move || {
-            pin_self(GEN_CPU)?;
+            cpu::pin_self(GEN_CPU)?;
             let mut generator = Generator::load(&template, flows)?;
             generator.start_at(first)?;
             generator.send_for(gen_if, WARM_UP)?;
@@ -464,14 +465,14 @@ impl Node {
         })?;
         let warmed = self.sink_program.settled()?;
         let (offered, elapsed, node_busy) = in_netns(&self.generator.0, move || {
-            pin_self(GEN_CPU)?;
+            cpu::pin_self(GEN_CPU)?;
             let mut generator = generator;
-            let before = cpu_times(NODE_CPU)?;
+            let before = cpu::times(NODE_CPU)?;
             let started = Instant::now();
             let offered = generator.send_for(gen_if, duration)?;
             let elapsed = started.elapsed();
-            let after = cpu_times(NODE_CPU)?;
-            Ok((offered, elapsed, busy_share(before, after) / ceiling))
+            let after = cpu::times(NODE_CPU)?;
+            Ok((offered, elapsed, cpu::busy_share(before, after) / ceiling))
         })?;
         let delivered = self.sink_program.settled()?.saturating_sub(warmed);
         ensure!(delivered > 0, "nothing reached the sink");
@@ -629,62 +630,12 @@ fn pin_napi(dev: &str, cpu: usize) -> Result<()> {
         };
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         if comm.trim_end().starts_with(&prefix[..prefix.len().min(15)]) {
-            pin(pid, cpu)?;
+            cpu::pin(pid, cpu)?;
             pinned += 1;
         }
     }
     ensure!(pinned > 0, "no NAPI thread of {dev} to pin");
     Ok(())
-}
-
-fn pin_self(cpu: usize) -> Result<()> {
-    pin(0, cpu)
-}
-
-fn pin(pid: i32, cpu: usize) -> Result<()> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
-        .with_context(|| format!("pinning {pid} to CPU {cpu}"))
-}
-
-/// A CPU's busy and total jiffies, from /proc/stat.
-fn cpu_times(cpu: usize) -> Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let name = format!("cpu{cpu} ");
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with(&name))
-        .with_context(|| format!("no {name} in /proc/stat"))?;
-    let values: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    let total: u64 = values.iter().take(8).sum();
-    let idle = values[3] + values[4];
-    Ok((total - idle, total))
-}
-
-/// The busy share /proc/stat shows for `cpu` while a thread spins on it for half a second:
-/// what "saturated" reads on this machine.
-fn ceiling(cpu: usize) -> Result<f64> {
-    std::thread::spawn(move || -> Result<f64> {
-        pin_self(cpu)?;
-        let before = cpu_times(cpu)?;
-        let started = Instant::now();
-        let mut spins = 0u64;
-        while started.elapsed() < Duration::from_millis(500) {
-            spins = std::hint::black_box(spins + 1);
-        }
-        Ok(busy_share(before, cpu_times(cpu)?))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the calibration thread panicked"))?
-}
-
-fn busy_share((busy0, total0): (u64, u64), (busy1, total1): (u64, u64)) -> f64 {
-    (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64
 }
 
 /// Installs `system` on the node: its devices `up_if` (the uplink) and `bk_if` (towards the

@@ -14,12 +14,20 @@
 //!                                             an error, a new socket (as a DNS client would)
 //! svclb-lab-client tcp-session ADDR COUNT MS  one TCP connection asking every MS ms
 //! svclb-lab-client bench ADDR COUNT MS        the latency bench's round (below)
+//! svclb-lab-client cps ADDR SECONDS THREADS CPU   connections per second (below)
+//! svclb-lab-client bulk ADDR SECONDS CPU      one stream's throughput (below)
 //! ```
 //!
 //! `bench` is the latency bench's measurement, as its other systems get it in-process: 10
 //! unmeasured connections, then up to COUNT within MS ms of connect, one request, one answer,
 //! close (a line `c NANOSECONDS` each, `f` for a failure), then requests over one connection
 //! for a second (`rps REQUESTS-PER-SECOND`).
+//!
+//! `cps` and `bulk` are the east-west saturation bench's, against a
+//! `svclb_tests::server::ConnServer`, the process pinned to CPU: THREADS threads each open a
+//! connection, ask one line, read the answer and close it with a reset (SO_LINGER 0, so no
+//! TIME_WAIT holds the client's ports), again and again for SECONDS (`cps CONNECTIONS FAILED
+//! NANOSECONDS`); `bulk` writes to one connection for SECONDS (`bulk BYTES NANOSECONDS`).
 //!
 //! ```text
 //! ```
@@ -127,6 +135,64 @@ fn bench(addr: SocketAddr, count: usize, limit: Duration) {
     println!("rps {}", f64::from(done) / started.elapsed().as_secs_f64());
 }
 
+/// One connection of the rate bench: connect, one line, its answer, a reset.
+fn one_connection(addr: SocketAddr) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    let reset = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &reset)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(b"x\n")?;
+    let mut answer = [0u8; 3];
+    stream.read_exact(&mut answer)?;
+    if &answer != b"ok\n" {
+        return Err(std::io::ErrorKind::InvalidData.into());
+    }
+    Ok(())
+}
+
+fn cps(addr: SocketAddr, seconds: u64, threads: usize) {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let (done, failed) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(move || {
+                    let (mut done, mut failed) = (0u64, 0u64);
+                    while Instant::now() < deadline {
+                        match one_connection(addr) {
+                            Ok(()) => done += 1,
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (done, failed)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or((0, 0)))
+            .fold((0, 0), |(d, f), (d1, f1)| (d + d1, f + f1))
+    });
+    println!("cps {done} {failed} {}", started.elapsed().as_nanos());
+}
+
+fn bulk(addr: SocketAddr, seconds: u64) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    stream.write_all(b"sink\n")?;
+    let chunk = vec![b'x'; 1 << 17];
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        stream.write_all(&chunk)?;
+        bytes += chunk.len() as u64;
+    }
+    println!("bulk {bytes} {}", started.elapsed().as_nanos());
+    Ok(())
+}
+
 fn udp_session(addr: SocketAddr, count: usize, every: Duration) {
     let mut socket = None;
     for _ in 0..count {
@@ -154,7 +220,7 @@ fn print(result: std::io::Result<String>) {
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench ADDR [COUNT [MS]]";
+    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]]";
     let (mode, addr) = match (args.first(), args.get(1)) {
         (Some(mode), Some(addr)) => (mode.as_str(), addr),
         _ => return Err(usage.into()),
@@ -187,6 +253,17 @@ fn main() -> Result<(), String> {
         }
         "udp-session" => udp_session(addr, count, Duration::from_millis(ms(100))),
         "bench" => bench(addr, count, Duration::from_millis(ms(20_000))),
+        // Bounded: at most 60 s, 256 threads.
+        "cps" => {
+            let cpu: usize = args.get(4).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            svclb_tests::cpu::pin_self(cpu).map_err(|e| e.to_string())?;
+            cps(addr, (count as u64).min(60), ms(64).min(256) as usize);
+        }
+        "bulk" => {
+            let cpu: usize = args.get(3).and_then(|c| c.parse().ok()).ok_or(usage)?;
+            svclb_tests::cpu::pin_self(cpu).map_err(|e| e.to_string())?;
+            bulk(addr, (count as u64).min(60)).map_err(|e| e.to_string())?;
+        }
         _ => return Err(usage.into()),
     }
     Ok(())
