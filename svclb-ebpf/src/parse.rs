@@ -182,27 +182,26 @@ fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
-/// Parses a TC packet into `out`, first pulling the headers into the linear area when they
-/// are not there (GRO, some drivers); only then, since a pull can copy a cloned skb. `false`
-/// for a packet that is not ours. (Written in place: a returned `Packet` would sit on the
-/// caller's stack.)
+/// Parses a TC packet into `out`, pulling the headers into the linear area only when they
+/// are not there (GRO, some drivers) and the parse found them missing: a pull makes the skb
+/// writable, and so copies the head of a cloned one, which every TCP segment a local socket
+/// sends is (a 64 KiB GSO segment's linear area holds its headers only, short of a fixed
+/// amount to pull). `false` for a packet that is not ours. (Written in place: a returned
+/// `Packet` would sit on the caller's stack.)
 #[inline(always)]
 pub fn parse(ctx: &TcContext, out: &mut Packet) -> bool {
     // Ethernet + the longest IPv4 header, or an IPv6 header with a few small extension
     // headers, + a TCP header without options.
     const WANT: usize = ETH_HLEN + 40 + 64 + 20;
-    let linear = ctx.data_end() - ctx.data();
-    if linear < WANT && (ctx.len() as usize) > linear {
-        let want = if (ctx.len() as usize) < WANT {
-            ctx.len()
-        } else {
-            WANT as u32
-        };
-        if ctx.pull_data(want).is_err() {
-            return false;
-        }
+    if parse_linear(ctx.data(), ctx.data_end(), ctx.len() as usize, out) {
+        return true;
     }
-    parse_linear(ctx.data(), ctx.data_end(), ctx.len() as usize, out)
+    let linear = ctx.data_end() - ctx.data();
+    if linear >= WANT || (ctx.len() as usize) <= linear {
+        return false;
+    }
+    let want = (ctx.len() as usize).min(WANT) as u32;
+    ctx.pull_data(want).is_ok() && parse_linear(ctx.data(), ctx.data_end(), ctx.len() as usize, out)
 }
 
 /// Parses the XDP frame between `start` and `end` (packet pointers the verifier has seen)

@@ -57,3 +57,13 @@ pub fn ceiling(cpu: usize) -> Result<f64> {
 pub fn busy_share((busy0, total0): (u64, u64), (busy1, total1): (u64, u64)) -> f64 {
     (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64
 }
+
+/// Pins every thread of process `pid` to `cpu` (threads it starts later inherit the mask of
+/// the thread that starts them).
+pub fn pin_process(pid: u32, cpu: usize) -> Result<()> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid: i32 = task?.file_name().to_string_lossy().parse()?;
+        pin(tid, cpu)?;
+    }
+    Ok(())
+}

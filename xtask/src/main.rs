@@ -50,8 +50,8 @@ enum Task {
         /// A smoke run: smaller sizes and fewer samples (a minute or two).
         #[arg(long)]
         quick: bool,
-        /// Only this section: packet, latency, north-south, saturation, east-west, control-plane
-        /// or maglev (the results file is named after it).
+        /// Only these sections, comma-separated: packet, latency, north-south, saturation,
+        /// east-west, control-plane or maglev (the results file is named after them).
         #[arg(long)]
         only: Option<String>,
         /// The saturation section's systems, by key (svclb_xdp_native, svclb_xdp_generic,
@@ -209,7 +209,8 @@ fn bench(quick: bool, only: Option<&str>, systems: &[String], loads: &[String]) 
     let out = dir.join(format!(
         "{}{}{}.md",
         date.trim(),
-        only.map(|o| format!("-{o}")).unwrap_or_default(),
+        only.map(|o| format!("-{}", o.replace(',', "-")))
+            .unwrap_or_default(),
         if quick { "-quick" } else { "" }
     ));
     let mut args = vec![

@@ -50,8 +50,8 @@ fn list(args: &[String], name: &str) -> Vec<String> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes `--bench`; our own flags are `--quick`, `--out FILE`,
-    // `--only SECTION` (packet, latency, north-south, saturation, east-west, control-plane
-    // or maglev), and `--system KEY,KEY` and `--load KEY,KEY` (the saturation section's systems
+    // `--only SECTION[,SECTION]` (packet, latency, north-south, saturation, east-west,
+    // control-plane or maglev), and `--system KEY,KEY` and `--load KEY,KEY` (the saturation section's systems
     // and loads).
     let quick = args.iter().any(|a| a == "--quick");
     let only = args
@@ -59,7 +59,10 @@ fn main() -> Result<()> {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    let wanted = |section: &str| only.as_deref().is_none_or(|o| o == section);
+    let wanted = |section: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|o| o == section))
+    };
     let out = args
         .iter()
         .position(|a| a == "--out")
