@@ -53,9 +53,17 @@ impl Datapath {
         Self::load_with(name, Capacity::DEFAULT)
     }
 
+    /// Loads the datapath with its maps pinned in a scratch directory, removed again if the
+    /// load fails (a program the verifier refuses) as when the fixture is dropped.
     pub fn load_with(name: &str, sizes: Capacity) -> Result<Self> {
         let pin_dir = Path::new(svclb_common::host::BPFFS_ROOT)
             .join(svclb_tests::sweep::scratch_name(&format!("fixture-{name}")));
+        Self::load_in(pin_dir.clone(), sizes).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&pin_dir);
+        })
+    }
+
+    fn load_in(pin_dir: PathBuf, sizes: Capacity) -> Result<Self> {
         svclb_common::host::prepare_bpffs(&pin_dir)?;
         // A fixture's pins are fresh: nothing to migrate.
         let (mut ebpf, _) = loader::load(&pin_dir, &sizes)?;
