@@ -62,6 +62,11 @@ enum Command {
         localhost_nodeports: bool,
         #[command(flatten)]
         external_ips: ExternalIpArgs,
+        /// Also show the cluster's DNS records under this domain (kubelet's
+        /// `--cluster-domain`, e.g. cluster.local), as the Kubernetes DNS specification gives
+        /// them.
+        #[arg(long)]
+        cluster_domain: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -395,6 +400,7 @@ fn plan_command(
     source: SourceArgs,
     mut rule: AddressRule,
     devices: &[String],
+    cluster_domain: Option<&str>,
     output: Output,
 ) -> Result<()> {
     let (snapshot, uplinks) = runtime()?.block_on(async {
@@ -405,6 +411,7 @@ fn plan_command(
         anyhow::Ok((source.snapshot(), uplinks))
     })?;
     rule.uplinks = uplinks;
+    let dns = cluster_domain.map(|zone| plan::dns::records(&snapshot, zone));
     let (node, plan, mut diags) = plan::plan_for_node(
         node_name,
         &rule,
@@ -414,8 +421,17 @@ fn plan_command(
     );
     diags.splice(0..0, snapshot.diagnostics);
     match output {
-        Output::Table => emit(&plan_output::render_table(&node, &plan, &diags)),
-        Output::Json => emit(&(plan_output::render_json(&node, &plan, &diags) + "\n")),
+        Output::Table => {
+            let mut out = plan_output::render_table(&node, &plan, &diags);
+            if let Some(records) = &dns {
+                out.push_str(&plan_output::render_dns(records));
+            }
+            emit(&out)
+        }
+        Output::Json => {
+            let json = plan_output::render_json(&node, &plan, dns.as_deref(), &diags);
+            emit(&(json + "\n"))
+        }
     }
 }
 
@@ -458,13 +474,15 @@ fn run(cli: Cli) -> Result<()> {
             devices,
             localhost_nodeports,
             external_ips,
+            cluster_domain,
             output,
         } => {
             let rule = AddressRule {
                 localhost: localhost_nodeports,
                 ..external_ips.rule(nodeport_addresses)
             };
-            plan_command(&node_name, source, rule, &devices, output)
+            let dns = cluster_domain.as_deref();
+            plan_command(&node_name, source, rule, &devices, dns, output)
         }
         Command::Maglev {
             table_size,

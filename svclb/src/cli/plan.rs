@@ -8,6 +8,7 @@ use crate::{
     cli::list::backend_label,
     plan::Diagnostic,
     plan::NodeInfo,
+    plan::dns::Record,
     plan::{Frontend, FrontendKey, HealthCheck, Plan, Topology},
 };
 
@@ -29,10 +30,18 @@ struct Output<'a> {
     nodeport_origin: &'a [String],
     frontends: Vec<Row<'a>>,
     health_checks: &'a [HealthCheck],
+    /// The cluster's DNS records (`--cluster-domain`), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns_records: Option<&'a [Record]>,
     diagnostics: Vec<String>,
 }
 
-pub fn render_json(node: &NodeInfo, plan: &Plan, diags: &[Diagnostic]) -> String {
+pub fn render_json(
+    node: &NodeInfo,
+    plan: &Plan,
+    dns: Option<&[Record]>,
+    diags: &[Diagnostic],
+) -> String {
     let output = Output {
         node: &node.name,
         zone: node.zone.as_deref(),
@@ -44,6 +53,7 @@ pub fn render_json(node: &NodeInfo, plan: &Plan, diags: &[Diagnostic]) -> String
             .map(|(key, frontend)| Row { key, frontend })
             .collect(),
         health_checks: &plan.health_checks,
+        dns_records: dns,
         diagnostics: diags.iter().map(ToString::to_string).collect(),
     };
     serde_json::to_string_pretty(&output).expect("plan output is plain data")
@@ -130,6 +140,15 @@ pub fn render_table(node: &NodeInfo, plan: &Plan, diags: &[Diagnostic]) -> Strin
     out
 }
 
+/// The cluster's DNS records as zone file lines, after a heading.
+pub fn render_dns(records: &[Record]) -> String {
+    let mut out = format!("DNS records ({}):\n", records.len());
+    for record in records {
+        out.push_str(&format!("{record}\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{plan::plan_for_node, source::manifests::parse_documents};
@@ -179,7 +198,7 @@ endpoints: [{addresses: [10.244.1.2], nodeName: n1}]
             &slices,
         );
         let json: serde_json::Value =
-            serde_json::from_str(&super::render_json(&node, &plan, &diags)).unwrap();
+            serde_json::from_str(&super::render_json(&node, &plan, None, &diags)).unwrap();
         assert_eq!(json["node"], "n1");
         let lb = json["frontends"]
             .as_array()

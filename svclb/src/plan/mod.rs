@@ -7,12 +7,14 @@
 //!   Service's ports and fields, [`endpoints`] picks endpoints, [`node`] describes this node.
 //! - [`incremental`]: the [`Planner`], which keeps the plan up to date change by change and
 //!   names the frontends that changed.
+//! - [`dns`]: the cluster's DNS records, from the same Services and EndpointSlices.
 //! - `claims`: which Service serves a frontend that several claim (both planners use it);
 //!   `reserved`: the addresses an externalIP may not take.
 
 pub mod builder;
 mod claims;
 mod diag;
+pub mod dns;
 pub mod endpoints;
 pub mod fields;
 pub mod incremental;

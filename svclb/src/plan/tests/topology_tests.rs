@@ -192,7 +192,7 @@ fn svclb_plan_says_which_level_applied() {
         "{table}"
     );
     let json: serde_json::Value =
-        serde_json::from_str(&crate::cli::plan::render_json(&node, &plan, &diags)).unwrap();
+        serde_json::from_str(&crate::cli::plan::render_json(&node, &plan, None, &diags)).unwrap();
     let topology = &json["frontends"][0]["topology"];
     assert_eq!(topology["level"], "node", "{json}");
     assert_eq!(
