@@ -6,6 +6,8 @@
 //! Needed when the new source is an address of this node (SNAT, or a NodePort frontend
 //! restored on a reply): the stack drops such a packet arriving from outside as martian.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC, TC_ACT_OK,
@@ -15,6 +17,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use svclb_common::{L3Addr, addr::v4_octets};
+use svclb_ebpf::bytes;
 
 use crate::{frame::Frame, parse::Packet};
 
@@ -71,21 +74,27 @@ fn bytes(w: &[u32; 4]) -> L3Addr {
     out
 }
 
+/// Zeroes a lookup structure in place, a word at a time (see `svclb_ebpf::bytes`; a zeroed
+/// value returned would be copied, and the copy made a `memset` call again).
 #[inline(always)]
-fn zeroed() -> bpf_fib_lookup {
-    // SAFETY: plain old data, all-zero is a valid value.
-    unsafe { core::mem::zeroed() }
+fn zeroed(params: &mut MaybeUninit<bpf_fib_lookup>) -> &mut bpf_fib_lookup {
+    // SAFETY: plain old data of 64 bytes aligned to 4; all-zero is a valid value.
+    unsafe {
+        bytes::zero(params.as_mut_ptr());
+        params.assume_init_mut()
+    }
 }
 
 /// The source address this node uses towards `daddr` (what SNAT rewrites to).
 #[inline(always)]
 pub fn source_towards(ctx: &impl Frame, pkt: &Packet, daddr: &L3Addr) -> Option<L3Addr> {
-    let mut params = zeroed();
-    let ret = lookup(ctx, pkt, daddr, BPF_FIB_LOOKUP_SRC, &mut params);
+    let mut params = MaybeUninit::uninit();
+    let params = zeroed(&mut params);
+    let ret = lookup(ctx, pkt, daddr, BPF_FIB_LOOKUP_SRC, params);
     if ret != i64::from(BPF_FIB_LKUP_RET_SUCCESS) && ret != i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         return None;
     }
-    Some(source_of(pkt, &params))
+    Some(source_of(pkt, params))
 }
 
 /// The source address a `BPF_FIB_LOOKUP_SRC` lookup chose.
@@ -121,18 +130,22 @@ pub fn route(
     source: bool,
     out: &mut Route,
 ) -> bool {
-    let mut params = zeroed();
+    let mut params = MaybeUninit::uninit();
+    let params = zeroed(&mut params);
     let flags = if source { BPF_FIB_LOOKUP_SRC } else { 0 };
-    if lookup(ctx, pkt, daddr, flags, &mut params) != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+    if lookup(ctx, pkt, daddr, flags, params) != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return false;
     }
     // SAFETY: union of byte arrays; a successful lookup filled the MAC addresses.
     let macs = unsafe { &params.__bindgen_anon_6.__bindgen_anon_2 };
     out.ifindex = params.ifindex;
-    out.dmac = macs.dmac;
-    out.smac = macs.smac;
+    // SAFETY: two 6-byte arrays each.
+    unsafe {
+        bytes::copy(out.dmac.as_mut_ptr(), macs.dmac.as_ptr(), 6);
+        bytes::copy(out.smac.as_mut_ptr(), macs.smac.as_ptr(), 6);
+    }
     if source {
-        out.source = source_of(pkt, &params);
+        out.source = source_of(pkt, params);
     }
     true
 }
@@ -148,8 +161,9 @@ pub fn set_macs(ctx: &impl Frame, dmac: &[u8; 6], smac: &[u8; 6]) -> Result<(), 
 /// `daddr`. Without a route the stack gets it and decides.
 #[inline(always)]
 pub fn redirect(ctx: &TcContext, pkt: &Packet, daddr: &L3Addr) -> i32 {
-    let mut params = zeroed();
-    let ret = lookup(ctx, pkt, daddr, 0, &mut params);
+    let mut params = MaybeUninit::uninit();
+    let params = zeroed(&mut params);
+    let ret = lookup(ctx, pkt, daddr, 0, params);
     if ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         // SAFETY: union of byte arrays; a successful lookup filled the MAC addresses.
         let macs = unsafe { &params.__bindgen_anon_6.__bindgen_anon_2 };

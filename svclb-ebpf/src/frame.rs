@@ -7,7 +7,10 @@
 //! checksums to the host turn that off for XDP), so the same updates are made in software on
 //! the frame itself, RFC 1624 style, with the flags meaning what they mean to the helpers.
 
-use svclb_ebpf::csum::{plus_diff, replaced};
+use svclb_ebpf::{
+    bytes,
+    csum::{plus_diff, replaced},
+};
 
 use aya_ebpf::{
     EbpfContext,
@@ -100,11 +103,20 @@ impl Frame for XdpContext {
         (self.data_end() - self.data()) as u32
     }
 
+    /// One store for a 1-, 2-, 4- or 8-byte value; a byte at a time for others (addresses,
+    /// MAC addresses), which would otherwise be a call to a byte loop (see
+    /// `svclb_ebpf::bytes`).
     #[inline(always)]
     fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), i64> {
         let p = at::<T>(self, off)?;
         // SAFETY: `at` checked that the frame holds a `T` there.
-        unsafe { p.write_unaligned(*v) };
+        unsafe {
+            if size_of::<T>() <= 8 && size_of::<T>().is_power_of_two() {
+                p.write_unaligned(*v);
+            } else {
+                bytes::copy(p.cast(), (v as *const T).cast(), size_of::<T>());
+            }
+        }
         Ok(())
     }
 

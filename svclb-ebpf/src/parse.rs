@@ -11,7 +11,7 @@
 
 use aya_ebpf::programs::TcContext;
 use svclb_common::{
-    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3Addr, addr::v4,
+    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L3Addr,
 };
 
 pub const ETH_HLEN: usize = 14;
@@ -345,8 +345,8 @@ fn parse_v4(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()
     out.proto = proto;
     out.ttl = ttl;
     out.tot_len_be = tot_len_be;
-    out.saddr = v4(saddr);
-    out.daddr = v4(daddr);
+    crate::bytes::put_v4(&mut out.saddr, saddr);
+    crate::bytes::put_v4(&mut out.daddr, daddr);
     Some(())
 }
 
@@ -439,7 +439,7 @@ fn parse_v6(start: usize, end: usize, len: usize, out: &mut Packet) -> Option<()
     } else {
         (tot_len as u16).to_be()
     };
-    out.saddr = saddr;
-    out.daddr = daddr;
+    crate::bytes::put_v6(&mut out.saddr, &saddr);
+    crate::bytes::put_v6(&mut out.daddr, &daddr);
     Some(())
 }
