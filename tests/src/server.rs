@@ -29,8 +29,23 @@ const IDLE: Duration = Duration::from_secs(30);
 
 /// Servers of one pod; they stop when this is dropped.
 pub struct Backend {
+    _serving: Serving,
+}
+
+/// Serving threads and the flag that stops them: dropped, it stops and joins them.
+struct Serving {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            // A panicked server thread has nothing left to clean up.
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Backend {
@@ -63,17 +78,9 @@ impl Backend {
                 thread::spawn(move || serve_udp(&udp, &stop, &reply))
             },
         ];
-        Ok(Self { stop, threads })
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            // A panicked server thread has nothing left to clean up.
-            let _ = thread.join();
-        }
+        Ok(Self {
+            _serving: Serving { stop, threads },
+        })
     }
 }
 
@@ -208,8 +215,7 @@ fn serve_udp(socket: &UdpSocket, stop: &AtomicBool, reply: &str) {
 /// answered with `ok\n`, and so is every later one, until the client closes; a first line
 /// `sink` makes it read and discard everything until the client closes.
 pub struct ConnServer {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    _serving: Serving,
 }
 
 impl ConnServer {
@@ -232,16 +238,9 @@ impl ConnServer {
                 }))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { stop, threads })
-    }
-}
-
-impl Drop for ConnServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        Ok(Self {
+            _serving: Serving { stop, threads },
+        })
     }
 }
 
