@@ -218,19 +218,18 @@ fn cluster_ip(name: &ServiceName, service: &Service, ips: &[IpAddr], out: &mut B
             },
         ));
     }
+    // One SRV per port: CoreDNS makes one per cluster IP, all alike, and keeps one, whose
+    // weight still counts them all.
     for (port_name, proto, port) in named_ports(service) {
-        let srv = format!("_{port_name}._{proto}.{fqdn}");
-        for _ in ips {
-            out.insert(name.record(
-                &srv,
-                Rdata::Srv {
-                    priority: 0,
-                    weight: weight(ips.len()),
-                    port,
-                    target: fqdn.clone(),
-                },
-            ));
-        }
+        out.insert(name.record(
+            &format!("_{port_name}._{proto}.{fqdn}"),
+            Rdata::Srv {
+                priority: 0,
+                weight: weight(ips.len()),
+                port,
+                target: fqdn.clone(),
+            },
+        ));
     }
 }
 

@@ -1,22 +1,22 @@
 //! The records of each kind of Service, as the DNS specification and CoreDNS give them.
 
+use std::path::Path;
+
 use super::records;
 use crate::{
     plan::Snapshot,
-    source::manifests::{Object, parse_documents},
+    source::manifests::{parse_documents, snapshot_of},
 };
 
 fn snapshot(yaml: &str) -> Snapshot {
     let (objects, diags) = parse_documents(yaml, "test.yaml").expect("valid YAML");
     assert!(diags.is_empty(), "{diags:?}");
-    let mut snapshot = Snapshot::default();
-    for object in objects {
-        match object {
-            Object::Service(s) => snapshot.services.push(s),
-            Object::EndpointSlice(s) => snapshot.slices.push(s),
-            Object::Node(n) => snapshot.nodes.push(n),
-        }
-    }
+    let snapshot = snapshot_of([(Path::new("test.yaml"), objects.as_slice())]);
+    assert!(
+        snapshot.diagnostics.is_empty(),
+        "{:?}",
+        snapshot.diagnostics
+    );
     snapshot
 }
 
