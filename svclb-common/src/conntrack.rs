@@ -198,8 +198,63 @@ pub struct CtEntry {
     pub snat_addr: L3Addr,
     pub created_ns: u64,
     pub last_seen_ns: u64,
+    /// Where this direction's packets leave, as the XDP program last found it.
+    pub route: CtRoute,
 }
-const _: () = assert!(size_of::<CtEntry>() == 64);
+const _: () = assert!(size_of::<CtEntry>() == 88);
+
+/// The route a direction of a flow leaves by, cached in its entry so that XDP does not look
+/// it up for every packet: the egress device and the MAC addresses the FIB gave. It serves
+/// while the route epoch (`SVCLB_ROUTE_EPOCH`, bumped by the agent on every route,
+/// neighbour or link change it is told of) is the one it was found in, for at most
+/// [`ROUTE_CACHE_UNITS`] (the bound when no agent runs), and for packets no longer than one
+/// the FIB checked against the route's MTU. All zero (`ifindex` 0): none cached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtRoute {
+    pub ifindex: u32,
+    /// When it was found, in [`ROUTE_CLOCK_SHIFT`] units of the monotonic clock (wrapping).
+    pub found: u32,
+    /// The route epoch it was found in, truncated.
+    pub epoch: u16,
+    /// The longest IP packet (total length) the FIB let through on this route.
+    pub max_len: u16,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+const _: () = assert!(size_of::<CtRoute>() == 24);
+
+impl CtRoute {
+    pub const NONE: Self = Self {
+        ifindex: 0,
+        found: 0,
+        epoch: 0,
+        max_len: 0,
+        dmac: [0; 6],
+        smac: [0; 6],
+    };
+
+    /// Whether the route serves a packet of IP length `len` at clock `now_ns` in `epoch`.
+    #[inline(always)]
+    pub const fn serves(&self, len: u16, now_ns: u64, epoch: u32) -> bool {
+        self.ifindex != 0
+            && self.epoch == epoch as u16
+            && len != 0
+            && len <= self.max_len
+            && route_clock(now_ns).wrapping_sub(self.found) < ROUTE_CACHE_UNITS
+    }
+}
+
+/// [`CtRoute::found`]'s unit: 2^20 ns, about a millisecond.
+pub const ROUTE_CLOCK_SHIFT: u32 = 20;
+/// How long a cached route serves at most: about 5 s. The agent's epoch invalidates it at
+/// once on a change it sees; this bounds what an agent that is not running misses.
+pub const ROUTE_CACHE_UNITS: u32 = 4768;
+/// `now_ns` in [`CtRoute::found`]'s units.
+#[inline(always)]
+pub const fn route_clock(now_ns: u64) -> u32 {
+    (now_ns >> ROUTE_CLOCK_SHIFT) as u32
+}
 
 /// Key of the session-affinity map: a client of a frontend.
 #[repr(C)]
@@ -229,6 +284,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CtEntry {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtRoute {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::AffinityKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::AffinityValue {}
@@ -241,8 +298,8 @@ mod tests {
     use super::{
         CT_CLOSE_TIMEOUT_NS, CT_DIR_FORWARD, CT_DIR_REPLY, CT_END_SLACK_NS, CT_F_CLOSING,
         CT_F_REDIRECT, CT_F_REPLY_SEEN, CT_F_SNAT, CT_F_UNREPLIED, CT_SYN_TIMEOUT_NS,
-        CT_TCP_TIMEOUT_NS, CT_UDP_TIMEOUT_NS, CtEntry, CtKey, expired, flow_ended, partner,
-        reclaimable,
+        CT_TCP_TIMEOUT_NS, CT_UDP_TIMEOUT_NS, CtEntry, CtKey, CtRoute, ROUTE_CLOCK_SHIFT, expired,
+        flow_ended, partner, reclaimable, route_clock,
     };
     use crate::addr::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, v4};
 
@@ -271,6 +328,7 @@ mod tests {
             snat_addr: v4(snat),
             created_ns: 0,
             last_seen_ns: 0,
+            route: CtRoute::NONE,
         }
     }
 
@@ -426,5 +484,44 @@ mod tests {
             later
         ));
         assert!(flow_ended(&udp_quiet, Some(&udp_quiet), IPPROTO_UDP, later));
+    }
+
+    #[test]
+    fn a_cached_route_serves_its_epoch_its_lengths_and_about_five_seconds() {
+        let found_at = 1_000_000_000_000u64;
+        let route = CtRoute {
+            ifindex: 3,
+            found: route_clock(found_at),
+            epoch: 7,
+            max_len: 1500,
+            dmac: [2, 0, 0, 0, 0, 12],
+            smac: [2, 0, 0, 0, 0, 11],
+        };
+        let s = 1_000_000_000;
+        assert!(route.serves(1500, found_at + 4 * s, 7));
+        assert!(route.serves(60, found_at, 7));
+        assert!(
+            !route.serves(1501, found_at, 7),
+            "longer than the FIB checked"
+        );
+        assert!(
+            !route.serves(0, found_at, 7),
+            "a length the parser did not know"
+        );
+        assert!(!route.serves(60, found_at, 8), "another epoch");
+        assert!(
+            route.serves(60, found_at, 7 + 65_536),
+            "the epoch is kept truncated"
+        );
+        assert!(!route.serves(60, found_at + 6 * s, 7), "too old");
+        assert!(!CtRoute::NONE.serves(60, found_at, 0), "none cached");
+        // The clock wraps in its units without a route seeming young again too early.
+        let wrap = (u64::from(u32::MAX) + 1) << ROUTE_CLOCK_SHIFT;
+        let late = CtRoute {
+            found: route_clock(wrap - s),
+            ..route
+        };
+        assert!(late.serves(60, wrap + s, 7));
+        assert!(!late.serves(60, wrap + 5 * s, 7));
     }
 }

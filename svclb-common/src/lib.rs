@@ -35,7 +35,7 @@ pub use addr::{
 pub use backend::{Backend, SlotKey};
 pub use config::Config;
 pub use conntrack::{
-    AffinityKey, AffinityValue, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, SweepItem,
+    AffinityKey, AffinityValue, CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, CtRoute, SweepItem,
 };
 pub use fragment::{FragKey, FragValue};
 pub use service::{ServiceKey, ServiceValue, SourceRangeKey};

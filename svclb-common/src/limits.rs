@@ -16,9 +16,10 @@ pub const MAP_CONFIG: &str = "SVCLB_CONFIG";
 pub const MAP_XDP_STATS: &str = "SVCLB_XDP_STATS";
 pub const MAP_XDP_PORTS: &str = "SVCLB_XDP_PORTS";
 pub const MAP_EVENTS: &str = "SVCLB_EVENTS";
+pub const MAP_ROUTE_EPOCH: &str = "SVCLB_ROUTE_EPOCH";
 
 /// Every map the agent pins, in the order `svclb list` and cleanup walk them.
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 16] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_SLOTS,
@@ -34,6 +35,7 @@ pub const PINNED_MAPS: [&str; 15] = [
     MAP_XDP_STATS,
     MAP_XDP_PORTS,
     MAP_EVENTS,
+    MAP_ROUTE_EPOCH,
 ];
 
 pub const SERVICES_MAX: usize = 65_536;

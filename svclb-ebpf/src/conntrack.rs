@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use svclb_common::{
-    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, Config, CtEntry, CtKey, L3Addr,
+    Backend, CT_DIR_FORWARD, CT_DIR_REPLY, Config, CtEntry, CtKey, CtRoute, L3Addr,
     conntrack::{
         CT_F_CLOSING, CT_F_REDIRECT, CT_F_REPLY_SEEN, CT_F_SNAT, CT_F_UNREPLIED, flow_ended,
         partner, reclaimable,
@@ -16,6 +16,7 @@ use svclb_common::{
 use crate::{
     maps::{SVCLB_CT, config, event, lru_insert, lru_insert_new, lru_remove},
     parse::Packet,
+    scratch::Picked,
 };
 
 /// What [`create`] returns when the new flow's reply tuple is another live flow's: the caller
@@ -209,39 +210,38 @@ fn opening(pkt: &Packet) -> u16 {
 /// share a backend, and both flows would then have the same one, so the second gets
 /// [`TUPLE_TAKEN`].
 #[inline(always)]
-pub fn create(
-    pkt: &Packet,
-    backend: &Backend,
-    backend_id: u32,
-    svc_id: u32,
-    now: u64,
-    reply_flags: u16,
-) -> Result<(), i64> {
-    let forward = CtEntry {
-        nat_addr: backend.addr,
-        nat_port_be: backend.port_be,
-        flags: opening(pkt),
-        backend_id,
+pub fn create(pkt: &Packet, picked: &mut Picked, svc_id: u32, reply_flags: u16) -> Result<(), i64> {
+    let Picked {
+        id: backend_id,
+        backend,
+        now,
+        entry,
+    } = picked;
+    let now = *now;
+    // One entry, the reply's first and then turned round.
+    *entry = CtEntry {
+        nat_addr: pkt.daddr,
+        nat_port_be: pkt.dport_be,
+        flags: reply_flags | opening(pkt),
+        backend_id: *backend_id,
         svc_id,
         snat_port_be: 0,
         _pad: 0,
         snat_addr: [0; 16],
         created_ns: now,
         last_seen_ns: now,
+        route: CtRoute::NONE,
     };
     let reply_key = reply_key(pkt, backend, &pkt.saddr, pkt.sport_be);
-    let reply = CtEntry {
-        nat_addr: pkt.daddr,
-        nat_port_be: pkt.dport_be,
-        flags: reply_flags | forward.flags,
-        ..forward
-    };
     let forward_key = key_of(pkt, CT_DIR_FORWARD);
-    if claim(&reply_key, &reply, &forward_key, now) != Claim::Won {
+    if claim(&reply_key, entry, &forward_key, now) != Claim::Won {
         event(EV_REPLY_TUPLE_TAKEN);
         return Err(TUPLE_TAKEN);
     }
-    insert_forward(&forward_key, &forward, &reply_key)
+    entry.nat_addr = backend.addr;
+    entry.nat_port_be = backend.port_be;
+    entry.flags = opening(pkt);
+    insert_forward(&forward_key, entry, &reply_key)
 }
 
 /// Inserts a new flow's forward entry, its reply entry at `reply_key` already in; on failure
@@ -274,24 +274,30 @@ fn snat_port(seed: u32, attempt: u32) -> u16 {
 #[inline(always)]
 pub fn create_snat(
     pkt: &Packet,
-    backend: &Backend,
-    backend_id: u32,
+    picked: &mut Picked,
     svc_id: u32,
-    now: u64,
     node: &L3Addr,
 ) -> Result<u16, i64> {
+    let Picked {
+        id: backend_id,
+        backend,
+        now,
+        entry,
+    } = picked;
+    let now = *now;
     let mut reply_key = reply_key(pkt, backend, node, 0);
-    let mut entry = CtEntry {
+    *entry = CtEntry {
         nat_addr: pkt.daddr,
         nat_port_be: pkt.dport_be,
         flags: CT_F_SNAT | CT_F_REDIRECT | opening(pkt),
-        backend_id,
+        backend_id: *backend_id,
         svc_id,
         snat_port_be: pkt.sport_be,
         _pad: 0,
         snat_addr: pkt.saddr,
         created_ns: now,
         last_seen_ns: now,
+        route: CtRoute::NONE,
     };
     let forward_key = key_of(pkt, CT_DIR_FORWARD);
     // SAFETY: a helper without arguments or side effects.
@@ -300,7 +306,7 @@ pub fn create_snat(
     let mut half_open_be = 0;
     for attempt in 0..SNAT_TRIES {
         reply_key.dport_be = snat_port(seed, attempt).to_be();
-        match claim(&reply_key, &entry, &forward_key, now) {
+        match claim(&reply_key, entry, &forward_key, now) {
             Claim::Won => {
                 port_be = reply_key.dport_be;
                 break;
@@ -311,7 +317,7 @@ pub fn create_snat(
     }
     if port_be == 0 && half_open_be != 0 {
         reply_key.dport_be = half_open_be;
-        if reclaim(&reply_key, &entry, now) {
+        if reclaim(&reply_key, entry, now) {
             port_be = half_open_be;
             event(EV_SNAT_PORT_RECLAIMED);
         }
@@ -326,6 +332,6 @@ pub fn create_snat(
     entry.nat_port_be = backend.port_be;
     entry.snat_port_be = port_be;
     entry.snat_addr = *node;
-    insert_forward(&forward_key, &entry, &reply_key)?;
+    insert_forward(&forward_key, entry, &reply_key)?;
     Ok(port_be)
 }

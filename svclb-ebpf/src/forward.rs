@@ -16,10 +16,10 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use svclb_common::{L3Addr, addr::v4_octets};
+use svclb_common::{CtEntry, L3Addr, addr::v4_octets, conntrack::route_clock};
 use svclb_ebpf::bytes;
 
-use crate::{frame::Frame, parse::Packet};
+use crate::{frame::Frame, maps::route_epoch, parse::Packet};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -146,6 +146,47 @@ pub fn route(
     }
     if source {
         out.source = source_of(pkt, params);
+    }
+    true
+}
+
+/// [`route`] to `daddr` (without the source) for a packet of a tracked flow whose direction's
+/// entry is `entry`: the route cached there when it still serves (see `CtRoute`), else a
+/// lookup, which is cached for the packets that follow.
+#[inline(always)]
+pub fn cached_route(
+    ctx: &impl Frame,
+    pkt: &Packet,
+    daddr: &L3Addr,
+    entry: *mut CtEntry,
+    now: u64,
+    out: &mut Route,
+) -> bool {
+    let epoch = route_epoch();
+    let len = u16::from_be(pkt.tot_len_be);
+    // SAFETY: a conntrack value found in this run stays valid until the program returns.
+    let cached = unsafe { &raw mut (*entry).route };
+    // SAFETY: as above; a packet of the flow on another CPU may rewrite it meanwhile, with
+    // the same route unless the epoch changed, and then neither serves.
+    unsafe {
+        if (*cached).serves(len, now, epoch) {
+            out.ifindex = (*cached).ifindex;
+            bytes::copy(out.dmac.as_mut_ptr(), (*cached).dmac.as_ptr(), 6);
+            bytes::copy(out.smac.as_mut_ptr(), (*cached).smac.as_ptr(), 6);
+            return true;
+        }
+    }
+    if !route(ctx, pkt, daddr, false, out) {
+        return false;
+    }
+    // SAFETY: as above; `found` and `epoch` are written last.
+    unsafe {
+        (*cached).ifindex = out.ifindex;
+        bytes::copy((*cached).dmac.as_mut_ptr(), out.dmac.as_ptr(), 6);
+        bytes::copy((*cached).smac.as_mut_ptr(), out.smac.as_ptr(), 6);
+        (*cached).max_len = len;
+        (*cached).found = route_clock(now);
+        (*cached).epoch = epoch as u16;
     }
     true
 }

@@ -192,6 +192,18 @@ const EEXIST: i32 = -17;
 #[btf_map(pin_by_name)]
 pub static SVCLB_CONFIG: Array<Config, 1> = Array::new();
 
+/// The route epoch, which the agent bumps on every route, neighbour or link change it is told
+/// of: routes cached in conntrack entries (`svclb_common::CtRoute`) from another epoch are
+/// looked up again.
+#[btf_map(pin_by_name)]
+pub static SVCLB_ROUTE_EPOCH: Array<u32, 1> = Array::new();
+
+/// The route epoch now.
+#[inline(always)]
+pub fn route_epoch() -> u32 {
+    SVCLB_ROUTE_EPOCH.get(0).copied().unwrap_or(0)
+}
+
 /// The datapath's settings (`None` only if the array were empty, which it never is).
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {

@@ -3,7 +3,7 @@
 //! packet XDP returns before TC starts.
 
 use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
-use svclb_common::{Backend, L3Addr, ServiceValue};
+use svclb_common::{Backend, CtEntry, L3Addr, ServiceValue};
 
 use crate::{forward::Route, parse::Packet, quote::Quote, select};
 
@@ -18,11 +18,13 @@ pub struct Scratch {
     pub quote: Quote,
 }
 
-/// The backend chosen for a new flow.
+/// The backend chosen for a new flow, and the conntrack entry that records the flow (built
+/// here: 88 bytes more on a new flow's stack would pass the limit).
 pub struct Picked {
     pub id: u32,
     pub backend: Backend,
     pub now: u64,
+    pub entry: CtEntry,
 }
 
 #[btf_map]

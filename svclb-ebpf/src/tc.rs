@@ -180,7 +180,7 @@ fn tracked(ctx: &TcContext, pkt: &Packet, svc: &ServiceValue, now: u64) -> i32 {
 /// another frontend of the same backend), [`SNAT_INSTEAD`]: the new flow is to be SNATed to
 /// this node as a remote one is, so the two never share one.
 #[inline(never)]
-fn to_local(ctx: &TcContext, s: &Scratch) -> i32 {
+fn to_local(ctx: &TcContext, s: &mut Scratch) -> i32 {
     match dnat_new(ctx, s) {
         Ok(verdict) => verdict,
         Err(conntrack::TUPLE_TAKEN) => SNAT_INSTEAD,
@@ -189,21 +189,14 @@ fn to_local(ctx: &TcContext, s: &Scratch) -> i32 {
 }
 
 #[inline(always)]
-fn dnat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
+fn dnat_new(ctx: &TcContext, s: &mut Scratch) -> Result<i32, i64> {
     let reply_flags = if s.svc.flags & SVC_F_EXTERNAL != 0 {
         CT_F_REDIRECT
     } else {
         0
     };
+    conntrack::create(&s.pkt, &mut s.picked, s.svc.id, reply_flags)?;
     let backend = &s.picked.backend;
-    conntrack::create(
-        &s.pkt,
-        backend,
-        s.picked.id,
-        s.svc.id,
-        s.picked.now,
-        reply_flags,
-    )?;
     rewrite(
         ctx,
         &s.pkt,
@@ -247,20 +240,19 @@ fn hairpin_source(s: &mut Scratch) -> bool {
 
 /// A new flow SNATed to `s.source`.
 #[inline(never)]
-fn to_snat(ctx: &TcContext, s: &Scratch) -> i32 {
+fn to_snat(ctx: &TcContext, s: &mut Scratch) -> i32 {
     snat_new(ctx, s).unwrap_or(TC_ACT_SHOT)
 }
 
 /// DNAT to the backend and SNAT to `s.source` with a port of its own, both directions tracked.
 #[inline(always)]
-fn snat_new(ctx: &TcContext, s: &Scratch) -> Result<i32, i64> {
-    let (pkt, backend) = (&s.pkt, &s.picked.backend);
+fn snat_new(ctx: &TcContext, s: &mut Scratch) -> Result<i32, i64> {
     // `send` would drop it: claim no SNAT port for it.
-    if pkt.ttl <= 1 {
+    if s.pkt.ttl <= 1 {
         return Ok(TC_ACT_SHOT);
     }
-    let port_be =
-        conntrack::create_snat(pkt, backend, s.picked.id, s.svc.id, s.picked.now, &s.source)?;
+    let port_be = conntrack::create_snat(&s.pkt, &mut s.picked, s.svc.id, &s.source)?;
+    let (pkt, backend) = (&s.pkt, &s.picked.backend);
     rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port_be)?;
     rewrite(ctx, pkt, End::Source, &s.source, port_be)?;
     send(ctx, pkt, CT_F_SNAT | CT_F_REDIRECT, &backend.addr)

@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use svclb_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, XdpStats,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, L3Addr, XdpStats,
     backend::BE_F_LOCAL,
     conntrack::{CT_F_REDIRECT, CT_F_SNAT},
     events::EV_TCP_WITHOUT_FLOW,
@@ -124,11 +124,13 @@ fn tracked(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if !select::still_serves(tracked, &s.pkt, &s.svc) {
         return NOT_TRACKED;
     }
-    if !ours(tracked) || !sendable(ctx, &s.pkt, &tracked.nat_addr, false, &mut s.route) {
+    let now = conntrack::now_ns();
+    if !ours(tracked) || !tracked_sendable(ctx, &s.pkt, &tracked.nat_addr, entry, now, &mut s.route)
+    {
         return XDP_PASS;
     }
     count_packet(ctx, s.svc.id, false);
-    conntrack::touch(&key, entry, &s.pkt, conntrack::now_ns());
+    conntrack::touch(&key, entry, &s.pkt, now);
     if nat::apply(ctx, &s.pkt, tracked, false).is_err() {
         return XDP_DROP;
     }
@@ -159,10 +161,9 @@ fn new_flow(ctx: &XdpContext, s: &mut Scratch) -> u32 {
 }
 
 #[inline(always)]
-fn snat_new(ctx: &XdpContext, s: &Scratch) -> Result<u32, i64> {
+fn snat_new(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, i64> {
+    let port_be = conntrack::create_snat(&s.pkt, &mut s.picked, s.svc.id, &s.route.source)?;
     let (pkt, backend, source) = (&s.pkt, &s.picked.backend, &s.route.source);
-    let port_be =
-        conntrack::create_snat(pkt, backend, s.picked.id, s.svc.id, s.picked.now, source)?;
     count_packet(ctx, s.svc.id, true);
     rewrite(ctx, pkt, End::Destination, &backend.addr, backend.port_be)?;
     rewrite(ctx, pkt, End::Source, source, port_be)?;
@@ -183,31 +184,52 @@ fn from_backend(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let tracked = unsafe { &*entry };
-    if !ours(tracked) || !sendable(ctx, &s.pkt, &tracked.snat_addr, false, &mut s.route) {
+    let now = conntrack::now_ns();
+    if !ours(tracked)
+        || !tracked_sendable(ctx, &s.pkt, &tracked.snat_addr, entry, now, &mut s.route)
+    {
         return XDP_PASS;
     }
-    conntrack::touch(&key, entry, &s.pkt, conntrack::now_ns());
+    conntrack::touch(&key, entry, &s.pkt, now);
     if nat::apply(ctx, &s.pkt, tracked, true).is_err() {
         return XDP_DROP;
     }
     send(ctx, &s.pkt, &s.route)
 }
 
-/// Whether a packet to `daddr` can leave from here: its TTL lasts another hop (else the stack
-/// answers), and the FIB names the device and MAC addresses, to a device XDP can send on
-/// (this uplink, or another one it finishes flows on). Fills `route`, with the source address when
-/// `source` asks for it.
+/// Whether a new flow's packet to `daddr` can leave from here: its TTL lasts another hop
+/// (else the stack answers), and the FIB names the device and MAC addresses, to a device XDP
+/// can send on (this uplink, or another one it finishes flows on). Fills `route`, with the
+/// source address when `source` asks for it.
 #[inline(always)]
 fn sendable(
     ctx: &XdpContext,
     pkt: &Packet,
-    daddr: &svclb_common::L3Addr,
+    daddr: &L3Addr,
     source: bool,
     route: &mut Route,
 ) -> bool {
-    if pkt.ttl <= 1 || !forward::route(ctx, pkt, daddr, source, route) {
-        return false;
-    }
+    pkt.ttl > 1 && forward::route(ctx, pkt, daddr, source, route) && reachable(ctx, route)
+}
+
+/// [`sendable`] for a packet of a tracked flow, whose direction's `entry` caches the route.
+#[inline(always)]
+fn tracked_sendable(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    daddr: &L3Addr,
+    entry: *mut CtEntry,
+    now: u64,
+    route: &mut Route,
+) -> bool {
+    pkt.ttl > 1
+        && forward::cached_route(ctx, pkt, daddr, entry, now, route)
+        && reachable(ctx, route)
+}
+
+/// Whether XDP can send on the device `route` leaves by.
+#[inline(always)]
+fn reachable(ctx: &XdpContext, route: &Route) -> bool {
     route.ifindex == Frame::ifindex(ctx) || finishes_on(route.ifindex)
 }
 

@@ -903,6 +903,17 @@ impl Lab {
             .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok()))
     }
 
+    /// Node `node`'s route epoch (see `svclb::kernel::routes`), read from its pin.
+    pub fn route_epoch(&self, node: usize) -> Result<u32> {
+        use aya::maps::{Array, Map, MapData};
+        let pin = self.nodes[node]
+            .pin_dir
+            .join(svclb_common::limits::MAP_ROUTE_EPOCH);
+        let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+        let array: Array<MapData, u32> = Array::try_from(Map::from_map_data(data)?)?;
+        Ok(array.get(&0, 0)?)
+    }
+
     pub fn status(&self, node: usize) -> Result<serde_json::Value> {
         let bin = svclb_bin()?;
         let dir = self.nodes[node].pin_dir.to_string_lossy().into_owned();

@@ -49,6 +49,7 @@ use crate::{
         loader,
         maps::Maps,
         migrate::Migration,
+        routes::{self, RouteEpoch},
         socket::{self, SocketHooks, SocketLb},
         sweep,
     },
@@ -57,7 +58,7 @@ use crate::{
     source::{Source, SourceConfig},
     telemetry::{
         http,
-        metrics::{ERROR_DEVICE, ERROR_WATCH, ErrorCounters, Metrics},
+        metrics::{ERROR_DEVICE, ERROR_MAP_WRITE, ERROR_WATCH, ErrorCounters, Metrics},
         report::{AgentStatus, unix_ms},
         traffic::TrafficCollector,
     },
@@ -108,9 +109,13 @@ struct Agent {
     config: AgentConfig,
     syncer: Syncer,
     devices: Devices,
-    /// rtnetlink: a handle for listing links, and the link notifications.
+    /// rtnetlink: a handle for listing links, and the link, route and neighbour
+    /// notifications.
     handle: Handle,
     link_events: BoxStream<'static, NetlinkMessage<RouteNetlinkMessage>>,
+    /// The epoch of the routes XDP caches, bumped on the notifications that change them.
+    route_epoch: RouteEpoch,
+    route_watch: routes::Watch,
     metrics: Arc<Metrics>,
     errors: ErrorCounters,
     /// Serves `/metrics`, `/status` and `/healthz` while the agent runs.
@@ -159,9 +164,12 @@ async fn start(config: AgentConfig) -> Result<Agent> {
     // Whatever fails from here takes the hooks this start attached back off.
     let started = async {
         // Subscribe before listing, so a device created in between is not missed.
-        let (connection, handle, link_events) = new_multicast_connection(&[MulticastGroup::Link])
-            .context("opening an rtnetlink socket")?;
+        let mut groups = vec![MulticastGroup::Link];
+        groups.extend(routes::GROUPS);
+        let (connection, handle, link_events) =
+            new_multicast_connection(&groups).context("opening an rtnetlink socket")?;
         tokio::spawn(connection);
+        let route_epoch = RouteEpoch::take(&mut ebpf)?;
         let mut devices = Devices::new(
             ebpf,
             config.devices.clone(),
@@ -252,6 +260,8 @@ async fn start(config: AgentConfig) -> Result<Agent> {
             devices,
             handle,
             link_events: link_events.map(|(message, _)| message).boxed(),
+            route_epoch,
+            route_watch: routes::Watch::default(),
             metrics,
             errors,
             _http: http,
@@ -430,6 +440,12 @@ impl Agent {
     }
 
     fn on_link_message(&mut self, message: NetlinkMessage<RouteNetlinkMessage>) {
+        if self.route_watch.invalidates(&message)
+            && let Err(err) = self.route_epoch.bump()
+        {
+            warn!("routes cached by XDP live out their age: {err:#}");
+            self.errors.counter(ERROR_MAP_WRITE).inc();
+        }
         self.devices.on_message(message);
         self.report_devices();
     }

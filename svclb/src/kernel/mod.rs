@@ -3,7 +3,7 @@
 //! ([`maps`], which implement the reconciler's writer), where links are pinned ([`pins`]),
 //! attaching the programs to devices ([`attach`]) and the socket hooks to a cgroup
 //! ([`socket`]), the datapath's settings ([`config`]), the uplinks' addresses
-//! ([`addresses`]) and the conntrack sweep program ([`sweep`]).
+//! ([`addresses`]), the conntrack sweep program ([`sweep`]) and the route epoch ([`routes`]).
 
 pub mod addresses;
 pub mod attach;
@@ -16,6 +16,7 @@ pub mod migrate;
 pub mod object;
 pub mod pins;
 mod raw;
+pub mod routes;
 pub mod socket;
 pub mod sweep;
 pub mod udp_sockets;

@@ -15,7 +15,7 @@ use crate::common::{
     fixture::{
         Addrs, Case, Expect, Hook, TC_ACT_OK, UplinkAddrs, XDP_PASS, flow_cases, icmp_cases,
         loaded, node_port_plan, other_traffic_cases, reject_cases, run_cases, snat_and_redirect,
-        uplink_ns, xdp_and_tc_share_flows,
+        uplink_ns, xdp_and_tc_share_flows, xdp_caches_routes_by_epoch,
     },
 };
 use anyhow::Result;
@@ -318,6 +318,11 @@ fn fixtures_snat_and_redirect() -> Result<()> {
         let mut dp = Datapath::load("share4")?;
         dp.finish_xdp_on(ifindex)?;
         dp.program(&node_port_plan(&addrs));
-        xdp_and_tc_share_flows::<PacketSpec>(&mut dp, ifindex, &addrs)
+        xdp_and_tc_share_flows::<PacketSpec>(&mut dp, ifindex, &addrs)?;
+        drop(dp);
+        let mut dp = Datapath::load("routes4")?;
+        dp.finish_xdp_on(ifindex)?;
+        dp.program(&node_port_plan(&addrs));
+        xdp_caches_routes_by_epoch::<PacketSpec>(&mut dp, ifindex, &addrs)
     })
 }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use aya::maps::{HashMap, MapData};
 use svclb::{kernel::sweep::monotonic_ns, plan::Protocol};
 use svclb_common::{
-    CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, SweepItem,
+    CT_DIR_FORWARD, CT_DIR_REPLY, CtEntry, CtKey, CtRoute, SweepItem,
     addr::{FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, v4},
     conntrack::{
         CT_F_CLOSING, CT_F_REDIRECT, CT_F_SNAT, SWEEP_BATCH, SWEEP_ENTRY, SWEEP_IF_ENDED, partner,
@@ -53,6 +53,7 @@ fn snat_flow(proto: u8, cport: u16, snat_port: u16, created_ns: u64) -> [(CtKey,
         snat_addr: v4(NODE),
         created_ns,
         last_seen_ns: created_ns,
+        route: CtRoute::NONE,
     };
     let reply_key = partner(&forward_key, &forward);
     let reply = CtEntry {

@@ -12,7 +12,7 @@ use crate::common::{
     fixture::{
         Addrs, Case, Expect, Hook, TC_ACT_OK, UplinkAddrs, flow_cases, icmp_cases, loaded,
         node_port_plan, other_traffic_cases, reject_cases, run_cases, snat_and_redirect, uplink_ns,
-        xdp_and_tc_share_flows,
+        xdp_and_tc_share_flows, xdp_caches_routes_by_epoch,
     },
 };
 use anyhow::Result;
@@ -234,6 +234,11 @@ fn ipv6_fixtures_snat_and_redirect() -> Result<()> {
         let mut dp = Datapath::load("share6")?;
         dp.finish_xdp_on(ifindex)?;
         dp.program(&node_port_plan(&addrs));
-        xdp_and_tc_share_flows::<Packet6>(&mut dp, ifindex, &addrs)
+        xdp_and_tc_share_flows::<Packet6>(&mut dp, ifindex, &addrs)?;
+        drop(dp);
+        let mut dp = Datapath::load("routes6")?;
+        dp.finish_xdp_on(ifindex)?;
+        dp.program(&node_port_plan(&addrs));
+        xdp_caches_routes_by_epoch::<Packet6>(&mut dp, ifindex, &addrs)
     })
 }

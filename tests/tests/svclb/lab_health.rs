@@ -442,7 +442,7 @@ fn set_open_files_limit(pid: u32, limit: u64) -> Result<u64> {
 /// the sweep leaves them).
 fn fill_conntrack(lab: &Lab, node: usize, n: u32) -> Result<()> {
     use aya::maps::{HashMap, Map, MapData};
-    use svclb_common::{CT_DIR_FORWARD, CtEntry, CtKey, FAMILY_V4, IPPROTO_TCP, addr::v4};
+    use svclb_common::{CT_DIR_FORWARD, CtEntry, CtKey, CtRoute, FAMILY_V4, IPPROTO_TCP, addr::v4};
     let data = MapData::from_pin(lab.nodes[node].pin_dir.join(svclb_common::limits::MAP_CT))?;
     let mut conntrack: HashMap<MapData, CtKey, CtEntry> =
         HashMap::try_from(Map::from_map_data(data)?)?;
@@ -470,6 +470,7 @@ fn fill_conntrack(lab: &Lab, node: usize, n: u32) -> Result<()> {
             snat_addr: v4([0, 0, 0, 0]),
             created_ns: now,
             last_seen_ns: now,
+            route: CtRoute::NONE,
         };
         conntrack.insert(&key, &entry, 0)?;
     }

@@ -21,6 +21,7 @@ use svclb::{
         config, loader,
         maps::Maps,
         object::{POD_PROGRAM, UPLINK_PROGRAM, XDP_PROGRAM},
+        routes::RouteEpoch,
         sweep::{self, Sweeper},
     },
     plan::{Frontend, FrontendKey, FrontendKind, Plan, PlanBackend, Protocol, Scope},
@@ -41,6 +42,7 @@ pub type ClusterIp = (IpAddr, u16, Protocol, Vec<(IpAddr, u16)>);
 pub struct Datapath {
     ebpf: Ebpf,
     maps: Maps,
+    route_epoch: RouteEpoch,
     programmed: MapState,
     pin_dir: PathBuf,
     sizes: Capacity,
@@ -68,6 +70,7 @@ impl Datapath {
         // A fixture's pins are fresh: nothing to migrate.
         let (mut ebpf, _) = loader::load(&pin_dir, &sizes)?;
         let maps = Maps::take(&mut ebpf, svclb_common::maglev::Maglev::default())?;
+        let route_epoch = RouteEpoch::take(&mut ebpf)?;
         for name in [POD_PROGRAM, UPLINK_PROGRAM] {
             let program: &mut SchedClassifier =
                 ebpf.program_mut(name).context("program")?.try_into()?;
@@ -81,6 +84,7 @@ impl Datapath {
         Ok(Self {
             ebpf,
             maps,
+            route_epoch,
             programmed: MapState::default(),
             pin_dir,
             sizes,
@@ -127,6 +131,11 @@ impl Datapath {
     /// every setting's default).
     pub fn configure(&mut self, settings: &config::Settings) -> Result<()> {
         config::write(&mut self.ebpf, settings)
+    }
+
+    /// Starts a new route epoch, as the agent does on a route, neighbour or link notification.
+    pub fn bump_route_epoch(&mut self) -> Result<()> {
+        self.route_epoch.bump()
     }
 
     /// The agent's handles on the maps.

@@ -580,17 +580,7 @@ pub fn xdp_and_tc_share_flows<P: TestPacket>(
     short_lived[P::TTL_AT] = 1;
     untouched(dp, "a SYN whose TTL runs out here", &short_lived)?;
 
-    let next_hop = P::UPLINK.next_hop;
-    let family = P::UPLINK.ip_family;
-    let neigh = |verb: &str| -> Result<()> {
-        let mut args: Vec<&str> = family.to_vec();
-        args.extend(["neigh", verb, next_hop, "dev", "up0"]);
-        if verb == "replace" {
-            args.extend(["lladdr", "02:00:00:00:00:0c", "nud", "permanent"]);
-        }
-        svclb_tests::netns::run("ip", &args).map(drop)
-    };
-    neigh("del")?;
+    next_hop_neighbour::<P>(None)?;
     let syn = P::tcp((a.client.0, 41_003), (node, 30080), TCP_SYN);
     let result =
         untouched(dp, "a SYN to a next hop without a neighbour", &syn.build()).and_then(|()| {
@@ -601,6 +591,85 @@ pub fn xdp_and_tc_share_flows<P: TestPacket>(
             }
             Ok(())
         });
-    neigh("replace")?;
+    next_hop_neighbour::<P>(Some(NEXT_HOP_MAC))?;
+    result
+}
+
+/// Sets the next hop's neighbour entry on `up0` to `mac` (permanent), or deletes it.
+fn next_hop_neighbour<P: TestPacket>(mac: Option<[u8; 6]>) -> Result<()> {
+    let mut args: Vec<String> = P::UPLINK
+        .ip_family
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    let verb = if mac.is_some() { "replace" } else { "del" };
+    args.extend(["neigh", verb, P::UPLINK.next_hop, "dev", "up0"].map(str::to_owned));
+    if let Some(mac) = mac {
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        args.extend([
+            "lladdr".to_owned(),
+            mac,
+            "nud".to_owned(),
+            "permanent".to_owned(),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    svclb_tests::netns::run("ip", &args).map(drop)
+}
+
+/// XDP keeps the route of each direction of a tracked flow in its conntrack entry: a next
+/// hop's new MAC address reaches the flow's packets once the route epoch changes (the agent
+/// changes it on the neighbour notification), a new flow looks its route up at once. Run
+/// inside the namespace of [`uplink_ns`].
+pub fn xdp_caches_routes_by_epoch<P: TestPacket>(
+    dp: &mut Datapath,
+    ifindex: u32,
+    a: &UplinkAddrs<P::Addr>,
+) -> Result<()> {
+    const MOVED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0d];
+    let (node, backend) = (a.node, a.remote_backend);
+    let xdp = |dp: &mut Datapath, what: &str, input: &P| -> Result<Vec<u8>> {
+        let (verdict, out) = Hook::Xdp.run(dp, ifindex, &input.build())?;
+        if verdict != Hook::Xdp.sent() {
+            bail!("{what}: verdict {verdict}, expected XDP to send it");
+        }
+        Ok(out)
+    };
+    let client = (a.client.0, 41_010);
+    let syn = P::tcp(client, (node, 30080), TCP_SYN);
+    let port = snat_port::<P>(&xdp(dp, "a SYN", &syn)?)?;
+    let ack = P::tcp(client, (node, 30080), TCP_ACK);
+    let sent = ack
+        .clone()
+        .with_dst(backend.0, backend.1)
+        .with_src(node, port);
+    let via = |mac| P::forwarded(sent.build(), mac, UP0_MAC);
+    assert_eq!(xdp(dp, "the next segment", &ack)?, via(NEXT_HOP_MAC));
+
+    next_hop_neighbour::<P>(Some(MOVED_MAC))?;
+    let result = (|| -> Result<()> {
+        assert_eq!(
+            xdp(dp, "a segment after the neighbour moved", &ack)?,
+            via(NEXT_HOP_MAC),
+            "the route cached in the flow's entry serves until the epoch changes"
+        );
+        let other = P::tcp((a.client.0, 41_011), (node, 30080), TCP_SYN);
+        let out = xdp(dp, "a new flow's SYN", &other)?;
+        assert_eq!(out[..6], MOVED_MAC, "a new flow looks its route up");
+        dp.bump_route_epoch()?;
+        assert_eq!(
+            xdp(dp, "a segment in the next epoch", &ack)?,
+            via(MOVED_MAC),
+            "a new epoch: the flow's next packet looks its route up"
+        );
+        assert_eq!(
+            xdp(dp, "the segment after it", &ack)?,
+            via(MOVED_MAC),
+            "and caches it again"
+        );
+        Ok(())
+    })();
+    next_hop_neighbour::<P>(Some(NEXT_HOP_MAC))?;
+    dp.bump_route_epoch()?;
     result
 }
