@@ -12,6 +12,7 @@ pub const MAP_STATS: &str = "SVCLB_STATS";
 pub const MAP_FRAGS: &str = "SVCLB_FRAGS";
 pub const MAP_SOCK_REVERSE: &str = "SVCLB_SOCK_REVERSE";
 pub const MAP_SOCK_STATS: &str = "SVCLB_SOCK_STATS";
+pub const MAP_SOCK_FRONT: &str = "SVCLB_SOCK_FRONT";
 pub const MAP_CONFIG: &str = "SVCLB_CONFIG";
 pub const MAP_XDP_STATS: &str = "SVCLB_XDP_STATS";
 pub const MAP_XDP_PORTS: &str = "SVCLB_XDP_PORTS";
@@ -51,9 +52,9 @@ pub const AFFINITY_MAX: usize = 65_536;
 pub const SOURCE_RANGES_MAX: usize = 16_384;
 /// Fragmented datagrams in flight whose first fragment was translated (Cilium's default).
 pub const FRAGS_MAX: usize = 8_192;
-/// Sockets socket-level load balancing sent to a backend, with the frontend each asked for
-/// (Cilium's `lb4_reverse_sk` default). Entries leave with their socket; the least recently
-/// used goes first when full.
+/// Connected UDP sockets socket-level load balancing sent to a backend, with the frontend each
+/// asked for (Cilium's `lb4_reverse_sk` default, which holds TCP sockets too). Entries leave
+/// with their socket; the least recently used goes first when full.
 pub const SOCK_REVERSE_MAX: usize = 262_144;
 /// Uplinks with XDP counters (the least recently counted goes first: a device that went away).
 pub const XDP_STATS_MAX: usize = 256;

@@ -1,11 +1,12 @@
 //! Socket-level load balancing: the cgroup hooks' maps. `connect`/`sendmsg` rewrite a socket's
 //! destination from a frontend to a backend and record the pair; `recvmsg`/`getpeername` read
-//! it back to show the frontend's address. A connected socket's pair is in
-//! `SVCLB_SOCK_REVERSE`, under the socket's cookie, where the agent finds the sockets of a
-//! departed backend, and `sock_release` deletes it. An unconnected socket's pairs (one per
-//! backend its datagrams went to) are in the socket's own storage (`SVCLB_SOCK_PEERS`), which
-//! goes with the socket: they take no room in a shared map, so no pod can crowd out another
-//! pod's. Their settings are in [`crate::config`].
+//! it back to show the frontend's address. The pairs are in the socket's own storage, which
+//! goes with the socket: a connected socket's in `SVCLB_SOCK_FRONT` (one [`SockPeer`]), an
+//! unconnected socket's (one per backend its datagrams went to) in `SVCLB_SOCK_PEERS`. They
+//! take no room in a shared map, so no pod can crowd out another pod's, and cost no shared
+//! hash insert or delete. A connected UDP socket is also listed in `SVCLB_SOCK_REVERSE`, under
+//! its cookie, where the agent finds the sockets of a departed backend to destroy, and
+//! `sock_release` deletes it. Their settings are in [`crate::config`].
 
 use crate::addr::L3Addr;
 
@@ -49,7 +50,8 @@ const _: () = assert!(size_of::<SockRevValue>() == 40);
 pub const SOCK_PEERS: usize = 16;
 const _: () = assert!(SOCK_PEERS.is_power_of_two());
 
-/// A backend an unconnected socket's datagram was sent to, and the frontend it asked for.
+/// A backend a socket was sent to, and the frontend it asked for: the value of
+/// `SVCLB_SOCK_FRONT` (a connected socket's), and one slot of [`SockPeers`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockPeer {

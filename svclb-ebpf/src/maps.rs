@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use svclb_common::{
     AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FragKey, FragValue, FrontendStats,
-    ServiceKey, ServiceValue, SlotKey, SockPeers, SockRevKey, SockRevValue, SockStats,
+    ServiceKey, ServiceValue, SlotKey, SockPeer, SockPeers, SockRevKey, SockRevValue, SockStats,
     SourceRangeKey, XdpStats,
     events::{EVENTS_MAX, LRU_DELETED, LRU_FAILED, LRU_INSERTED},
     limits::{
@@ -85,6 +85,11 @@ pub fn count<T>(stats: Option<*mut T>, f: impl FnOnce(&mut T)) {
 #[btf_map(pin_by_name)]
 pub static SVCLB_SOCK_REVERSE: LruHashMap<SockRevKey, SockRevValue, SOCK_REVERSE_MAX> =
     LruHashMap::new();
+
+/// A connected socket -> the backend it was sent to, and the frontend it asked for (see
+/// `svclb_common::socket`): the socket's own storage, gone with it.
+#[btf_map(pin_by_name)]
+pub static SVCLB_SOCK_FRONT: SkStorage<SockPeer> = SkStorage::new();
 
 /// An unconnected socket -> the backends its datagrams went to, with their frontends (see
 /// `svclb_common::socket`): the socket's own storage, gone with it.

@@ -11,10 +11,10 @@
 //! connection times out, as it would through TC), anything not a frontend. A program error
 //! never fails a connect.
 //!
-//! `recvmsg` and `getpeername` show the frontend's address again: a connected socket's from
-//! `SVCLB_SOCK_REVERSE` (keyed by socket cookie and backend), which `sock_release` deletes
-//! from; an unconnected socket's from its own storage (`SVCLB_SOCK_PEERS`), which goes with
-//! the socket (see `svclb_common::socket`).
+//! `recvmsg` and `getpeername` show the frontend's address again, from the socket's own
+//! storage: a connected socket's `SVCLB_SOCK_FRONT`, an unconnected one's `SVCLB_SOCK_PEERS`
+//! (see `svclb_common::socket`). A connected UDP socket is listed in `SVCLB_SOCK_REVERSE`
+//! too, for the agent, and `sock_release` deletes it there.
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
@@ -34,7 +34,7 @@ use svclb_common::{
 
 use crate::{
     conntrack, maps,
-    maps::{SVCLB_SOCK_PEERS, SVCLB_SOCK_REVERSE},
+    maps::{SVCLB_SOCK_FRONT, SVCLB_SOCK_PEERS, SVCLB_SOCK_REVERSE},
     select::{self, Flow},
 };
 
@@ -283,7 +283,12 @@ pub fn forward(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
         return DENY;
     };
     match call {
-        Call::Connect => remember_connected(sa, &backend, backend_id, &flow.dest, svc.id, netns),
+        Call::Connect => {
+            remember_connected(ctx, &backend, &flow.dest);
+            if proto == IPPROTO_UDP {
+                list_connected_udp(sa, &backend, backend_id, &flow.dest, svc.id, netns);
+            }
+        }
         Call::Sendmsg => remember_datagram(ctx, &backend, &flow.dest),
     }
     set_user_addr(sa, v6, &backend.addr, backend.family, backend.port_be);
@@ -294,9 +299,35 @@ pub fn forward(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     ALLOW
 }
 
-/// Records in `SVCLB_SOCK_REVERSE` that a socket connected to `front` went to `backend`.
+/// Records in the socket's own storage that it connected to `front` went to `backend`.
 #[inline(always)]
-fn remember_connected(
+fn remember_connected(ctx: &SockAddrContext, backend: &Backend, front: &SockAddr) {
+    let peer = SVCLB_SOCK_FRONT.get_or_insert_ptr_mut(ctx, None);
+    if peer.is_null() {
+        maps::event(EV_SOCK_PEERS_FAILED);
+        return;
+    }
+    // SAFETY: the socket's storage, valid until the program returns.
+    unsafe { *peer = peer_of(backend, front) };
+}
+
+#[inline(always)]
+fn peer_of(backend: &Backend, front: &SockAddr) -> SockPeer {
+    SockPeer {
+        backend: backend.addr,
+        front: front.addr,
+        backend_port_be: backend.port_be,
+        front_port_be: front.port_be,
+        backend_family: backend.family,
+        front_family: front.family,
+        _pad: [0; 2],
+    }
+}
+
+/// Lists in `SVCLB_SOCK_REVERSE` that a UDP socket connected to `front` went to `backend`:
+/// where the agent finds it to destroy when the backend leaves.
+#[inline(always)]
+fn list_connected_udp(
     sa: *mut bpf_sock_addr,
     backend: &Backend,
     backend_id: u32,
@@ -346,30 +377,42 @@ fn remember_datagram(ctx: &SockAddrContext, backend: &Backend, front: &SockAddr)
             slot
         }
     };
-    peers.peers[slot] = SockPeer {
-        backend: backend.addr,
-        front: front.addr,
-        backend_port_be: backend.port_be,
-        front_port_be: front.port_be,
-        backend_family: backend.family,
-        front_family: front.family,
-        _pad: [0; 2],
-    };
+    peers.peers[slot] = peer_of(backend, front);
 }
 
 /// The slot of `peers` that holds backend `addr:port_be`.
 #[inline(always)]
 fn find_peer(peers: &SockPeers, addr: &L3Addr, port_be: u16, family: u8) -> Option<usize> {
-    (0..SOCK_PEERS).find(|&i| {
-        let peer = &peers.peers[i];
-        peer.backend_family == family && peer.backend_port_be == port_be && peer.backend == *addr
-    })
+    (0..SOCK_PEERS).find(|&i| holds(&peers.peers[i], addr, port_be, family))
 }
 
-/// The frontend a socket asked for when the hooks sent it to `peer`: from
-/// `SVCLB_SOCK_REVERSE` if it connected, else from its own storage.
+/// Whether `found` records backend `addr:port_be` (of `family`).
+#[inline(always)]
+fn holds(found: &SockPeer, addr: &L3Addr, port_be: u16, family: u8) -> bool {
+    found.backend_family == family && found.backend_port_be == port_be && found.backend == *addr
+}
+
+#[inline(always)]
+fn front_in(found: &SockPeer) -> SockAddr {
+    SockAddr {
+        addr: found.front,
+        port_be: found.front_port_be,
+        family: found.front_family,
+        mapped: false,
+    }
+}
+
+/// The frontend a socket asked for when the hooks sent it to `peer`: from its own storage,
+/// or from `SVCLB_SOCK_REVERSE` for a socket an earlier build connected.
 #[inline(always)]
 fn front_of(ctx: &SockAddrContext, peer: &SockAddr) -> Option<SockAddr> {
+    let connected = SVCLB_SOCK_FRONT.get_ptr_mut(ctx);
+    // SAFETY: the socket's storage, valid until the program returns.
+    if let Some(found) = unsafe { connected.as_ref() }
+        && holds(found, &peer.addr, peer.port_be, peer.family)
+    {
+        return Some(front_in(found));
+    }
     // SAFETY: a helper taking the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let key = rev_key(cookie, &peer.addr, peer.port_be, peer.family);
@@ -390,13 +433,7 @@ fn front_of(ctx: &SockAddrContext, peer: &SockAddr) -> Option<SockAddr> {
     // SAFETY: the socket's storage, valid until the program returns.
     let peers = unsafe { &*peers };
     let slot = find_peer(peers, &peer.addr, peer.port_be, peer.family)?;
-    let found = &peers.peers[slot];
-    Some(SockAddr {
-        addr: found.front,
-        port_be: found.front_port_be,
-        family: found.front_family,
-        mapped: false,
-    })
+    Some(front_in(&peers.peers[slot]))
 }
 
 /// `recvmsg4/6` (a datagram's source) and `getpeername4/6`: a backend the hooks sent this
@@ -413,19 +450,20 @@ pub fn reverse(ctx: &SockAddrContext, v6: bool) -> i32 {
     ALLOW
 }
 
-/// `sock_release`: a socket the hooks connected to a backend takes its entry with it. (An
-/// unconnected socket's storage goes with the socket by itself.)
+/// `sock_release`: a UDP socket the hooks connected to a backend takes its listing with it.
+/// (Socket storage goes with the socket by itself.)
 #[inline(always)]
 pub fn release(ctx: &SockContext) -> i32 {
     let sk: *mut bpf_sock = ctx.sock;
     // SAFETY: fields of the context, read whole.
-    let (family, port_be) = unsafe {
+    let (family, port_be, protocol) = unsafe {
         (
             read_volatile(addr_of!((*sk).family)),
             read_volatile(addr_of!((*sk).dst_port)),
+            read_volatile(addr_of!((*sk).protocol)),
         )
     };
-    if port_be == 0 {
+    if port_be == 0 || protocol != u32::from(IPPROTO_UDP) {
         return ALLOW;
     }
     let peer = if family == AF_INET6 {

@@ -235,8 +235,8 @@ struct AgentArgs {
     /// least recently used goes first).
     #[arg(long, default_value_t = Capacity::DEFAULT.fragments)]
     fragments_map_size: usize,
-    /// Capacity of the socket reverse map (connected sockets socket-level load balancing sent
-    /// to a backend; the least recently used goes first).
+    /// Capacity of the socket reverse map (connected UDP sockets socket-level load balancing
+    /// sent to a backend; the least recently used goes first).
     #[arg(long, default_value_t = Capacity::DEFAULT.sock_reverse)]
     sock_reverse_map_size: usize,
     /// Maglev table size M (a prime from 251 to 131071; Cilium's sizes).
