@@ -14,6 +14,7 @@ pub mod addr;
 pub mod backend;
 pub mod config;
 pub mod conntrack;
+pub mod dns;
 pub mod events;
 pub mod fragment;
 #[cfg(feature = "host")]

@@ -5,10 +5,12 @@
 //! - this file: [`MapState`] and the conversions between plan and map types;
 //! - [`desired`]: the whole plan as map entries, reusing the ids already programmed;
 //! - [`capacity`]: every map's size (one type, from the command line to the loader);
-//! - [`ids`]: the one id allocator.
+//! - [`ids`]: the one id allocator;
+//! - [`dns`]: the cluster's DNS records as the responder's entries.
 
 mod capacity;
 mod desired;
+pub mod dns;
 mod ids;
 
 pub use capacity::Capacity;
