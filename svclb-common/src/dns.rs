@@ -11,6 +11,8 @@
 //! SOA ([`DnsZone`]), unless the name has an entry of type [`QTYPE_NAME`], which says what
 //! the other types get (NODATA, or another rcode).
 
+use crate::addr::L3Addr;
+
 /// The longest name (wire format, with its final zero byte) a key holds: RFC 1035's limit.
 pub const DNS_NAME_MAX: usize = 255;
 /// The reply sections an entry holds at most.
@@ -76,25 +78,33 @@ pub struct DnsAnswer {
 }
 const _: () = assert!(size_of::<DnsAnswer>() == 24 + DNS_SECTIONS_MAX);
 
-/// The zone's settings (`SVCLB_DNS_ZONE`, one entry; a zero `len`: the responder is off):
-/// the zone (`<domain>`, lowercase wire format) and the SOA record of its negative answers,
-/// encoded for a question that is the zone itself. The datapath points its three names
-/// (owner, mname's and rname's zone) at the zone's place in the client's question: the
-/// 16-bit words at `soa_pointers` are `0xc00c`.
+/// The responder's settings (`SVCLB_DNS_ZONE`, one entry; a zero `len`: the responder is
+/// off): the cluster DNS addresses it answers for (`--cluster-dns`), the zone (`<domain>`,
+/// lowercase wire format) and the SOA record of its negative answers, encoded for a question
+/// that is the zone itself. The datapath points the SOA's three names (owner, mname's and
+/// rname's zone) at the zone's place in the client's question: the 16-bit words at
+/// `soa_pointers` are `0xc00c`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DnsZone {
+    /// Up to [`DNS_SERVERS`] addresses, each with its family (0: none).
+    pub servers: [L3Addr; DNS_SERVERS],
+    pub server_families: [u8; DNS_SERVERS],
+    pub _pad: [u8; 2],
     pub len: u16,
     pub soa_len: u16,
     pub soa_pointers: [u16; 3],
-    pub _pad: u16,
+    pub _pad2: u16,
     pub name: [u8; DNS_NAME_MAX + 1],
     pub soa: [u8; DNS_SOA_MAX],
 }
+/// Cluster DNS addresses at most: one of each family, and one more.
+pub const DNS_SERVERS: usize = 4;
 /// The negative answers' SOA record at most: owner pointer, type, class, TTL, length, two
 /// names of a label and a pointer, five numbers.
 pub const DNS_SOA_MAX: usize = 64;
-const _: () = assert!(size_of::<DnsZone>() == 12 + 256 + DNS_SOA_MAX);
+const _: () =
+    assert!(size_of::<DnsZone>() == 16 * DNS_SERVERS + DNS_SERVERS + 2 + 12 + 256 + DNS_SOA_MAX);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -24,11 +24,25 @@ pub const EV_SOCK_PEERS_FAILED: u32 = 5;
 /// after a burst of 200), so a spoofed flood cannot turn this node against its victim.
 pub const EV_ANSWERS_LIMITED: u32 = 6;
 
+/// A DNS query to a cluster DNS address answered in place (see `svclb_common::dns`).
+pub const EV_DNS_ANSWERED: u32 = 24;
+/// ... answered NXDOMAIN: a name under `svc.<zone>` that does not exist.
+pub const EV_DNS_NXDOMAIN: u32 = 25;
+/// ... answered with its records cut, TC set: the client asks again over TCP.
+pub const EV_DNS_TRUNCATED: u32 = 26;
+/// ... passed on to the cluster's DNS server: a name not answered here.
+pub const EV_DNS_PASSED_NAME: u32 = 27;
+/// ... passed on: a query type or class not answered here.
+pub const EV_DNS_PASSED_TYPE: u32 = 28;
+/// ... passed on: not one plain question (malformed, several questions, another opcode or
+/// EDNS version, IP options, IPv6).
+pub const EV_DNS_PASSED_FORM: u32 = 29;
+
 /// Slots of the array: room for events to come without a new layout.
 pub const EVENTS_MAX: usize = 32;
 
 /// Every event with its metric label and what it means, for the agent.
-pub const EVENTS: [(u32, &str, &str); 7] = [
+pub const EVENTS: [(u32, &str, &str); 13] = [
     (
         EV_TCP_WITHOUT_FLOW,
         "tcp_without_flow",
@@ -64,6 +78,36 @@ pub const EVENTS: [(u32, &str, &str); 7] = [
         "answers_limited",
         "RSTs and ICMP unreachables not sent because their source had its share (dropped instead)",
     ),
+    (
+        EV_DNS_ANSWERED,
+        "dns_answered",
+        "DNS queries to a cluster DNS address answered in place",
+    ),
+    (
+        EV_DNS_NXDOMAIN,
+        "dns_nxdomain",
+        "DNS queries answered NXDOMAIN in place (names under svc.<zone> that do not exist)",
+    ),
+    (
+        EV_DNS_TRUNCATED,
+        "dns_truncated",
+        "DNS queries answered in place with records cut and TC set (the client retries over TCP)",
+    ),
+    (
+        EV_DNS_PASSED_NAME,
+        "dns_passed_name",
+        "DNS queries passed to the cluster's DNS server: names not answered in place",
+    ),
+    (
+        EV_DNS_PASSED_TYPE,
+        "dns_passed_type",
+        "DNS queries passed to the cluster's DNS server: types or classes not answered in place",
+    ),
+    (
+        EV_DNS_PASSED_FORM,
+        "dns_passed_form",
+        "DNS queries passed to the cluster's DNS server: not one plain question",
+    ),
 ];
 
 /// The flow maps the datapath fills are LRU hashes: when one is full, an insert evicts the
@@ -90,9 +134,16 @@ pub const LRU_MAPS: [(u32, &str); 4] = [
 ];
 
 const _: () = {
+    // Events in increasing slots, none in an LRU map's bookkeeping.
     let mut i = 0;
     while i < EVENTS.len() {
-        assert!(EVENTS[i].0 as usize == i && (EVENTS[i].0 as usize) < LRU_CT as usize);
+        let slot = EVENTS[i].0;
+        assert!((slot as usize) < EVENTS_MAX && (i == 0 || slot > EVENTS[i - 1].0));
+        let mut m = 0;
+        while m < LRU_MAPS.len() {
+            assert!(slot < LRU_MAPS[m].0 || slot >= LRU_MAPS[m].0 + 4);
+            m += 1;
+        }
         i += 1;
     }
     let mut m = 0;

@@ -18,6 +18,8 @@ pub const MAP_XDP_STATS: &str = "SVCLB_XDP_STATS";
 pub const MAP_XDP_PORTS: &str = "SVCLB_XDP_PORTS";
 pub const MAP_EVENTS: &str = "SVCLB_EVENTS";
 pub const MAP_ROUTE_EPOCH: &str = "SVCLB_ROUTE_EPOCH";
+pub const MAP_DNS: &str = "SVCLB_DNS";
+pub const MAP_DNS_ZONE: &str = "SVCLB_DNS_ZONE";
 
 /// Every map the agent pins, in the order `svclb list` and cleanup walk them.
 pub const PINNED_MAPS: [&str; 16] = [
@@ -73,4 +75,7 @@ pub const STATS_MAX: usize = 2 * SERVICES_MAX;
 /// has set none (`--snat-ports`, whose default avoids the node's own ephemeral ports): above
 /// Linux's default ephemeral range (32768-60999).
 pub const SNAT_PORT_MIN: u16 = 61_000;
+/// DNS names and query types answered in place (`SVCLB_DNS`, not preallocated: a Service
+/// has a few).
+pub const DNS_MAX: usize = 262_144;
 pub const SNAT_PORT_MAX: u16 = 65_535;

@@ -6,6 +6,7 @@
 )]
 
 mod conntrack;
+mod dns;
 mod forward;
 mod fragment;
 mod frame;

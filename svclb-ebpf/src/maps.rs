@@ -13,9 +13,10 @@ use svclb_common::{
     AffinityKey, AffinityValue, Backend, Config, CtEntry, CtKey, FragKey, FragValue, FrontendStats,
     ServiceKey, ServiceValue, SlotKey, SockPeer, SockPeers, SockRevKey, SockRevValue, SockStats,
     SourceRangeKey, XdpStats,
+    dns::{DnsAnswer, DnsKey, DnsZone},
     events::{EVENTS_MAX, LRU_DELETED, LRU_FAILED, LRU_INSERTED},
     limits::{
-        AFFINITY_MAX, BACKENDS_MAX, CT_MAX, FRAGS_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE,
+        AFFINITY_MAX, BACKENDS_MAX, CT_MAX, DNS_MAX, FRAGS_MAX, MAGLEV_MAX, MAGLEV_TEMPLATE_SIZE,
         SERVICES_MAX, SLOTS_MAX, SOCK_REVERSE_MAX, SOURCE_RANGES_MAX, STATS_MAX, XDP_PORTS_MAX,
         XDP_STATS_MAX,
     },
@@ -196,6 +197,16 @@ const EEXIST: i32 = -17;
 /// The datapath's settings, written by the agent.
 #[btf_map(pin_by_name)]
 pub static SVCLB_CONFIG: Array<Config, 1> = Array::new();
+
+/// Name and query type -> the reply (see `svclb_common::dns`, and `dns`); entries are not
+/// preallocated (most names have a few small records).
+#[btf_map(pin_by_name)]
+pub static SVCLB_DNS: HashMap<DnsKey, DnsAnswer, DNS_MAX, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+
+/// The DNS responder's settings (a zero `len`: off).
+#[btf_map(pin_by_name)]
+pub static SVCLB_DNS_ZONE: Array<DnsZone, 1> = Array::new();
 
 /// The route epoch, which the agent bumps on every route, neighbour or link change it is told
 /// of: routes cached in conntrack entries (`svclb_common::CtRoute`) from another epoch are

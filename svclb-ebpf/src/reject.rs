@@ -64,7 +64,13 @@ fn fold(sum: u32) -> u16 {
 
 /// Swapped Ethernet addresses and a fresh IPv4 header from the frontend back to the client.
 #[inline(always)]
-fn reply_headers(eth: &[u8; ETH_HLEN], pkt: &Packet, proto: u8, l3_len: u16, out: &mut [u8]) {
+pub(crate) fn reply_headers(
+    eth: &[u8; ETH_HLEN],
+    pkt: &Packet,
+    proto: u8,
+    l3_len: u16,
+    out: &mut [u8],
+) {
     out[0..6].copy_from_slice(&eth[6..12]);
     out[6..12].copy_from_slice(&eth[0..6]);
     out[12..14].copy_from_slice(&eth[12..14]);

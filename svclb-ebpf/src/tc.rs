@@ -20,7 +20,7 @@ use svclb_common::{
 };
 
 use crate::{
-    conntrack, forward, fragment, icmp, maps,
+    conntrack, dns, forward, fragment, icmp, maps,
     nat::{self, End, rewrite},
     parse::{FRAG_FIRST, FRAG_LATER, FRAG_NONE, Packet, parse},
     quote,
@@ -50,6 +50,12 @@ pub fn ingress(ctx: &TcContext, side: Side) -> i32 {
     }
     if s.pkt.is_icmp() {
         return related(ctx, s);
+    }
+    if side == Side::Pod && s.pkt.is_udp() && s.pkt.dport_be == DNS_PORT.to_be() {
+        let verdict = dns::respond(ctx, &s.pkt);
+        if verdict != dns::NOT_ANSWERED {
+            return verdict;
+        }
     }
     let verdict = match select::frontend(&s.pkt) {
         None => from_backend(ctx, &s.pkt),
@@ -149,6 +155,9 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
         verdict => verdict,
     }
 }
+
+/// Queries to this port of a cluster DNS address may be answered in place (`dns`).
+const DNS_PORT: u16 = 53;
 
 /// What [`tracked`] returns for a packet it leaves to the caller.
 const NOT_TRACKED: i32 = i32::MIN;

@@ -13,7 +13,10 @@
 //! Names not in the table: NXDOMAIN under `svc.<zone>`, passed on elsewhere (see the
 //! datapath).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use hickory_proto::{
@@ -25,10 +28,11 @@ use hickory_proto::{
     serialize::binary::{BinEncodable as _, BinEncoder},
 };
 use svclb_common::dns::{
-    DNS_F_CUT, DNS_F_PASS, DNS_NAME_MAX, DNS_SECTIONS_MAX, DNS_SOA_MAX, DnsAnswer, DnsCut, DnsKey,
-    DnsZone, QTYPE_NAME, RCODE_NOERROR, RCODE_NXDOMAIN,
+    DNS_F_CUT, DNS_F_PASS, DNS_NAME_MAX, DNS_SECTIONS_MAX, DNS_SERVERS, DNS_SOA_MAX, DnsAnswer,
+    DnsCut, DnsKey, DnsZone, QTYPE_NAME, RCODE_NOERROR, RCODE_NXDOMAIN,
 };
 
+use super::l3;
 use crate::plan::dns::{Rdata, Record, TTL};
 
 /// The SOA of negative answers: CoreDNS's (`ns.dns.<zone>`, `hostmaster.<zone>`, 7200, 1800,
@@ -62,10 +66,22 @@ impl Zone {
         Ok(Self { name, svc, soa })
     }
 
-    /// The zone's entry: its name, and its SOA encoded for a question that is the zone, the
-    /// three names in it pointing at the question (see `DnsZone`).
-    pub fn entry(&self) -> Result<DnsZone> {
-        let encoded = encode(&self.name, RecordType::SOA, &[], &[self.soa.clone()], &[])?;
+    /// The responder's settings: the cluster DNS addresses it answers for, the zone's name,
+    /// and its SOA encoded for a question that is the zone, the three names in it pointing at
+    /// the question (see `DnsZone`).
+    pub fn entry(&self, servers: &[IpAddr]) -> Result<DnsZone> {
+        ensure!(
+            servers.len() <= DNS_SERVERS,
+            "{} cluster DNS addresses: at most {DNS_SERVERS}",
+            servers.len()
+        );
+        let encoded = encode(
+            &self.name,
+            RecordType::SOA,
+            &[],
+            std::slice::from_ref(&self.soa),
+            &[],
+        )?;
         let soa = &encoded.bytes;
         ensure!(
             soa.len() <= DNS_SOA_MAX,
@@ -82,13 +98,19 @@ impl Zone {
             );
         }
         let mut entry = DnsZone {
+            servers: [[0; 16]; DNS_SERVERS],
+            server_families: [0; DNS_SERVERS],
+            _pad: [0; 2],
             len: 0,
             soa_len: soa.len() as u16,
             soa_pointers: pointers.map(|p| p as u16),
-            _pad: 0,
+            _pad2: 0,
             name: [0; DNS_NAME_MAX + 1],
             soa: [0; DNS_SOA_MAX],
         };
+        for (i, server) in servers.iter().enumerate() {
+            (entry.servers[i], entry.server_families[i]) = l3(*server);
+        }
         let wire = wire_name(&self.name)?;
         entry.len = wire.len() as u16;
         entry.name[..wire.len()].copy_from_slice(&wire);
@@ -183,7 +205,13 @@ fn negative(
     zone: &Zone,
     out: &mut BTreeMap<DnsKey, DnsAnswer>,
 ) -> Result<()> {
-    let encoded = encode(name, RecordType::from(qtype), &[], &[zone.soa.clone()], &[])?;
+    let encoded = encode(
+        name,
+        RecordType::from(qtype),
+        &[],
+        std::slice::from_ref(&zone.soa),
+        &[],
+    )?;
     out.insert(key(name, qtype)?, answer(rcode, 0, &encoded, name));
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod common;
 mod datapath;
+mod datapath_dns;
 mod datapath_fragments;
 mod datapath_full_maps;
 mod datapath_fuzz;

@@ -161,7 +161,9 @@ fn srv_replies_carry_their_targets_addresses() {
 #[test]
 fn the_zones_negative_answer_points_at_the_zone_in_any_question() {
     let zone = Zone::new("cluster.local", SERIAL).unwrap();
-    let entry = zone.entry().unwrap();
+    let entry = zone.entry(&["10.96.0.10".parse().unwrap()]).unwrap();
+    assert_eq!(entry.servers[0][..4], [10, 96, 0, 10]);
+    assert_eq!(entry.server_families, [4, 0, 0, 0]);
     assert_eq!(
         &entry.name[..usize::from(entry.len)],
         b"\x07cluster\x05local\x00"

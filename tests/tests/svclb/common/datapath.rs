@@ -133,6 +133,12 @@ impl Datapath {
         config::write(&mut self.ebpf, settings)
     }
 
+    /// A map, opened from its pin (to write what the agent would).
+    pub fn pinned(&self, name: &str) -> Result<aya::maps::Map> {
+        let data = MapData::from_pin(self.pin_dir.join(name))?;
+        Ok(aya::maps::Map::from_map_data(data)?)
+    }
+
     /// Starts a new route epoch, as the agent does on a route, neighbour or link notification.
     pub fn bump_route_epoch(&mut self) -> Result<()> {
         self.route_epoch.bump()
@@ -333,7 +339,8 @@ impl Datapath {
     ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         let program: &mut SchedClassifier =
             self.ebpf.program_mut(name).context("program")?.try_into()?;
-        let mut out = vec![0u8; frame.len() + 256];
+        // Room for an answer that grows the frame (a DNS reply, up to a 1500-byte MTU).
+        let mut out = vec![0u8; frame.len().max(1514) + 256];
         let result = program.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),

@@ -1,0 +1,464 @@
+//! The cluster's DNS names, answered in place: a pod's UDP query to a cluster DNS address
+//! (`--cluster-dns`) for a name the agent has an entry for is turned into its reply and sent
+//! straight back to the pod, before it becomes a flow (no conntrack entry, so no insertion
+//! race between the A and AAAA queries glibc sends together). A name under `svc.<zone>` with
+//! no entry is NXDOMAIN, with the zone's SOA. Everything else passes on untouched, to the
+//! cluster's DNS server through the service path: other names, query types not answered,
+//! classes but IN, more than one question, opcodes but QUERY, EDNS versions but 0, anything
+//! malformed, IPv4 options, and IPv6 (not answered here yet).
+//!
+//! The reply is the entry's sections after the client's own question (see
+//! `svclb_common::dns`): its names point into that question, so they come out in the
+//! client's case. Header: the query's ID, QR and AA set, RD and CD copied, RA clear. A query
+//! with EDNS gets an OPT record back with its payload size and DO bit (its options are not
+//! echoed). A reply longer than the client takes (512 bytes, or its EDNS size) is cut at a
+//! record that fits a 512-byte message and sent with TC, and the client asks again over TCP,
+//! which passes on.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::TC_ACT_SHOT,
+    btf_maps::PerCpuArray,
+    helpers::{bpf_redirect, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    macros::btf_map,
+    programs::TcContext,
+};
+use svclb_common::{
+    IPPROTO_UDP,
+    dns::{
+        DNS_F_CUT, DNS_F_PASS, DNS_NAME_MAX, DNS_SECTIONS_MAX, DNS_SERVERS, DNS_SOA_MAX, DnsAnswer,
+        DnsKey, DnsZone, QTYPE_A, QTYPE_AAAA, QTYPE_CNAME, QTYPE_NAME, QTYPE_PTR, QTYPE_SRV,
+        QTYPE_TXT, RCODE_NXDOMAIN,
+    },
+    events::{
+        EV_DNS_ANSWERED, EV_DNS_NXDOMAIN, EV_DNS_PASSED_FORM, EV_DNS_PASSED_NAME,
+        EV_DNS_PASSED_TYPE, EV_DNS_TRUNCATED,
+    },
+};
+use svclb_ebpf::bytes;
+
+use crate::{
+    maps::{SVCLB_DNS, SVCLB_DNS_ZONE, event},
+    parse::{ETH_HLEN, IP_HLEN, Packet},
+    reject::reply_headers,
+};
+
+/// What [`respond`] returns for a query it leaves to the cluster's DNS server.
+pub const NOT_ANSWERED: i32 = i32::MIN + 2;
+
+const UDP_HLEN: usize = 8;
+const DNS_HLEN: usize = 12;
+/// A query holds its header, one question and at most an OPT record with a few options.
+const QUERY_MAX: usize = DNS_HLEN + DNS_NAME_MAX + 4 + 64;
+const OPT_LEN: usize = 11;
+const TYPE_OPT: u16 = 41;
+const CLASS_IN: u16 = 1;
+/// What a client without EDNS takes.
+const SMALL_MESSAGE: usize = 512;
+
+/// The query buffer: a power of two, so an index masked to it is in bounds (see [`at`]).
+const QUERY_BUF: usize = 512;
+const _: () = assert!(QUERY_MAX <= QUERY_BUF && QUERY_BUF.is_power_of_two());
+
+/// The responder's buffers, off the stack.
+pub struct DnsScratch {
+    query: [u8; QUERY_BUF],
+    key: DnsKey,
+    /// Ethernet, IPv4 and UDP headers of the reply, then its DNS header, then its OPT.
+    headers: [u8; ETH_HLEN + IP_HLEN + UDP_HLEN],
+    dns: [u8; DNS_HLEN],
+    opt: [u8; OPT_LEN],
+    /// The zone's SOA, its pointers set (twice its size: an offset masked to the first half
+    /// has its next byte in the array).
+    soa: [u8; 2 * DNS_SOA_MAX],
+}
+
+#[btf_map]
+static SVCLB_DNS_SCRATCH: PerCpuArray<DnsScratch, 1> = PerCpuArray::new();
+
+/// A query as far as the responder reads it.
+struct Query {
+    /// Where its DNS message starts in the frame.
+    at: usize,
+    /// Its name's length in wire format (the final zero byte included).
+    name_len: usize,
+    qtype: u16,
+    /// Header bits the reply copies (RD, CD).
+    rd: u8,
+    cd: u8,
+    /// EDNS: the client's payload size and DO bit, if it sent an OPT record.
+    edns: Option<(u16, u8)>,
+}
+
+/// Answers `pkt` if it is a query the responder answers (see the module docs): the verdict,
+/// or [`NOT_ANSWERED`].
+#[inline(never)]
+pub fn respond(ctx: &TcContext, pkt: &Packet) -> i32 {
+    let Some(zone) = SVCLB_DNS_ZONE.get(0) else {
+        return NOT_ANSWERED;
+    };
+    if zone.len == 0 || !to_server(zone, pkt) {
+        return NOT_ANSWERED;
+    }
+    let Some(s) = SVCLB_DNS_SCRATCH.get_ptr_mut(0) else {
+        return NOT_ANSWERED;
+    };
+    // SAFETY: this CPU's buffers; nothing else runs on it until the program returns.
+    let s = unsafe { &mut *s };
+    match answer(ctx, pkt, zone, s) {
+        Ok(verdict) => verdict,
+        Err(reason) => {
+            event(reason);
+            NOT_ANSWERED
+        }
+    }
+}
+
+/// Whether `pkt` is addressed to one of the zone's servers.
+#[inline(always)]
+fn to_server(zone: &DnsZone, pkt: &Packet) -> bool {
+    (0..DNS_SERVERS).any(|i| zone.server_families[i] == pkt.family && zone.servers[i] == pkt.daddr)
+}
+
+/// The reply, or the reason (an `EV_DNS_PASSED_*` event) the query passes on.
+#[inline(always)]
+fn answer(ctx: &TcContext, pkt: &Packet, zone: &DnsZone, s: &mut DnsScratch) -> Result<i32, u32> {
+    if pkt.is_v6() || pkt.ihl != 5 || pkt.l3_off != ETH_HLEN {
+        return Err(EV_DNS_PASSED_FORM);
+    }
+    let query = read_query(ctx, pkt, s)?;
+    if !answered_type(query.qtype) {
+        return Err(EV_DNS_PASSED_TYPE);
+    }
+    key_of(&query, s)?;
+    let sections = match entry_of(&mut s.key) {
+        Some(entry) if entry.flags & DNS_F_PASS != 0 => return Err(EV_DNS_PASSED_NAME),
+        Some(entry) => Sections::Entry(entry),
+        None if under_svc(&s.key, zone) => {
+            patch_soa(zone, &query, s);
+            Sections::Negative(zone)
+        }
+        None => return Err(EV_DNS_PASSED_NAME),
+    };
+    // From here the packet is rewritten: a failure drops it (the client asks again).
+    Ok(send(ctx, pkt, &query, s, sections).unwrap_or(TC_ACT_SHOT))
+}
+
+#[inline(always)]
+fn answered_type(qtype: u16) -> bool {
+    matches!(
+        qtype,
+        QTYPE_A | QTYPE_AAAA | QTYPE_CNAME | QTYPE_PTR | QTYPE_TXT | QTYPE_SRV
+    )
+}
+
+/// The entry of the key's name and type, else of its name (what its other types get).
+#[inline(always)]
+fn entry_of(key: &mut DnsKey) -> Option<&'static DnsAnswer> {
+    // SAFETY: map values, valid until the program returns.
+    if let Some(entry) = SVCLB_DNS.get_ptr(key) {
+        return Some(unsafe { &*entry });
+    }
+    key.qtype = QTYPE_NAME;
+    // SAFETY: as above.
+    SVCLB_DNS.get_ptr(key).map(|entry| unsafe { &*entry })
+}
+
+/// Reads the query's DNS message into `s.query` and checks it is one question, IN, with at
+/// most an OPT record of version 0 after it, and nothing else.
+#[inline(always)]
+fn read_query(ctx: &TcContext, pkt: &Packet, s: &mut DnsScratch) -> Result<Query, u32> {
+    let at = pkt.l4_off + UDP_HLEN;
+    let ip_len = usize::from(u16::from_be(pkt.tot_len_be));
+    let len = ip_len
+        .checked_sub(IP_HLEN + UDP_HLEN)
+        .ok_or(EV_DNS_PASSED_FORM)?;
+    if !(DNS_HLEN + 5..=QUERY_MAX).contains(&len) || (ctx.len() as usize) < at + len {
+        return Err(EV_DNS_PASSED_FORM);
+    }
+    // Exactly the message (its length read back for the verifier, see [`at`]).
+    // SAFETY: a local read.
+    let n = unsafe { core::ptr::read_volatile(&len) };
+    if n == 0 || n > QUERY_BUF {
+        return Err(EV_DNS_PASSED_FORM);
+    }
+    // SAFETY: the helper writes `n` bytes into the buffer, which holds them.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr().cast(),
+            at as u32,
+            s.query.as_mut_ptr().cast(),
+            n as u32,
+        )
+    };
+    if ret != 0 {
+        return Err(EV_DNS_PASSED_FORM);
+    }
+    let q = &s.query;
+    let word = |i: usize| u16::from_be_bytes([q[i], q[i + 1]]);
+    // QR clear, opcode QUERY; one question, no answers or authorities, at most an OPT.
+    if q[2] & 0xf8 != 0 || word(4) != 1 || word(6) != 0 || word(8) != 0 || word(10) > 1 {
+        return Err(EV_DNS_PASSED_FORM);
+    }
+    let name_len = name_len(q)?;
+    let end = DNS_HLEN + name_len;
+    let (qtype, class) = (get16(q, end)?, get16(q, end + 2)?);
+    if class != CLASS_IN {
+        return Err(EV_DNS_PASSED_TYPE);
+    }
+    let edns = if word(10) == 1 {
+        Some(opt(q, end + 4, len)?)
+    } else if end + 4 == len {
+        None
+    } else {
+        return Err(EV_DNS_PASSED_FORM);
+    };
+    Ok(Query {
+        at,
+        name_len,
+        qtype,
+        rd: q[2] & 0x01,
+        cd: q[3] & 0x10,
+        edns,
+    })
+}
+
+/// `bytes[i]`, `i` masked to the array's power-of-two length. The index is read back through
+/// a volatile load first: a bounds check of `i` says nothing to the verifier when LLVM has
+/// moved `i`'s arithmetic onto a pointer made before the check.
+#[inline(always)]
+fn at<const N: usize>(bytes: &[u8; N], i: usize) -> u8 {
+    // SAFETY: a local read.
+    let i = unsafe { core::ptr::read_volatile(&i) } & (N - 1);
+    bytes[i]
+}
+
+#[inline(always)]
+fn get16(q: &[u8; QUERY_BUF], i: usize) -> Result<u16, u32> {
+    if i + 1 >= QUERY_MAX {
+        return Err(EV_DNS_PASSED_FORM);
+    }
+    Ok(u16::from_be_bytes([at(q, i), at(q, i + 1)]))
+}
+
+/// The question name's length (labels, no compression, at most [`DNS_NAME_MAX`] bytes).
+#[inline(always)]
+fn name_len(q: &[u8; QUERY_BUF]) -> Result<usize, u32> {
+    let mut pos = DNS_HLEN;
+    for _ in 0..128 {
+        let label = usize::from(at(q, pos));
+        if label == 0 {
+            let len = pos + 1 - DNS_HLEN;
+            return if len <= DNS_NAME_MAX {
+                Ok(len)
+            } else {
+                Err(EV_DNS_PASSED_FORM)
+            };
+        }
+        if label > 63 {
+            return Err(EV_DNS_PASSED_FORM);
+        }
+        pos += label + 1;
+        if pos > DNS_HLEN + DNS_NAME_MAX {
+            return Err(EV_DNS_PASSED_FORM);
+        }
+    }
+    Err(EV_DNS_PASSED_FORM)
+}
+
+/// The OPT record at `at`, the last thing in a message of `len` bytes: the client's payload
+/// size and DO bit. Another version passes on (the server answers BADVERS).
+#[inline(always)]
+fn opt(q: &[u8; QUERY_BUF], pos: usize, len: usize) -> Result<(u16, u8), u32> {
+    let rdlen = usize::from(get16(q, pos + 9)?);
+    if at(q, pos) != 0 || get16(q, pos + 1)? != TYPE_OPT || pos + OPT_LEN + rdlen != len {
+        return Err(EV_DNS_PASSED_FORM);
+    }
+    // Version 0 only.
+    if at(q, pos + 6) != 0 {
+        return Err(EV_DNS_PASSED_FORM);
+    }
+    Ok((get16(q, pos + 3)?, at(q, pos + 7) & 0x80))
+}
+
+/// Fills `s.key` with the query's type and its name in lowercase, zero padded.
+#[inline(always)]
+fn key_of(query: &Query, s: &mut DnsScratch) -> Result<(), u32> {
+    // SAFETY: all-zero is a valid key; 260 bytes, aligned to 2... and a multiple of 4.
+    unsafe { bytes::zero(&raw mut s.key) };
+    s.key.qtype = query.qtype;
+    s.key.len = query.name_len as u16;
+    for i in 0..DNS_NAME_MAX {
+        if i >= query.name_len {
+            break;
+        }
+        s.key.name[i] = at(&s.query, DNS_HLEN + i).to_ascii_lowercase();
+    }
+    Ok(())
+}
+
+/// Whether the key's name is under `svc.<zone>`.
+#[inline(always)]
+fn under_svc(key: &DnsKey, zone: &DnsZone) -> bool {
+    const SVC: [u8; 4] = [3, b's', b'v', b'c'];
+    let (len, zone_len) = (usize::from(key.len), usize::from(zone.len));
+    let suffix = zone_len + SVC.len();
+    if len <= suffix || len > DNS_NAME_MAX {
+        return false;
+    }
+    let from = len - suffix;
+    for i in 0..DNS_NAME_MAX {
+        if i >= suffix {
+            break;
+        }
+        let want = if i < SVC.len() {
+            at(&SVC, i)
+        } else {
+            at(&zone.name, i - SVC.len())
+        };
+        if at(&key.name, from + i) != want {
+            return false;
+        }
+    }
+    true
+}
+
+/// Copies the zone's SOA into `s.soa`, its names pointing at the zone's place in the query's
+/// question.
+#[inline(always)]
+fn patch_soa(zone: &DnsZone, query: &Query, s: &mut DnsScratch) {
+    s.soa[..DNS_SOA_MAX].copy_from_slice(&zone.soa);
+    let zone_at = (DNS_HLEN + query.name_len - usize::from(zone.len)) as u16;
+    let pointer = (0xc000 | zone_at).to_be_bytes();
+    for p in zone.soa_pointers {
+        // SAFETY: a local read (see [`at`] on why volatile); the mask keeps it in the array.
+        let p = unsafe { core::ptr::read_volatile(&p) } as usize & (DNS_SOA_MAX - 1);
+        s.soa[p] = pointer[0];
+        s.soa[p + 1] = pointer[1];
+    }
+}
+
+/// Writes the first `len` bytes of `bytes` into the packet at `off` (nothing for none).
+#[inline(always)]
+fn store_bytes<const N: usize>(
+    ctx: &TcContext,
+    off: usize,
+    bytes: &[u8; N],
+    len: usize,
+) -> Result<(), i64> {
+    // SAFETY: a local read (its bounds checked on what the helper gets, see [`at`]).
+    let n = unsafe { core::ptr::read_volatile(&len) };
+    if n == 0 {
+        return Ok(());
+    }
+    if n > N {
+        return Err(-1);
+    }
+    // SAFETY: `bytes` holds `n` bytes; the helper copies them into the packet.
+    let ret = unsafe {
+        bpf_skb_store_bytes(
+            ctx.as_ptr().cast(),
+            off as u32,
+            bytes.as_ptr().cast(),
+            n as u32,
+            0,
+        )
+    };
+    if ret == 0 { Ok(()) } else { Err(ret) }
+}
+
+/// What follows the question.
+#[derive(Clone, Copy)]
+enum Sections<'a> {
+    Entry(&'a DnsAnswer),
+    /// NXDOMAIN with the zone's SOA (in `s.soa`).
+    Negative(&'a DnsZone),
+}
+
+/// Rewrites the query into its reply and sends it back out of the device it came in on.
+#[inline(always)]
+fn send(
+    ctx: &TcContext,
+    pkt: &Packet,
+    query: &Query,
+    s: &mut DnsScratch,
+    sections: Sections<'_>,
+) -> Result<i32, i64> {
+    let question = DNS_HLEN + query.name_len + 4;
+    let opt_len = if query.edns.is_some() { OPT_LEN } else { 0 };
+    let limit = match query.edns {
+        Some((size, _)) => usize::from(size).max(SMALL_MESSAGE),
+        None => SMALL_MESSAGE,
+    };
+    let (rcode, cut, truncated) = match sections {
+        Sections::Entry(entry) => {
+            let whole = question + usize::from(entry.whole.len) + opt_len <= limit;
+            let cut = if whole { entry.whole } else { entry.small };
+            let truncated = !whole || entry.flags & DNS_F_CUT != 0;
+            (entry.rcode, cut, truncated)
+        }
+        Sections::Negative(zone) => {
+            let cut = svclb_common::dns::DnsCut {
+                len: zone.soa_len,
+                answers: 0,
+                authorities: 1,
+                additionals: 0,
+            };
+            (RCODE_NXDOMAIN, cut, false)
+        }
+    };
+    let sections_len = usize::from(cut.len) & 0x7ff;
+    if sections_len > DNS_SECTIONS_MAX {
+        return Err(-1);
+    }
+    let dns_len = question + sections_len + opt_len;
+    let dns_at = query.at;
+    ctx.change_tail((dns_at + dns_len) as u32, 0)?;
+    // Headers: Ethernet and IPv4 swapped round, UDP from port 53 back to the client's port,
+    // no UDP checksum (RFC 768 allows none over IPv4).
+    let eth: [u8; ETH_HLEN] = ctx.load(0)?;
+    reply_headers(
+        &eth,
+        pkt,
+        IPPROTO_UDP,
+        (IP_HLEN + UDP_HLEN + dns_len) as u16,
+        &mut s.headers,
+    );
+    let udp = &mut s.headers[ETH_HLEN + IP_HLEN..];
+    udp[0..2].copy_from_slice(&pkt.dport_be.to_ne_bytes());
+    udp[2..4].copy_from_slice(&pkt.sport_be.to_ne_bytes());
+    udp[4..6].copy_from_slice(&((UDP_HLEN + dns_len) as u16).to_be_bytes());
+    udp[6..8].copy_from_slice(&[0, 0]);
+    ctx.store(0, &s.headers, 0)?;
+    // The DNS header: the query's ID; QR, AA, TC as cut, RD and CD copied; the counts.
+    s.dns[0] = s.query[0];
+    s.dns[1] = s.query[1];
+    s.dns[2] = 0x84 | if truncated { 0x02 } else { 0 } | query.rd;
+    s.dns[3] = query.cd | (rcode & 0x0f);
+    s.dns[4..6].copy_from_slice(&1u16.to_be_bytes());
+    s.dns[6..8].copy_from_slice(&cut.answers.to_be_bytes());
+    s.dns[8..10].copy_from_slice(&cut.authorities.to_be_bytes());
+    let additionals = cut.additionals + u16::from(query.edns.is_some());
+    s.dns[10..12].copy_from_slice(&additionals.to_be_bytes());
+    ctx.store(dns_at, &s.dns, 0)?;
+    let sections_at = dns_at + question;
+    match sections {
+        Sections::Entry(entry) => store_bytes(ctx, sections_at, &entry.data, sections_len)?,
+        Sections::Negative(_) => store_bytes(ctx, sections_at, &s.soa, sections_len)?,
+    }
+    if let Some((size, do_bit)) = query.edns {
+        // Root name, OPT, the client's payload size, extended rcode 0, version 0, DO, no
+        // options.
+        s.opt = [0, 0, 41, 0, 0, 0, 0, do_bit, 0, 0, 0];
+        s.opt[3..5].copy_from_slice(&size.max(SMALL_MESSAGE as u16).to_be_bytes());
+        ctx.store(sections_at + sections_len, &s.opt, 0)?;
+    }
+    event(match sections {
+        Sections::Negative(_) => EV_DNS_NXDOMAIN,
+        Sections::Entry(_) if truncated => EV_DNS_TRUNCATED,
+        Sections::Entry(_) => EV_DNS_ANSWERED,
+    });
+    let ifindex = crate::frame::Frame::ifindex(ctx);
+    // SAFETY: redirect to the egress of the device the query arrived on: back to the pod.
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}

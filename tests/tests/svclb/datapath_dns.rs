@@ -1,0 +1,261 @@
+//! The DNS responder on the pod program (BPF_PROG_TEST_RUN): a query to the cluster DNS
+//! address for a cluster name comes back as its reply, built from the agent's entries; one it
+//! does not answer passes on untouched.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, HashMap, MapData};
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{Name, RData, RecordType},
+};
+use svclb::{
+    entries::dns::{Zone, table},
+    plan::dns::records,
+    source::manifests::{parse_documents, snapshot_of},
+};
+use svclb_common::{
+    dns::{DnsAnswer, DnsKey, DnsZone},
+    limits::{MAP_DNS, MAP_DNS_ZONE},
+};
+use svclb_tests::{packet::PacketSpec, require_root};
+
+use crate::common::{datapath::Datapath, fixture::TC_ACT_OK};
+
+const TC_ACT_REDIRECT: u32 = 7;
+const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 11), 40_000);
+const DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+const SERVICES: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.20
+  ports:
+  - {name: http, port: 80}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: big, namespace: shop}
+spec: {clusterIP: None}
+";
+
+/// A headless Service with 100 ready endpoints.
+fn big_slice() -> String {
+    let addresses: Vec<String> = (0..100).map(|i| format!("10.244.2.{i}")).collect();
+    format!(
+        "
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: big-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: big}}
+addressType: IPv4
+endpoints:
+- addresses: {addresses:?}
+"
+    )
+}
+
+/// Writes the entries of `yaml`'s Services and the zone, as the agent does.
+fn program(dp: &Datapath, yaml: &str) -> Result<()> {
+    let (objects, diags) =
+        parse_documents(yaml, "dns.yaml").map_err(|d| anyhow::anyhow!("{d:?}"))?;
+    anyhow::ensure!(diags.is_empty(), "{diags:?}");
+    let snapshot = snapshot_of([(Path::new("dns.yaml"), objects.as_slice())]);
+    let zone = Zone::new("cluster.local", 1)?;
+    let (entries, errors) = table(&records(&snapshot, "cluster.local"), &zone);
+    anyhow::ensure!(errors.is_empty(), "{errors:?}");
+    let mut map: HashMap<MapData, DnsKey, DnsAnswer> = HashMap::try_from(dp.pinned(MAP_DNS)?)?;
+    for (key, value) in &entries {
+        map.insert(key, value, 0)?;
+    }
+    let mut zones: Array<MapData, DnsZone> = Array::try_from(dp.pinned(MAP_DNS_ZONE)?)?;
+    zones.set(0, &zone.entry(&[DNS.into()])?, 0)?;
+    Ok(())
+}
+
+/// A query frame from the pod to the cluster DNS address.
+fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut message = Message::new();
+    message
+        .set_id(0x4242)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    if let Some(size) = edns {
+        let mut opt = Edns::new();
+        opt.set_max_payload(size);
+        message.set_edns(opt);
+    }
+    let mut spec = PacketSpec::udp(CLIENT, (DNS, 53));
+    spec.payload = message.to_vec().unwrap();
+    spec.build()
+}
+
+/// The reply in `frame`, checking its headers go from the DNS address back to the client.
+fn reply(frame: &[u8]) -> Result<Message> {
+    let ip = &frame[14..34];
+    anyhow::ensure!(ip[12..16] == DNS.octets(), "source {:?}", &ip[12..16]);
+    anyhow::ensure!(
+        ip[16..20] == CLIENT.0.octets(),
+        "destination {:?}",
+        &ip[16..20]
+    );
+    let sum = svclb_tests::packet::checksum(&[ip]);
+    anyhow::ensure!(sum == 0, "IPv4 header checksum does not add up: {sum:#x}");
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    anyhow::ensure!(
+        14 + total == frame.len(),
+        "IP length {total}, frame {}",
+        frame.len()
+    );
+    let udp = &frame[34..42];
+    anyhow::ensure!(udp[0..2] == 53u16.to_be_bytes(), "from port 53");
+    anyhow::ensure!(udp[2..4] == CLIENT.1.to_be_bytes(), "to the client's port");
+    anyhow::ensure!(usize::from(u16::from_be_bytes([udp[4], udp[5]])) == total - 20);
+    Message::from_vec(&frame[42..]).context("the reply parses as DNS")
+}
+
+fn answer(dp: &mut Datapath, name: &str, qtype: RecordType, edns: Option<u16>) -> Result<Message> {
+    let (verdict, out) = dp.run(&query(name, qtype, edns))?;
+    anyhow::ensure!(
+        verdict == TC_ACT_REDIRECT,
+        "{name} {qtype}: verdict {verdict}"
+    );
+    let message = reply(&out).with_context(|| format!("{name} {qtype}"))?;
+    assert_eq!(message.id(), 0x4242);
+    assert_eq!(message.message_type(), MessageType::Response);
+    assert!(message.authoritative() && message.recursion_desired());
+    assert!(!message.recursion_available());
+    Ok(message)
+}
+
+fn passes(dp: &mut Datapath, frame: &[u8], what: &str) -> Result<()> {
+    let (verdict, out) = dp.run(frame)?;
+    anyhow::ensure!(
+        verdict == TC_ACT_OK && out == frame,
+        "{what}: verdict {verdict}, expected to pass on untouched"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn cluster_names_are_answered_in_place() -> Result<()> {
+    require_root()?;
+    let mut dp = Datapath::load("dns")?;
+    program(&dp, &format!("{SERVICES}---{}", big_slice()))?;
+
+    let a = answer(&mut dp, "Web.Shop.svc.Cluster.Local.", RecordType::A, None)?;
+    let [rr] = a.answers() else {
+        panic!("one address: {a:?}");
+    };
+    assert_eq!(rr.name().to_string(), "Web.Shop.svc.Cluster.Local.");
+    assert_eq!(rr.data(), &RData::A("10.96.0.20".parse()?));
+    assert_eq!(rr.ttl(), 5);
+    assert!(a.extensions().is_none());
+
+    let nodata = answer(
+        &mut dp,
+        "web.shop.svc.cluster.local.",
+        RecordType::AAAA,
+        Some(1232),
+    )?;
+    assert_eq!(nodata.response_code(), ResponseCode::NoError);
+    assert!(nodata.answers().is_empty());
+    assert_eq!(nodata.name_servers().len(), 1, "the SOA");
+    assert_eq!(
+        nodata.extensions().as_ref().map(Edns::max_payload),
+        Some(1232),
+        "EDNS echoed"
+    );
+
+    let nx = answer(
+        &mut dp,
+        "nosuch.Shop.SVC.cluster.local.",
+        RecordType::A,
+        None,
+    )?;
+    assert_eq!(nx.response_code(), ResponseCode::NXDomain);
+    let [soa] = nx.name_servers() else {
+        panic!("{nx:?}");
+    };
+    assert_eq!(soa.name().to_string(), "cluster.local.");
+    assert_eq!(soa.record_type(), RecordType::SOA);
+
+    let srv = answer(
+        &mut dp,
+        "_http._tcp.web.shop.svc.cluster.local.",
+        RecordType::SRV,
+        None,
+    )?;
+    assert_eq!(srv.answers().len(), 1);
+    assert_eq!(srv.additionals().len(), 1, "the target's address");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_reply_too_big_is_cut_with_tc() -> Result<()> {
+    require_root()?;
+    let mut dp = Datapath::load("dnsbig")?;
+    program(&dp, &format!("{SERVICES}---{}", big_slice()))?;
+    let small = answer(&mut dp, "big.shop.svc.cluster.local.", RecordType::A, None)?;
+    assert!(small.truncated());
+    assert!(!small.answers().is_empty());
+    let big = answer(
+        &mut dp,
+        "big.shop.svc.cluster.local.",
+        RecordType::A,
+        Some(4096),
+    )?;
+    assert!(
+        big.truncated(),
+        "100 addresses do not fit an entry's 1,200 bytes"
+    );
+    assert_eq!(big.answers().len(), 75);
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn what_is_not_answered_passes_on_untouched() -> Result<()> {
+    require_root()?;
+    let mut dp = Datapath::load("dnspass")?;
+    program(&dp, SERVICES)?;
+    passes(
+        &mut dp,
+        &query("example.com.", RecordType::A, None),
+        "a name outside the zone",
+    )?;
+    passes(
+        &mut dp,
+        &query("web.shop.svc.cluster.local.", RecordType::MX, None),
+        "a type not answered",
+    )?;
+    let mut two = Message::new();
+    two.set_id(1)
+        .add_query(Query::query(
+            Name::from_ascii("web.shop.svc.cluster.local.")?,
+            RecordType::A,
+        ))
+        .add_query(Query::query(
+            Name::from_ascii("big.shop.svc.cluster.local.")?,
+            RecordType::A,
+        ));
+    let mut spec = PacketSpec::udp(CLIENT, (DNS, 53));
+    spec.payload = two.to_vec()?;
+    passes(&mut dp, &spec.build(), "two questions")?;
+    let mut other = PacketSpec::udp(CLIENT, (Ipv4Addr::new(10, 96, 0, 99), 53));
+    other.payload = query("web.shop.svc.cluster.local.", RecordType::A, None)[42..].to_vec();
+    passes(&mut dp, &other.build(), "a query to another address")?;
+    let mut garbage = PacketSpec::udp(CLIENT, (DNS, 53));
+    garbage.payload = vec![0xff; 40];
+    passes(&mut dp, &garbage.build(), "garbage")?;
+    Ok(())
+}
