@@ -87,6 +87,10 @@ const _: () = assert!(size_of::<DnsAnswer>() == 24 + DNS_SECTIONS_MAX);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DnsZone {
+    /// The host's network namespace cookie: the socket hooks leave pods' queries to the
+    /// servers untranslated, for the pod program to answer, but not the host's (no program
+    /// of the responder sees those).
+    pub host_netns: u64,
     /// Up to [`DNS_SERVERS`] addresses, each with its family (0: none).
     pub servers: [L3Addr; DNS_SERVERS],
     pub server_families: [u8; DNS_SERVERS],
@@ -97,14 +101,16 @@ pub struct DnsZone {
     pub _pad2: u16,
     pub name: [u8; DNS_NAME_MAX + 1],
     pub soa: [u8; DNS_SOA_MAX],
+    pub _pad3: [u8; 6],
 }
 /// Cluster DNS addresses at most: one of each family, and one more.
 pub const DNS_SERVERS: usize = 4;
 /// The negative answers' SOA record at most: owner pointer, type, class, TTL, length, two
 /// names of a label and a pointer, five numbers.
 pub const DNS_SOA_MAX: usize = 64;
-const _: () =
-    assert!(size_of::<DnsZone>() == 16 * DNS_SERVERS + DNS_SERVERS + 2 + 12 + 256 + DNS_SOA_MAX);
+const _: () = assert!(
+    size_of::<DnsZone>() == 8 + 16 * DNS_SERVERS + DNS_SERVERS + 2 + 12 + 256 + DNS_SOA_MAX + 6
+);
 
 #[cfg(feature = "user")]
 mod pod {

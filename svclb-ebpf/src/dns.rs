@@ -24,7 +24,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use svclb_common::{
-    IPPROTO_UDP,
+    IPPROTO_UDP, L3Addr,
     dns::{
         DNS_F_CUT, DNS_F_PASS, DNS_NAME_MAX, DNS_SECTIONS_MAX, DNS_SERVERS, DNS_SOA_MAX, DnsAnswer,
         DnsKey, DnsZone, QTYPE_A, QTYPE_AAAA, QTYPE_CNAME, QTYPE_NAME, QTYPE_PTR, QTYPE_SRV,
@@ -97,7 +97,7 @@ pub fn respond(ctx: &TcContext, pkt: &Packet) -> i32 {
     let Some(zone) = SVCLB_DNS_ZONE.get(0) else {
         return NOT_ANSWERED;
     };
-    if zone.len == 0 || !to_server(zone, pkt) {
+    if zone.len == 0 || !to_server(zone, pkt.family, &pkt.daddr) {
         return NOT_ANSWERED;
     }
     let Some(s) = SVCLB_DNS_SCRATCH.get_ptr_mut(0) else {
@@ -114,11 +114,27 @@ pub fn respond(ctx: &TcContext, pkt: &Packet) -> i32 {
     }
 }
 
-/// Whether `pkt` is addressed to one of the zone's servers.
+/// Whether `addr` (of `family`) is one of the zone's servers.
 #[inline(always)]
-fn to_server(zone: &DnsZone, pkt: &Packet) -> bool {
-    (0..DNS_SERVERS).any(|i| zone.server_families[i] == pkt.family && zone.servers[i] == pkt.daddr)
+fn to_server(zone: &DnsZone, family: u8, addr: &L3Addr) -> bool {
+    (0..DNS_SERVERS).any(|i| zone.server_families[i] == family && zone.servers[i] == *addr)
 }
+
+/// Whether a socket in network namespace `netns` sending UDP to `addr:port_be` (of `family`)
+/// sends queries the responder answers: the socket hooks must leave them addressed to the
+/// server, for the pod program to see.
+#[inline(always)]
+pub fn answers_socket(addr: &L3Addr, family: u8, port_be: u16, netns: u64) -> bool {
+    if port_be != DNS_PORT.to_be() {
+        return false;
+    }
+    SVCLB_DNS_ZONE.get(0).is_some_and(|zone| {
+        zone.len != 0 && netns != zone.host_netns && to_server(zone, family, addr)
+    })
+}
+
+/// The port queries are answered on.
+pub const DNS_PORT: u16 = 53;
 
 /// The reply, or the reason (an `EV_DNS_PASSED_*` event) the query passes on.
 #[inline(always)]

@@ -269,6 +269,13 @@ pub fn forward(ctx: &SockAddrContext, v6: bool, call: Call) -> i32 {
     let Some(netns) = in_scope(ctx) else {
         return ALLOW;
     };
+    // A pod's DNS queries stay addressed to the cluster DNS address: the pod program answers
+    // them in place, or sends them on through the service path.
+    if proto == IPPROTO_UDP
+        && crate::dns::answers_socket(&flow.dest.addr, flow.dest.family, flow.dest.port_be, netns)
+    {
+        return ALLOW;
+    }
     flow.client = client_of(netns);
     // SAFETY: a helper without arguments.
     flow.sport_be = unsafe { bpf_get_prandom_u32() } as u16;

@@ -51,7 +51,7 @@ pub fn ingress(ctx: &TcContext, side: Side) -> i32 {
     if s.pkt.is_icmp() {
         return related(ctx, s);
     }
-    if side == Side::Pod && s.pkt.is_udp() && s.pkt.dport_be == DNS_PORT.to_be() {
+    if side == Side::Pod && s.pkt.is_udp() && s.pkt.dport_be == dns::DNS_PORT.to_be() {
         let verdict = dns::respond(ctx, &s.pkt);
         if verdict != dns::NOT_ANSWERED {
             return verdict;
@@ -155,9 +155,6 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
         verdict => verdict,
     }
 }
-
-/// Queries to this port of a cluster DNS address may be answered in place (`dns`).
-const DNS_PORT: u16 = 53;
 
 /// What [`tracked`] returns for a packet it leaves to the caller.
 const NOT_TRACKED: i32 = i32::MIN;

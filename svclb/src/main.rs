@@ -6,7 +6,7 @@ use glob::Pattern;
 use ipnet::IpNet;
 use prometheus_client::metrics::counter::Counter;
 use svclb::{
-    agent::{self, AgentConfig},
+    agent::{self, AgentConfig, DnsConfig},
     cli::{list, maglev as maglev_cmd, plan as plan_output, status},
     entries::Capacity,
     kernel::{
@@ -286,6 +286,14 @@ struct AgentArgs {
     /// on a default node.
     #[arg(long, default_value = "auto")]
     snat_ports: SnatPorts,
+    /// The cluster DNS addresses (kubelet's --cluster-dns: the kube-dns Service's cluster
+    /// IPs), comma-separated: queries pods send them for the cluster's own names are
+    /// answered by the datapath, everything else goes on to the DNS service. None: off.
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<std::net::IpAddr>,
+    /// The cluster's DNS domain (kubelet's --cluster-domain).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 /// An optional address flag: "" is none.
@@ -355,6 +363,13 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
         ),
         socket_lb,
         snat_ports: args.snat_ports,
+        dns: (!args.cluster_dns.is_empty()).then(|| DnsConfig {
+            servers: args.cluster_dns,
+            domain: args
+                .cluster_domain
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+        }),
         addresses: args.external_ips.rule(args.nodeport_addresses),
         source: args.source.config(),
         devices: DeviceSelector {

@@ -15,7 +15,7 @@ mod syncer;
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -38,7 +38,7 @@ use self::{
     health::HealthChecks,
     healthz::ProxyHealth,
     schedule::SyncSchedule,
-    syncer::{Pressure, Syncer},
+    syncer::{DnsNames, Pressure, Syncer},
 };
 use crate::{
     entries::{Capacity, MapState},
@@ -102,6 +102,15 @@ pub struct AgentConfig {
     pub service_loopback: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     /// `--snat-ports`: the source ports of flows SNATed to remote backends.
     pub snat_ports: SnatPorts,
+    /// The DNS responder (`None`: off, no `--cluster-dns`).
+    pub dns: Option<DnsConfig>,
+}
+
+/// `--cluster-dns` and `--cluster-domain`.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    pub servers: Vec<IpAddr>,
+    pub domain: String,
 }
 
 /// A started agent: what the serve loop drives.
@@ -159,7 +168,8 @@ fn raise_open_files_limit() {
 async fn start(config: AgentConfig) -> Result<Agent> {
     let errors = ErrorCounters::default();
     let source = Source::open(&config.source, errors.counter(ERROR_WATCH)).await?;
-    let (mut ebpf, maps, programmed, private_pins, migration) = open_datapath(&config)?;
+    let (mut ebpf, mut maps, programmed, private_pins, migration) = open_datapath(&config)?;
+    let dns = DnsNames::start(&mut maps, config.dns.as_ref())?;
     let mut sockets = socket_hooks(&mut ebpf, &config, &errors)?;
     // Whatever fails from here takes the hooks this start attached back off.
     let started = async {
@@ -232,6 +242,7 @@ async fn start(config: AgentConfig) -> Result<Agent> {
             }
         }
         let syncer = Syncer {
+            dns,
             metrics: metrics.clone(),
             planner,
             not_programmed: 0,

@@ -8,14 +8,21 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::{Result, bail};
 use tracing::{debug, error, info, warn};
 
-use super::{conntrack::Purger, health::HealthChecks, healthz::ProxyHealth};
+use super::{DnsConfig, conntrack::Purger, health::HealthChecks, healthz::ProxyHealth};
 use crate::{
-    entries::{self, Capacity, MapState, Refusal},
+    entries::{
+        self, Capacity, MapState, Refusal,
+        dns::{Zone, table},
+    },
     kernel::maps::Maps,
-    plan::{Diagnostic, FrontendKey, Planner},
-    reconcile::{self, Index, SyncReport},
+    plan::{Diagnostic, FrontendKey, Planner, Snapshot, dns::records},
+    reconcile::{
+        self, Index, SyncReport,
+        dns::{self, DnsEntries},
+    },
     source::Source,
     telemetry::{
         metrics::{ERROR_MAP_WRITE, Metrics},
@@ -24,8 +31,58 @@ use crate::{
     },
 };
 
+/// The DNS responder's names, kept in line with the Services and EndpointSlices at every
+/// sync (`--cluster-dns`).
+pub(crate) struct DnsNames {
+    domain: String,
+    zone: Zone,
+    programmed: DnsEntries,
+}
+
+impl DnsNames {
+    /// Turns the responder on as `config` says (its entries left by an earlier run are
+    /// adopted, and brought in line by the first sync), or off (its entries deleted).
+    pub(crate) fn start(maps: &mut Maps, config: Option<&DnsConfig>) -> Result<Option<Self>> {
+        let mut programmed = maps.read_dns()?;
+        let Some(config) = config else {
+            maps.set_dns_zone(None)?;
+            let report = dns::sync(maps, &mut programmed, &DnsEntries::new());
+            if let Some(err) = report.errors.first() {
+                bail!("deleting the DNS names of an earlier run: {err}");
+            }
+            return Ok(None);
+        };
+        // The SOA serial: this start's time, as CoreDNS's is its last change's.
+        let serial = (unix_ms() / 1000) as u32;
+        let zone = Zone::new(&config.domain, serial)?;
+        let host_netns = crate::kernel::socket::netns_cookie()?;
+        maps.set_dns_zone(Some(&zone.entry(&config.servers, host_netns)?))?;
+        info!(
+            servers = ?config.servers,
+            domain = %config.domain,
+            adopted = programmed.len(),
+            "answering the cluster's DNS names in the datapath"
+        );
+        Ok(Some(Self {
+            domain: config.domain.clone(),
+            zone,
+            programmed,
+        }))
+    }
+
+    /// Brings the names in line with `snapshot`: the records' errors (a name too long) and
+    /// the writes that failed.
+    fn sync(&mut self, snapshot: &Snapshot, maps: &mut Maps) -> (Vec<String>, SyncReport) {
+        let (desired, refused) = table(&records(snapshot, &self.domain), &self.zone);
+        let report = dns::sync(maps, &mut self.programmed, &desired);
+        (refused, report)
+    }
+}
+
 /// The programmed state and what is needed to move it.
 pub(super) struct Syncer {
+    /// The DNS responder's names (`None`: off).
+    pub(super) dns: Option<DnsNames>,
     pub(super) source: Source,
     /// The plan, kept up to date change by change.
     pub(super) planner: Planner,
@@ -114,7 +171,15 @@ impl Syncer {
         let changed = self.planner.update(&snapshot);
         self.health.update(&self.planner.plan().health_checks);
         let plan_us = started.elapsed().as_micros() as u64 - read_us;
-        let applied = self.apply(&changed);
+        let mut applied = self.apply(&changed);
+        if let Some(dns) = &mut self.dns {
+            let (refused, report) = dns.sync(&snapshot, &mut self.maps);
+            for name in refused {
+                warn!("not answered in the datapath: {name}");
+            }
+            applied.report.writes += report.writes;
+            applied.report.errors.extend(report.errors);
+        }
         self.update_traffic(&changed, applied.full);
         let plan = self.planner.plan();
         self.not_programmed = plan

@@ -66,10 +66,11 @@ impl Zone {
         Ok(Self { name, svc, soa })
     }
 
-    /// The responder's settings: the cluster DNS addresses it answers for, the zone's name,
+    /// The responder's settings: the cluster DNS addresses it answers for (and the host's
+    /// network namespace, whose sockets it does not see), the zone's name,
     /// and its SOA encoded for a question that is the zone, the three names in it pointing at
     /// the question (see `DnsZone`).
-    pub fn entry(&self, servers: &[IpAddr]) -> Result<DnsZone> {
+    pub fn entry(&self, servers: &[IpAddr], host_netns: u64) -> Result<DnsZone> {
         ensure!(
             servers.len() <= DNS_SERVERS,
             "{} cluster DNS addresses: at most {DNS_SERVERS}",
@@ -98,6 +99,7 @@ impl Zone {
             );
         }
         let mut entry = DnsZone {
+            host_netns,
             servers: [[0; 16]; DNS_SERVERS],
             server_families: [0; DNS_SERVERS],
             _pad: [0; 2],
@@ -107,6 +109,7 @@ impl Zone {
             _pad2: 0,
             name: [0; DNS_NAME_MAX + 1],
             soa: [0; DNS_SOA_MAX],
+            _pad3: [0; 6],
         };
         for (i, server) in servers.iter().enumerate() {
             (entry.servers[i], entry.server_families[i]) = l3(*server);

@@ -21,13 +21,15 @@ use svclb_common::{
     FrontendStats, IPPROTO_UDP, ServiceKey, ServiceValue, SlotKey, SockRevKey, SockRevValue,
     SockStats, SourceRangeKey, SweepItem, XdpStats,
     conntrack::{SWEEP_ENTRY, SWEEP_IF_ENDED, expired},
+    dns::{DnsAnswer, DnsKey, DnsZone},
     events::{
         EVENTS, LRU_AFFINITY, LRU_AGENT_DELETED, LRU_CT, LRU_DELETED, LRU_FAILED, LRU_FRAGS,
         LRU_INSERTED, LRU_SOCK_REVERSE,
     },
     limits::{
-        MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_EVENTS, MAP_FRAGS, MAP_MAGLEV, MAP_SERVICES,
-        MAP_SLOTS, MAP_SOCK_REVERSE, MAP_SOCK_STATS, MAP_SOURCE_RANGES, MAP_STATS, MAP_XDP_STATS,
+        MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_DNS, MAP_DNS_ZONE, MAP_EVENTS, MAP_FRAGS,
+        MAP_MAGLEV, MAP_SERVICES, MAP_SLOTS, MAP_SOCK_REVERSE, MAP_SOCK_STATS, MAP_SOURCE_RANGES,
+        MAP_STATS, MAP_XDP_STATS,
     },
     maglev::{Maglev, Weighted, identity},
 };
@@ -40,7 +42,7 @@ use super::{
 use crate::{
     entries::{MaglevSpec, MapState, ip_of, l3},
     plan::Protocol,
-    reconcile::{MapWriter, TableWrite},
+    reconcile::{MapWriter, TableWrite, dns::DnsEntries},
 };
 
 /// `BPF_F_INNER_MAP`: an inner map of any size may stand in for the template.
@@ -61,6 +63,9 @@ pub struct Maps {
     xdp_stats: PerCpuHashMap<MapData, u32, XdpStats>,
     fragments: HashMap<MapData, FragKey, FragValue>,
     sock_reverse: HashMap<MapData, SockRevKey, SockRevValue>,
+    /// The DNS responder's names and its settings.
+    dns: HashMap<MapData, DnsKey, DnsAnswer>,
+    dns_zone: Array<MapData, DnsZone>,
     /// Datapath events and the LRU maps' bookkeeping (see `svclb_common::events`).
     events: Slots<u64>,
     /// The seed every Maglev table is built with (the size comes with each table).
@@ -122,6 +127,9 @@ impl Maps {
                 .with_context(|| format!("map {MAP_XDP_STATS}"))?,
             fragments: hash(get(MAP_FRAGS)?, MAP_FRAGS)?,
             sock_reverse: hash(get(MAP_SOCK_REVERSE)?, MAP_SOCK_REVERSE)?,
+            dns: hash(get(MAP_DNS)?, MAP_DNS)?,
+            dns_zone: Array::try_from(get(MAP_DNS_ZONE)?)
+                .with_context(|| format!("map {MAP_DNS_ZONE}"))?,
             events: Slots::new(get(MAP_EVENTS)?, MAP_EVENTS)?,
             seed,
         })
@@ -318,6 +326,25 @@ impl Maps {
 }
 
 impl Maps {
+    /// The DNS responder's entries, as the kernel holds them.
+    pub fn read_dns(&self) -> Result<DnsEntries> {
+        let mut out = DnsEntries::new();
+        for entry in self.dns.iter() {
+            let (key, value) = entry.with_context(|| format!("reading {MAP_DNS}"))?;
+            out.insert(key, value);
+        }
+        Ok(out)
+    }
+
+    /// Turns the DNS responder on with `zone`, or off.
+    pub fn set_dns_zone(&mut self, zone: Option<&DnsZone>) -> Result<()> {
+        // SAFETY: plain old data; all zero is a zone of length 0: off.
+        let off: DnsZone = unsafe { std::mem::zeroed() };
+        self.dns_zone
+            .set(0, zone.unwrap_or(&off), 0)
+            .with_context(|| format!("writing {MAP_DNS_ZONE}"))
+    }
+
     /// The LRU flow maps' fill and bookkeeping, the conntrack's fill being
     /// `conntrack_entries` (its sweep counts them); the others are walked here.
     pub fn lru_fills(&self, conntrack_entries: usize) -> Vec<LruFill> {
@@ -540,5 +567,13 @@ impl MapWriter for Maps {
 
     fn del_source_range(&mut self, id: u32, net: IpNet) -> Result<()> {
         Ok(self.source_ranges.remove(&range_key(id, net))?)
+    }
+
+    fn put_dns(&mut self, key: &DnsKey, value: &DnsAnswer) -> Result<()> {
+        Ok(self.dns.insert(key, value, 0)?)
+    }
+
+    fn del_dns(&mut self, key: &DnsKey) -> Result<()> {
+        Ok(self.dns.remove(key)?)
     }
 }

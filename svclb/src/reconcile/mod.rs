@@ -3,8 +3,10 @@
 //! in an order that never exposes a half-written frontend ([`write`]). Two syncs share that
 //! order: [`full`] compares everything, [`incremental`] only the frontends that changed,
 //! helped by the [`Index`]. Every write that fails is reported and the programmed state keeps
-//! describing exactly what the kernel holds.
+//! describing exactly what the kernel holds. [`dns`] does the same for the DNS responder's
+//! names, which no frontend refers to.
 
+pub mod dns;
 pub mod full;
 pub mod incremental;
 mod index;
@@ -16,7 +18,10 @@ use std::collections::BTreeSet;
 
 pub use index::Index;
 use ipnet::IpNet;
-use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey};
+use svclb_common::{
+    Backend, ServiceKey, ServiceValue, SlotKey,
+    dns::{DnsAnswer, DnsKey},
+};
 
 use crate::entries::{MaglevSpec, frontend_key};
 
@@ -56,6 +61,9 @@ pub trait MapWriter {
     fn del_table(&mut self, id: u32) -> Result<(), Self::Error>;
     fn put_source_range(&mut self, id: u32, net: IpNet) -> Result<(), Self::Error>;
     fn del_source_range(&mut self, id: u32, net: IpNet) -> Result<(), Self::Error>;
+    /// A DNS name's reply to a query type (see `svclb_common::dns`).
+    fn put_dns(&mut self, key: &DnsKey, value: &DnsAnswer) -> Result<(), Self::Error>;
+    fn del_dns(&mut self, key: &DnsKey) -> Result<(), Self::Error>;
 }
 
 /// What one sync did.

@@ -9,7 +9,11 @@ use std::{
 
 use ipnet::IpNet;
 use proptest::prelude::*;
-use svclb_common::{Backend, ServiceKey, ServiceValue, SlotKey, service::SVC_F_MAGLEV};
+use svclb_common::{
+    Backend, ServiceKey, ServiceValue, SlotKey,
+    dns::{DnsAnswer, DnsKey},
+    service::SVC_F_MAGLEV,
+};
 
 use super::{MapWriter, full};
 use crate::{
@@ -25,6 +29,10 @@ pub(crate) struct FakeKernel {
     pub(crate) fail_backends: BTreeSet<u32>,
     /// Slots whose put fails.
     pub(crate) fail_slots: BTreeSet<SlotKey>,
+    /// The DNS responder's entries.
+    pub(crate) dns: super::dns::DnsEntries,
+    /// DNS query types whose put fails.
+    pub(crate) fail_dns_types: BTreeSet<u16>,
 }
 
 impl FakeKernel {
@@ -149,6 +157,21 @@ impl MapWriter for FakeKernel {
         if !self.maps.source_ranges.remove(&(id, net)) {
             return Err("no such source range".into());
         }
+        Ok(())
+    }
+
+    fn put_dns(&mut self, key: &DnsKey, value: &DnsAnswer) -> Result<(), String> {
+        if self.fail_dns_types.contains(&key.qtype) {
+            return Err("map full".into());
+        }
+        self.writes += 1;
+        self.dns.insert(*key, *value);
+        Ok(())
+    }
+
+    fn del_dns(&mut self, key: &DnsKey) -> Result<(), String> {
+        self.writes += 1;
+        self.dns.remove(key).ok_or("no such name")?;
         Ok(())
     }
 }

@@ -16,7 +16,12 @@
 //! svclb-lab-client bench ADDR COUNT MS        the latency bench's round (below)
 //! svclb-lab-client cps ADDR SECONDS THREADS CPU   connections per second (below)
 //! svclb-lab-client bulk ADDR SECONDS CPU      one stream's throughput (below)
+//! svclb-lab-client dns ADDR NAME TYPE         one DNS query over a connected UDP socket
 //! ```
+//!
+//! `dns` prints the reply as `RCODE FLAGS ANSWERS AUTHORITIES`: flags `aa`/`tc`/`ra` joined
+//! with commas (`-` for none), the answers as `NAME TTL DATA` joined with `; `, the number of
+//! authority records; a reply that is not DNS prints `NOTDNS` and its text.
 //!
 //! `bench` is the latency bench's measurement, as its other systems get it in-process: 10
 //! unmeasured connections, then up to COUNT within MS ms of connect, one request, one answer,
@@ -218,14 +223,74 @@ fn print(result: std::io::Result<String>) {
     }
 }
 
+/// One DNS query for `name`/`qtype` to `addr`, as a stub resolver sends it (a connected UDP
+/// socket, recursion desired); the reply as one line (see the module docs).
+fn dns(addr: SocketAddr, name: &str, qtype: &str) -> std::io::Result<String> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
+    };
+    use std::str::FromStr as _;
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let name = Name::from_ascii(name).map_err(|e| invalid(e.to_string()))?;
+    let qtype = RecordType::from_str(qtype).map_err(|e| invalid(e.to_string()))?;
+    let mut query = Message::new();
+    query
+        .set_id(std::process::id() as u16)
+        .set_recursion_desired(true)
+        .add_query(Query::query(name, qtype));
+    let socket = unbound(addr)?;
+    socket.connect(addr)?;
+    socket.send(&query.to_vec().map_err(|e| invalid(e.to_string()))?)?;
+    let mut buf = [0u8; 4096];
+    let n = socket.recv(&mut buf)?;
+    let Ok(reply) = Message::from_vec(&buf[..n]) else {
+        return Ok(format!(
+            "NOTDNS {}",
+            String::from_utf8_lossy(&buf[..n]).trim()
+        ));
+    };
+    let flags: Vec<&str> = [
+        (reply.authoritative(), "aa"),
+        (reply.truncated(), "tc"),
+        (reply.recursion_available(), "ra"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect();
+    let answers: Vec<String> = reply
+        .answers()
+        .iter()
+        .map(|rr| format!("{} {} {}", rr.name(), rr.ttl(), rr.data()))
+        .collect();
+    Ok(format!(
+        "{:?}\t{}\t{}\t{}",
+        reply.response_code(),
+        if flags.is_empty() {
+            "-".into()
+        } else {
+            flags.join(",")
+        },
+        answers.join("; "),
+        reply.name_servers().len()
+    ))
+}
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]]";
+    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]], or dns ADDR NAME TYPE";
     let (mode, addr) = match (args.first(), args.get(1)) {
         (Some(mode), Some(addr)) => (mode.as_str(), addr),
         _ => return Err(usage.into()),
     };
     let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    if mode == "dns" {
+        let (Some(name), Some(qtype)) = (args.get(2), args.get(3)) else {
+            return Err(usage.into());
+        };
+        print(dns(addr, name, qtype));
+        return Ok(());
+    }
     let count: usize = match args.get(2) {
         Some(n) => n.parse().map_err(|e| format!("COUNT {n}: {e}"))?,
         None => 1,

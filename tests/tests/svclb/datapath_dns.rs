@@ -74,7 +74,7 @@ fn program(dp: &Datapath, yaml: &str) -> Result<()> {
         map.insert(key, value, 0)?;
     }
     let mut zones: Array<MapData, DnsZone> = Array::try_from(dp.pinned(MAP_DNS_ZONE)?)?;
-    zones.set(0, &zone.entry(&[DNS.into()])?, 0)?;
+    zones.set(0, &zone.entry(&[DNS.into()], 1)?, 0)?;
     Ok(())
 }
 

@@ -358,6 +358,8 @@ maglev: {tableSize: 65521, seed: AAAAAAAAAAAAAAAA}
 socketLB: {enabled: false, hostCgroupRoot: /sys/fs/cgroup/unified}
 serviceLoopbackAddress: 169.254.0.42
 snatPorts: 40000-49999
+clusterDNS: [10.96.0.10, 'fd00:10:96::a']
+clusterDomain: corp.example
 extraArgs: [--services-map-size=131072]
 resources: {requests: {cpu: 200m, memory: 128Mi}, limits: {memory: 1Gi}}
 priorityClassName: my-critical
@@ -384,6 +386,8 @@ nodeSelector: {role: edge}
             "--maglev-seed=AAAAAAAAAAAAAAAA",
             "--service-loopback-address=169.254.0.42",
             "--snat-ports=40000-49999",
+            "--cluster-dns=10.96.0.10,fd00:10:96::a",
+            "--cluster-domain=corp.example",
             "--socket-lb=false",
             "--nodeport-addresses=10.0.0.0/8,192.168.0.0/16",
             "--service-cidrs=10.96.0.0/12,fd00:10:96::/112",
@@ -445,7 +449,7 @@ nodeSelector: {role: edge}
 fn the_agent_accepts_every_flag_the_chart_passes() -> Result<()> {
     // The chart's arguments must be ones the agent takes: build its configuration from them.
     let o = render(
-        "nodeportAddresses: [10.0.0.0/8]\nserviceCIDRs: [10.96.0.0/12]\nallowReservedExternalIPs: true\nmapSizes: {services: 1024, backends: 2048, slots: 4096, conntrack: 8192}\n",
+        "nodeportAddresses: [10.0.0.0/8]\nserviceCIDRs: [10.96.0.0/12]\nallowReservedExternalIPs: true\nmapSizes: {services: 1024, backends: 2048, slots: 4096, conntrack: 8192}\nclusterDNS: [10.96.0.10]\n",
     )?;
     let args = o
         .daemonset

@@ -21,6 +21,7 @@ mod lab_apiserver;
 mod lab_capabilities;
 mod lab_clusterip;
 mod lab_conntrack;
+mod lab_dns;
 mod lab_dualstack;
 mod lab_health;
 mod lab_northsouth;

@@ -161,7 +161,7 @@ fn srv_replies_carry_their_targets_addresses() {
 #[test]
 fn the_zones_negative_answer_points_at_the_zone_in_any_question() {
     let zone = Zone::new("cluster.local", SERIAL).unwrap();
-    let entry = zone.entry(&["10.96.0.10".parse().unwrap()]).unwrap();
+    let entry = zone.entry(&["10.96.0.10".parse().unwrap()], 1).unwrap();
     assert_eq!(entry.servers[0][..4], [10, 96, 0, 10]);
     assert_eq!(entry.server_families, [4, 0, 0, 0]);
     assert_eq!(

@@ -1,0 +1,94 @@
+//! Service DNS answered by the datapath, through real agents (`--cluster-dns`): a pod's
+//! queries for the cluster's names get their answers from the node it runs on, in the
+//! client's case, with no flow made; everything else reaches the cluster's DNS service
+//! through the service path.
+
+use anyhow::{Context as _, Result};
+use svclb_tests::{
+    Lab, LabSpec,
+    manifests::{DNS, WEB, cluster_ip_service, service},
+    require_root,
+};
+
+const CLUSTER_DNS: &str = "10.96.0.10";
+
+/// The events `svclb status` counted on node `node`, by label.
+fn event(lab: &Lab, node: usize, label: &str) -> Result<u64> {
+    let status = lab.status(node)?;
+    let events = status["events"].as_array().context("events")?;
+    Ok(events
+        .iter()
+        .find(|e| e[0] == label)
+        .and_then(|e| e[1].as_u64())
+        .unwrap_or(0))
+}
+
+#[test]
+#[ignore = "needs root"]
+fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new(LabSpec {
+        agent_args: vec!["--cluster-dns".into(), CLUSTER_DNS.into()],
+        ..LabSpec::default()
+    })?;
+    let server = lab.pod("n2-pod1").clone();
+    let pods = [lab.pod("n1-pod2").clone(), lab.pod("n2-pod2").clone()];
+    // The "DNS server" behind kube-dns is a lab backend: it answers any datagram with its
+    // name, which is how a query that was passed on shows.
+    lab.write_manifest(
+        "kube-dns.yaml",
+        &cluster_ip_service("kube-dns", CLUSTER_DNS, &[DNS], &[&server]),
+    )?;
+    lab.write_manifest(
+        "web.yaml",
+        &cluster_ip_service("web", "10.96.0.20", &[WEB], &[&server]),
+    )?;
+    lab.write_manifest("db.yaml", &service("db", "None", &[WEB], &pods, "", ""))?;
+    lab.start_agents()?;
+    let client = lab.pod("n1-pod1").ns.clone();
+    let dns = format!("{CLUSTER_DNS}:53");
+    let ask = |name: &str, qtype: &str| -> Result<Vec<String>> {
+        let line = lab.run_client(0, &client, &["dns", &dns, name, qtype])?;
+        let line = line.first().context("no output")?.clone();
+        Ok(line.split('\t').map(str::to_owned).collect())
+    };
+
+    assert_eq!(
+        ask("Web.Default.svc.Cluster.Local", "A")?,
+        [
+            "NoError",
+            "aa",
+            "Web.Default.svc.Cluster.Local. 5 10.96.0.20",
+            "0"
+        ]
+    );
+    let headless = ask("db.default.svc.cluster.local", "A")?;
+    let mut addresses: Vec<&str> = headless[2].split("; ").collect();
+    addresses.sort_unstable();
+    let mut want: Vec<String> = pods
+        .iter()
+        .map(|p| format!("db.default.svc.cluster.local. 5 {}", p.addr))
+        .collect();
+    want.sort();
+    assert_eq!(addresses, want, "{headless:?}");
+    assert_eq!(
+        ask("web.default.svc.cluster.local", "AAAA")?,
+        ["NoError", "aa", "", "1"],
+        "NODATA, with the SOA"
+    );
+    assert_eq!(
+        ask("nosuch.default.svc.cluster.local", "A")?,
+        ["NXDomain", "aa", "", "1"]
+    );
+    let answered = event(&lab, 0, "dns_answered")? + event(&lab, 0, "dns_nxdomain")?;
+    assert!(answered >= 4, "node 1 answered {answered}");
+
+    // A name outside the cluster reaches the DNS service's backend.
+    let passed = ask("example.com", "A")?;
+    assert!(
+        passed[0].starts_with(&format!("NOTDNS {}", server.name)),
+        "{passed:?}"
+    );
+    assert!(event(&lab, 0, "dns_passed_name")? >= 1);
+    Ok(())
+}
