@@ -17,7 +17,13 @@
 //! svclb-lab-client cps ADDR SECONDS THREADS CPU   connections per second (below)
 //! svclb-lab-client bulk ADDR SECONDS CPU      one stream's throughput (below)
 //! svclb-lab-client dns ADDR NAME TYPE         one DNS query over a connected UDP socket
+//! svclb-lab-client dns-pairs ADDR NAME THREADS COUNT   glibc's lookups (below)
 //! ```
+//!
+//! `dns-pairs` makes COUNT lookups of NAME over THREADS threads as glibc's `getaddrinfo` does
+//! by default: an A and an AAAA query sent back to back on one connected UDP socket (each
+//! thread keeps its socket), then both answers; a lookup whose answers take over a second
+//! fails. It prints `dns-pairs LOOKUPS FAILED MAX-NANOSECONDS`.
 //!
 //! `dns` prints the reply as `RCODE FLAGS ANSWERS AUTHORITIES`: flags `aa`/`tc`/`ra` joined
 //! with commas (`-` for none), the answers as `NAME TTL DATA` joined with `; `, the number of
@@ -276,9 +282,85 @@ fn dns(addr: SocketAddr, name: &str, qtype: &str) -> std::io::Result<String> {
     ))
 }
 
+/// One thread's share of `dns-pairs`: (lookups answered, failed, the slowest in ns).
+fn dns_pairs_thread(
+    addr: SocketAddr,
+    name: &str,
+    count: usize,
+) -> std::io::Result<(u64, u64, u128)> {
+    use hickory_proto::{
+        op::{Message, Query},
+        rr::{Name, RecordType},
+    };
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let name = Name::from_ascii(name).map_err(|e| invalid(e.to_string()))?;
+    let socket = unbound(addr)?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let (mut done, mut failed, mut slowest) = (0, 0, 0);
+    let mut buf = [0u8; 1500];
+    for i in 0..count {
+        let started = Instant::now();
+        let mut ids = Vec::new();
+        for (k, qtype) in [RecordType::A, RecordType::AAAA].into_iter().enumerate() {
+            let id = ((i * 2 + k) & 0xffff) as u16;
+            let mut query = Message::new();
+            query
+                .set_id(id)
+                .set_recursion_desired(true)
+                .add_query(Query::query(name.clone(), qtype));
+            socket.send(&query.to_vec().map_err(|e| invalid(e.to_string()))?)?;
+            ids.push(id);
+        }
+        let mut ok = true;
+        while !ids.is_empty() {
+            match socket.recv(&mut buf) {
+                Ok(n) if n >= 2 => {
+                    let id = u16::from_be_bytes([buf[0], buf[1]]);
+                    ids.retain(|want| *want != id);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            done += 1;
+            slowest = slowest.max(started.elapsed().as_nanos());
+        } else {
+            failed += 1;
+        }
+    }
+    Ok((done, failed, slowest))
+}
+
+fn dns_pairs(addr: SocketAddr, name: &str, threads: usize, count: usize) {
+    let per_thread = count.div_ceil(threads.max(1));
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(move || dns_pairs_thread(addr, name, per_thread)))
+            .collect();
+        workers.into_iter().map(|w| w.join()).collect()
+    });
+    let (mut done, mut failed, mut slowest) = (0, 0, 0);
+    for result in results {
+        match result {
+            Ok(Ok((d, f, s))) => {
+                done += d;
+                failed += f;
+                slowest = slowest.max(s);
+            }
+            _ => failed += per_thread as u64,
+        }
+    }
+    println!("dns-pairs {done} {failed} {slowest}");
+}
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]], or dns ADDR NAME TYPE";
+    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]], or dns ADDR NAME TYPE, or dns-pairs ADDR NAME THREADS COUNT";
     let (mode, addr) = match (args.first(), args.get(1)) {
         (Some(mode), Some(addr)) => (mode.as_str(), addr),
         _ => return Err(usage.into()),
@@ -289,6 +371,15 @@ fn main() -> Result<(), String> {
             return Err(usage.into());
         };
         print(dns(addr, name, qtype));
+        return Ok(());
+    }
+    if mode == "dns-pairs" {
+        let parse = |i: usize| args.get(i).and_then(|v| v.parse::<usize>().ok());
+        let (Some(name), Some(threads), Some(count)) = (args.get(2), parse(3), parse(4)) else {
+            return Err(usage.into());
+        };
+        // Bounded: at most 64 threads and 1,000,000 lookups, each at most 1 s.
+        dns_pairs(addr, name, threads.min(64), count.min(1_000_000));
         return Ok(());
     }
     let count: usize = match args.get(2) {

@@ -2,7 +2,7 @@
 //! address for a cluster name comes back as its reply, built from the agent's entries; one it
 //! does not answer passes on untouched.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, MapData};
@@ -10,6 +10,7 @@ use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RData, RecordType},
 };
+use proptest::{prelude::*, test_runner::TestCaseError};
 use svclb::{
     entries::dns::{Zone, table},
     plan::dns::records,
@@ -60,8 +61,8 @@ endpoints:
     )
 }
 
-/// Writes the entries of `yaml`'s Services and the zone, as the agent does.
-fn program(dp: &Datapath, yaml: &str) -> Result<()> {
+/// Writes the entries of `yaml`'s Services and the zone, as the agent does; the entries.
+fn program(dp: &Datapath, yaml: &str) -> Result<BTreeMap<DnsKey, DnsAnswer>> {
     let (objects, diags) =
         parse_documents(yaml, "dns.yaml").map_err(|d| anyhow::anyhow!("{d:?}"))?;
     anyhow::ensure!(diags.is_empty(), "{diags:?}");
@@ -75,7 +76,7 @@ fn program(dp: &Datapath, yaml: &str) -> Result<()> {
     }
     let mut zones: Array<MapData, DnsZone> = Array::try_from(dp.pinned(MAP_DNS_ZONE)?)?;
     zones.set(0, &zone.entry(&[DNS.into()], 1)?, 0)?;
-    Ok(())
+    Ok(entries)
 }
 
 /// A query frame from the pod to the cluster DNS address.
@@ -257,5 +258,168 @@ fn what_is_not_answered_passes_on_untouched() -> Result<()> {
     let mut garbage = PacketSpec::udp(CLIENT, (DNS, 53));
     garbage.payload = vec![0xff; 40];
     passes(&mut dp, &garbage.build(), "garbage")?;
+    Ok(())
+}
+
+/// Labels queries are made of: the cluster's names, near misses and strangers.
+const LABELS: [&str; 13] = [
+    "web",
+    "db",
+    "shop",
+    "svc",
+    "cluster",
+    "local",
+    "nosuch",
+    "_http",
+    "_tcp",
+    "example",
+    "com",
+    "dns-version",
+    "arpa",
+];
+
+/// A query's DNS message: a name of labels from [`LABELS`] in a random case, a type, maybe
+/// EDNS; then damage: header bits, counts, bytes overwritten, the message cut or extended.
+fn fuzzed_query() -> impl Strategy<Value = Vec<u8>> {
+    // A few labels, then mostly a suffix of the cluster's.
+    let suffixes = vec![
+        "shop.svc.cluster.local",
+        "shop.svc.cluster.local",
+        "svc.cluster.local",
+        "cluster.local",
+        "in-addr.arpa",
+        "example.com",
+    ];
+    let name = (
+        prop::collection::vec((0..LABELS.len(), any::<u64>()), 0..3),
+        prop::sample::select(suffixes),
+        any::<u64>(),
+    )
+        .prop_map(|(mut labels, suffix, case)| {
+            for label in suffix.split('.') {
+                let i = LABELS.iter().position(|l| *l == label);
+                labels.push(i.map_or((LABELS.len(), case), |i| (i, case)));
+            }
+            labels
+        });
+    let qtype = prop::sample::select(vec![1u16, 28, 33, 12, 16, 5, 15, 255, 6, 2, 0, 41]);
+    let damage = prop::collection::vec((any::<u16>(), any::<u8>()), 0..3);
+    // Half the queries intact.
+    let damage = prop_oneof![Just((Vec::new(), 0)), (damage, -3i32..4)];
+    (name, qtype, any::<bool>(), damage).prop_map(|(labels, qtype, edns, (damage, resize))| {
+        let name: Vec<String> = labels
+            .iter()
+            .map(|(i, case)| {
+                LABELS
+                    .get(*i)
+                    .copied()
+                    .unwrap_or("in-addr")
+                    .chars()
+                    .enumerate()
+                    .map(|(j, c)| {
+                        if case >> (j % 64) & 1 == 1 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut message = Message::new();
+        message
+            .set_id(7)
+            .set_recursion_desired(true)
+            .add_query(Query::query(
+                Name::from_ascii(format!("{}.", name.join("."))).unwrap(),
+                RecordType::from(qtype),
+            ));
+        if edns {
+            message.set_edns(Edns::new());
+        }
+        let mut bytes = message.to_vec().unwrap();
+        for (at, value) in damage {
+            let at = usize::from(at) % bytes.len();
+            bytes[at] = value;
+        }
+        match resize {
+            r if r < 0 => bytes.truncate(bytes.len().saturating_sub(r.unsigned_abs() as usize)),
+            r if r > 0 => bytes.extend(std::iter::repeat_n(0x41, r as usize)),
+            _ => {}
+        }
+        bytes
+    })
+}
+
+/// The entry a query gets: its name and type's, else its name's; `None` when there is
+/// none (the datapath then answers NXDOMAIN under svc.cluster.local, passes otherwise).
+fn expected<'a>(
+    entries: &'a BTreeMap<DnsKey, DnsAnswer>,
+    query: &Message,
+) -> Option<&'a DnsAnswer> {
+    let q = query.queries().first()?;
+    let exact = svclb::entries::dns::key(q.name(), u16::from(q.query_type())).ok()?;
+    let name = svclb::entries::dns::key(q.name(), 0).ok()?;
+    entries.get(&exact).or_else(|| entries.get(&name))
+}
+
+/// Queries, well formed and damaged: every reply the responder sends parses as DNS, answers
+/// the question it was asked (the same ID and question, as its entries say), and whatever
+/// it does not answer passes on untouched.
+#[test]
+#[ignore = "needs root"]
+fn fuzzed_queries_get_a_right_answer_or_pass_untouched() -> Result<()> {
+    require_root()?;
+    let dp = std::cell::RefCell::new(Datapath::load("dnsfuzz")?);
+    let entries = program(&dp.borrow(), &format!("{SERVICES}---{}", big_slice()))?;
+    let config = ProptestConfig {
+        cases: 5_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let answered = std::cell::Cell::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    runner
+        .run(&fuzzed_query(), |payload| {
+            let mut spec = PacketSpec::udp(CLIENT, (DNS, 53));
+            spec.payload = payload.clone();
+            let frame = spec.build();
+            let (verdict, out) = dp
+                .borrow_mut()
+                .run(&frame)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if verdict == TC_ACT_OK {
+                prop_assert_eq!(&out, &frame, "passed on, but changed");
+                return Ok(());
+            }
+            prop_assert_eq!(verdict, TC_ACT_REDIRECT, "neither answered nor passed on");
+            let reply = reply(&out).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+            let query = Message::from_vec(&payload).map_err(|e| {
+                TestCaseError::fail(format!("answered a query that does not parse: {e}"))
+            })?;
+            prop_assert_eq!(reply.id(), query.id());
+            prop_assert_eq!(reply.queries(), query.queries(), "the question, as asked");
+            let want = expected(&entries, &query);
+            let rcode = want.map_or(3, |e| e.rcode);
+            prop_assert_eq!(u16::from(reply.response_code()), u16::from(rcode));
+            if let Some(entry) = want {
+                let cut = if reply.truncated()
+                    && usize::from(entry.whole.answers) > reply.answers().len()
+                {
+                    entry.small
+                } else {
+                    entry.whole
+                };
+                prop_assert_eq!(reply.answers().len(), usize::from(cut.answers));
+            }
+            answered.set(answered.get() + 1);
+            Ok(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(
+        answered.get() > 500,
+        "only {} of 5,000 answered",
+        answered.get()
+    );
     Ok(())
 }

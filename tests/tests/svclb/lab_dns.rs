@@ -12,6 +12,16 @@ use svclb_tests::{
 
 const CLUSTER_DNS: &str = "10.96.0.10";
 
+/// The conntrack entries node `node`'s datapath holds.
+fn conntrack_entries(lab: &Lab, node: usize) -> Result<u64> {
+    let status = lab.status(node)?;
+    status["maps"]
+        .as_array()
+        .and_then(|maps| maps.iter().find(|m| m["map"] == "SVCLB_CT"))
+        .and_then(|m| m["entries"].as_u64())
+        .with_context(|| format!("SVCLB_CT in {status}"))
+}
+
 /// The events `svclb status` counted on node `node`, by label.
 fn event(lab: &Lab, node: usize, label: &str) -> Result<u64> {
     let status = lab.status(node)?;
@@ -82,6 +92,41 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
     );
     let answered = event(&lab, 0, "dns_answered")? + event(&lab, 0, "dns_nxdomain")?;
     assert!(answered >= 4, "node 1 answered {answered}");
+
+    // glibc's way, 100,000 lookups (an A and an AAAA query back to back on one socket) from
+    // 8 threads: none waits a second, and none makes a flow.
+    let flows_before = conntrack_entries(&lab, 0)?;
+    let load = lab.run_client(
+        0,
+        &client,
+        &[
+            "dns-pairs",
+            &dns,
+            "web.default.svc.cluster.local",
+            "8",
+            "100000",
+        ],
+    )?;
+    let fields: Vec<u128> = load
+        .first()
+        .and_then(|l| l.strip_prefix("dns-pairs "))
+        .context("no dns-pairs line")?
+        .split(' ')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let [done, failed, slowest_ns] = fields[..] else {
+        anyhow::bail!("{load:?}");
+    };
+    assert_eq!((done, failed), (100_000, 0), "{load:?}");
+    assert!(
+        slowest_ns < 1_000_000_000,
+        "the slowest lookup took {slowest_ns} ns"
+    );
+    assert_eq!(
+        conntrack_entries(&lab, 0)?,
+        flows_before,
+        "no flow for a cluster name"
+    );
 
     // A name outside the cluster reaches the DNS service's backend.
     let passed = ask("example.com", "A")?;
