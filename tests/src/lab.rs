@@ -903,6 +903,13 @@ impl Lab {
             .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok()))
     }
 
+    /// Writes `content` to a file of the lab's own (removed with it); its path.
+    pub fn work_file(&self, name: &str, content: &str) -> Result<PathBuf> {
+        let path = self.work_dir.join(name);
+        fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     /// Node `node`'s route epoch (see `svclb::kernel::routes`), read from its pin.
     pub fn route_epoch(&self, node: usize) -> Result<u32> {
         use aya::maps::{Array, Map, MapData};

@@ -118,6 +118,45 @@ const BIG_MAX: usize = 1 << 20;
 
 /// The answer to `request`: the name, for `peer` the name and the client's address, for
 /// `big N` the name and N bytes.
+/// The address the stub DNS upstream gives every name outside the cluster.
+pub const STUB_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 53);
+
+/// A datagram that is a DNS query gets a stub upstream's answer, as a recursive server
+/// would give it (RA set, AA clear): NXDOMAIN under `cluster.local` (the cluster's names
+/// are not its to know), [`STUB_ADDRESS`] for an A query of any other name, NODATA for other
+/// types. `None` for anything else.
+fn dns_stub(request: &[u8]) -> Option<Vec<u8>> {
+    use hickory_proto::{
+        op::{Message, MessageType, OpCode, ResponseCode},
+        rr::{Name, RData, Record, RecordType, rdata::A},
+    };
+    let query = Message::from_vec(request).ok()?;
+    if query.message_type() != MessageType::Query || query.op_code() != OpCode::Query {
+        return None;
+    }
+    let [question] = query.queries() else {
+        return None;
+    };
+    let mut reply = Message::new();
+    reply
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .add_query(question.clone());
+    let cluster = Name::from_ascii("cluster.local.").ok()?;
+    if cluster.zone_of(question.name()) {
+        reply.set_response_code(ResponseCode::NXDomain);
+    } else if question.query_type() == RecordType::A {
+        reply.add_answer(Record::from_rdata(
+            question.name().clone(),
+            30,
+            RData::A(A(STUB_ADDRESS)),
+        ));
+    }
+    reply.to_vec().ok()
+}
+
 fn answer(request: &[u8], reply: &str, peer: SocketAddr) -> String {
     // The first line asks; a UDP request may carry filler after it (to be fragmented).
     let request = request
@@ -203,8 +242,10 @@ fn serve_udp(socket: &UdpSocket, stop: &AtomicBool, reply: &str) {
     let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::Relaxed) {
         if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let answer =
+                dns_stub(&buf[..n]).unwrap_or_else(|| answer(&buf[..n], reply, peer).into_bytes());
             // A lost answer is the client's timeout to handle, as with any UDP service.
-            let _ = socket.send_to(answer(&buf[..n], reply, peer).as_bytes(), peer);
+            let _ = socket.send_to(&answer, peer);
         }
     }
 }

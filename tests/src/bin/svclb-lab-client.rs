@@ -25,6 +25,10 @@
 //! thread keeps its socket), then both answers; a lookup whose answers take over a second
 //! fails. It prints `dns-pairs LOOKUPS FAILED MAX-NANOSECONDS`.
 //!
+//! `resolve RESOLV-CONF NAME` (the address argument's place) resolves NAME with glibc's
+//! `getaddrinfo`, reading RESOLV-CONF as its `/etc/resolv.conf` (bind-mounted over it in a
+//! mount namespace of the process's own): the addresses, sorted, space-separated, or `ERR`.
+//!
 //! `dns` prints the reply as `RCODE FLAGS ANSWERS AUTHORITIES`: flags `aa`/`tc`/`ra` joined
 //! with commas (`-` for none), the answers as `NAME TTL DATA` joined with `; `, the number of
 //! authority records; a reply that is not DNS prints `NOTDNS` and its text.
@@ -358,9 +362,49 @@ fn dns_pairs(addr: SocketAddr, name: &str, threads: usize, count: usize) {
     println!("dns-pairs {done} {failed} {slowest}");
 }
 
+/// `resolve`: NAME through glibc with `resolv_conf` as its resolver configuration.
+fn resolve(resolv_conf: &str, name: &str) -> std::io::Result<String> {
+    use nix::{
+        mount::{MsFlags, mount},
+        sched::{CloneFlags, unshare},
+    };
+    use std::net::ToSocketAddrs as _;
+    let io = |e: nix::Error| std::io::Error::from_raw_os_error(e as i32);
+    unshare(CloneFlags::CLONE_NEWNS).map_err(io)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(io)?;
+    mount(
+        Some(resolv_conf),
+        "/etc/resolv.conf",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(io)?;
+    let mut addrs: Vec<String> = (name, 0)
+        .to_socket_addrs()?
+        .map(|a| a.ip().to_string())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs.join(" "))
+}
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]], or dns ADDR NAME TYPE, or dns-pairs ADDR NAME THREADS COUNT";
+    if let (Some("resolve"), Some(conf), Some(name)) =
+        (args.first().map(String::as_str), args.get(1), args.get(2))
+    {
+        print(resolve(conf, name));
+        return Ok(());
+    }
+    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]], or dns ADDR NAME TYPE, or dns-pairs ADDR NAME THREADS COUNT, or resolve RESOLV-CONF NAME";
     let (mode, addr) = match (args.first(), args.get(1)) {
         (Some(mode), Some(addr)) => (mode.as_str(), addr),
         _ => return Err(usage.into()),

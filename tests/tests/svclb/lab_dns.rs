@@ -8,6 +8,7 @@ use svclb_tests::{
     Lab, LabSpec,
     manifests::{DNS, WEB, cluster_ip_service, service},
     require_root,
+    server::STUB_ADDRESS,
 };
 
 const CLUSTER_DNS: &str = "10.96.0.10";
@@ -43,8 +44,8 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
     })?;
     let server = lab.pod("n2-pod1").clone();
     let pods = [lab.pod("n1-pod2").clone(), lab.pod("n2-pod2").clone()];
-    // The "DNS server" behind kube-dns is a lab backend: it answers any datagram with its
-    // name, which is how a query that was passed on shows.
+    // The DNS server behind kube-dns is a lab backend, whose UDP server answers DNS queries
+    // as a stub upstream (`svclb_tests::server`).
     lab.write_manifest(
         "kube-dns.yaml",
         &cluster_ip_service("kube-dns", CLUSTER_DNS, &[DNS], &[&server]),
@@ -128,12 +129,74 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
         "no flow for a cluster name"
     );
 
-    // A name outside the cluster reaches the DNS service's backend.
-    let passed = ask("example.com", "A")?;
+    // glibc, through a pod's resolv.conf as kubelet writes it (ClusterFirst): short names
+    // found through the search list, whose misses are answered NXDOMAIN here.
+    let conf = lab.work_file(
+        "resolv.conf",
+        &format!(
+            "nameserver {CLUSTER_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        ),
+    )?;
+    let conf = conf.to_string_lossy().into_owned();
+    let resolve = |name: &str| -> Result<String> {
+        let out = lab.run_client(0, &client, &["resolve", &conf, name])?;
+        Ok(out.first().cloned().unwrap_or_default())
+    };
+    let mut db: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
+    db.sort();
+    for (name, want) in [
+        ("web", "10.96.0.20".to_owned()),
+        ("web.default", "10.96.0.20".to_owned()),
+        ("Web.Default.svc.cluster.local.", "10.96.0.20".to_owned()),
+        ("db", db.join(" ")),
+    ] {
+        assert_eq!(resolve(name)?, want, "getaddrinfo({name:?})");
+    }
+
+    // An endpoint leaves the headless Service: its address leaves the answers with the
+    // sync that takes it out of the datapath.
+    lab.write_manifest(
+        "db.yaml",
+        &service("db", "None", &[WEB], &pods[..1], "", ""),
+    )?;
+    let changed = std::time::Instant::now();
+    let want = format!("db.default.svc.cluster.local. 5 {}", pods[0].addr);
+    let gone = lab.wait_for(
+        std::time::Duration::from_secs(5),
+        "the address to leave",
+        || ask("db.default.svc.cluster.local", "A").is_ok_and(|reply| reply[2] == want),
+    )?;
+    let took = changed.elapsed().min(gone);
+    eprintln!("an endpoint left the DNS answers {took:?} after its slice changed");
     assert!(
-        passed[0].starts_with(&format!("NOTDNS {}", server.name)),
-        "{passed:?}"
+        took <= std::time::Duration::from_millis(100),
+        "the answers changed {took:?} after the slice (the file's watch and one sync)"
     );
-    assert!(event(&lab, 0, "dns_passed_name")? >= 1);
+
+    // A name outside the cluster reaches the DNS service's backend, a stub upstream: through
+    // the search list (two misses answered NXDOMAIN here, one by the upstream), then as is.
+    let passed_before = event(&lab, 0, "dns_passed_name")?;
+    let nx_before = event(&lab, 0, "dns_nxdomain")?;
+    assert_eq!(
+        ask("example.com", "A")?,
+        [
+            "NoError",
+            "ra",
+            &format!("example.com. 30 {STUB_ADDRESS}"),
+            "0"
+        ]
+    );
+    assert_eq!(resolve("example.com")?, STUB_ADDRESS.to_string());
+    // The A and AAAA of each of the four names glibc tries.
+    assert_eq!(
+        event(&lab, 0, "dns_nxdomain")? - nx_before,
+        4,
+        "two search-list misses"
+    );
+    assert_eq!(
+        event(&lab, 0, "dns_passed_name")? - passed_before,
+        1 + 4,
+        "the query by hand, and two names through glibc"
+    );
     Ok(())
 }
