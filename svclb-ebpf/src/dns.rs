@@ -55,6 +55,8 @@ const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 /// What a client without EDNS takes.
 const SMALL_MESSAGE: usize = 512;
+/// The largest reply sent: the EDNS payload size DNS flag day 2020 settled on.
+const EDNS_MESSAGE: usize = 1232;
 
 /// The query buffer: a power of two, so an index masked to it is in bounds (see [`at`]).
 const QUERY_BUF: usize = 512;
@@ -64,7 +66,7 @@ const _: () = assert!(QUERY_MAX <= QUERY_BUF && QUERY_BUF.is_power_of_two());
 pub struct DnsScratch {
     query: [u8; QUERY_BUF],
     key: DnsKey,
-    /// Ethernet, IPv4 and UDP headers of the reply, then its DNS header, then its OPT.
+    /// The reply's Ethernet, IPv4 and UDP headers, its DNS header and its OPT record.
     headers: [u8; ETH_HLEN + IP_HLEN + UDP_HLEN],
     dns: [u8; DNS_HLEN],
     opt: [u8; OPT_LEN],
@@ -313,7 +315,8 @@ fn key_of(query: &Query, s: &mut DnsScratch) -> Result<(), u32> {
     Ok(())
 }
 
-/// Whether the key's name is under `svc.<zone>`.
+/// Whether the key's name is under `svc.<zone>`: it ends in those labels, and a label of
+/// its own starts where they do.
 #[inline(always)]
 fn under_svc(key: &DnsKey, zone: &DnsZone) -> bool {
     const SVC: [u8; 4] = [3, b's', b'v', b'c'];
@@ -336,7 +339,20 @@ fn under_svc(key: &DnsKey, zone: &DnsZone) -> bool {
             return false;
         }
     }
-    true
+    label_starts_at(key, from)
+}
+
+/// Whether a label of the key's name starts at `from`.
+#[inline(always)]
+fn label_starts_at(key: &DnsKey, from: usize) -> bool {
+    let mut pos = 0;
+    for _ in 0..128 {
+        if pos >= from {
+            break;
+        }
+        pos += usize::from(at(&key.name, pos)) + 1;
+    }
+    pos == from
 }
 
 /// Copies the zone's SOA into `s.soa`, its names pointing at the zone's place in the query's
@@ -402,8 +418,10 @@ fn send(
 ) -> Result<i32, i64> {
     let question = DNS_HLEN + query.name_len + 4;
     let opt_len = if query.edns.is_some() { OPT_LEN } else { 0 };
+    // The client's size, at most EDNS's common 1,232 bytes: a reply fits a frame of any
+    // link's MTU from 1,280 (an overlay's too) up.
     let limit = match query.edns {
-        Some((size, _)) => usize::from(size).max(SMALL_MESSAGE),
+        Some((size, _)) => usize::from(size).clamp(SMALL_MESSAGE, EDNS_MESSAGE),
         None => SMALL_MESSAGE,
     };
     let (rcode, cut, truncated) = match sections {

@@ -179,14 +179,18 @@ pub fn cached_route(
     if !route(ctx, pkt, daddr, false, out) {
         return false;
     }
-    // SAFETY: as above; `found` and `epoch` are written last.
+    // SAFETY: as above. Volatile stores, in this order: the route serves nothing while it is
+    // written (`ifindex` 0) and from its last store on. (Another CPU reading it meanwhile sees
+    // the stores in this order on x86; where stores may be seen out of order, a packet racing
+    // a refresh may leave with a torn route, as a packet racing a route change may anyway.)
     unsafe {
-        (*cached).ifindex = out.ifindex;
+        core::ptr::write_volatile(&raw mut (*cached).ifindex, 0);
         bytes::copy((*cached).dmac.as_mut_ptr(), out.dmac.as_ptr(), 6);
         bytes::copy((*cached).smac.as_mut_ptr(), out.smac.as_ptr(), 6);
-        (*cached).max_len = len;
-        (*cached).found = route_clock(now);
-        (*cached).epoch = epoch as u16;
+        core::ptr::write_volatile(&raw mut (*cached).max_len, len);
+        core::ptr::write_volatile(&raw mut (*cached).found, route_clock(now));
+        core::ptr::write_volatile(&raw mut (*cached).epoch, epoch as u16);
+        core::ptr::write_volatile(&raw mut (*cached).ifindex, out.ifindex);
     }
     true
 }

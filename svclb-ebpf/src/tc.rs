@@ -51,7 +51,11 @@ pub fn ingress(ctx: &TcContext, side: Side) -> i32 {
     if s.pkt.is_icmp() {
         return related(ctx, s);
     }
-    if side == Side::Pod && s.pkt.is_udp() && s.pkt.dport_be == dns::DNS_PORT.to_be() {
+    if side == Side::Pod
+        && s.pkt.is_udp()
+        && s.pkt.frag == FRAG_NONE
+        && s.pkt.dport_be == dns::DNS_PORT.to_be()
+    {
         let verdict = dns::respond(ctx, &s.pkt);
         if verdict != dns::NOT_ANSWERED {
             return verdict;

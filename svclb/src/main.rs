@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use glob::Pattern;
 use ipnet::IpNet;
@@ -151,11 +151,13 @@ struct SourceArgs {
 }
 
 impl SourceArgs {
-    fn config(self) -> SourceConfig {
+    /// The source; with `dns`, reading what only the DNS records need too.
+    fn config(self, dns: bool) -> SourceConfig {
         match self.manifests {
             Some(dir) => SourceConfig::Manifests(dir),
             None => SourceConfig::Kubernetes {
                 kubeconfig: self.kubeconfig,
+                dns,
             },
         }
     }
@@ -351,6 +353,12 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
     } else {
         None
     };
+    let dns_on = !args.cluster_dns.is_empty();
+    if dns_on && args.pod_devices.is_none() {
+        bail!(
+            "--cluster-dns needs --pod-devices: the pods' queries are answered by the program on their devices, and the socket hooks leave them to it"
+        );
+    }
     Ok(AgentConfig {
         node_name: args.node_name.context("--node-name is required")?,
         localhost_nodeports: args.localhost_nodeports && socket_lb.is_some(),
@@ -371,7 +379,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
                 .to_ascii_lowercase(),
         }),
         addresses: args.external_ips.rule(args.nodeport_addresses),
-        source: args.source.config(),
+        source: args.source.config(dns_on),
         devices: DeviceSelector {
             uplinks: args.devices,
             pod_devices,
@@ -420,7 +428,8 @@ fn plan_command(
 ) -> Result<()> {
     let (snapshot, uplinks) = runtime()?.block_on(async {
         // `svclb plan` reads once: nothing counts its watch errors.
-        let mut source = Source::open(&source.config(), Counter::default()).await?;
+        let mut source =
+            Source::open(&source.config(cluster_domain.is_some()), Counter::default()).await?;
         source.wait_ready(PLAN_READY).await?;
         let uplinks = addresses::of_devices_once(devices).await?;
         anyhow::Ok((source.snapshot(), uplinks))

@@ -910,6 +910,16 @@ impl Lab {
         Ok(path)
     }
 
+    /// The conntrack entries node `node`'s datapath holds (`svclb status`).
+    pub fn conntrack_entries(&self, node: usize) -> Result<u64> {
+        let status = self.status(node)?;
+        status["maps"]
+            .as_array()
+            .and_then(|maps| maps.iter().find(|m| m["map"] == "SVCLB_CT"))
+            .and_then(|m| m["entries"].as_u64())
+            .with_context(|| format!("SVCLB_CT in {status}"))
+    }
+
     /// Node `node`'s route epoch (see `svclb::kernel::routes`), read from its pin.
     pub fn route_epoch(&self, node: usize) -> Result<u32> {
         use aya::maps::{Array, Map, MapData};

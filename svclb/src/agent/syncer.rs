@@ -11,6 +11,8 @@ use std::{
 use anyhow::{Result, bail};
 use tracing::{debug, error, info, warn};
 
+use svclb_common::dns::DnsZone;
+
 use super::{DnsConfig, conntrack::Purger, health::HealthChecks, healthz::ProxyHealth};
 use crate::{
     entries::{
@@ -36,12 +38,16 @@ use crate::{
 pub(crate) struct DnsNames {
     domain: String,
     zone: Zone,
+    /// The responder's settings, written once a sync has written every name (until then a
+    /// name not written yet would be answered NXDOMAIN); `None` once written.
+    settings: Option<DnsZone>,
     programmed: DnsEntries,
 }
 
 impl DnsNames {
-    /// Turns the responder on as `config` says (its entries left by an earlier run are
-    /// adopted, and brought in line by the first sync), or off (its entries deleted).
+    /// Prepares the responder as `config` says (its entries left by an earlier run are
+    /// adopted, and brought in line by the first sync, which then turns it on), or turns it
+    /// off (its entries deleted).
     pub(crate) fn start(maps: &mut Maps, config: Option<&DnsConfig>) -> Result<Option<Self>> {
         let mut programmed = maps.read_dns()?;
         let Some(config) = config else {
@@ -56,26 +62,37 @@ impl DnsNames {
         let serial = (unix_ms() / 1000) as u32;
         let zone = Zone::new(&config.domain, serial)?;
         let host_netns = crate::kernel::socket::netns_cookie()?;
-        maps.set_dns_zone(Some(&zone.entry(&config.servers, host_netns)?))?;
+        let settings = zone.entry(&config.servers, host_netns)?;
         info!(
             servers = ?config.servers,
             domain = %config.domain,
             adopted = programmed.len(),
-            "answering the cluster's DNS names in the datapath"
+            "answering the cluster's DNS names in the datapath once the first sync wrote them"
         );
         Ok(Some(Self {
             domain: config.domain.clone(),
             zone,
+            settings: Some(settings),
             programmed,
         }))
     }
 
-    /// Brings the names in line with `snapshot`: the records' errors (a name too long) and
-    /// the writes that failed.
-    fn sync(&mut self, snapshot: &Snapshot, maps: &mut Maps) -> (Vec<String>, SyncReport) {
+    /// Brings the names in line with `snapshot`, and turns the responder on after the first
+    /// sync that wrote them all. The writes that failed, each named.
+    fn sync(&mut self, snapshot: &Snapshot, maps: &mut Maps) -> Vec<String> {
         let (desired, refused) = table(&records(snapshot, &self.domain), &self.zone);
-        let report = dns::sync(maps, &mut self.programmed, &desired);
-        (refused, report)
+        for name in refused {
+            warn!("passed on to the DNS service: {name}");
+        }
+        let mut report = dns::sync(maps, &mut self.programmed, &desired);
+        if report.errors.is_empty()
+            && let Some(settings) = self.settings.take()
+            && let Err(err) = maps.set_dns_zone(Some(&settings))
+        {
+            self.settings = Some(settings);
+            report.errors.push(format!("{err:#}"));
+        }
+        report.errors
     }
 }
 
@@ -171,15 +188,18 @@ impl Syncer {
         let changed = self.planner.update(&snapshot);
         self.health.update(&self.planner.plan().health_checks);
         let plan_us = started.elapsed().as_micros() as u64 - read_us;
-        let mut applied = self.apply(&changed);
-        if let Some(dns) = &mut self.dns {
-            let (refused, report) = dns.sync(&snapshot, &mut self.maps);
-            for name in refused {
-                warn!("not answered in the datapath: {name}");
-            }
-            applied.report.writes += report.writes;
-            applied.report.errors.extend(report.errors);
+        let applied = self.apply(&changed);
+        // The names' own failures: retried by the next sync, and kept apart from the
+        // frontends' (they neither force a full sync nor fail the health checks).
+        let dns_errors = match &mut self.dns {
+            Some(dns) => dns.sync(&snapshot, &mut self.maps),
+            None => Vec::new(),
+        };
+        for err in &dns_errors {
+            error!("DNS map write failed: {err}");
         }
+        self.metrics
+            .count_errors(ERROR_MAP_WRITE, dns_errors.len() as u64);
         self.update_traffic(&changed, applied.full);
         let plan = self.planner.plan();
         self.not_programmed = plan
@@ -211,7 +231,7 @@ impl Syncer {
         };
         self.record(&timings, &applied.report, applied.full);
         self.log(&timings, &applied, changed.len());
-        incomplete
+        incomplete || !dns_errors.is_empty()
     }
 
     /// The incremental sync when the last one wrote everything and the change fits, the full

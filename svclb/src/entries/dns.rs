@@ -135,6 +135,10 @@ pub fn table(records: &[Record], zone: &Zone) -> (BTreeMap<DnsKey, DnsAnswer>, V
     for (name, records) in &names {
         if let Err(err) = name_entries(name, records, &names, zone, &mut out, &mut namespaces) {
             errors.push(format!("DNS name {name}: {err:#}"));
+            // Not NXDOMAIN: the DNS service answers it.
+            if let Ok(key) = fqdn(name).and_then(|owner| key(&owner, QTYPE_NAME)) {
+                out.insert(key, pass(&owner_or_root(name)));
+            }
         }
     }
     namespaces.insert(zone.svc.clone());
@@ -180,14 +184,28 @@ fn name_entries(
     let depth = zone.svc.num_labels() + 1;
     namespaces.insert(owner.trim_to(usize::from(depth)));
     if by_type.contains_key(&RecordType::CNAME) {
-        let pass = DnsAnswer {
-            flags: DNS_F_PASS,
-            ..answer(RCODE_NOERROR, 0, &Encoded::default(), &owner)
-        };
-        out.insert(key(&owner, QTYPE_NAME)?, pass);
+        out.insert(key(&owner, QTYPE_NAME)?, pass(&owner));
         return Ok(());
     }
+    // SRV of a Service's own name: CoreDNS answers every port, named or not; the DNS service
+    // does that.
+    if owner.num_labels() == zone.svc.num_labels() + 2 && !by_type.contains_key(&RecordType::SRV) {
+        out.insert(key(&owner, u16::from(RecordType::SRV))?, pass(&owner));
+    }
     negative(&owner, QTYPE_NAME, RCODE_NOERROR, zone, out)
+}
+
+/// An entry that sends the query on to the DNS service.
+fn pass(name: &Name) -> DnsAnswer {
+    DnsAnswer {
+        flags: DNS_F_PASS,
+        ..answer(RCODE_NOERROR, 0, &Encoded::default(), name)
+    }
+}
+
+/// `name` as a name, or the root when it is none (for [`pass`], whose sections are empty).
+fn owner_or_root(name: &str) -> Name {
+    fqdn(name).unwrap_or_else(|_| Name::root())
 }
 
 /// A namespace's (or `svc.<zone>`'s) entries: NODATA, and NXDOMAIN for TXT.

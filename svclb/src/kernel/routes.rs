@@ -1,7 +1,8 @@
 //! The route epoch (`SVCLB_ROUTE_EPOCH`). The XDP program caches in each flow's conntrack
 //! entry the route its packets leave by (`svclb_common::CtRoute`), and trusts it only in the
-//! epoch it was found in: the agent bumps the epoch on every route, neighbour and link
-//! notification, so a changed next hop or MAC address is looked up again by the next packet.
+//! epoch it was found in: the agent bumps the epoch on the route, neighbour and link
+//! notifications that may change a route ([`Watch`]), so a changed next hop or MAC address is
+//! looked up again by the next packet.
 //! Notifications lost (a netlink buffer overrun) or an agent not running cost at most the
 //! cache's age bound (about 5 s).
 
@@ -87,6 +88,8 @@ impl Watch {
             NetlinkPayload::InnerMessage(
                 M::NewRoute(_) | M::DelRoute(_) | M::NewLink(_) | M::DelLink(_),
             ) => true,
+            // Notifications were lost (the socket's buffer ran over): any may have changed.
+            NetlinkPayload::Overrun(_) => true,
             _ => false,
         }
     }

@@ -1,9 +1,9 @@
 //! The cluster's DNS records, as the Kubernetes DNS specification (kubernetes/dns,
 //! docs/specification.md, schema 1.1.0) defines them and CoreDNS's `kubernetes` plugin serves
 //! them, computed from the same Services and EndpointSlices as the plan (`svclb plan
-//! --cluster-domain` shows them). Nothing answers from them yet: the datapath's responder is
-//! to come. Pod records, ExternalName targets' addresses and everything not listed here are
-//! the cluster's DNS server's to answer.
+//! --cluster-domain` shows them); the datapath answers from them (`entries::dns`). Pod
+//! records, ExternalName targets' addresses and everything not listed here are the cluster's
+//! DNS server's to answer.
 //!
 //! - A Service with a cluster IP: A/AAAA `<svc>.<ns>.svc.<zone>` for each of its cluster IPs;
 //!   SRV `_<port>._<proto>.<svc>.<ns>.svc.<zone>` for each named port, targeting the Service's
@@ -97,7 +97,7 @@ impl fmt::Display for Record {
 pub fn records(snapshot: &Snapshot, zone: &str) -> Vec<Record> {
     let zone = zone.trim_end_matches('.').to_ascii_lowercase();
     let mut slices: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in &snapshot.slices {
+    for slice in snapshot.slices.iter().chain(&snapshot.dns_slices) {
         if let Some(service) = service_of(slice) {
             slices.entry(service).or_default().push(slice);
         }
@@ -110,7 +110,7 @@ pub fn records(snapshot: &Snapshot, zone: &str) -> Vec<Record> {
             text: SCHEMA_VERSION.into(),
         },
     });
-    for service in &snapshot.services {
+    for service in snapshot.services.iter().chain(&snapshot.dns_services) {
         let Some(name) = ServiceName::of(service, &zone) else {
             continue;
         };

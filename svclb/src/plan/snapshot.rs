@@ -21,4 +21,9 @@ pub struct Snapshot {
     pub nodes: Vec<Arc<Node>>,
     /// Problems the source found in what it read (a file that does not parse, a duplicate).
     pub diagnostics: Vec<Diagnostic>,
+    /// Services and EndpointSlices the plan leaves alone that still have DNS names: those of
+    /// another service proxy (`service.kubernetes.io/service-proxy-name`), and headless
+    /// Services' slices. The API source reads them only when the DNS responder is on.
+    pub dns_services: Vec<Arc<Service>>,
+    pub dns_slices: Vec<Arc<EndpointSlice>>,
 }

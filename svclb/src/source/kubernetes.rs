@@ -16,6 +16,7 @@ use k8s_openapi::{
         core::v1::{Node, NodeStatus, Service},
         discovery::v1::EndpointSlice,
     },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
     serde::de::DeserializeOwned,
 };
 use kube::{
@@ -149,25 +150,33 @@ fn trim_node(node: &mut Node) {
 impl KubeSource {
     /// Starts watching. As kube-proxy does, Services and EndpointSlices that name another
     /// service proxy (`service.kubernetes.io/service-proxy-name`) are not watched, nor the
-    /// EndpointSlices of headless services. Every Node is watched, kept with its labels,
+    /// EndpointSlices of headless services, unless `dns` (their names are answered too). Every Node is watched, kept with its labels,
     /// taints and addresses only (see [`trim_node`]). Failed watch requests are counted in
     /// `errors`.
-    pub fn start(client: &Client, errors: Counter) -> Self {
+    /// With `dns`, every Service and EndpointSlice is watched, and those the plan leaves
+    /// alone are kept apart for the DNS records (see `Snapshot::dns_services`).
+    pub fn start(client: &Client, errors: Counter, dns: bool) -> Self {
         let (tx, changes) = mpsc::unbounded_channel();
         let reports = Reports {
             changes: tx,
             errors,
         };
+        let selected = |labels: String| {
+            if dns {
+                watcher::Config::default()
+            } else {
+                watcher::Config::default().labels(&labels)
+            }
+        };
         let (services, t1) = watch(
             Api::<Service>::all(client.clone()),
-            watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}")),
+            selected(format!("!{SERVICE_PROXY_NAME_LABEL}")),
             |_| {},
             reports.clone(),
         );
         let (slices, t2) = watch(
             Api::<EndpointSlice>::all(client.clone()),
-            watcher::Config::default()
-                .labels(&format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}")),
+            selected(format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}")),
             |_| {},
             reports.clone(),
         );
@@ -214,11 +223,24 @@ impl KubeSource {
     /// The stores' objects, shared with them: an object the watch did not touch keeps its
     /// allocation, which is how the planner knows it is unchanged.
     pub fn snapshot(&self) -> Snapshot {
+        let labelled = |meta: &ObjectMeta, label: &str| {
+            meta.labels.as_ref().is_some_and(|l| l.contains_key(label))
+        };
+        let (dns_services, services) = self
+            .services
+            .state()
+            .into_iter()
+            .partition(|s| labelled(&s.metadata, SERVICE_PROXY_NAME_LABEL));
+        let (dns_slices, slices) = self.slices.state().into_iter().partition(|s| {
+            labelled(&s.metadata, SERVICE_PROXY_NAME_LABEL) || labelled(&s.metadata, HEADLESS_LABEL)
+        });
         Snapshot {
-            services: self.services.state(),
-            slices: self.slices.state(),
+            services,
+            slices,
             nodes: self.nodes.state(),
             diagnostics: Vec::new(),
+            dns_services,
+            dns_slices,
         }
     }
 }

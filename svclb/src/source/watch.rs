@@ -21,8 +21,12 @@ use crate::plan::Snapshot;
 pub enum SourceConfig {
     /// A directory of YAML manifests, watched for changes.
     Manifests(PathBuf),
-    /// The Kubernetes API, through `kubeconfig` or the in-cluster service account.
-    Kubernetes { kubeconfig: Option<PathBuf> },
+    /// The Kubernetes API, through `kubeconfig` or the in-cluster service account; with
+    /// `dns`, also what only the DNS records need (see `KubeSource::start`).
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        dns: bool,
+    },
 }
 
 pub enum Source {
@@ -67,9 +71,9 @@ impl Source {
                     errors,
                 })
             }
-            SourceConfig::Kubernetes { kubeconfig } => {
+            SourceConfig::Kubernetes { kubeconfig, dns } => {
                 let client = kubernetes::client(kubeconfig.as_deref()).await?;
-                Ok(Self::Kubernetes(KubeSource::start(&client, errors)))
+                Ok(Self::Kubernetes(KubeSource::start(&client, errors, *dns)))
             }
         }
     }

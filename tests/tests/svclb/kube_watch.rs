@@ -44,6 +44,7 @@ async fn start(api: &FakeApi) -> Result<KubeSource> {
     Ok(KubeSource::start(
         &client,
         prometheus_client::metrics::counter::Counter::default(),
+        false,
     ))
 }
 

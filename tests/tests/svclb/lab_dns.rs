@@ -13,16 +13,6 @@ use svclb_tests::{
 
 const CLUSTER_DNS: &str = "10.96.0.10";
 
-/// The conntrack entries node `node`'s datapath holds.
-fn conntrack_entries(lab: &Lab, node: usize) -> Result<u64> {
-    let status = lab.status(node)?;
-    status["maps"]
-        .as_array()
-        .and_then(|maps| maps.iter().find(|m| m["map"] == "SVCLB_CT"))
-        .and_then(|m| m["entries"].as_u64())
-        .with_context(|| format!("SVCLB_CT in {status}"))
-}
-
 /// The events `svclb status` counted on node `node`, by label.
 fn event(lab: &Lab, node: usize, label: &str) -> Result<u64> {
     let status = lab.status(node)?;
@@ -96,7 +86,7 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
 
     // glibc's way, 100,000 lookups (an A and an AAAA query back to back on one socket) from
     // 8 threads: none waits a second, and none makes a flow.
-    let flows_before = conntrack_entries(&lab, 0)?;
+    let flows_before = lab.conntrack_entries(0)?;
     let load = lab.run_client(
         0,
         &client,
@@ -124,7 +114,7 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
         "the slowest lookup took {slowest_ns} ns"
     );
     assert_eq!(
-        conntrack_entries(&lab, 0)?,
+        lab.conntrack_entries(0)?,
         flows_before,
         "no flow for a cluster name"
     );

@@ -12,16 +12,6 @@ use svclb_tests::{
     require_root,
 };
 
-/// The conntrack entries node `node`'s datapath holds.
-fn conntrack_entries(lab: &Lab, node: usize) -> Result<u64> {
-    let status = lab.status(node)?;
-    status["maps"]
-        .as_array()
-        .and_then(|maps| maps.iter().find(|m| m["map"] == "SVCLB_CT"))
-        .and_then(|m| m["entries"].as_u64())
-        .with_context(|| format!("SVCLB_CT in {status}"))
-}
-
 const WEB_NODEPORT: PortSpec = WEB.with_node_port(30080);
 
 #[test]
@@ -73,7 +63,7 @@ fn host_network_clients_reach_cluster_ips_node_ports_and_load_balancer_ips() -> 
             }
         }
     }
-    assert_eq!(conntrack_entries(&lab, 0)?, 0, "no flow went through TC");
+    assert_eq!(lab.conntrack_entries(0)?, 0, "no flow went through TC");
     // `svclb list` counts what the socket hooks did per frontend.
     for (addr, port, protocol, connects, datagrams) in [
         ("10.96.0.50", 80, "TCP", 40, 0),
@@ -157,7 +147,7 @@ fn pods_connect_straight_to_backends_and_tc_serves_them_with_socket_lb_off() -> 
         }
     }
     assert_eq!(
-        conntrack_entries(&lab, 0)?,
+        lab.conntrack_entries(0)?,
         0,
         "socket-LB made no flow for TC"
     );
@@ -178,7 +168,7 @@ fn pods_connect_straight_to_backends_and_tc_serves_them_with_socket_lb_off() -> 
         assert_eq!(reply.seen, reply.local);
     }
     assert!(
-        conntrack_entries(&lab, 0)? > 0,
+        lab.conntrack_entries(0)? > 0,
         "the TC path tracks its flows"
     );
     Ok(())

@@ -149,6 +149,9 @@ fn srv_replies_carry_their_targets_addresses() {
         table.contains_key(&key(&Name::from_ascii(qname).unwrap(), QTYPE_NAME).unwrap()),
         "an SRV name exists: its other types get NODATA"
     );
+    // SRV of the Service's own name (every port, unnamed ones too) is the DNS service's.
+    let bare = entry(&table, "web.shop.svc.cluster.local.", 33);
+    assert_eq!(bare.flags, DNS_F_PASS);
     // RFC 2782: the target is not compressed.
     let target = b"\x03web\x04shop\x03svc\x07cluster\x05local\x00";
     let data = &srv.data[..usize::from(srv.whole.len)];
