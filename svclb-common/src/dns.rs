@@ -17,6 +17,13 @@ use crate::addr::L3Addr;
 pub const DNS_NAME_MAX: usize = 255;
 /// The reply sections an entry holds at most.
 pub const DNS_SECTIONS_MAX: usize = 1200;
+/// What a client without EDNS takes (RFC 1035); an entry's small cut fits it, with room for
+/// an OPT record.
+pub const DNS_SMALL_MESSAGE: usize = 512;
+/// The largest reply sent, whatever larger EDNS payload size a client offers: DNS flag day
+/// 2020's 1,232 bytes, which fit a frame on any link from MTU 1,280. An entry's whole cut
+/// fits it.
+pub const DNS_EDNS_MESSAGE: usize = 1232;
 
 /// The query types answered. Others pass to the cluster's DNS server.
 pub const QTYPE_A: u16 = 1;

@@ -26,9 +26,9 @@ use aya_ebpf::{
 use svclb_common::{
     IPPROTO_UDP, L3Addr,
     dns::{
-        DNS_F_CUT, DNS_F_PASS, DNS_NAME_MAX, DNS_SECTIONS_MAX, DNS_SERVERS, DNS_SOA_MAX, DnsAnswer,
-        DnsKey, DnsZone, QTYPE_A, QTYPE_AAAA, QTYPE_CNAME, QTYPE_NAME, QTYPE_PTR, QTYPE_SRV,
-        QTYPE_TXT, RCODE_NXDOMAIN,
+        DNS_EDNS_MESSAGE, DNS_F_CUT, DNS_F_PASS, DNS_NAME_MAX, DNS_SECTIONS_MAX, DNS_SERVERS,
+        DNS_SMALL_MESSAGE, DNS_SOA_MAX, DnsAnswer, DnsKey, DnsZone, QTYPE_A, QTYPE_AAAA,
+        QTYPE_CNAME, QTYPE_NAME, QTYPE_PTR, QTYPE_SRV, QTYPE_TXT, RCODE_NXDOMAIN,
     },
     events::{
         EV_DNS_ANSWERED, EV_DNS_NXDOMAIN, EV_DNS_PASSED_FORM, EV_DNS_PASSED_NAME,
@@ -53,10 +53,6 @@ const QUERY_MAX: usize = DNS_HLEN + DNS_NAME_MAX + 4 + 64;
 const OPT_LEN: usize = 11;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
-/// What a client without EDNS takes.
-const SMALL_MESSAGE: usize = 512;
-/// The largest reply sent: the EDNS payload size DNS flag day 2020 settled on.
-const EDNS_MESSAGE: usize = 1232;
 
 /// The query buffer: a power of two, so an index masked to it is in bounds (see [`at`]).
 const QUERY_BUF: usize = 512;
@@ -418,11 +414,10 @@ fn send(
 ) -> Result<i32, i64> {
     let question = DNS_HLEN + query.name_len + 4;
     let opt_len = if query.edns.is_some() { OPT_LEN } else { 0 };
-    // The client's size, at most EDNS's common 1,232 bytes: a reply fits a frame of any
-    // link's MTU from 1,280 (an overlay's too) up.
+    // The client's size, at most `DNS_EDNS_MESSAGE`.
     let limit = match query.edns {
-        Some((size, _)) => usize::from(size).clamp(SMALL_MESSAGE, EDNS_MESSAGE),
-        None => SMALL_MESSAGE,
+        Some((size, _)) => usize::from(size).clamp(DNS_SMALL_MESSAGE, DNS_EDNS_MESSAGE),
+        None => DNS_SMALL_MESSAGE,
     };
     let (rcode, cut, truncated) = match sections {
         Sections::Entry(entry) => {
@@ -484,7 +479,7 @@ fn send(
         // Root name, OPT, the client's payload size, extended rcode 0, version 0, DO, no
         // options.
         s.opt = [0, 0, 41, 0, 0, 0, 0, do_bit, 0, 0, 0];
-        s.opt[3..5].copy_from_slice(&size.max(SMALL_MESSAGE as u16).to_be_bytes());
+        s.opt[3..5].copy_from_slice(&size.max(DNS_SMALL_MESSAGE as u16).to_be_bytes());
         ctx.store(sections_at + sections_len, &s.opt, 0)?;
     }
     event(match sections {

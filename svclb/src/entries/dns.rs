@@ -28,8 +28,9 @@ use hickory_proto::{
     serialize::binary::{BinEncodable as _, BinEncoder},
 };
 use svclb_common::dns::{
-    DNS_F_CUT, DNS_F_PASS, DNS_NAME_MAX, DNS_SECTIONS_MAX, DNS_SERVERS, DNS_SOA_MAX, DnsAnswer,
-    DnsCut, DnsKey, DnsZone, QTYPE_NAME, RCODE_NOERROR, RCODE_NXDOMAIN,
+    DNS_EDNS_MESSAGE, DNS_F_CUT, DNS_F_PASS, DNS_NAME_MAX, DNS_SECTIONS_MAX, DNS_SERVERS,
+    DNS_SMALL_MESSAGE, DNS_SOA_MAX, DnsAnswer, DnsCut, DnsKey, DnsZone, QTYPE_NAME, RCODE_NOERROR,
+    RCODE_NXDOMAIN,
 };
 
 use super::l3;
@@ -38,9 +39,7 @@ use crate::plan::dns::{Rdata, Record, TTL};
 /// The SOA of negative answers: CoreDNS's (`ns.dns.<zone>`, `hostmaster.<zone>`, 7200, 1800,
 /// 86400, the TTL as minimum and as the record's TTL).
 const SOA_TIMES: (i32, i32, i32) = (7200, 1800, 86_400);
-/// What a message without EDNS holds (RFC 1035), and the OPT record a reply may need room
-/// for beside it.
-const SMALL_MESSAGE: usize = 512;
+/// The OPT record a reply may need room for.
 const OPT_LEN: usize = 11;
 /// The DNS header.
 const HEADER_LEN: usize = 12;
@@ -331,10 +330,14 @@ fn cut(encoded: &Encoded, room: usize) -> DnsCut {
 /// The entry of a reply `rcode` with the sections of `encoded`, to a question `name`.
 fn answer(rcode: u8, flags: u8, encoded: &Encoded, name: &Name) -> DnsAnswer {
     let question = name_len(name) + 4;
-    let whole = cut(encoded, DNS_SECTIONS_MAX);
+    // The whole reply: what fits the entry and the largest message the datapath sends.
+    let whole = cut(
+        encoded,
+        DNS_SECTIONS_MAX.min(DNS_EDNS_MESSAGE.saturating_sub(HEADER_LEN + question + OPT_LEN)),
+    );
     let small = cut(
         encoded,
-        SMALL_MESSAGE.saturating_sub(HEADER_LEN + question + OPT_LEN),
+        DNS_SMALL_MESSAGE.saturating_sub(HEADER_LEN + question + OPT_LEN),
     );
     let mut entry = DnsAnswer {
         rcode,

@@ -37,6 +37,11 @@ fn node(name: &str, zone: &str) -> Value {
 }
 
 async fn start(api: &FakeApi) -> Result<KubeSource> {
+    start_with(api, false).await
+}
+
+/// The source, with `dns` reading what only the DNS records need too.
+async fn start_with(api: &FakeApi, dns: bool) -> Result<KubeSource> {
     let dir = tempfile_dir()?;
     let path = dir.join("kubeconfig");
     std::fs::write(&path, api.kubeconfig())?;
@@ -44,7 +49,7 @@ async fn start(api: &FakeApi) -> Result<KubeSource> {
     Ok(KubeSource::start(
         &client,
         prometheus_client::metrics::counter::Counter::default(),
-        false,
+        dns,
     ))
 }
 
@@ -114,6 +119,57 @@ async fn the_first_sync_waits_for_every_store_and_keeps_nodes_trimmed() -> Resul
     for kind in ["Service", "EndpointSlice", "Node"] {
         assert_eq!(api.count(&format!("LIST {kind}")), 1, "{kind} listed once");
     }
+    Ok(())
+}
+
+/// With the DNS responder on, what kube-proxy leaves alone (headless Services' slices,
+/// another proxy's Services) is read too, and kept apart from what the plan gets.
+#[tokio::test]
+async fn for_dns_the_objects_the_plan_leaves_alone_are_kept_apart() -> Result<()> {
+    let api = FakeApi::start()?;
+    api.apply(service("web", "10.96.0.10"))?;
+    api.apply(slice("web-1", "web", "10.244.1.2"))?;
+    let mut other = service("other", "10.96.0.11");
+    other["metadata"]["labels"] = json!({"service.kubernetes.io/service-proxy-name": "theirs"});
+    api.apply(other)?;
+    api.apply(service("db", "None"))?;
+    let mut headless = slice("db-1", "db", "10.244.1.3");
+    headless["metadata"]["labels"]["service.kubernetes.io/headless"] = json!("");
+    api.apply(headless)?;
+    api.apply(node("n1", "zone-a"))?;
+    let source = start_with(&api, true).await?;
+    source.wait_ready(READY).await?;
+    let snapshot = source.snapshot();
+    let names = |objects: Vec<Option<String>>| {
+        let mut names: Vec<String> = objects.into_iter().flatten().collect();
+        names.sort();
+        names
+    };
+    assert_eq!(service_names(&source), ["db", "web"], "the plan's Services");
+    let slices = names(
+        snapshot
+            .slices
+            .iter()
+            .map(|s| s.metadata.name.clone())
+            .collect(),
+    );
+    assert_eq!(slices, ["web-1"], "the plan's slices");
+    let dns_services = names(
+        snapshot
+            .dns_services
+            .iter()
+            .map(|s| s.metadata.name.clone())
+            .collect(),
+    );
+    assert_eq!(dns_services, ["other"]);
+    let dns_slices = names(
+        snapshot
+            .dns_slices
+            .iter()
+            .map(|s| s.metadata.name.clone())
+            .collect(),
+    );
+    assert_eq!(dns_slices, ["db-1"]);
     Ok(())
 }
 
