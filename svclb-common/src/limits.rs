@@ -12,7 +12,6 @@ pub const MAP_STATS: &str = "SVCLB_STATS";
 pub const MAP_FRAGS: &str = "SVCLB_FRAGS";
 pub const MAP_SOCK_REVERSE: &str = "SVCLB_SOCK_REVERSE";
 pub const MAP_SOCK_STATS: &str = "SVCLB_SOCK_STATS";
-pub const MAP_SOCK_FRONT: &str = "SVCLB_SOCK_FRONT";
 pub const MAP_CONFIG: &str = "SVCLB_CONFIG";
 pub const MAP_XDP_STATS: &str = "SVCLB_XDP_STATS";
 pub const MAP_XDP_PORTS: &str = "SVCLB_XDP_PORTS";
@@ -20,26 +19,6 @@ pub const MAP_EVENTS: &str = "SVCLB_EVENTS";
 pub const MAP_ROUTE_EPOCH: &str = "SVCLB_ROUTE_EPOCH";
 pub const MAP_DNS: &str = "SVCLB_DNS";
 pub const MAP_DNS_ZONE: &str = "SVCLB_DNS_ZONE";
-
-/// Every map the agent pins, in the order `svclb list` and cleanup walk them.
-pub const PINNED_MAPS: [&str; 16] = [
-    MAP_SERVICES,
-    MAP_BACKENDS,
-    MAP_SLOTS,
-    MAP_CT,
-    MAP_MAGLEV,
-    MAP_AFFINITY,
-    MAP_SOURCE_RANGES,
-    MAP_STATS,
-    MAP_FRAGS,
-    MAP_SOCK_REVERSE,
-    MAP_SOCK_STATS,
-    MAP_CONFIG,
-    MAP_XDP_STATS,
-    MAP_XDP_PORTS,
-    MAP_EVENTS,
-    MAP_ROUTE_EPOCH,
-];
 
 pub const SERVICES_MAX: usize = 65_536;
 pub const BACKENDS_MAX: usize = 65_536;

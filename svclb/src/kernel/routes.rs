@@ -61,10 +61,6 @@ impl RouteEpoch {
         self.value = next;
         Ok(())
     }
-
-    pub fn value(&self) -> u32 {
-        self.value
-    }
 }
 
 /// What the agent has been told of neighbours, to tell a change of route from a neighbour
