@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use svclb_common::http;
 
@@ -34,13 +35,8 @@ pub fn udp_ask_from(
     request: &[u8],
     timeout: Duration,
 ) -> Result<String> {
-    let any: std::net::IpAddr = if addr.is_ipv6() {
-        std::net::Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        std::net::Ipv4Addr::UNSPECIFIED.into()
-    };
-    let socket =
-        UdpSocket::bind((any, port)).with_context(|| format!("binding UDP port {port}"))?;
+    let socket = UdpSocket::bind((unspecified(addr), port))
+        .with_context(|| format!("binding UDP port {port}"))?;
     socket.set_read_timeout(Some(timeout))?;
     socket
         .send_to(request, addr)
@@ -54,6 +50,15 @@ pub fn udp_ask_from(
         bail!("UDP answer came from {from}, not from {addr} (reverse NAT missing)");
     }
     Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+}
+
+/// The unspecified address of `addr`'s family: what a client binds to.
+fn unspecified(addr: SocketAddr) -> std::net::IpAddr {
+    if addr.is_ipv6() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    }
 }
 
 /// One UDP exchange of datagrams bigger than one packet both ways (sent and answered in
@@ -95,6 +100,23 @@ impl TcpSession {
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("connecting to {addr}"))?;
+        Self::from_stream(stream, timeout)
+    }
+
+    /// Connects from local port `port`: a test that must know no other flow of this client
+    /// used the port picks one outside the ephemeral range.
+    pub fn connect_from(port: u16, addr: SocketAddr, timeout: Duration) -> Result<Self> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket
+            .bind(&SocketAddr::new(unspecified(addr), port).into())
+            .with_context(|| format!("binding TCP port {port}"))?;
+        socket
+            .connect_timeout(&addr.into(), timeout)
+            .with_context(|| format!("connecting to {addr} from port {port}"))?;
+        Self::from_stream(socket.into(), timeout)
+    }
+
+    fn from_stream(stream: TcpStream, timeout: Duration) -> Result<Self> {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         // One small request, then wait for the answer: nothing to gain from Nagle's delay.

@@ -125,21 +125,25 @@ fn nodeport_and_load_balancer_ip_reach_backends_on_both_nodes_and_nodes_agree() 
     assert_eq!(nodes_of(&answers).len(), 2, "{answers:?}");
 
     // Cluster policy: a remote backend sees the node's address (SNAT), a local one the
-    // client's; either way the client talks to the frontend only.
+    // client's; either way the client talks to the frontend only. The client ports are below
+    // the ephemeral range: one that an earlier connection to the LoadBalancer IP used, to the
+    // same backend, still has its reply tuple held (closed flows keep theirs for 10 s), and the
+    // datapath SNATs a new flow that would share it, on purpose.
     let node1 = lab.nodes[0].addr.to_string();
-    let mut seen = BTreeMap::new();
-    for _ in 0..40 {
-        let mut session = TcpSession::connect_in(&client, at(&node1, 30080), TIMEOUT)?;
+    let mut seen = BTreeSet::new();
+    for port in 20_000..20_040 {
+        let to = at(&node1, 30080);
+        let mut session = in_netns(&client, move || TcpSession::connect_from(port, to, TIMEOUT))?;
         let answer = session.ask_peer()?;
         let (pod, peer) = answer.split_once(' ').context("NAME PEER")?;
-        seen.insert(
+        seen.insert((
             pod.split('-').next().unwrap_or_default().to_owned(),
             peer.to_owned(),
-        );
+        ));
     }
     assert_eq!(
         seen,
-        BTreeMap::from([
+        BTreeSet::from([
             ("n1".to_owned(), CLIENT_ADDR.to_owned()),
             ("n2".to_owned(), node1.clone())
         ]),
