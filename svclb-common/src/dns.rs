@@ -7,9 +7,10 @@
 //! names the owner, and the zone in the SOA, in the client's case, as CoreDNS does. The name's
 //! length, and so every such offset, is the same whatever case the client chose.
 //!
-//! A name under `svc.<zone>` with no entry for the type asked is NXDOMAIN, with the zone's
-//! SOA ([`DnsZone`]), unless the name has an entry of type [`QTYPE_NAME`], which says what
-//! the other types get (NODATA, or another rcode).
+//! A name with no entry for the type asked gets what its entry of type [`QTYPE_NAME`] says
+//! (NODATA, another rcode, or pass on). A name with neither under `svc.<zone>` is NXDOMAIN,
+//! with the zone's SOA ([`DnsZone`]), if it is a Service's (`<svc>.<ns>.svc.<zone>`) or below
+//! a Service's name that has no entry; other names pass on.
 
 use crate::addr::L3Addr;
 

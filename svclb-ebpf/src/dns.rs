@@ -1,8 +1,9 @@
 //! The cluster's DNS names, answered in place: a pod's UDP query to a cluster DNS address
 //! (`--cluster-dns`) for a name the agent has an entry for is turned into its reply and sent
 //! straight back to the pod, before it becomes a flow (no conntrack entry, so no insertion
-//! race between the A and AAAA queries glibc sends together). A name under `svc.<zone>` with
-//! no entry is NXDOMAIN, with the zone's SOA. Everything else passes on untouched, to the
+//! race between the A and AAAA queries glibc sends together). A Service's name under
+//! `svc.<zone>` with no entry, or a name below one, is NXDOMAIN, with the zone's SOA (see
+//! [`nonexistent`]). Everything else passes on untouched, to the
 //! cluster's DNS server through the service path: other names, query types not answered,
 //! classes but IN, more than one question, opcodes but QUERY, EDNS versions but 0, anything
 //! malformed, IPv4 options, and IPv6 (not answered here yet).
@@ -10,8 +11,8 @@
 //! The reply is the entry's sections after the client's own question (see
 //! `svclb_common::dns`): its names point into that question, so they come out in the
 //! client's case. Header: the query's ID, QR and AA set, RD and CD copied, RA clear. A query
-//! with EDNS gets an OPT record back with its payload size and DO bit (its options are not
-//! echoed). A reply longer than the client takes (512 bytes, or its EDNS size) is cut at a
+//! with EDNS gets an OPT record back with its payload size, as sent, and DO bit (its options
+//! are not echoed). A reply longer than the client takes (512 bytes, or its EDNS size) is cut at a
 //! record that fits a 512-byte message and sent with TC, and the client asks again over TCP,
 //! which passes on.
 
@@ -62,6 +63,11 @@ const _: () = assert!(QUERY_MAX <= QUERY_BUF && QUERY_BUF.is_power_of_two());
 pub struct DnsScratch {
     query: [u8; QUERY_BUF],
     key: DnsKey,
+    /// The key of the Service a name with no entry is under (see [`nonexistent`]), and where
+    /// that Service's label starts in `key` (kept here, not in a register: read back, it is
+    /// one value to the verifier whichever way the walk over the labels went).
+    service: DnsKey,
+    service_at: u32,
     /// The reply's Ethernet, IPv4 and UDP headers, its DNS header and its OPT record.
     headers: [u8; ETH_HLEN + IP_HLEN + UDP_HLEN],
     dns: [u8; DNS_HLEN],
@@ -148,11 +154,17 @@ fn answer(ctx: &TcContext, pkt: &Packet, zone: &DnsZone, s: &mut DnsScratch) -> 
     let sections = match entry_of(&mut s.key) {
         Some(entry) if entry.flags & DNS_F_PASS != 0 => return Err(EV_DNS_PASSED_NAME),
         Some(entry) => Sections::Entry(entry),
-        None if under_svc(&s.key, zone) => {
-            patch_soa(zone, &query, s);
-            Sections::Negative(zone)
-        }
-        None => return Err(EV_DNS_PASSED_NAME),
+        None => match under_svc(&s.key, zone) {
+            Some(service) => {
+                s.service_at = service.min(u32::MAX as usize) as u32;
+                if !nonexistent(s) {
+                    return Err(EV_DNS_PASSED_NAME);
+                }
+                patch_soa(zone, &query, s);
+                Sections::Negative(zone)
+            }
+            None => return Err(EV_DNS_PASSED_NAME),
+        },
     };
     // From here the packet is rewritten: a failure drops it (the client asks again).
     Ok(send(ctx, pkt, &query, s, sections).unwrap_or(TC_ACT_SHOT))
@@ -311,15 +323,15 @@ fn key_of(query: &Query, s: &mut DnsScratch) -> Result<(), u32> {
     Ok(())
 }
 
-/// Whether the key's name is under `svc.<zone>`: it ends in those labels, and a label of
-/// its own starts where they do.
+/// Where `svc.<zone>` starts in the key's name, if the name is under it: it ends in those
+/// labels, and a label of its own starts where they do.
 #[inline(always)]
-fn under_svc(key: &DnsKey, zone: &DnsZone) -> bool {
+fn under_svc(key: &DnsKey, zone: &DnsZone) -> Option<usize> {
     const SVC: [u8; 4] = [3, b's', b'v', b'c'];
     let (len, zone_len) = (usize::from(key.len), usize::from(zone.len));
     let suffix = zone_len + SVC.len();
     if len <= suffix || len > DNS_NAME_MAX {
-        return false;
+        return None;
     }
     let from = len - suffix;
     for i in 0..DNS_NAME_MAX {
@@ -332,23 +344,60 @@ fn under_svc(key: &DnsKey, zone: &DnsZone) -> bool {
             at(&zone.name, i - SVC.len())
         };
         if at(&key.name, from + i) != want {
-            return false;
+            return None;
         }
     }
-    label_starts_at(key, from)
+    let [service, _namespace, end] = last_labels(key, from);
+    (end == from).then_some(service)
 }
 
-/// Whether a label of the key's name starts at `from`.
+/// Where the last two labels before `from` in the key's name start (`usize::MAX`: there is
+/// no such label), and where the walk over its labels reached `from` (`from` itself when a
+/// label starts there).
 #[inline(always)]
-fn label_starts_at(key: &DnsKey, from: usize) -> bool {
-    let mut pos = 0;
+fn last_labels(key: &DnsKey, from: usize) -> [usize; 3] {
+    let (mut second, mut last, mut pos) = (usize::MAX, usize::MAX, 0);
     for _ in 0..128 {
         if pos >= from {
             break;
         }
+        (second, last) = (last, pos);
         pos += usize::from(at(&key.name, pos)) + 1;
     }
-    pos == from
+    [second, last, pos]
+}
+
+/// Whether a name under `svc.<zone>` that has no entry does not exist: `<svc>.<ns>.svc.<zone>`
+/// (a Service the agent knows has an entry); a name below one, unless that Service has an
+/// entry. Not a namespace's name (`service` is `usize::MAX`): the DNS server knows the
+/// namespaces with no Service in them. Names below a Service that has an entry pass on too:
+/// the server answers some the agent writes none for (an endpoint of a Service with a cluster
+/// IP, by its address; loose SRV labels such as `_._tcp`). `s.service_at` is where the
+/// Service's label starts in `s.key`'s name.
+#[inline(always)]
+fn nonexistent(s: &mut DnsScratch) -> bool {
+    // SAFETY: a read of this CPU's scratch.
+    let service = unsafe { core::ptr::read_volatile(&s.service_at) } as usize;
+    if service >= DNS_NAME_MAX {
+        return false;
+    }
+    if service == 0 {
+        return true;
+    }
+    // SAFETY: all-zero is a valid key.
+    unsafe { bytes::zero(&raw mut s.service) };
+    let len = usize::from(s.key.len);
+    s.service.len = len.saturating_sub(service) as u16;
+    s.service.qtype = QTYPE_NAME;
+    // A copy that stops at the name's end: nothing it learns about `len` lives on after it.
+    for i in 0..DNS_NAME_MAX {
+        let from = i + service;
+        if from >= len {
+            break;
+        }
+        s.service.name[i] = at(&s.key.name, from);
+    }
+    SVCLB_DNS.get_ptr(&s.service).is_none()
 }
 
 /// Copies the zone's SOA into `s.soa`, its names pointing at the zone's place in the query's
@@ -479,7 +528,7 @@ fn send(
         // Root name, OPT, the client's payload size, extended rcode 0, version 0, DO, no
         // options.
         s.opt = [0, 0, 41, 0, 0, 0, 0, do_bit, 0, 0, 0];
-        s.opt[3..5].copy_from_slice(&size.max(DNS_SMALL_MESSAGE as u16).to_be_bytes());
+        s.opt[3..5].copy_from_slice(&size.to_be_bytes());
         ctx.store(sections_at + sections_len, &s.opt, 0)?;
     }
     event(match sections {

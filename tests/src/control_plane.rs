@@ -12,7 +12,9 @@
 //! [`ControlPlane::run_pod`] creates a pod bound to a node and patches its status to Running
 //! and Ready with the lab pod's address, as a kubelet would report it. Everything stops, and
 //! its directory goes, when the control plane is dropped (also on panic); a killed run's is
-//! swept with its lab (`cargo xtask sweep`: its processes are in the lab's namespace).
+//! swept with its lab (`cargo xtask sweep`: its processes are in the lab's namespaces).
+//! [`ControlPlane::start_coredns`] adds CoreDNS, in a pod's namespace, watching the same API
+//! server.
 
 use std::{
     fs,
@@ -47,8 +49,18 @@ pub struct ControlPlane {
     ns: String,
     dir: PathBuf,
     admin_token: String,
-    /// etcd, kube-apiserver, kube-controller-manager, in start order, with their arguments.
-    processes: Vec<(&'static str, Vec<String>, Child)>,
+    /// etcd, kube-apiserver, kube-controller-manager (and CoreDNS, if started), in start
+    /// order.
+    processes: Vec<Process>,
+}
+
+/// One of the control plane's processes.
+struct Process {
+    name: &'static str,
+    /// The network namespace it runs in.
+    ns: String,
+    args: Vec<String>,
+    child: Child,
 }
 
 /// A random token: 32 hex digits from /dev/urandom.
@@ -86,12 +98,16 @@ impl ControlPlane {
             processes: Vec::new(),
         };
         plane.write_credentials()?;
-        plane.spawn("etcd", &plane.etcd_args())?;
-        plane.spawn("kube-apiserver", &plane.apiserver_args())?;
+        plane.spawn("etcd", ns, &plane.etcd_args())?;
+        plane.spawn("kube-apiserver", ns, &plane.apiserver_args())?;
         plane.wait_until("the API server is ready", |p| {
             p.kubectl(&["get", "--raw", "/readyz"]).is_ok()
         })?;
-        plane.spawn("kube-controller-manager", &plane.controller_manager_args())?;
+        plane.spawn(
+            "kube-controller-manager",
+            ns,
+            &plane.controller_manager_args(),
+        )?;
         plane.wait_until("the controller manager is healthy", |_| {
             netns::run_in(ns, "curl", &["-skf", "https://127.0.0.1:10257/healthz"]).is_ok()
         })?;
@@ -203,14 +219,14 @@ impl ControlPlane {
         .into()
     }
 
-    /// Starts `name` in the namespace, its output in `<dir>/<name>.log`.
-    fn spawn(&mut self, name: &'static str, args: &[String]) -> Result<()> {
+    /// Starts `name` in network namespace `ns`, its output in `<dir>/<name>.log`.
+    fn spawn(&mut self, name: &'static str, ns: &str, args: &[String]) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{name}.log")))?;
-        let netns_file = fs::File::open(format!("/run/netns/{}", self.ns))
-            .with_context(|| format!("opening namespace {}", self.ns))?;
+        let netns_file = fs::File::open(format!("/run/netns/{ns}"))
+            .with_context(|| format!("opening namespace {ns}"))?;
         let mut command = Command::new(bin(name)?);
         command
             .args(args)
@@ -222,9 +238,49 @@ impl ControlPlane {
         let child = command
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        self.processes.retain(|(n, _, _)| *n != name);
-        self.processes.push((name, args.to_vec(), child));
+        self.processes.retain(|p| p.name != name);
+        self.processes.push(Process {
+            name,
+            ns: ns.to_owned(),
+            args: args.to_vec(),
+            child,
+        });
         Ok(())
+    }
+
+    /// Starts CoreDNS in network namespace `ns` (a lab pod's), serving cluster domain
+    /// `domain` on port 53 from this API server with the kubernetes plugin as a cluster's
+    /// Corefile sets it up (pod records answered without checking the pod, reverse zones
+    /// passed on when no Service has the address, TTL 5 s), then the plugin lines `plugins`
+    /// (such as `forward . ADDRESS` and `cache 30`); waits until its `ready` plugin says the
+    /// kubernetes plugin has synced with the API server.
+    pub fn start_coredns(&mut self, ns: &str, domain: &str, plugins: &[&str]) -> Result<()> {
+        let corefile = self.dir.join("Corefile");
+        let mut text = format!(
+            ".:53 {{\n    errors\n    ready 127.0.0.1:8181\n    kubernetes {domain} in-addr.arpa \
+             ip6.arpa {{\n        kubeconfig {}\n        pods insecure\n        fallthrough \
+             in-addr.arpa ip6.arpa\n        ttl 5\n    }}\n",
+            self.admin_kubeconfig_path().display()
+        );
+        for plugin in plugins {
+            text.push_str(&format!("    {plugin}\n"));
+        }
+        text.push_str("}\n");
+        fs::write(&corefile, text)?;
+        let args = vec!["-conf".to_owned(), corefile.to_string_lossy().into_owned()];
+        self.spawn("coredns", ns, &args)?;
+        let ns = ns.to_owned();
+        self.wait_until("CoreDNS is ready", move |_| {
+            netns::run_in(&ns, "curl", &["-sf", "http://127.0.0.1:8181/ready"]).is_ok()
+        })
+    }
+
+    /// The process ID of `name` (`etcd`, `kube-apiserver`, ..., `coredns`), if it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
     }
 
     /// The last lines of `name`'s log.
@@ -251,7 +307,7 @@ impl ControlPlane {
                 let logs: Vec<String> = self
                     .processes
                     .iter()
-                    .map(|(n, _, _)| format!("--- {n}\n{}", self.log_tail(n)))
+                    .map(|p| format!("--- {}\n{}", p.name, self.log_tail(p.name)))
                     .collect();
                 bail!("waited 60 s until {what}:\n{}", logs.join("\n"));
             }
@@ -261,9 +317,9 @@ impl ControlPlane {
 
     /// The first of the processes that has exited, if one has.
     fn exited(&mut self) -> Result<Option<(&'static str, std::process::ExitStatus)>> {
-        for (name, _, child) in &mut self.processes {
-            if let Some(status) = child.try_wait()? {
-                return Ok(Some((*name, status)));
+        for process in &mut self.processes {
+            if let Some(status) = process.child.try_wait()? {
+                return Ok(Some((process.name, status)));
             }
         }
         Ok(None)
@@ -375,24 +431,24 @@ impl ControlPlane {
 
     /// Kills kube-apiserver (SIGKILL, as a crash), and waits until it has exited.
     pub fn kill_api_server(&mut self) -> Result<()> {
-        let (_, _, child) = self
+        let process = self
             .processes
             .iter_mut()
-            .find(|(n, _, _)| *n == "kube-apiserver")
+            .find(|p| p.name == "kube-apiserver")
             .context("no kube-apiserver")?;
-        stop(child, Signal::SIGKILL);
+        stop(&mut process.child, Signal::SIGKILL);
         Ok(())
     }
 
     /// Starts kube-apiserver again, as it was, and waits until it is ready.
     pub fn restart_api_server(&mut self) -> Result<()> {
-        let (_, args, _) = self
+        let process = self
             .processes
             .iter()
-            .find(|(n, _, _)| *n == "kube-apiserver")
+            .find(|p| p.name == "kube-apiserver")
             .context("no kube-apiserver")?;
-        let args = args.clone();
-        self.spawn("kube-apiserver", &args)?;
+        let (ns, args) = (process.ns.clone(), process.args.clone());
+        self.spawn("kube-apiserver", &ns, &args)?;
         self.wait_until("the API server is ready again", |p| {
             p.kubectl(&["get", "--raw", "/readyz"]).is_ok()
         })
@@ -449,11 +505,17 @@ impl ControlPlane {
     /// and listening on `port` (named `http`), then reports it Running and Ready at its
     /// address as its kubelet would; the EndpointSlice controller takes it from there.
     pub fn run_pod(&self, pod: &crate::Pod, app: &str, port: u16) -> Result<()> {
+        self.run_pod_with(pod, app, port, "")
+    }
+
+    /// [`ControlPlane::run_pod`], with `spec` (lines of YAML indented two spaces, e.g. a
+    /// `hostname` and `subdomain`) added to the pod's spec.
+    pub fn run_pod_with(&self, pod: &crate::Pod, app: &str, port: u16, spec: &str) -> Result<()> {
         let (name, node, ip) = (&pod.name, &pod.node, pod.addr);
         self.apply(&format!(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: default\n  \
-             labels:\n    app: {app}\nspec:\n  nodeName: {node}\n  containers:\n  - name: app\n    \
-             image: lab\n    ports:\n    - name: http\n      containerPort: {port}\n"
+             labels:\n    app: {app}\nspec:\n{spec}  nodeName: {node}\n  containers:\n  - name: \
+             app\n    image: lab\n    ports:\n    - name: http\n      containerPort: {port}\n"
         ))?;
         self.set_status(
             "pod -n default",
@@ -489,8 +551,8 @@ fn stop(child: &mut Child, signal: Signal) {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         // Last started, first stopped: the controller manager, the API server, then etcd.
-        for (_, _, child) in self.processes.iter_mut().rev() {
-            stop(child, Signal::SIGTERM);
+        for process in self.processes.iter_mut().rev() {
+            stop(&mut process.child, Signal::SIGTERM);
         }
         let _ = fs::remove_dir_all(&self.dir);
     }

@@ -1,5 +1,6 @@
 //! The real Kubernetes components the tests and the demo run (etcd, kube-apiserver,
-//! kube-controller-manager, kubectl, helm): their pinned versions, and where `cargo xtask
+//! kube-controller-manager, kubectl, helm, and CoreDNS, the reference the kernel's DNS
+//! answers are compared with): their pinned versions, and where `cargo xtask
 //! setup` keeps what it built from their Go modules. The cache is outside the repository,
 //! one directory per component and version, so a build happens once per version.
 
@@ -50,7 +51,16 @@ pub const HELM: Component = Component {
     binaries: &[("helm", "helm.sh/helm/v4/cmd/helm")],
 };
 
-pub const COMPONENTS: [Component; 3] = [ETCD, KUBERNETES, HELM];
+/// CoreDNS as its releases build it: the module's own main package, with every plugin of
+/// its `plugin.cfg` (the kubernetes plugin among them).
+pub const COREDNS: Component = Component {
+    name: "coredns",
+    module: "github.com/coredns/coredns",
+    version: "v1.15.0",
+    binaries: &[("coredns", "github.com/coredns/coredns")],
+};
+
+pub const COMPONENTS: [Component; 4] = [ETCD, KUBERNETES, HELM, COREDNS];
 
 /// The cache: `$SVCLB_CACHE_DIR`, else `$XDG_CACHE_HOME/svclb`, else `~/.cache/svclb`.
 pub fn cache_dir() -> PathBuf {

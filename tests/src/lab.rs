@@ -653,6 +653,19 @@ impl Lab {
         )
     }
 
+    /// Routes every node's pod range from the external client's namespace to that node, so
+    /// pods reach servers there (the control plane) and their answers come back.
+    pub fn route_client_to_pods(&self) -> Result<()> {
+        for node in &self.nodes {
+            let cidr = format!("10.244.{}.0/24", node.index);
+            ip_in(
+                &self.client_ns,
+                &["route", "replace", &cidr, "via", &node.addr.to_string()],
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn pod(&self, name: &str) -> &Pod {
         self.nodes
             .iter()
@@ -940,6 +953,19 @@ impl Lab {
             &["status", "--bpffs-dir", &dir, "-o", "json"],
         )?;
         Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// The count of event `label` (as `svclb status` names it) on node `node`.
+    pub fn event(&self, node: usize, label: &str) -> Result<u64> {
+        let status = self.status(node)?;
+        let events = status["events"]
+            .as_array()
+            .context("no events in the status")?;
+        Ok(events
+            .iter()
+            .find(|e| e[0] == label)
+            .and_then(|e| e[1].as_u64())
+            .unwrap_or(0))
     }
 
     /// Polls `check` every 20 ms until it holds or `timeout` passes; returns how long it took.

@@ -1,9 +1,10 @@
 //! `cargo xtask setup`, second half: builds the real Kubernetes components the tests and the
-//! demo run (etcd, kube-apiserver, kube-controller-manager, kubectl, helm) from their Go
-//! modules, through the Go module proxy, into the cache `svclb_tests::kube_bins` names. Nothing
-//! prebuilt is downloaded and nothing built is kept in the repository. Each component is built
-//! in a small wrapper module that requires the upstream module at its pinned version; a
-//! finished build leaves a stamp, so the next setup does nothing until the version changes.
+//! demo run (etcd, kube-apiserver, kube-controller-manager, kubectl, helm, CoreDNS) from their
+//! Go modules, through the Go module proxy, into the cache `svclb_tests::kube_bins` names.
+//! Nothing prebuilt is downloaded and nothing built is kept in the repository. Each component
+//! is built in a small wrapper module that requires the upstream module at its pinned
+//! version; a finished build leaves a stamp, so the next setup does nothing until the version
+//! changes.
 
 use std::{fmt::Write as _, fs, path::Path, process::Command, time::Instant};
 
@@ -23,7 +24,7 @@ fn go() -> Result<String> {
     }
     bail!(
         "Go is not installed, and is needed to build the control plane the tests run (etcd, \
-         kube-apiserver, kube-controller-manager, kubectl, helm): install Go 1.26 or later \
+         kube-apiserver, kube-controller-manager, kubectl, helm, CoreDNS): install Go 1.26 or later \
          (https://go.dev/doc/install)"
     )
 }
@@ -38,8 +39,8 @@ pub fn setup() -> Result<()> {
     for component in missing {
         let started = Instant::now();
         println!(
-            "setup: building {} from {}@{} (once per version; a cold build of all three \
-             components took 17 minutes on 2 cores)",
+            "setup: building {} from {}@{} (once per version; a cold build of all four \
+             components took about 20 minutes on 2 cores)",
             component
                 .binaries
                 .iter()

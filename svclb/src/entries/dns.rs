@@ -186,9 +186,10 @@ fn name_entries(
         out.insert(key(&owner, QTYPE_NAME)?, pass(&owner));
         return Ok(());
     }
-    // SRV of a Service's own name: CoreDNS answers every port, named or not; the DNS service
-    // does that.
-    if owner.num_labels() == zone.svc.num_labels() + 2 && !by_type.contains_key(&RecordType::SRV) {
+    // SRV of a Service's own name or an endpoint's: CoreDNS answers every port, named or not;
+    // the DNS service does that.
+    let below_svc = owner.num_labels() - zone.svc.num_labels();
+    if matches!(below_svc, 2 | 3) && !by_type.contains_key(&RecordType::SRV) {
         out.insert(key(&owner, u16::from(RecordType::SRV))?, pass(&owner));
     }
     negative(&owner, QTYPE_NAME, RCODE_NOERROR, zone, out)
@@ -300,7 +301,7 @@ fn encode(
     let mut ends = Vec::new();
     for (section, records) in [answers, authorities, additionals].iter().enumerate() {
         for record in *records {
-            record.emit(&mut encoder)?;
+            emit(record, &mut encoder)?;
             ends.push((section, encoder.offset() - start));
         }
     }
@@ -308,6 +309,27 @@ fn encode(
         bytes: buf[start..].to_vec(),
         ends,
     })
+}
+
+/// Emits `record`; an SRV record's target uncompressed, as RFC 2782 has it (hickory
+/// compresses every name it is not told to write in canonical form).
+fn emit(record: &Rr, encoder: &mut BinEncoder<'_>) -> Result<()> {
+    if record.record_type() != RecordType::SRV {
+        record.emit(encoder)?;
+        return Ok(());
+    }
+    record.name().emit(encoder)?;
+    record.record_type().emit(encoder)?;
+    record.dns_class().emit(encoder)?;
+    encoder.emit_u32(record.ttl())?;
+    let place = encoder.place::<u16>()?;
+    encoder.set_canonical_names(true);
+    let data = record.data().emit(encoder);
+    encoder.set_canonical_names(false);
+    data?;
+    let len = u16::try_from(encoder.len_since_place(&place))?;
+    place.replace(encoder, len)?;
+    Ok(())
 }
 
 /// The records of `encoded` that end within `room` bytes, as a cut.

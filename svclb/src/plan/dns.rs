@@ -7,18 +7,20 @@
 //!
 //! - A Service with a cluster IP: A/AAAA `<svc>.<ns>.svc.<zone>` for each of its cluster IPs;
 //!   SRV `_<port>._<proto>.<svc>.<ns>.svc.<zone>` for each named port, targeting the Service's
-//!   name; PTR for each cluster IP.
+//!   name, and the cluster IPs' A/AAAA at that name too; PTR for each cluster IP.
 //! - A headless Service: A/AAAA of its ready endpoints (ready, or without the condition, as
 //!   CoreDNS reads them), each also under `<hostname>.<svc>...` (the endpoint's hostname, or
 //!   its address with dashes); SRV per named port and endpoint, targeting that name, with the
-//!   EndpointSlice's port; PTR for each endpoint address. One with no ready endpoint has no
-//!   records.
+//!   EndpointSlice's port, and the endpoints' A/AAAA at the SRV name too; PTR for each
+//!   endpoint address, unless the address is also an endpoint of a Service with a cluster IP
+//!   (CoreDNS then answers a PTR per Service, named by the address: the server's to answer).
+//!   One with no ready endpoint has no records.
 //! - An ExternalName Service: CNAME to its target, unless the target is an IP address.
 //! - The TXT record `dns-version.<zone>`.
 //!
 //! TTLs are CoreDNS's default: 5 s, and 28,800 s for `dns-version`. SRV records have priority 0
-//! and weight 100/N, N the records of the name before duplicates are removed (CoreDNS's:
-//! a dual-stack cluster IP's SRV has weight 50).
+//! and weight 100/N, at least 1, N the records of the name before duplicates are removed
+//! (CoreDNS's: a dual-stack cluster IP's SRV has weight 50).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -110,7 +112,14 @@ pub fn records(snapshot: &Snapshot, zone: &str) -> Vec<Record> {
             text: SCHEMA_VERSION.into(),
         },
     });
-    for service in snapshot.services.iter().chain(&snapshot.dns_services) {
+    let services: Vec<&Service> = snapshot
+        .services
+        .iter()
+        .chain(&snapshot.dns_services)
+        .map(AsRef::as_ref)
+        .collect();
+    let behind_cluster_ips = behind_cluster_ips(&services, &slices);
+    for service in services {
         let Some(name) = ServiceName::of(service, &zone) else {
             continue;
         };
@@ -119,7 +128,10 @@ pub fn records(snapshot: &Snapshot, zone: &str) -> Vec<Record> {
             .map_or(&[][..], Vec::as_slice);
         match kind(service) {
             Kind::ClusterIp(ips) => cluster_ip(&name, service, &ips, &mut out),
-            Kind::Headless => headless(&name, service, own, &mut out),
+            Kind::Headless => {
+                let ptr = |ip: &IpAddr| !behind_cluster_ips.contains(ip);
+                headless(&name, service, own, &ptr, &mut out);
+            }
             Kind::ExternalName(target) => {
                 out.insert(name.record(&name.fqdn(), Rdata::Cname { target }));
             }
@@ -127,6 +139,26 @@ pub fn records(snapshot: &Snapshot, zone: &str) -> Vec<Record> {
         }
     }
     out.into_iter().collect()
+}
+
+/// The endpoint addresses of Services with a cluster IP.
+fn behind_cluster_ips(
+    services: &[&Service],
+    slices: &BTreeMap<String, Vec<&EndpointSlice>>,
+) -> BTreeSet<IpAddr> {
+    services
+        .iter()
+        .filter(|s| matches!(kind(s), Kind::ClusterIp(_)))
+        .filter_map(|s| {
+            let meta = &s.metadata;
+            let ns = meta.namespace.as_deref().unwrap_or("default");
+            let key = format!("{ns}/{}", meta.name.as_deref()?);
+            slices.get(&key)
+        })
+        .flatten()
+        .flat_map(|slice| slice.endpoints.iter().flatten())
+        .flat_map(|endpoint| endpoint.addresses.iter().filter_map(|a| a.parse().ok()))
+        .collect()
 }
 
 /// A Service's names.
@@ -221,8 +253,9 @@ fn cluster_ip(name: &ServiceName, service: &Service, ips: &[IpAddr], out: &mut B
     // One SRV per port: CoreDNS makes one per cluster IP, all alike, and keeps one, whose
     // weight still counts them all.
     for (port_name, proto, port) in named_ports(service) {
+        let srv = format!("_{port_name}._{proto}.{fqdn}");
         out.insert(name.record(
-            &format!("_{port_name}._{proto}.{fqdn}"),
+            &srv,
             Rdata::Srv {
                 priority: 0,
                 weight: weight(ips.len()),
@@ -230,6 +263,9 @@ fn cluster_ip(name: &ServiceName, service: &Service, ips: &[IpAddr], out: &mut B
                 target: fqdn.clone(),
             },
         ));
+        for ip in ips {
+            out.insert(name.record(&srv, address(*ip)));
+        }
     }
 }
 
@@ -239,10 +275,12 @@ struct Endpoint {
     host: String,
 }
 
+/// A headless Service's records; PTR records for the endpoint addresses `ptr` takes.
 fn headless(
     name: &ServiceName,
     service: &Service,
     slices: &[&EndpointSlice],
+    ptr: &dyn Fn(&IpAddr) -> bool,
     out: &mut BTreeSet<Record>,
 ) {
     let fqdn = name.fqdn();
@@ -251,7 +289,9 @@ fn headless(
         let host = format!("{}.{fqdn}", endpoint.host);
         out.insert(name.record(&fqdn, address(endpoint.ip)));
         out.insert(name.record(&host, address(endpoint.ip)));
-        out.insert(name.record(&reverse_name(endpoint.ip), Rdata::Ptr { target: host }));
+        if ptr(&endpoint.ip) {
+            out.insert(name.record(&reverse_name(endpoint.ip), Rdata::Ptr { target: host }));
+        }
     }
     for (port_name, proto, _) in named_ports(service) {
         let srv = format!("_{port_name}._{proto}.{fqdn}");
@@ -268,6 +308,7 @@ fn headless(
                         target: format!("{}.{fqdn}", endpoint.host),
                     },
                 ));
+                out.insert(name.record(&srv, address(endpoint.ip)));
             }
         }
     }
@@ -348,7 +389,7 @@ fn named_ports(service: &Service) -> Vec<(String, String, u16)> {
 }
 
 fn weight(n: usize) -> u16 {
-    (100 / n.max(1)) as u16
+    (100 / n.max(1)).max(1) as u16
 }
 
 /// An address with dashes for dots or colons (`10-244-1-5`; IPv6 compressed, a trailing dash

@@ -17,13 +17,16 @@
 //! svclb-lab-client cps ADDR SECONDS THREADS CPU   connections per second (below)
 //! svclb-lab-client bulk ADDR SECONDS CPU      one stream's throughput (below)
 //! svclb-lab-client dns ADDR NAME TYPE         one DNS query over a connected UDP socket
-//! svclb-lab-client dns-pairs ADDR NAME THREADS COUNT   glibc's lookups (below)
+//! svclb-lab-client dns-load ADDR NAME SEARCH THREADS COUNT SECONDS   glibc's lookups
 //! ```
 //!
-//! `dns-pairs` makes COUNT lookups of NAME over THREADS threads as glibc's `getaddrinfo` does
-//! by default: an A and an AAAA query sent back to back on one connected UDP socket (each
-//! thread keeps its socket), then both answers; a lookup whose answers take over a second
-//! fails. It prints `dns-pairs LOOKUPS FAILED MAX-NANOSECONDS`.
+//! `dns-load` makes up to COUNT lookups of NAME, for at most SECONDS, over THREADS threads,
+//! one at a time each, as glibc's `getaddrinfo` does by default with a resolv.conf whose
+//! search list is SEARCH (comma-separated; `-`: none) and `options ndots:5`: for each name it
+//! tries in turn, an A and an AAAA query sent back to back on one connected UDP socket (each
+//! thread keeps its socket), then both answers, until one has records. A lookup that finds
+//! none, or whose answers take over a second, fails. It prints `dns-load LOOKUPS FAILED
+//! P50-NS P99-NS MAX-NS ELAPSED-NS`.
 //!
 //! `resolve RESOLV-CONF NAME` (the address argument's place) resolves NAME with glibc's
 //! `getaddrinfo`, reading RESOLV-CONF as its `/etc/resolv.conf` (bind-mounted over it in a
@@ -286,80 +289,137 @@ fn dns(addr: SocketAddr, name: &str, qtype: &str) -> std::io::Result<String> {
     ))
 }
 
-/// One thread's share of `dns-pairs`: (lookups answered, failed, the slowest in ns).
-fn dns_pairs_thread(
-    addr: SocketAddr,
-    name: &str,
-    count: usize,
-) -> std::io::Result<(u64, u64, u128)> {
+/// The names a resolver with search list `search` and `ndots:5` (kubelet's) tries for
+/// `name`, in order.
+fn candidates(name: &str, search: &[&str]) -> Vec<String> {
+    if name.ends_with('.') {
+        return vec![name.to_owned()];
+    }
+    let searched = search.iter().map(|suffix| format!("{name}.{suffix}."));
+    if name.matches('.').count() >= 5 {
+        std::iter::once(format!("{name}."))
+            .chain(searched)
+            .collect()
+    } else {
+        searched
+            .chain(std::iter::once(format!("{name}.")))
+            .collect()
+    }
+}
+
+/// One lookup as glibc's `getaddrinfo` makes it by default, on connected UDP socket `socket`:
+/// for each name in turn, an A and an AAAA query sent back to back, then both answers, until
+/// one has records. Whether one had; an error when an answer takes over the socket's timeout.
+fn lookup(
+    socket: &UdpSocket,
+    names: &[hickory_proto::rr::Name],
+    next_id: &mut u16,
+) -> std::io::Result<bool> {
     use hickory_proto::{
         op::{Message, Query},
-        rr::{Name, RecordType},
+        rr::RecordType,
     };
     let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
-    let name = Name::from_ascii(name).map_err(|e| invalid(e.to_string()))?;
-    let socket = unbound(addr)?;
-    socket.connect(addr)?;
-    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let (mut done, mut failed, mut slowest) = (0, 0, 0);
     let mut buf = [0u8; 1500];
-    for i in 0..count {
-        let started = Instant::now();
+    for name in names {
         let mut ids = Vec::new();
-        for (k, qtype) in [RecordType::A, RecordType::AAAA].into_iter().enumerate() {
-            let id = ((i * 2 + k) & 0xffff) as u16;
+        for qtype in [RecordType::A, RecordType::AAAA] {
+            *next_id = next_id.wrapping_add(1);
             let mut query = Message::new();
             query
-                .set_id(id)
+                .set_id(*next_id)
                 .set_recursion_desired(true)
                 .add_query(Query::query(name.clone(), qtype));
             socket.send(&query.to_vec().map_err(|e| invalid(e.to_string()))?)?;
-            ids.push(id);
+            ids.push(*next_id);
         }
-        let mut ok = true;
+        let mut found = false;
         while !ids.is_empty() {
-            match socket.recv(&mut buf) {
-                Ok(n) if n >= 2 => {
-                    let id = u16::from_be_bytes([buf[0], buf[1]]);
+            let n = socket.recv(&mut buf)?;
+            if n >= 12 {
+                let id = u16::from_be_bytes([buf[0], buf[1]]);
+                if ids.contains(&id) {
                     ids.retain(|want| *want != id);
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    ok = false;
-                    break;
+                    // NOERROR with answers.
+                    found |= buf[3] & 0x0f == 0 && buf[6..8] != [0, 0];
                 }
             }
         }
-        if ok {
-            done += 1;
-            slowest = slowest.max(started.elapsed().as_nanos());
-        } else {
-            failed += 1;
+        if found {
+            return Ok(true);
         }
     }
-    Ok((done, failed, slowest))
+    Ok(false)
 }
 
-fn dns_pairs(addr: SocketAddr, name: &str, threads: usize, count: usize) {
+/// One thread's share of `dns-load`: the lookups' durations in ns, and how many failed.
+fn dns_load_thread(
+    addr: SocketAddr,
+    names: &[hickory_proto::rr::Name],
+    count: usize,
+    until: Instant,
+) -> std::io::Result<(Vec<u64>, u64)> {
+    let socket = unbound(addr)?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let (mut took, mut failed) = (Vec::with_capacity(count.min(1 << 20)), 0);
+    let mut next_id = 0;
+    while took.len() + (failed as usize) < count && Instant::now() < until {
+        let started = Instant::now();
+        match lookup(&socket, names, &mut next_id) {
+            Ok(true) => took.push(started.elapsed().as_nanos() as u64),
+            Ok(false) | Err(_) => failed += 1,
+        }
+    }
+    Ok((took, failed))
+}
+
+/// `dns-load`: see the module docs.
+fn dns_load(
+    addr: SocketAddr,
+    name: &str,
+    search: &[&str],
+    threads: usize,
+    count: usize,
+    seconds: u64,
+) -> Result<(), String> {
+    let names = candidates(name, search)
+        .iter()
+        .map(|n| hickory_proto::rr::Name::from_ascii(n).map_err(|e| format!("{n}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let per_thread = count.div_ceil(threads.max(1));
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
     let results: Vec<_> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
-            .map(|_| scope.spawn(move || dns_pairs_thread(addr, name, per_thread)))
+            .map(|_| scope.spawn(|| dns_load_thread(addr, &names, per_thread, until)))
             .collect();
         workers.into_iter().map(|w| w.join()).collect()
     });
-    let (mut done, mut failed, mut slowest) = (0, 0, 0);
+    let elapsed = started.elapsed().as_nanos();
+    let (mut took, mut failed) = (Vec::new(), 0);
     for result in results {
         match result {
-            Ok(Ok((d, f, s))) => {
-                done += d;
+            Ok(Ok((t, f))) => {
+                took.extend(t);
                 failed += f;
-                slowest = slowest.max(s);
             }
             _ => failed += per_thread as u64,
         }
     }
-    println!("dns-pairs {done} {failed} {slowest}");
+    took.sort_unstable();
+    let at =
+        |q: f64| took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1)));
+    let (p50, p99, max) = (at(0.5), at(0.99), took.last());
+    let show = |v: Option<&u64>| v.copied().unwrap_or(0);
+    println!(
+        "dns-load {} {failed} {} {} {} {elapsed}",
+        took.len(),
+        show(p50),
+        show(p99),
+        show(max)
+    );
+    Ok(())
 }
 
 /// `resolve`: NAME through glibc with `resolv_conf` as its resolver configuration.
@@ -404,7 +464,7 @@ fn main() -> Result<(), String> {
         print(resolve(conf, name));
         return Ok(());
     }
-    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]], or dns ADDR NAME TYPE, or dns-pairs ADDR NAME THREADS COUNT, or resolve RESOLV-CONF NAME";
+    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]], or dns ADDR NAME TYPE, or dns-load ADDR NAME SEARCH THREADS COUNT SECONDS, or resolve RESOLV-CONF NAME";
     let (mode, addr) = match (args.first(), args.get(1)) {
         (Some(mode), Some(addr)) => (mode.as_str(), addr),
         _ => return Err(usage.into()),
@@ -417,14 +477,26 @@ fn main() -> Result<(), String> {
         print(dns(addr, name, qtype));
         return Ok(());
     }
-    if mode == "dns-pairs" {
+    if mode == "dns-load" {
         let parse = |i: usize| args.get(i).and_then(|v| v.parse::<usize>().ok());
-        let (Some(name), Some(threads), Some(count)) = (args.get(2), parse(3), parse(4)) else {
+        let (Some(name), Some(search), Some(threads), Some(count), Some(seconds)) =
+            (args.get(2), args.get(3), parse(4), parse(5), parse(6))
+        else {
             return Err(usage.into());
         };
-        // Bounded: at most 64 threads and 1,000,000 lookups, each at most 1 s.
-        dns_pairs(addr, name, threads.min(64), count.min(1_000_000));
-        return Ok(());
+        let search: Vec<&str> = search
+            .split(',')
+            .filter(|s| !s.is_empty() && *s != "-")
+            .collect();
+        // Bounded: at most 64 threads, 1,000,000 lookups and 60 s, each answer at most 1 s.
+        return dns_load(
+            addr,
+            name,
+            &search,
+            threads.min(64),
+            count.min(1_000_000),
+            (seconds as u64).min(60),
+        );
     }
     let count: usize = match args.get(2) {
         Some(n) => n.parse().map_err(|e| format!("COUNT {n}: {e}"))?,

@@ -200,6 +200,53 @@ fn cluster_names_are_answered_in_place() -> Result<()> {
     Ok(())
 }
 
+/// Under `svc.<zone>`, a name with no entry is NXDOMAIN only where the agent's entries say
+/// it cannot exist: a Service's name, or a name below a Service's that has none. A
+/// namespace's name, or one below a known Service's (an endpoint of a Service with a cluster
+/// IP by its address, loose SRV labels), is the DNS server's to answer.
+#[test]
+#[ignore = "needs root"]
+fn names_the_entries_do_not_decide_pass_on() -> Result<()> {
+    require_root()?;
+    let mut dp = Datapath::load("dnsbelow")?;
+    program(&dp, SERVICES)?;
+    for name in [
+        "empty.svc.cluster.local.",
+        "10-244-1-5.web.shop.svc.cluster.local.",
+        "_._TCP.Web.shop.svc.cluster.local.",
+        "a.b.c.web.shop.svc.cluster.local.",
+    ] {
+        passes(&mut dp, &query(name, RecordType::A, None), name)?;
+    }
+    for name in [
+        "nosuch.shop.svc.cluster.local.",
+        "nosuch.empty.svc.cluster.local.",
+        "x.nosuch.shop.svc.cluster.local.",
+        "api.example.com.shop.svc.cluster.local.",
+    ] {
+        let nx = answer(&mut dp, name, RecordType::A, None)?;
+        assert_eq!(nx.response_code(), ResponseCode::NXDomain, "{name}");
+        assert_eq!(nx.name_servers().len(), 1, "{name}: the SOA");
+    }
+    // A known namespace, asked with an EDNS size below 512 (which hickory cannot write: the
+    // OPT record's class, its last 11 bytes' fourth and fifth, is set by hand).
+    let mut payload = query("Shop.svc.cluster.local.", RecordType::A, Some(512))[42..].to_vec();
+    let n = payload.len();
+    payload[n - 8..n - 6].copy_from_slice(&256u16.to_be_bytes());
+    let mut spec = PacketSpec::udp(CLIENT, (DNS, 53));
+    spec.payload = payload;
+    let (verdict, out) = dp.run(&spec.build())?;
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(reply(&out)?.response_code(), ResponseCode::NoError);
+    let n = out.len();
+    assert_eq!(
+        out[n - 8..n - 6],
+        256u16.to_be_bytes(),
+        "the client's EDNS size, as sent"
+    );
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root"]
 fn a_reply_too_big_is_cut_with_tc() -> Result<()> {
@@ -357,7 +404,8 @@ fn fuzzed_query() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// The entry a query gets: its name and type's, else its name's; `None` when there is
-/// none (the datapath then answers NXDOMAIN under svc.cluster.local, passes otherwise).
+/// none (the datapath then answers NXDOMAIN for some names under svc.cluster.local, passes
+/// the others).
 fn expected<'a>(
     entries: &'a BTreeMap<DnsKey, DnsAnswer>,
     query: &Message,

@@ -13,17 +13,6 @@ use svclb_tests::{
 
 const CLUSTER_DNS: &str = "10.96.0.10";
 
-/// The events `svclb status` counted on node `node`, by label.
-fn event(lab: &Lab, node: usize, label: &str) -> Result<u64> {
-    let status = lab.status(node)?;
-    let events = status["events"].as_array().context("events")?;
-    Ok(events
-        .iter()
-        .find(|e| e[0] == label)
-        .and_then(|e| e[1].as_u64())
-        .unwrap_or(0))
-}
-
 #[test]
 #[ignore = "needs root"]
 fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
@@ -81,7 +70,7 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
         ask("nosuch.default.svc.cluster.local", "A")?,
         ["NXDomain", "aa", "", "1"]
     );
-    let answered = event(&lab, 0, "dns_answered")? + event(&lab, 0, "dns_nxdomain")?;
+    let answered = lab.event(0, "dns_answered")? + lab.event(0, "dns_nxdomain")?;
     assert!(answered >= 4, "node 1 answered {answered}");
 
     // glibc's way, 100,000 lookups (an A and an AAAA query back to back on one socket) from
@@ -91,21 +80,23 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
         0,
         &client,
         &[
-            "dns-pairs",
+            "dns-load",
             &dns,
             "web.default.svc.cluster.local",
+            "-",
             "8",
             "100000",
+            "60",
         ],
     )?;
     let fields: Vec<u128> = load
         .first()
-        .and_then(|l| l.strip_prefix("dns-pairs "))
-        .context("no dns-pairs line")?
+        .and_then(|l| l.strip_prefix("dns-load "))
+        .context("no dns-load line")?
         .split(' ')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
-    let [done, failed, slowest_ns] = fields[..] else {
+    let [done, failed, _, _, slowest_ns, _] = fields[..] else {
         anyhow::bail!("{load:?}");
     };
     assert_eq!((done, failed), (100_000, 0), "{load:?}");
@@ -165,8 +156,8 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
 
     // A name outside the cluster reaches the DNS service's backend, a stub upstream: through
     // the search list (two misses answered NXDOMAIN here, one by the upstream), then as is.
-    let passed_before = event(&lab, 0, "dns_passed_name")?;
-    let nx_before = event(&lab, 0, "dns_nxdomain")?;
+    let passed_before = lab.event(0, "dns_passed_name")?;
+    let nx_before = lab.event(0, "dns_nxdomain")?;
     assert_eq!(
         ask("example.com", "A")?,
         [
@@ -179,12 +170,12 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
     assert_eq!(resolve("example.com")?, STUB_ADDRESS.to_string());
     // The A and AAAA of each of the four names glibc tries.
     assert_eq!(
-        event(&lab, 0, "dns_nxdomain")? - nx_before,
+        lab.event(0, "dns_nxdomain")? - nx_before,
         4,
         "two search-list misses"
     );
     assert_eq!(
-        event(&lab, 0, "dns_passed_name")? - passed_before,
+        lab.event(0, "dns_passed_name")? - passed_before,
         1 + 4,
         "the query by hand, and two names through glibc"
     );

@@ -22,6 +22,7 @@ mod lab_capabilities;
 mod lab_clusterip;
 mod lab_conntrack;
 mod lab_dns;
+mod lab_dns_reference;
 mod lab_dualstack;
 mod lab_health;
 mod lab_northsouth;

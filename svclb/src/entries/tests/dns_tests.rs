@@ -161,6 +161,35 @@ fn srv_replies_carry_their_targets_addresses() {
     );
 }
 
+/// SRV of an endpoint's name: CoreDNS answers one per port of its slice, named or not; the
+/// DNS service does.
+#[test]
+fn srv_of_an_endpoint_name_passes_on() {
+    let table = entries(
+        "
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {clusterIP: None, ports: [{name: pg, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: pg, port: 5432, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.5], hostname: db-0}
+",
+    );
+    let name = "Db-0.db.shop.svc.cluster.local.";
+    assert_eq!(entry(&table, name, 33).flags, DNS_F_PASS);
+    let a = entry(&table, name, 1);
+    assert_eq!(
+        answers(&reply(name, 1, a, &a.whole)),
+        ["Db-0.db.shop.svc.cluster.local. 5 10.244.1.5"]
+    );
+}
+
 #[test]
 fn the_zones_negative_answer_points_at_the_zone_in_any_question() {
     let zone = Zone::new("cluster.local", SERIAL).unwrap();

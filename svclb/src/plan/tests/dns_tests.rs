@@ -31,6 +31,7 @@ fn zone(yaml: &str) -> Vec<String> {
 
 #[test]
 fn a_cluster_ip_service_has_its_addresses_srv_per_named_port_and_ptr() {
+    // The SRV names have the cluster IPs' addresses too, as CoreDNS answers them.
     let lines = zone(
         "
 apiVersion: v1
@@ -48,7 +49,11 @@ spec:
         lines,
         [
             "10.0.96.10.in-addr.arpa.\t5\tIN\tPTR\tweb.shop.svc.cluster.local.",
+            "_dns._udp.web.shop.svc.cluster.local.\t5\tIN\tA\t10.96.0.10",
+            "_dns._udp.web.shop.svc.cluster.local.\t5\tIN\tAAAA\tfd00:96::a",
             "_dns._udp.web.shop.svc.cluster.local.\t5\tIN\tSRV\t0 50 53 web.shop.svc.cluster.local.",
+            "_http._tcp.web.shop.svc.cluster.local.\t5\tIN\tA\t10.96.0.10",
+            "_http._tcp.web.shop.svc.cluster.local.\t5\tIN\tAAAA\tfd00:96::a",
             "_http._tcp.web.shop.svc.cluster.local.\t5\tIN\tSRV\t0 50 80 web.shop.svc.cluster.local.",
             "a.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.0.d.f.ip6.arpa.\t5\tIN\tPTR\tweb.shop.svc.cluster.local.",
             "web.shop.svc.cluster.local.\t5\tIN\tA\t10.96.0.10",
@@ -87,6 +92,8 @@ fn a_headless_service_has_its_ready_endpoints_by_hostname_or_address() {
             "10-244-2-6.db.shop.svc.cluster.local.\t5\tIN\tA\t10.244.2.6",
             "5.1.244.10.in-addr.arpa.\t5\tIN\tPTR\tdb-0.db.shop.svc.cluster.local.",
             "6.2.244.10.in-addr.arpa.\t5\tIN\tPTR\t10-244-2-6.db.shop.svc.cluster.local.",
+            "_pg._tcp.db.shop.svc.cluster.local.\t5\tIN\tA\t10.244.1.5",
+            "_pg._tcp.db.shop.svc.cluster.local.\t5\tIN\tA\t10.244.2.6",
             "_pg._tcp.db.shop.svc.cluster.local.\t5\tIN\tSRV\t0 50 15432 10-244-2-6.db.shop.svc.cluster.local.",
             "_pg._tcp.db.shop.svc.cluster.local.\t5\tIN\tSRV\t0 50 15432 db-0.db.shop.svc.cluster.local.",
             "db-0.db.shop.svc.cluster.local.\t5\tIN\tA\t10.244.1.5",
@@ -94,6 +101,66 @@ fn a_headless_service_has_its_ready_endpoints_by_hostname_or_address() {
             "db.shop.svc.cluster.local.\t5\tIN\tA\t10.244.2.6",
         ]
     );
+}
+
+/// An address that is also an endpoint of a Service with a cluster IP has no PTR here: CoreDNS
+/// answers one PTR per Service holding it, which the server does.
+#[test]
+fn a_headless_endpoint_behind_a_cluster_ip_too_has_no_ptr() {
+    let lines = zone(&format!(
+        "{HEADLESS}---
+apiVersion: v1
+kind: Service
+metadata: {{name: pg, namespace: shop}}
+spec: {{clusterIP: 10.96.0.30, ports: [{{port: 5432}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: pg-1, namespace: shop, labels: {{kubernetes.io/service-name: pg}}}}
+addressType: IPv4
+ports: [{{port: 5432}}]
+endpoints:
+- addresses: [10.244.1.5]
+"
+    ));
+    let ptrs: Vec<&String> = lines.iter().filter(|l| l.contains("\tPTR\t")).collect();
+    assert_eq!(
+        ptrs,
+        [
+            "30.0.96.10.in-addr.arpa.\t5\tIN\tPTR\tpg.shop.svc.cluster.local.",
+            "6.2.244.10.in-addr.arpa.\t5\tIN\tPTR\t10-244-2-6.db.shop.svc.cluster.local.",
+        ]
+    );
+}
+
+/// Weight 100/N rounds down, but never to 0 (which RFC 2782 gives a meaning of its own).
+#[test]
+fn srv_weights_are_at_least_one() {
+    let endpoints: String = (0..150)
+        .map(|i| format!("- addresses: [10.244.{}.{}]\n", i / 100, i % 100 + 1))
+        .collect();
+    let lines = zone(&format!(
+        "
+apiVersion: v1
+kind: Service
+metadata: {{name: big, namespace: shop}}
+spec: {{clusterIP: None, ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: big-1, namespace: shop, labels: {{kubernetes.io/service-name: big}}}}
+addressType: IPv4
+ports: [{{name: http, port: 80, protocol: TCP}}]
+endpoints:
+{endpoints}"
+    ));
+    let weights: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.split_once("\tSRV\t0 "))
+        .map(|(_, rest)| rest.split(' ').next().unwrap_or_default())
+        .collect();
+    assert_eq!(weights.len(), 150);
+    assert!(weights.iter().all(|w| *w == "1"), "{weights:?}");
 }
 
 #[test]
