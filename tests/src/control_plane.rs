@@ -275,6 +275,28 @@ impl ControlPlane {
         })
     }
 
+    /// The endpoints (as JSON) of the EndpointSlices of Service `service` in namespace
+    /// `default`.
+    pub fn endpoints(&self, service: &str) -> Result<Vec<serde_json::Value>> {
+        let out = self.kubectl(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "default",
+            "-l",
+            &format!("kubernetes.io/service-name={service}"),
+            "-o",
+            "json",
+        ])?;
+        let list: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .collect())
+    }
+
     /// The process ID of `name` (`etcd`, `kube-apiserver`, ..., `coredns`), if it runs.
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.processes

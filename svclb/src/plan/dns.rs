@@ -141,7 +141,8 @@ pub fn records(snapshot: &Snapshot, zone: &str) -> Vec<Record> {
     out.into_iter().collect()
 }
 
-/// The endpoint addresses of Services with a cluster IP.
+/// The ready endpoint addresses of Services with a cluster IP (CoreDNS's PTR answers skip the
+/// others too).
 fn behind_cluster_ips(
     services: &[&Service],
     slices: &BTreeMap<String, Vec<&EndpointSlice>>,
@@ -156,8 +157,8 @@ fn behind_cluster_ips(
             slices.get(&key)
         })
         .flatten()
-        .flat_map(|slice| slice.endpoints.iter().flatten())
-        .flat_map(|endpoint| endpoint.addresses.iter().filter_map(|a| a.parse().ok()))
+        .flat_map(|slice| slice_endpoints(slice))
+        .map(|endpoint| endpoint.ip)
         .collect()
 }
 

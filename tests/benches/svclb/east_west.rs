@@ -20,8 +20,8 @@ use crate::{
 /// The port of the connection server, and of the target service's backend.
 const PORT: u16 = 8081;
 /// The CPU everything measured runs on; the agents and the rest of the bench have the other.
-const CPU: usize = 1;
-const OTHER_CPU: usize = 0;
+pub const CPU: usize = 1;
+pub const OTHER_CPU: usize = 0;
 /// Connections in flight: client threads, and server threads to take them.
 const IN_FLIGHT: usize = 64;
 
@@ -159,14 +159,14 @@ fn measure(p: &Prepared, seconds: u64, ceiling: f64, round: usize) -> Result<Poi
 }
 
 /// Runs `f` and says how busy [`CPU`] was meanwhile, of `ceiling`.
-fn on_cpu<T>(ceiling: f64, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+pub fn on_cpu<T>(ceiling: f64, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     let before = cpu::times(CPU)?;
     let out = f()?;
     Ok((out, cpu::busy_share(before, cpu::times(CPU)?) / ceiling))
 }
 
 /// The numbers of the client's line `WORD N N ...`.
-fn numbers<const N: usize>(lines: &[String], word: &str) -> Result<[u64; N]> {
+pub fn numbers<const N: usize>(lines: &[String], word: &str) -> Result<[u64; N]> {
     let Some(line) = lines.iter().find_map(|l| l.strip_prefix(word)) else {
         bail!("svclb-lab-client {word} said {lines:?}");
     };
@@ -188,6 +188,11 @@ fn best(r: &Results, system: System, lowest: bool, figure: impl Fn(&Point) -> f6
         .iter()
         .filter(|p| p.system == system.key())
         .map(figure);
+    best_of(values, lowest)
+}
+
+/// The highest of `values`, or with `lowest` the lowest.
+pub fn best_of(values: impl Iterator<Item = f64>, lowest: bool) -> Option<f64> {
     if lowest {
         values.min_by(f64::total_cmp)
     } else {
@@ -198,7 +203,7 @@ fn best(r: &Results, system: System, lowest: bool, figure: impl Fn(&Point) -> f6
 /// One ratio of best rounds from this run, against its target.
 #[derive(Serialize)]
 pub struct Ratio {
-    pub name: &'static str,
+    pub name: String,
     pub value: Option<f64>,
     pub target: &'static str,
     pub met: Option<bool>,
@@ -209,8 +214,8 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
     let cpu = |s| best(r, s, true, |p| p.cpu_us_per_connection);
     let bulk = |s| best(r, s, false, |p| p.bulk_gbps_per_core);
     let over = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
-    let ratio = |name, value: Option<f64>, target: &'static str, floor: Option<f64>| Ratio {
-        name,
+    let ratio = |name: &str, value: Option<f64>, target: &'static str, floor: Option<f64>| Ratio {
+        name: name.to_owned(),
         value,
         target,
         met: floor.and_then(|f| value.map(|v| v >= f)),
@@ -317,7 +322,7 @@ pub fn render(r: &Results, out: &mut String) {
     let _ = writeln!(out);
 }
 
-fn verdict(met: Option<bool>) -> &'static str {
+pub fn verdict(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "met",
         Some(false) => "**missed**",

@@ -6,6 +6,7 @@ mod chart;
 #[path = "../../tests/svclb/common/mod.rs"]
 mod common;
 mod control_plane;
+mod dns;
 mod east_west;
 mod kubeproxy;
 mod latency;
@@ -50,7 +51,7 @@ fn list(args: &[String], name: &str) -> Vec<String> {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes `--bench`; our own flags are `--quick`, `--out FILE`,
-    // `--only SECTION[,SECTION]` (packet, latency, north-south, saturation, east-west,
+    // `--only SECTION[,SECTION]` (packet, latency, north-south, saturation, east-west, dns,
     // control-plane or maglev), and `--system KEY,KEY` and `--load KEY,KEY` (the saturation section's systems
     // and loads).
     let quick = args.iter().any(|a| a == "--quick");
@@ -98,6 +99,10 @@ fn main() -> Result<()> {
     if wanted("east-west") {
         eprintln!("== east-west at saturation: connections per second");
         report.east_west = Some(east_west::run(&settings)?);
+    }
+    if wanted("dns") {
+        eprintln!("== Service DNS: the kernel against CoreDNS");
+        report.dns = Some(dns::run(&settings)?);
     }
     if wanted("control-plane") {
         eprintln!("== control plane");

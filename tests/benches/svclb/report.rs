@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::Duration};
 use anyhow::Result;
 
 use crate::{
-    control_plane, east_west,
+    control_plane, dns, east_west,
     latency::{self, System},
     maglev_cost, north_south, packet_cost, saturation,
 };
@@ -26,6 +26,7 @@ pub struct Report {
     pub north_south: Option<north_south::Results>,
     pub saturation: Option<saturation::Results>,
     pub east_west: Option<east_west::Results>,
+    pub dns: Option<dns::Results>,
     /// File name of the latency chart, beside the results file.
     pub chart: Option<String>,
 }
@@ -69,6 +70,7 @@ impl Report {
             north_south: None,
             saturation: None,
             east_west: None,
+            dns: None,
             chart: None,
         })
     }
@@ -88,6 +90,12 @@ impl Report {
                 "ratios": east_west::ratios(r),
             })
         });
+        let dns = self.dns.as_ref().map(|r| {
+            serde_json::json!({
+                "results": r,
+                "ratios": dns::ratios(r),
+            })
+        });
         serde_json::json!({
             "date": self.date,
             "machine": self.machine,
@@ -95,6 +103,7 @@ impl Report {
             "quick": self.quick,
             "north_south": north_south,
             "east_west": east_west,
+            "dns": dns,
         })
     }
 
@@ -187,6 +196,9 @@ impl Report {
         }
         if let Some(east_west) = &self.east_west {
             east_west::render(east_west, &mut out);
+        }
+        if let Some(dns) = &self.dns {
+            dns::render(dns, &mut out);
         }
         if let Some(north_south) = &self.north_south {
             north_south::render(north_south, &mut out);

@@ -17,7 +17,7 @@
 //! svclb-lab-client cps ADDR SECONDS THREADS CPU   connections per second (below)
 //! svclb-lab-client bulk ADDR SECONDS CPU      one stream's throughput (below)
 //! svclb-lab-client dns ADDR NAME TYPE         one DNS query over a connected UDP socket
-//! svclb-lab-client dns-load ADDR NAME SEARCH THREADS COUNT SECONDS   glibc's lookups
+//! svclb-lab-client dns-load ADDR NAME SEARCH THREADS COUNT SECONDS [CPU]   glibc's lookups
 //! ```
 //!
 //! `dns-load` makes up to COUNT lookups of NAME, for at most SECONDS, over THREADS threads,
@@ -25,8 +25,8 @@
 //! search list is SEARCH (comma-separated; `-`: none) and `options ndots:5`: for each name it
 //! tries in turn, an A and an AAAA query sent back to back on one connected UDP socket (each
 //! thread keeps its socket), then both answers, until one has records. A lookup that finds
-//! none, or whose answers take over a second, fails. It prints `dns-load LOOKUPS FAILED
-//! P50-NS P99-NS MAX-NS ELAPSED-NS`.
+//! none, or whose answers take over a second, fails. With CPU, it runs pinned to that CPU.
+//! It prints `dns-load LOOKUPS FAILED P50-NS P99-NS MAX-NS ELAPSED-NS`.
 //!
 //! `resolve RESOLV-CONF NAME` (the address argument's place) resolves NAME with glibc's
 //! `getaddrinfo`, reading RESOLV-CONF as its `/etc/resolv.conf` (bind-mounted over it in a
@@ -464,7 +464,7 @@ fn main() -> Result<(), String> {
         print(resolve(conf, name));
         return Ok(());
     }
-    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]], or dns ADDR NAME TYPE, or dns-load ADDR NAME SEARCH THREADS COUNT SECONDS, or resolve RESOLV-CONF NAME";
+    let usage = "usage: svclb-lab-client tcp|udp|udp-unconnected|udp-session|tcp-session|bench|cps|bulk ADDR [COUNT [MS [CPU]]], or dns ADDR NAME TYPE, or dns-load ADDR NAME SEARCH THREADS COUNT SECONDS [CPU], or resolve RESOLV-CONF NAME";
     let (mode, addr) = match (args.first(), args.get(1)) {
         (Some(mode), Some(addr)) => (mode.as_str(), addr),
         _ => return Err(usage.into()),
@@ -488,6 +488,9 @@ fn main() -> Result<(), String> {
             .split(',')
             .filter(|s| !s.is_empty() && *s != "-")
             .collect();
+        if let Some(cpu) = parse(7) {
+            svclb_tests::cpu::pin_self(cpu).map_err(|e| e.to_string())?;
+        }
         // Bounded: at most 64 threads, 1,000,000 lookups and 60 s, each answer at most 1 s.
         return dns_load(
             addr,

@@ -416,6 +416,26 @@ fn expected<'a>(
     entries.get(&exact).or_else(|| entries.get(&name))
 }
 
+/// Whether the query's name, with no entry, does not exist: under `svc.cluster.local`, a
+/// Service's name, or a name below a Service's name that has no entry (the datapath's rule,
+/// from the other side).
+fn nonexistent(entries: &BTreeMap<DnsKey, DnsAnswer>, query: &Message) -> bool {
+    let Some(q) = query.queries().first() else {
+        return false;
+    };
+    let suffix = Name::from_ascii("svc.cluster.local.").unwrap();
+    if !suffix.zone_of(q.name()) {
+        return false;
+    }
+    let below = q.name().num_labels() - suffix.num_labels();
+    let service = q.name().trim_to(usize::from(suffix.num_labels()) + 2);
+    match below {
+        0 | 1 => false,
+        2 => true,
+        _ => svclb::entries::dns::key(&service, 0).is_ok_and(|k| !entries.contains_key(&k)),
+    }
+}
+
 /// Queries, well formed and damaged: every reply the responder sends parses as DNS, answers
 /// the question it was asked (the same ID and question, as its entries say), and whatever
 /// it does not answer passes on untouched.
@@ -453,6 +473,10 @@ fn fuzzed_queries_get_a_right_answer_or_pass_untouched() -> Result<()> {
             prop_assert_eq!(reply.id(), query.id());
             prop_assert_eq!(reply.queries(), query.queries(), "the question, as asked");
             let want = expected(&entries, &query);
+            prop_assert!(
+                want.is_some() || nonexistent(&entries, &query),
+                "NXDOMAIN for a name that may exist"
+            );
             let rcode = want.map_or(3, |e| e.rcode);
             prop_assert_eq!(u16::from(reply.response_code()), u16::from(rcode));
             if let Some(entry) = want {
