@@ -19,7 +19,7 @@ use svclb_tests::{Lab, LabSpec, Pod, cpu, kube_bins::COREDNS};
 
 use crate::{
     Settings,
-    east_west::{CPU, OTHER_CPU, Ratio, best_of, numbers, on_cpu, verdict},
+    east_west::{CPU, OTHER_CPU, Ratio, best_of, numbers, off_the_measured_cpu, on_cpu, verdict},
     latency::round_order,
 };
 
@@ -123,15 +123,7 @@ struct Prepared {
 
 /// The section, on a thread of its own off the measured CPU.
 pub fn run(settings: &Settings) -> Result<Results> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                cpu::pin_self(OTHER_CPU)?;
-                measure_all(settings)
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the DNS bench's thread panicked"))?
-    })
+    off_the_measured_cpu(|| measure_all(settings))
 }
 
 fn measure_all(settings: &Settings) -> Result<Results> {

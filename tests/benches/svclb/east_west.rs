@@ -55,14 +55,19 @@ pub struct Results {
 
 /// The section, on a thread of its own off the measured CPU.
 pub fn run(settings: &Settings) -> Result<Results> {
+    off_the_measured_cpu(|| measure_all(settings))
+}
+
+/// Runs `f` on a thread of its own pinned to [`OTHER_CPU`] (what it starts inherits the pin).
+pub fn off_the_measured_cpu<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 cpu::pin_self(OTHER_CPU)?;
-                measure_all(settings)
+                f()
             })
             .join()
-            .map_err(|_| anyhow::anyhow!("the east-west bench's thread panicked"))?
+            .map_err(|_| anyhow::anyhow!("the bench's thread panicked"))?
     })
 }
 
