@@ -6,7 +6,7 @@
 //! [`nonexistent`]). Everything else passes on untouched, to the
 //! cluster's DNS server through the service path: other names, query types not answered,
 //! classes but IN, more than one question, opcodes but QUERY, EDNS versions but 0, anything
-//! malformed, IPv4 options, and IPv6 (not answered here yet).
+//! malformed, IPv4 options and IPv6 extension headers.
 //!
 //! The reply is the entry's sections after the client's own question (see
 //! `svclb_common::dns`): its names point into that question, so they come out in the
@@ -40,8 +40,8 @@ use svclb_ebpf::bytes;
 
 use crate::{
     maps::{SVCLB_DNS, SVCLB_DNS_ZONE, event},
-    parse::{ETH_HLEN, IP_HLEN, Packet},
-    reject::reply_headers,
+    parse::{ETH_HLEN, IP_HLEN, IPV6_HLEN, Packet},
+    reject::{checksum, pseudo_v6, reply_headers, reply_headers_v6, sum16},
 };
 
 /// What [`respond`] returns for a query it leaves to the cluster's DNS server.
@@ -54,6 +54,11 @@ const QUERY_MAX: usize = DNS_HLEN + DNS_NAME_MAX + 4 + 64;
 const OPT_LEN: usize = 11;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
+
+/// The UDP datagram of the largest reply, in whole pieces of [`CSUM_PIECE`] bytes.
+const CSUM_PIECE: usize = 512;
+const CSUM_BUF: usize = 3 * CSUM_PIECE;
+const _: () = assert!(UDP_HLEN + DNS_EDNS_MESSAGE <= CSUM_BUF);
 
 /// The query buffer: a power of two, so an index masked to it is in bounds (see [`at`]).
 const QUERY_BUF: usize = 512;
@@ -68,8 +73,13 @@ pub struct DnsScratch {
     /// one value to the verifier whichever way the walk over the labels went).
     service: DnsKey,
     service_at: u32,
-    /// The reply's Ethernet, IPv4 and UDP headers, its DNS header and its OPT record.
+    /// The reply's Ethernet, IP (v4 or v6) and UDP headers, its DNS header and its OPT
+    /// record.
     headers: [u8; ETH_HLEN + IP_HLEN + UDP_HLEN],
+    headers6: [u8; ETH_HLEN + IPV6_HLEN + UDP_HLEN],
+    /// An IPv6 reply's UDP datagram, read back to sum its checksum (zero padded to whole
+    /// 512-byte pieces, what `bpf_csum_diff` takes at most).
+    udp: [u8; CSUM_BUF],
     dns: [u8; DNS_HLEN],
     opt: [u8; OPT_LEN],
     /// The zone's SOA, its pointers set (twice its size: an offset masked to the first half
@@ -143,7 +153,9 @@ pub const DNS_PORT: u16 = 53;
 /// The reply, or the reason (an `EV_DNS_PASSED_*` event) the query passes on.
 #[inline(always)]
 fn answer(ctx: &TcContext, pkt: &Packet, zone: &DnsZone, s: &mut DnsScratch) -> Result<i32, u32> {
-    if pkt.is_v6() || pkt.ihl != 5 || pkt.l3_off != ETH_HLEN {
+    // Plain headers only: IPv4 without options, IPv6 without extension headers.
+    let l3_len = if pkt.is_v6() { IPV6_HLEN } else { IP_HLEN };
+    if pkt.l3_off != ETH_HLEN || pkt.l4_off != ETH_HLEN + l3_len {
         return Err(EV_DNS_PASSED_FORM);
     }
     let query = read_query(ctx, pkt, s)?;
@@ -197,7 +209,7 @@ fn read_query(ctx: &TcContext, pkt: &Packet, s: &mut DnsScratch) -> Result<Query
     let at = pkt.l4_off + UDP_HLEN;
     let ip_len = usize::from(u16::from_be(pkt.tot_len_be));
     let len = ip_len
-        .checked_sub(IP_HLEN + UDP_HLEN)
+        .checked_sub(pkt.l4_off - pkt.l3_off + UDP_HLEN)
         .ok_or(EV_DNS_PASSED_FORM)?;
     if !(DNS_HLEN + 5..=QUERY_MAX).contains(&len) || (ctx.len() as usize) < at + len {
         return Err(EV_DNS_PASSED_FORM);
@@ -444,6 +456,64 @@ fn store_bytes<const N: usize>(
     if ret == 0 { Ok(()) } else { Err(ret) }
 }
 
+/// A reply's UDP header: from the query's destination port back to its source port,
+/// `len` long, checksum 0.
+#[inline(always)]
+fn udp_header(pkt: &Packet, len: u16) -> [u8; UDP_HLEN] {
+    let mut udp = [0u8; UDP_HLEN];
+    udp[0..2].copy_from_slice(&pkt.dport_be.to_ne_bytes());
+    udp[2..4].copy_from_slice(&pkt.sport_be.to_ne_bytes());
+    udp[4..6].copy_from_slice(&len.to_be_bytes());
+    udp
+}
+
+/// Sums the IPv6 reply's UDP checksum (mandatory over IPv6, RFC 8200 8.1) and writes it:
+/// the datagram of `len` bytes at `l4_off`, its checksum field 0, is read back into the
+/// zeroed `s.udp` and summed a piece at a time, with the pseudo-header of the reply's IPv6
+/// header (in `s.headers6`).
+#[inline(always)]
+fn udp_checksum_v6(
+    ctx: &TcContext,
+    l4_off: usize,
+    len: usize,
+    s: &mut DnsScratch,
+) -> Result<(), i64> {
+    // SAFETY: a read of the length just computed (see [`at`]).
+    let n = unsafe { core::ptr::read_volatile(&len) };
+    if n == 0 || n > CSUM_BUF {
+        return Err(-1);
+    }
+    // SAFETY: all-zero bytes are valid.
+    unsafe { bytes::zero(&raw mut s.udp) };
+    // SAFETY: the helper writes `n` bytes into the buffer, which holds them.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr().cast(),
+            l4_off as u32,
+            s.udp.as_mut_ptr().cast(),
+            n as u32,
+        )
+    };
+    if ret != 0 {
+        return Err(ret);
+    }
+    let ip = &s.headers6[ETH_HLEN..ETH_HLEN + IPV6_HLEN];
+    let mut sum = pseudo_v6(ip, IPPROTO_UDP, len as u16);
+    for piece in 0..CSUM_BUF / CSUM_PIECE {
+        if piece * CSUM_PIECE < n {
+            let from = piece * CSUM_PIECE;
+            sum = sum16(sum, &s.udp[from..from + CSUM_PIECE]);
+        }
+    }
+    let mut check = checksum(sum);
+    // A sum of 0 is sent as all ones: 0 means no checksum, which IPv6 does not allow.
+    if check == 0 {
+        check = 0xffff;
+    }
+    ctx.store(l4_off + 6, &check.to_be_bytes(), 0)?;
+    Ok(())
+}
+
 /// What follows the question.
 #[derive(Clone, Copy)]
 enum Sections<'a> {
@@ -492,22 +562,21 @@ fn send(
     let dns_len = question + sections_len + opt_len;
     let dns_at = query.at;
     ctx.change_tail((dns_at + dns_len) as u32, 0)?;
-    // Headers: Ethernet and IPv4 swapped round, UDP from port 53 back to the client's port,
-    // no UDP checksum (RFC 768 allows none over IPv4).
+    // Headers: Ethernet and IP swapped round, UDP from port 53 back to the client's port,
+    // its checksum 0 (RFC 768 allows none over IPv4; over IPv6 it is summed at the end).
     let eth: [u8; ETH_HLEN] = ctx.load(0)?;
-    reply_headers(
-        &eth,
-        pkt,
-        IPPROTO_UDP,
-        (IP_HLEN + UDP_HLEN + dns_len) as u16,
-        &mut s.headers,
-    );
-    let udp = &mut s.headers[ETH_HLEN + IP_HLEN..];
-    udp[0..2].copy_from_slice(&pkt.dport_be.to_ne_bytes());
-    udp[2..4].copy_from_slice(&pkt.sport_be.to_ne_bytes());
-    udp[4..6].copy_from_slice(&((UDP_HLEN + dns_len) as u16).to_be_bytes());
-    udp[6..8].copy_from_slice(&[0, 0]);
-    ctx.store(0, &s.headers, 0)?;
+    let udp_len = (UDP_HLEN + dns_len) as u16;
+    let udp_header = udp_header(pkt, udp_len);
+    if pkt.is_v6() {
+        reply_headers_v6(&eth, pkt, IPPROTO_UDP, udp_len, &mut s.headers6);
+        s.headers6[ETH_HLEN + IPV6_HLEN..].copy_from_slice(&udp_header);
+        ctx.store(0, &s.headers6, 0)?;
+    } else {
+        let ip_len = (IP_HLEN as u16) + udp_len;
+        reply_headers(&eth, pkt, IPPROTO_UDP, ip_len, &mut s.headers);
+        s.headers[ETH_HLEN + IP_HLEN..].copy_from_slice(&udp_header);
+        ctx.store(0, &s.headers, 0)?;
+    }
     // The DNS header: the query's ID; QR, AA, TC as cut, RD and CD copied; the counts.
     s.dns[0] = s.query[0];
     s.dns[1] = s.query[1];
@@ -530,6 +599,9 @@ fn send(
         s.opt = [0, 0, 41, 0, 0, 0, 0, do_bit, 0, 0, 0];
         s.opt[3..5].copy_from_slice(&size.to_be_bytes());
         ctx.store(sections_at + sections_len, &s.opt, 0)?;
+    }
+    if pkt.is_v6() {
+        udp_checksum_v6(ctx, pkt.l4_off, usize::from(udp_len), s)?;
     }
     event(match sections {
         Sections::Negative(_) => EV_DNS_NXDOMAIN,

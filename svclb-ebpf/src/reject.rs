@@ -40,7 +40,7 @@ const TTL: u8 = 64;
 /// which is the byte-swapped network-order sum; swapped back, it adds to `sum`. A helper
 /// call rather than a loop: unrolled, the loop's loads spill past the 512-byte stack.
 #[inline(always)]
-fn sum16(sum: u32, bytes: &[u8]) -> u32 {
+pub(crate) fn sum16(sum: u32, bytes: &[u8]) -> u32 {
     // SAFETY: the helper reads `bytes.len()` bytes of valid memory and writes none.
     let raw = unsafe {
         bpf_csum_diff(
@@ -58,7 +58,7 @@ fn sum16(sum: u32, bytes: &[u8]) -> u32 {
 
 /// The checksum field for a ones' complement sum.
 #[inline(always)]
-fn fold(sum: u32) -> u16 {
+pub(crate) fn checksum(sum: u32) -> u16 {
     !svclb_ebpf::csum::fold(u64::from(sum))
 }
 
@@ -85,13 +85,13 @@ pub(crate) fn reply_headers(
     ip[10..12].copy_from_slice(&[0, 0]);
     ip[12..16].copy_from_slice(&v4_octets(&pkt.daddr));
     ip[16..20].copy_from_slice(&v4_octets(&pkt.saddr));
-    let check = fold(sum16(0, ip));
+    let check = checksum(sum16(0, ip));
     ip[10..12].copy_from_slice(&check.to_be_bytes());
 }
 
 /// Swapped Ethernet addresses and a fresh IPv6 header from the frontend back to the client.
 #[inline(always)]
-fn reply_headers_v6(
+pub(crate) fn reply_headers_v6(
     eth: &[u8; ETH_HLEN],
     pkt: &Packet,
     next_header: u8,
@@ -112,7 +112,7 @@ fn reply_headers_v6(
 
 /// The IPv6 pseudo-header's sum (RFC 8200 8.1) for the IPv6 header at `ip`.
 #[inline(always)]
-fn pseudo_v6(ip: &[u8], next_header: u8, len: u16) -> u32 {
+pub(crate) fn pseudo_v6(ip: &[u8], next_header: u8, len: u16) -> u32 {
     sum16(0, &ip[8..40]) + u32::from(len) + u32::from(next_header)
 }
 
@@ -263,7 +263,7 @@ fn build_tcp_reset(ctx: &TcContext, pkt: &Packet, buf: &mut Answers) -> Result<(
     reset_header(pkt, &tcp, &mut out[ETH_HLEN + IP_HLEN..]);
     let mut sum = sum16(0, &out[ETH_HLEN + 12..ETH_HLEN + 20]);
     sum += u32::from(IPPROTO_TCP) + TCP_HLEN as u32;
-    let check = fold(sum16(sum, &out[ETH_HLEN + IP_HLEN..]));
+    let check = checksum(sum16(sum, &out[ETH_HLEN + IP_HLEN..]));
     out[ETH_HLEN + IP_HLEN + 16..ETH_HLEN + IP_HLEN + 18].copy_from_slice(&check.to_be_bytes());
     ctx.change_tail(RST4_LEN as u32, 0)?;
     ctx.store(0, out, 0)?;
@@ -294,7 +294,7 @@ fn build_port_unreachable(ctx: &TcContext, pkt: &Packet, buf: &mut Answers) -> R
     let icmp = &mut out[ETH_HLEN + IP_HLEN..];
     icmp[0] = ICMP_DEST_UNREACH;
     icmp[1] = ICMP_PORT_UNREACH;
-    let check = fold(sum16(sum16(0, icmp), &buf.quote4));
+    let check = checksum(sum16(sum16(0, icmp), &buf.quote4));
     icmp[2..4].copy_from_slice(&check.to_be_bytes());
     ctx.store(0, out, 0)?;
     Ok(())
@@ -314,7 +314,7 @@ fn build_tcp_reset_v6(ctx: &TcContext, pkt: &Packet, buf: &mut Answers) -> Resul
     reply_headers_v6(&eth, pkt, IPPROTO_TCP, TCP_HLEN as u16, &mut out[..]);
     reset_header(pkt, &tcp, &mut out[ETH_HLEN + IPV6_HLEN..]);
     let sum = pseudo_v6(&out[ETH_HLEN..], IPPROTO_TCP, TCP_HLEN as u16);
-    let check = fold(sum16(sum, &out[ETH_HLEN + IPV6_HLEN..]));
+    let check = checksum(sum16(sum, &out[ETH_HLEN + IPV6_HLEN..]));
     out[ETH_HLEN + IPV6_HLEN + 16..ETH_HLEN + IPV6_HLEN + 18].copy_from_slice(&check.to_be_bytes());
     ctx.change_tail(RST6_LEN as u32, 0)?;
     ctx.store(0, out, 0)?;
@@ -340,7 +340,7 @@ fn build_port_unreachable_v6(ctx: &TcContext, pkt: &Packet, buf: &mut Answers) -
     let icmp = &mut out[ETH_HLEN + IPV6_HLEN..];
     icmp[0] = ICMPV6_DEST_UNREACH;
     icmp[1] = ICMPV6_PORT_UNREACH;
-    let check = fold(sum16(sum16(sum, icmp), &buf.quote6));
+    let check = checksum(sum16(sum16(sum, icmp), &buf.quote6));
     icmp[2..4].copy_from_slice(&check.to_be_bytes());
     ctx.store(0, out, 0)?;
     Ok(())

@@ -2,7 +2,11 @@
 //! address for a cluster name comes back as its reply, built from the agent's entries; one it
 //! does not answer passes on untouched.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, MapData};
@@ -20,13 +24,19 @@ use svclb_common::{
     dns::{DnsAnswer, DnsKey, DnsZone},
     limits::{MAP_DNS, MAP_DNS_ZONE},
 };
-use svclb_tests::{packet::PacketSpec, require_root};
+use svclb_tests::{
+    packet::PacketSpec,
+    packet6::{Ext, Packet6, l4_checksum_ok},
+    require_root,
+};
 
 use crate::common::{datapath::Datapath, fixture::TC_ACT_OK};
 
 const TC_ACT_REDIRECT: u32 = 7;
 const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 11), 40_000);
 const DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const CLIENT6: (Ipv6Addr, u16) = (Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x11), 40_000);
+const DNS6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xa);
 
 const SERVICES: &str = "
 apiVersion: v1
@@ -75,7 +85,7 @@ fn program(dp: &Datapath, yaml: &str) -> Result<BTreeMap<DnsKey, DnsAnswer>> {
         map.insert(key, value, 0)?;
     }
     let mut zones: Array<MapData, DnsZone> = Array::try_from(dp.pinned(MAP_DNS_ZONE)?)?;
-    zones.set(0, &zone.entry(&[DNS.into()], 1)?, 0)?;
+    zones.set(0, &zone.entry(&[DNS.into(), DNS6.into()], 1)?, 0)?;
     Ok(entries)
 }
 
@@ -244,6 +254,49 @@ fn names_the_entries_do_not_decide_pass_on() -> Result<()> {
         256u16.to_be_bytes(),
         "the client's EDNS size, as sent"
     );
+    Ok(())
+}
+
+/// A query over IPv6 is answered the same way, with the UDP checksum IPv6 requires; one
+/// with an extension header passes on.
+#[test]
+#[ignore = "needs root"]
+fn ipv6_queries_are_answered_with_their_checksum() -> Result<()> {
+    require_root()?;
+    let mut dp = Datapath::load("dns6")?;
+    program(&dp, &format!("{SERVICES}---{}", big_slice()))?;
+    let ask = |dp: &mut Datapath, name: &str, edns: Option<u16>| -> Result<Vec<u8>> {
+        let mut spec = Packet6::udp(CLIENT6, (DNS6, 53));
+        spec.payload = query(name, RecordType::A, edns)[42..].to_vec();
+        let (verdict, out) = dp.run(&spec.build())?;
+        anyhow::ensure!(verdict == TC_ACT_REDIRECT, "{name}: verdict {verdict}");
+        Ok(out)
+    };
+    for (name, edns, answers) in [
+        ("Web.Shop.svc.cluster.local.", None, 1),
+        ("big.shop.svc.cluster.local.", Some(4096), 73),
+        ("nosuch.shop.svc.cluster.local.", None, 0),
+    ] {
+        let out = ask(&mut dp, name, edns)?;
+        let ip = &out[14..54];
+        assert_eq!(ip[8..24], DNS6.octets(), "{name}: from the DNS address");
+        assert_eq!(ip[24..40], CLIENT6.0.octets(), "{name}: to the client");
+        let payload = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+        assert_eq!(
+            14 + 40 + payload,
+            out.len(),
+            "{name}: the IPv6 payload length"
+        );
+        assert!(l4_checksum_ok(&out), "{name}: the UDP checksum");
+        let reply = Message::from_vec(&out[62..]).context("the reply parses")?;
+        assert_eq!(reply.answers().len(), answers, "{name}: {reply:?}");
+        assert_eq!(reply.queries()[0].name().to_string(), name);
+    }
+    let mut hop = Packet6::udp(CLIENT6, (DNS6, 53));
+    hop.payload = query("web.shop.svc.cluster.local.", RecordType::A, None)[42..].to_vec();
+    hop.ext = vec![Ext::Options(0)];
+    let frame = hop.build();
+    passes(&mut dp, &frame, "a query with a hop-by-hop header")?;
     Ok(())
 }
 

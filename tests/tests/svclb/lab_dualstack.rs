@@ -591,3 +591,72 @@ fn an_ipv6_hairpin_flow_is_snated_to_the_service_loopback_address() -> Result<()
     }
     Ok(())
 }
+
+/// Service DNS over IPv6: a pod asks the cluster DNS Service's IPv6 address (`--cluster-dns`
+/// with both families); its node answers the cluster's names in place, with a UDP checksum,
+/// and an outside name reaches the DNS Service's backend (a lab backend, which answers as a
+/// stub upstream) through the service path.
+#[test]
+#[ignore = "needs root"]
+fn pods_get_cluster_names_answered_over_ipv6() -> Result<()> {
+    require_root()?;
+    let mut lab = Lab::new(LabSpec {
+        ipv6: true,
+        agent_args: vec!["--cluster-dns".into(), "10.96.0.10,fd00:96::a".into()],
+        ..LabSpec::default()
+    })?;
+    let server = lab.pod("n2-pod2").clone();
+    let manifest = [
+        service("kube-dns", "IPv4, IPv6", &["10.96.0.10", "fd00:96::a"]),
+        slice("kube-dns", "IPv4", &[&server]),
+        slice("kube-dns", "IPv6", &[&server]),
+        "---\n".to_owned(),
+        service("web", "IPv4, IPv6", &["10.96.8.1", "fd00:96::8:1"]),
+        slice("web", "IPv4", &[&server]),
+        slice("web", "IPv6", &[&server]),
+    ]
+    .concat();
+    lab.write_manifest("dns.yaml", &manifest)?;
+    lab.start_agents()?;
+    let client = lab.pod("n1-pod1").ns.clone();
+    let ask = |name: &str, qtype: &str| -> Result<Vec<String>> {
+        let line = lab.run_client(0, &client, &["dns", "[fd00:96::a]:53", name, qtype])?;
+        let line = line.first().context("no output")?.clone();
+        Ok(line.split('\t').map(str::to_owned).collect())
+    };
+    let answered = lab.event(0, "dns_answered")?;
+    assert_eq!(
+        ask("Web.default.svc.cluster.local", "AAAA")?,
+        [
+            "NoError",
+            "aa",
+            "Web.default.svc.cluster.local. 5 fd00:96::8:1",
+            "0"
+        ]
+    );
+    assert_eq!(
+        ask("web.default.svc.cluster.local", "A")?,
+        [
+            "NoError",
+            "aa",
+            "web.default.svc.cluster.local. 5 10.96.8.1",
+            "0"
+        ]
+    );
+    assert_eq!(
+        lab.event(0, "dns_answered")? - answered,
+        2,
+        "answered by node 1"
+    );
+    assert_eq!(
+        ask("example.com", "A")?,
+        [
+            "NoError",
+            "ra",
+            &format!("example.com. 30 {}", svclb_tests::server::STUB_ADDRESS),
+            "0"
+        ],
+        "an outside name, through the service path"
+    );
+    Ok(())
+}
