@@ -214,24 +214,8 @@ fn read_query(ctx: &TcContext, pkt: &Packet, s: &mut DnsScratch) -> Result<Query
     if !(DNS_HLEN + 5..=QUERY_MAX).contains(&len) || (ctx.len() as usize) < at + len {
         return Err(EV_DNS_PASSED_FORM);
     }
-    // Exactly the message (its length read back for the verifier, see [`at`]).
-    // SAFETY: a local read.
-    let n = unsafe { core::ptr::read_volatile(&len) };
-    if n == 0 || n > QUERY_BUF {
-        return Err(EV_DNS_PASSED_FORM);
-    }
-    // SAFETY: the helper writes `n` bytes into the buffer, which holds them.
-    let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.as_ptr().cast(),
-            at as u32,
-            s.query.as_mut_ptr().cast(),
-            n as u32,
-        )
-    };
-    if ret != 0 {
-        return Err(EV_DNS_PASSED_FORM);
-    }
+    // Exactly the message.
+    load_bytes(ctx, at, &mut s.query, len).map_err(|_| EV_DNS_PASSED_FORM)?;
     let q = &s.query;
     let word = |i: usize| u16::from_be_bytes([q[i], q[i + 1]]);
     // QR clear, opcode QUERY; one question, no answers or authorities, at most an OPT.
@@ -427,6 +411,32 @@ fn patch_soa(zone: &DnsZone, query: &Query, s: &mut DnsScratch) {
     }
 }
 
+/// Reads `len` bytes of the packet at `off` into the start of `buf` (at least one, at most
+/// `N`).
+#[inline(always)]
+fn load_bytes<const N: usize>(
+    ctx: &TcContext,
+    off: usize,
+    buf: &mut [u8; N],
+    len: usize,
+) -> Result<(), i64> {
+    // SAFETY: a local read (its bounds checked on what the helper gets, see [`at`]).
+    let n = unsafe { core::ptr::read_volatile(&len) };
+    if n == 0 || n > N {
+        return Err(-1);
+    }
+    // SAFETY: the helper writes `n` bytes into `buf`, which holds them.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.as_ptr().cast(),
+            off as u32,
+            buf.as_mut_ptr().cast(),
+            n as u32,
+        )
+    };
+    if ret == 0 { Ok(()) } else { Err(ret) }
+}
+
 /// Writes the first `len` bytes of `bytes` into the packet at `off` (nothing for none).
 #[inline(always)]
 fn store_bytes<const N: usize>(
@@ -478,29 +488,13 @@ fn udp_checksum_v6(
     len: usize,
     s: &mut DnsScratch,
 ) -> Result<(), i64> {
-    // SAFETY: a read of the length just computed (see [`at`]).
-    let n = unsafe { core::ptr::read_volatile(&len) };
-    if n == 0 || n > CSUM_BUF {
-        return Err(-1);
-    }
     // SAFETY: all-zero bytes are valid.
     unsafe { bytes::zero(&raw mut s.udp) };
-    // SAFETY: the helper writes `n` bytes into the buffer, which holds them.
-    let ret = unsafe {
-        bpf_skb_load_bytes(
-            ctx.as_ptr().cast(),
-            l4_off as u32,
-            s.udp.as_mut_ptr().cast(),
-            n as u32,
-        )
-    };
-    if ret != 0 {
-        return Err(ret);
-    }
+    load_bytes(ctx, l4_off, &mut s.udp, len)?;
     let ip = &s.headers6[ETH_HLEN..ETH_HLEN + IPV6_HLEN];
     let mut sum = pseudo_v6(ip, IPPROTO_UDP, len as u16);
     for piece in 0..CSUM_BUF / CSUM_PIECE {
-        if piece * CSUM_PIECE < n {
+        if piece * CSUM_PIECE < len {
             let from = piece * CSUM_PIECE;
             sum = sum16(sum, &s.udp[from..from + CSUM_PIECE]);
         }

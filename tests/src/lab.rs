@@ -721,6 +721,20 @@ impl Lab {
         Ok(self.control_plane.insert(plane))
     }
 
+    /// A lab of 3 pods a node whose agents answer Service DNS at `cluster_dns`
+    /// (`--cluster-dns`), with a control plane (zones by node) its pods reach, for CoreDNS
+    /// to run in one of them.
+    pub fn with_dns_and_control_plane(cluster_dns: &str) -> Result<Self> {
+        let mut lab = Self::new(LabSpec {
+            pods_per_node: 3,
+            agent_args: vec!["--cluster-dns".into(), cluster_dns.into()],
+            ..LabSpec::default()
+        })?;
+        lab.start_control_plane(&[])?;
+        lab.route_client_to_pods()?;
+        Ok(lab)
+    }
+
     /// The control plane [`Lab::start_control_plane`] started.
     pub fn control_plane(&self) -> Result<&crate::control_plane::ControlPlane> {
         self.control_plane

@@ -15,11 +15,13 @@ use std::{fmt::Write as _, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
-use svclb_tests::{Lab, LabSpec, Pod, cpu, kube_bins::COREDNS};
+use svclb_tests::{Lab, Pod, cpu, kube_bins::COREDNS};
 
 use crate::{
     Settings,
-    east_west::{CPU, OTHER_CPU, Ratio, best_of, numbers, off_the_measured_cpu, on_cpu, verdict},
+    east_west::{
+        CPU, OTHER_CPU, Ratio, best_of, numbers, off_the_measured_cpu, on_cpu, render_ratios,
+    },
     latency::round_order,
 };
 
@@ -164,14 +166,7 @@ fn measure_all(settings: &Settings) -> Result<Results> {
 }
 
 fn prepare() -> Result<Prepared> {
-    let mut lab = Lab::new(LabSpec {
-        pods_per_node: 3,
-        agent_args: vec!["--cluster-dns".into(), CLUSTER_DNS.into()],
-        ..LabSpec::default()
-    })?;
-    lab.start_control_plane(&[])?;
-    // CoreDNS, in a pod, reaches the API server in the client namespace.
-    lab.route_client_to_pods()?;
+    let mut lab = Lab::with_dns_and_control_plane(CLUSTER_DNS)?;
     let (client, coredns, upstream) = (
         lab.pod("n1-pod1").clone(),
         lab.pod("n1-pod2").clone(),
@@ -377,16 +372,6 @@ pub fn render(r: &Results, out: &mut String) {
             );
         }
     }
-    let _ = writeln!(out, "\n| ratio | value | target | |\n|---|---:|---|---|");
-    for ratio in ratios(r) {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} |",
-            ratio.name,
-            ratio.value.map_or("-".into(), |v| format!("{v:.2}x")),
-            ratio.target,
-            verdict(ratio.met)
-        );
-    }
+    render_ratios(&ratios(r), out);
     let _ = writeln!(out);
 }

@@ -306,8 +306,21 @@ pub fn render(r: &Results, out: &mut String) {
             cell(best(r, system, false, |p| p.bulk_gbps_per_core), 2),
         );
     }
+    render_ratios(&ratios(r), out);
+    if let Some(ns) = r.connect4_ns {
+        let _ = writeln!(
+            out,
+            "| socket-LB's connect4 hook, ns per connect | {ns:.0} | <= 400 | {} |",
+            verdict(Some(ns <= 400.0))
+        );
+    }
+    let _ = writeln!(out);
+}
+
+/// The table of `ratios` (a caller may add rows after it).
+pub fn render_ratios(ratios: &[Ratio], out: &mut String) {
     let _ = writeln!(out, "\n| ratio | value | target | |\n|---|---:|---|---|");
-    for ratio in ratios(r) {
+    for ratio in ratios {
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} |",
@@ -317,14 +330,6 @@ pub fn render(r: &Results, out: &mut String) {
             verdict(ratio.met)
         );
     }
-    if let Some(ns) = r.connect4_ns {
-        let _ = writeln!(
-            out,
-            "| socket-LB's connect4 hook, ns per connect | {ns:.0} | <= 400 | {} |",
-            verdict(Some(ns <= 400.0))
-        );
-    }
-    let _ = writeln!(out);
 }
 
 pub fn verdict(met: Option<bool>) -> &'static str {

@@ -23,7 +23,7 @@ use proptest::{
     prelude::RngExt,
     test_runner::{RngAlgorithm, TestRng},
 };
-use svclb_tests::{Lab, LabSpec, netns::in_netns, require_root};
+use svclb_tests::{Lab, netns::in_netns, require_root};
 
 const CLUSTER_DNS: &str = "10.96.0.10";
 const DOMAIN: &str = "cluster.local";
@@ -46,14 +46,7 @@ const WEB_PODS: [(&str, Option<&str>); 4] = [
 #[ignore = "needs root"]
 fn kernel_answers_are_coredns_answers_for_a_generated_corpus() -> Result<()> {
     require_root()?;
-    let mut lab = Lab::new(LabSpec {
-        pods_per_node: 3,
-        agent_args: vec!["--cluster-dns".into(), CLUSTER_DNS.into()],
-        ..LabSpec::default()
-    })?;
-    lab.start_control_plane(&[])?;
-    // CoreDNS, in a pod, reaches the API server in the client namespace.
-    lab.route_client_to_pods()?;
+    let mut lab = Lab::with_dns_and_control_plane(CLUSTER_DNS)?;
     let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
     let plane = lab.control_plane()?;
     plane.apply(&corpus(&mut rng))?;
