@@ -95,9 +95,10 @@ const _: () = assert!(size_of::<DnsAnswer>() == 24 + DNS_SECTIONS_MAX);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DnsZone {
-    /// The host's network namespace cookie: the socket hooks leave pods' queries to the
-    /// servers untranslated, for the pod program to answer, but not the host's (no program
-    /// of the responder sees those).
+    /// The host's network namespace cookie while no program of the responder sees the host's
+    /// queries: the socket hooks leave pods' queries to the servers untranslated, for the pod
+    /// program to answer, but translate the host's. 0 once the host's queries are routed to
+    /// the pod program too (the agent's veth pair), and every socket's are left alone.
     pub host_netns: u64,
     /// Up to [`DNS_SERVERS`] addresses, each with its family (0: none).
     pub servers: [L3Addr; DNS_SERVERS],

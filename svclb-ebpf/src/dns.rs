@@ -5,8 +5,9 @@
 //! `svc.<zone>` with no entry, or a name below one, is NXDOMAIN, with the zone's SOA (see
 //! [`nonexistent`]). Everything else passes on untouched, to the
 //! cluster's DNS server through the service path: other names, query types not answered,
-//! classes but IN, more than one question, opcodes but QUERY, EDNS versions but 0, anything
-//! malformed, IPv4 options and IPv6 extension headers.
+//! classes but IN, more than one question, opcodes but QUERY, EDNS versions but 0, an EDNS
+//! client subnet, anything malformed (EDNS options cut short too), IPv4 options and IPv6
+//! extension headers.
 //!
 //! The reply is the entry's sections after the client's own question (see
 //! `svclb_common::dns`): its names point into that question, so they come out in the
@@ -53,6 +54,8 @@ const DNS_HLEN: usize = 12;
 const QUERY_MAX: usize = DNS_HLEN + DNS_NAME_MAX + 4 + 64;
 const OPT_LEN: usize = 11;
 const TYPE_OPT: u16 = 41;
+/// EDNS Client Subnet (RFC 7871).
+const OPTION_CLIENT_SUBNET: u16 = 8;
 const CLASS_IN: u16 = 1;
 
 /// The UDP datagram of the largest reply, in whole pieces of [`CSUM_PIECE`] bytes.
@@ -296,11 +299,31 @@ fn opt(q: &[u8; QUERY_BUF], pos: usize, len: usize) -> Result<(u16, u8), u32> {
     if at(q, pos) != 0 || get16(q, pos + 1)? != TYPE_OPT || pos + OPT_LEN + rdlen != len {
         return Err(EV_DNS_PASSED_FORM);
     }
-    // Version 0 only.
-    if at(q, pos + 6) != 0 {
+    // Version 0 only, and options that fill the record's data exactly.
+    if at(q, pos + 6) != 0 || !options_fit(q, pos + OPT_LEN, len) {
         return Err(EV_DNS_PASSED_FORM);
     }
     Ok((get16(q, pos + 3)?, at(q, pos + 7) & 0x80))
+}
+
+/// Whether the options from `pos` end exactly at `end` (each a code, a length and that many
+/// bytes: a cut option makes the whole message malformed), with no client subnet among them
+/// (a server checks that option's contents and may refuse it; passing on is always safe).
+#[inline(always)]
+fn options_fit(q: &[u8; QUERY_BUF], mut pos: usize, end: usize) -> bool {
+    for _ in 0..(QUERY_MAX - DNS_HLEN) / 4 {
+        if pos >= end {
+            return pos == end;
+        }
+        let (Ok(code), Ok(len)) = (get16(q, pos), get16(q, pos + 2)) else {
+            return false;
+        };
+        if code == OPTION_CLIENT_SUBNET {
+            return false;
+        }
+        pos += 4 + usize::from(len);
+    }
+    pos == end
 }
 
 /// Fills `s.key` with the query's type and its name in lowercase, zero padded.

@@ -13,7 +13,7 @@ use svclb::{
         addresses,
         attach::{DeviceSelector, XdpAttach, XdpFinish},
         config::SnatPorts,
-        loader, pins,
+        host_pair, loader, pins,
         socket::SocketLb,
     },
     plan::{self, AddressRule},
@@ -383,6 +383,7 @@ fn agent_config(args: AgentArgs) -> Result<AgentConfig> {
         devices: DeviceSelector {
             uplinks: args.devices,
             pod_devices,
+            host_pair: dns_on,
             xdp: args.xdp_mode,
             xdp_finish: args.xdp_finish,
         },
@@ -478,6 +479,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Agent(args) if args.cleanup => {
             loader::require_root("svclb agent --cleanup")?;
             let removed = pins::cleanup(&args.bpffs_dir)?;
+            if runtime()?.block_on(host_pair::remove_once())? {
+                emit(&format!(
+                    "removed the devices {}, {}\n",
+                    host_pair::HOST_END,
+                    host_pair::PROGRAM_END
+                ))?;
+            }
             emit(&format!(
                 "removed {removed} pins from {}: the datapath is detached\n",
                 args.bpffs_dir.display()

@@ -77,6 +77,15 @@ impl DnsNames {
         }))
     }
 
+    /// The host's own queries reach the responder now (through `kernel::host_pair`): the
+    /// socket hooks are to leave them addressed to the servers too. Called before the first
+    /// sync, which writes the settings.
+    pub(crate) fn answer_host(&mut self) {
+        if let Some(settings) = self.settings.as_mut() {
+            settings.host_netns = 0;
+        }
+    }
+
     /// Brings the names in line with `snapshot`, and turns the responder on after the first
     /// sync that wrote them all. The writes that failed, each named.
     fn sync(&mut self, snapshot: &Snapshot, maps: &mut Maps) -> Vec<String> {

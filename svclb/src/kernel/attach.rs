@@ -40,6 +40,7 @@ use prometheus_client::metrics::counter::Counter;
 use svclb_common::limits::MAP_XDP_PORTS;
 
 use super::{
+    host_pair,
     object::{POD_PROGRAM, UPLINK_PROGRAM, XDP_PROGRAM},
     pins::{LINKS_DIR, Pinned, is_cgroup_pin, pins, tc_pin, xdp_pin},
 };
@@ -93,6 +94,8 @@ impl XdpFinish {
 pub struct DeviceSelector {
     pub uplinks: Vec<String>,
     pub pod_devices: Option<Pattern>,
+    /// The pod program also goes on [`host_pair::PROGRAM_END`] (`--cluster-dns`).
+    pub host_pair: bool,
     pub xdp: XdpAttach,
     pub xdp_finish: XdpFinish,
 }
@@ -103,7 +106,9 @@ impl DeviceSelector {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        self.is_uplink(name) || self.pod_devices.as_ref().is_some_and(|p| p.matches(name))
+        self.is_uplink(name)
+            || self.pod_devices.as_ref().is_some_and(|p| p.matches(name))
+            || (self.host_pair && name == host_pair::PROGRAM_END)
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, MapData};
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
-    rr::{Name, RData, RecordType},
+    rr::{Name, RData, RecordType, rdata::opt::EdnsOption},
 };
 use proptest::{prelude::*, test_runner::TestCaseError};
 use svclb::{
@@ -130,6 +130,18 @@ fn reply(frame: &[u8]) -> Result<Message> {
     anyhow::ensure!(udp[2..4] == CLIENT.1.to_be_bytes(), "to the client's port");
     anyhow::ensure!(usize::from(u16::from_be_bytes([udp[4], udp[5]])) == total - 20);
     Message::from_vec(&frame[42..]).context("the reply parses as DNS")
+}
+
+/// A query for `web` with EDNS whose OPT record's data is `options`, as written.
+fn query_with_options(options: &[u8]) -> Vec<u8> {
+    let frame = query("web.shop.svc.cluster.local.", RecordType::A, Some(1232));
+    // The OPT record ends the message, with its data length last.
+    let mut payload = frame[42..frame.len() - 2].to_vec();
+    payload.extend(u16::try_from(options.len()).unwrap().to_be_bytes());
+    payload.extend(options);
+    let mut spec = PacketSpec::udp(CLIENT, (DNS, 53));
+    spec.payload = payload;
+    spec.build()
 }
 
 fn answer(dp: &mut Datapath, name: &str, qtype: RecordType, edns: Option<u16>) -> Result<Message> {
@@ -363,6 +375,25 @@ fn what_is_not_answered_passes_on_untouched() -> Result<()> {
     let mut garbage = PacketSpec::udp(CLIENT, (DNS, 53));
     garbage.payload = vec![0xff; 40];
     passes(&mut dp, &garbage.build(), "garbage")?;
+    // A cookie option that claims 8 bytes and has 3, then one that is only half a header.
+    let cut = [0, 10, 0, 8, 1, 2, 3];
+    passes(&mut dp, &query_with_options(&cut), "an option cut short")?;
+    passes(&mut dp, &query_with_options(&[0x41]), "one byte of options")?;
+    // A whole cookie (dig sends one), and the same with a byte too many.
+    let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    let (verdict, out) = dp.run(&query_with_options(&cookie))?;
+    anyhow::ensure!(verdict == TC_ACT_REDIRECT, "a cookie: verdict {verdict}");
+    let reply = reply(&out)?;
+    anyhow::ensure!(reply.answers().len() == 1, "a cookie: {reply:?}");
+    let long = [&cookie[..], &[0]].concat();
+    passes(
+        &mut dp,
+        &query_with_options(&long),
+        "a byte after the options",
+    )?;
+    // A client subnet, well formed (IPv4, /24): the server's to answer.
+    let subnet = [0, 8, 0, 7, 0, 1, 24, 0, 10, 1, 2];
+    passes(&mut dp, &query_with_options(&subnet), "a client subnet")?;
     Ok(())
 }
 
@@ -411,7 +442,8 @@ fn fuzzed_query() -> impl Strategy<Value = Vec<u8>> {
     let damage = prop::collection::vec((any::<u16>(), any::<u8>()), 0..3);
     // Half the queries intact.
     let damage = prop_oneof![Just((Vec::new(), 0)), (damage, -3i32..4)];
-    (name, qtype, any::<bool>(), damage).prop_map(|(labels, qtype, edns, (damage, resize))| {
+    // No EDNS, EDNS, or EDNS with a cookie option (as dig sends).
+    (name, qtype, 0..3u8, damage).prop_map(|(labels, qtype, edns, (damage, resize))| {
         let name: Vec<String> = labels
             .iter()
             .map(|(i, case)| {
@@ -439,8 +471,13 @@ fn fuzzed_query() -> impl Strategy<Value = Vec<u8>> {
                 Name::from_ascii(format!("{}.", name.join("."))).unwrap(),
                 RecordType::from(qtype),
             ));
-        if edns {
-            message.set_edns(Edns::new());
+        if edns > 0 {
+            let mut opt = Edns::new();
+            if edns == 2 {
+                let cookie = EdnsOption::Unknown(10, vec![7; 8]);
+                opt.options_mut().insert(cookie);
+            }
+            message.set_edns(opt);
         }
         let mut bytes = message.to_vec().unwrap();
         for (at, value) in damage {

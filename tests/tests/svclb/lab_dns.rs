@@ -4,19 +4,20 @@
 //! through the service path.
 
 use anyhow::{Context as _, Result};
+use nix::sys::signal::Signal;
 use svclb_tests::{
-    Lab, LabSpec,
+    Lab, LabSpec, Pod,
     manifests::{DNS, WEB, cluster_ip_service, service},
-    require_root,
+    netns, require_root,
     server::STUB_ADDRESS,
 };
 
 const CLUSTER_DNS: &str = "10.96.0.10";
 
-#[test]
-#[ignore = "needs root"]
-fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
-    require_root()?;
+/// A lab whose agents answer the cluster DNS address, with `kube-dns` (its backend a stub
+/// upstream on node 2), `web` (a cluster IP) and headless `db` (two pods): the lab and db's
+/// pods.
+fn dns_lab() -> Result<(Lab, [Pod; 2])> {
     let mut lab = Lab::new(LabSpec {
         agent_args: vec!["--cluster-dns".into(), CLUSTER_DNS.into()],
         ..LabSpec::default()
@@ -35,13 +36,40 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
     )?;
     lab.write_manifest("db.yaml", &service("db", "None", &[WEB], &pods, "", ""))?;
     lab.start_agents()?;
+    Ok((lab, pods))
+}
+
+/// Asks the cluster DNS address for `name` and `qtype` from network namespace `ns` on node
+/// 1: the reply's rcode, flags, answers and authority count.
+fn ask(lab: &Lab, ns: &str, name: &str, qtype: &str) -> Result<Vec<String>> {
+    let dns = format!("{CLUSTER_DNS}:53");
+    let line = lab.run_client(0, ns, &["dns", &dns, name, qtype])?;
+    let line = line.first().context("no output")?.clone();
+    Ok(line.split('\t').map(str::to_owned).collect())
+}
+
+/// Resolves `name` with glibc from network namespace `ns` on node 1, through a resolv.conf
+/// as kubelet writes a pod's (ClusterFirst): the addresses, space-separated.
+fn resolve(lab: &Lab, ns: &str, name: &str) -> Result<String> {
+    let conf = lab.work_file(
+        "resolv.conf",
+        &format!(
+            "nameserver {CLUSTER_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
+        ),
+    )?;
+    let conf = conf.to_string_lossy().into_owned();
+    let out = lab.run_client(0, ns, &["resolve", &conf, name])?;
+    Ok(out.first().cloned().unwrap_or_default())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
+    require_root()?;
+    let (lab, pods) = dns_lab()?;
     let client = lab.pod("n1-pod1").ns.clone();
     let dns = format!("{CLUSTER_DNS}:53");
-    let ask = |name: &str, qtype: &str| -> Result<Vec<String>> {
-        let line = lab.run_client(0, &client, &["dns", &dns, name, qtype])?;
-        let line = line.first().context("no output")?.clone();
-        Ok(line.split('\t').map(str::to_owned).collect())
-    };
+    let ask = |name: &str, qtype: &str| ask(&lab, &client, name, qtype);
 
     assert_eq!(
         ask("Web.Default.svc.Cluster.Local", "A")?,
@@ -112,17 +140,7 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
 
     // glibc, through a pod's resolv.conf as kubelet writes it (ClusterFirst): short names
     // found through the search list, whose misses are answered NXDOMAIN here.
-    let conf = lab.work_file(
-        "resolv.conf",
-        &format!(
-            "nameserver {CLUSTER_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
-        ),
-    )?;
-    let conf = conf.to_string_lossy().into_owned();
-    let resolve = |name: &str| -> Result<String> {
-        let out = lab.run_client(0, &client, &["resolve", &conf, name])?;
-        Ok(out.first().cloned().unwrap_or_default())
-    };
+    let resolve = |name: &str| resolve(&lab, &client, name);
     let mut db: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
     db.sort();
     for (name, want) in [
@@ -178,6 +196,90 @@ fn pods_get_the_cluster_names_answered_by_their_node() -> Result<()> {
         lab.event(0, "dns_passed_name")? - passed_before,
         1 + 4,
         "the query by hand, and two names through glibc"
+    );
+    Ok(())
+}
+
+/// The node's own processes (host network) get the same answers from the datapath: their
+/// queries are routed into the agent's veth pair, whose far end carries the pod program.
+/// What it does not answer goes on to the DNS service from there.
+#[test]
+#[ignore = "needs root"]
+fn host_network_clients_get_the_cluster_names_answered_by_their_node() -> Result<()> {
+    require_root()?;
+    let (mut lab, pods) = dns_lab()?;
+    let host = lab.nodes[0].ns.clone();
+    let flows_before = lab.conntrack_entries(0)?;
+    let answered_before = lab.event(0, "dns_answered")?;
+    assert_eq!(
+        ask(&lab, &host, "Web.Default.svc.Cluster.Local", "A")?,
+        [
+            "NoError",
+            "aa",
+            "Web.Default.svc.Cluster.Local. 5 10.96.0.20",
+            "0"
+        ]
+    );
+    assert_eq!(
+        ask(&lab, &host, "nosuch.default.svc.cluster.local", "A")?,
+        ["NXDomain", "aa", "", "1"]
+    );
+    let mut db: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
+    db.sort();
+    assert_eq!(resolve(&lab, &host, "db")?, db.join(" "), "getaddrinfo(db)");
+    assert_eq!(
+        resolve(&lab, &host, "web")?,
+        "10.96.0.20",
+        "getaddrinfo(web)"
+    );
+    // The A and AAAA of web and of db: the datapath's (NXDOMAIN counts apart).
+    let answered = lab.event(0, "dns_answered")? - answered_before;
+    assert!(
+        answered >= 5,
+        "node 1 answered {answered} of the host's queries"
+    );
+    assert_eq!(
+        lab.conntrack_entries(0)?,
+        flows_before,
+        "no flow for a cluster name"
+    );
+
+    // An outside name reaches the stub upstream behind kube-dns, on node 2: the query leaves
+    // the pair with the node's own address as its source, through the service path.
+    let passed_before = lab.event(0, "dns_passed_name")?;
+    assert_eq!(
+        ask(&lab, &host, "example.com", "A")?,
+        [
+            "NoError",
+            "ra",
+            &format!("example.com. 30 {STUB_ADDRESS}"),
+            "0"
+        ]
+    );
+    assert_eq!(
+        resolve(&lab, &host, "example.com")?,
+        STUB_ADDRESS.to_string()
+    );
+    assert!(lab.event(0, "dns_passed_name")? > passed_before);
+
+    // Restarted without --cluster-dns, the agent takes the pair away, and the socket hooks
+    // send the host's queries to the DNS service again: its stub upstream, which knows no
+    // cluster name (NXDOMAIN, RA set, AA clear).
+    assert_eq!(
+        netns::tcx_ingress_programs(&host, "svclb_net")?,
+        ["svclb_pod"],
+        "the pod program on the pair's far end"
+    );
+    lab.stop_agent(0, Signal::SIGTERM)?;
+    lab.spec.agent_args.clear();
+    lab.start_agent(0)?;
+    assert!(
+        netns::ifindex(&host, "svclb_host").is_err(),
+        "the pair outlived --cluster-dns"
+    );
+    assert_eq!(
+        ask(&lab, &host, "web.default.svc.cluster.local", "A")?,
+        ["NXDomain", "ra", "", "0"]
     );
     Ok(())
 }

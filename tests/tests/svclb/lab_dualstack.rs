@@ -598,7 +598,7 @@ fn an_ipv6_hairpin_flow_is_snated_to_the_service_loopback_address() -> Result<()
 /// stub upstream) through the service path.
 #[test]
 #[ignore = "needs root"]
-fn pods_get_cluster_names_answered_over_ipv6() -> Result<()> {
+fn pods_and_host_network_clients_get_cluster_names_answered_over_ipv6() -> Result<()> {
     require_root()?;
     let mut lab = Lab::new(LabSpec {
         ipv6: true,
@@ -618,45 +618,49 @@ fn pods_get_cluster_names_answered_over_ipv6() -> Result<()> {
     .concat();
     lab.write_manifest("dns.yaml", &manifest)?;
     lab.start_agents()?;
-    let client = lab.pod("n1-pod1").ns.clone();
-    let ask = |name: &str, qtype: &str| -> Result<Vec<String>> {
-        let line = lab.run_client(0, &client, &["dns", "[fd00:96::a]:53", name, qtype])?;
-        let line = line.first().context("no output")?.clone();
-        Ok(line.split('\t').map(str::to_owned).collect())
-    };
-    let answered = lab.event(0, "dns_answered")?;
-    assert_eq!(
-        ask("Web.default.svc.cluster.local", "AAAA")?,
-        [
-            "NoError",
-            "aa",
-            "Web.default.svc.cluster.local. 5 fd00:96::8:1",
-            "0"
-        ]
-    );
-    assert_eq!(
-        ask("web.default.svc.cluster.local", "A")?,
-        [
-            "NoError",
-            "aa",
-            "web.default.svc.cluster.local. 5 10.96.8.1",
-            "0"
-        ]
-    );
-    assert_eq!(
-        lab.event(0, "dns_answered")? - answered,
-        2,
-        "answered by node 1"
-    );
-    assert_eq!(
-        ask("example.com", "A")?,
-        [
-            "NoError",
-            "ra",
-            &format!("example.com. 30 {}", svclb_tests::server::STUB_ADDRESS),
-            "0"
-        ],
-        "an outside name, through the service path"
-    );
+    // A pod, then the node's own processes (through the agent's veth pair).
+    for client in [lab.pod("n1-pod1").ns.clone(), lab.nodes[0].ns.clone()] {
+        let ask = |name: &str, qtype: &str| -> Result<Vec<String>> {
+            let line = lab.run_client(0, &client, &["dns", "[fd00:96::a]:53", name, qtype])?;
+            let line = line.first().context("no output")?.clone();
+            Ok(line.split('\t').map(str::to_owned).collect())
+        };
+        let answered = lab.event(0, "dns_answered")?;
+        assert_eq!(
+            ask("Web.default.svc.cluster.local", "AAAA")?,
+            [
+                "NoError",
+                "aa",
+                "Web.default.svc.cluster.local. 5 fd00:96::8:1",
+                "0"
+            ],
+            "{client}"
+        );
+        assert_eq!(
+            ask("web.default.svc.cluster.local", "A")?,
+            [
+                "NoError",
+                "aa",
+                "web.default.svc.cluster.local. 5 10.96.8.1",
+                "0"
+            ],
+            "{client}"
+        );
+        assert_eq!(
+            lab.event(0, "dns_answered")? - answered,
+            2,
+            "answered by node 1, for {client}"
+        );
+        assert_eq!(
+            ask("example.com", "A")?,
+            [
+                "NoError",
+                "ra",
+                &format!("example.com. 30 {}", svclb_tests::server::STUB_ADDRESS),
+                "0"
+            ],
+            "an outside name, through the service path, for {client}"
+        );
+    }
     Ok(())
 }
