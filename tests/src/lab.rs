@@ -1034,7 +1034,15 @@ impl Lab {
     /// Runs `program ARGS` as a host-network process of node `node`: in the node's namespace
     /// and cgroup, where its agent's socket hooks are; fails with its stderr.
     pub fn run_on_node(&self, node: usize, program: &str, args: &[&str]) -> Result<String> {
-        let netns_file = fs::File::open(format!("/run/netns/{}", self.nodes[node].ns))?;
+        self.run_in(node, &self.nodes[node].ns, program, args)
+    }
+
+    /// Runs `program ARGS` in network namespace `ns` (a pod's, or the node's) and node
+    /// `node`'s cgroup, where its agent's socket hooks are; its output, or its stderr as the
+    /// error.
+    pub fn run_in(&self, node: usize, ns: &str, program: &str, args: &[&str]) -> Result<String> {
+        let netns_file = fs::File::open(format!("/run/netns/{ns}"))
+            .with_context(|| format!("opening network namespace {ns}"))?;
         let procs = crate::cgroup::procs_of(&self.nodes[node].cgroup)?;
         let mut command = Command::new(program);
         command.args(args).stdin(Stdio::null());
@@ -1042,11 +1050,10 @@ impl Lab {
         crate::cgroup::join_on_exec(&mut command, &procs);
         let out = command
             .output()
-            .with_context(|| format!("running {program} on node {}", self.nodes[node].name))?;
+            .with_context(|| format!("running {program} in {ns}"))?;
         if !out.status.success() {
             bail!(
-                "{program} {args:?} on node {}: {}",
-                self.nodes[node].name,
+                "{program} {args:?} in {ns}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }

@@ -24,6 +24,7 @@ pub mod helm;
 pub mod kube_bins;
 mod lab;
 pub mod manifests;
+pub mod musl;
 pub mod netns;
 pub mod packet;
 pub mod packet6;

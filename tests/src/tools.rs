@@ -18,6 +18,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     // `.ci/run` starts the demo in a mount namespace of its own.
     ("unshare", "util-linux"),
+    // Service DNS asked as users ask it (`lab_dns`).
+    ("dig", "bind9-dnsutils"),
 ];
 
 /// The Debian package that has `program`.

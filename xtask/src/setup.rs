@@ -84,6 +84,17 @@ fn has_rust_src(toolchain: &str) -> bool {
     })
 }
 
+/// Whether `toolchain` has the standard library of `target`.
+fn has_target(toolchain: &str, target: &str) -> bool {
+    output("rustup", &["run", toolchain, "rustc", "--print", "sysroot"]).is_some_and(|sysroot| {
+        Path::new(sysroot.trim())
+            .join("lib/rustlib")
+            .join(target)
+            .join("lib")
+            .is_dir()
+    })
+}
+
 fn has_bpf_linker() -> bool {
     output("bpf-linker", &["--version"])
         .is_some_and(|v| v.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")))
@@ -129,6 +140,17 @@ pub fn setup() -> Result<()> {
             "minimal",
             "--component",
             "rust-src,clippy,rustfmt",
+        ]))?;
+    }
+    let musl = svclb_tests::musl::TARGET;
+    if !has_target(&toolchain, musl) {
+        println!("setup: adding the {musl} target (the DNS lab's musl resolver)");
+        crate::run(Command::new("rustup").args([
+            "target",
+            "add",
+            "--toolchain",
+            &toolchain,
+            musl,
         ]))?;
     }
     if !has_bpf_linker() {

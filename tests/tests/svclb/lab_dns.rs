@@ -3,6 +3,8 @@
 //! client's case, with no flow made; everything else reaches the cluster's DNS service
 //! through the service path.
 
+use std::path::Path;
+
 use anyhow::{Context as _, Result};
 use nix::sys::signal::Signal;
 use svclb_tests::{
@@ -35,6 +37,10 @@ fn dns_lab() -> Result<(Lab, [Pod; 2])> {
         &cluster_ip_service("web", "10.96.0.20", &[WEB], &[&server]),
     )?;
     lab.write_manifest("db.yaml", &service("db", "None", &[WEB], &pods, "", ""))?;
+    lab.write_manifest(
+        "ext.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\n  namespace: default\nspec:\n  type: ExternalName\n  externalName: example.org\n",
+    )?;
     lab.start_agents()?;
     Ok((lab, pods))
 }
@@ -48,18 +54,73 @@ fn ask(lab: &Lab, ns: &str, name: &str, qtype: &str) -> Result<Vec<String>> {
     Ok(line.split('\t').map(str::to_owned).collect())
 }
 
-/// Resolves `name` with glibc from network namespace `ns` on node 1, through a resolv.conf
-/// as kubelet writes a pod's (ClusterFirst): the addresses, space-separated.
-fn resolve(lab: &Lab, ns: &str, name: &str) -> Result<String> {
+/// A resolv.conf as kubelet writes a pod's (ClusterFirst), in the lab's work directory.
+fn resolv_conf(lab: &Lab) -> Result<String> {
     let conf = lab.work_file(
         "resolv.conf",
         &format!(
             "nameserver {CLUSTER_DNS}\nsearch default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
         ),
     )?;
-    let conf = conf.to_string_lossy().into_owned();
-    let out = lab.run_client(0, ns, &["resolve", &conf, name])?;
+    Ok(conf.to_string_lossy().into_owned())
+}
+
+/// Resolves `name` with glibc from network namespace `ns` on node 1, through
+/// [`resolv_conf`]: the addresses, space-separated.
+fn resolve(lab: &Lab, ns: &str, name: &str) -> Result<String> {
+    let out = lab.run_client(0, ns, &["resolve", &resolv_conf(lab)?, name])?;
     Ok(out.first().cloned().unwrap_or_default())
+}
+
+/// The same with musl's getaddrinfo (`resolver`, from [`svclb_tests::musl`]), in a mount
+/// namespace where /etc/resolv.conf is [`resolv_conf`].
+fn resolve_musl(lab: &Lab, ns: &str, resolver: &Path, name: &str) -> Result<String> {
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && exec {} {name}",
+        resolv_conf(lab)?,
+        resolver.display()
+    );
+    let out = lab.run_in(0, ns, "unshare", &["--mount", "sh", "-c", &script])?;
+    Ok(out.trim().to_owned())
+}
+
+/// dig's reply (BIND's stub, with its EDNS cookie option) to `name`/`qtype` at the cluster
+/// DNS address, from network namespace `ns` on node 1: the status, whether AA is set, and
+/// each answer as `TTL TYPE DATA`, sorted.
+fn dig(lab: &Lab, ns: &str, name: &str, qtype: &str) -> Result<(String, bool, Vec<String>)> {
+    let server = format!("@{CLUSTER_DNS}");
+    let args = [
+        &server,
+        "+tries=1",
+        "+time=2",
+        "+noall",
+        "+comments",
+        "+answer",
+        name,
+        qtype,
+    ];
+    let out = lab.run_in(0, ns, "dig", &args)?;
+    let status = out
+        .split("status: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .with_context(|| format!("no status in {out}"))?
+        .to_owned();
+    let aa = out
+        .lines()
+        .find_map(|l| l.strip_prefix(";; flags:"))
+        .is_some_and(|flags| flags.split(';').next().unwrap_or("").contains(" aa"));
+    let mut answers: Vec<String> = out
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            // owner, TTL, class, type, data...
+            format!("{} {} {}", fields[1], fields[3], fields[4..].join(" "))
+        })
+        .collect();
+    answers.sort();
+    Ok((status, aa, answers))
 }
 
 #[test]
@@ -281,5 +342,79 @@ fn host_network_clients_get_the_cluster_names_answered_by_their_node() -> Result
         ask(&lab, &host, "web.default.svc.cluster.local", "A")?,
         ["NXDomain", "ra", "", "0"]
     );
+    Ok(())
+}
+
+/// What users resolve with, from a pod and from the host: dig for every record type the
+/// datapath answers (all answered in the kernel: AA set, no flow made), and musl's
+/// getaddrinfo through the search list.
+#[test]
+#[ignore = "needs root"]
+fn dig_and_musl_resolve_every_record_type_from_pods_and_the_host() -> Result<()> {
+    require_root()?;
+    let (lab, pods) = dns_lab()?;
+    let resolver = svclb_tests::musl::resolver(lab.work_dir())?;
+    let mut db: Vec<String> = pods.iter().map(|p| format!("5 A {}", p.addr)).collect();
+    db.sort();
+    let db: Vec<&str> = db.iter().map(String::as_str).collect();
+    let cases: [(&str, &str, &str, &[&str]); 8] = [
+        (
+            "web.default.svc.cluster.local",
+            "A",
+            "NOERROR",
+            &["5 A 10.96.0.20"],
+        ),
+        ("web.default.svc.cluster.local", "AAAA", "NOERROR", &[]),
+        ("db.default.svc.cluster.local", "A", "NOERROR", &db),
+        (
+            "_http._tcp.web.default.svc.cluster.local",
+            "SRV",
+            "NOERROR",
+            &["5 SRV 0 100 80 web.default.svc.cluster.local."],
+        ),
+        (
+            "20.0.96.10.in-addr.arpa",
+            "PTR",
+            "NOERROR",
+            &["5 PTR web.default.svc.cluster.local."],
+        ),
+        (
+            "ext.default.svc.cluster.local",
+            "CNAME",
+            "NOERROR",
+            &["5 CNAME example.org."],
+        ),
+        // CoreDNS gives this record a TTL of 8 hours.
+        (
+            "dns-version.cluster.local",
+            "TXT",
+            "NOERROR",
+            &["28800 TXT \"1.1.0\""],
+        ),
+        ("nosuch.default.svc.cluster.local", "A", "NXDOMAIN", &[]),
+    ];
+    for ns in [lab.pod("n1-pod1").ns.clone(), lab.nodes[0].ns.clone()] {
+        let flows_before = lab.conntrack_entries(0)?;
+        for (name, qtype, status, answers) in cases {
+            let (got_status, aa, got) = dig(&lab, &ns, name, qtype)?;
+            let what = format!("dig {name} {qtype} from {ns}");
+            assert_eq!((got_status.as_str(), aa), (status, true), "{what}");
+            assert_eq!(got, answers, "{what}");
+        }
+        assert_eq!(lab.conntrack_entries(0)?, flows_before, "a flow from {ns}");
+        let mut db_addrs: Vec<String> = pods.iter().map(|p| p.addr.to_string()).collect();
+        db_addrs.sort();
+        for (name, want) in [
+            ("web", "10.96.0.20".to_owned()),
+            ("db", db_addrs.join(" ")),
+            ("example.com", STUB_ADDRESS.to_string()),
+        ] {
+            assert_eq!(
+                resolve_musl(&lab, &ns, &resolver, name)?,
+                want,
+                "musl's getaddrinfo({name:?}) from {ns}"
+            );
+        }
+    }
     Ok(())
 }
