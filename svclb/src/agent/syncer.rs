@@ -17,10 +17,10 @@ use super::{DnsConfig, conntrack::Purger, health::HealthChecks, healthz::ProxyHe
 use crate::{
     entries::{
         self, Capacity, MapState, Refusal,
-        dns::{Zone, table},
+        dns::{Table, Zone},
     },
     kernel::maps::Maps,
-    plan::{Diagnostic, FrontendKey, Planner, Snapshot, dns::records},
+    plan::{Diagnostic, FrontendKey, Planner, Snapshot, dns::Records},
     reconcile::{
         self, Index, SyncReport,
         dns::{self, DnsEntries},
@@ -36,12 +36,18 @@ use crate::{
 /// The DNS responder's names, kept in line with the Services and EndpointSlices at every
 /// sync (`--cluster-dns`).
 pub(crate) struct DnsNames {
-    domain: String,
     zone: Zone,
     /// The responder's settings, written once a sync has written every name (until then a
     /// name not written yet would be answered NXDOMAIN); `None` once written.
     settings: Option<DnsZone>,
     programmed: DnsEntries,
+    /// The records, and the entries per name: a sync encodes only the names whose records
+    /// changed.
+    records: Records,
+    table: Table,
+    /// The last sync wrote every change: the next one writes only its own. Otherwise (the
+    /// first sync, a failed write) it encodes and compares every name.
+    complete: bool,
 }
 
 impl DnsNames {
@@ -70,10 +76,12 @@ impl DnsNames {
             "answering the cluster's DNS names in the datapath once the first sync wrote them"
         );
         Ok(Some(Self {
-            domain: config.domain.clone(),
             zone,
             settings: Some(settings),
             programmed,
+            records: Records::new(&config.domain),
+            table: Table::default(),
+            complete: false,
         }))
     }
 
@@ -89,11 +97,25 @@ impl DnsNames {
     /// Brings the names in line with `snapshot`, and turns the responder on after the first
     /// sync that wrote them all. The writes that failed, each named.
     fn sync(&mut self, snapshot: &Snapshot, maps: &mut Maps) -> Vec<String> {
-        let (desired, refused) = table(&records(snapshot, &self.domain), &self.zone);
-        for name in refused {
+        let changed = self.records.update(snapshot);
+        let of = |name: &str| self.records.of(name);
+        let delta = if self.complete {
+            self.table
+                .update(changed.iter().map(String::as_str), &of, &self.zone)
+        } else {
+            self.table = Table::default();
+            self.table.update(self.records.names(), &of, &self.zone)
+        };
+        for name in &delta.refused {
             warn!("passed on to the DNS service: {name}");
         }
-        let mut report = dns::sync(maps, &mut self.programmed, &desired);
+        let mut report = if self.complete {
+            dns::apply(maps, &mut self.programmed, &delta.put, &delta.gone)
+        } else {
+            // From an empty table, `put` is every entry.
+            dns::sync(maps, &mut self.programmed, &delta.put)
+        };
+        self.complete = report.errors.is_empty();
         if report.errors.is_empty()
             && let Some(settings) = self.settings.take()
             && let Err(err) = maps.set_dns_zone(Some(&settings))

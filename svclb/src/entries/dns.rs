@@ -124,36 +124,148 @@ impl Zone {
 /// The entries of `records` (all of the zone's, as `plan::dns::records` gives them). A record
 /// whose name cannot be a DNS name (too long) is left out, named in the error list.
 pub fn table(records: &[Record], zone: &Zone) -> (BTreeMap<DnsKey, DnsAnswer>, Vec<String>) {
-    let mut names: BTreeMap<String, Vec<&Record>> = BTreeMap::new();
+    let mut names: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
     for record in records {
-        names.entry(record.name.clone()).or_default().push(record);
+        names.entry(&record.name).or_default().push(record);
     }
-    let mut out = BTreeMap::new();
-    let mut errors = Vec::new();
-    let mut namespaces = BTreeSet::new();
-    for (name, records) in &names {
-        if let Err(err) = name_entries(name, records, &names, zone, &mut out, &mut namespaces) {
-            errors.push(format!("DNS name {name}: {err:#}"));
-            // Not NXDOMAIN: the DNS service answers it.
-            if let Ok(key) = fqdn(name).and_then(|owner| key(&owner, QTYPE_NAME)) {
-                out.insert(key, pass(&owner_or_root(name)));
+    let of = |name: &str| names.get(name).cloned().unwrap_or_default();
+    let delta = Table::default().update(names.keys().copied(), &of, zone);
+    (delta.put, delta.refused)
+}
+
+/// The records of a name (none: it has none), as `plan::dns::Records::of` gives them.
+pub type RecordsOf<'a> = dyn Fn(&str) -> Vec<&'a Record> + 'a;
+
+/// The zone's entries, kept from one update to the next: an update encodes only the names it
+/// is told changed (`plan::dns::Records::update` says which), so a sync costs what changed,
+/// not the whole zone (encoding 70,000 entries for 10,000 Services takes about 0.3 s).
+#[derive(Default)]
+pub struct Table {
+    /// The query types of each name's entries, and the namespace it is under.
+    names: BTreeMap<String, (Vec<u16>, Option<Name>)>,
+    /// The namespaces, each with the number of names under it; `svc.<zone>` is always one.
+    namespaces: BTreeMap<Name, usize>,
+}
+
+/// The entries an update changed.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// New or changed entries (every entry, from an empty table).
+    pub put: BTreeMap<DnsKey, DnsAnswer>,
+    /// Entries no name has any more.
+    pub gone: BTreeSet<DnsKey>,
+    /// The names newly refused (too long for DNS), each with why; the DNS service answers
+    /// them.
+    pub refused: Vec<String>,
+}
+
+impl Table {
+    /// Encodes the names in `changed` again from their records (`of`); a name without
+    /// records loses its entries.
+    pub fn update<'a>(
+        &mut self,
+        changed: impl IntoIterator<Item = &'a str>,
+        of: &RecordsOf<'_>,
+        zone: &Zone,
+    ) -> Delta {
+        let mut delta = Delta::default();
+        let mut namespaces = BTreeSet::new();
+        if self.namespaces.is_empty() {
+            self.namespaces.insert(zone.svc.clone(), 1);
+            namespaces.insert(zone.svc.clone());
+        }
+        for name in changed {
+            let records = of(name);
+            let new =
+                (!records.is_empty()).then(|| encode_name(name, &records, of, zone, &mut delta));
+            let old = match &new {
+                Some(new) => self.names.insert(name.to_owned(), new.clone()),
+                None => self.names.remove(name),
+            };
+            let kept = new
+                .as_ref()
+                .map_or(&[][..], |(qtypes, _)| qtypes.as_slice());
+            if let Some((qtypes, _)) = &old {
+                gone(name, qtypes, kept, &mut delta);
+            }
+            let (old_ns, new_ns) = (old.and_then(|o| o.1), new.and_then(|n| n.1));
+            if old_ns != new_ns {
+                self.count_namespace(old_ns, false, &mut namespaces);
+                self.count_namespace(new_ns, true, &mut namespaces);
             }
         }
+        for ns in namespaces {
+            if !self.namespaces.contains_key(&ns) {
+                for qtype in [QTYPE_NAME, u16::from(RecordType::TXT)] {
+                    delta.gone.extend(key(&ns, qtype));
+                }
+            } else if let Err(err) = namespace_entries(&ns, zone, &mut delta.put) {
+                delta.refused.push(format!("DNS name {ns}: {err:#}"));
+            }
+        }
+        delta
     }
-    namespaces.insert(zone.svc.clone());
-    for ns in namespaces {
-        if let Err(err) = namespace_entries(&ns, zone, &mut out) {
-            errors.push(format!("DNS name {ns}: {err:#}"));
+
+    /// Counts a name under namespace `ns` in or out; a namespace that comes or goes is put in
+    /// `changed`.
+    fn count_namespace(&mut self, ns: Option<Name>, add: bool, changed: &mut BTreeSet<Name>) {
+        let Some(ns) = ns else {
+            return;
+        };
+        let n = self.namespaces.entry(ns.clone()).or_insert(0);
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+        if *n == 0 {
+            self.namespaces.remove(&ns);
+            changed.insert(ns);
+        } else if add && *n == 1 {
+            changed.insert(ns);
         }
     }
-    (out, errors)
+}
+
+/// Encodes name `name`'s entries into `delta.put`: their query types, and the namespace the
+/// name is under.
+fn encode_name(
+    name: &str,
+    records: &[&Record],
+    of: &RecordsOf<'_>,
+    zone: &Zone,
+    delta: &mut Delta,
+) -> (Vec<u16>, Option<Name>) {
+    let mut out = BTreeMap::new();
+    let mut namespaces = BTreeSet::new();
+    if let Err(err) = name_entries(name, records, of, zone, &mut out, &mut namespaces) {
+        delta.refused.push(format!("DNS name {name}: {err:#}"));
+        // Not NXDOMAIN: the DNS service answers it.
+        if let Ok(key) = fqdn(name).and_then(|owner| key(&owner, QTYPE_NAME)) {
+            out.insert(key, pass(&owner_or_root(name)));
+        }
+    }
+    let qtypes = out.keys().map(|key| key.qtype).collect();
+    delta.put.extend(out);
+    (qtypes, namespaces.pop_first())
+}
+
+/// The entries name `name` had (query types `old`) and has no more (`kept`).
+fn gone(name: &str, old: &[u16], kept: &[u16], delta: &mut Delta) {
+    let Ok(owner) = fqdn(name) else {
+        // Its pass entry was the root's: no name has it.
+        return;
+    };
+    for qtype in old.iter().filter(|q| !kept.contains(q)) {
+        delta.gone.extend(key(&owner, *qtype));
+    }
 }
 
 /// The entries of one name.
 fn name_entries(
     name: &str,
     records: &[&Record],
-    all: &BTreeMap<String, Vec<&Record>>,
+    all: &RecordsOf<'_>,
     zone: &Zone,
     out: &mut BTreeMap<DnsKey, DnsAnswer>,
     namespaces: &mut BTreeSet<Name>,
@@ -238,7 +350,7 @@ fn negative(
 }
 
 /// The addresses of the SRV records' targets.
-fn glue(srv: &[Rr], all: &BTreeMap<String, Vec<&Record>>) -> Result<Vec<Rr>> {
+fn glue(srv: &[Rr], all: &RecordsOf<'_>) -> Result<Vec<Rr>> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for record in srv {
@@ -249,7 +361,7 @@ fn glue(srv: &[Rr], all: &BTreeMap<String, Vec<&Record>>) -> Result<Vec<Rr>> {
         if !seen.insert(target.clone()) {
             continue;
         }
-        for record in all.get(&target).into_iter().flatten() {
+        for record in all(&target) {
             if matches!(record.rdata, Rdata::A { .. } | Rdata::Aaaa { .. }) {
                 out.push(rr(srv.target(), record)?);
             }

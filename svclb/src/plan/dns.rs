@@ -1,428 +1,321 @@
-//! The cluster's DNS records, as the Kubernetes DNS specification (kubernetes/dns,
-//! docs/specification.md, schema 1.1.0) defines them and CoreDNS's `kubernetes` plugin serves
-//! them, computed from the same Services and EndpointSlices as the plan (`svclb plan
-//! --cluster-domain` shows them); the datapath answers from them (`entries::dns`). Pod
-//! records, ExternalName targets' addresses and everything not listed here are the cluster's
-//! DNS server's to answer.
-//!
-//! - A Service with a cluster IP: A/AAAA `<svc>.<ns>.svc.<zone>` for each of its cluster IPs;
-//!   SRV `_<port>._<proto>.<svc>.<ns>.svc.<zone>` for each named port, targeting the Service's
-//!   name, and the cluster IPs' A/AAAA at that name too; PTR for each cluster IP.
-//! - A headless Service: A/AAAA of its ready endpoints (ready, or without the condition, as
-//!   CoreDNS reads them), each also under `<hostname>.<svc>...` (the endpoint's hostname, or
-//!   its address with dashes); SRV per named port and endpoint, targeting that name, with the
-//!   EndpointSlice's port, and the endpoints' A/AAAA at the SRV name too; PTR for each
-//!   endpoint address, unless the address is also an endpoint of a Service with a cluster IP
-//!   (CoreDNS then answers a PTR per Service, named by the address: the server's to answer).
-//!   One with no ready endpoint has no records.
-//! - An ExternalName Service: CNAME to its target, unless the target is an IP address.
-//! - The TXT record `dns-version.<zone>`.
-//!
-//! TTLs are CoreDNS's default: 5 s, and 28,800 s for `dns-version`. SRV records have priority 0
-//! and weight 100/N, at least 1, N the records of the name before duplicates are removed
-//! (CoreDNS's: a dual-stack cluster IP's SRV has weight 50).
+//! The cluster's DNS records: what each Service has (`dns_rules`: the Kubernetes DNS
+//! specification's records, with CoreDNS's choices where it is silent), and the zone's
+//! records kept up to date change by change, as `plan::incremental` keeps the plan: the
+//! agent's syncs make again only the records of the Services that changed, and encode again
+//! only the names whose records changed (`entries::dns::Table`). `svclb plan
+//! --cluster-domain` shows them.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
-use serde::Serialize;
 
-use super::{Snapshot, fields::service_of};
-
-/// The TTL of every record but `dns-version`'s.
-pub const TTL: u32 = 5;
-/// The schema version `dns-version` answers, and its TTL.
-pub const SCHEMA_VERSION: &str = "1.1.0";
-pub const VERSION_TTL: u32 = 28_800;
-
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(tag = "type", rename_all = "UPPERCASE")]
-pub enum Rdata {
-    A {
-        address: Ipv4Addr,
-    },
-    Aaaa {
-        address: Ipv6Addr,
-    },
-    Cname {
-        target: String,
-    },
-    Srv {
-        priority: u16,
-        weight: u16,
-        port: u16,
-        target: String,
-    },
-    Ptr {
-        target: String,
-    },
-    Txt {
-        text: String,
-    },
-}
-
-/// One record: a lowercase name without the final dot.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Record {
-    pub name: String,
-    pub ttl: u32,
-    #[serde(flatten)]
-    pub rdata: Rdata,
-}
-
-impl fmt::Display for Record {
-    /// The record as a zone file line.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (kind, data) = match &self.rdata {
-            Rdata::A { address } => ("A", address.to_string()),
-            Rdata::Aaaa { address } => ("AAAA", address.to_string()),
-            Rdata::Cname { target } => ("CNAME", format!("{target}.")),
-            Rdata::Srv {
-                priority,
-                weight,
-                port,
-                target,
-            } => ("SRV", format!("{priority} {weight} {port} {target}.")),
-            Rdata::Ptr { target } => ("PTR", format!("{target}.")),
-            Rdata::Txt { text } => ("TXT", format!("\"{text}\"")),
-        };
-        write!(f, "{}.\t{}\tIN\t{kind}\t{data}", self.name, self.ttl)
-    }
-}
+pub use super::dns_rules::{Rdata, Record, SCHEMA_VERSION, TTL, VERSION_TTL};
+use super::{
+    Snapshot,
+    dns_rules::{Kind, kind, service_records, slice_endpoints},
+    fields::service_of,
+};
 
 /// Every record of the cluster domain `zone` (lowercased, without a final dot), sorted and
 /// without duplicates.
 pub fn records(snapshot: &Snapshot, zone: &str) -> Vec<Record> {
-    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
-    let mut slices: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in snapshot.slices.iter().chain(&snapshot.dns_slices) {
-        if let Some(service) = service_of(slice) {
-            slices.entry(service).or_default().push(slice);
-        }
-    }
-    let mut out = BTreeSet::new();
-    out.insert(Record {
-        name: format!("dns-version.{zone}"),
-        ttl: VERSION_TTL,
-        rdata: Rdata::Txt {
-            text: SCHEMA_VERSION.into(),
-        },
-    });
-    let services: Vec<&Service> = snapshot
-        .services
-        .iter()
-        .chain(&snapshot.dns_services)
-        .map(AsRef::as_ref)
-        .collect();
-    let behind_cluster_ips = behind_cluster_ips(&services, &slices);
-    for service in services {
-        let Some(name) = ServiceName::of(service, &zone) else {
-            continue;
-        };
-        let own = slices
-            .get(&format!("{}/{}", name.namespace, name.service))
-            .map_or(&[][..], Vec::as_slice);
-        match kind(service) {
-            Kind::ClusterIp(ips) => cluster_ip(&name, service, &ips, &mut out),
-            Kind::Headless => {
-                let ptr = |ip: &IpAddr| !behind_cluster_ips.contains(ip);
-                headless(&name, service, own, &ptr, &mut out);
-            }
-            Kind::ExternalName(target) => {
-                out.insert(name.record(&name.fqdn(), Rdata::Cname { target }));
-            }
-            Kind::None => {}
-        }
-    }
-    out.into_iter().collect()
+    let mut records = Records::new(zone);
+    records.update(snapshot);
+    records.all()
 }
 
-/// The ready endpoint addresses of Services with a cluster IP (CoreDNS's PTR answers skip the
-/// others too).
-fn behind_cluster_ips(
-    services: &[&Service],
-    slices: &BTreeMap<String, Vec<&EndpointSlice>>,
-) -> BTreeSet<IpAddr> {
-    services
+/// The zone's records kept up to date change by change, as the planner keeps the plan: a
+/// Service's records are made again only when its object, its EndpointSlices or (headless)
+/// which of its endpoints are behind a cluster IP changed. Objects are told apart by
+/// allocation, and held, so an allocation is not taken for another while remembered (see
+/// `plan::incremental`). [`Records::update`] says which names' records changed.
+pub struct Records {
+    zone: String,
+    /// Every Service of the last snapshot, by allocation.
+    services: HashMap<usize, Kept>,
+    /// Each name's records, each with the number of Services that give it.
+    names: BTreeMap<String, BTreeMap<Record, usize>>,
+    /// The last snapshot's Services and slices.
+    objects: Held,
+    /// Names changed before the first update (`dns-version`'s), which it reports.
+    pending: BTreeSet<String>,
+}
+
+/// What a Service's records were made from, and them.
+struct Kept {
+    _service: Arc<Service>,
+    slices: Vec<Arc<EndpointSlice>>,
+    /// Whether the Service has a cluster IP.
+    cluster_ip: bool,
+    /// The ready endpoints' addresses (of a Service with a cluster IP, or headless).
+    endpoints: Vec<IpAddr>,
+    /// Of a headless Service's endpoint addresses, those behind a cluster IP too (no PTR).
+    hidden: Vec<IpAddr>,
+    records: Vec<Record>,
+}
+
+impl Records {
+    pub fn new(zone: &str) -> Self {
+        let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+        let version = Record {
+            name: format!("dns-version.{zone}"),
+            ttl: VERSION_TTL,
+            rdata: Rdata::Txt {
+                text: SCHEMA_VERSION.into(),
+            },
+        };
+        let mut names = BTreeMap::new();
+        count(&mut names, &version, true);
+        Self {
+            zone,
+            services: HashMap::new(),
+            names,
+            objects: Held::default(),
+            pending: BTreeSet::from([version.name]),
+        }
+    }
+
+    /// Brings the records to `snapshot`: the names whose records changed.
+    pub fn update(&mut self, snapshot: &Snapshot) -> BTreeSet<String> {
+        // The same Services and slices, by allocation: nothing to do (a sync for a Node, or
+        // for the plan's own reasons).
+        let mut dirty = std::mem::take(&mut self.pending);
+        if self.objects.is(snapshot) {
+            return dirty;
+        }
+        self.objects = Held::of(snapshot);
+        let mut slices: BTreeMap<String, Vec<&Arc<EndpointSlice>>> = BTreeMap::new();
+        for slice in snapshot.slices.iter().chain(&snapshot.dns_slices) {
+            if let Some(service) = service_of(slice) {
+                slices.entry(service).or_default().push(slice);
+            }
+        }
+        let services: Vec<(&Arc<Service>, &[&Arc<EndpointSlice>])> = (snapshot.services.iter())
+            .chain(&snapshot.dns_services)
+            .map(|service| {
+                let own = slices.get(&key_of(service)).map_or(&[][..], Vec::as_slice);
+                (service, own)
+            })
+            .collect();
+        let behind = self.behind_cluster_ips(&services);
+        let mut seen = HashSet::new();
+        for (service, own) in services {
+            let key = Arc::as_ptr(service) as usize;
+            seen.insert(key);
+            let (cluster_ip, endpoints) = match self.services.get(&key) {
+                Some(kept) if kept.made_from(own) => {
+                    if kept.hidden == hidden(kept.cluster_ip, &kept.endpoints, &behind) {
+                        continue;
+                    }
+                    (kept.cluster_ip, kept.endpoints.clone())
+                }
+                _ => (
+                    matches!(kind(service), Kind::ClusterIp(_)),
+                    endpoint_ips(service, own),
+                ),
+            };
+            let hidden = hidden(cluster_ip, &endpoints, &behind);
+            let kept = Kept {
+                _service: Arc::clone(service),
+                slices: own.iter().map(|s| Arc::clone(s)).collect(),
+                records: service_records(service, own, &hidden, &self.zone),
+                cluster_ip,
+                endpoints,
+                hidden,
+            };
+            self.add(&kept.records, &mut dirty);
+            if let Some(old) = self.services.insert(key, kept) {
+                self.remove(&old.records, &mut dirty);
+            }
+        }
+        let gone: Vec<usize> = (self.services.keys())
+            .filter(|key| !seen.contains(key))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(old) = self.services.remove(&key) {
+                self.remove(&old.records, &mut dirty);
+            }
+        }
+        dirty
+    }
+
+    /// The ready endpoint addresses of Services with a cluster IP (CoreDNS's PTR answers skip
+    /// the others too): a Service as it was kept gives the addresses kept.
+    fn behind_cluster_ips(
+        &self,
+        services: &[(&Arc<Service>, &[&Arc<EndpointSlice>])],
+    ) -> BTreeSet<IpAddr> {
+        let mut out = BTreeSet::new();
+        for (service, own) in services {
+            let key = Arc::as_ptr(service) as usize;
+            match self.services.get(&key).filter(|kept| kept.made_from(own)) {
+                Some(kept) if kept.cluster_ip => out.extend(&kept.endpoints),
+                Some(_) => {}
+                None if matches!(kind(service), Kind::ClusterIp(_)) => {
+                    out.extend(endpoint_ips(service, own));
+                }
+                None => {}
+            }
+        }
+        out
+    }
+
+    fn add(&mut self, records: &[Record], dirty: &mut BTreeSet<String>) {
+        for record in records {
+            if count(&mut self.names, record, true) {
+                dirty.insert(record.name.clone());
+            }
+        }
+    }
+
+    fn remove(&mut self, records: &[Record], dirty: &mut BTreeSet<String>) {
+        for record in records {
+            if count(&mut self.names, record, false) {
+                dirty.insert(record.name.clone());
+            }
+        }
+    }
+
+    /// The records of `name`, sorted (none: it has none).
+    pub fn of(&self, name: &str) -> Vec<&Record> {
+        self.names
+            .get(name)
+            .map_or_else(Vec::new, |records| records.keys().collect())
+    }
+
+    /// Every name that has records, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.keys().map(String::as_str)
+    }
+
+    /// Every record, sorted and without duplicates.
+    pub fn all(&self) -> Vec<Record> {
+        self.names
+            .values()
+            .flat_map(|r| r.keys().cloned())
+            .collect()
+    }
+}
+
+impl Kept {
+    /// Whether the kept Service's slices are `slices` (the Service is the same allocation).
+    fn made_from(&self, slices: &[&Arc<EndpointSlice>]) -> bool {
+        self.slices.len() == slices.len()
+            && self
+                .slices
+                .iter()
+                .zip(slices)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+/// Counts `record` in (`add`) or out of `names`: whether the name's records changed (a
+/// record given by a second Service changes nothing).
+fn count(
+    names: &mut BTreeMap<String, BTreeMap<Record, usize>>,
+    record: &Record,
+    add: bool,
+) -> bool {
+    let records = names.entry(record.name.clone()).or_default();
+    let changed = if add {
+        let n = records.entry(record.clone()).or_insert(0);
+        *n += 1;
+        *n == 1
+    } else {
+        match records.get_mut(record) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => records.remove(record).is_some(),
+            None => false,
+        }
+    };
+    if records.is_empty() {
+        names.remove(&record.name);
+    }
+    changed
+}
+
+/// A snapshot's Services and slices (those the DNS records need too), held, so that an
+/// allocation is not taken for another object while compared.
+#[derive(Default)]
+struct Held {
+    services: Vec<Arc<Service>>,
+    slices: Vec<Arc<EndpointSlice>>,
+}
+
+impl Held {
+    fn of(snapshot: &Snapshot) -> Self {
+        Self {
+            services: snapshot
+                .services
+                .iter()
+                .chain(&snapshot.dns_services)
+                .cloned()
+                .collect(),
+            slices: snapshot
+                .slices
+                .iter()
+                .chain(&snapshot.dns_slices)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Whether `snapshot` has the same objects, in the same order.
+    fn is(&self, snapshot: &Snapshot) -> bool {
+        fn same<T>(held: &[Arc<T>], a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+            held.len() == a.len() + b.len()
+                && held
+                    .iter()
+                    .zip(a.iter().chain(b))
+                    .all(|(x, y)| Arc::ptr_eq(x, y))
+        }
+        same(&self.services, &snapshot.services, &snapshot.dns_services)
+            && same(&self.slices, &snapshot.slices, &snapshot.dns_slices)
+    }
+}
+
+/// `<namespace>/<name>`, as EndpointSlices name their Service.
+fn key_of(service: &Service) -> String {
+    let meta = &service.metadata;
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    format!("{ns}/{}", meta.name.as_deref().unwrap_or_default())
+}
+
+/// The ready endpoint addresses of a Service with a cluster IP or a headless one (none for
+/// the others), sorted.
+fn endpoint_ips(service: &Service, slices: &[&Arc<EndpointSlice>]) -> Vec<IpAddr> {
+    if matches!(kind(service), Kind::ExternalName(_) | Kind::None) {
+        return Vec::new();
+    }
+    let mut out: Vec<IpAddr> = slices
         .iter()
-        .filter(|s| matches!(kind(s), Kind::ClusterIp(_)))
-        .filter_map(|s| {
-            let meta = &s.metadata;
-            let ns = meta.namespace.as_deref().unwrap_or("default");
-            let key = format!("{ns}/{}", meta.name.as_deref()?);
-            slices.get(&key)
-        })
-        .flatten()
         .flat_map(|slice| slice_endpoints(slice))
         .map(|endpoint| endpoint.ip)
-        .collect()
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
-/// A Service's names.
-struct ServiceName {
-    namespace: String,
-    service: String,
-    zone: String,
-}
-
-impl ServiceName {
-    fn of(service: &Service, zone: &str) -> Option<Self> {
-        let meta = &service.metadata;
-        Some(Self {
-            namespace: meta
-                .namespace
-                .as_deref()
-                .unwrap_or("default")
-                .to_ascii_lowercase(),
-            service: meta.name.as_deref()?.to_ascii_lowercase(),
-            zone: zone.to_owned(),
-        })
+/// Of the endpoint addresses (`endpoints`) of a Service without a cluster IP, those in
+/// `behind` (only a headless Service has any).
+fn hidden(cluster_ip: bool, endpoints: &[IpAddr], behind: &BTreeSet<IpAddr>) -> Vec<IpAddr> {
+    if cluster_ip {
+        return Vec::new();
     }
-
-    /// `<svc>.<ns>.svc.<zone>`.
-    fn fqdn(&self) -> String {
-        format!("{}.{}.svc.{}", self.service, self.namespace, self.zone)
-    }
-
-    fn record(&self, name: &str, rdata: Rdata) -> Record {
-        Record {
-            name: name.to_owned(),
-            ttl: TTL,
-            rdata,
-        }
-    }
-}
-
-enum Kind {
-    ClusterIp(Vec<IpAddr>),
-    Headless,
-    ExternalName(String),
-    /// No records: an ExternalName whose target is an address, a Service without a cluster
-    /// IP yet.
-    None,
-}
-
-fn kind(service: &Service) -> Kind {
-    let Some(spec) = &service.spec else {
-        return Kind::None;
-    };
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return match spec.external_name.as_deref() {
-            Some(target) if !target.is_empty() && target.parse::<IpAddr>().is_err() => {
-                Kind::ExternalName(target.trim_end_matches('.').to_ascii_lowercase())
-            }
-            _ => Kind::None,
-        };
-    }
-    let ips: Vec<&str> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        _ => spec.cluster_ip.as_deref().into_iter().collect(),
-    };
-    if ips.first() == Some(&"None") {
-        return Kind::Headless;
-    }
-    let ips: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
-    if ips.is_empty() {
-        Kind::None
-    } else {
-        Kind::ClusterIp(ips)
-    }
-}
-
-fn address(ip: IpAddr) -> Rdata {
-    match ip {
-        IpAddr::V4(address) => Rdata::A { address },
-        IpAddr::V6(address) => Rdata::Aaaa { address },
-    }
-}
-
-fn cluster_ip(name: &ServiceName, service: &Service, ips: &[IpAddr], out: &mut BTreeSet<Record>) {
-    let fqdn = name.fqdn();
-    for ip in ips {
-        out.insert(name.record(&fqdn, address(*ip)));
-        out.insert(name.record(
-            &reverse_name(*ip),
-            Rdata::Ptr {
-                target: fqdn.clone(),
-            },
-        ));
-    }
-    // One SRV per port: CoreDNS makes one per cluster IP, all alike, and keeps one, whose
-    // weight still counts them all.
-    for (port_name, proto, port) in named_ports(service) {
-        let srv = format!("_{port_name}._{proto}.{fqdn}");
-        out.insert(name.record(
-            &srv,
-            Rdata::Srv {
-                priority: 0,
-                weight: weight(ips.len()),
-                port,
-                target: fqdn.clone(),
-            },
-        ));
-        for ip in ips {
-            out.insert(name.record(&srv, address(*ip)));
-        }
-    }
-}
-
-/// One ready endpoint address of a headless Service, and its name under the Service.
-struct Endpoint {
-    ip: IpAddr,
-    host: String,
-}
-
-/// A headless Service's records; PTR records for the endpoint addresses `ptr` takes.
-fn headless(
-    name: &ServiceName,
-    service: &Service,
-    slices: &[&EndpointSlice],
-    ptr: &dyn Fn(&IpAddr) -> bool,
-    out: &mut BTreeSet<Record>,
-) {
-    let fqdn = name.fqdn();
-    let endpoints = ready_endpoints(slices);
-    for endpoint in &endpoints {
-        let host = format!("{}.{fqdn}", endpoint.host);
-        out.insert(name.record(&fqdn, address(endpoint.ip)));
-        out.insert(name.record(&host, address(endpoint.ip)));
-        if ptr(&endpoint.ip) {
-            out.insert(name.record(&reverse_name(endpoint.ip), Rdata::Ptr { target: host }));
-        }
-    }
-    for (port_name, proto, _) in named_ports(service) {
-        let srv = format!("_{port_name}._{proto}.{fqdn}");
-        let ports = slice_ports(slices, &port_name, &proto);
-        let n = ports.iter().map(|(_, eps)| eps.len()).sum();
-        for (port, eps) in ports {
-            for endpoint in eps {
-                out.insert(name.record(
-                    &srv,
-                    Rdata::Srv {
-                        priority: 0,
-                        weight: weight(n),
-                        port,
-                        target: format!("{}.{fqdn}", endpoint.host),
-                    },
-                ));
-                out.insert(name.record(&srv, address(endpoint.ip)));
-            }
-        }
-    }
-}
-
-/// The ready endpoints of `slices` (ready, or without the condition).
-fn ready_endpoints(slices: &[&EndpointSlice]) -> Vec<Endpoint> {
-    slices
+    endpoints
         .iter()
-        .flat_map(|slice| slice_endpoints(slice))
+        .filter(|ip| behind.contains(ip))
+        .copied()
         .collect()
-}
-
-fn slice_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
-    let mut out = Vec::new();
-    for endpoint in slice.endpoints.iter().flatten() {
-        let ready = endpoint
-            .conditions
-            .as_ref()
-            .and_then(|c| c.ready)
-            .unwrap_or(true);
-        if !ready {
-            continue;
-        }
-        for ip in endpoint.addresses.iter().filter_map(|a| a.parse().ok()) {
-            let host = endpoint
-                .hostname
-                .as_deref()
-                .map_or_else(|| dashed(ip), str::to_ascii_lowercase);
-            out.push(Endpoint { ip, host });
-        }
-    }
-    out
-}
-
-/// The endpoints of `slices` by the port they give the Service port named `port_name` of
-/// protocol `proto`.
-fn slice_ports(
-    slices: &[&EndpointSlice],
-    port_name: &str,
-    proto: &str,
-) -> Vec<(u16, Vec<Endpoint>)> {
-    let mut out = Vec::new();
-    for slice in slices {
-        let port = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name
-                && p.protocol
-                    .as_deref()
-                    .unwrap_or("TCP")
-                    .eq_ignore_ascii_case(proto)
-        });
-        if let Some(port) = port
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-        {
-            out.push((port, slice_endpoints(slice)));
-        }
-    }
-    out
-}
-
-/// A Service's named ports: name, protocol (lowercase) and port.
-fn named_ports(service: &Service) -> Vec<(String, String, u16)> {
-    let ports = service.spec.as_ref().and_then(|s| s.ports.as_ref());
-    ports
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            let name = p.name.as_deref().filter(|n| !n.is_empty())?;
-            let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
-            Some((
-                name.to_ascii_lowercase(),
-                proto,
-                u16::try_from(p.port).ok()?,
-            ))
-        })
-        .collect()
-}
-
-fn weight(n: usize) -> u16 {
-    (100 / n.max(1)).max(1) as u16
-}
-
-/// An address with dashes for dots or colons (`10-244-1-5`; IPv6 compressed, a trailing dash
-/// followed by 0), as CoreDNS names an endpoint without a hostname.
-fn dashed(ip: IpAddr) -> String {
-    let text = ip.to_string().replace(['.', ':'], "-");
-    if text.ends_with('-') {
-        format!("{text}0")
-    } else {
-        text
-    }
-}
-
-/// The PTR name of `ip`: `d.c.b.a.in-addr.arpa`, or the nibbles of an IPv6 address under
-/// `ip6.arpa`.
-fn reverse_name(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            format!("{d}.{c}.{b}.{a}.in-addr.arpa")
-        }
-        IpAddr::V6(v6) => {
-            let mut labels: Vec<String> = v6
-                .octets()
-                .iter()
-                .flat_map(|byte| [byte >> 4, byte & 0xf])
-                .map(|nibble| format!("{nibble:x}"))
-                .collect();
-            labels.reverse();
-            format!("{}.ip6.arpa", labels.join("."))
-        }
-    }
 }
 
 #[cfg(test)]

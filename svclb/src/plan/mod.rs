@@ -15,6 +15,7 @@ pub mod builder;
 mod claims;
 mod diag;
 pub mod dns;
+mod dns_rules;
 pub mod endpoints;
 pub mod fields;
 pub mod incremental;

@@ -1,7 +1,7 @@
 //! DNS entries -> `SVCLB_DNS`: puts what is new or changed, then deletes what is gone, each
 //! write recorded in the programmed entries only when it succeeded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use svclb_common::dns::{DnsAnswer, DnsKey};
 
@@ -16,8 +16,23 @@ pub fn sync<W: MapWriter>(
     programmed: &mut DnsEntries,
     desired: &DnsEntries,
 ) -> SyncReport {
+    let gone: BTreeSet<DnsKey> = programmed
+        .keys()
+        .filter(|key| !desired.contains_key(key))
+        .copied()
+        .collect();
+    apply(writer, programmed, desired, &gone)
+}
+
+/// Writes `put` where `programmed` differs from it, then deletes `gone` (but what `put` has).
+pub fn apply<W: MapWriter>(
+    writer: &mut W,
+    programmed: &mut DnsEntries,
+    put: &DnsEntries,
+    gone: &BTreeSet<DnsKey>,
+) -> SyncReport {
     let mut report = SyncReport::default();
-    for (key, value) in desired {
+    for (key, value) in put {
         if programmed.get(key) == Some(value) {
             continue;
         }
@@ -25,14 +40,12 @@ pub fn sync<W: MapWriter>(
             programmed.insert(*key, *value);
         }
     }
-    let gone: Vec<DnsKey> = programmed
-        .keys()
-        .filter(|key| !desired.contains_key(key))
-        .copied()
-        .collect();
     for key in gone {
-        if report.wrote(writer.del_dns(&key), || name(&key)) {
-            programmed.remove(&key);
+        if put.contains_key(key) || !programmed.contains_key(key) {
+            continue;
+        }
+        if report.wrote(writer.del_dns(key), || name(key)) {
+            programmed.remove(key);
         }
     }
     report

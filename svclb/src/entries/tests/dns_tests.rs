@@ -326,3 +326,110 @@ endpoints:
     );
     assert_eq!(RecordType::A, small.answers()[0].record_type());
 }
+
+/// A Service named `name` in namespace `ns` on `cluster_ip` ("None": headless), its port
+/// `port` (named `port_name`), and a slice of `endpoints` (address, hostname or "").
+fn service(
+    name: &str,
+    ns: &str,
+    cluster_ip: &str,
+    port_name: &str,
+    endpoints: &[(&str, &str)],
+) -> String {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  clusterIP: {cluster_ip}\n  ports:\n  - name: {port_name}\n    port: 80\n    protocol: TCP\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {name}\naddressType: IPv4\nports:\n- name: {port_name}\n  port: 8080\n  protocol: TCP\nendpoints:\n"
+    );
+    for (address, hostname) in endpoints {
+        yaml += &format!("- addresses: [{address}]\n  conditions: {{ready: true}}\n");
+        if !hostname.is_empty() {
+            yaml += &format!("  hostname: {hostname}\n");
+        }
+    }
+    yaml + "---\n"
+}
+
+/// A table kept from update to update holds, after each, what a table made from scratch
+/// holds, and an update that changes one Service touches only that Service's names.
+#[test]
+fn an_updated_table_matches_one_made_from_scratch() {
+    let external = "apiVersion: v1\nkind: Service\nmetadata:\n  name: ext\n  namespace: other\nspec:\n  type: ExternalName\n  externalName: example.org\n---\n";
+    let web = service("web", "shop", "10.96.0.10", "http", &[("10.244.0.9", "")]);
+    let db = |endpoints: &[(&str, &str)]| service("db", "shop", "None", "sql", endpoints);
+    let two = [("10.244.0.1", "db-0"), ("10.244.0.2", "")];
+    let moved = service("web", "shop", "10.96.0.11", "web", &[("10.244.0.1", "")]);
+    let steps = [
+        format!("{web}{}{external}", db(&two)),
+        // Nothing changed.
+        format!("{web}{}{external}", db(&two)),
+        // An endpoint left.
+        format!("{web}{}{external}", db(&two[..1])),
+        // A renamed port, a new cluster IP, and web's endpoint now db's too (its PTR goes).
+        format!("{moved}{}{external}", db(&two[..1])),
+        // A namespace's only Service went.
+        format!("{moved}{}", db(&two[..1])),
+    ];
+    let zone = Zone::new("cluster.local", SERIAL).unwrap();
+    let mut kept_records = crate::plan::dns::Records::new("cluster.local");
+    let mut kept = super::Table::default();
+    let mut state = BTreeMap::new();
+    // The objects of the step before, reused where a step repeats one, as a source does.
+    let mut objects_before: Vec<crate::source::manifests::Object> = Vec::new();
+    for (step, yaml) in steps.iter().enumerate() {
+        let (parsed, diags) = parse_documents(yaml, "test.yaml").expect("valid YAML");
+        assert!(diags.is_empty(), "{diags:?}");
+        let objects: Vec<_> = parsed
+            .into_iter()
+            .map(|object| {
+                let same = objects_before.iter().find(|o| same_object(o, &object));
+                same.cloned().unwrap_or(object)
+            })
+            .collect();
+        let snapshot = snapshot_of([(Path::new("test.yaml"), objects.as_slice())]);
+        let changed = kept_records.update(&snapshot);
+        let of = |name: &str| kept_records.of(name);
+        let delta = kept.update(changed.iter().map(String::as_str), &of, &zone);
+        let records = records(&snapshot, "cluster.local");
+        assert_eq!(kept_records.all(), records, "step {step}: the records kept");
+        objects_before = objects;
+        assert!(delta.refused.is_empty(), "{:?}", delta.refused);
+        for key in &delta.gone {
+            assert!(!delta.put.contains_key(key), "step {step}: put and gone");
+            assert!(
+                state.remove(key).is_some(),
+                "step {step}: gone, but never put"
+            );
+        }
+        let changed = delta.put.len() + delta.gone.len();
+        state.extend(delta.put);
+        let (scratch, _) = table(&records, &zone);
+        let differ: Vec<String> = (state.keys().chain(scratch.keys()))
+            .filter(|key| state.get(key) != scratch.get(key))
+            .map(crate::reconcile::dns::name)
+            .collect();
+        assert!(differ.is_empty(), "step {step}: {differ:?}");
+        match step {
+            0 => assert_eq!(changed, scratch.len()),
+            1 => assert_eq!(changed, 0, "nothing changed"),
+            // db's A, its SRV name's SRV and A (one address fewer), and the leaver's own
+            // names gone: its dashed name's (A, NODATA, SRV passed on) and its PTR name's.
+            2 => assert!(
+                (1..=10).contains(&changed),
+                "{changed} entries for one endpoint"
+            ),
+            _ => assert!(
+                changed < scratch.len(),
+                "step {step}: every entry rewritten"
+            ),
+        }
+    }
+}
+
+/// Whether two parsed objects are the same object, field for field.
+fn same_object(a: &crate::source::manifests::Object, b: &crate::source::manifests::Object) -> bool {
+    use crate::source::manifests::Object;
+    match (a, b) {
+        (Object::Service(a), Object::Service(b)) => a == b,
+        (Object::EndpointSlice(a), Object::EndpointSlice(b)) => a == b,
+        _ => false,
+    }
+}
