@@ -307,6 +307,9 @@ async fn prepare_host_pair(handle: &Handle, dns_on: bool, errors: &ErrorCounters
         Err(err) => {
             error!("the host's own DNS queries go to the DNS service: {err:#}");
             errors.counter(ERROR_DEVICE).inc();
+            if let Err(err) = host_pair::remove(handle).await {
+                warn!("{err:#}");
+            }
             false
         }
     }

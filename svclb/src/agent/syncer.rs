@@ -68,6 +68,7 @@ impl DnsNames {
         let serial = (unix_ms() / 1000) as u32;
         let zone = Zone::new(&config.domain, serial)?;
         let host_netns = crate::kernel::socket::netns_cookie()?;
+        maps.set_dns_host_netns(host_netns)?;
         let settings = zone.entry(&config.servers, host_netns)?;
         info!(
             servers = ?config.servers,

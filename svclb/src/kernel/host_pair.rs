@@ -132,13 +132,15 @@ pub async fn route(handle: &Handle, servers: &[IpAddr]) -> Result<()> {
             .with_context(|| format!("routing {server} out of {HOST_END}"))?;
     }
     for stale in routes_out_of(handle, index).await? {
-        if !servers.contains(&stale) {
-            handle
-                .route()
-                .del(route_to(stale, index)?)
-                .execute()
-                .await
-                .with_context(|| format!("deleting the route to {stale} out of {HOST_END}"))?;
+        if servers.contains(&stale) {
+            continue;
+        }
+        match handle.route().del(route_to(stale, index)?).execute().await {
+            // Gone meanwhile.
+            Err(rtnetlink::Error::NetlinkError(err)) if err.raw_code() == -libc::ESRCH => {}
+            done => {
+                done.with_context(|| format!("deleting the route to {stale} out of {HOST_END}"))?
+            }
         }
     }
     Ok(())
@@ -154,7 +156,8 @@ fn route_to(server: IpAddr, index: u32) -> Result<RouteMessage> {
         .build())
 }
 
-/// The host routes (/32, /128) of the main table out of device `index`.
+/// The host routes (/32, /128) of the main table out of device `index`, sorted (a kernel
+/// without IPv6 answers the IPv6 dump with every family's routes).
 async fn routes_out_of(handle: &Handle, index: u32) -> Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for query in [
@@ -168,11 +171,15 @@ async fn routes_out_of(handle: &Handle, index: u32) -> Result<Vec<IpAddr>> {
             .await
             .with_context(|| format!("listing the {family:?} routes"))?
         {
-            if let Some(addr) = host_route_out_of(&route, index) {
+            if route.header.address_family == family
+                && let Some(addr) = host_route_out_of(&route, index)
+            {
                 out.push(addr);
             }
         }
     }
+    out.sort_unstable();
+    out.dedup();
     Ok(out)
 }
 

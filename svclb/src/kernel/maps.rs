@@ -337,6 +337,21 @@ impl Maps {
     }
 
     /// Turns the DNS responder on with `zone`, or off.
+    /// Puts `host_netns` (the network namespace whose sockets the hooks still translate) in
+    /// the zone an earlier run left, if there is one: until this run routes the host's
+    /// queries to the responder, they go to the DNS service.
+    pub fn set_dns_host_netns(&mut self, host_netns: u64) -> Result<()> {
+        let mut zone = self
+            .dns_zone
+            .get(&0, 0)
+            .with_context(|| format!("reading {MAP_DNS_ZONE}"))?;
+        if zone.len == 0 || zone.host_netns == host_netns {
+            return Ok(());
+        }
+        zone.host_netns = host_netns;
+        self.set_dns_zone(Some(&zone))
+    }
+
     pub fn set_dns_zone(&mut self, zone: Option<&DnsZone>) -> Result<()> {
         // SAFETY: plain old data; all zero is a zone of length 0: off.
         let off: DnsZone = unsafe { std::mem::zeroed() };

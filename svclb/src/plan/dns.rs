@@ -43,6 +43,9 @@ pub struct Records {
     objects: Held,
     /// Names changed before the first update (`dns-version`'s), which it reports.
     pending: BTreeSet<String>,
+    /// The names whose SRV records target each name, each with how many records do: their
+    /// replies carry the target's addresses, so they change with them.
+    srv_owners: HashMap<String, BTreeMap<String, usize>>,
 }
 
 /// What a Service's records were made from, and them.
@@ -76,6 +79,7 @@ impl Records {
             names,
             objects: Held::default(),
             pending: BTreeSet::from([version.name]),
+            srv_owners: HashMap::new(),
         }
     }
 
@@ -141,6 +145,12 @@ impl Records {
                 self.remove(&old.records, &mut dirty);
             }
         }
+        // An SRV name's replies carry its targets' addresses.
+        let owners: Vec<String> = (dirty.iter())
+            .filter_map(|name| self.srv_owners.get(name))
+            .flat_map(|owners| owners.keys().cloned())
+            .collect();
+        dirty.extend(owners);
         dirty
     }
 
@@ -168,6 +178,7 @@ impl Records {
     fn add(&mut self, records: &[Record], dirty: &mut BTreeSet<String>) {
         for record in records {
             if count(&mut self.names, record, true) {
+                self.count_srv_owner(record, true);
                 dirty.insert(record.name.clone());
             }
         }
@@ -176,8 +187,29 @@ impl Records {
     fn remove(&mut self, records: &[Record], dirty: &mut BTreeSet<String>) {
         for record in records {
             if count(&mut self.names, record, false) {
+                self.count_srv_owner(record, false);
                 dirty.insert(record.name.clone());
             }
+        }
+    }
+
+    /// Counts an SRV record that came or went in (`add`) or out of its target's owners.
+    fn count_srv_owner(&mut self, record: &Record, add: bool) {
+        let Rdata::Srv { target, .. } = &record.rdata else {
+            return;
+        };
+        let owners = self.srv_owners.entry(target.clone()).or_default();
+        let n = owners.entry(record.name.clone()).or_insert(0);
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+        }
+        if *n == 0 {
+            owners.remove(&record.name);
+        }
+        if owners.is_empty() {
+            self.srv_owners.remove(target);
         }
     }
 

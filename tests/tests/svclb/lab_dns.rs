@@ -323,6 +323,15 @@ fn host_network_clients_get_the_cluster_names_answered_by_their_node() -> Result
     );
     assert!(lab.event(0, "dns_passed_name")? > passed_before);
 
+    // Restarted as it was, the agent keeps the pair and its routes, and answers again.
+    lab.stop_agent(0, Signal::SIGTERM)?;
+    lab.start_agent(0)?;
+    assert_eq!(
+        ask(&lab, &host, "web.default.svc.cluster.local", "A")?[..2],
+        ["NoError", "aa"],
+        "answered by the restarted agent"
+    );
+
     // Restarted without --cluster-dns, the agent takes the pair away, and the socket hooks
     // send the host's queries to the DNS service again: its stub upstream, which knows no
     // cluster name (NXDOMAIN, RA set, AA clear).

@@ -348,6 +348,15 @@ fn service(
     yaml + "---\n"
 }
 
+/// Headless `db` with port `sql` and one endpoint (hostname `h`) in a slice with that port,
+/// and another slice, without ports, holding `other` under the same hostname.
+fn shared_hostname(other: &str) -> String {
+    let with_port = service("db", "shop", "None", "sql", &[("10.244.0.6", "h")]);
+    format!(
+        "{with_port}apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: db-2\n  namespace: shop\n  labels:\n    kubernetes.io/service-name: db\naddressType: IPv4\nendpoints:\n- addresses: [{other}]\n  conditions: {{ready: true}}\n  hostname: h\n---\n"
+    )
+}
+
 /// A table kept from update to update holds, after each, what a table made from scratch
 /// holds, and an update that changes one Service touches only that Service's names.
 #[test]
@@ -367,6 +376,10 @@ fn an_updated_table_matches_one_made_from_scratch() {
         format!("{moved}{}{external}", db(&two[..1])),
         // A namespace's only Service went.
         format!("{moved}{}", db(&two[..1])),
+        // Two slices of one headless Service, one without the SRV's port, whose endpoints
+        // share a hostname: the SRV name's records stay, its target's addresses change.
+        format!("{moved}{}", shared_hostname("10.244.0.7")),
+        format!("{moved}{}", shared_hostname("10.244.0.8")),
     ];
     let zone = Zone::new("cluster.local", SERIAL).unwrap();
     let mut kept_records = crate::plan::dns::Records::new("cluster.local");
