@@ -520,6 +520,9 @@ impl Agent {
     }
 
     fn on_link_message(&mut self, message: NetlinkMessage<RouteNetlinkMessage>) {
+        if let Some(device) = host_pair::deleted(&message) {
+            self.host_pair_gone(device);
+        }
         if self.route_watch.invalidates(&message)
             && let Err(err) = self.route_epoch.bump()
         {
@@ -528,6 +531,29 @@ impl Agent {
         }
         self.devices.on_message(message);
         self.report_devices();
+    }
+
+    /// The DNS responder's veth pair was deleted under the agent: the host's queries go to
+    /// the DNS service again, until a restart makes the pair anew.
+    fn host_pair_gone(&mut self, device: &str) {
+        let syncer = &mut self.syncer;
+        let Some(dns) = syncer.dns.as_mut() else {
+            return;
+        };
+        match dns.host_pair_gone(&mut syncer.maps) {
+            Ok(true) => {
+                error!(
+                    device,
+                    "the DNS responder's device was deleted: the host's own DNS queries go to the DNS service until the agent restarts"
+                );
+                self.errors.counter(ERROR_DEVICE).inc();
+            }
+            Ok(false) => {}
+            Err(err) => {
+                error!(device, "the DNS responder's device was deleted: {err:#}");
+                self.errors.counter(ERROR_MAP_WRITE).inc();
+            }
+        }
     }
 
     async fn rescan(&mut self) {

@@ -48,6 +48,8 @@ pub(crate) struct DnsNames {
     /// The last sync wrote every change: the next one writes only its own. Otherwise (the
     /// first sync, a failed write) it encodes and compares every name.
     complete: bool,
+    /// The host's queries are routed to the responder (`kernel::host_pair`).
+    host_answered: bool,
 }
 
 impl DnsNames {
@@ -83,6 +85,7 @@ impl DnsNames {
             records: Records::new(&config.domain),
             table: Table::default(),
             complete: false,
+            host_answered: false,
         }))
     }
 
@@ -92,7 +95,22 @@ impl DnsNames {
     pub(crate) fn answer_host(&mut self) {
         if let Some(settings) = self.settings.as_mut() {
             settings.host_netns = 0;
+            self.host_answered = true;
         }
+    }
+
+    /// The host's queries no longer reach the responder (its veth pair was deleted): the
+    /// socket hooks are to send them to the DNS service again. Whether they reached it.
+    pub(crate) fn host_pair_gone(&mut self, maps: &mut Maps) -> Result<bool> {
+        if !std::mem::take(&mut self.host_answered) {
+            return Ok(false);
+        }
+        let cookie = crate::kernel::socket::netns_cookie()?;
+        if let Some(settings) = self.settings.as_mut() {
+            settings.host_netns = cookie;
+        }
+        maps.set_dns_host_netns(cookie)?;
+        Ok(true)
     }
 
     /// Brings the names in line with `snapshot`, and turns the responder on after the first

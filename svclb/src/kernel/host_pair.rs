@@ -21,9 +21,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use futures::TryStreamExt as _;
-use netlink_packet_core::{DefaultNla, Emitable as _, NLA_F_NESTED};
+use netlink_packet_core::{
+    DefaultNla, Emitable as _, NLA_F_NESTED, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_route::{
-    AddressFamily,
+    AddressFamily, RouteNetlinkMessage,
     link::{AfSpecInet, AfSpecUnspec, LinkAttribute, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope},
 };
@@ -227,6 +229,19 @@ pub async fn remove_once() -> Result<bool> {
         rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     tokio::spawn(connection);
     remove(&handle).await
+}
+
+/// The pair's device a link message says was deleted, if it is one of them.
+pub fn deleted(message: &NetlinkMessage<RouteNetlinkMessage>) -> Option<&str> {
+    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) = &message.payload else {
+        return None;
+    };
+    link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::IfName(name) if name == HOST_END || name == PROGRAM_END => {
+            Some(name.as_str())
+        }
+        _ => None,
+    })
 }
 
 /// Whether `net.ipv4.conf.all.rp_filter` is strict (1), which drops the host's queries that

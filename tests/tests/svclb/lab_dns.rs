@@ -332,6 +332,25 @@ fn host_network_clients_get_the_cluster_names_answered_by_their_node() -> Result
         "answered by the restarted agent"
     );
 
+    // The pair deleted under the agent: the socket hooks send the host's queries to the DNS
+    // service again (its stub upstream knows no cluster name: NXDOMAIN, RA set, AA clear).
+    netns::ip_in(&host, &["link", "del", "svclb_host"])?;
+    lab.wait_for(
+        std::time::Duration::from_secs(5),
+        "the host's queries to reach the DNS service",
+        || {
+            ask(&lab, &host, "web.default.svc.cluster.local", "A")
+                .is_ok_and(|reply| reply[..2] == ["NXDomain", "ra"])
+        },
+    )?;
+    lab.stop_agent(0, Signal::SIGTERM)?;
+    lab.start_agent(0)?;
+    assert_eq!(
+        ask(&lab, &host, "web.default.svc.cluster.local", "A")?[..2],
+        ["NoError", "aa"],
+        "answered again once the restarted agent made the pair anew"
+    );
+
     // Restarted without --cluster-dns, the agent takes the pair away, and the socket hooks
     // send the host's queries to the DNS service again: its stub upstream, which knows no
     // cluster name (NXDOMAIN, RA set, AA clear).
