@@ -10,6 +10,7 @@
 pub mod conntrack;
 pub mod health;
 pub mod healthz;
+mod host_dns;
 pub mod schedule;
 mod syncer;
 
@@ -21,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use futures::{StreamExt as _, stream::BoxStream};
 use netlink_packet_core::NetlinkMessage;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -180,7 +181,7 @@ async fn start(config: AgentConfig) -> Result<Agent> {
             new_multicast_connection(&groups).context("opening an rtnetlink socket")?;
         tokio::spawn(connection);
         let route_epoch = RouteEpoch::take(&mut ebpf)?;
-        let host_pair = prepare_host_pair(&handle, config.dns.is_some(), &errors).await;
+        let host_pair = host_dns::prepare(&handle, config.dns.is_some(), &errors).await;
         let mut devices = Devices::new(
             ebpf,
             config.devices.clone(),
@@ -194,7 +195,7 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         // The old programs are detached now: what they added meanwhile comes over too.
         migration.finish()?;
         if let (true, Some(dns), Some(config)) = (host_pair, dns.as_mut(), config.dns.as_ref()) {
-            route_host_pair(&handle, &devices, dns, &config.servers, &errors).await;
+            host_dns::route(&handle, &devices, dns, &config.servers, &errors).await;
         }
 
         let traffic = match TrafficCollector::open(&config.bpffs_dir) {
@@ -290,71 +291,6 @@ async fn start(config: AgentConfig) -> Result<Agent> {
         hooks.abandon();
     }
     started
-}
-
-/// Makes the veth pair that brings the host's own DNS queries to the responder
-/// (`kernel::host_pair`) when it is on, or takes an earlier run's away. Whether the pair is
-/// there; a failure is logged and counted, and the socket hooks keep sending the host's
-/// queries to the DNS service.
-async fn prepare_host_pair(handle: &Handle, dns_on: bool, errors: &ErrorCounters) -> bool {
-    let made = if dns_on {
-        host_pair::create(handle).await
-    } else {
-        host_pair::remove(handle).await.map(|_| ())
-    };
-    match made {
-        Ok(()) => dns_on,
-        Err(err) => {
-            error!("the host's own DNS queries go to the DNS service: {err:#}");
-            errors.counter(ERROR_DEVICE).inc();
-            if let Err(err) = host_pair::remove(handle).await {
-                warn!("{err:#}");
-            }
-            false
-        }
-    }
-}
-
-/// Routes the cluster DNS addresses into the pair once the pod program is on its far end,
-/// and tells the responder the host's queries come that way; on failure the pair goes, and
-/// the socket hooks keep sending the host's queries to the DNS service.
-async fn route_host_pair(
-    handle: &Handle,
-    devices: &Devices,
-    dns: &mut DnsNames,
-    servers: &[IpAddr],
-    errors: &ErrorCounters,
-) {
-    let attached = devices
-        .attached_names()
-        .iter()
-        .any(|name| name == host_pair::PROGRAM_END);
-    let routed = if attached {
-        host_pair::route(handle, servers).await
-    } else {
-        Err(anyhow!(
-            "the pod program is not attached to {}",
-            host_pair::PROGRAM_END
-        ))
-    };
-    match routed {
-        Ok(()) => {
-            dns.answer_host();
-            if host_pair::strict_reverse_path_filter() {
-                warn!(
-                    "net.ipv4.conf.all.rp_filter is 1 (strict): the host's DNS queries the datapath does not answer are dropped on {}",
-                    host_pair::PROGRAM_END
-                );
-            }
-        }
-        Err(err) => {
-            error!("the host's own DNS queries go to the DNS service: {err:#}");
-            errors.counter(ERROR_DEVICE).inc();
-            if let Err(err) = host_pair::remove(handle).await {
-                warn!("{err:#}");
-            }
-        }
-    }
 }
 
 /// Attaches the socket hooks as configured, or detaches those of an earlier run, and writes
