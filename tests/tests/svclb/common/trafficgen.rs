@@ -135,13 +135,18 @@ impl Generator {
         let len = u32::try_from(self.frame.len())?;
         ctx[4..8].copy_from_slice(&len.to_ne_bytes());
         ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-        program(&mut self.ebpf, "svclb_gen")?.test_run(TestRunOptions {
-            data_in: Some(&self.frame),
-            ctx_in: Some(&ctx),
-            repeat: frames,
-            attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-            ..TestRunOptions::default()
-        })?;
+        program(&mut self.ebpf, "svclb_gen")?
+            .test_run(TestRunOptions {
+                data_in: Some(&self.frame),
+                ctx_in: Some(&ctx),
+                repeat: frames,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..TestRunOptions::default()
+            })
+            .context(
+                "sending live frames (BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, Linux 5.18 \
+                 or later; some sandboxed kernels refuse it with EPERM)",
+            )?;
         Ok(())
     }
 
