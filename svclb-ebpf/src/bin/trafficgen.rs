@@ -1,20 +1,24 @@
 //! The benchmarks' traffic generator, sink and null forwarder: XDP programs that are never
 //! part of the datapath (`cargo xtask bench`'s saturation section and its tests load them).
 //!
-//! `svclb_gen` is run by `BPF_PROG_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES` (xdp-trafficgen's
-//! method): each run writes a whole header from the template the bench set (`HEADER`), gives
-//! it the next flow's source address and port with checksums to match, and sends it
-//! (`XDP_TX`, which live mode turns into a redirect out of the device the run names) as a
-//! NIC's receive queue would deliver it to the node. The header is written whole every time
-//! because live mode recycles a frame's page without restoring it, and the node under test
-//! may have rewritten it (DNAT) before it came back.
+//! The frames circulate. `svclb_gen` runs on a device of the generator's own (the loop
+//! device): each frame it receives gets a whole header written from the template the bench set
+//! (`HEADER`), the next flow's source address and port with checksums to match, and is
+//! redirected to `EGRESS`, the generator's end of the node's uplink, as a NIC's receive queue
+//! would deliver it to the node. `svclb_sink`, behind the node, counts each frame and, while
+//! the host lets it (`RETURN`), redirects it to the loop device's peer, so that it comes back
+//! to `svclb_gen` as a page that is already an XDP frame. A few frames a millisecond sent into
+//! the loop from user space keep it full: what the node cannot take, its uplink's ring drops,
+//! as a NIC ring would. (This replaces `BPF_PROG_RUN` in live-frame mode, xdp-trafficgen's
+//! method, which some kernels refuse with EPERM.) The header is written whole every time
+//! because the node under test may have rewritten it (DNAT, SNAT) on the way round.
 //!
 //! Flow `i` of a run has source address `base + i / PORTS` (its last 32 bits) and port
 //! `PORT_BASE + i % PORTS`. With `FLOWS` at 0 every frame is a flow of its own (new flows);
 //! otherwise frame `n` belongs to flow `n % FLOWS` (tracked flows).
 //!
-//! `svclb_sink` counts the unicast frames that reach it and drops everything; `svclb_redirect` sends every frame on to
-//! `EGRESS` untouched (the veth ceiling of forwarding at XDP).
+//! `svclb_redirect` sends every frame on to `EGRESS` untouched (the veth ceiling of
+//! forwarding at XDP).
 
 #![no_std]
 #![no_main]
@@ -22,9 +26,9 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_TX},
-    btf_maps::PerCpuArray,
-    helpers::generated::bpf_redirect,
+    bindings::xdp_action::{XDP_ABORTED, XDP_DROP},
+    btf_maps::{Array, PerCpuArray},
+    helpers::generated::{bpf_ktime_get_ns, bpf_redirect},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -46,7 +50,11 @@ static UDP: u32 = 0;
 /// Flows the frames cycle over; 0: every frame a new flow.
 #[unsafe(no_mangle)]
 static FLOWS: u64 = 0;
-/// `svclb_redirect`'s egress device.
+/// The template frame's length: `svclb_gen` drops frames of any other length (what the loop's
+/// devices send of their own), uncounted.
+#[unsafe(no_mangle)]
+static FRAME_LEN: u32 = 0;
+/// Where `svclb_gen` and `svclb_redirect` send every frame.
 #[unsafe(no_mangle)]
 static EGRESS: u32 = 0;
 
@@ -61,32 +69,55 @@ static GENERATED: PerCpuArray<u64, 1> = PerCpuArray::new();
 /// Frames the sink received (on the CPU that ran it).
 #[btf_map]
 static RECEIVED: PerCpuArray<u64, 1> = PerCpuArray::new();
+/// Where the sink sends what it counted, set by the host: the device's ifindex and the
+/// monotonic clock's time (ns) after which it drops everything, so that a loop whose host
+/// died stops on its own. Ifindex 0: drop.
+#[btf_map]
+static RETURN: Array<[u64; 2], 1> = Array::new();
 
 #[xdp]
 pub fn svclb_gen(ctx: XdpContext) -> u32 {
+    // SAFETY: a read-only global the loader set.
+    if (ctx.data_end() - ctx.data()) as u32 != unsafe { read_volatile(&FRAME_LEN) } {
+        return XDP_DROP;
+    }
     match generate(&ctx) {
-        Some(()) => XDP_TX,
+        Some(()) => redirect_to_egress(),
         None => XDP_ABORTED,
     }
 }
 
 /// Counts the unicast frames (not the neighbour discovery and multicast listener reports
-/// that the devices' own IPv6 sends), and drops every frame.
+/// that the devices' own IPv6 sends) and returns them to the generator while `RETURN` says
+/// so; drops everything else.
 #[xdp]
 pub fn svclb_sink(ctx: XdpContext) -> u32 {
     // (The whole destination address is checked for: the verifier does not take a one-byte
     // read from a bounds check that compiles to `data < data_end`.)
-    if let Some(dst) = at::<[u8; 6]>(&ctx, 0) {
-        // SAFETY: `at` checked that the frame holds the address.
-        if unsafe { (*dst)[0] } & 1 == 0 {
-            bump(&RECEIVED);
-        }
+    let Some(dst) = at::<[u8; 6]>(&ctx, 0) else {
+        return XDP_DROP;
+    };
+    // SAFETY: `at` checked that the frame holds the address.
+    if unsafe { (*dst)[0] } & 1 != 0 {
+        return XDP_DROP;
     }
-    XDP_DROP
+    bump(&RECEIVED);
+    match RETURN.get(0) {
+        // SAFETY: a helper call with no arguments, then one with plain values.
+        Some(&[ifindex, until]) if ifindex != 0 && unsafe { bpf_ktime_get_ns() } < until => unsafe {
+            bpf_redirect(ifindex as u32, 0) as u32
+        },
+        _ => XDP_DROP,
+    }
 }
 
 #[xdp]
 pub fn svclb_redirect(_ctx: XdpContext) -> u32 {
+    redirect_to_egress()
+}
+
+#[inline(always)]
+fn redirect_to_egress() -> u32 {
     // SAFETY: a helper call with plain values.
     unsafe { bpf_redirect(read_volatile(&EGRESS), 0) as u32 }
 }

@@ -4,23 +4,27 @@
 //! Three namespaces per system: a generator, the node, a sink.
 //!
 //! ```text
-//!   generator (CPU 0)            node (CPU 1)                     sink (CPU 1)
-//!   sat-gen  <-- veth -->  sat-up [system] sat-bk  <-- veth -->  sat-sink (XDP: count, drop)
+//!   generator (CPU 0)               node (CPU 1)                     sink (CPU 1)
+//!   sat-loop (XDP: next flow)
+//!   sat-gen  <-- veth -->  sat-up [system] sat-bk  <-- veth -->  sat-sink (XDP: count, return)
+//!   sat-loop <-------------------------- veth ------------------------  sat-ret
 //! ```
 //!
-//! The generator puts frames onto `sat-up` as a NIC's receive queue would: `BPF_PROG_RUN` in
-//! live-frame mode (xdp-trafficgen's method), each frame a flow's, with unique source tuples.
-//! `sat-up` runs NAPI with GRO, as a NIC driver does, in a thread of its own (threaded NAPI)
-//! pinned to CPU 1: everything the node does with a frame, up to handing it to `sat-bk`, runs
-//! there. The sink's NAPI runs there too: the generator keeps its own core busy, and a sink
-//! starved of CPU would drop what the node delivered. The node is offered more than it can
-//! take, and the uplink's ring drops the rest, as a NIC ring would. A point where the node's
-//! core was not saturated, or its ring dropped nothing to speak of, did not measure the node
-//! and is reported as invalid. Busy shares are taken as fractions of what a thread spinning
-//! on the node core reads in /proc/stat: a guard for a host that keeps time from its guest
-//! without reporting it as steal. On the machine of the first run it read 100%, so the guard
-//! changed nothing there; the idle time the first trials showed was the generator's (see
-//! `Generator::send_for`).
+//! The frames circulate (see `common/trafficgen.rs`): the generator program on `sat-loop`
+//! makes each frame the next flow's, with unique source tuples, and puts it onto `sat-up` as a
+//! NIC's receive queue would; the sink counts it and sends it back through `sat-ret`. A few
+//! frames a millisecond sent from user space keep the loop full. `sat-up` runs NAPI with GRO,
+//! as a NIC driver does, in a thread of its own (threaded NAPI) pinned to CPU 1: everything the
+//! node does with a frame, up to handing it to `sat-bk`, runs there. The sink's NAPI runs
+//! there too: the generator keeps its own core busy, and a sink starved of CPU would drop what
+//! the node delivered. `sat-loop`'s NAPI thread and the seeding thread have CPU 0.
+//!
+//! The node is offered more than it can take, and its uplink's ring drops the rest, as a NIC
+//! ring would. A point where the node's core was not saturated, or where the frames piled up
+//! in front of the generator rather than the node (the loop's ring dropped at least as many as
+//! the uplink's), did not measure the node and is reported as invalid. Busy shares are taken
+//! as fractions of what a thread spinning on the node core reads in /proc/stat: a guard for a
+//! host that keeps time from its guest without reporting it as steal.
 //!
 //! Each point reports what reached the sink (Mpps), what was offered, the node CPU's busy
 //! share, and from those the node's ns per packet. Frames go to one LoadBalancer IP of
@@ -37,7 +41,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use aya::programs::XdpMode;
 use serde::Serialize;
 use svclb::{
@@ -57,7 +61,7 @@ use crate::{
     common::{
         datapath::Datapath,
         fixture::FixtureNs,
-        trafficgen::{Attached, Generator, Template},
+        trafficgen::{Attached, Generator, Seeder, Template, wire_return},
     },
     control_plane::load_time,
     kubeproxy::{self, Layout, Svc},
@@ -77,10 +81,11 @@ const WARM_UP: Duration = Duration::from_millis(300);
 /// source addresses of 64,512 ports).
 static NEXT_NEW_FLOW: AtomicU64 = AtomicU64::new(0);
 /// A point measured the node only if the node core was at least this busy (of what a
-/// spinning thread reads on it) and the uplink's ring dropped at least this share of the
-/// offered frames: the node was offered more than it could take.
+/// spinning thread reads on it), and the uplink's ring dropped more frames than the loop's:
+/// the node was offered more than it could take.
 const SATURATED: f64 = 0.9;
-const DROPPED: f64 = 0.05;
+/// How long past a measurement's end the sink may still return frames, if its host died.
+const LOOP_MARGIN: Duration = Duration::from_secs(2);
 
 const UP_MAC: &str = "02:00:00:00:00:0b";
 const GEN_MAC: &str = "02:00:00:00:00:64";
@@ -245,7 +250,7 @@ pub fn run(settings: &Settings) -> Result<Results> {
             .filter(|s| settings.wants_system(s.key()))
         {
             eprintln!("  round {}: {}", round + 1, system.label());
-            let node = Node::build(system, &mut svclb)?;
+            let mut node = Node::build(system, &mut svclb)?;
             for ipv6 in [false, true] {
                 for load in LOADS.into_iter().filter(|l| settings.wants_load(&l.key())) {
                     let point = Point {
@@ -299,7 +304,7 @@ fn attribution(
         .into_iter()
         .filter(|s| settings.wants_system(s.key()))
     {
-        let node = Node::build(system, svclb)?;
+        let mut node = Node::build(system, svclb)?;
         let (xdp_id, tc_id) = node.program_ids()?;
         for ipv6 in [false, true] {
             let loads = [Load::Tracked(1_024), Load::NewFlows];
@@ -335,6 +340,10 @@ struct Measured {
     elapsed: Duration,
     /// The node core's busy share, of what a thread spinning on it reads (see [`ceiling`]).
     node_busy: f64,
+    /// Frames the rings in front of the node (its uplink) and of the generator (the loop's)
+    /// had no room for.
+    uplink_dropped: u64,
+    loop_dropped: u64,
 }
 
 impl Measured {
@@ -358,7 +367,7 @@ impl Measured {
             dropped: self.dropped(),
             node_busy: self.node_busy,
             ns_per_packet: self.ns_per_packet(),
-            valid: self.node_busy >= SATURATED && self.dropped() >= DROPPED,
+            valid: self.node_busy >= SATURATED && self.uplink_dropped > self.loop_dropped,
         }
     }
 }
@@ -377,8 +386,10 @@ struct Node {
     sink_program: Attached,
     generator: FixtureNs,
     _node: FixtureNs,
-    _sink: FixtureNs,
+    sink: FixtureNs,
     gen_if: u32,
+    loop_if: u32,
+    ret_if: u32,
 }
 
 impl Node {
@@ -391,7 +402,11 @@ impl Node {
             ip(&["netns", "add", &ns.0])?;
         }
         wire(&generator.0, &node.0, &sink.0)?;
+        wire_return(&sink.0, "sat-ret", &generator.0, "sat-loop")?;
+        napi_threads(&generator.0, "sat-loop")?;
         let gen_if = ifindex(&generator.0, "sat-gen")?;
+        let loop_if = ifindex(&generator.0, "sat-loop")?;
+        let ret_if = ifindex(&sink.0, "sat-ret")?;
         let up_if = ifindex(&node.0, "sat-up")?;
         let bk_if = ifindex(&node.0, "sat-bk")?;
         let sink_if = ifindex(&sink.0, "sat-sink")?;
@@ -409,8 +424,10 @@ impl Node {
             sink_program,
             generator,
             _node: node,
-            _sink: sink,
+            sink,
             gen_if,
+            loop_if,
+            ret_if,
         })
     }
 
@@ -435,7 +452,7 @@ impl Node {
     /// Offers `load` for `duration` (after a warm-up that opens tracked flows) and counts
     /// what reaches the sink.
     fn measure(
-        &self,
+        &mut self,
         ipv6: bool,
         load: Load,
         duration: Duration,
@@ -446,43 +463,79 @@ impl Node {
         } else {
             template::<PacketSpec>(load)
         };
+        let frame = template.frame.clone();
         let flows = match load {
             Load::Tracked(n) => n,
             Load::NewFlows => 0,
         };
-        let gen_if = self.gen_if;
+        let (gen_if, loop_if, ret_if) = (self.gen_if, self.loop_if, self.ret_if);
         // New flows start where the last measurement's left off: svclb's maps are shared.
         let first = match load {
             Load::Tracked(_) => 0,
             Load::NewFlows => NEXT_NEW_FLOW.fetch_add(1 << 30, Ordering::Relaxed),
         };
         let generator = in_netns(&self.generator.0, move || {
-            cpu::pin_self(GEN_CPU)?;
-            let mut generator = Generator::load(&template, flows)?;
+            let mut generator = Generator::load(&template, flows, gen_if)?;
             generator.start_at(first)?;
-            generator.send_for(gen_if, WARM_UP)?;
+            generator.attach(loop_if)?;
             Ok(generator)
         })?;
-        let warmed = self.sink_program.settled()?;
-        let (offered, elapsed, node_busy) = in_netns(&self.generator.0, move || {
-            cpu::pin_self(GEN_CPU)?;
-            let mut generator = generator;
-            let before = cpu::times(NODE_CPU)?;
-            let started = Instant::now();
-            let offered = generator.send_for(gen_if, duration)?;
-            let elapsed = started.elapsed();
-            let after = cpu::times(NODE_CPU)?;
-            Ok((offered, elapsed, cpu::busy_share(before, after) / ceiling))
+        // (After the attach, which may have made the loop device's NAPI anew.)
+        pin_napi("sat-loop", GEN_CPU)?;
+        let limit = WARM_UP + duration + LOOP_MARGIN;
+        self.sink_program.circulate(Some((ret_if, limit)))?;
+        let seeder = in_netns(&self.sink.0, move || {
+            Seeder::start(frame, ret_if, GEN_CPU, limit)
         })?;
-        let delivered = self.sink_program.settled()?.saturating_sub(warmed);
+        std::thread::sleep(WARM_UP);
+        let before = self.counts(&generator)?;
+        std::thread::sleep(duration);
+        let after = self.counts(&generator)?;
+        seeder.stop()?;
+        self.sink_program.circulate(None)?;
+        self.sink_program.settled()?;
+        let delivered = after.received - before.received;
         ensure!(delivered > 0, "nothing reached the sink");
         Ok(Measured {
-            offered,
+            offered: after.generated - before.generated,
             delivered,
-            elapsed,
-            node_busy,
+            elapsed: after.at - before.at,
+            node_busy: cpu::busy_share(before.node_cpu, after.node_cpu) / ceiling,
+            uplink_dropped: after.uplink_dropped - before.uplink_dropped,
+            loop_dropped: after.loop_dropped - before.loop_dropped,
         })
     }
+
+    /// The loop's counters, now.
+    fn counts(&self, generator: &Generator) -> Result<Counts> {
+        Ok(Counts {
+            at: Instant::now(),
+            node_cpu: cpu::times(NODE_CPU)?,
+            generated: generator.generated()?,
+            received: self.sink_program.received()?,
+            uplink_dropped: tx_dropped(&self.generator.0, "sat-gen")?,
+            loop_dropped: tx_dropped(&self.sink.0, "sat-ret")?,
+        })
+    }
+}
+
+/// The loop's counters at one time.
+struct Counts {
+    at: Instant,
+    node_cpu: (u64, u64),
+    generated: u64,
+    received: u64,
+    uplink_dropped: u64,
+    loop_dropped: u64,
+}
+
+/// A device's transmit drops: a veth counts there the frames its peer's ring had no room for.
+fn tx_dropped(ns: &str, dev: &str) -> Result<u64> {
+    let out = netns::run("ip", &["-n", ns, "-s", "-j", "link", "show", dev])?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    links[0]["stats64"]["tx"]["dropped"]
+        .as_u64()
+        .with_context(|| format!("no tx drops of {dev} in {ns}"))
 }
 
 /// The frame of flow 0 of `load`, addressed to the target's LoadBalancer IP from the client
@@ -804,8 +857,19 @@ fn best_mpps(r: &Results, system: System, family: &str, load: Load) -> Option<f6
     points.iter().map(|p| p.delivered_mpps).reduce(f64::max)
 }
 
+/// The least node time per frame of a system's rounds, valid or not.
+fn best_ns(r: &Results, system: System, family: &str, load: Load) -> Option<f64> {
+    r.points
+        .iter()
+        .filter(|p| p.system == system.key() && p.family == family && p.load == load.key())
+        .map(|p| p.ns_per_packet)
+        .reduce(f64::min)
+}
+
 /// The issue's targets, per family and load: native XDP against the best iptables, TC only
-/// and the null redirect; IPv6 against IPv4.
+/// and the null redirect; IPv6 against IPv4. The null redirect is as cheap as the generator,
+/// which cannot saturate it on two cores: that ratio is of the node's time per frame (the
+/// ceiling's over native XDP's), which is what a throughput ratio at saturation comes to.
 pub fn ratios(r: &Results) -> Vec<Ratio> {
     let mut out = Vec::new();
     for load in LOADS {
@@ -816,29 +880,33 @@ pub fn ratios(r: &Results) -> Vec<Ratio> {
                 .into_iter()
                 .filter_map(|s| best_mpps(r, s, f, load))
                 .reduce(f64::max);
+            let over = |other: Option<f64>| native.zip(other).map(|(a, b)| a / b);
+            let per_frame = |system| {
+                let xdp = native.and(best_ns(r, System::XdpNative, f, load));
+                best_ns(r, system, f, load).zip(xdp).map(|(b, a)| b / a)
+            };
             let against = [
-                ("native XDP / best iptables", iptables, 3.0, ">= 3x"),
+                ("native XDP / best iptables", over(iptables), 3.0, ">= 3x"),
                 (
                     "native XDP / nftables",
-                    best_mpps(r, System::Nftables, f, load),
+                    over(best_mpps(r, System::Nftables, f, load)),
                     0.0,
                     "(none)",
                 ),
                 (
                     "native XDP / TC only",
-                    best_mpps(r, System::TcOnly, f, load),
+                    over(best_mpps(r, System::TcOnly, f, load)),
                     2.0,
                     ">= 2x",
                 ),
                 (
-                    "native XDP / null redirect",
-                    best_mpps(r, System::NullRedirect, f, load),
+                    "native XDP / null redirect, per frame",
+                    per_frame(System::NullRedirect),
                     0.5,
                     ">= 0.5x",
                 ),
             ];
-            for (name, other, at_least, target) in against {
-                let value = native.zip(other).map(|(a, b)| a / b);
+            for (name, value, at_least, target) in against {
                 out.push(Ratio {
                     name,
                     family: f,
@@ -871,22 +939,24 @@ pub fn render(r: &Results, out: &mut String) {
     let _ = writeln!(out, "## North-south at saturation: Mpps per core\n");
     let _ = writeln!(
         out,
-        "A generator core offers frames (BPF_PROG_RUN live frames) to the node's uplink (a veth\n\
-         with threaded NAPI and GRO, pinned to the other core); {} LoadBalancer IPs x {} backends\n\
-         behind a sink, Cluster policy (DNAT and SNAT). Each cell: Mpps delivered at the sink, and\n\
-         the node core's ns per packet (busy time / packets); the best of {} round(s) of {:.0} s,\n\
-         systems interleaved. The sink's NAPI shares the node's core (the generator's has no time\n\
-         to spare), so every figure includes one XDP drop. Busy shares are of what a thread\n\
-         spinning on the node core reads in /proc/stat: {:.0}% here. \"invalid\": the node core\n\
-         was under {:.0}% busy or its uplink dropped under {:.0}% of the offered frames, so the\n\
-         point did not measure the node at saturation.\n",
+        "A generator core offers frames to the node's uplink (a veth with threaded NAPI and GRO,\n\
+         pinned to the other core): XDP frames that circulate, made the next flow's by an XDP\n\
+         program on the generator's core and sent back to it by the sink. {} LoadBalancer IPs x\n\
+         {} backends behind the sink, Cluster policy (DNAT and SNAT). Each cell: Mpps delivered\n\
+         at the sink, and the node core's ns per packet (busy time / packets); the best of {}\n\
+         round(s) of {:.0} s, systems interleaved. The sink's NAPI shares the node's core, so\n\
+         every figure includes one XDP redirect back to the generator. Busy shares are of what a\n\
+         thread spinning on the node core reads in /proc/stat: {:.0}% here. \"invalid\": the\n\
+         node core was under {:.0}% busy, or the frames piled up in front of the generator\n\
+         rather than the node, so the point did not measure the node at saturation (its figures\n\
+         follow). The null redirect costs the node about what the generator costs its own core,\n\
+         so two cores cannot saturate it: its ratio below is of time per frame.\n",
         r.services,
         r.backends,
         r.rounds,
         r.seconds_per_point,
         r.cpu_ceiling * 100.0,
         SATURATED * 100.0,
-        DROPPED * 100.0
     );
     for ipv6 in [false, true] {
         let f = family(ipv6);
@@ -898,20 +968,21 @@ pub fn render(r: &Results, out: &mut String) {
         for system in SYSTEMS {
             let _ = write!(out, "| {} |", system.label());
             for load in LOADS {
-                let cell = best_mpps(r, system, f, load).map_or_else(
-                    || "invalid".to_owned(),
-                    |mpps| {
-                        let ns = r
+                let ns = best_ns(r, system, f, load).unwrap_or(f64::NAN);
+                let cell = match best_mpps(r, system, f, load) {
+                    Some(mpps) => format!("{mpps:.2} ({ns:.0} ns)"),
+                    None => {
+                        let mpps = r
                             .points
                             .iter()
                             .filter(|p| {
                                 p.system == system.key() && p.family == f && p.load == load.key()
                             })
-                            .map(|p| p.ns_per_packet)
-                            .fold(f64::INFINITY, f64::min);
-                        format!("{mpps:.2} ({ns:.0} ns)")
-                    },
-                );
+                            .map(|p| p.delivered_mpps)
+                            .fold(f64::NAN, f64::max);
+                        format!("invalid: {mpps:.2} ({ns:.0} ns)")
+                    }
+                };
                 let _ = write!(out, " {cell} |");
             }
             let _ = writeln!(out);

@@ -1,9 +1,13 @@
 //! The saturation benchmark's traffic generator, sink and null forwarder
 //! (`svclb-ebpf/src/bin/trafficgen.rs`): the frames it makes are valid and of the flows it
-//! claims, whatever the node did to the frame before its page came back, and in live mode
-//! every frame it sends is either received at the far end or counted as dropped on the way.
+//! claims, whatever the node did to the frame on its way round, and once the frames
+//! circulate, every frame it sends is either received at the far end or counted as dropped on
+//! the way, and most of them were not sent from user space.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, ensure};
 use svclb_tests::{
@@ -16,7 +20,7 @@ use svclb_tests::{
 
 use crate::common::{
     fixture::FixtureNs,
-    trafficgen::{Attached, Generator, Template},
+    trafficgen::{Attached, Generator, Seeder, Template, wire_return},
 };
 
 const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
@@ -52,7 +56,7 @@ fn checksums_ok(frame: &[u8], ipv6: bool, udp: bool) -> bool {
 fn frames_of<P: TestPacket>(spec: P, udp: bool, flows: u64) -> Result<()> {
     let template = Template::of(&spec, udp, DST_MAC, SRC_MAC);
     let ipv6 = template.ipv6;
-    let mut generator = Generator::load(&template, flows)?;
+    let mut generator = Generator::load(&template, flows, 0)?;
     let (base_addr, base_port) = source(&template.frame, ipv6);
     // A frame the node rewrote (destination, TTL, checksums) before its page came back.
     let mut rewritten = template.frame.clone();
@@ -141,41 +145,30 @@ fn tx_dropped(ns: &str, dev: &str) -> Result<u64> {
 
 #[test]
 #[ignore = "needs root"]
-fn live_frames_reach_the_sink_or_are_counted_as_dropped() -> Result<()> {
+fn circulating_frames_reach_the_sink_or_are_counted_as_dropped() -> Result<()> {
     require_root()?;
     let [generator, middle, sink] =
         ["tg-g", "tg-m", "tg-s"].map(|n| FixtureNs(sweep::scratch_name(&format!("-{n}"))));
     for ns in [&generator, &middle, &sink] {
         ip(&["netns", "add", &ns.0])?;
     }
-    ip(&[
-        "-n",
-        &generator.0,
-        "link",
-        "add",
-        "tg-gen",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "tg-in",
-        "netns",
-        &middle.0,
-    ])?;
-    ip(&[
-        "-n", &middle.0, "link", "add", "tg-out", "type", "veth", "peer", "name", "tg-sink",
-        "netns", &sink.0,
-    ])?;
-    for (ns, dev) in [
-        (&generator, "tg-gen"),
-        (&middle, "tg-in"),
-        (&middle, "tg-out"),
-        (&sink, "tg-sink"),
-    ] {
-        ip_in(&ns.0, &["link", "set", dev, "up"])?;
+    let pairs = [
+        (&generator, "tg-gen", "tg-in", &middle),
+        (&middle, "tg-out", "tg-sink", &sink),
+    ];
+    for (ns, end, peer, peer_ns) in pairs {
+        ip_in(
+            &ns.0,
+            &[
+                "link", "add", end, "type", "veth", "peer", "name", peer, "netns", &peer_ns.0,
+            ],
+        )?;
+        ip_in(&ns.0, &["link", "set", end, "up"])?;
+        ip_in(&peer_ns.0, &["link", "set", peer, "up"])?;
     }
+    wire_return(&sink.0, "tg-ret", &generator.0, "tg-loop")?;
     let sink_if = ifindex(&sink.0, "tg-sink")?;
-    let counter = in_netns(&sink.0, move || Attached::sink(sink_if))?;
+    let mut counter = in_netns(&sink.0, move || Attached::sink(sink_if))?;
     let (in_if, out_if) = (ifindex(&middle.0, "tg-in")?, ifindex(&middle.0, "tg-out")?);
     let _forwarder = in_netns(&middle.0, move || Attached::redirect(in_if, out_if))?;
     let spec = PacketSpec::udp(
@@ -183,22 +176,40 @@ fn live_frames_reach_the_sink_or_are_counted_as_dropped() -> Result<()> {
         (Ipv4Addr::new(198, 18, 0, 1), 80),
     );
     let template = Template::of(&spec.with_payload(vec![0; 18]), true, DST_MAC, SRC_MAC);
-    let gen_if = ifindex(&generator.0, "tg-gen")?;
+    let frame = template.frame.clone();
+    let (gen_if, loop_if) = (
+        ifindex(&generator.0, "tg-gen")?,
+        ifindex(&generator.0, "tg-loop")?,
+    );
+    let generator_program = in_netns(&generator.0, move || {
+        let mut program = Generator::load(&template, 1024, gen_if)?;
+        program.attach(loop_if)?;
+        Ok(program)
+    })?;
     let drops = || -> Result<u64> {
         Ok(tx_dropped(&generator.0, "tg-gen")? + tx_dropped(&middle.0, "tg-out")?)
     };
     let (received_before, dropped_before) = (counter.settled()?, drops()?);
-    let sent = in_netns(&generator.0, move || {
-        let mut generator = Generator::load(&template, 1024)?;
-        generator.send_for(gen_if, std::time::Duration::from_millis(200))
+    let ret_if = ifindex(&sink.0, "tg-ret")?;
+    counter.circulate(Some((ret_if, Duration::from_secs(2))))?;
+    let seeder = in_netns(&sink.0, move || {
+        Seeder::start(frame, ret_if, 0, Duration::from_secs(2))
     })?;
+    std::thread::sleep(Duration::from_millis(200));
+    let seeded = seeder.stop()?;
+    counter.circulate(None)?;
     let received = counter.settled()? - received_before;
     let dropped = drops()? - dropped_before;
+    let sent = generator_program.generated()?;
     ensure!(sent > 100_000, "only {sent} frames generated in 200 ms");
     ensure!(
         received + dropped == sent,
         "{sent} frames sent, {received} received and {dropped} dropped"
     );
     ensure!(received > sent / 10, "{received} of {sent} frames received");
+    ensure!(
+        seeded < sent / 10,
+        "{seeded} of {sent} frames were sent from user space: they did not circulate"
+    );
     Ok(())
 }

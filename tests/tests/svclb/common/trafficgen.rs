@@ -1,29 +1,36 @@
 //! The host side of the benchmarks' traffic generator, sink and null forwarder (the programs
 //! of `svclb-ebpf/src/bin/trafficgen.rs`).
 //!
-//! A [`Generator`] puts frames onto a device as a NIC's receive queue would hand them to the
-//! node: `BPF_PROG_RUN` in live-frame mode, from the calling thread, so that the thread's CPU
-//! does the generating and the device's peer receives the frames through its own NAPI.
+//! The frames circulate: the [`Generator`], on a loop device of the generator's namespace,
+//! rewrites each frame into the next flow's and sends it to the node's uplink; the sink
+//! ([`Attached::sink`]) behind the node counts it and, while [`Attached::circulate`] lets it,
+//! sends it back to the loop device's peer ([`wire_return`]). A [`Seeder`] sends a few
+//! frames a millisecond into the loop from user space, which keeps it full: what the node
+//! cannot take, its uplink's ring drops, as a NIC's ring would. Every frame reaches the node as
+//! a NIC's receive queue would hand it over, an XDP frame on a page of its own, with no
+//! socket buffer made for it.
 
-use std::time::{Duration, Instant};
+use std::{
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{PerCpuArray, PerCpuValues},
-    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+    maps::{Array, PerCpuArray, PerCpuValues},
+    programs::{TestRun as _, TestRunOptions, Xdp, XdpMode},
 };
 use svclb::kernel::object::TRAFFICGEN_OBJECT;
-use svclb_tests::family::TestPacket;
+use svclb_tests::{family::TestPacket, netns::ip_in};
 
 /// The longest header the generator rewrites (TCP over IPv6 is 74 bytes).
 const HEADER_MAX: usize = 80;
-/// Frames per live-mode batch (the kernel's maximum).
-const BATCH: u32 = 256;
-/// Frames of the call that measures the generator's rate, and the most of any call (about
-/// 100 s at 10 Mpps).
-const PROBE_FRAMES: u32 = 1 << 16;
-const MAX_FRAMES_PER_CALL: u32 = 1 << 30;
 
 /// What the generator sends: a frame of flow 0, whose first `header_len` bytes (Ethernet to
 /// the end of the TCP or UDP header) it rewrites for each flow.
@@ -54,12 +61,13 @@ impl Template {
 /// The generator, loaded for one template and flow count.
 pub struct Generator {
     ebpf: Ebpf,
-    frame: Vec<u8>,
 }
 
 impl Generator {
-    /// Loads the generator; `flows` 0 makes every frame a new flow.
-    pub fn load(template: &Template, flows: u64) -> Result<Self> {
+    /// Loads the generator, sending every frame to device `egress` (of the namespace of the
+    /// device it is attached to; 0 where it only runs on test frames); `flows` 0 makes every
+    /// frame a new flow.
+    pub fn load(template: &Template, flows: u64, egress: u32) -> Result<Self> {
         ensure!(
             template.header_len.is_multiple_of(2)
                 && template.header_len <= HEADER_MAX
@@ -72,24 +80,24 @@ impl Generator {
             *word = u16::from_ne_bytes([template.frame[2 * i], template.frame[2 * i + 1]]);
         }
         let header_len = template.header_len as u32;
+        let frame_len = u32::try_from(template.frame.len())?;
         let (ipv6, udp) = (u32::from(template.ipv6), u32::from(template.udp));
         let mut ebpf = EbpfLoader::new()
             .override_global("HEADER", &header, true)
             .override_global("HEADER_LEN", &header_len, true)
+            .override_global("FRAME_LEN", &frame_len, true)
             .override_global("IPV6", &ipv6, true)
             .override_global("UDP", &udp, true)
             .override_global("FLOWS", &flows, true)
+            .override_global("EGRESS", &egress, true)
             .load(TRAFFICGEN_OBJECT)
             .context("loading the traffic generator")?;
         program(&mut ebpf, "svclb_gen")?.load()?;
-        Ok(Self {
-            ebpf,
-            frame: template.frame.clone(),
-        })
+        Ok(Self { ebpf })
     }
 
     /// The frame the generator's next run makes of `frame` (a template frame, or one the node
-    /// rewrote), run `repeat` times (no live mode: nothing is sent).
+    /// rewrote), run `repeat` times (nothing is sent).
     pub fn run_on(&mut self, frame: &[u8], repeat: u32) -> Result<Vec<u8>> {
         let mut out = vec![0u8; frame.len()];
         let result = program(&mut self.ebpf, "svclb_gen")?.test_run(TestRunOptions {
@@ -99,7 +107,7 @@ impl Generator {
             ..TestRunOptions::default()
         })?;
         ensure!(
-            result.return_value == XDP_TX,
+            result.return_value == XDP_REDIRECT,
             "the generator returned {}",
             result.return_value
         );
@@ -107,46 +115,13 @@ impl Generator {
         Ok(out)
     }
 
-    /// Sends frames out of device `ifindex` of the calling thread's namespace for about
-    /// `duration`, from the calling thread's CPU. Its peer device must run NAPI (have an XDP
-    /// program, or GRO) to take them. The frames generated.
-    ///
-    /// Each call sets up and tears down a page pool, which waits for an RCU grace period
-    /// (tens of ms on a VM, the generator idle): a short call measures the rate, then one
-    /// call is sized to fill the rest of `duration`.
-    pub fn send_for(&mut self, ifindex: u32, duration: Duration) -> Result<u64> {
-        let before = self.generated()?;
-        let started = Instant::now();
-        let mut frames = PROBE_FRAMES;
-        while started.elapsed() < duration {
-            let call = Instant::now();
-            self.send(ifindex, frames)?;
-            let rate = f64::from(frames) / call.elapsed().as_secs_f64().max(1e-6);
-            let left = duration.saturating_sub(started.elapsed()).as_secs_f64();
-            frames = ((rate * left) as u32).clamp(PROBE_FRAMES, MAX_FRAMES_PER_CALL);
-        }
-        Ok(self.generated()? - before)
-    }
-
-    /// One live-mode call of `frames` frames out of device `ifindex`.
-    fn send(&mut self, ifindex: u32, frames: u32) -> Result<()> {
-        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex (the sending device).
-        let mut ctx = [0u8; 24];
-        let len = u32::try_from(self.frame.len())?;
-        ctx[4..8].copy_from_slice(&len.to_ne_bytes());
-        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    /// Attaches the generator (native mode) to the loop device `ifindex` of the calling
+    /// thread's namespace: from then on, every frame of the template's length that arrives
+    /// there is generated.
+    pub fn attach(&mut self, ifindex: u32) -> Result<()> {
         program(&mut self.ebpf, "svclb_gen")?
-            .test_run(TestRunOptions {
-                data_in: Some(&self.frame),
-                ctx_in: Some(&ctx),
-                repeat: frames,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..TestRunOptions::default()
-            })
-            .context(
-                "sending live frames (BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, Linux 5.18 \
-                 or later; some sandboxed kernels refuse it with EPERM)",
-            )?;
+            .attach(ifindex, XdpMode::Driver)
+            .with_context(|| format!("attaching the generator to device {ifindex} (native XDP)"))?;
         Ok(())
     }
 
@@ -161,14 +136,143 @@ impl Generator {
     }
 
     /// The flow counters summed over the CPUs (their differences count frames).
-    fn generated(&self) -> Result<u64> {
+    pub fn generated(&self) -> Result<u64> {
         per_cpu_total(&self.ebpf, "GENERATED")
     }
 }
 
-/// A program that counts and drops every frame (`Sink`) or sends it on untouched
-/// (`Redirect`, to the device given), attached in native mode to a device of the calling
-/// thread's namespace.
+/// The return path of the loop: a veth pair from `ret` in the sink's namespace to `lp` in the
+/// generator's, up, without IPv6 (whose own frames the generator would only drop), and with
+/// NAPI (GRO) on `lp`, which takes the frames the sink redirects whatever program it has.
+pub fn wire_return(sink_ns: &str, ret: &str, generator_ns: &str, lp: &str) -> Result<()> {
+    ip_in(
+        sink_ns,
+        &[
+            "link",
+            "add",
+            ret,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            lp,
+            "netns",
+            generator_ns,
+        ],
+    )?;
+    for (ns, dev) in [(sink_ns, ret), (generator_ns, lp)] {
+        let key = format!("net.ipv6.conf.{dev}.disable_ipv6");
+        svclb_tests::netns::sysctl_in(ns, &key, "1")?;
+        ip_in(ns, &["link", "set", dev, "up"])?;
+    }
+    svclb_tests::netns::run_in(generator_ns, "ethtool", &["-K", lp, "gro", "on"])?;
+    Ok(())
+}
+
+/// Frames per millisecond a [`Seeder`] sends.
+const SEEDED_PER_MS: usize = 32;
+
+/// A thread that sends a frame into the loop, [`SEEDED_PER_MS`] a millisecond.
+pub struct Seeder {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<u64>>>,
+}
+
+impl Seeder {
+    /// Sends `frame` out of device `ifindex` of the calling thread's namespace (the return
+    /// device, whose peer is the loop device) from a thread pinned to `cpu`, until stopped or
+    /// until `limit` has passed.
+    pub fn start(frame: Vec<u8>, ifindex: u32, cpu: usize, limit: Duration) -> Result<Self> {
+        let socket = packet_socket(ifindex)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || -> Result<u64> {
+            svclb_tests::cpu::pin_self(cpu)?;
+            let deadline = Instant::now() + limit;
+            let mut sent = 0;
+            while !stopped.load(Ordering::Relaxed) && Instant::now() < deadline {
+                for _ in 0..SEEDED_PER_MS {
+                    send(&socket, &frame)?;
+                }
+                sent += SEEDED_PER_MS as u64;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(sent)
+        });
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread: the frames it sent.
+    pub fn stop(mut self) -> Result<u64> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(thread) => match thread.join() {
+                Ok(sent) => sent.context("seeding the loop"),
+                Err(_) => bail!("the seeder panicked"),
+            },
+            None => Ok(0),
+        }
+    }
+}
+
+impl Drop for Seeder {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// A raw packet socket that sends on device `ifindex` (and receives nothing).
+fn packet_socket(ifindex: u32) -> Result<OwnedFd> {
+    // SAFETY: a plain system call; the descriptor is owned from here on.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    ensure!(
+        fd >= 0,
+        "a packet socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` was just made and nothing else owns it.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all zeros is a valid `sockaddr_ll`.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = i32::try_from(ifindex)?;
+    // SAFETY: `addr` is a `sockaddr_ll` of the length given.
+    let bound = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    ensure!(
+        bound == 0,
+        "binding a packet socket to device {ifindex}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(socket)
+}
+
+fn send(socket: &OwnedFd, frame: &[u8]) -> Result<()> {
+    // SAFETY: `frame` is valid for its length.
+    let sent = unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+    match sent {
+        n if n == frame.len() as isize => Ok(()),
+        // A full device queue: the loop is full enough.
+        -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) => Ok(()),
+        _ => bail!("sending a frame: {}", std::io::Error::last_os_error()),
+    }
+}
+
+/// A program that counts every frame and drops it or returns it to the generator (`Sink`),
+/// or sends it on untouched (`Redirect`, to the device given), attached in native mode to a
+/// device of the calling thread's namespace.
 pub struct Attached {
     ebpf: Ebpf,
 }
@@ -197,6 +301,23 @@ impl Attached {
         Ok(Self { ebpf })
     }
 
+    /// Makes the sink send what it counts to device `ret` of its namespace (the return
+    /// device of [`wire_return`]) for `limit` at most; `None`: drop it. Returning stops on its
+    /// own after `limit`, so that a loop outlives no host that died.
+    pub fn circulate(&mut self, to: Option<(u32, Duration)>) -> Result<()> {
+        let value = match to {
+            Some((ret, limit)) => {
+                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+                let now = Duration::from(now);
+                [u64::from(ret), (now + limit).as_nanos() as u64]
+            }
+            None => [0, 0],
+        };
+        let map = self.ebpf.map_mut("RETURN").context("no map RETURN")?;
+        Array::<_, [u64; 2]>::try_from(map)?.set(0, &value, 0)?;
+        Ok(())
+    }
+
     /// Frames the sink received so far, on every CPU.
     pub fn received(&self) -> Result<u64> {
         per_cpu_total(&self.ebpf, "RECEIVED")
@@ -221,7 +342,7 @@ impl Attached {
     }
 }
 
-const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(ebpf
