@@ -1,17 +1,17 @@
-//! The benchmarks' traffic generator, sink and null forwarder: XDP programs that are never
-//! part of the datapath (`cargo xtask bench`'s saturation section and its tests load them).
+//! The benchmarks' traffic generator and null forwarder: XDP programs that are never part of
+//! the datapath (`cargo xtask bench`'s saturation section and its tests load them).
 //!
-//! The frames circulate. `svclb_gen` runs on a device of the generator's own (the loop
-//! device): each frame it receives gets a whole header written from the template the bench set
-//! (`HEADER`), the next flow's source address and port with checksums to match, and is
-//! redirected to `EGRESS`, the generator's end of the node's uplink, as a NIC's receive queue
-//! would deliver it to the node. `svclb_sink`, behind the node, counts each frame and, while
-//! the host lets it (`RETURN`), redirects it to the loop device's peer, so that it comes back
-//! to `svclb_gen` as a page that is already an XDP frame. A few frames a millisecond sent into
-//! the loop from user space keep it full: what the node cannot take, its uplink's ring drops,
-//! as a NIC ring would. (This replaces `BPF_PROG_RUN` in live-frame mode, xdp-trafficgen's
-//! method, which some kernels refuse with EPERM.) The header is written whole every time
-//! because the node under test may have rewritten it (DNAT, SNAT) on the way round.
+//! The generator works as a hardware traffic generator with two ports does: it sends frames
+//! to the node's uplink from one device (`EGRESS`), and receives what the node forwarded on
+//! another (`SINK`), in the same namespace. `svclb_gen` runs on the receiving device, where it
+//! counts each frame, and on a feed device, where user space sends a few frames a millisecond
+//! to keep the loop full; in both places, while the host lets it (`CIRCULATE`), it writes the
+//! frame's whole header from the template the bench set (`HEADER`), gives it the next flow's
+//! source address and port with checksums to match, and redirects it to `EGRESS`, as a NIC's
+//! receive queue would deliver it to the node. What the node cannot take, its uplink's ring
+//! drops, as a NIC ring would. (This replaces `BPF_PROG_RUN` in live-frame mode,
+//! xdp-trafficgen's method, which some kernels refuse with EPERM.) The header is written
+//! whole every time because the node under test rewrote it (DNAT, SNAT) on the way round.
 //!
 //! Flow `i` of a run has source address `base + i / PORTS` (its last 32 bits) and port
 //! `PORT_BASE + i % PORTS`. With `FLOWS` at 0 every frame is a flow of its own (new flows);
@@ -50,13 +50,16 @@ static UDP: u32 = 0;
 /// Flows the frames cycle over; 0: every frame a new flow.
 #[unsafe(no_mangle)]
 static FLOWS: u64 = 0;
-/// The template frame's length: `svclb_gen` drops frames of any other length (what the loop's
+/// The template frame's length: `svclb_gen` drops frames of any other length (what the
 /// devices send of their own), uncounted.
 #[unsafe(no_mangle)]
 static FRAME_LEN: u32 = 0;
 /// Where `svclb_gen` and `svclb_redirect` send every frame.
 #[unsafe(no_mangle)]
 static EGRESS: u32 = 0;
+/// The device `svclb_gen` counts the frames it receives on (what the node forwarded).
+#[unsafe(no_mangle)]
+static SINK: u32 = 0;
 
 const HEADER_MAX: usize = 80;
 const PORT_BASE: u64 = 1024;
@@ -66,48 +69,34 @@ const ETH_HLEN: usize = 14;
 /// Frames generated (on the CPU that ran them).
 #[btf_map]
 static GENERATED: PerCpuArray<u64, 1> = PerCpuArray::new();
-/// Frames the sink received (on the CPU that ran it).
+/// Frames received on `SINK` (on the CPU that ran it).
 #[btf_map]
 static RECEIVED: PerCpuArray<u64, 1> = PerCpuArray::new();
-/// Where the sink sends what it counted, set by the host: the device's ifindex and the
-/// monotonic clock's time (ns) after which it drops everything, so that a loop whose host
-/// died stops on its own. Ifindex 0: drop.
+/// Until when (the monotonic clock, ns) the generator sends frames on; set by the host, and
+/// a time so that a loop whose host died stops on its own. Before and after: it drops them.
 #[btf_map]
-static RETURN: Array<[u64; 2], 1> = Array::new();
+static CIRCULATE: Array<u64, 1> = Array::new();
 
 #[xdp]
 pub fn svclb_gen(ctx: XdpContext) -> u32 {
-    // SAFETY: a read-only global the loader set.
-    if (ctx.data_end() - ctx.data()) as u32 != unsafe { read_volatile(&FRAME_LEN) } {
+    // SAFETY: read-only globals the loader set.
+    let (frame_len, sink) = unsafe { (read_volatile(&FRAME_LEN), read_volatile(&SINK)) };
+    if (ctx.data_end() - ctx.data()) as u32 != frame_len {
+        return XDP_DROP;
+    }
+    if ctx.ingress_ifindex() as u32 == sink {
+        bump(&RECEIVED);
+    }
+    // SAFETY: a helper call without arguments.
+    if CIRCULATE
+        .get(0)
+        .is_none_or(|&until| unsafe { bpf_ktime_get_ns() } >= until)
+    {
         return XDP_DROP;
     }
     match generate(&ctx) {
         Some(()) => redirect_to_egress(),
         None => XDP_ABORTED,
-    }
-}
-
-/// Counts the unicast frames (not the neighbour discovery and multicast listener reports
-/// that the devices' own IPv6 sends) and returns them to the generator while `RETURN` says
-/// so; drops everything else.
-#[xdp]
-pub fn svclb_sink(ctx: XdpContext) -> u32 {
-    // (The whole destination address is checked for: the verifier does not take a one-byte
-    // read from a bounds check that compiles to `data < data_end`.)
-    let Some(dst) = at::<[u8; 6]>(&ctx, 0) else {
-        return XDP_DROP;
-    };
-    // SAFETY: `at` checked that the frame holds the address.
-    if unsafe { (*dst)[0] } & 1 != 0 {
-        return XDP_DROP;
-    }
-    bump(&RECEIVED);
-    match RETURN.get(0) {
-        // SAFETY: a helper call with no arguments, then one with plain values.
-        Some(&[ifindex, until]) if ifindex != 0 && unsafe { bpf_ktime_get_ns() } < until => unsafe {
-            bpf_redirect(ifindex as u32, 0) as u32
-        },
-        _ => XDP_DROP,
     }
 }
 

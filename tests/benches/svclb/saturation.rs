@@ -1,30 +1,33 @@
 //! North-south at saturation: packets per second per core, svclb beside kube-proxy's rules,
 //! a null XDP forwarder and plain routing, in one run.
 //!
-//! Three namespaces per system: a generator, the node, a sink.
+//! Two namespaces per system: a tester with two ports, as a hardware traffic generator has,
+//! and the node.
 //!
 //! ```text
-//!   generator (CPU 0)               node (CPU 1)                     sink (CPU 1)
-//!   sat-loop (XDP: next flow)
-//!   sat-gen  <-- veth -->  sat-up [system] sat-bk  <-- veth -->  sat-sink (XDP: count, return)
-//!   sat-loop <-------------------------- veth ------------------------  sat-ret
+//!   tester (CPU 0)                     node (CPU 1)
+//!   sat-gen   <------- veth ------->  sat-up  [system]
+//!   sat-sink  <------- veth ------->  sat-bk
+//!   sat-seed  <-- veth -->  sat-feed
 //! ```
 //!
-//! The frames circulate (see `common/trafficgen.rs`): the generator program on `sat-loop`
-//! makes each frame the next flow's, with unique source tuples, and puts it onto `sat-up` as a
-//! NIC's receive queue would; the sink counts it and sends it back through `sat-ret`. A few
-//! frames a millisecond sent from user space keep the loop full. `sat-up` runs NAPI with GRO,
-//! as a NIC driver does, in a thread of its own (threaded NAPI) pinned to CPU 1: everything the
-//! node does with a frame, up to handing it to `sat-bk`, runs there. The sink's NAPI runs
-//! there too: the generator keeps its own core busy, and a sink starved of CPU would drop what
-//! the node delivered. `sat-loop`'s NAPI thread and the seeding thread have CPU 0.
+//! The frames circulate (see `common/trafficgen.rs`): the generator program on `sat-sink`
+//! counts each frame the node forwarded, makes it the next flow's, with unique source tuples,
+//! and puts it back onto `sat-up` through `sat-gen`, as a NIC's receive queue would. A few
+//! frames a millisecond that user space sends on `sat-seed` reach the same program on
+//! `sat-feed`, and keep the loop full. `sat-up` runs NAPI with GRO, as a NIC driver does, in
+//! a thread of its own (threaded NAPI) pinned to CPU 1: everything the node does with a
+//! frame, up to handing it to `sat-bk`, runs there, and nothing else does. The tester's NAPI
+//! threads and its seeding thread have CPU 0.
 //!
-//! The node is offered more than it can take, and its uplink's ring drops the rest, as a NIC
-//! ring would. A point where the node's core was not saturated, or where the frames piled up
-//! in front of the generator rather than the node (the loop's ring dropped at least as many as
-//! the uplink's), did not measure the node and is reported as invalid. Busy shares are taken
-//! as fractions of what a thread spinning on the node core reads in /proc/stat: a guard for a
-//! host that keeps time from its guest without reporting it as steal.
+//! The node is offered more than it can take, and what it cannot take is lost on its side:
+//! its uplink's ring drops it as a NIC ring would, or (through the stack, whose NAPI keeps the
+//! uplink's ring drained) the node drops it. A point where the node's core was not saturated,
+//! or where the tester's side lost at least as many frames (the sink's ring, the feed's
+//! ring: frames piled up in front of the tester's core), did not measure the node and is
+//! reported as invalid. Busy shares are taken as fractions of what a thread spinning on the
+//! node core reads in /proc/stat: a guard for a host that keeps time from its guest without
+//! reporting it as steal.
 //!
 //! Each point reports what reached the sink (Mpps), what was offered, the node CPU's busy
 //! share, and from those the node's ns per packet. Frames go to one LoadBalancer IP of
@@ -61,7 +64,7 @@ use crate::{
     common::{
         datapath::Datapath,
         fixture::FixtureNs,
-        trafficgen::{Attached, Generator, Seeder, Template, wire_return},
+        trafficgen::{Generator, Redirect, Seeder, Template, wire_tester},
     },
     control_plane::load_time,
     kubeproxy::{self, Layout, Svc},
@@ -81,7 +84,8 @@ const WARM_UP: Duration = Duration::from_millis(300);
 /// source addresses of 64,512 ports).
 static NEXT_NEW_FLOW: AtomicU64 = AtomicU64::new(0);
 /// A point measured the node only if the node core was at least this busy (of what a
-/// spinning thread reads on it), and the uplink's ring dropped more frames than the loop's:
+/// spinning thread reads on it), and more frames were lost on the node's side of the loop
+/// (its uplink's ring, the node) than on the generator's (the sink's ring, the feed's ring):
 /// the node was offered more than it could take.
 const SATURATED: f64 = 0.9;
 /// How long past a measurement's end the sink may still return frames, if its host died.
@@ -201,6 +205,10 @@ pub struct Point {
     pub node_busy: f64,
     /// The node CPU's busy time per delivered frame.
     pub ns_per_packet: f64,
+    /// Frames lost on the node's side (its uplink's ring, the node), and on the generator's
+    /// (the sink's ring, the feed's ring), millions per second.
+    pub node_lost_mpps: f64,
+    pub generator_lost_mpps: f64,
     /// Whether the node's CPU was saturated (the point measured the node, not the generator).
     pub valid: bool,
 }
@@ -340,15 +348,19 @@ struct Measured {
     elapsed: Duration,
     /// The node core's busy share, of what a thread spinning on it reads (see [`ceiling`]).
     node_busy: f64,
-    /// Frames the rings in front of the node (its uplink) and of the generator (the loop's)
-    /// had no room for.
-    uplink_dropped: u64,
-    loop_dropped: u64,
+    /// Frames the rings on the generator's core (the sink's, the feed's) had no room for.
+    generator_dropped: u64,
 }
 
 impl Measured {
     fn ns_per_packet(&self) -> f64 {
         self.node_busy * self.elapsed.as_nanos() as f64 / self.delivered.max(1) as f64
+    }
+
+    /// Frames offered that reached neither the sink nor its ring.
+    fn node_lost(&self) -> u64 {
+        let lost = self.offered.saturating_sub(self.delivered);
+        lost.saturating_sub(self.generator_dropped)
     }
 
     fn dropped(&self) -> f64 {
@@ -367,7 +379,9 @@ impl Measured {
             dropped: self.dropped(),
             node_busy: self.node_busy,
             ns_per_packet: self.ns_per_packet(),
-            valid: self.node_busy >= SATURATED && self.uplink_dropped > self.loop_dropped,
+            node_lost_mpps: self.node_lost() as f64 / seconds / 1e6,
+            generator_lost_mpps: self.generator_dropped as f64 / seconds / 1e6,
+            valid: self.node_busy >= SATURATED && self.node_lost() > self.generator_dropped,
         }
     }
 }
@@ -375,59 +389,52 @@ impl Measured {
 /// What keeps a system in place on the node for as long as it is measured.
 enum Installed {
     Svclb(Box<Datapath>),
-    Redirect { _program: Attached },
+    Redirect { _program: Redirect },
     Rules,
 }
 
-/// The three namespaces, the sink, and one system installed on the node.
+/// The two namespaces, tester and node, with one system installed on the node.
 struct Node {
     // Fields drop in order: the programs before their namespaces.
     installed: Installed,
-    sink_program: Attached,
-    generator: FixtureNs,
-    _node: FixtureNs,
-    sink: FixtureNs,
+    tester: FixtureNs,
+    node: FixtureNs,
+    /// The tester's devices: `sat-gen`, `sat-sink`, `sat-feed`, `sat-seed`.
     gen_if: u32,
-    loop_if: u32,
-    ret_if: u32,
+    sink_if: u32,
+    feed_if: u32,
+    seed_if: u32,
 }
 
 impl Node {
     /// The namespaces, wired, with `system` installed; an svclb system takes the shared
     /// datapath (loading it the first time), which [`Self::finish`] gives back.
     fn build(system: System, svclb: &mut Option<Box<Datapath>>) -> Result<Self> {
-        let [generator, node, sink] = ["sat-g", "sat-n", "sat-s"]
+        let [tester, node] = ["sat-t", "sat-n"]
             .map(|n| FixtureNs(svclb_tests::sweep::scratch_name(&format!("-{n}"))));
-        for ns in [&generator, &node, &sink] {
+        for ns in [&tester, &node] {
             ip(&["netns", "add", &ns.0])?;
         }
-        wire(&generator.0, &node.0, &sink.0)?;
-        wire_return(&sink.0, "sat-ret", &generator.0, "sat-loop")?;
-        napi_threads(&generator.0, "sat-loop")?;
-        let gen_if = ifindex(&generator.0, "sat-gen")?;
-        let loop_if = ifindex(&generator.0, "sat-loop")?;
-        let ret_if = ifindex(&sink.0, "sat-ret")?;
+        wire(&tester.0, &node.0)?;
+        wire_tester(&tester.0, "sat-gen", "sat-sink", "sat-seed", "sat-feed")?;
+        for dev in ["sat-sink", "sat-feed"] {
+            napi_threads(&tester.0, dev)?;
+        }
+        let [gen_if, sink_if, feed_if, seed_if] =
+            ["sat-gen", "sat-sink", "sat-feed", "sat-seed"].map(|dev| ifindex(&tester.0, dev));
         let up_if = ifindex(&node.0, "sat-up")?;
         let bk_if = ifindex(&node.0, "sat-bk")?;
-        let sink_if = ifindex(&sink.0, "sat-sink")?;
-        let sink_program = in_netns(&sink.0, move || Attached::sink(sink_if))?;
-        napi_threads(&sink.0, "sat-sink")?;
         let installed = install(system, &node.0, up_if, bk_if, svclb)?;
         napi_threads(&node.0, "sat-up")?;
         pin_napi("sat-up", NODE_CPU)?;
-        // The sink on the node's core: the generator's core has no time to spare, and a sink
-        // starved of CPU would drop what the node delivered. Its cost (an XDP drop) is in every
-        // system's figures alike.
-        pin_napi("sat-sink", NODE_CPU)?;
         Ok(Self {
             installed,
-            sink_program,
-            generator,
-            _node: node,
-            sink,
-            gen_if,
-            loop_if,
-            ret_if,
+            tester,
+            node,
+            gen_if: gen_if?,
+            sink_if: sink_if?,
+            feed_if: feed_if?,
+            seed_if: seed_if?,
         })
     }
 
@@ -468,32 +475,36 @@ impl Node {
             Load::Tracked(n) => n,
             Load::NewFlows => 0,
         };
-        let (gen_if, loop_if, ret_if) = (self.gen_if, self.loop_if, self.ret_if);
+        let (gen_if, sink_if, feed_if) = (self.gen_if, self.sink_if, self.feed_if);
         // New flows start where the last measurement's left off: svclb's maps are shared.
         let first = match load {
             Load::Tracked(_) => 0,
             Load::NewFlows => NEXT_NEW_FLOW.fetch_add(1 << 30, Ordering::Relaxed),
         };
-        let generator = in_netns(&self.generator.0, move || {
-            let mut generator = Generator::load(&template, flows, gen_if)?;
+        let mut generator = in_netns(&self.tester.0, move || {
+            let mut generator = Generator::load(&template, flows, gen_if, sink_if)?;
             generator.start_at(first)?;
-            generator.attach(loop_if)?;
+            generator.attach(sink_if)?;
+            generator.attach(feed_if)?;
             Ok(generator)
         })?;
-        // (After the attach, which may have made the loop device's NAPI anew.)
-        pin_napi("sat-loop", GEN_CPU)?;
+        // (After the attach, which may have made the devices' NAPI anew.)
+        for dev in ["sat-sink", "sat-feed"] {
+            pin_napi(dev, GEN_CPU)?;
+        }
         let limit = WARM_UP + duration + LOOP_MARGIN;
-        self.sink_program.circulate(Some((ret_if, limit)))?;
-        let seeder = in_netns(&self.sink.0, move || {
-            Seeder::start(frame, ret_if, GEN_CPU, limit)
+        generator.circulate(Some(limit))?;
+        let seed_if = self.seed_if;
+        let seeder = in_netns(&self.tester.0, move || {
+            Seeder::start(frame, seed_if, GEN_CPU, limit)
         })?;
         std::thread::sleep(WARM_UP);
         let before = self.counts(&generator)?;
         std::thread::sleep(duration);
         let after = self.counts(&generator)?;
         seeder.stop()?;
-        self.sink_program.circulate(None)?;
-        self.sink_program.settled()?;
+        generator.circulate(None)?;
+        generator.settled()?;
         let delivered = after.received - before.received;
         ensure!(delivered > 0, "nothing reached the sink");
         Ok(Measured {
@@ -501,8 +512,7 @@ impl Node {
             delivered,
             elapsed: after.at - before.at,
             node_busy: cpu::busy_share(before.node_cpu, after.node_cpu) / ceiling,
-            uplink_dropped: after.uplink_dropped - before.uplink_dropped,
-            loop_dropped: after.loop_dropped - before.loop_dropped,
+            generator_dropped: after.generator_dropped - before.generator_dropped,
         })
     }
 
@@ -512,9 +522,9 @@ impl Node {
             at: Instant::now(),
             node_cpu: cpu::times(NODE_CPU)?,
             generated: generator.generated()?,
-            received: self.sink_program.received()?,
-            uplink_dropped: tx_dropped(&self.generator.0, "sat-gen")?,
-            loop_dropped: tx_dropped(&self.sink.0, "sat-ret")?,
+            received: generator.received()?,
+            generator_dropped: tx_dropped(&self.node.0, "sat-bk")?
+                + tx_dropped(&self.tester.0, "sat-seed")?,
         })
     }
 }
@@ -525,8 +535,8 @@ struct Counts {
     node_cpu: (u64, u64),
     generated: u64,
     received: u64,
-    uplink_dropped: u64,
-    loop_dropped: u64,
+    /// The sink's ring's drops and the feed's (a veth counts its peer's as transmit drops).
+    generator_dropped: u64,
 }
 
 /// A device's transmit drops: a veth counts there the frames its peer's ring had no room for.
@@ -563,23 +573,18 @@ fn mac(text: &str) -> [u8; 6] {
     out
 }
 
-/// The links, addresses, routes and neighbours of the three namespaces.
-fn wire(generator: &str, node: &str, sink: &str) -> Result<()> {
+/// The links, addresses, routes and neighbours of the two namespaces.
+fn wire(tester: &str, node: &str) -> Result<()> {
     ip(&[
-        "-n", generator, "link", "add", "sat-gen", "address", GEN_MAC, "type", "veth", "peer",
-        "name", "sat-up", "netns", node, "address", UP_MAC,
+        "-n", tester, "link", "add", "sat-gen", "address", GEN_MAC, "type", "veth", "peer", "name",
+        "sat-up", "netns", node, "address", UP_MAC,
     ])?;
     ip(&[
         "-n", node, "link", "add", "sat-bk", "address", BK_MAC, "type", "veth", "peer", "name",
-        "sat-sink", "netns", sink, "address", SINK_MAC,
+        "sat-sink", "netns", tester, "address", SINK_MAC,
     ])?;
-    for (ns, dev) in [
-        (generator, "sat-gen"),
-        (node, "sat-up"),
-        (node, "sat-bk"),
-        (sink, "sat-sink"),
-    ] {
-        ip_in(ns, &["link", "set", dev, "up"])?;
+    for dev in ["sat-up", "sat-bk"] {
+        ip_in(node, &["link", "set", dev, "up"])?;
     }
     for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
         sysctl_in(node, key, "1")?;
@@ -766,7 +771,7 @@ fn install(
             Ok(Installed::Rules)
         }
         System::NullRedirect => Ok(Installed::Redirect {
-            _program: in_netns(node, move || Attached::redirect(up_if, bk_if))?,
+            _program: in_netns(node, move || Redirect::attach(up_if, bk_if))?,
         }),
         System::Routing => Ok(Installed::Rules),
         _ => unreachable!("svclb systems are installed above"),
@@ -939,18 +944,19 @@ pub fn render(r: &Results, out: &mut String) {
     let _ = writeln!(out, "## North-south at saturation: Mpps per core\n");
     let _ = writeln!(
         out,
-        "A generator core offers frames to the node's uplink (a veth with threaded NAPI and GRO,\n\
+        "A tester core offers frames to the node's uplink (a veth with threaded NAPI and GRO,\n\
          pinned to the other core): XDP frames that circulate, made the next flow's by an XDP\n\
-         program on the generator's core and sent back to it by the sink. {} LoadBalancer IPs x\n\
-         {} backends behind the sink, Cluster policy (DNAT and SNAT). Each cell: Mpps delivered\n\
-         at the sink, and the node core's ns per packet (busy time / packets); the best of {}\n\
-         round(s) of {:.0} s, systems interleaved. The sink's NAPI shares the node's core, so\n\
-         every figure includes one XDP redirect back to the generator. Busy shares are of what a\n\
-         thread spinning on the node core reads in /proc/stat: {:.0}% here. \"invalid\": the\n\
-         node core was under {:.0}% busy, or the frames piled up in front of the generator\n\
-         rather than the node, so the point did not measure the node at saturation (its figures\n\
-         follow). The null redirect costs the node about what the generator costs its own core,\n\
-         so two cores cannot saturate it: its ratio below is of time per frame.\n",
+         program on the tester's core, which receives what the node forwarded and sends it\n\
+         again, as a traffic generator with two ports does. {} LoadBalancer IPs x {} backends\n\
+         behind the tester's sink, Cluster policy (DNAT and SNAT). Each cell: Mpps delivered at\n\
+         the sink, and the node core's ns per packet (busy time / packets); the best of {}\n\
+         round(s) of {:.0} s, systems interleaved. The node's core runs the node alone. Busy\n\
+         shares are of what a thread spinning on the node core reads in /proc/stat: {:.0}% here.\n\
+         \"invalid\": the node core was under {:.0}% busy, or the frames piled up in front of the\n\
+         tester's core (its rings dropped as many as the node's side lost), so the point did not\n\
+         measure the node at saturation (its figures follow). The null redirect costs the node\n\
+         about what the generator costs the tester, so two cores cannot saturate it: its ratio\n\
+         below is of time per frame.\n",
         r.services,
         r.backends,
         r.rounds,

@@ -20,7 +20,7 @@ use svclb_tests::{
 
 use crate::common::{
     fixture::FixtureNs,
-    trafficgen::{Attached, Generator, Seeder, Template, wire_return},
+    trafficgen::{Generator, Redirect, Seeder, Template, wire_tester},
 };
 
 const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
@@ -56,7 +56,7 @@ fn checksums_ok(frame: &[u8], ipv6: bool, udp: bool) -> bool {
 fn frames_of<P: TestPacket>(spec: P, udp: bool, flows: u64) -> Result<()> {
     let template = Template::of(&spec, udp, DST_MAC, SRC_MAC);
     let ipv6 = template.ipv6;
-    let mut generator = Generator::load(&template, flows, 0)?;
+    let mut generator = Generator::load(&template, flows, 0, 0)?;
     let (base_addr, base_port) = source(&template.frame, ipv6);
     // A frame the node rewrote (destination, TTL, checksums) before its page came back.
     let mut rewritten = template.frame.clone();
@@ -147,60 +147,53 @@ fn tx_dropped(ns: &str, dev: &str) -> Result<u64> {
 #[ignore = "needs root"]
 fn circulating_frames_reach_the_sink_or_are_counted_as_dropped() -> Result<()> {
     require_root()?;
-    let [generator, middle, sink] =
-        ["tg-g", "tg-m", "tg-s"].map(|n| FixtureNs(sweep::scratch_name(&format!("-{n}"))));
-    for ns in [&generator, &middle, &sink] {
+    // A tester with two ports and a feed, and a null forwarder between its ports.
+    let [tester, middle] =
+        ["tg-t", "tg-m"].map(|n| FixtureNs(sweep::scratch_name(&format!("-{n}"))));
+    for ns in [&tester, &middle] {
         ip(&["netns", "add", &ns.0])?;
     }
-    let pairs = [
-        (&generator, "tg-gen", "tg-in", &middle),
-        (&middle, "tg-out", "tg-sink", &sink),
-    ];
-    for (ns, end, peer, peer_ns) in pairs {
+    for (port, peer) in [("tg-gen", "tg-in"), ("tg-sink", "tg-out")] {
         ip_in(
-            &ns.0,
+            &tester.0,
             &[
-                "link", "add", end, "type", "veth", "peer", "name", peer, "netns", &peer_ns.0,
+                "link", "add", port, "type", "veth", "peer", "name", peer, "netns", &middle.0,
             ],
         )?;
-        ip_in(&ns.0, &["link", "set", end, "up"])?;
-        ip_in(&peer_ns.0, &["link", "set", peer, "up"])?;
+        ip_in(&middle.0, &["link", "set", peer, "up"])?;
     }
-    wire_return(&sink.0, "tg-ret", &generator.0, "tg-loop")?;
-    let sink_if = ifindex(&sink.0, "tg-sink")?;
-    let mut counter = in_netns(&sink.0, move || Attached::sink(sink_if))?;
+    wire_tester(&tester.0, "tg-gen", "tg-sink", "tg-seed", "tg-feed")?;
     let (in_if, out_if) = (ifindex(&middle.0, "tg-in")?, ifindex(&middle.0, "tg-out")?);
-    let _forwarder = in_netns(&middle.0, move || Attached::redirect(in_if, out_if))?;
+    let _forwarder = in_netns(&middle.0, move || Redirect::attach(in_if, out_if))?;
     let spec = PacketSpec::udp(
         (Ipv4Addr::new(100, 64, 0, 1), 1024),
         (Ipv4Addr::new(198, 18, 0, 1), 80),
     );
     let template = Template::of(&spec.with_payload(vec![0; 18]), true, DST_MAC, SRC_MAC);
     let frame = template.frame.clone();
-    let (gen_if, loop_if) = (
-        ifindex(&generator.0, "tg-gen")?,
-        ifindex(&generator.0, "tg-loop")?,
-    );
-    let generator_program = in_netns(&generator.0, move || {
-        let mut program = Generator::load(&template, 1024, gen_if)?;
-        program.attach(loop_if)?;
-        Ok(program)
+    let [gen_if, sink_if, feed_if, seed_if] =
+        ["tg-gen", "tg-sink", "tg-feed", "tg-seed"].map(|dev| ifindex(&tester.0, dev));
+    let (gen_if, sink_if, feed_if, seed_if) = (gen_if?, sink_if?, feed_if?, seed_if?);
+    let mut generator = in_netns(&tester.0, move || {
+        let mut generator = Generator::load(&template, 1024, gen_if, sink_if)?;
+        generator.attach(sink_if)?;
+        generator.attach(feed_if)?;
+        Ok(generator)
     })?;
     let drops = || -> Result<u64> {
-        Ok(tx_dropped(&generator.0, "tg-gen")? + tx_dropped(&middle.0, "tg-out")?)
+        Ok(tx_dropped(&tester.0, "tg-gen")? + tx_dropped(&middle.0, "tg-out")?)
     };
-    let (received_before, dropped_before) = (counter.settled()?, drops()?);
-    let ret_if = ifindex(&sink.0, "tg-ret")?;
-    counter.circulate(Some((ret_if, Duration::from_secs(2))))?;
-    let seeder = in_netns(&sink.0, move || {
-        Seeder::start(frame, ret_if, 0, Duration::from_secs(2))
+    let dropped_before = drops()?;
+    generator.circulate(Some(Duration::from_secs(2)))?;
+    let seeder = in_netns(&tester.0, move || {
+        Seeder::start(frame, seed_if, 0, Duration::from_secs(2))
     })?;
     std::thread::sleep(Duration::from_millis(200));
     let seeded = seeder.stop()?;
-    counter.circulate(None)?;
-    let received = counter.settled()? - received_before;
+    generator.circulate(None)?;
+    let received = generator.settled()?;
     let dropped = drops()? - dropped_before;
-    let sent = generator_program.generated()?;
+    let sent = generator.generated()?;
     ensure!(sent > 100_000, "only {sent} frames generated in 200 ms");
     ensure!(
         received + dropped == sent,

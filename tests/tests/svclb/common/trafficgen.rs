@@ -1,14 +1,14 @@
-//! The host side of the benchmarks' traffic generator, sink and null forwarder (the programs
-//! of `svclb-ebpf/src/bin/trafficgen.rs`).
+//! The host side of the benchmarks' traffic generator and null forwarder (the programs of
+//! `svclb-ebpf/src/bin/trafficgen.rs`).
 //!
-//! The frames circulate: the [`Generator`], on a loop device of the generator's namespace,
-//! rewrites each frame into the next flow's and sends it to the node's uplink; the sink
-//! ([`Attached::sink`]) behind the node counts it and, while [`Attached::circulate`] lets it,
-//! sends it back to the loop device's peer ([`wire_return`]). A [`Seeder`] sends a few
-//! frames a millisecond into the loop from user space, which keeps it full: what the node
-//! cannot take, its uplink's ring drops, as a NIC's ring would. Every frame reaches the node as
-//! a NIC's receive queue would hand it over, an XDP frame on a page of its own, with no
-//! socket buffer made for it.
+//! The [`Generator`] works as a traffic generator with two ports: from one device it sends
+//! frames to the node, on another (the sink) it receives and counts what the node forwarded,
+//! and while [`Generator::circulate`] lets it, it makes each frame it received the next
+//! flow's and sends it again. A [`Seeder`] sends a few frames a millisecond from user space
+//! into a feed device ([`wire_tester`]), which keeps the loop full: what the node cannot take,
+//! its uplink's ring drops, as a NIC's ring would. Every frame reaches the node as a NIC's
+//! receive queue would hand it over, an XDP frame on a page of its own, with no socket buffer
+//! made for it.
 
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
@@ -43,12 +43,13 @@ pub struct Template {
 
 impl Template {
     /// `spec`'s frame (TCP or UDP, without IP options or extension headers) between the given
-    /// MAC addresses, padded to Ethernet's minimum of 60 bytes (before the FCS).
+    /// MAC addresses. It is not padded to Ethernet's minimum: a node that forwards it through
+    /// its stack trims the padding, and the generator takes back only frames of the
+    /// template's length.
     pub fn of<P: TestPacket>(spec: &P, udp: bool, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Self {
         let mut frame = spec.build();
         frame[0..6].copy_from_slice(&dst_mac);
         frame[6..12].copy_from_slice(&src_mac);
-        frame.resize(frame.len().max(60), 0);
         Self {
             frame,
             header_len: P::L4_AT + if udp { 8 } else { 20 },
@@ -64,10 +65,10 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// Loads the generator, sending every frame to device `egress` (of the namespace of the
-    /// device it is attached to; 0 where it only runs on test frames); `flows` 0 makes every
-    /// frame a new flow.
-    pub fn load(template: &Template, flows: u64, egress: u32) -> Result<Self> {
+    /// Loads the generator, sending every frame to device `egress` and counting those that
+    /// arrive on device `sink` (0, 0 where it only runs on test frames); `flows` 0 makes
+    /// every frame a new flow.
+    pub fn load(template: &Template, flows: u64, egress: u32, sink: u32) -> Result<Self> {
         ensure!(
             template.header_len.is_multiple_of(2)
                 && template.header_len <= HEADER_MAX
@@ -90,6 +91,7 @@ impl Generator {
             .override_global("UDP", &udp, true)
             .override_global("FLOWS", &flows, true)
             .override_global("EGRESS", &egress, true)
+            .override_global("SINK", &sink, true)
             .load(TRAFFICGEN_OBJECT)
             .context("loading the traffic generator")?;
         program(&mut ebpf, "svclb_gen")?.load()?;
@@ -99,6 +101,7 @@ impl Generator {
     /// The frame the generator's next run makes of `frame` (a template frame, or one the node
     /// rewrote), run `repeat` times (nothing is sent).
     pub fn run_on(&mut self, frame: &[u8], repeat: u32) -> Result<Vec<u8>> {
+        self.circulate(Some(Duration::from_secs(60)))?;
         let mut out = vec![0u8; frame.len()];
         let result = program(&mut self.ebpf, "svclb_gen")?.test_run(TestRunOptions {
             data_in: Some(frame),
@@ -115,13 +118,27 @@ impl Generator {
         Ok(out)
     }
 
-    /// Attaches the generator (native mode) to the loop device `ifindex` of the calling
-    /// thread's namespace: from then on, every frame of the template's length that arrives
-    /// there is generated.
+    /// Attaches the generator (native mode) to device `ifindex` of the calling thread's
+    /// namespace (the sink, or the feed device of [`wire_tester`]).
     pub fn attach(&mut self, ifindex: u32) -> Result<()> {
         program(&mut self.ebpf, "svclb_gen")?
             .attach(ifindex, XdpMode::Driver)
             .with_context(|| format!("attaching the generator to device {ifindex} (native XDP)"))?;
+        Ok(())
+    }
+
+    /// Makes the generator send on what it receives for `limit` at most (`None`: no more).
+    /// Sending stops on its own after `limit`, so that a loop outlives no host that died.
+    pub fn circulate(&mut self, limit: Option<Duration>) -> Result<()> {
+        let until = match limit {
+            Some(limit) => {
+                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+                (Duration::from(now) + limit).as_nanos() as u64
+            }
+            None => 0,
+        };
+        let map = self.ebpf.map_mut("CIRCULATE").context("no map CIRCULATE")?;
+        Array::<_, u64>::try_from(map)?.set(0, &until, 0)?;
         Ok(())
     }
 
@@ -139,33 +156,48 @@ impl Generator {
     pub fn generated(&self) -> Result<u64> {
         per_cpu_total(&self.ebpf, "GENERATED")
     }
+
+    /// Frames received on the sink so far, on every CPU.
+    pub fn received(&self) -> Result<u64> {
+        per_cpu_total(&self.ebpf, "RECEIVED")
+    }
+
+    /// Waits until the sink's count stops growing (nothing more in flight): the count then.
+    pub fn settled(&self) -> Result<u64> {
+        let mut last = self.received()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.received()?;
+            if now == last {
+                return Ok(now);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the sink still receives 5 s after the generator stopped"
+            );
+            last = now;
+        }
+    }
 }
 
-/// The return path of the loop: a veth pair from `ret` in the sink's namespace to `lp` in the
-/// generator's, up, without IPv6 (whose own frames the generator would only drop), and with
-/// NAPI (GRO) on `lp`, which takes the frames the sink redirects whatever program it has.
-pub fn wire_return(sink_ns: &str, ret: &str, generator_ns: &str, lp: &str) -> Result<()> {
+/// The tester's devices in namespace `ns`, up and without IPv6 (whose own frames the
+/// generator would only drop): its ports `gen` and `sink` (made already, their peers in the
+/// node), and a new veth pair `seed`-`feed`, which a [`Seeder`] sends into. NAPI (GRO) runs on
+/// `sink` and `feed`, where the generator runs.
+pub fn wire_tester(ns: &str, gen_port: &str, sink: &str, seed: &str, feed: &str) -> Result<()> {
     ip_in(
-        sink_ns,
-        &[
-            "link",
-            "add",
-            ret,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            lp,
-            "netns",
-            generator_ns,
-        ],
+        ns,
+        &["link", "add", seed, "type", "veth", "peer", "name", feed],
     )?;
-    for (ns, dev) in [(sink_ns, ret), (generator_ns, lp)] {
+    for dev in [gen_port, sink, seed, feed] {
         let key = format!("net.ipv6.conf.{dev}.disable_ipv6");
         svclb_tests::netns::sysctl_in(ns, &key, "1")?;
         ip_in(ns, &["link", "set", dev, "up"])?;
     }
-    svclb_tests::netns::run_in(generator_ns, "ethtool", &["-K", lp, "gro", "on"])?;
+    for dev in [sink, feed] {
+        svclb_tests::netns::run_in(ns, "ethtool", &["-K", dev, "gro", "on"])?;
+    }
     Ok(())
 }
 
@@ -179,9 +211,9 @@ pub struct Seeder {
 }
 
 impl Seeder {
-    /// Sends `frame` out of device `ifindex` of the calling thread's namespace (the return
-    /// device, whose peer is the loop device) from a thread pinned to `cpu`, until stopped or
-    /// until `limit` has passed.
+    /// Sends `frame` out of device `ifindex` of the calling thread's namespace (the seed
+    /// device of [`wire_tester`]) from a thread pinned to `cpu`, until stopped or until `limit`
+    /// has passed.
     pub fn start(frame: Vec<u8>, ifindex: u32, cpu: usize, limit: Duration) -> Result<Self> {
         let socket = packet_socket(ifindex)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -270,75 +302,25 @@ fn send(socket: &OwnedFd, frame: &[u8]) -> Result<()> {
     }
 }
 
-/// A program that counts every frame and drops it or returns it to the generator (`Sink`),
-/// or sends it on untouched (`Redirect`, to the device given), attached in native mode to a
-/// device of the calling thread's namespace.
-pub struct Attached {
-    ebpf: Ebpf,
+/// The null forwarder: a program that sends every frame on untouched, attached in native
+/// mode to a device of the calling thread's namespace.
+pub struct Redirect {
+    _ebpf: Ebpf,
 }
 
-impl Attached {
-    /// The sink, on device `ifindex`.
-    pub fn sink(ifindex: u32) -> Result<Self> {
-        Self::attach(EbpfLoader::new(), "svclb_sink", ifindex)
-    }
-
-    /// The null forwarder, on device `ifindex`, redirecting to device `egress`.
-    pub fn redirect(ifindex: u32, egress: u32) -> Result<Self> {
-        let mut loader = EbpfLoader::new();
-        loader.override_global("EGRESS", &egress, true);
-        Self::attach(loader, "svclb_redirect", ifindex)
-    }
-
-    fn attach(mut loader: EbpfLoader<'_>, name: &str, ifindex: u32) -> Result<Self> {
-        let mut ebpf = loader
+impl Redirect {
+    /// The forwarder on device `ifindex`, redirecting to device `egress`.
+    pub fn attach(ifindex: u32, egress: u32) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .override_global("EGRESS", &egress, true)
             .load(TRAFFICGEN_OBJECT)
             .context("loading the traffic generator's object")?;
-        let xdp = program(&mut ebpf, name)?;
+        let xdp = program(&mut ebpf, "svclb_redirect")?;
         xdp.load()?;
-        xdp.attach(ifindex, XdpMode::Driver)
-            .with_context(|| format!("attaching {name} to device {ifindex} (native XDP)"))?;
-        Ok(Self { ebpf })
-    }
-
-    /// Makes the sink send what it counts to device `ret` of its namespace (the return
-    /// device of [`wire_return`]) for `limit` at most; `None`: drop it. Returning stops on its
-    /// own after `limit`, so that a loop outlives no host that died.
-    pub fn circulate(&mut self, to: Option<(u32, Duration)>) -> Result<()> {
-        let value = match to {
-            Some((ret, limit)) => {
-                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-                let now = Duration::from(now);
-                [u64::from(ret), (now + limit).as_nanos() as u64]
-            }
-            None => [0, 0],
-        };
-        let map = self.ebpf.map_mut("RETURN").context("no map RETURN")?;
-        Array::<_, [u64; 2]>::try_from(map)?.set(0, &value, 0)?;
-        Ok(())
-    }
-
-    /// Frames the sink received so far, on every CPU.
-    pub fn received(&self) -> Result<u64> {
-        per_cpu_total(&self.ebpf, "RECEIVED")
-    }
-
-    /// Waits until the count stops growing (nothing more in flight): the count then.
-    pub fn settled(&self) -> Result<u64> {
-        let mut last = self.received()?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            std::thread::sleep(Duration::from_millis(20));
-            let now = self.received()?;
-            if now == last {
-                return Ok(now);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "the sink still receives 5 s after the generator stopped"
-            );
-            last = now;
-        }
+        xdp.attach(ifindex, XdpMode::Driver).with_context(|| {
+            format!("attaching svclb_redirect to device {ifindex} (native XDP)")
+        })?;
+        Ok(Self { _ebpf: ebpf })
     }
 }
 
