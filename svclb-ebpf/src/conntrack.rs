@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 use svclb_common::{
     Backend, CT_DIR_FORWARD, CT_DIR_REPLY, Config, CtEntry, CtKey, CtRoute, L3Addr,
@@ -30,10 +30,23 @@ const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 /// ports in four taken, 32 random tries all miss a free one once in 10^4 flows.
 const SNAT_TRIES: u32 = 32;
 
+/// The monotonic clock, read from its source: what a new flow's entries are stamped with
+/// (their creation time tells a flow from the next one on its tuple).
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// The monotonic clock as of the last tick, which a tracked flow's packets read: a memory
+/// load where [`now_ns`] reads the clock source (a VM's paravirtual clock, here). What they
+/// time is counted in seconds (idle flows, cached routes), so a tick's lag changes nothing;
+/// a stamp up to a tick older than the precise one its entry was made with only looks idle
+/// a tick longer.
+#[inline(always)]
+pub fn tracked_now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

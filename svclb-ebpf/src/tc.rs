@@ -125,8 +125,7 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
         c.packets += 1;
         c.bytes += len;
     });
-    let now = conntrack::now_ns();
-    let verdict = tracked(ctx, &s.pkt, &s.svc, now);
+    let verdict = tracked(ctx, &s.pkt, &s.svc, conntrack::tracked_now_ns());
     if verdict != NOT_TRACKED {
         return verdict;
     }
@@ -134,7 +133,7 @@ fn to_service(ctx: &TcContext, s: &mut Scratch) -> i32 {
         maps::event(EV_TCP_WITHOUT_FLOW);
         return TC_ACT_SHOT;
     }
-    s.picked.now = now;
+    s.picked.now = conntrack::now_ns();
     if !s.pick() {
         maps::count(stats, |c| c.refused += 1);
         if s.svc.flags & SVC_F_REJECT != 0 {
@@ -303,7 +302,7 @@ fn reverse(ctx: &TcContext, pkt: &Packet) -> Result<i32, i64> {
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let tracked = unsafe { &*entry };
-    conntrack::touch(&key, entry, pkt, conntrack::now_ns());
+    conntrack::touch(&key, entry, pkt, conntrack::tracked_now_ns());
     nat::apply(ctx, pkt, tracked, true)?;
     let daddr = if tracked.flags & CT_F_SNAT != 0 {
         tracked.snat_addr

@@ -124,7 +124,7 @@ fn tracked(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     if !select::still_serves(tracked, &s.pkt, &s.svc) {
         return NOT_TRACKED;
     }
-    let now = conntrack::now_ns();
+    let now = conntrack::tracked_now_ns();
     if !ours(tracked) || !tracked_sendable(ctx, &s.pkt, &tracked.nat_addr, entry, now, &mut s.route)
     {
         return XDP_PASS;
@@ -184,7 +184,7 @@ fn from_backend(ctx: &XdpContext, s: &mut Scratch) -> u32 {
     };
     // SAFETY: a map value found in this run stays valid until the program returns.
     let tracked = unsafe { &*entry };
-    let now = conntrack::now_ns();
+    let now = conntrack::tracked_now_ns();
     if !ours(tracked)
         || !tracked_sendable(ctx, &s.pkt, &tracked.snat_addr, entry, now, &mut s.route)
     {
