@@ -74,7 +74,8 @@ pub const fn partner(key: &CtKey, entry: &CtEntry) -> CtKey {
 }
 
 /// Whether an entry of protocol `proto` has been idle longer than its timeout at `now_ns`
-/// (`bpf_ktime_get_ns`, CLOCK_MONOTONIC). Shared by the datapath (reclaiming a SNAT port)
+/// (CLOCK_MONOTONIC: `bpf_ktime_get_ns`; its stamps may also be `bpf_ktime_get_coarse_ns`,
+/// up to a tick behind). Shared by the datapath (reclaiming a SNAT port)
 /// and the agent's sweep.
 #[inline(always)]
 pub const fn expired(entry: &CtEntry, proto: u8, now_ns: u64) -> bool {

@@ -76,7 +76,8 @@ pub fn touch(key: &CtKey, entry: *mut CtEntry, pkt: &Packet, now: u64) {
     // SAFETY: `entry` points into the map; a racing write can only store another valid time
     // or set the same bit.
     unsafe {
-        if now.wrapping_sub((*entry).last_seen_ns) > TOUCH_INTERVAL_NS {
+        // (Saturating: a coarse `now` may be a tick behind a precise stamp.)
+        if now.saturating_sub((*entry).last_seen_ns) > TOUCH_INTERVAL_NS {
             (*entry).last_seen_ns = now;
         }
         if pkt.is_tcp_end() && (*entry).flags & CT_F_CLOSING == 0 {

@@ -10,6 +10,17 @@ pub fn pin_self(cpu: usize) -> Result<()> {
     pin(0, cpu)
 }
 
+/// Lets the calling thread (and what it starts after) run on every CPU again.
+pub fn unpin_self() -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in 0..nix::sched::CpuSet::count() {
+        // (Past the machine's CPUs, a set bit is ignored.)
+        let _ = set.set(cpu);
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .context("unpinning the calling thread")
+}
+
 /// Pins process (or thread) `pid` (0: the caller) to `cpu`.
 pub fn pin(pid: i32, cpu: usize) -> Result<()> {
     let mut set = nix::sched::CpuSet::new();

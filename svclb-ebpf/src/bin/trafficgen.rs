@@ -81,7 +81,7 @@ static CIRCULATE: Array<u64, 1> = Array::new();
 pub fn svclb_gen(ctx: XdpContext) -> u32 {
     // SAFETY: read-only globals the loader set.
     let (frame_len, sink) = unsafe { (read_volatile(&FRAME_LEN), read_volatile(&SINK)) };
-    if (ctx.data_end() - ctx.data()) as u32 != frame_len {
+    if ctx.data() + frame_len as usize != ctx.data_end() {
         return XDP_DROP;
     }
     if ctx.ingress_ifindex() as u32 == sink {

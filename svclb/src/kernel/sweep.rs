@@ -17,7 +17,8 @@ use svclb_common::{
 
 use super::object::SWEEP_PROGRAM;
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's `bpf_ktime_get_ns` (and of its
+/// `bpf_ktime_get_coarse_ns`, which lags it by up to a tick).
 pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
         t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64

@@ -99,9 +99,17 @@ impl Generator {
     }
 
     /// The frame the generator's next run makes of `frame` (a template frame, or one the node
-    /// rewrote), run `repeat` times (nothing is sent).
+    /// rewrote), run `repeat` times (nothing is sent), while it circulates.
     pub fn run_on(&mut self, frame: &[u8], repeat: u32) -> Result<Vec<u8>> {
         self.circulate(Some(Duration::from_secs(60)))?;
+        let (action, out) = self.verdict(frame, repeat)?;
+        ensure!(action == XDP_REDIRECT, "the generator returned {action}");
+        Ok(out)
+    }
+
+    /// What the generator does with `frame` (its XDP action) and makes of it, run `repeat`
+    /// times (nothing is sent).
+    pub fn verdict(&mut self, frame: &[u8], repeat: u32) -> Result<(u32, Vec<u8>)> {
         let mut out = vec![0u8; frame.len()];
         let result = program(&mut self.ebpf, "svclb_gen")?.test_run(TestRunOptions {
             data_in: Some(frame),
@@ -109,13 +117,8 @@ impl Generator {
             repeat,
             ..TestRunOptions::default()
         })?;
-        ensure!(
-            result.return_value == XDP_REDIRECT,
-            "the generator returned {}",
-            result.return_value
-        );
         out.truncate(result.data_size_out as usize);
-        Ok(out)
+        Ok((result.return_value, out))
     }
 
     /// Attaches the generator (native mode) to device `ifindex` of the calling thread's
@@ -293,11 +296,20 @@ fn packet_socket(ifindex: u32) -> Result<OwnedFd> {
 
 fn send(socket: &OwnedFd, frame: &[u8]) -> Result<()> {
     // SAFETY: `frame` is valid for its length.
-    let sent = unsafe { libc::send(socket.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-    match sent {
-        n if n == frame.len() as isize => Ok(()),
-        // A full device queue: the loop is full enough.
-        -1 if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) => Ok(()),
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if sent == frame.len() as isize {
+        return Ok(());
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        // A full device queue or socket buffer: the loop is full enough.
+        Some(libc::ENOBUFS | libc::EAGAIN) if sent == -1 => Ok(()),
         _ => bail!("sending a frame: {}", std::io::Error::last_os_error()),
     }
 }
@@ -324,7 +336,8 @@ impl Redirect {
     }
 }
 
-const XDP_REDIRECT: u32 = 4;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_REDIRECT: u32 = 4;
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     Ok(ebpf
