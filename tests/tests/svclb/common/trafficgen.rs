@@ -185,9 +185,9 @@ impl Generator {
 }
 
 /// The tester's devices in namespace `ns`, up and without IPv6 (whose own frames the
-/// generator would only drop): its ports `gen` and `sink` (made already, their peers in the
-/// node), and a new veth pair `seed`-`feed`, which a [`Seeder`] sends into. NAPI (GRO) runs on
-/// `sink` and `feed`, where the generator runs.
+/// generator would only drop): its ports `gen_port` and `sink` (made already, their peers in
+/// the node), and a new veth pair `seed`-`feed`, which a [`Seeder`] sends into. NAPI (GRO)
+/// runs on `sink` and `feed`, where the generator runs.
 pub fn wire_tester(ns: &str, gen_port: &str, sink: &str, seed: &str, feed: &str) -> Result<()> {
     ip_in(
         ns,
