@@ -44,7 +44,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use aya::programs::XdpMode;
 use serde::Serialize;
 use svclb::{
@@ -64,7 +64,7 @@ use crate::{
     common::{
         datapath::Datapath,
         fixture::FixtureNs,
-        trafficgen::{Generator, Redirect, Seeder, Template, wire_tester},
+        trafficgen::{Generator, Redirect, Seeder, Template, tx_dropped, wire_tester},
     },
     control_plane::load_time,
     kubeproxy::{self, Layout, Svc},
@@ -88,7 +88,7 @@ static NEXT_NEW_FLOW: AtomicU64 = AtomicU64::new(0);
 /// (its uplink's ring, the node) than on the tester's (the sink's ring):
 /// the node was offered more than it could take.
 const SATURATED: f64 = 0.9;
-/// How long past a measurement's end the sink may still return frames, if its host died.
+/// How long past a measurement's end the generator may still send frames, if its host died.
 const LOOP_MARGIN: Duration = Duration::from_secs(2);
 
 const UP_MAC: &str = "02:00:00:00:00:0b";
@@ -541,15 +541,6 @@ struct Counts {
     generator_dropped: u64,
 }
 
-/// A device's transmit drops: a veth counts there the frames its peer's ring had no room for.
-fn tx_dropped(ns: &str, dev: &str) -> Result<u64> {
-    let out = netns::run("ip", &["-n", ns, "-s", "-j", "link", "show", dev])?;
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    links[0]["stats64"]["tx"]["dropped"]
-        .as_u64()
-        .with_context(|| format!("no tx drops of {dev} in {ns}"))
-}
-
 /// The frame of flow 0 of `load`, addressed to the target's LoadBalancer IP from the client
 /// range, to `sat-up`'s MAC address.
 fn template<P: SatNet>(load: Load) -> Template {
@@ -853,11 +844,7 @@ pub struct Ratio {
 /// The best delivered Mpps of a system's rounds (none if any round was invalid): noise on a
 /// shared machine only ever takes throughput away.
 fn best_mpps(r: &Results, system: System, family: &str, load: Load) -> Option<f64> {
-    let points: Vec<&Point> = r
-        .points
-        .iter()
-        .filter(|p| p.system == system.key() && p.family == family && p.load == load.key())
-        .collect();
+    let points: Vec<&Point> = points_of(r, system, family, load).collect();
     if points.is_empty() || points.iter().any(|p| !p.valid) {
         return None;
     }
@@ -866,11 +853,21 @@ fn best_mpps(r: &Results, system: System, family: &str, load: Load) -> Option<f6
 
 /// The least node time per frame of a system's rounds, valid or not.
 fn best_ns(r: &Results, system: System, family: &str, load: Load) -> Option<f64> {
-    r.points
-        .iter()
-        .filter(|p| p.system == system.key() && p.family == family && p.load == load.key())
+    points_of(r, system, family, load)
         .map(|p| p.ns_per_packet)
         .reduce(f64::min)
+}
+
+/// The rounds' points of one system, family and load.
+fn points_of<'a>(
+    r: &'a Results,
+    system: System,
+    family: &'a str,
+    load: Load,
+) -> impl Iterator<Item = &'a Point> {
+    r.points
+        .iter()
+        .filter(move |p| p.system == system.key() && p.family == family && p.load == load.key())
 }
 
 /// The targets, per family and load: native XDP against the best iptables, TC only
@@ -983,13 +980,10 @@ pub fn render(r: &Results, out: &mut String) {
                 let ns = best_ns(r, system, f, load).unwrap_or(f64::NAN);
                 let cell = match best_mpps(r, system, f, load) {
                     Some(mpps) => format!("{mpps:.2} ({ns:.0} ns)"),
+                    // Not measured (a partial run).
+                    None if ns.is_nan() => "-".to_owned(),
                     None => {
-                        let mpps = r
-                            .points
-                            .iter()
-                            .filter(|p| {
-                                p.system == system.key() && p.family == f && p.load == load.key()
-                            })
+                        let mpps = points_of(r, system, f, load)
                             .map(|p| p.delivered_mpps)
                             .fold(f64::NAN, f64::max);
                         format!("invalid: {mpps:.2} ({ns:.0} ns)")

@@ -10,10 +10,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use svclb_tests::{
     family::TestPacket,
-    netns::{ifindex, in_netns, ip, ip_in, run, sysctl_in},
+    netns::{ifindex, in_netns, ip, ip_in, sysctl_in},
     packet::{PacketSpec, TCP_SYN, verify_checksums},
     packet6::{Packet6, l4_checksum_ok},
     require_root, sweep,
@@ -21,7 +21,7 @@ use svclb_tests::{
 
 use crate::common::{
     fixture::FixtureNs,
-    trafficgen::{Generator, Redirect, Seeder, Template, XDP_DROP, wire_tester},
+    trafficgen::{Generator, Redirect, Seeder, Template, XDP_DROP, tx_dropped, wire_tester},
 };
 
 const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
@@ -170,15 +170,6 @@ fn the_generator_makes_valid_frames_of_the_flows_it_counts_and_takes_only_its_ow
         PacketSpec::tcp(client4, lb4, TCP_SYN).with_payload(Vec::new()),
         false,
     )
-}
-
-/// A device's transmit drops (a veth counts there the frames its peer's ring had no room for).
-fn tx_dropped(ns: &str, dev: &str) -> Result<u64> {
-    let out = run("ip", &["-n", ns, "-s", "-j", "link", "show", dev])?;
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    links[0]["stats64"]["tx"]["dropped"]
-        .as_u64()
-        .with_context(|| format!("no tx drops of {dev} in {ns}"))
 }
 
 #[test]

@@ -204,6 +204,15 @@ pub fn wire_tester(ns: &str, gen_port: &str, sink: &str, seed: &str, feed: &str)
     Ok(())
 }
 
+/// A device's transmit drops: a veth counts there the frames its peer's ring had no room for.
+pub fn tx_dropped(ns: &str, dev: &str) -> Result<u64> {
+    let out = svclb_tests::netns::run("ip", &["-n", ns, "-s", "-j", "link", "show", dev])?;
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    links[0]["stats64"]["tx"]["dropped"]
+        .as_u64()
+        .with_context(|| format!("no tx drops of {dev} in {ns}"))
+}
+
 /// Frames per millisecond a [`Seeder`] sends.
 const SEEDED_PER_MS: usize = 32;
 
